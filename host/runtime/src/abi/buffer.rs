@@ -1,0 +1,96 @@
+//! Byte buffers: `proxy_get_buffer_bytes`, `proxy_set_buffer_bytes`, `proxy_get_buffer_status`.
+//!
+//! Bodies are the bytes the data plane is filtering right now (a chunk, or everything buffered
+//! while a filter pauses). Configuration buffers are readable at any time.
+
+use wasmtime::Caller;
+
+use super::Registrar;
+use super::log::emit;
+use super::memory;
+use super::types::{BufferType, LogLevel, Status};
+use crate::error::GuestFault;
+use crate::state::VmState;
+
+pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
+    r.env("proxy_get_buffer_bytes", get_buffer_bytes)?;
+    r.env("proxy_set_buffer_bytes", set_buffer_bytes)?;
+    r.env("proxy_get_buffer_status", get_buffer_status)?;
+    Ok(())
+}
+
+fn buffer_type(call: &'static str, raw: u32) -> wasmtime::Result<BufferType> {
+    BufferType::from_raw(raw).ok_or_else(|| GuestFault::trap(call, format!("unknown buffer type {raw}")))
+}
+
+/// Runs `f` on the buffer, if it exists for the acting context.
+fn read_buffer<R>(state: &VmState, buffer: BufferType, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    match buffer {
+        BufferType::HttpRequestBody => Some(f(&state.acting_stream()?.exchange.borrow().request_body)),
+        BufferType::HttpResponseBody => Some(f(&state.acting_stream()?.exchange.borrow().response_body)),
+        BufferType::HttpCallResponseBody => Some(f(&state.callout_response.as_ref()?.as_ref().ok()?.body)),
+        BufferType::VmConfiguration => Some(f(&state.plugin.vm_configuration)),
+        BufferType::PluginConfiguration => Some(f(&state.plugin.plugin_configuration)),
+        BufferType::DownstreamData | BufferType::UpstreamData | BufferType::GrpcReceiveBuffer | BufferType::CallData => None,
+    }
+}
+
+fn get_buffer_bytes(
+    mut caller: Caller<'_, VmState>,
+    buffer: u32,
+    start: u32,
+    max_size: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+) -> wasmtime::Result<i32> {
+    const CALL: &str = "proxy_get_buffer_bytes";
+    let buffer = buffer_type(CALL, buffer)?;
+    let slice = read_buffer(caller.data(), buffer, |bytes| {
+        let start = (start as usize).min(bytes.len());
+        let end = start.saturating_add(max_size as usize).min(bytes.len());
+        bytes[start..end].to_vec()
+    });
+    let Some(slice) = slice else {
+        return Ok(Status::NotFound.code());
+    };
+    memory::hand_over(&mut caller, CALL, &slice, ret_ptr, ret_len)?;
+    Ok(Status::Ok.code())
+}
+
+fn set_buffer_bytes(caller: Caller<'_, VmState>, buffer: u32, start: u32, size: u32, ptr: u32, len: u32) -> wasmtime::Result<i32> {
+    const CALL: &str = "proxy_set_buffer_bytes";
+    let buffer = buffer_type(CALL, buffer)?;
+    let data = memory::read(&caller, CALL, ptr, len)?;
+    let state = caller.data();
+    let Some(stream) = state.acting_stream() else {
+        emit(state, LogLevel::Warn, &format!("{CALL} ignored: no stream body outside a stream context"));
+        return Ok(Status::Ok.code());
+    };
+    let mut exchange = stream.exchange.borrow_mut();
+    let body = match buffer {
+        BufferType::HttpRequestBody => &mut exchange.request_body,
+        BufferType::HttpResponseBody => &mut exchange.response_body,
+        other => {
+            drop(exchange);
+            emit(state, LogLevel::Warn, &format!("{CALL} ignored: {other:?} cannot be modified"));
+            return Ok(Status::Ok.code());
+        }
+    };
+    // A splice of [start, start+size): covers Envoy's prepend (0,0), replace (0, >=len) and
+    // append (>=len, _), and also allows the middle ranges Envoy refuses.
+    let start = (start as usize).min(body.len());
+    let end = start.saturating_add(size as usize).min(body.len());
+    body.splice(start..end, data);
+    Ok(Status::Ok.code())
+}
+
+fn get_buffer_status(mut caller: Caller<'_, VmState>, buffer: u32, ret_len: u32, ret_flags: u32) -> wasmtime::Result<i32> {
+    const CALL: &str = "proxy_get_buffer_status";
+    let buffer = buffer_type(CALL, buffer)?;
+    let Some(len) = read_buffer(caller.data(), buffer, <[u8]>::len) else {
+        return Ok(Status::NotFound.code());
+    };
+    memory::write_u32(&mut caller, CALL, ret_len, u32::try_from(len).unwrap_or(u32::MAX))?;
+    memory::write_u32(&mut caller, CALL, ret_flags, 0)?;
+    Ok(Status::Ok.code())
+}

@@ -1,0 +1,88 @@
+//! Shared data and shared queues, keyed by the plugin's `vm_id` across the whole process.
+
+use wasmtime::Caller;
+
+use super::Registrar;
+use super::memory;
+use super::types::Status;
+use crate::shared_data::SharedDataError;
+use crate::shared_queue::QueueError;
+use crate::state::VmState;
+
+pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
+    r.env("proxy_get_shared_data", get_shared_data)?;
+    r.env("proxy_set_shared_data", set_shared_data)?;
+    r.env("proxy_register_shared_queue", register_shared_queue)?;
+    r.env("proxy_resolve_shared_queue", resolve_shared_queue)?;
+    r.env("proxy_enqueue_shared_queue", enqueue_shared_queue)?;
+    r.env("proxy_dequeue_shared_queue", dequeue_shared_queue)?;
+    Ok(())
+}
+
+fn get_shared_data(mut caller: Caller<'_, VmState>, key_ptr: u32, key_len: u32, ret_ptr: u32, ret_len: u32, ret_cas: u32) -> wasmtime::Result<i32> {
+    const CALL: &str = "proxy_get_shared_data";
+    let key = memory::read(&caller, CALL, key_ptr, key_len)?;
+    let state = caller.data();
+    let Some(entry) = state.services.shared_data.get(&state.plugin.vm_id, &key) else {
+        return Ok(Status::NotFound.code());
+    };
+    memory::hand_over(&mut caller, CALL, &entry.value, ret_ptr, ret_len)?;
+    memory::write_u32(&mut caller, CALL, ret_cas, entry.cas)?;
+    Ok(Status::Ok.code())
+}
+
+fn set_shared_data(caller: Caller<'_, VmState>, key_ptr: u32, key_len: u32, value_ptr: u32, value_len: u32, cas: u32) -> wasmtime::Result<i32> {
+    const CALL: &str = "proxy_set_shared_data";
+    let key = memory::read(&caller, CALL, key_ptr, key_len)?;
+    let value = memory::read(&caller, CALL, value_ptr, value_len)?;
+    let state = caller.data();
+    Ok(match state.services.shared_data.set(&state.plugin.vm_id, &key, &value, cas) {
+        Ok(_) => Status::Ok,
+        Err(SharedDataError::CasMismatch) => Status::CasMismatch,
+    }
+    .code())
+}
+
+fn register_shared_queue(mut caller: Caller<'_, VmState>, name_ptr: u32, name_len: u32, ret_id: u32) -> wasmtime::Result<i32> {
+    const CALL: &str = "proxy_register_shared_queue";
+    let name = memory::read(&caller, CALL, name_ptr, name_len)?;
+    let state = caller.data();
+    let id = state.services.queues.register(&state.plugin.vm_id, &name, state.inbox.clone());
+    memory::write_u32(&mut caller, CALL, ret_id, id)?;
+    Ok(Status::Ok.code())
+}
+
+fn resolve_shared_queue(mut caller: Caller<'_, VmState>, vm_ptr: u32, vm_len: u32, name_ptr: u32, name_len: u32, ret_id: u32) -> wasmtime::Result<i32> {
+    const CALL: &str = "proxy_resolve_shared_queue";
+    let vm_id = memory::read_string(&caller, CALL, vm_ptr, vm_len)?;
+    let name = memory::read(&caller, CALL, name_ptr, name_len)?;
+    let state = caller.data();
+    // An empty vm_id means "my own VM".
+    let vm_id = if vm_id.is_empty() { state.plugin.vm_id.clone() } else { vm_id };
+    let Some(id) = state.services.queues.resolve(&vm_id, &name) else {
+        return Ok(Status::NotFound.code());
+    };
+    memory::write_u32(&mut caller, CALL, ret_id, id)?;
+    Ok(Status::Ok.code())
+}
+
+fn enqueue_shared_queue(caller: Caller<'_, VmState>, queue_id: u32, value_ptr: u32, value_len: u32) -> wasmtime::Result<i32> {
+    let value = memory::read(&caller, "proxy_enqueue_shared_queue", value_ptr, value_len)?;
+    Ok(match caller.data().services.queues.enqueue(queue_id, &value) {
+        Ok(()) => Status::Ok,
+        Err(_) => Status::NotFound,
+    }
+    .code())
+}
+
+fn dequeue_shared_queue(mut caller: Caller<'_, VmState>, queue_id: u32, ret_ptr: u32, ret_len: u32) -> wasmtime::Result<i32> {
+    const CALL: &str = "proxy_dequeue_shared_queue";
+    match caller.data().services.queues.dequeue(queue_id) {
+        Ok(item) => {
+            memory::hand_over(&mut caller, CALL, &item, ret_ptr, ret_len)?;
+            Ok(Status::Ok.code())
+        }
+        Err(QueueError::Empty) => Ok(Status::Empty.code()),
+        Err(QueueError::NotFound) => Ok(Status::NotFound.code()),
+    }
+}

@@ -1,0 +1,54 @@
+//! The wasmtrace host runtime: proxy-wasm ABI v0.2.1 on wasmtime.
+//!
+//! How the pieces fit:
+//!
+//! - [`Runtime`] is process-wide: the wasmtime engine (epoch interruption for deadlines), the
+//!   linker with every host function ([`abi`]), a cache of compiled [`PluginModule`]s keyed by
+//!   sha256, and the [`HostServices`] all VMs share (shared data, queues, metrics, node).
+//! - [`PluginInstance`] is one plugin on one worker thread: it owns the current [`PluginVm`]
+//!   (store + instance + root context) and re-creates it after a failure.
+//! - [`HttpStream`] is one plugin's context on one HTTP stream. The data plane keeps the stream's
+//!   [`HttpExchange`] (headers, body in flight, trailers, connection facts, filter state), shares it
+//!   with every filter of the chain, and calls the phase methods, which return an [`Action`].
+//! - Callouts leave the VM through a [`CalloutDispatcher`] the data plane implements, and come back
+//!   through [`CalloutCompletion::complete`].
+//!
+//! Guests are untrusted: every pointer is bounds-checked ([`abi`]'s memory module), memory is
+//! capped, every callback has a deadline, and a failure poisons only that VM.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod abi;
+mod callout;
+mod error;
+mod exchange;
+pub mod header_map;
+mod instance;
+pub mod metrics;
+mod module;
+mod plugin;
+pub mod properties;
+mod runtime;
+mod services;
+pub mod shared_data;
+pub mod shared_queue;
+mod state;
+mod stream;
+mod vm;
+
+pub use abi::types::{LogLevel, MetricType};
+pub use callout::{
+    CalloutCompletion, CalloutDispatcher, CalloutFailure, CalloutRequest, CalloutResponse, DispatchError, NoClusters,
+};
+pub use error::{FailureKind, GuestFailure, LoadError, StartError};
+pub use exchange::{HttpExchange, StreamInfo};
+pub use header_map::HeaderMap;
+pub use instance::PluginInstance;
+pub use module::{AbiVersion, PluginModule};
+pub use plugin::{FailurePolicy, PluginConfig, VmLimits};
+pub use runtime::{EPOCH_TICK, Runtime, hex_sha256};
+pub use services::{HostServices, NodeInfo, PluginFailureStats};
+pub use state::VmState;
+pub use stream::{Action, Direction, HttpStream, LocalResponse};
+pub use vm::{PluginVm, ROOT_CONTEXT_ID};

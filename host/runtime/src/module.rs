@@ -1,0 +1,199 @@
+//! A compiled, validated proxy-wasm module, ready to instantiate on any worker.
+//!
+//! Validation happens before any guest code runs: every import must be one the host provides,
+//! the ABI marker, memory, allocator and context-create exports must exist, and every callback
+//! the module does export must have the ABI's signature.
+
+use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, ValType};
+
+use crate::abi::ProvidedImports;
+use crate::error::LoadError;
+use crate::state::VmState;
+
+/// The proxy-wasm ABI version a module declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbiVersion {
+    /// `proxy_abi_version_0_2_0`.
+    V0_2_0,
+    /// `proxy_abi_version_0_2_1`.
+    V0_2_1,
+}
+
+/// A module compiled once and shared by every VM that runs it.
+pub struct PluginModule {
+    module: Module,
+    pre: InstancePre<VmState>,
+    sha256: String,
+    abi: AbiVersion,
+    size: usize,
+}
+
+/// Callbacks and their signatures, as `(params, results)` of i32s; the host calls only these.
+const CALLBACK_SIGNATURES: &[(&str, usize, usize)] = &[
+    ("proxy_on_context_create", 2, 0),
+    ("proxy_on_vm_start", 2, 1),
+    ("proxy_on_configure", 2, 1),
+    ("proxy_on_tick", 1, 0),
+    ("proxy_on_request_headers", 3, 1),
+    ("proxy_on_request_body", 3, 1),
+    ("proxy_on_request_trailers", 2, 1),
+    ("proxy_on_response_headers", 3, 1),
+    ("proxy_on_response_body", 3, 1),
+    ("proxy_on_response_trailers", 2, 1),
+    ("proxy_on_log", 1, 0),
+    ("proxy_on_done", 1, 1),
+    ("proxy_on_delete", 1, 0),
+    ("proxy_on_http_call_response", 5, 0),
+    ("proxy_on_queue_ready", 2, 0),
+    ("proxy_on_foreign_function", 3, 0),
+    ("proxy_on_memory_allocate", 1, 1),
+    ("malloc", 1, 1),
+];
+
+impl PluginModule {
+    pub(crate) fn compile(
+        engine: &Engine,
+        linker: &Linker<VmState>,
+        provided: &ProvidedImports,
+        bytes: &[u8],
+        sha256: String,
+    ) -> Result<Self, LoadError> {
+        let module = Module::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        check_imports(&module, provided)?;
+        let abi = check_exports(&module)?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        Ok(Self {
+            module,
+            pre,
+            sha256,
+            abi,
+            size: bytes.len(),
+        })
+    }
+
+    /// Lower-case hex sha256 of the module bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The ABI version the module declares.
+    pub fn abi_version(&self) -> AbiVersion {
+        self.abi
+    }
+
+    /// Size of the module in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The compiled module.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    pub(crate) fn instance_pre(&self) -> &InstancePre<VmState> {
+        &self.pre
+    }
+}
+
+fn extern_kind(ty: &ExternType) -> &'static str {
+    match ty {
+        ExternType::Func(_) => "function",
+        ExternType::Memory(_) => "memory",
+        ExternType::Table(_) => "table",
+        ExternType::Global(_) => "global",
+        _ => "item",
+    }
+}
+
+fn check_imports(module: &Module, provided: &ProvidedImports) -> Result<(), LoadError> {
+    for import in module.imports() {
+        let ty = import.ty();
+        let is_func = matches!(ty, ExternType::Func(_));
+        if !is_func || !provided.contains(import.module(), import.name()) {
+            return Err(LoadError::UnknownImport {
+                module: import.module().to_owned(),
+                name: import.name().to_owned(),
+                kind: extern_kind(&ty),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn signature(ty: &FuncType) -> String {
+    let list = |types: &mut dyn Iterator<Item = ValType>| types.map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+    format!("({}) -> ({})", list(&mut ty.params()), list(&mut ty.results()))
+}
+
+fn check_exports(module: &Module) -> Result<AbiVersion, LoadError> {
+    let has = |name: &str| module.get_export(name).is_some();
+    let abi = if has("proxy_abi_version_0_2_1") {
+        AbiVersion::V0_2_1
+    } else if has("proxy_abi_version_0_2_0") {
+        AbiVersion::V0_2_0
+    } else if has("proxy_abi_version_0_1_0") {
+        return Err(LoadError::UnsupportedAbi("v0.1.0".into()));
+    } else {
+        return Err(LoadError::MissingExport {
+            name: "proxy_abi_version_0_2_1",
+            why: "the proxy-wasm ABI version marker; this is not a proxy-wasm module, or it targets an unknown ABI",
+        });
+    };
+    match module.get_export("memory") {
+        Some(ExternType::Memory(_)) => {}
+        Some(other) => {
+            return Err(LoadError::BadExportType {
+                name: "memory".into(),
+                expected: "memory".into(),
+                found: extern_kind(&other).into(),
+            });
+        }
+        None => {
+            return Err(LoadError::MissingExport {
+                name: "memory",
+                why: "the linear memory the host exchanges data through",
+            });
+        }
+    }
+    if !has("malloc") && !has("proxy_on_memory_allocate") {
+        return Err(LoadError::MissingExport {
+            name: "proxy_on_memory_allocate",
+            why: "the allocator (or `malloc`) the host uses to hand data to the guest",
+        });
+    }
+    if !has("proxy_on_context_create") {
+        return Err(LoadError::MissingExport {
+            name: "proxy_on_context_create",
+            why: "every root and stream context starts with it",
+        });
+    }
+    for &(name, params, results) in CALLBACK_SIGNATURES {
+        let Some(ty) = module.get_export(name) else {
+            continue;
+        };
+        let ok = match &ty {
+            ExternType::Func(f) => {
+                f.params().len() == params
+                    && f.results().len() == results
+                    && f.params().chain(f.results()).all(|t| matches!(t, ValType::I32))
+            }
+            _ => false,
+        };
+        if !ok {
+            let expected = format!("({}) -> ({})", vec!["i32"; params].join(", "), vec!["i32"; results].join(", "));
+            let found = match &ty {
+                ExternType::Func(f) => signature(f),
+                other => extern_kind(other).to_owned(),
+            };
+            return Err(LoadError::BadExportType {
+                name: name.to_owned(),
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(abi)
+}

@@ -1,0 +1,150 @@
+//! The process-wide runtime: one wasmtime [`Engine`] with epoch interruption, the linker holding
+//! every host function (built once), the compiled-module cache and the [`HostServices`].
+//!
+//! Workers share one `Runtime` through an `Arc`; each worker instantiates its own VMs from the
+//! cached [`PluginModule`]s (see [`crate::PluginInstance`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, Linker, OptLevel};
+
+use crate::abi;
+use crate::error::LoadError;
+use crate::module::PluginModule;
+use crate::services::HostServices;
+use crate::state::VmState;
+
+/// How often the epoch advances; callback deadlines are rounded up to this granularity.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The process-wide Wasm runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<VmState>,
+    provided_imports: abi::ProvidedImports,
+    services: Arc<HostServices>,
+    modules: Mutex<HashMap<String, Weak<PluginModule>>>,
+    ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// A runtime with default host services.
+    pub fn new() -> Result<Arc<Self>, LoadError> {
+        Self::with_services(HostServices::default())
+    }
+
+    /// A runtime sharing the given host services.
+    pub fn with_services(services: HostServices) -> Result<Arc<Self>, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        let provided_imports = abi::add_to_linker(&mut linker).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            provided_imports,
+            services: Arc::new(services),
+            modules: Mutex::new(HashMap::new()),
+            ticker,
+        }))
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The process-wide host services.
+    pub fn services(&self) -> &Arc<HostServices> {
+        &self.services
+    }
+
+    /// Compiles and validates a module, or returns the already compiled one with the same
+    /// sha256. Compilation is the expensive step: do it off the request path.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Arc<PluginModule>, LoadError> {
+        let sha256 = hex_sha256(bytes);
+        if let Some(module) = self.cached(&sha256) {
+            return Ok(module);
+        }
+        let module = Arc::new(PluginModule::compile(
+            &self.engine,
+            &self.linker,
+            &self.provided_imports,
+            bytes,
+            sha256.clone(),
+        )?);
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        modules.retain(|_, m| m.strong_count() > 0);
+        modules.insert(sha256, Arc::downgrade(&module));
+        Ok(module)
+    }
+
+    fn cached(&self, sha256: &str) -> Option<Arc<PluginModule>> {
+        self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(sha256).and_then(Weak::upgrade)
+    }
+
+    /// How many epoch ticks make `deadline`, rounded up, plus one for the partial current tick.
+    pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
+        let tick = EPOCH_TICK.as_micros().max(1);
+        u64::try_from(deadline.as_micros().div_ceil(tick)).unwrap_or(u64::MAX / 2) + 1
+    }
+
+    /// Stops the epoch ticker thread (also done on drop).
+    pub fn shutdown(&self) {
+        self.ticker.stop();
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker.stop();
+    }
+}
+
+/// Lower-case hex sha256 of `bytes`: the identity of a module.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The thread that advances the engine's epoch, which is what interrupts a callback that runs
+/// past its deadline.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        Self {
+            stop,
+            thread: Mutex::new(thread),
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The data every host function reaches through its `Caller`: the VM's context table, the
+//! context a call acts on, and handles to the process-wide services.
+//!
+//! One `VmState` lives in each wasmtime `Store`; a store belongs to one worker thread, so nothing
+//! here is locked.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Memory, ResourceLimiter, TypedFunc};
+
+use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
+use crate::exchange::HttpExchange;
+use crate::metrics::Metric;
+use crate::plugin::PluginConfig;
+use crate::services::HostServices;
+use crate::shared_queue::QueueInbox;
+use crate::stream::StreamSignals;
+use crate::vm::PluginVm;
+
+/// The per-stream part of a VM's context table.
+pub(crate) struct StreamContext {
+    pub exchange: Rc<RefCell<HttpExchange>>,
+    pub signals: Rc<RefCell<StreamSignals>>,
+}
+
+/// The root context's tick timer (one per root context, re-armed after each tick as in Envoy).
+#[derive(Default)]
+pub(crate) struct TickTimer {
+    pub period: Option<Duration>,
+    pub next: Option<Instant>,
+}
+
+/// Caps linear memory growth and remembers that the cap was hit, so the resulting trap can be
+/// reported as a memory-limit failure rather than a generic one.
+pub(crate) struct MemoryCap {
+    pub max_bytes: usize,
+    pub hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit exceeded: the guest asked for {desired} bytes, the cap is {}",
+                self.max_bytes
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The store data of one VM.
+pub struct VmState {
+    pub(crate) plugin: Arc<PluginConfig>,
+    pub(crate) services: Arc<HostServices>,
+    pub(crate) memory_cap: MemoryCap,
+    pub(crate) memory: Option<Memory>,
+    pub(crate) allocator: Option<TypedFunc<u32, u32>>,
+    pub(crate) root_context_id: u32,
+    pub(crate) streams: HashMap<u32, StreamContext>,
+    /// The context of the callback in progress.
+    pub(crate) active_context: u32,
+    /// Set by `proxy_set_effective_context` for the rest of the callback.
+    pub(crate) effective_context: Option<u32>,
+    /// The callout response being delivered, during `proxy_on_http_call_response`.
+    pub(crate) callout_response: Option<Result<CalloutResponse, CalloutFailure>>,
+    pub(crate) callout_tokens: u32,
+    pub(crate) dispatcher: Rc<dyn CalloutDispatcher>,
+    pub(crate) self_ref: Weak<PluginVm>,
+    pub(crate) tick: TickTimer,
+    pub(crate) inbox: Arc<QueueInbox>,
+    pub(crate) metric_cache: HashMap<u32, Arc<Metric>>,
+    /// Properties set on the root context (no stream to hold them).
+    pub(crate) root_filter_state: HashMap<String, Vec<u8>>,
+    /// The root context's `proxy_on_done` returned false and `proxy_done` has not come yet.
+    pub(crate) done_pending: bool,
+}
+
+impl VmState {
+    pub(crate) fn new(plugin: Arc<PluginConfig>, services: Arc<HostServices>, dispatcher: Rc<dyn CalloutDispatcher>) -> Self {
+        let max_bytes = plugin.limits.max_memory_bytes;
+        Self {
+            plugin,
+            services,
+            memory_cap: MemoryCap { max_bytes, hit: false },
+            memory: None,
+            allocator: None,
+            root_context_id: 0,
+            streams: HashMap::new(),
+            active_context: 0,
+            effective_context: None,
+            callout_response: None,
+            callout_tokens: 0,
+            dispatcher,
+            self_ref: Weak::new(),
+            tick: TickTimer::default(),
+            inbox: Arc::new(QueueInbox::default()),
+            metric_cache: HashMap::new(),
+            root_filter_state: HashMap::new(),
+            done_pending: false,
+        }
+    }
+
+    /// The context host calls act on: the effective context if one was set, else the context
+    /// whose callback is running.
+    pub(crate) fn acting_context(&self) -> u32 {
+        self.effective_context.unwrap_or(self.active_context)
+    }
+
+    /// The stream the acting context belongs to, if it is a stream context.
+    pub(crate) fn acting_stream(&self) -> Option<&StreamContext> {
+        self.streams.get(&self.acting_context())
+    }
+}

@@ -1,0 +1,471 @@
+//! One VM: a wasmtime store and instance of a plugin module on one worker thread, its root
+//! context, its stream contexts, and the guarded way every callback is called.
+//!
+//! Every guest call goes through [`PluginVm::call`], which arms the epoch deadline, sets the
+//! acting context, and turns any error into a [`GuestFailure`]. The first failure poisons the VM:
+//! it is logged with plugin and callback, counted, every stream still on the VM is woken so its
+//! data plane can apply the failure policy, and [`crate::PluginInstance`] starts a fresh VM for the
+//! next stream (Envoy's `FAIL_RELOAD`).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, Trap, TypedFunc};
+
+use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
+use crate::error::{FailureKind, GuestFailure, GuestFault, StartError};
+use crate::exchange::HttpExchange;
+use crate::module::PluginModule;
+use crate::plugin::PluginConfig;
+use crate::runtime::Runtime;
+use crate::services::HostServices;
+use crate::shared_queue::QueueInbox;
+use crate::state::{StreamContext, VmState};
+use crate::stream::StreamSignals;
+
+type Callback1 = TypedFunc<u32, ()>;
+type Callback2 = TypedFunc<(u32, u32), ()>;
+type Decision2 = TypedFunc<(u32, u32), u32>;
+type Decision3 = TypedFunc<(u32, u32, u32), u32>;
+
+/// The guest exports the host calls, looked up once per instance.
+pub(crate) struct Callbacks {
+    initialize: Option<TypedFunc<(), ()>>,
+    main: Option<TypedFunc<(u32, u32), u32>>,
+    start: Option<TypedFunc<(), ()>>,
+    context_create: Callback2,
+    vm_start: Option<Decision2>,
+    configure: Option<Decision2>,
+    tick: Option<Callback1>,
+    pub(crate) request_headers: Option<Decision3>,
+    pub(crate) request_body: Option<Decision3>,
+    pub(crate) request_trailers: Option<Decision2>,
+    pub(crate) response_headers: Option<Decision3>,
+    pub(crate) response_body: Option<Decision3>,
+    pub(crate) response_trailers: Option<Decision2>,
+    log: Option<Callback1>,
+    done: Option<TypedFunc<u32, u32>>,
+    delete: Option<Callback1>,
+    http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    queue_ready: Option<Callback2>,
+}
+
+struct VmInner {
+    store: Store<VmState>,
+    callbacks: Callbacks,
+}
+
+/// The root context id: context ids count from 1 per VM (0 is the VM itself), as in Envoy.
+pub const ROOT_CONTEXT_ID: u32 = 1;
+
+/// A running VM of one plugin on one worker.
+pub struct PluginVm {
+    inner: RefCell<VmInner>,
+    failure: RefCell<Option<GuestFailure>>,
+    plugin: Arc<PluginConfig>,
+    module: Arc<PluginModule>,
+    services: Arc<HostServices>,
+    inbox: Arc<QueueInbox>,
+    next_context_id: Cell<u32>,
+    started_at: Instant,
+}
+
+fn lookup<P, R>(store: &mut Store<VmState>, instance: &wasmtime::Instance, name: &str) -> Option<TypedFunc<P, R>>
+where
+    P: wasmtime::WasmParams,
+    R: wasmtime::WasmResults,
+{
+    instance.get_typed_func::<P, R>(&mut *store, name).ok()
+}
+
+impl PluginVm {
+    /// Instantiates `module` and runs the start-up sequence Envoy runs: `_initialize` (then
+    /// `main(0, 0)` if exported) or `_start`; root context create; `proxy_on_vm_start`;
+    /// `proxy_on_configure`. Fails if any step traps or returns false.
+    pub fn start(
+        module: Arc<PluginModule>,
+        plugin: Arc<PluginConfig>,
+        services: Arc<HostServices>,
+        dispatcher: Rc<dyn CalloutDispatcher>,
+    ) -> Result<Rc<Self>, StartError> {
+        let instantiate_error = |detail: String| StartError::Instantiate {
+            plugin: plugin.name.clone(),
+            detail,
+        };
+        let state = VmState::new(plugin.clone(), services.clone(), dispatcher);
+        let inbox = state.inbox.clone();
+        let mut store = Store::new(module.module().engine(), state);
+        store.limiter(|state| &mut state.memory_cap);
+        store.set_epoch_deadline(Runtime::deadline_ticks(plugin.limits.start_deadline));
+        let instance = module
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(|e| instantiate_error(format!("{e:#}")))?;
+        let memory = instance.get_memory(&mut store, "memory");
+        let allocator = lookup::<u32, u32>(&mut store, &instance, "malloc")
+            .or_else(|| lookup::<u32, u32>(&mut store, &instance, "proxy_on_memory_allocate"));
+        let context_create = lookup(&mut store, &instance, "proxy_on_context_create")
+            .ok_or_else(|| instantiate_error("proxy_on_context_create has the wrong signature".into()))?;
+        let callbacks = Callbacks {
+            initialize: lookup(&mut store, &instance, "_initialize"),
+            main: lookup(&mut store, &instance, "main"),
+            start: lookup(&mut store, &instance, "_start"),
+            context_create,
+            vm_start: lookup(&mut store, &instance, "proxy_on_vm_start"),
+            configure: lookup(&mut store, &instance, "proxy_on_configure"),
+            tick: lookup(&mut store, &instance, "proxy_on_tick"),
+            request_headers: lookup(&mut store, &instance, "proxy_on_request_headers"),
+            request_body: lookup(&mut store, &instance, "proxy_on_request_body"),
+            request_trailers: lookup(&mut store, &instance, "proxy_on_request_trailers"),
+            response_headers: lookup(&mut store, &instance, "proxy_on_response_headers"),
+            response_body: lookup(&mut store, &instance, "proxy_on_response_body"),
+            response_trailers: lookup(&mut store, &instance, "proxy_on_response_trailers"),
+            log: lookup(&mut store, &instance, "proxy_on_log"),
+            done: lookup(&mut store, &instance, "proxy_on_done"),
+            delete: lookup(&mut store, &instance, "proxy_on_delete"),
+            http_call_response: lookup(&mut store, &instance, "proxy_on_http_call_response"),
+            queue_ready: lookup(&mut store, &instance, "proxy_on_queue_ready"),
+        };
+        let state = store.data_mut();
+        state.memory = memory;
+        state.allocator = allocator;
+        state.root_context_id = ROOT_CONTEXT_ID;
+        let vm = Rc::new(Self {
+            inner: RefCell::new(VmInner { store, callbacks }),
+            failure: RefCell::new(None),
+            plugin,
+            module,
+            services,
+            inbox,
+            next_context_id: Cell::new(ROOT_CONTEXT_ID + 1),
+            started_at: Instant::now(),
+        });
+        vm.inner.borrow_mut().store.data_mut().self_ref = Rc::downgrade(&vm);
+        vm.run_start_sequence()?;
+        Ok(vm)
+    }
+
+    fn run_start_sequence(&self) -> Result<(), GuestFailure> {
+        let deadline = self.plugin.limits.start_deadline;
+        let root = ROOT_CONTEXT_ID;
+        self.call("_initialize", 0, deadline, |store, cb| {
+            if let Some(init) = &cb.initialize {
+                init.call(&mut *store, ())?;
+                if let Some(main) = &cb.main {
+                    main.call(&mut *store, (0, 0))?;
+                }
+            } else if let Some(start) = &cb.start {
+                start.call(&mut *store, ())?;
+            }
+            Ok(())
+        })?;
+        self.call("proxy_on_context_create", root, deadline, |store, cb| {
+            cb.context_create.call(store, (root, 0))
+        })?;
+        let vm_config_len = u32::try_from(self.plugin.vm_configuration.len()).unwrap_or(u32::MAX);
+        let started = self.call("proxy_on_vm_start", root, deadline, |store, cb| match &cb.vm_start {
+            Some(f) => f.call(store, (root, vm_config_len)),
+            None => Ok(1),
+        })?;
+        if started == 0 {
+            return Err(self.refuse("proxy_on_vm_start"));
+        }
+        let config_len = u32::try_from(self.plugin.plugin_configuration.len()).unwrap_or(u32::MAX);
+        let configured = self.call("proxy_on_configure", root, deadline, |store, cb| match &cb.configure {
+            Some(f) => f.call(store, (root, config_len)),
+            None => Ok(1),
+        })?;
+        if configured == 0 {
+            return Err(self.refuse("proxy_on_configure"));
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, callback: &'static str) -> GuestFailure {
+        let failure = GuestFailure {
+            plugin: self.plugin.name.clone(),
+            callback,
+            kind: FailureKind::Refused,
+            detail: "the plugin returned false (see its log lines for why)".into(),
+        };
+        self.fail(failure.clone());
+        failure
+    }
+
+    /// The plugin this VM runs.
+    pub fn plugin(&self) -> &Arc<PluginConfig> {
+        &self.plugin
+    }
+
+    /// The module this VM runs.
+    pub fn module(&self) -> &Arc<PluginModule> {
+        &self.module
+    }
+
+    /// When the VM started.
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    /// The failure that poisoned this VM, if any.
+    pub fn failure(&self) -> Option<GuestFailure> {
+        self.failure.borrow().clone()
+    }
+
+    /// True once a callback has failed; the VM takes no more calls.
+    pub fn is_failed(&self) -> bool {
+        self.failure.borrow().is_some()
+    }
+
+    /// Stream contexts currently alive on this VM.
+    pub fn live_streams(&self) -> usize {
+        self.inner.try_borrow().map_or(0, |inner| inner.store.data().streams.len())
+    }
+
+    /// Calls into the guest with the deadline armed and `context` as the acting context.
+    pub(crate) fn call<R>(
+        &self,
+        callback: &'static str,
+        context: u32,
+        deadline: Duration,
+        f: impl FnOnce(&mut Store<VmState>, &Callbacks) -> wasmtime::Result<R>,
+    ) -> Result<R, GuestFailure> {
+        if let Some(failure) = self.failure.borrow().as_ref() {
+            return Err(GuestFailure {
+                callback,
+                kind: FailureKind::VmFailed,
+                detail: format!("the VM failed earlier in {}", failure.callback),
+                ..failure.clone()
+            });
+        }
+        let result = {
+            let Ok(mut inner) = self.inner.try_borrow_mut() else {
+                return Err(GuestFailure {
+                    plugin: self.plugin.name.clone(),
+                    callback,
+                    kind: FailureKind::VmFailed,
+                    detail: "re-entrant call into a VM that is already running a callback".into(),
+                });
+            };
+            let VmInner { store, callbacks } = &mut *inner;
+            store.set_epoch_deadline(Runtime::deadline_ticks(deadline));
+            let state = store.data_mut();
+            let previous = (state.active_context, state.effective_context.take());
+            state.active_context = context;
+            let result = f(store, callbacks);
+            let state = store.data_mut();
+            (state.active_context, state.effective_context) = previous;
+            result.map_err(|error| self.classify(callback, &error, state.memory_cap.hit))
+        };
+        result.inspect_err(|failure| self.fail(failure.clone()))
+    }
+
+    fn classify(&self, callback: &'static str, error: &wasmtime::Error, memory_limit_hit: bool) -> GuestFailure {
+        let kind = if memory_limit_hit {
+            FailureKind::MemoryLimit
+        } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            FailureKind::DeadlineExceeded
+        } else if error.downcast_ref::<GuestFault>().is_some() {
+            FailureKind::BadGuestInput
+        } else {
+            FailureKind::Trap
+        };
+        let detail = match kind {
+            FailureKind::DeadlineExceeded => format!(
+                "callback exceeded its deadline of {:?} and was interrupted",
+                if callback.starts_with("proxy_on_vm_start") || callback == "proxy_on_configure" || callback == "_initialize" {
+                    self.plugin.limits.start_deadline
+                } else {
+                    self.plugin.limits.callback_deadline
+                }
+            ),
+            FailureKind::MemoryLimit => format!(
+                "memory limit of {} bytes exceeded ({error:#})",
+                self.plugin.limits.max_memory_bytes
+            ),
+            _ => format!("{error:?}"),
+        };
+        GuestFailure {
+            plugin: self.plugin.name.clone(),
+            callback,
+            kind,
+            detail,
+        }
+    }
+
+    /// Poisons the VM: logs, counts, and wakes every stream still on it.
+    fn fail(&self, failure: GuestFailure) {
+        if self.failure.borrow().is_some() {
+            return;
+        }
+        tracing::error!(
+            plugin = %self.plugin.name,
+            callback = failure.callback,
+            kind = ?failure.kind,
+            "{failure}"
+        );
+        self.services.update_failures(&self.plugin.name, |stats| {
+            *stats.callback_failures.entry(failure.callback).or_default() += 1;
+        });
+        *self.failure.borrow_mut() = Some(failure);
+        if let Ok(inner) = self.inner.try_borrow() {
+            for stream in inner.store.data().streams.values() {
+                let mut signals = stream.signals.borrow_mut();
+                signals.vm_failed = true;
+                signals.wake();
+            }
+        }
+    }
+
+    /// Creates a stream context (`proxy_on_context_create(id, root)`) over `exchange`.
+    pub(crate) fn create_stream(
+        &self,
+        exchange: Rc<RefCell<HttpExchange>>,
+        signals: Rc<RefCell<StreamSignals>>,
+    ) -> Result<u32, GuestFailure> {
+        let id = self.next_context_id.get();
+        self.next_context_id.set(id.wrapping_add(1).max(ROOT_CONTEXT_ID + 1));
+        if let Ok(mut inner) = self.inner.try_borrow_mut() {
+            inner.store.data_mut().streams.insert(id, StreamContext { exchange, signals });
+        }
+        self.call("proxy_on_context_create", id, self.plugin.limits.callback_deadline, |store, cb| {
+            cb.context_create.call(store, (id, ROOT_CONTEXT_ID))
+        })?;
+        Ok(id)
+    }
+
+    /// Ends a stream context: `proxy_on_done` then `proxy_on_delete`, and forgets it.
+    pub(crate) fn destroy_stream(&self, id: u32) {
+        let deadline = self.plugin.limits.callback_deadline;
+        let _ = self.call("proxy_on_done", id, deadline, |store, cb| match &cb.done {
+            Some(f) => f.call(&mut *store, id).map(drop),
+            None => Ok(()),
+        });
+        let _ = self.call("proxy_on_delete", id, deadline, |store, cb| match &cb.delete {
+            Some(f) => f.call(&mut *store, id),
+            None => Ok(()),
+        });
+        if let Ok(mut inner) = self.inner.try_borrow_mut() {
+            inner.store.data_mut().streams.remove(&id);
+        }
+    }
+
+    /// `proxy_on_log` for a stream.
+    pub(crate) fn log_stream(&self, id: u32) -> Result<(), GuestFailure> {
+        self.call("proxy_on_log", id, self.plugin.limits.callback_deadline, |store, cb| match &cb.log {
+            Some(f) => f.call(store, id),
+            None => Ok(()),
+        })
+    }
+
+    /// When the root context's timer fires next, if it is armed.
+    pub fn next_tick(&self) -> Option<Instant> {
+        self.inner.try_borrow().ok()?.store.data().tick.next
+    }
+
+    /// Runs `proxy_on_tick` if the timer is due at `now`, re-arming it first (Envoy re-arms after
+    /// each tick). Returns whether a tick ran.
+    pub fn tick_if_due(&self, now: Instant) -> Result<bool, GuestFailure> {
+        {
+            let Ok(mut inner) = self.inner.try_borrow_mut() else {
+                return Ok(false);
+            };
+            let tick = &mut inner.store.data_mut().tick;
+            match (tick.next, tick.period) {
+                (Some(next), Some(period)) if next <= now => tick.next = Some(now + period),
+                _ => return Ok(false),
+            }
+        }
+        self.call("proxy_on_tick", ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| {
+            match &cb.tick {
+                Some(f) => f.call(store, ROOT_CONTEXT_ID),
+                None => Ok(()),
+            }
+        })?;
+        Ok(true)
+    }
+
+    /// The inbox that receives this VM's queue notifications (register a waker on it).
+    pub fn queue_inbox(&self) -> &Arc<QueueInbox> {
+        &self.inbox
+    }
+
+    /// Runs `proxy_on_queue_ready` for every queue that received items. Returns how many ran.
+    pub fn deliver_queue_ready(&self) -> Result<usize, GuestFailure> {
+        let ready = self.inbox.drain();
+        for &queue_id in &ready {
+            self.call("proxy_on_queue_ready", ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| {
+                match &cb.queue_ready {
+                    Some(f) => f.call(store, (ROOT_CONTEXT_ID, queue_id)),
+                    None => Ok(()),
+                }
+            })?;
+        }
+        Ok(ready.len())
+    }
+
+    /// Delivers a callout's outcome to the root context (`proxy_on_http_call_response`). A failure
+    /// is delivered as zero headers, zero body and zero trailers, as Envoy does.
+    pub(crate) fn deliver_callout(&self, token: u32, outcome: Result<CalloutResponse, CalloutFailure>) {
+        let counts = match &outcome {
+            Ok(r) => (r.headers.len(), r.body.len(), r.trailers.len()),
+            Err(_) => (0, 0, 0),
+        };
+        let [headers, body, trailers] = [counts.0, counts.1, counts.2].map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        if let Ok(mut inner) = self.inner.try_borrow_mut() {
+            inner.store.data_mut().callout_response = Some(outcome);
+        }
+        let _ = self.call(
+            "proxy_on_http_call_response",
+            ROOT_CONTEXT_ID,
+            self.plugin.limits.callback_deadline,
+            |store, cb| match &cb.http_call_response {
+                Some(f) => f.call(store, (ROOT_CONTEXT_ID, token, headers, body, trailers)),
+                None => Ok(()),
+            },
+        );
+        if let Ok(mut inner) = self.inner.try_borrow_mut() {
+            inner.store.data_mut().callout_response = None;
+        }
+    }
+
+    /// Asks the root context to finish (`proxy_on_done`). Returns true when it is done now; false
+    /// when it will call `proxy_done` later (e.g. after flushing through a callout).
+    pub fn shutdown(&self) -> bool {
+        let done = self.call("proxy_on_done", ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| {
+            match &cb.done {
+                Some(f) => f.call(store, ROOT_CONTEXT_ID),
+                None => Ok(1),
+            }
+        });
+        match done {
+            Ok(0) => {
+                if let Ok(mut inner) = self.inner.try_borrow_mut() {
+                    inner.store.data_mut().done_pending = true;
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// True after [`shutdown`](Self::shutdown) once the root context is done.
+    pub fn is_done(&self) -> bool {
+        self.is_failed() || self.inner.try_borrow().is_ok_and(|inner| !inner.store.data().done_pending)
+    }
+}
+
+impl Drop for PluginVm {
+    fn drop(&mut self) {
+        if !self.is_failed() {
+            let _ = self.call("proxy_on_delete", ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| {
+                match &cb.delete {
+                    Some(f) => f.call(store, ROOT_CONTEXT_ID),
+                    None => Ok(()),
+                }
+            });
+        }
+    }
+}
