@@ -1,0 +1,298 @@
+//! A filter that exercises the proxy-wasm host functions and makes every result observable, for
+//! the wasmtrace runtime's conformance tests. Behaviour is chosen by the request path.
+
+#![allow(missing_docs, reason = "proxy_wasm::main! defines the undocumented `_initialize` export")]
+
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ProbeRoot::default()) });
+}}
+
+const QUEUE: &str = "probe-queue";
+
+#[derive(Default)]
+struct ProbeRoot {
+    queue_id: Option<u32>,
+}
+
+fn counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+impl Context for ProbeRoot {}
+
+impl RootContext for ProbeRoot {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        let vm_config = self.get_vm_configuration().unwrap_or_default();
+        log::info_line(&format!("vm start: {}", String::from_utf8_lossy(&vm_config)));
+        // Standard output goes through WASI fd_write and must come out as a log line.
+        println!("stdout reaches the host log");
+        if let Ok(greeting) = std::env::var("PROBE_GREETING") {
+            log::info_line(&format!("env PROBE_GREETING={greeting}"));
+        }
+        self.queue_id = Some(self.register_shared_queue(QUEUE));
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        let config = String::from_utf8_lossy(&config).into_owned();
+        log::info_line(&format!("configured: {config}"));
+        if let Some(ms) = config.strip_prefix("tick_ms=").and_then(|ms| ms.trim().parse::<u64>().ok()) {
+            self.set_tick_period(Duration::from_millis(ms));
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(id) = counter("probe_ticks_total") {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+        log::info_line("tick");
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(item)) = self.dequeue_shared_queue(queue_id) {
+            log::info_line(&format!("dequeued: {}", String::from_utf8_lossy(&item)));
+            if let Some(id) = counter("probe_dequeued_total") {
+                let _ = hostcalls::increment_metric(id, 1);
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Probe {
+            context_id,
+            path: String::new(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Probe {
+    context_id: u32,
+    path: String,
+}
+
+/// Logging through the SDK's `proxy_log` wrapper.
+mod log {
+    pub fn info_line(message: &str) {
+        let _ = proxy_wasm::hostcalls::log(proxy_wasm::types::LogLevel::Info, message);
+    }
+}
+
+impl Probe {
+    fn property_text(&self, path: Vec<&str>) -> String {
+        match self.get_property(path) {
+            Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            None => "none".to_owned(),
+        }
+    }
+
+    fn property_int(&self, path: Vec<&str>) -> String {
+        match self.get_property(path) {
+            Some(bytes) if bytes.len() == 8 => {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(&bytes);
+                i64::from_le_bytes(word).to_string()
+            }
+            _ => "none".to_owned(),
+        }
+    }
+
+    fn report_properties(&self) {
+        self.set_property(vec!["probe_state"], Some(b"set-by-probe"));
+        let reports = [
+            ("x-prop-plugin-name", self.property_text(vec!["plugin_name"])),
+            ("x-prop-root-id", self.property_text(vec!["plugin_root_id"])),
+            ("x-prop-vm-id", self.property_text(vec!["plugin_vm_id"])),
+            ("x-prop-path", self.property_text(vec!["request", "path"])),
+            ("x-prop-method", self.property_text(vec!["request", "method"])),
+            ("x-prop-source", self.property_text(vec!["source", "address"])),
+            ("x-prop-source-port", self.property_int(vec!["source", "port"])),
+            ("x-prop-region", self.property_text(vec!["xds", "node", "metadata", "region"])),
+            ("x-prop-node-id", self.property_text(vec!["node", "id"])),
+            ("x-prop-missing", self.property_text(vec!["no", "such", "thing"])),
+            ("x-prop-roundtrip", self.property_text(vec!["probe_state"])),
+        ];
+        for (name, value) in reports {
+            self.add_http_request_header(name, &value);
+        }
+    }
+
+    fn count_in_shared_data(&self) {
+        let (value, cas) = self.get_shared_data("probe-counter");
+        let current: u64 = value
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let next = (current + 1).to_string();
+        let first = self.set_shared_data("probe-counter", Some(next.as_bytes()), cas);
+        // Any version other than the current one must lose.
+        let (_, current) = self.get_shared_data("probe-counter");
+        let stale = self.set_shared_data("probe-counter", Some(b"stale"), current.map(|v| v.wrapping_add(1)));
+        let outcome = |r: Result<(), Status>| match r {
+            Ok(()) => "ok".to_owned(),
+            Err(status) => format!("{status:?}"),
+        };
+        self.add_http_request_header("x-shared", &format!("{next},{},{}", outcome(first), outcome(stale)));
+    }
+
+    fn enqueue(&self) {
+        let vm_id = self.property_text(vec!["plugin_vm_id"]);
+        match self.resolve_shared_queue(&vm_id, QUEUE) {
+            Some(queue) => {
+                let result = self.enqueue_shared_queue(queue, Some(self.path.as_bytes()));
+                self.add_http_request_header("x-enqueued", if result.is_ok() { "yes" } else { "failed" });
+            }
+            None => self.add_http_request_header("x-enqueued", "no queue"),
+        }
+    }
+}
+
+impl Context for Probe {
+    fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if num_headers == 0 {
+            let (_, reason) = self.get_grpc_status();
+            self.send_http_response(
+                503,
+                vec![("x-callout", "failed")],
+                Some(format!("callout failed: {}\n", reason.unwrap_or_default()).as_bytes()),
+            );
+            return;
+        }
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        self.add_http_request_header("x-callout-status", &status);
+        self.add_http_request_header("x-callout-body", &String::from_utf8_lossy(&body));
+        self.resume_http_request();
+    }
+}
+
+impl HttpContext for Probe {
+    fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in self.get_http_request_headers() {
+            log::info_line(&format!("#{} -> {name}: {value}", self.context_id));
+        }
+        if let Some(id) = counter("probe_requests_total") {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+        if let Ok(id) = hostcalls::define_metric(MetricType::Histogram, "probe_request_header_count") {
+            let _ = hostcalls::record_metric(id, num_headers as u64);
+        }
+        if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, "probe_last_context_id") {
+            let _ = hostcalls::record_metric(id, u64::from(self.context_id));
+        }
+        self.path = self.get_http_request_header(":path").unwrap_or_default();
+        self.add_http_request_header("x-probe", &format!("ctx={}", self.context_id));
+        if self.get_http_request_header("x-replace-me").is_some() {
+            self.set_http_request_header("x-replace-me", Some("replaced"));
+        }
+        self.remove_http_request_header("x-remove-me");
+
+        match self.path.as_str() {
+            "/local" => {
+                self.send_http_response(403, vec![("x-local", "yes")], Some(b"denied by probe\n"));
+                Action::Pause
+            }
+            "/callout" | "/callout-to-unknown-cluster" => {
+                let cluster = if self.path == "/callout" { "auth" } else { "no-such-cluster" };
+                match self.dispatch_http_call(
+                    cluster,
+                    vec![(":method", "POST"), (":path", "/check"), (":authority", "auth.local"), ("x-from", "probe")],
+                    Some(b"ping"),
+                    vec![],
+                    Duration::from_secs(1),
+                ) {
+                    Ok(_token) => Action::Pause,
+                    Err(status) => {
+                        self.add_http_request_header("x-callout-error", &format!("{status:?}"));
+                        Action::Continue
+                    }
+                }
+            }
+            "/shared" => {
+                self.count_in_shared_data();
+                Action::Continue
+            }
+            "/enqueue" => {
+                self.enqueue();
+                Action::Continue
+            }
+            "/props" => {
+                self.report_properties();
+                Action::Continue
+            }
+            "/close" => {
+                self.reset_http_request();
+                Action::Pause
+            }
+            "/misc" => {
+                let level = hostcalls::get_log_level().map(|l| format!("{l:?}")).unwrap_or_default();
+                self.add_http_request_header("x-log-level", &level);
+                let nanos = self
+                    .get_current_time()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                self.add_http_request_header("x-time-nanos", &nanos.to_string());
+                let foreign = hostcalls::call_foreign_function("no_such_function", None);
+                self.add_http_request_header("x-foreign", &format!("{:?}", foreign.err()));
+                let grpc = self.dispatch_grpc_call("auth", "svc", "method", vec![], None, Duration::from_secs(1));
+                self.add_http_request_header("x-grpc", &format!("{:?}", grpc.err()));
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.path != "/body" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let upper = String::from_utf8_lossy(&body).to_uppercase();
+        self.set_http_request_body(0, body_size, upper.as_bytes());
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in self.get_http_response_headers() {
+            log::info_line(&format!("#{} <- {name}: {value}", self.context_id));
+        }
+        self.add_http_response_header("x-probe-response", "yes");
+        if self.path == "/redact" {
+            self.set_http_response_header("content-length", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.path != "/redact" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let replacement = format!("redacted ({body_size} bytes)\n");
+        self.set_http_response_body(0, body_size, replacement.as_bytes());
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let code = self.property_int(vec!["response", "code"]);
+        log::info_line(&format!("#{} completed with {code}.", self.context_id));
+    }
+}
