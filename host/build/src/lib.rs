@@ -136,11 +136,8 @@ fn rustup_target_installed() -> bool {
         return false;
     }
     let libdir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    std::fs::read_dir(libdir).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
-    })
+    std::fs::read_dir(libdir)
+        .is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
 }
 
 fn debian_toolchain() -> Option<Toolchain> {
@@ -150,11 +147,7 @@ fn debian_toolchain() -> Option<Toolchain> {
     let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output().ok()?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     let std_src = sysroot.join("lib/rustlib/src/rust/library/std");
-    (cargo.exists() && wasi_libc.is_dir() && std_src.is_dir()).then_some(Toolchain::Debian {
-        cargo,
-        rustc,
-        wasi_libc,
-    })
+    (cargo.exists() && wasi_libc.is_dir() && std_src.is_dir()).then_some(Toolchain::Debian { cargo, rustc, wasi_libc })
 }
 
 /// Finds a toolchain that can build filters, preferring rustup's target.
@@ -224,10 +217,7 @@ pub fn build_filter(options: &BuildOptions) -> Result<BuiltFilter, BuildError> {
             }
         }
     }
-    let status = child.wait().map_err(|source| BuildError::Spawn {
-        program: "cargo".into(),
-        source,
-    })?;
+    let status = child.wait().map_err(|source| BuildError::Spawn { program: "cargo".into(), source })?;
     let stderr = stderr_reader.and_then(|h| h.join().ok()).unwrap_or_default();
     if !status.success() {
         let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
@@ -235,36 +225,23 @@ pub fn build_filter(options: &BuildOptions) -> Result<BuiltFilter, BuildError> {
         return Err(BuildError::CargoFailed {
             crate_dir: options.crate_dir.clone(),
             toolchain: toolchain.describe(),
-            output: if output.is_empty() {
-                "(cargo's output is shown above)".into()
-            } else {
-                output
-            },
+            output: if output.is_empty() { "(cargo's output is shown above)".into() } else { output },
         });
     }
     let built = wasm.ok_or_else(|| BuildError::NoArtifact(options.crate_dir.clone()))?;
     let wasm_path = match &options.out {
         Some(out) => {
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|source| BuildError::Output {
-                    path: parent.to_owned(),
-                    source,
-                })?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|source| BuildError::Output { path: parent.to_owned(), source })?;
             }
-            std::fs::copy(&built, out).map_err(|source| BuildError::Output {
-                path: out.clone(),
-                source,
-            })?;
+            std::fs::copy(&built, out).map_err(|source| BuildError::Output { path: out.clone(), source })?;
             out.clone()
         }
         None => built,
     };
     let size = std::fs::metadata(&wasm_path).map(|m| m.len()).unwrap_or(0);
-    Ok(BuiltFilter {
-        wasm_path,
-        toolchain,
-        size,
-    })
+    Ok(BuiltFilter { wasm_path, toolchain, size })
 }
 
 /// The `.wasm` path of a `compiler-artifact` message for the crate at `manifest`, if `line` is one.
@@ -303,10 +280,7 @@ mod tests {
 
     #[test]
     fn a_directory_without_a_manifest_is_refused() {
-        let options = BuildOptions {
-            crate_dir: PathBuf::from("/no/such/dir"),
-            ..BuildOptions::default()
-        };
+        let options = BuildOptions { crate_dir: PathBuf::from("/no/such/dir"), ..BuildOptions::default() };
         assert!(matches!(build_filter(&options), Err(BuildError::NotACrate(_))));
     }
 }

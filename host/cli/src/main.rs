@@ -39,9 +39,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {
@@ -55,19 +53,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Build {
-            crate_dir,
-            out,
-            target_dir,
-        } => {
-            let built = build_filter(&BuildOptions {
-                crate_dir,
-                target_dir,
-                out,
-                quiet: false,
-            })?;
-            let bytes = std::fs::read(&built.wasm_path)
-                .with_context(|| format!("reading {}", built.wasm_path.display()))?;
+        Command::Build { crate_dir, out, target_dir } => {
+            let built = build_filter(&BuildOptions { crate_dir, target_dir, out, quiet: false })?;
+            let bytes =
+                std::fs::read(&built.wasm_path).with_context(|| format!("reading {}", built.wasm_path.display()))?;
             println!(
                 "built {} ({} bytes, sha256 {}) with {}",
                 built.wasm_path.display(),

@@ -109,9 +109,6 @@ pub struct GuestFault {
 impl GuestFault {
     /// A fault as a wasmtime error, ready to be returned from a host function.
     pub fn trap(call: &'static str, reason: impl Into<String>) -> wasmtime::Error {
-        wasmtime::Error::new(GuestFault {
-            call,
-            reason: reason.into(),
-        })
+        wasmtime::Error::new(GuestFault { call, reason: reason.into() })
     }
 }

@@ -99,9 +99,6 @@ pub struct HttpExchange {
 impl HttpExchange {
     /// An exchange whose request headers have arrived.
     pub fn with_request_headers(headers: HeaderMap) -> Self {
-        Self {
-            request_headers: Some(headers),
-            ..Self::default()
-        }
+        Self { request_headers: Some(headers), ..Self::default() }
     }
 }

@@ -7,6 +7,9 @@
 
 use thiserror::Error;
 
+/// One `(name, value)` entry as raw bytes.
+pub type RawPair = (Vec<u8>, Vec<u8>);
+
 /// Most pairs a serialised map may hold (Envoy's limit).
 pub const MAX_PAIRS: usize = 1024;
 /// Largest serialised map accepted from a guest (Envoy's limit).
@@ -39,7 +42,9 @@ pub enum HeaderMapDecodeError {
     #[error("serialized header map pair {0} is missing a NUL terminator")]
     MissingNul(usize),
     /// Beyond [`MAX_PAIRS`] or [`MAX_SERIALIZED_BYTES`].
-    #[error("serialized header map too large: {pairs} pairs, {bytes} bytes (limits {MAX_PAIRS} pairs, {MAX_SERIALIZED_BYTES} bytes)")]
+    #[error(
+        "serialized header map too large: {pairs} pairs, {bytes} bytes (limits {MAX_PAIRS} pairs, {MAX_SERIALIZED_BYTES} bytes)"
+    )]
     TooLarge {
         /// Pair count declared.
         pairs: usize,
@@ -80,10 +85,7 @@ impl HeaderMap {
 
     /// The first value of `name` (case-insensitive), like Envoy's `get_header_map_value`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
     /// The first value of `name` as UTF-8, if it is valid UTF-8.
@@ -176,25 +178,20 @@ fn wire_u32(n: usize) -> u32 {
 
 /// Parses the SDK wire form into raw pairs. Empty input (and the single zero byte the spec allows)
 /// is the empty map.
-pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, HeaderMapDecodeError> {
+pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<RawPair>, HeaderMapDecodeError> {
     if bytes.is_empty() || bytes == [0] {
         return Ok(Vec::new());
     }
     let read_u32 = |at: usize| -> Result<usize, HeaderMapDecodeError> {
-        let slice = bytes.get(at..at + 4).ok_or(HeaderMapDecodeError::Truncated {
-            needed: at + 4,
-            actual: bytes.len(),
-        })?;
+        let slice =
+            bytes.get(at..at + 4).ok_or(HeaderMapDecodeError::Truncated { needed: at + 4, actual: bytes.len() })?;
         let mut word = [0u8; 4];
         word.copy_from_slice(slice);
         Ok(u32::from_le_bytes(word) as usize)
     };
     let count = read_u32(0)?;
     if count > MAX_PAIRS || bytes.len() > MAX_SERIALIZED_BYTES {
-        return Err(HeaderMapDecodeError::TooLarge {
-            pairs: count,
-            bytes: bytes.len(),
-        });
+        return Err(HeaderMapDecodeError::TooLarge { pairs: count, bytes: bytes.len() });
     }
     let mut lengths = Vec::with_capacity(count);
     for i in 0..count {
@@ -205,10 +202,7 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, HeaderMapDe
     for (i, (klen, vlen)) in lengths.into_iter().enumerate() {
         let needed = pos + klen + 1 + vlen + 1;
         if needed > bytes.len() {
-            return Err(HeaderMapDecodeError::Truncated {
-                needed,
-                actual: bytes.len(),
-            });
+            return Err(HeaderMapDecodeError::Truncated { needed, actual: bytes.len() });
         }
         let key = &bytes[pos..pos + klen];
         if bytes[pos + klen] != 0 {

@@ -85,12 +85,8 @@ impl PluginInstance {
         if self.backoff_until.get().is_some_and(|until| Instant::now() < until) {
             return;
         }
-        match PluginVm::start(
-            self.module.clone(),
-            self.plugin.clone(),
-            self.services.clone(),
-            self.dispatcher.clone(),
-        ) {
+        match PluginVm::start(self.module.clone(), self.plugin.clone(), self.services.clone(), self.dispatcher.clone())
+        {
             Ok(vm) => {
                 tracing::info!(plugin = %self.plugin.name, "wasm VM re-created after a failure");
                 *self.vm.borrow_mut() = Some(vm);
@@ -114,11 +110,7 @@ impl PluginInstance {
         match self.vm() {
             Some(vm) => HttpStream::start(vm, exchange),
             None => {
-                let detail = self
-                    .last_start_error
-                    .borrow()
-                    .clone()
-                    .unwrap_or_else(|| "no VM is running".into());
+                let detail = self.last_start_error.borrow().clone().unwrap_or_else(|| "no VM is running".into());
                 HttpStream::without_vm(
                     self.plugin.name.clone(),
                     self.plugin.failure_policy,

@@ -13,8 +13,8 @@ use crate::abi::types::MetricType;
 /// Upper bounds of the histogram buckets (Envoy's default supported buckets, in the unit of the
 /// recorded values).
 pub const HISTOGRAM_BUCKETS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
-    300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
 ];
 
 /// A histogram's state.
@@ -149,11 +149,7 @@ impl MetricRegistry {
         let mut by_name = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(&id) = by_name.get(name) {
             let existing = self.get(id).ok_or(MetricError::WrongType)?;
-            return if existing.metric_type() == metric_type {
-                Ok(id)
-            } else {
-                Err(MetricError::TypeConflict)
-            };
+            return if existing.metric_type() == metric_type { Ok(id) } else { Err(MetricError::TypeConflict) };
         }
         let cell = match metric_type {
             MetricType::Counter => MetricCell::Counter(AtomicU64::new(0)),
@@ -165,10 +161,7 @@ impl MetricRegistry {
         };
         let mut by_id = self.by_id.write().unwrap_or_else(|p| p.into_inner());
         let id = u32::try_from(by_id.len()).map_err(|_| MetricError::WrongType)?;
-        by_id.push(Arc::new(Metric {
-            name: name.to_owned(),
-            cell,
-        }));
+        by_id.push(Arc::new(Metric { name: name.to_owned(), cell }));
         by_name.insert(name.to_owned(), id);
         Ok(id)
     }

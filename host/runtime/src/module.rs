@@ -61,16 +61,8 @@ impl PluginModule {
         let module = Module::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         check_imports(&module, provided)?;
         let abi = check_exports(&module)?;
-        let pre = linker
-            .instantiate_pre(&module)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        Ok(Self {
-            module,
-            pre,
-            sha256,
-            abi,
-            size: bytes.len(),
-        })
+        let pre = linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        Ok(Self { module, pre, sha256, abi, size: bytes.len() })
     }
 
     /// Lower-case hex sha256 of the module bytes.
@@ -188,11 +180,7 @@ fn check_exports(module: &Module) -> Result<AbiVersion, LoadError> {
                 ExternType::Func(f) => signature(f),
                 other => extern_kind(other).to_owned(),
             };
-            return Err(LoadError::BadExportType {
-                name: name.to_owned(),
-                expected,
-                found,
-            });
+            return Err(LoadError::BadExportType { name: name.to_owned(), expected, found });
         }
     }
     Ok(abi)

@@ -65,10 +65,7 @@ pub struct PluginConfig {
 impl PluginConfig {
     /// A configuration with a name and defaults for everything else.
     pub fn named(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
+        Self { name: name.into(), ..Self::default() }
     }
 
     /// The prefix of this plugin's guest log lines, Envoy's shape:

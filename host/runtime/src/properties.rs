@@ -121,9 +121,7 @@ fn request_property(exchange: &HttpExchange, attr: &[u8], rest: &[&[u8]]) -> Opt
         b"size" => Some(PropertyValue::Int(i64::try_from(exchange.info.request_body_bytes).unwrap_or(i64::MAX))),
         b"total_size" => {
             let header_bytes = headers.map_or(0, HeaderMap::byte_size) as u64;
-            Some(PropertyValue::Int(
-                i64::try_from(exchange.info.request_body_bytes + header_bytes).unwrap_or(i64::MAX),
-            ))
+            Some(PropertyValue::Int(i64::try_from(exchange.info.request_body_bytes + header_bytes).unwrap_or(i64::MAX)))
         }
         _ => None,
     };
@@ -135,10 +133,9 @@ fn response_property(exchange: &HttpExchange, attr: &[u8], rest: &[&[u8]]) -> Op
     let value = match attr {
         b"headers" => return headers_property(headers, rest),
         b"trailers" => return headers_property(exchange.response_trailers.as_ref(), rest),
-        b"code" => headers
-            .and_then(|h| h.get_str(":status"))
-            .and_then(|s| s.parse::<i64>().ok())
-            .map(PropertyValue::Int),
+        b"code" => {
+            headers.and_then(|h| h.get_str(":status")).and_then(|s| s.parse::<i64>().ok()).map(PropertyValue::Int)
+        }
         b"code_details" => exchange.info.response_code_details.clone().map(PropertyValue::text),
         b"flags" => Some(PropertyValue::Int(0)),
         b"size" => Some(PropertyValue::Int(i64::try_from(exchange.info.response_body_bytes).unwrap_or(i64::MAX))),
@@ -317,13 +314,13 @@ fn node_protobuf(node: &NodeInfo) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn scope_with<'a>(plugin: &'a PluginConfig, node: &'a NodeInfo, exchange: &'a HttpExchange, empty: &'a HashMap<String, Vec<u8>>) -> PropertyScope<'a> {
-        PropertyScope {
-            plugin,
-            node,
-            exchange: Some(exchange),
-            root_filter_state: empty,
-        }
+    fn scope_with<'a>(
+        plugin: &'a PluginConfig,
+        node: &'a NodeInfo,
+        exchange: &'a HttpExchange,
+        empty: &'a HashMap<String, Vec<u8>>,
+    ) -> PropertyScope<'a> {
+        PropertyScope { plugin, node, exchange: Some(exchange), root_filter_state: empty }
     }
 
     #[test]
@@ -352,23 +349,14 @@ mod tests {
     #[test]
     fn node_metadata_is_walked_and_the_whole_node_is_protobuf() {
         let plugin = PluginConfig::named("p");
-        let mut node = NodeInfo {
-            id: "sidecar~1".into(),
-            cluster: "gallery".into(),
-            ..NodeInfo::default()
-        };
+        let mut node = NodeInfo { id: "sidecar~1".into(), cluster: "gallery".into(), ..NodeInfo::default() };
         node.metadata.insert("region".into(), Json::String("eu".into()));
         let empty = HashMap::new();
         let exchange = HttpExchange::default();
         let scope = scope_with(&plugin, &node, &exchange, &empty);
-        assert_eq!(
-            resolve(&[b"xds", b"node", b"metadata", b"region"], &scope),
-            Some(PropertyValue::text("eu"))
-        );
+        assert_eq!(resolve(&[b"xds", b"node", b"metadata", b"region"], &scope), Some(PropertyValue::text("eu")));
         assert_eq!(resolve(&[b"node", b"id"], &scope), Some(PropertyValue::text("sidecar~1")));
-        let Some(PropertyValue::Bytes(proto)) = resolve(&[b"xds", b"node"], &scope) else {
-            panic!("node bytes")
-        };
+        let Some(PropertyValue::Bytes(proto)) = resolve(&[b"xds", b"node"], &scope) else { panic!("node bytes") };
         assert_eq!(&proto[..11], b"\x0a\x09sidecar~1");
     }
 }

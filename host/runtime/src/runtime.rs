@@ -74,13 +74,8 @@ impl Runtime {
         if let Some(module) = self.cached(&sha256) {
             return Ok(module);
         }
-        let module = Arc::new(PluginModule::compile(
-            &self.engine,
-            &self.linker,
-            &self.provided_imports,
-            bytes,
-            sha256.clone(),
-        )?);
+        let module =
+            Arc::new(PluginModule::compile(&self.engine, &self.linker, &self.provided_imports, bytes, sha256.clone())?);
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         modules.retain(|_, m| m.strong_count() > 0);
         modules.insert(sha256, Arc::downgrade(&module));
@@ -135,10 +130,7 @@ impl EpochTicker {
                 }
             })
             .ok();
-        Self {
-            stop,
-            thread: Mutex::new(thread),
-        }
+        Self { stop, thread: Mutex::new(thread) }
     }
 
     fn stop(&self) {

@@ -48,13 +48,7 @@ impl SharedDataStore {
             Some(existing) => existing.cas.wrapping_add(1).max(1),
             None => 1,
         };
-        entries.insert(
-            key.to_vec(),
-            SharedValue {
-                value: value.to_vec(),
-                cas: next,
-            },
-        );
+        entries.insert(key.to_vec(), SharedValue { value: value.to_vec(), cas: next });
         Ok(next)
     }
 }

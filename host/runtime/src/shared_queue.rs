@@ -93,13 +93,7 @@ impl SharedQueueRegistry {
         queues.next_id += 1;
         let id = queues.next_id;
         queues.by_name.insert(key, id);
-        queues.by_id.insert(
-            id,
-            Queue {
-                items: VecDeque::new(),
-                owner,
-            },
-        );
+        queues.by_id.insert(id, Queue { items: VecDeque::new(), owner });
         id
     }
 

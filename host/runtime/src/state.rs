@@ -86,7 +86,11 @@ pub struct VmState {
 }
 
 impl VmState {
-    pub(crate) fn new(plugin: Arc<PluginConfig>, services: Arc<HostServices>, dispatcher: Rc<dyn CalloutDispatcher>) -> Self {
+    pub(crate) fn new(
+        plugin: Arc<PluginConfig>,
+        services: Arc<HostServices>,
+        dispatcher: Rc<dyn CalloutDispatcher>,
+    ) -> Self {
         let max_bytes = plugin.limits.max_memory_bytes;
         Self {
             plugin,

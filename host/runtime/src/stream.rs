@@ -232,10 +232,10 @@ impl HttpStream {
     /// `proxy_on_log`: the access-log point, after the response is complete. Headers, trailers
     /// and `response.*` properties are readable.
     pub fn on_log(&mut self) {
-        if let (Phase::Active, Some(vm)) = (self.phase.get(), &self.vm) {
-            if self.startup_failure.borrow().is_none() {
-                let _ = vm.log_stream(self.context_id);
-            }
+        if let (Phase::Active, Some(vm)) = (self.phase.get(), &self.vm)
+            && self.startup_failure.borrow().is_none()
+        {
+            let _ = vm.log_stream(self.context_id);
         }
     }
 
@@ -316,16 +316,12 @@ impl HttpStream {
         }
         if signals.vm_failed && self.phase.get() == Phase::Active {
             drop(signals);
-            let failure = self
-                .vm
-                .as_ref()
-                .and_then(|vm| vm.failure())
-                .unwrap_or_else(|| GuestFailure {
-                    plugin: self.plugin_name.clone(),
-                    callback: "proxy_on_http_call_response",
-                    kind: crate::error::FailureKind::VmFailed,
-                    detail: "the VM failed while the stream was paused".into(),
-                });
+            let failure = self.vm.as_ref().and_then(|vm| vm.failure()).unwrap_or_else(|| GuestFailure {
+                plugin: self.plugin_name.clone(),
+                callback: "proxy_on_http_call_response",
+                kind: crate::error::FailureKind::VmFailed,
+                detail: "the VM failed while the stream was paused".into(),
+            });
             return Poll::Ready(self.apply_failure_policy(&failure));
         }
         let resumed = match direction {
@@ -350,10 +346,10 @@ impl HttpStream {
 
 impl Drop for HttpStream {
     fn drop(&mut self) {
-        if let Some(vm) = &self.vm {
-            if self.context_id != 0 {
-                vm.destroy_stream(self.context_id);
-            }
+        if let Some(vm) = &self.vm
+            && self.context_id != 0
+        {
+            vm.destroy_stream(self.context_id);
         }
     }
 }

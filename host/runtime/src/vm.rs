@@ -29,6 +29,7 @@ type Callback1 = TypedFunc<u32, ()>;
 type Callback2 = TypedFunc<(u32, u32), ()>;
 type Decision2 = TypedFunc<(u32, u32), u32>;
 type Decision3 = TypedFunc<(u32, u32, u32), u32>;
+type CalloutCallback = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 /// The guest exports the host calls, looked up once per instance.
 pub(crate) struct Callbacks {
@@ -48,7 +49,7 @@ pub(crate) struct Callbacks {
     log: Option<Callback1>,
     done: Option<TypedFunc<u32, u32>>,
     delete: Option<Callback1>,
-    http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    http_call_response: Option<CalloutCallback>,
     queue_ready: Option<Callback2>,
 }
 
@@ -90,19 +91,14 @@ impl PluginVm {
         services: Arc<HostServices>,
         dispatcher: Rc<dyn CalloutDispatcher>,
     ) -> Result<Rc<Self>, StartError> {
-        let instantiate_error = |detail: String| StartError::Instantiate {
-            plugin: plugin.name.clone(),
-            detail,
-        };
+        let instantiate_error = |detail: String| StartError::Instantiate { plugin: plugin.name.clone(), detail };
         let state = VmState::new(plugin.clone(), services.clone(), dispatcher);
         let inbox = state.inbox.clone();
         let mut store = Store::new(module.module().engine(), state);
         store.limiter(|state| &mut state.memory_cap);
         store.set_epoch_deadline(Runtime::deadline_ticks(plugin.limits.start_deadline));
-        let instance = module
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(|e| instantiate_error(format!("{e:#}")))?;
+        let instance =
+            module.instance_pre().instantiate(&mut store).map_err(|e| instantiate_error(format!("{e:#}")))?;
         let memory = instance.get_memory(&mut store, "memory");
         let allocator = lookup::<u32, u32>(&mut store, &instance, "malloc")
             .or_else(|| lookup::<u32, u32>(&mut store, &instance, "proxy_on_memory_allocate"));
@@ -161,9 +157,7 @@ impl PluginVm {
             }
             Ok(())
         })?;
-        self.call("proxy_on_context_create", root, deadline, |store, cb| {
-            cb.context_create.call(store, (root, 0))
-        })?;
+        self.call("proxy_on_context_create", root, deadline, |store, cb| cb.context_create.call(store, (root, 0)))?;
         let vm_config_len = u32::try_from(self.plugin.vm_configuration.len()).unwrap_or(u32::MAX);
         let started = self.call("proxy_on_vm_start", root, deadline, |store, cb| match &cb.vm_start {
             Some(f) => f.call(store, (root, vm_config_len)),
@@ -275,24 +269,21 @@ impl PluginVm {
         let detail = match kind {
             FailureKind::DeadlineExceeded => format!(
                 "callback exceeded its deadline of {:?} and was interrupted",
-                if callback.starts_with("proxy_on_vm_start") || callback == "proxy_on_configure" || callback == "_initialize" {
+                if callback.starts_with("proxy_on_vm_start")
+                    || callback == "proxy_on_configure"
+                    || callback == "_initialize"
+                {
                     self.plugin.limits.start_deadline
                 } else {
                     self.plugin.limits.callback_deadline
                 }
             ),
-            FailureKind::MemoryLimit => format!(
-                "memory limit of {} bytes exceeded ({error:#})",
-                self.plugin.limits.max_memory_bytes
-            ),
+            FailureKind::MemoryLimit => {
+                format!("memory limit of {} bytes exceeded ({error:#})", self.plugin.limits.max_memory_bytes)
+            }
             _ => format!("{error:?}"),
         };
-        GuestFailure {
-            plugin: self.plugin.name.clone(),
-            callback,
-            kind,
-            detail,
-        }
+        GuestFailure { plugin: self.plugin.name.clone(), callback, kind, detail }
     }
 
     /// Poisons the VM: logs, counts, and wakes every stream still on it.

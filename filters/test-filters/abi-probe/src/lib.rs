@@ -19,13 +19,27 @@ const QUEUE: &str = "probe-queue";
 #[derive(Default)]
 struct ProbeRoot {
     queue_id: Option<u32>,
+    /// Configured `delay_done`: finish only on the tick after `on_done`.
+    delay_done: bool,
+    done_requested: bool,
 }
 
 fn counter(name: &str) -> Option<u32> {
     hostcalls::define_metric(MetricType::Counter, name).ok()
 }
 
-impl Context for ProbeRoot {}
+impl Context for ProbeRoot {
+    fn on_done(&mut self) -> bool {
+        if !self.delay_done {
+            return true;
+        }
+        // Like a tracing filter flushing its last batch: done later, through `proxy_done`.
+        log::info_line("done requested; finishing on the next tick");
+        self.done_requested = true;
+        self.set_tick_period(Duration::from_millis(10));
+        false
+    }
+}
 
 impl RootContext for ProbeRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -44,6 +58,7 @@ impl RootContext for ProbeRoot {
         let config = self.get_plugin_configuration().unwrap_or_default();
         let config = String::from_utf8_lossy(&config).into_owned();
         log::info_line(&format!("configured: {config}"));
+        self.delay_done = config == "delay_done";
         if let Some(ms) = config.strip_prefix("tick_ms=").and_then(|ms| ms.trim().parse::<u64>().ok()) {
             self.set_tick_period(Duration::from_millis(ms));
         }
@@ -51,6 +66,11 @@ impl RootContext for ProbeRoot {
     }
 
     fn on_tick(&mut self) {
+        if self.done_requested {
+            log::info_line("finishing");
+            self.done();
+            return;
+        }
         if let Some(id) = counter("probe_ticks_total") {
             let _ = hostcalls::increment_metric(id, 1);
         }
@@ -67,10 +87,7 @@ impl RootContext for ProbeRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Probe {
-            context_id,
-            path: String::new(),
-        }))
+        Some(Box::new(Probe { context_id, path: String::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -131,10 +148,7 @@ impl Probe {
 
     fn count_in_shared_data(&self) {
         let (value, cas) = self.get_shared_data("probe-counter");
-        let current: u64 = value
-            .and_then(|v| String::from_utf8(v).ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let current: u64 = value.and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
         let next = (current + 1).to_string();
         let first = self.set_shared_data("probe-counter", Some(next.as_bytes()), cas);
         // Any version other than the current one must lose.
@@ -239,11 +253,8 @@ impl HttpContext for Probe {
             "/misc" => {
                 let level = hostcalls::get_log_level().map(|l| format!("{l:?}")).unwrap_or_default();
                 self.add_http_request_header("x-log-level", &level);
-                let nanos = self
-                    .get_current_time()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
+                let nanos =
+                    self.get_current_time().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
                 self.add_http_request_header("x-time-nanos", &nanos.to_string());
                 let foreign = hostcalls::call_foreign_function("no_such_function", None);
                 self.add_http_request_header("x-foreign", &format!("{:?}", foreign.err()));
@@ -265,6 +276,19 @@ impl HttpContext for Probe {
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         let upper = String::from_utf8_lossy(&body).to_uppercase();
         self.set_http_request_body(0, body_size, upper.as_bytes());
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let checksum = self.get_http_request_trailer("x-checksum").unwrap_or_else(|| "none".into());
+        self.add_http_request_trailer("x-probe-saw-checksum", &checksum);
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        for (name, value) in self.get_http_response_trailers() {
+            log::info_line(&format!("#{} <- trailer {name}: {value}", self.context_id));
+        }
         Action::Continue
     }
 

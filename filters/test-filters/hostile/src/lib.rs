@@ -29,7 +29,7 @@ impl RootContext for HostileRoot {
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        !self.get_plugin_configuration().is_some_and(|c| c == b"refuse-configure")
+        self.get_plugin_configuration().is_none_or(|c| c != b"refuse-configure")
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -31,7 +31,10 @@ fn read_buffer<R>(state: &VmState, buffer: BufferType, f: impl FnOnce(&[u8]) -> 
         BufferType::HttpCallResponseBody => Some(f(&state.callout_response.as_ref()?.as_ref().ok()?.body)),
         BufferType::VmConfiguration => Some(f(&state.plugin.vm_configuration)),
         BufferType::PluginConfiguration => Some(f(&state.plugin.plugin_configuration)),
-        BufferType::DownstreamData | BufferType::UpstreamData | BufferType::GrpcReceiveBuffer | BufferType::CallData => None,
+        BufferType::DownstreamData
+        | BufferType::UpstreamData
+        | BufferType::GrpcReceiveBuffer
+        | BufferType::CallData => None,
     }
 }
 
@@ -57,7 +60,14 @@ fn get_buffer_bytes(
     Ok(Status::Ok.code())
 }
 
-fn set_buffer_bytes(caller: Caller<'_, VmState>, buffer: u32, start: u32, size: u32, ptr: u32, len: u32) -> wasmtime::Result<i32> {
+fn set_buffer_bytes(
+    caller: Caller<'_, VmState>,
+    buffer: u32,
+    start: u32,
+    size: u32,
+    ptr: u32,
+    len: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_set_buffer_bytes";
     let buffer = buffer_type(CALL, buffer)?;
     let data = memory::read(&caller, CALL, ptr, len)?;
@@ -84,7 +94,12 @@ fn set_buffer_bytes(caller: Caller<'_, VmState>, buffer: u32, start: u32, size: 
     Ok(Status::Ok.code())
 }
 
-fn get_buffer_status(mut caller: Caller<'_, VmState>, buffer: u32, ret_len: u32, ret_flags: u32) -> wasmtime::Result<i32> {
+fn get_buffer_status(
+    mut caller: Caller<'_, VmState>,
+    buffer: u32,
+    ret_len: u32,
+    ret_flags: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_get_buffer_status";
     let buffer = buffer_type(CALL, buffer)?;
     let Some(len) = read_buffer(caller.data(), buffer, <[u8]>::len) else {

@@ -36,11 +36,7 @@ fn read_map<R>(state: &VmState, map: MapType, f: impl FnOnce(&HeaderMap) -> R) -
     match map {
         MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => {
             let response = state.callout_response.as_ref()?.as_ref().ok()?;
-            Some(f(if map == MapType::HttpCallResponseHeaders {
-                &response.headers
-            } else {
-                &response.trailers
-            }))
+            Some(f(if map == MapType::HttpCallResponseHeaders { &response.headers } else { &response.trailers }))
         }
         MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => None,
         _ => {
@@ -97,7 +93,12 @@ fn get_header_map_size(mut caller: Caller<'_, VmState>, map: u32, ret_size: u32)
     Ok(Status::Ok.code())
 }
 
-fn get_header_map_pairs(mut caller: Caller<'_, VmState>, map: u32, ret_ptr: u32, ret_len: u32) -> wasmtime::Result<i32> {
+fn get_header_map_pairs(
+    mut caller: Caller<'_, VmState>,
+    map: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_get_header_map_pairs";
     let map = map_type(CALL, map)?;
     // A map that does not exist is handed over empty: the SDK accepts only OK here.
@@ -133,13 +134,24 @@ fn get_header_map_value(
     Ok(Status::Ok.code())
 }
 
-fn key_and_value(caller: &Caller<'_, VmState>, call: &'static str, ptrs: [u32; 4]) -> wasmtime::Result<(Vec<u8>, Vec<u8>)> {
+fn key_and_value(
+    caller: &Caller<'_, VmState>,
+    call: &'static str,
+    ptrs: [u32; 4],
+) -> wasmtime::Result<(Vec<u8>, Vec<u8>)> {
     let key = memory::read(caller, call, ptrs[0], ptrs[1])?;
     let value = memory::read(caller, call, ptrs[2], ptrs[3])?;
     Ok((key, value))
 }
 
-fn add_header_map_value(caller: Caller<'_, VmState>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32) -> wasmtime::Result<i32> {
+fn add_header_map_value(
+    caller: Caller<'_, VmState>,
+    map: u32,
+    kp: u32,
+    kl: u32,
+    vp: u32,
+    vl: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_add_header_map_value";
     let map = map_type(CALL, map)?;
     let (key, value) = key_and_value(&caller, CALL, [kp, kl, vp, vl])?;
@@ -147,7 +159,14 @@ fn add_header_map_value(caller: Caller<'_, VmState>, map: u32, kp: u32, kl: u32,
     Ok(Status::Ok.code())
 }
 
-fn replace_header_map_value(caller: Caller<'_, VmState>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32) -> wasmtime::Result<i32> {
+fn replace_header_map_value(
+    caller: Caller<'_, VmState>,
+    map: u32,
+    kp: u32,
+    kl: u32,
+    vp: u32,
+    vl: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_replace_header_map_value";
     let map = map_type(CALL, map)?;
     let (key, value) = key_and_value(&caller, CALL, [kp, kl, vp, vl])?;

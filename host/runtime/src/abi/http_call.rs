@@ -22,9 +22,19 @@ pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
     r.env("proxy_get_status", get_status)?;
     r.env(
         "proxy_grpc_call",
-        |caller: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| {
-            grpc_unsupported(&caller, "proxy_grpc_call")
-        },
+        |caller: Caller<'_, VmState>,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32| { grpc_unsupported(&caller, "proxy_grpc_call") },
     )?;
     r.env(
         "proxy_grpc_stream",
@@ -96,10 +106,7 @@ fn http_call(
         trailers,
         timeout: (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms))),
     };
-    let completion = CalloutCompletion {
-        vm: caller.data().self_ref.clone(),
-        token,
-    };
+    let completion = CalloutCompletion { vm: caller.data().self_ref.clone(), token };
     let dispatcher = caller.data().dispatcher.clone();
     if let Err(e) = dispatcher.dispatch(request, completion) {
         return refuse(&caller, format!("{e:?}"));
@@ -107,7 +114,12 @@ fn http_call(
     Ok(Status::Ok.code())
 }
 
-fn get_status(mut caller: Caller<'_, VmState>, ret_code: u32, ret_msg_ptr: u32, ret_msg_len: u32) -> wasmtime::Result<i32> {
+fn get_status(
+    mut caller: Caller<'_, VmState>,
+    ret_code: u32,
+    ret_msg_ptr: u32,
+    ret_msg_len: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_get_status";
     let (code, message) = match &caller.data().callout_response {
         Some(Err(failure)) => (BROKEN_CONNECTION, failure.reason.clone().into_bytes()),

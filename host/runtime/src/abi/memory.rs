@@ -11,23 +11,14 @@ use crate::error::GuestFault;
 use crate::state::VmState;
 
 fn memory(caller: &Caller<'_, VmState>, call: &'static str) -> wasmtime::Result<Memory> {
-    caller
-        .data()
-        .memory
-        .ok_or_else(|| GuestFault::trap(call, "the module exports no memory"))
+    caller.data().memory.ok_or_else(|| GuestFault::trap(call, "the module exports no memory"))
 }
 
 fn range(call: &'static str, ptr: u32, len: u32, size: usize) -> wasmtime::Result<std::ops::Range<usize>> {
     let start = ptr as usize;
-    let end = start
-        .checked_add(len as usize)
-        .filter(|end| *end <= size)
-        .ok_or_else(|| {
-            GuestFault::trap(
-                call,
-                format!("guest pointer {ptr:#x}+{len} is outside linear memory ({size} bytes)"),
-            )
-        })?;
+    let end = start.checked_add(len as usize).filter(|end| *end <= size).ok_or_else(|| {
+        GuestFault::trap(call, format!("guest pointer {ptr:#x}+{len} is outside linear memory ({size} bytes)"))
+    })?;
     Ok(start..end)
 }
 
@@ -40,12 +31,22 @@ pub(crate) fn read(caller: &Caller<'_, VmState>, call: &'static str, ptr: u32, l
 }
 
 /// Like [`read`], for text the ABI requires to be UTF-8 (names, paths, cluster names).
-pub(crate) fn read_string(caller: &Caller<'_, VmState>, call: &'static str, ptr: u32, len: u32) -> wasmtime::Result<String> {
+pub(crate) fn read_string(
+    caller: &Caller<'_, VmState>,
+    call: &'static str,
+    ptr: u32,
+    len: u32,
+) -> wasmtime::Result<String> {
     String::from_utf8(read(caller, call, ptr, len)?).map_err(|_| GuestFault::trap(call, "string argument is not UTF-8"))
 }
 
 /// Copies `bytes` into guest memory at `ptr`.
-pub(crate) fn write(caller: &mut Caller<'_, VmState>, call: &'static str, ptr: u32, bytes: &[u8]) -> wasmtime::Result<()> {
+pub(crate) fn write(
+    caller: &mut Caller<'_, VmState>,
+    call: &'static str,
+    ptr: u32,
+    bytes: &[u8],
+) -> wasmtime::Result<()> {
     let memory = memory(caller, call)?;
     let len = u32::try_from(bytes.len()).map_err(|_| GuestFault::trap(call, "value larger than 4 GiB"))?;
     let data = memory.data_mut(caller);
@@ -55,29 +56,33 @@ pub(crate) fn write(caller: &mut Caller<'_, VmState>, call: &'static str, ptr: u
 }
 
 /// Writes a little-endian u32 at `ptr` (a `return_*` out-parameter).
-pub(crate) fn write_u32(caller: &mut Caller<'_, VmState>, call: &'static str, ptr: u32, value: u32) -> wasmtime::Result<()> {
+pub(crate) fn write_u32(
+    caller: &mut Caller<'_, VmState>,
+    call: &'static str,
+    ptr: u32,
+    value: u32,
+) -> wasmtime::Result<()> {
     write(caller, call, ptr, &value.to_le_bytes())
 }
 
 /// Writes a little-endian u64 at `ptr`.
-pub(crate) fn write_u64(caller: &mut Caller<'_, VmState>, call: &'static str, ptr: u32, value: u64) -> wasmtime::Result<()> {
+pub(crate) fn write_u64(
+    caller: &mut Caller<'_, VmState>,
+    call: &'static str,
+    ptr: u32,
+    value: u64,
+) -> wasmtime::Result<()> {
     write(caller, call, ptr, &value.to_le_bytes())
 }
 
 /// Allocates `len` bytes with the guest's allocator.
 pub(crate) fn allocate(caller: &mut Caller<'_, VmState>, call: &'static str, len: u32) -> wasmtime::Result<u32> {
-    let allocator = caller
-        .data()
-        .allocator
-        .clone()
-        .ok_or_else(|| GuestFault::trap(call, "the module exports no allocator"))?;
+    let allocator =
+        caller.data().allocator.clone().ok_or_else(|| GuestFault::trap(call, "the module exports no allocator"))?;
     // The allocator may re-enter host functions and grow memory; nothing is borrowed across it.
     let ptr = allocator.call(&mut *caller, len)?;
     if ptr == 0 {
-        return Err(GuestFault::trap(
-            call,
-            format!("the guest allocator returned null for {len} bytes"),
-        ));
+        return Err(GuestFault::trap(call, format!("the guest allocator returned null for {len} bytes")));
     }
     Ok(ptr)
 }

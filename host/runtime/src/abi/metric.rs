@@ -29,7 +29,13 @@ fn metric(state: &mut VmState, id: u32) -> Option<Arc<Metric>> {
     Some(metric)
 }
 
-fn define_metric(mut caller: Caller<'_, VmState>, metric_type: u32, name_ptr: u32, name_len: u32, ret_id: u32) -> wasmtime::Result<i32> {
+fn define_metric(
+    mut caller: Caller<'_, VmState>,
+    metric_type: u32,
+    name_ptr: u32,
+    name_len: u32,
+    ret_id: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_define_metric";
     let Some(metric_type) = MetricType::from_raw(metric_type) else {
         return Ok(Status::BadArgument.code());

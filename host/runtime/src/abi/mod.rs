@@ -72,17 +72,18 @@ impl Registrar<'_> {
     }
 
     /// Registers `func` as `env.name`.
-    pub(crate) fn env<Params, Results>(&mut self, name: &str, func: impl IntoFunc<VmState, Params, Results>) -> wasmtime::Result<()> {
+    pub(crate) fn env<Params, Results>(
+        &mut self,
+        name: &str,
+        func: impl IntoFunc<VmState, Params, Results>,
+    ) -> wasmtime::Result<()> {
         self.func(ENV, name, func)
     }
 }
 
 /// Adds every host function to `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<ProvidedImports> {
-    let mut registrar = Registrar {
-        linker,
-        provided: ProvidedImports::default(),
-    };
+    let mut registrar = Registrar { linker, provided: ProvidedImports::default() };
     log::add_to_linker(&mut registrar)?;
     timer::add_to_linker(&mut registrar)?;
     header_map::add_to_linker(&mut registrar)?;

@@ -21,7 +21,13 @@ fn segments(path: &[u8]) -> Vec<&[u8]> {
     path.split(|b| *b == 0).collect()
 }
 
-fn get_property(mut caller: Caller<'_, VmState>, path_ptr: u32, path_len: u32, ret_ptr: u32, ret_len: u32) -> wasmtime::Result<i32> {
+fn get_property(
+    mut caller: Caller<'_, VmState>,
+    path_ptr: u32,
+    path_len: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_get_property";
     let path = memory::read(&caller, CALL, path_ptr, path_len)?;
     let value = {
@@ -42,7 +48,13 @@ fn get_property(mut caller: Caller<'_, VmState>, path_ptr: u32, path_len: u32, r
     Ok(Status::Ok.code())
 }
 
-fn set_property(mut caller: Caller<'_, VmState>, path_ptr: u32, path_len: u32, value_ptr: u32, value_len: u32) -> wasmtime::Result<i32> {
+fn set_property(
+    mut caller: Caller<'_, VmState>,
+    path_ptr: u32,
+    path_len: u32,
+    value_ptr: u32,
+    value_len: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_set_property";
     let path = memory::read(&caller, CALL, path_ptr, path_len)?;
     let value = memory::read(&caller, CALL, value_ptr, value_len)?;

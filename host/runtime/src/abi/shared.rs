@@ -19,7 +19,14 @@ pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-fn get_shared_data(mut caller: Caller<'_, VmState>, key_ptr: u32, key_len: u32, ret_ptr: u32, ret_len: u32, ret_cas: u32) -> wasmtime::Result<i32> {
+fn get_shared_data(
+    mut caller: Caller<'_, VmState>,
+    key_ptr: u32,
+    key_len: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+    ret_cas: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_get_shared_data";
     let key = memory::read(&caller, CALL, key_ptr, key_len)?;
     let state = caller.data();
@@ -31,7 +38,14 @@ fn get_shared_data(mut caller: Caller<'_, VmState>, key_ptr: u32, key_len: u32, 
     Ok(Status::Ok.code())
 }
 
-fn set_shared_data(caller: Caller<'_, VmState>, key_ptr: u32, key_len: u32, value_ptr: u32, value_len: u32, cas: u32) -> wasmtime::Result<i32> {
+fn set_shared_data(
+    caller: Caller<'_, VmState>,
+    key_ptr: u32,
+    key_len: u32,
+    value_ptr: u32,
+    value_len: u32,
+    cas: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_set_shared_data";
     let key = memory::read(&caller, CALL, key_ptr, key_len)?;
     let value = memory::read(&caller, CALL, value_ptr, value_len)?;
@@ -43,7 +57,12 @@ fn set_shared_data(caller: Caller<'_, VmState>, key_ptr: u32, key_len: u32, valu
     .code())
 }
 
-fn register_shared_queue(mut caller: Caller<'_, VmState>, name_ptr: u32, name_len: u32, ret_id: u32) -> wasmtime::Result<i32> {
+fn register_shared_queue(
+    mut caller: Caller<'_, VmState>,
+    name_ptr: u32,
+    name_len: u32,
+    ret_id: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_register_shared_queue";
     let name = memory::read(&caller, CALL, name_ptr, name_len)?;
     let state = caller.data();
@@ -52,7 +71,14 @@ fn register_shared_queue(mut caller: Caller<'_, VmState>, name_ptr: u32, name_le
     Ok(Status::Ok.code())
 }
 
-fn resolve_shared_queue(mut caller: Caller<'_, VmState>, vm_ptr: u32, vm_len: u32, name_ptr: u32, name_len: u32, ret_id: u32) -> wasmtime::Result<i32> {
+fn resolve_shared_queue(
+    mut caller: Caller<'_, VmState>,
+    vm_ptr: u32,
+    vm_len: u32,
+    name_ptr: u32,
+    name_len: u32,
+    ret_id: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_resolve_shared_queue";
     let vm_id = memory::read_string(&caller, CALL, vm_ptr, vm_len)?;
     let name = memory::read(&caller, CALL, name_ptr, name_len)?;
@@ -66,7 +92,12 @@ fn resolve_shared_queue(mut caller: Caller<'_, VmState>, vm_ptr: u32, vm_len: u3
     Ok(Status::Ok.code())
 }
 
-fn enqueue_shared_queue(caller: Caller<'_, VmState>, queue_id: u32, value_ptr: u32, value_len: u32) -> wasmtime::Result<i32> {
+fn enqueue_shared_queue(
+    caller: Caller<'_, VmState>,
+    queue_id: u32,
+    value_ptr: u32,
+    value_len: u32,
+) -> wasmtime::Result<i32> {
     let value = memory::read(&caller, "proxy_enqueue_shared_queue", value_ptr, value_len)?;
     Ok(match caller.data().services.queues.enqueue(queue_id, &value) {
         Ok(()) => Status::Ok,
@@ -75,7 +106,12 @@ fn enqueue_shared_queue(caller: Caller<'_, VmState>, queue_id: u32, value_ptr: u
     .code())
 }
 
-fn dequeue_shared_queue(mut caller: Caller<'_, VmState>, queue_id: u32, ret_ptr: u32, ret_len: u32) -> wasmtime::Result<i32> {
+fn dequeue_shared_queue(
+    mut caller: Caller<'_, VmState>,
+    queue_id: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_dequeue_shared_queue";
     match caller.data().services.queues.dequeue(queue_id) {
         Ok(item) => {

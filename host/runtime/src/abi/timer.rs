@@ -17,9 +17,7 @@ pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
 
 /// Wall-clock nanoseconds since the Unix epoch.
 pub(crate) fn unix_nanos(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    at.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 fn get_current_time_nanoseconds(mut caller: Caller<'_, VmState>, ret_time: u32) -> wasmtime::Result<i32> {

@@ -74,18 +74,14 @@ pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
     register_everywhere!(r, "fd_filestat_set_times", |_: u32, _: u64, _: u64, _: u32| ENOTSUP);
     register_everywhere!(r, "fd_readdir", |_: u32, _: u32, _: u32, _: u64, _: u32| ENOTSUP);
     register_everywhere!(r, "fd_renumber", |_: u32, _: u32| ENOTSUP);
-    register_everywhere!(
-        r,
-        "path_open",
-        |_: u32, _: u32, _: u32, _: u32, _: u32, _: u64, _: u64, _: u32, _: u32| ENOENT
-    );
+    register_everywhere!(r, "path_open", |_: u32, _: u32, _: u32, _: u32, _: u32, _: u64, _: u64, _: u32, _: u32| {
+        ENOENT
+    });
     register_everywhere!(r, "path_create_directory", |_: u32, _: u32, _: u32| ENOTSUP);
     register_everywhere!(r, "path_filestat_get", |_: u32, _: u32, _: u32, _: u32, _: u32| ENOTSUP);
-    register_everywhere!(
-        r,
-        "path_filestat_set_times",
-        |_: u32, _: u32, _: u32, _: u32, _: u64, _: u64, _: u32| ENOTSUP
-    );
+    register_everywhere!(r, "path_filestat_set_times", |_: u32, _: u32, _: u32, _: u32, _: u64, _: u64, _: u32| {
+        ENOTSUP
+    });
     register_everywhere!(r, "path_link", |_: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| ENOTSUP);
     register_everywhere!(r, "path_readlink", |_: u32, _: u32, _: u32, _: u32, _: u32, _: u32| ENOTSUP);
     register_everywhere!(r, "path_remove_directory", |_: u32, _: u32, _: u32| ENOTSUP);
@@ -99,7 +95,13 @@ pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-fn fd_write(mut caller: Caller<'_, VmState>, fd: u32, iovs: u32, iovs_len: u32, ret_written: u32) -> wasmtime::Result<i32> {
+fn fd_write(
+    mut caller: Caller<'_, VmState>,
+    fd: u32,
+    iovs: u32,
+    iovs_len: u32,
+    ret_written: u32,
+) -> wasmtime::Result<i32> {
     const CALL: &str = "fd_write";
     if fd != 1 && fd != 2 {
         return Ok(EBADF);
@@ -135,12 +137,7 @@ fn fd_fdstat_get(mut caller: Caller<'_, VmState>, fd: u32, ret_stat: u32) -> was
 }
 
 fn environment(state: &VmState) -> Vec<Vec<u8>> {
-    state
-        .plugin
-        .environment
-        .iter()
-        .map(|(k, v)| format!("{k}={v}\0").into_bytes())
-        .collect()
+    state.plugin.environment.iter().map(|(k, v)| format!("{k}={v}\0").into_bytes()).collect()
 }
 
 fn environ_sizes_get(mut caller: Caller<'_, VmState>, ret_count: u32, ret_size: u32) -> wasmtime::Result<i32> {
@@ -177,7 +174,12 @@ fn monotonic_origin() -> Instant {
     *ORIGIN.get_or_init(Instant::now)
 }
 
-fn clock_time_get(mut caller: Caller<'_, VmState>, clock: u32, _precision: u64, ret_time: u32) -> wasmtime::Result<i32> {
+fn clock_time_get(
+    mut caller: Caller<'_, VmState>,
+    clock: u32,
+    _precision: u64,
+    ret_time: u32,
+) -> wasmtime::Result<i32> {
     let nanos = match clock {
         0 => unix_nanos(SystemTime::now()),
         1 => u64::try_from(monotonic_origin().elapsed().as_nanos()).unwrap_or(u64::MAX),
@@ -207,7 +209,13 @@ fn random_get(mut caller: Caller<'_, VmState>, buf: u32, len: u32) -> wasmtime::
     Ok(SUCCESS)
 }
 
-fn poll_oneoff(mut caller: Caller<'_, VmState>, _in: u32, _out: u32, _subscriptions: u32, ret_events: u32) -> wasmtime::Result<i32> {
+fn poll_oneoff(
+    mut caller: Caller<'_, VmState>,
+    _in: u32,
+    _out: u32,
+    _subscriptions: u32,
+    ret_events: u32,
+) -> wasmtime::Result<i32> {
     // Nothing can be waited on inside a proxy callback; report no events (needed by Go guests).
     memory::write_u32(&mut caller, "poll_oneoff", ret_events, 0)?;
     Ok(SUCCESS)

@@ -43,11 +43,8 @@ pub fn filter(name: &str) -> Vec<u8> {
 
 /// A runtime with a node identity the property tests can read.
 pub fn runtime() -> Arc<Runtime> {
-    let mut node = NodeInfo {
-        id: "sidecar~10.0.0.1~gallery-api".into(),
-        cluster: "gallery".into(),
-        ..NodeInfo::default()
-    };
+    let mut node =
+        NodeInfo { id: "sidecar~10.0.0.1~gallery-api".into(), cluster: "gallery".into(), ..NodeInfo::default() };
     node.metadata.insert("region".into(), serde_json::Value::String("eu-west".into()));
     Runtime::with_services(HostServices::new(node, LogLevel::Trace)).expect("runtime")
 }
@@ -71,7 +68,12 @@ impl CalloutDispatcher for HeldCallouts {
 }
 
 /// Starts `filter_name` as plugin `plugin` with the given configuration.
-pub fn instance(runtime: &Runtime, filter_name: &str, plugin: PluginConfig, callouts: Rc<HeldCallouts>) -> PluginInstance {
+pub fn instance(
+    runtime: &Runtime,
+    filter_name: &str,
+    plugin: PluginConfig,
+    callouts: Rc<HeldCallouts>,
+) -> PluginInstance {
     let module = runtime.compile(&filter(filter_name)).expect("module loads");
     PluginInstance::start(runtime, module, Arc::new(plugin), callouts).expect("plugin starts")
 }
@@ -144,10 +146,7 @@ impl LogCapture {
             .without_time()
             .with_writer(move || CaptureWriter(sink.clone()))
             .finish();
-        Self {
-            lines,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
+        Self { lines, _guard: tracing::subscriber::set_default(subscriber) }
     }
 
     pub fn text(&self) -> String {

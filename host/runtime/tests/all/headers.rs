@@ -40,9 +40,7 @@ fn a_local_response_stops_the_stream_with_status_body_and_headers() {
     let runtime = runtime();
     let probe = instance(&runtime, "abi-probe", plugin("probe", "", ""), Rc::default());
     let mut stream = probe.new_stream(request("/local", &[]));
-    let Action::LocalResponse(response) = stream.on_request_headers(true) else {
-        panic!("expected a local response")
-    };
+    let Action::LocalResponse(response) = stream.on_request_headers(true) else { panic!("expected a local response") };
     assert_eq!(response.status, 403);
     assert_eq!(response.body, b"denied by probe\n");
     assert_eq!(response.headers, HeaderMap::from_pairs([("x-local", "yes")]));
@@ -68,4 +66,23 @@ fn changes_to_headers_already_sent_are_ignored_with_a_warning() {
     assert_eq!(stream.on_request_headers(true), Action::Continue, "the filter keeps running");
     assert_eq!(request_header(&exchange, "x-probe"), None);
     logs.assert_line("proxy_add_header_map_value ignored: HttpRequestHeaders were already sent");
+}
+
+#[test]
+fn trailers_are_read_and_extended_in_both_directions() {
+    let logs = LogCapture::start();
+    let runtime = runtime();
+    let probe = instance(&runtime, "abi-probe", plugin("probe", "", ""), Rc::default());
+    let exchange = request("/upload", &[]);
+    let mut stream = probe.new_stream(exchange.clone());
+    assert_eq!(stream.on_request_headers(false), Action::Continue);
+    exchange.borrow_mut().request_trailers = Some(HeaderMap::from_pairs([("x-checksum", "abc123")]));
+    assert_eq!(stream.on_request_trailers(), Action::Continue);
+    let trailers = exchange.borrow().request_trailers.clone().expect("present");
+    assert_eq!(trailers.get_str("x-probe-saw-checksum"), Some("abc123"));
+    respond(&exchange, 200);
+    stream.on_response_headers(false);
+    exchange.borrow_mut().response_trailers = Some(HeaderMap::from_pairs([("grpc-status", "0")]));
+    assert_eq!(stream.on_response_trailers(), Action::Continue);
+    logs.assert_line("#2 <- trailer grpc-status: 0");
 }

@@ -31,10 +31,7 @@ fn start_up_hands_the_vm_and_plugin_configuration_and_environment_to_the_guest()
 fn log_lines_carry_envoys_prefix_with_root_id_and_vm_id() {
     let logs = LogCapture::start();
     let runtime = runtime();
-    let config = PluginConfig {
-        root_id: "probe_root".into(),
-        ..plugin("probe", "probe_vm", "")
-    };
+    let config = PluginConfig { root_id: "probe_root".into(), ..plugin("probe", "probe_vm", "") };
     let _probe = instance(&runtime, "abi-probe", config, Rc::default());
     logs.assert_line("wasm log probe probe_root probe_vm: configured: ");
 }
@@ -66,9 +63,14 @@ fn a_stream_runs_create_headers_log_done_delete_with_envoys_context_ids() {
 fn a_plugin_whose_configure_returns_false_is_refused() {
     let runtime = runtime();
     let module = runtime.compile(&filter("hostile")).expect("loads");
-    let error = PluginInstance::start(&runtime, module, Arc::new(plugin("hostile", "", "refuse-configure")), Rc::new(HeldCallouts::default()))
-        .err()
-        .expect("refused");
+    let error = PluginInstance::start(
+        &runtime,
+        module,
+        Arc::new(plugin("hostile", "", "refuse-configure")),
+        Rc::new(HeldCallouts::default()),
+    )
+    .err()
+    .expect("refused");
     let StartError::Guest(failure) = &error else { panic!("{error}") };
     assert_eq!((failure.callback, &failure.kind), ("proxy_on_configure", &FailureKind::Refused));
     assert!(error.to_string().contains("hostile"), "{error}");
@@ -78,9 +80,14 @@ fn a_plugin_whose_configure_returns_false_is_refused() {
 fn a_plugin_that_traps_while_starting_is_refused_with_the_trap() {
     let runtime = runtime();
     let module = runtime.compile(&filter("hostile")).expect("loads");
-    let error = PluginInstance::start(&runtime, module, Arc::new(plugin("hostile", "", "trap-on-start")), Rc::new(HeldCallouts::default()))
-        .err()
-        .expect("refused");
+    let error = PluginInstance::start(
+        &runtime,
+        module,
+        Arc::new(plugin("hostile", "", "trap-on-start")),
+        Rc::new(HeldCallouts::default()),
+    )
+    .err()
+    .expect("refused");
     let StartError::Guest(failure) = &error else { panic!("{error}") };
     assert_eq!((failure.callback, &failure.kind), ("proxy_on_vm_start", &FailureKind::Trap));
 }
@@ -108,4 +115,29 @@ fn a_plugin_without_a_tick_period_never_ticks() {
     let vm = probe.vm().expect("vm");
     assert_eq!(vm.next_tick(), None);
     assert!(!vm.tick_if_due(Instant::now() + Duration::from_secs(3600)).expect("no failure"));
+}
+
+#[test]
+fn a_root_context_may_finish_later_with_proxy_done() {
+    let logs = LogCapture::start();
+    let runtime = runtime();
+    let probe = instance(&runtime, "abi-probe", plugin("probe", "", "delay_done"), Rc::default());
+    let vm = probe.vm().expect("vm");
+    assert!(!vm.shutdown(), "on_done returned false: the root finishes later");
+    assert!(!vm.is_done());
+    logs.assert_line("done requested; finishing on the next tick");
+    let due = vm.next_tick().expect("the filter armed a tick to finish on");
+    std::thread::sleep(due.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
+    assert!(vm.tick_if_due(Instant::now()).expect("no failure"));
+    assert!(vm.is_done(), "proxy_done was called");
+    logs.assert_line("wasm log probe: finishing");
+}
+
+#[test]
+fn a_root_context_that_is_done_at_once_says_so() {
+    let runtime = runtime();
+    let probe = instance(&runtime, "abi-probe", plugin("probe", "", ""), Rc::default());
+    let vm = probe.vm().expect("vm");
+    assert!(vm.shutdown());
+    assert!(vm.is_done());
 }

@@ -37,25 +37,29 @@ fn the_minimal_valid_module_loads() {
 
 #[test]
 fn a_module_without_the_abi_marker_is_refused_naming_it() {
-    let err = compile_wat(&VALID.replace(r#"(func (export "proxy_abi_version_0_2_1"))"#, "")).unwrap_err();
+    let err = compile_wat(&VALID.replace(r#"(func (export "proxy_abi_version_0_2_1"))"#, ""))
+        .expect_err("the module must be refused");
     assert!(err.to_string().contains("proxy_abi_version_0_2_1"), "{err}");
 }
 
 #[test]
 fn an_abi_v0_1_0_module_is_refused_as_unsupported() {
-    let err = compile_wat(&VALID.replace("proxy_abi_version_0_2_1", "proxy_abi_version_0_1_0")).unwrap_err();
+    let err = compile_wat(&VALID.replace("proxy_abi_version_0_2_1", "proxy_abi_version_0_1_0"))
+        .expect_err("the module must be refused");
     assert!(matches!(err, LoadError::UnsupportedAbi(_)), "{err}");
 }
 
 #[test]
 fn a_module_without_an_allocator_is_refused_naming_it() {
-    let err = compile_wat(&VALID.replace("proxy_on_memory_allocate", "my_alloc")).unwrap_err();
+    let err =
+        compile_wat(&VALID.replace("proxy_on_memory_allocate", "my_alloc")).expect_err("the module must be refused");
     assert!(err.to_string().contains("proxy_on_memory_allocate"), "{err}");
 }
 
 #[test]
 fn a_module_without_context_create_is_refused_naming_it() {
-    let err = compile_wat(&VALID.replace("proxy_on_context_create", "on_create")).unwrap_err();
+    let err =
+        compile_wat(&VALID.replace("proxy_on_context_create", "on_create")).expect_err("the module must be refused");
     assert!(err.to_string().contains("missing the export `proxy_on_context_create`"), "{err}");
 }
 
@@ -65,19 +69,19 @@ fn an_unknown_import_is_refused_naming_it() {
         "(module",
         r#"(module (import "env" "proxy_set_active_span_tag" (func (param i32 i32) (result i32)))"#,
     );
-    let err = compile_wat(&module).unwrap_err();
+    let err = compile_wat(&module).expect_err("the module must be refused");
     let text = err.to_string();
     assert!(text.contains("`env.proxy_set_active_span_tag`"), "{text}");
 
     let module = VALID.replace("(module", r#"(module (import "wasi:http/types" "send" (func))"#);
-    let err = compile_wat(&module).unwrap_err();
+    let err = compile_wat(&module).expect_err("the module must be refused");
     assert!(err.to_string().contains("`wasi:http/types.send`"), "{err}");
 }
 
 #[test]
 fn an_import_with_the_wrong_signature_is_refused() {
     let module = VALID.replace("(module", r#"(module (import "env" "proxy_log" (func (param i32) (result i32)))"#);
-    let err = compile_wat(&module).unwrap_err();
+    let err = compile_wat(&module).expect_err("the module must be refused");
     assert!(matches!(err, LoadError::Link(_)), "{err}");
     assert!(err.to_string().contains("proxy_log"), "{err}");
 }
@@ -88,13 +92,13 @@ fn a_callback_with_the_wrong_signature_is_refused_naming_it() {
         "(module",
         r#"(module (func (export "proxy_on_request_headers") (param i32 i32) (result i32) i32.const 0)"#,
     );
-    let err = compile_wat(&module).unwrap_err();
+    let err = compile_wat(&module).expect_err("the module must be refused");
     let text = err.to_string();
     assert!(text.contains("proxy_on_request_headers") && text.contains("(i32, i32, i32) -> (i32)"), "{text}");
 }
 
 #[test]
 fn bytes_that_are_not_wasm_are_refused() {
-    let err = runtime().compile(b"\0asm garbage").map(drop).unwrap_err();
+    let err = runtime().compile(b"\0asm garbage").map(drop).expect_err("the module must be refused");
     assert!(matches!(err, LoadError::Compile(_)), "{err}");
 }

@@ -10,10 +10,7 @@ use crate::fixture::{instance, plugin, request, request_header, runtime};
 #[test]
 fn properties_describe_the_plugin_the_request_the_peer_and_the_node() {
     let runtime = runtime();
-    let config = PluginConfig {
-        root_id: "probe_root".into(),
-        ..plugin("probe", "probe_vm", "")
-    };
+    let config = PluginConfig { root_id: "probe_root".into(), ..plugin("probe", "probe_vm", "") };
     let probe = instance(&runtime, "abi-probe", config, Rc::default());
     let exchange = request("/props", &[]);
     exchange.borrow_mut().info.source = Some("192.0.2.7:51234".parse().expect("address"));

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh Debian machine, then runs the
+# formatting and lint gates and every test. Safe to run again; installs are skipped when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain for wasm32-wasip1 filters"
+if command -v rustup >/dev/null 2>&1; then
+  rustup target add wasm32-wasip1
+  rustup component add clippy rustfmt >/dev/null 2>&1 || true
+elif ! [ -d /usr/lib/wasm32-wasi ]; then
+  # Debian fallback (see DESIGN.md): rustc-web + build-std.
+  apt-get update
+  apt-get install -y rustc-web cargo-web rust-web-src lld-22 wasi-libc
+fi
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint (host crates, and filters natively)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "lint (filters for wasm32-wasip1)"
+filters=()
+for manifest in filters/*/Cargo.toml filters/*/*/Cargo.toml; do
+  [ -f "$manifest" ] || continue
+  grep -q 'cdylib' "$manifest" || continue
+  filters+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)")
+done
+cargo clippy --target wasm32-wasip1 "${filters[@]}" -- -D warnings
+
+step "tests"
+cargo test --workspace
