@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::time::Duration;
+
 use wasmtrace_build::{BuildOptions, build_filter};
+use wasmtrace_config::Bootstrap;
+use wasmtrace_proxy::ProxyOptions;
 
 /// Distributed-tracing logic as WebAssembly filters.
 #[derive(Parser)]
@@ -28,6 +32,27 @@ enum Command {
         /// Cargo target directory.
         #[arg(long)]
         target_dir: Option<PathBuf>,
+    },
+    /// Serve an Envoy v3 bootstrap configuration (the subset in the README) until SIGINT/SIGTERM.
+    Run {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Seconds shutdown waits for open streams and filters to flush.
+        #[arg(long, default_value_t = 10)]
+        drain_timeout_secs: u64,
+        /// Bind the admin API where configured even when that is not loopback.
+        #[arg(long)]
+        admin_any_address: bool,
+    },
+    /// Validate a configuration without serving: every field is in the supported subset, and
+    /// every module loads, starts and configures. Exit code 0 or 1.
+    Check {
+        /// The configuration file.
+        config: PathBuf,
     },
     /// Load a module into the runtime and report whether it would be accepted (imports,
     /// exports, ABI version), without starting it.
@@ -64,6 +89,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 wasmtrace_runtime::hex_sha256(&bytes),
                 built.toolchain.describe()
             );
+            Ok(())
+        }
+        Command::Run { config, workers, drain_timeout_secs, admin_any_address } => {
+            let bootstrap = Bootstrap::from_file(&config)?;
+            let mut options = ProxyOptions {
+                drain_timeout: Duration::from_secs(drain_timeout_secs),
+                admin_any_address,
+                ..ProxyOptions::default()
+            };
+            if let Some(workers) = workers {
+                options.workers = workers;
+            }
+            let proxy = wasmtrace_proxy::start(bootstrap, options)?;
+            for (name, address) in proxy.listeners() {
+                println!("listener {name} on http://{address}");
+            }
+            if let Some(admin) = proxy.admin_address() {
+                println!("admin on http://{admin}");
+            }
+            proxy.run_until_signal()?;
+            Ok(())
+        }
+        Command::Check { config } => {
+            let bootstrap = Bootstrap::from_file(&config)?;
+            for line in wasmtrace_proxy::check(&bootstrap, &ProxyOptions::default())? {
+                println!("{line}");
+            }
+            println!("{}: OK", config.display());
             Ok(())
         }
         Command::Inspect { module } => {

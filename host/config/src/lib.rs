@@ -1,0 +1,121 @@
+//! The configuration wasmtrace serves: the subset of Envoy's v3 bootstrap YAML that Wasm HTTP
+//! filters need, so one file runs in Envoy and in the wasmtrace host.
+//!
+//! [`Bootstrap::from_yaml`] parses YAML (or JSON) into plain, documented data ([`model`]). Every
+//! field outside the subset is refused with its YAML path and a one-line hint, and every bad field
+//! is reported, not just the first. Field names are accepted in proto3 JSON's two spellings
+//! (`stat_prefix` and `statPrefix`), as Envoy does.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod cluster;
+mod listener;
+pub mod model;
+mod tree;
+mod wasm;
+mod yaml;
+
+pub use model::*;
+pub use tree::{ConfigError, ConfigErrors};
+
+use tree::{Errors, Node};
+
+impl Bootstrap {
+    /// Parses and validates a bootstrap document.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
+        let value = yaml::to_json(text).map_err(|e| ConfigErrors(vec![e]))?;
+        let mut errors = Errors::default();
+        let root = Node::root(&value);
+        let bootstrap = parse_bootstrap(&root, &mut errors);
+        errors.finish(bootstrap)
+    }
+
+    /// Reads and parses a bootstrap file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: path.display().to_string(),
+                message: format!("cannot read the configuration: {e}"),
+                hint: None,
+            }])
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// The cluster named `name`.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+fn parse_bootstrap(root: &Node<'_>, errors: &mut Errors) -> Bootstrap {
+    root.expect_fields(errors, &["node", "admin", "static_resources"], "a bootstrap holds node, admin and static_resources");
+    let node = root.get("node").map(|n| parse_node(&n, errors)).unwrap_or_default();
+    let admin = root.get("admin").and_then(|a| {
+        a.expect_fields(errors, &["address"], "the admin interface takes only an address");
+        a.require("address", errors).and_then(|addr| listener::socket_address(&addr, errors))
+    });
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    if let Some(resources) = root.require("static_resources", errors) {
+        resources.expect_fields(errors, &["listeners", "clusters"], "only static listeners and clusters are supported");
+        for l in resources.get("listeners").map(|l| l.items(errors)).unwrap_or_default() {
+            if let Some(parsed) = listener::parse_listener(&l, errors) {
+                listeners.push(parsed);
+            }
+        }
+        for c in resources.get("clusters").map(|c| c.items(errors)).unwrap_or_default() {
+            if let Some(parsed) = cluster::parse_cluster(&c, errors) {
+                clusters.push(parsed);
+            }
+        }
+    }
+    let bootstrap = Bootstrap { node, admin, listeners, clusters };
+    check_references(&bootstrap, root, errors);
+    bootstrap
+}
+
+fn parse_node(node: &Node<'_>, errors: &mut Errors) -> NodeIdentity {
+    node.expect_fields(errors, &["id", "cluster", "metadata"], "the node takes id, cluster and metadata");
+    NodeIdentity {
+        id: node.get("id").and_then(|n| n.string(errors)).unwrap_or_default(),
+        cluster: node.get("cluster").and_then(|n| n.string(errors)).unwrap_or_default(),
+        metadata: node
+            .get("metadata")
+            .and_then(|m| m.value().as_object().cloned())
+            .unwrap_or_default(),
+    }
+}
+
+/// Cross-references: every route's cluster exists, names are unique.
+fn check_references(bootstrap: &Bootstrap, root: &Node<'_>, errors: &mut Errors) {
+    let path = |suffix: &str| format!("{}{suffix}", root.path());
+    for (i, listener) in bootstrap.listeners.iter().enumerate() {
+        for (v, host) in listener.http.virtual_hosts.iter().enumerate() {
+            for (r, route) in host.routes.iter().enumerate() {
+                if let RouteAction::Cluster { cluster, .. } = &route.action
+                    && bootstrap.cluster(cluster).is_none()
+                {
+                    errors.push(
+                        path(&format!(
+                            "static_resources.listeners[{i}]...route_config.virtual_hosts[{v}].routes[{r}].route.cluster"
+                        )),
+                        format!("no cluster named `{cluster}`"),
+                        Some("add it under static_resources.clusters".into()),
+                    );
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, cluster) in bootstrap.clusters.iter().enumerate() {
+        if !seen.insert(&cluster.name) {
+            errors.push(
+                path(&format!("static_resources.clusters[{i}].name")),
+                format!("duplicate cluster name `{}`", cluster.name),
+                None,
+            );
+        }
+    }
+}

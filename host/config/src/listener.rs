@@ -1,0 +1,272 @@
+//! Listeners, the HTTP connection manager, routes and the HTTP filter chain.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::model::*;
+use crate::tree::{Errors, Node};
+use crate::wasm;
+
+const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
+const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER_NAME: &str = "envoy.filters.http.router";
+const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+/// Envoy's default route timeout.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `address.socket_address` with an IP address.
+pub(crate) fn socket_address(address: &Node<'_>, errors: &mut Errors) -> Option<SocketAddr> {
+    let (host, port) = host_and_port(address, errors)?;
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Some(SocketAddr::new(ip, port)),
+        Err(_) => {
+            address.error(errors, format!("`{host}` is not an IP address"), Some("listeners bind to an IP such as 127.0.0.1 or 0.0.0.0"));
+            None
+        }
+    }
+}
+
+/// `address.socket_address.{address, port_value}` as written.
+pub(crate) fn host_and_port(address: &Node<'_>, errors: &mut Errors) -> Option<(String, u16)> {
+    address.expect_fields(errors, &["socket_address"], "only TCP socket addresses are supported");
+    let socket = address.require("socket_address", errors)?;
+    socket.expect_fields(errors, &["address", "port_value", "protocol"], "a socket address is an address and a port_value");
+    if let Some(protocol) = socket.get("protocol") {
+        protocol.enumeration(errors, &["TCP"]);
+    }
+    let host = socket.require("address", errors)?.string(errors)?;
+    let port = socket.require("port_value", errors)?.unsigned(errors, u64::from(u16::MAX))?;
+    Some((host, u16::try_from(port).ok()?))
+}
+
+pub(crate) fn parse_listener(listener: &Node<'_>, errors: &mut Errors) -> Option<Listener> {
+    listener.expect_fields(
+        errors,
+        &["name", "address", "filter_chains", "traffic_direction"],
+        "a listener is an address and one filter chain with the HTTP connection manager",
+    );
+    let name = listener.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
+    let address = listener.require("address", errors).and_then(|a| socket_address(&a, errors));
+    let direction = match listener.get("traffic_direction").and_then(|d| d.enumeration(errors, &["UNSPECIFIED", "INBOUND", "OUTBOUND"])) {
+        Some(d) if d == "INBOUND" => TrafficDirection::Inbound,
+        Some(d) if d == "OUTBOUND" => TrafficDirection::Outbound,
+        _ => TrafficDirection::Unspecified,
+    };
+    let chains = listener.require("filter_chains", errors).map(|c| c.items(errors)).unwrap_or_default();
+    if chains.len() != 1 {
+        listener.error(errors, format!("has {} filter chains", chains.len()), Some("exactly one filter chain is supported"));
+    }
+    let mut http = None;
+    for chain in &chains {
+        chain.expect_fields(errors, &["filters", "name"], "a filter chain holds filters");
+        let filters = chain.require("filters", errors).map(|f| f.items(errors)).unwrap_or_default();
+        if filters.len() != 1 {
+            chain.error(errors, format!("has {} network filters", filters.len()), Some("exactly one, the HTTP connection manager, is supported"));
+        }
+        for filter in &filters {
+            filter.expect_fields(errors, &["name", "typed_config"], "a network filter is a name and a typed_config");
+            let name = filter.get("name").and_then(|n| n.string(errors));
+            if name.as_deref() != Some(HCM_NAME) {
+                filter.error(errors, format!("network filter {name:?} is not supported"), Some(&format!("use {HCM_NAME}")));
+                continue;
+            }
+            if let Some(config) = filter.require("typed_config", errors) {
+                http = parse_hcm(&config, errors);
+            }
+        }
+    }
+    Some(Listener { name, address: address?, direction, http: http? })
+}
+
+fn parse_hcm(config: &Node<'_>, errors: &mut Errors) -> Option<HttpConnectionManager> {
+    if config.type_url() != Some(HCM_TYPE) {
+        config.error(errors, "`@type` must be the HttpConnectionManager", Some(HCM_TYPE));
+    }
+    config.expect_fields(
+        errors,
+        &["stat_prefix", "codec_type", "route_config", "http_filters", "generate_request_id", "use_remote_address"],
+        "the HTTP connection manager takes routes and HTTP filters",
+    );
+    let stat_prefix = config.require("stat_prefix", errors).and_then(|s| s.string(errors)).unwrap_or_default();
+    let codec = match config.get("codec_type").and_then(|c| c.enumeration(errors, &["AUTO", "HTTP1", "HTTP2"])) {
+        Some(c) if c == "HTTP1" => CodecType::Http1,
+        Some(c) if c == "HTTP2" => CodecType::Http2,
+        _ => CodecType::Auto,
+    };
+    let route_config = config.require("route_config", errors)?;
+    route_config.expect_fields(errors, &["name", "virtual_hosts"], "a route configuration is a list of virtual hosts");
+    let route_config_name = route_config.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
+    let virtual_hosts = route_config
+        .require("virtual_hosts", errors)
+        .map(|v| v.items(errors))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| parse_virtual_host(v, errors))
+        .collect();
+    let wasm_filters = parse_http_filters(config, errors);
+    Some(HttpConnectionManager {
+        stat_prefix,
+        codec,
+        route_config_name,
+        virtual_hosts,
+        wasm_filters,
+        generate_request_id: config.get("generate_request_id").and_then(|g| g.boolean(errors)).unwrap_or(true),
+        use_remote_address: config.get("use_remote_address").and_then(|u| u.boolean(errors)).unwrap_or(false),
+    })
+}
+
+fn parse_http_filters(config: &Node<'_>, errors: &mut Errors) -> Vec<WasmFilter> {
+    let Some(filters) = config.require("http_filters", errors) else {
+        return Vec::new();
+    };
+    let filters = filters.items(errors);
+    let mut wasm_filters = Vec::new();
+    let mut router_seen = false;
+    for (i, filter) in filters.iter().enumerate() {
+        filter.expect_fields(errors, &["name", "typed_config"], "an HTTP filter is a name and a typed_config");
+        let name = filter.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
+        let typed = filter.get("typed_config");
+        let is_router = name == ROUTER_NAME || typed.as_ref().and_then(Node::type_url) == Some(ROUTER_TYPE);
+        if is_router {
+            router_seen = true;
+            if i + 1 != filters.len() {
+                filter.error(errors, "the router must be the last HTTP filter", None);
+            }
+            if let Some(typed) = typed {
+                typed.expect_fields(errors, &[], "router options are not supported");
+            }
+            continue;
+        }
+        match typed {
+            Some(typed) if wasm::is_wasm_filter(&name, &typed) => {
+                if let Some(parsed) = wasm::parse_wasm_filter(&typed, errors) {
+                    wasm_filters.push(parsed);
+                }
+            }
+            _ => filter.error(
+                errors,
+                format!("HTTP filter `{name}` is not supported"),
+                Some("use envoy.filters.http.wasm filters followed by envoy.filters.http.router"),
+            ),
+        }
+    }
+    if !router_seen {
+        config.error(errors, "`http_filters` must end with envoy.filters.http.router", None);
+    }
+    wasm_filters
+}
+
+fn parse_virtual_host(host: &Node<'_>, errors: &mut Errors) -> Option<VirtualHost> {
+    host.expect_fields(errors, &["name", "domains", "routes"], "a virtual host is domains and routes");
+    let name = host.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
+    let domains: Vec<String> = host
+        .require("domains", errors)
+        .map(|d| d.items(errors))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| d.string(errors))
+        .collect();
+    let routes = host
+        .require("routes", errors)
+        .map(|r| r.items(errors))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| parse_route(r, errors))
+        .collect();
+    Some(VirtualHost { name, domains, routes })
+}
+
+fn parse_route(route: &Node<'_>, errors: &mut Errors) -> Option<Route> {
+    route.expect_fields(errors, &["name", "match", "route", "direct_response"], "a route is a match and a route or a direct_response");
+    let name = route.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
+    let matcher = route.require("match", errors).and_then(|m| parse_match(&m, errors));
+    let action = match (route.get("route"), route.get("direct_response")) {
+        (Some(forward), None) => parse_forward(&forward, errors),
+        (None, Some(direct)) => parse_direct(&direct, errors),
+        _ => {
+            route.error(errors, "needs exactly one of `route` and `direct_response`", None);
+            None
+        }
+    };
+    Some(Route { name, matcher: matcher?, action: action? })
+}
+
+fn parse_match(matcher: &Node<'_>, errors: &mut Errors) -> Option<RouteMatch> {
+    matcher.expect_fields(errors, &["prefix", "path", "headers"], "routes match a path prefix or an exact path, and headers");
+    let path = match (matcher.get("prefix"), matcher.get("path")) {
+        (Some(prefix), None) => PathMatch::Prefix(prefix.string(errors)?),
+        (None, Some(path)) => PathMatch::Exact(path.string(errors)?),
+        _ => {
+            matcher.error(errors, "needs exactly one of `prefix` and `path`", None);
+            return None;
+        }
+    };
+    let headers = matcher
+        .get("headers")
+        .map(|h| h.items(errors))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|h| parse_header_matcher(h, errors))
+        .collect();
+    Some(RouteMatch { path, headers })
+}
+
+fn parse_header_matcher(header: &Node<'_>, errors: &mut Errors) -> Option<HeaderMatcher> {
+    header.expect_fields(
+        errors,
+        &["name", "exact_match", "prefix_match", "suffix_match", "contains_match", "present_match", "string_match", "invert_match"],
+        "header matchers compare exactly, by prefix, suffix or substring, or test presence",
+    );
+    let name = header.require("name", errors)?.string(errors)?.to_ascii_lowercase();
+    let legacy = |key: &str, make: fn(String) -> HeaderRule, errors: &mut Errors| {
+        header.get(key).and_then(|v| v.string(errors)).map(make)
+    };
+    let rule = if let Some(string_match) = header.get("string_match") {
+        string_match.expect_fields(errors, &["exact", "prefix", "suffix", "contains"], "string matchers compare exactly, by prefix, suffix or substring");
+        [
+            ("exact", HeaderRule::Exact as fn(String) -> HeaderRule),
+            ("prefix", HeaderRule::Prefix),
+            ("suffix", HeaderRule::Suffix),
+            ("contains", HeaderRule::Contains),
+        ]
+        .into_iter()
+        .find_map(|(key, make)| string_match.get(key).and_then(|v| v.string(errors)).map(make))
+        .unwrap_or(HeaderRule::Present)
+    } else {
+        legacy("exact_match", HeaderRule::Exact, errors)
+            .or_else(|| legacy("prefix_match", HeaderRule::Prefix, errors))
+            .or_else(|| legacy("suffix_match", HeaderRule::Suffix, errors))
+            .or_else(|| legacy("contains_match", HeaderRule::Contains, errors))
+            .unwrap_or(HeaderRule::Present)
+    };
+    let invert = header.get("invert_match").and_then(|i| i.boolean(errors)).unwrap_or(false);
+    Some(HeaderMatcher { name, rule, invert })
+}
+
+fn parse_forward(forward: &Node<'_>, errors: &mut Errors) -> Option<RouteAction> {
+    forward.expect_fields(errors, &["cluster", "timeout", "prefix_rewrite"], "a route forwards to one cluster");
+    let cluster = forward.require("cluster", errors)?.string(errors)?;
+    let timeout = match forward.get("timeout") {
+        Some(t) => t.duration(errors).filter(|d| !d.is_zero()),
+        None => Some(DEFAULT_ROUTE_TIMEOUT),
+    };
+    let prefix_rewrite = forward.get("prefix_rewrite").and_then(|p| p.string(errors));
+    Some(RouteAction::Cluster { cluster, timeout, prefix_rewrite })
+}
+
+fn parse_direct(direct: &Node<'_>, errors: &mut Errors) -> Option<RouteAction> {
+    direct.expect_fields(errors, &["status", "body"], "a direct response is a status and a body");
+    let status = direct.require("status", errors)?.unsigned(errors, 599)?;
+    if status < 200 {
+        direct.error(errors, "status must be from 200 to 599", None);
+        return None;
+    }
+    let body = match direct.get("body") {
+        Some(body) => {
+            body.expect_fields(errors, &["inline_string"], "bodies are inline strings");
+            body.get("inline_string").and_then(|s| s.string(errors)).unwrap_or_default()
+        }
+        None => String::new(),
+    };
+    Some(RouteAction::Direct { status: u16::try_from(status).ok()?, body })
+}

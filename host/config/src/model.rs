@@ -1,0 +1,243 @@
+//! The configuration as plain data. Durations and sizes carry their units in their names or
+//! types; nothing here holds a socket, a VM or a handle.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A whole bootstrap: what `wasmtrace run -c FILE` serves.
+#[derive(Clone, Debug, Serialize)]
+pub struct Bootstrap {
+    /// `node`: this proxy's identity, readable by filters as `xds.node.*`.
+    pub node: NodeIdentity,
+    /// `admin.address`: where the admin API listens, if anywhere.
+    pub admin: Option<SocketAddr>,
+    /// `static_resources.listeners`.
+    pub listeners: Vec<Listener>,
+    /// `static_resources.clusters`.
+    pub clusters: Vec<Cluster>,
+}
+
+/// `node`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeIdentity {
+    /// `node.id`.
+    pub id: String,
+    /// `node.cluster`.
+    pub cluster: String,
+    /// `node.metadata`.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `traffic_direction` of a listener (`xds.listener_direction`: 1 inbound, 2 outbound).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum TrafficDirection {
+    /// Not set.
+    #[default]
+    Unspecified,
+    /// In front of the local service.
+    Inbound,
+    /// For the local service's calls to others.
+    Outbound,
+}
+
+/// A listener with one HTTP connection manager.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listener {
+    /// `name`.
+    pub name: String,
+    /// `address.socket_address` (port 0 picks a free port).
+    pub address: SocketAddr,
+    /// `traffic_direction`.
+    pub direction: TrafficDirection,
+    /// The `envoy.filters.network.http_connection_manager`.
+    pub http: HttpConnectionManager,
+}
+
+/// Which HTTP versions a listener speaks (`codec_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum CodecType {
+    /// HTTP/1.1 and HTTP/2 (h2c prior knowledge), detected per connection.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only.
+    Http2,
+}
+
+/// `envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpConnectionManager {
+    /// `stat_prefix`: names this listener in stats.
+    pub stat_prefix: String,
+    /// `codec_type`.
+    pub codec: CodecType,
+    /// `route_config.name`.
+    pub route_config_name: String,
+    /// `route_config.virtual_hosts`.
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// `http_filters` before the router: the Wasm filters, in order.
+    pub wasm_filters: Vec<WasmFilter>,
+    /// `generate_request_id` (default true): add `x-request-id` when absent.
+    pub generate_request_id: bool,
+    /// `use_remote_address` (default false): append the peer to `x-forwarded-for`.
+    pub use_remote_address: bool,
+}
+
+/// `virtual_hosts[]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct VirtualHost {
+    /// `name`.
+    pub name: String,
+    /// `domains`: exact host names, `*`, `*.suffix` or `prefix.*`; ports are ignored when matching.
+    pub domains: Vec<String>,
+    /// `routes`, first match wins.
+    pub routes: Vec<Route>,
+}
+
+/// `routes[]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Route {
+    /// `name` (`xds.route_name`).
+    pub name: String,
+    /// `match`.
+    pub matcher: RouteMatch,
+    /// `route` or `direct_response`.
+    pub action: RouteAction,
+}
+
+/// How a route's path is matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum PathMatch {
+    /// `prefix`.
+    Prefix(String),
+    /// `path` (exact, without the query).
+    Exact(String),
+}
+
+/// `match.headers[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HeaderMatcher {
+    /// Header name (lower-case).
+    pub name: String,
+    /// What the value must satisfy.
+    pub rule: HeaderRule,
+    /// `invert_match`.
+    pub invert: bool,
+}
+
+/// A header condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum HeaderRule {
+    /// `present_match: true` (or no value rule).
+    Present,
+    /// `string_match.exact` / `exact_match`.
+    Exact(String),
+    /// `string_match.prefix` / `prefix_match`.
+    Prefix(String),
+    /// `string_match.suffix` / `suffix_match`.
+    Suffix(String),
+    /// `string_match.contains` / `contains_match`.
+    Contains(String),
+}
+
+/// `match`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RouteMatch {
+    /// The path condition.
+    pub path: PathMatch,
+    /// Header conditions, all of which must hold.
+    pub headers: Vec<HeaderMatcher>,
+}
+
+/// What a matched route does.
+#[derive(Clone, Debug, Serialize)]
+pub enum RouteAction {
+    /// `route`: forward to a cluster.
+    Cluster {
+        /// `route.cluster`.
+        cluster: String,
+        /// `route.timeout` (default 15 s; zero disables).
+        timeout: Option<Duration>,
+        /// `route.prefix_rewrite`: replaces the matched prefix.
+        prefix_rewrite: Option<String>,
+    },
+    /// `direct_response`: answer without an upstream.
+    Direct {
+        /// `direct_response.status`.
+        status: u16,
+        /// `direct_response.body.inline_string`.
+        body: String,
+    },
+}
+
+/// What a plugin does when its VM fails (`fail_open` / `failure_policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum FailurePolicy {
+    /// `fail_open: true` / `FAIL_OPEN`: skip the filter.
+    FailOpen,
+    /// Default / `FAIL_CLOSED`: answer 503.
+    #[default]
+    FailClosed,
+}
+
+/// `envoy.filters.http.wasm` with its `PluginConfig`.
+#[derive(Clone, Debug, Serialize)]
+pub struct WasmFilter {
+    /// `config.name`.
+    pub name: String,
+    /// `config.root_id`.
+    pub root_id: String,
+    /// `config.vm_config.vm_id`.
+    pub vm_id: String,
+    /// `config.vm_config.runtime` as written (every Envoy runtime name runs on wasmtime here).
+    pub runtime: String,
+    /// `config.vm_config.code.local.filename`.
+    pub module_path: PathBuf,
+    /// `config.vm_config.configuration`, decoded.
+    pub vm_configuration: Vec<u8>,
+    /// `config.configuration`, decoded (`StringValue`/`BytesValue` raw, `Struct` as JSON).
+    pub plugin_configuration: Vec<u8>,
+    /// `config.vm_config.environment_variables`, resolved (`host_env_keys` read at load).
+    pub environment: Vec<(String, String)>,
+    /// `config.fail_open` / `config.failure_policy`.
+    pub failure_policy: FailurePolicy,
+}
+
+/// How a cluster finds its endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum DiscoveryType {
+    /// `STATIC`: IP addresses.
+    Static,
+    /// `STRICT_DNS`: names resolved to every address.
+    StrictDns,
+    /// `LOGICAL_DNS`: names resolved, first address used.
+    LogicalDns,
+}
+
+/// An endpoint as configured: an IP or a DNS name, and a port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// `socket_address.address`.
+    pub host: String,
+    /// `socket_address.port_value`.
+    pub port: u16,
+}
+
+/// `static_resources.clusters[]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cluster {
+    /// `name`.
+    pub name: String,
+    /// `type`.
+    pub discovery: DiscoveryType,
+    /// `connect_timeout` (default 5 s, as Envoy).
+    pub connect_timeout: Duration,
+    /// `load_assignment.endpoints[].lb_endpoints[].endpoint.address`, round-robin.
+    pub endpoints: Vec<Endpoint>,
+    /// HTTP/2 to the upstream (`http2_protocol_options` or `explicit_http_config.http2_protocol_options`).
+    pub http2: bool,
+}

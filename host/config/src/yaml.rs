@@ -1,0 +1,48 @@
+//! YAML (and JSON, which is YAML) to a JSON value tree.
+
+use serde_json::{Map, Number, Value};
+use yaml_rust2::{Yaml, YamlLoader};
+
+use crate::tree::ConfigError;
+
+fn error(message: String) -> ConfigError {
+    ConfigError { path: "(document)".into(), message, hint: None }
+}
+
+/// Parses one YAML document.
+pub(crate) fn to_json(text: &str) -> Result<Value, ConfigError> {
+    let docs = YamlLoader::load_from_str(text).map_err(|e| error(format!("not valid YAML: {e}")))?;
+    match docs.as_slice() {
+        [] => Err(error("the configuration is empty".into())),
+        [doc] => convert(doc),
+        _ => Err(error("expected one YAML document, found several".into())),
+    }
+}
+
+fn convert(yaml: &Yaml) -> Result<Value, ConfigError> {
+    Ok(match yaml {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => Value::Number((*i).into()),
+        Yaml::Real(text) => {
+            let parsed: f64 = text.parse().map_err(|_| error(format!("`{text}` is not a number")))?;
+            Number::from_f64(parsed).map_or(Value::Null, Value::Number)
+        }
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(items) => Value::Array(items.iter().map(convert).collect::<Result<_, _>>()?),
+        Yaml::Hash(hash) => {
+            let mut map = Map::new();
+            for (k, v) in hash {
+                let key = match k {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Integer(i) => i.to_string(),
+                    Yaml::Boolean(b) => b.to_string(),
+                    other => return Err(error(format!("unsupported mapping key {other:?}"))),
+                };
+                map.insert(key, convert(v)?);
+            }
+            Value::Object(map)
+        }
+        Yaml::Alias(_) | Yaml::BadValue => return Err(error("YAML aliases and invalid values are not supported".into())),
+    })
+}

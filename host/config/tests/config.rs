@@ -1,0 +1,119 @@
+//! Parsing Envoy bootstrap files: what loads, and how refusals name the field.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use wasmtrace_config::{Bootstrap, DiscoveryType, FailurePolicy, HeaderRule, PathMatch, RouteAction};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[test]
+fn the_sdk_examples_style_config_loads_unchanged() {
+    let config = Bootstrap::from_file(&fixture("sdk-http-headers.yaml")).expect("loads");
+    let listener = &config.listeners[0];
+    assert_eq!(listener.name, "main");
+    assert_eq!(listener.address, "0.0.0.0:10000".parse().expect("addr"));
+    assert_eq!(listener.http.stat_prefix, "ingress_http");
+    let filter = &listener.http.wasm_filters[0];
+    assert_eq!(filter.name, "http_headers");
+    assert_eq!(filter.module_path, Path::new("/etc/envoy/proxy-wasm-plugins/http_headers.wasm"));
+    assert_eq!(filter.failure_policy, FailurePolicy::FailClosed);
+    let route = &listener.http.virtual_hosts[0].routes[0];
+    assert_eq!(route.matcher.path, PathMatch::Prefix("/".into()));
+    assert!(matches!(&route.action, RouteAction::Direct { status: 200, body } if body == "Request /hello and be welcomed!\n"));
+}
+
+#[test]
+fn a_string_value_configuration_and_a_dns_cluster_load() {
+    let config = Bootstrap::from_file(&fixture("sdk-http-config-with-cluster.yaml")).expect("loads");
+    let filter = &config.listeners[0].http.wasm_filters[0];
+    assert_eq!(filter.plugin_configuration, b"The secret to life is meaningless unless you discover it yourself");
+    let cluster = config.cluster("httpbin").expect("cluster");
+    assert_eq!(cluster.discovery, DiscoveryType::StrictDns);
+    assert_eq!(cluster.connect_timeout, Duration::from_secs(5));
+    assert_eq!((cluster.endpoints[0].host.as_str(), cluster.endpoints[0].port), ("httpbin", 80));
+    assert!(matches!(&config.listeners[0].http.virtual_hosts[0].routes[0].action,
+        RouteAction::Cluster { cluster, timeout: Some(t), .. } if cluster == "httpbin" && *t == Duration::from_secs(15)));
+}
+
+fn with(original: &str, replacement: &str) -> String {
+    let text = std::fs::read_to_string(fixture("sdk-http-config-with-cluster.yaml")).expect("fixture");
+    assert!(text.contains(original), "fixture lacks {original:?}");
+    text.replacen(original, replacement, 1)
+}
+
+fn refusal(yaml: &str) -> String {
+    Bootstrap::from_yaml(yaml).expect_err("must be refused").to_string()
+}
+
+#[test]
+fn an_unsupported_field_is_refused_with_its_yaml_path_and_a_hint() {
+    let text = refusal(&with("stat_prefix: ingress_http", "stat_prefix: ingress_http\n                tracing: {}"));
+    assert!(
+        text.contains("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tracing: is not supported by wasmtrace"),
+        "{text}"
+    );
+    assert!(text.contains("supported here: stat_prefix"), "{text}");
+}
+
+#[test]
+fn every_bad_field_is_reported_not_just_the_first() {
+    let yaml = with("connect_timeout: 5s", "connect_timeout: soon\n      circuit_breakers: {}");
+    let text = refusal(&yaml);
+    assert!(text.contains("static_resources.clusters[0].connect_timeout: expected a duration"), "{text}");
+    assert!(text.contains("static_resources.clusters[0].circuit_breakers: is not supported"), "{text}");
+    assert!(text.starts_with("2 configuration errors"), "{text}");
+}
+
+#[test]
+fn an_unknown_http_filter_and_a_missing_router_are_refused() {
+    let yaml = with("name: envoy.filters.http.router", "name: envoy.filters.http.lua").replace(
+        "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+        "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+    );
+    let text = refusal(&yaml);
+    assert!(text.contains("HTTP filter `envoy.filters.http.lua` is not supported"), "{text}");
+    assert!(text.contains("must end with envoy.filters.http.router"), "{text}");
+}
+
+#[test]
+fn a_route_to_an_undefined_cluster_is_refused() {
+    let text = refusal(&with("cluster: httpbin", "cluster: nowhere"));
+    assert!(text.contains("no cluster named `nowhere`"), "{text}");
+}
+
+#[test]
+fn struct_and_bytes_configurations_are_passed_as_envoy_passes_them() {
+    let yaml = with(
+        "\"@type\": type.googleapis.com/google.protobuf.StringValue\n                          value: \"The secret to life is meaningless unless you discover it yourself\"",
+        "\"@type\": type.googleapis.com/google.protobuf.Struct\n                          value: {sample: 0.5, service: gallery}",
+    );
+    let config = Bootstrap::from_yaml(&yaml).expect("loads");
+    let json: serde_json::Value = serde_json::from_slice(&config.listeners[0].http.wasm_filters[0].plugin_configuration).expect("JSON");
+    assert_eq!(json, serde_json::json!({"sample": 0.5, "service": "gallery"}));
+
+    let yaml = with(
+        "\"@type\": type.googleapis.com/google.protobuf.StringValue\n                          value: \"The secret to life is meaningless unless you discover it yourself\"",
+        "\"@type\": type.googleapis.com/google.protobuf.BytesValue\n                          value: aGVsbG8=",
+    );
+    let config = Bootstrap::from_yaml(&yaml).expect("loads");
+    assert_eq!(config.listeners[0].http.wasm_filters[0].plugin_configuration, b"hello");
+}
+
+#[test]
+fn fail_open_header_matchers_and_camel_case_are_understood() {
+    let yaml = with("name: \"http_config\"", "name: \"http_config\"\n                        failOpen: true")
+        .replace("prefix: \"/\"", "prefix: \"/\"\n                            headers:\n                              - name: X-Tenant\n                                string_match: {exact: gallery}");
+    let config = Bootstrap::from_yaml(&yaml).expect("loads");
+    assert_eq!(config.listeners[0].http.wasm_filters[0].failure_policy, FailurePolicy::FailOpen);
+    let header = &config.listeners[0].http.virtual_hosts[0].routes[0].matcher.headers[0];
+    assert_eq!((header.name.as_str(), &header.rule), ("x-tenant", &HeaderRule::Exact("gallery".into())));
+}
+
+#[test]
+fn broken_yaml_is_refused_with_the_position() {
+    let text = refusal("static_resources: [unclosed");
+    assert!(text.contains("not valid YAML"), "{text}");
+}

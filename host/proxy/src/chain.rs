@@ -1,0 +1,225 @@
+//! The Wasm filters of one stream, run in Envoy's order: request callbacks from the first
+//! filter to the last, response callbacks from the last to the first.
+//!
+//! A filter that pauses in a header or end-of-stream callback is awaited until it resumes (or
+//! answers, closes or fails). A filter that pauses a body before its end gets the following data
+//! appended and is called again with everything so far (Envoy's `StopIterationAndBuffer`); data
+//! reaches the next filter, and the wire, only once the filter continues.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use wasmtrace_runtime::{Action, Direction, HttpExchange, HttpStream, LocalResponse, PluginInstance};
+
+/// Most body bytes one filter may hold back while it buffers.
+pub const MAX_BUFFERED_BODY: usize = 64 << 20;
+
+/// The outcome of running a phase through the filters.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Every filter continued.
+    Continue,
+    /// Filter `index` answered locally.
+    Local(LocalResponse, usize),
+    /// A filter asked to reset the stream.
+    Close,
+}
+
+/// The outcome of passing a chunk of body through the filters.
+#[derive(Debug)]
+pub enum DataVerdict {
+    /// These bytes go on the wire.
+    Forward(Vec<u8>),
+    /// A filter is buffering; nothing to send yet.
+    Held,
+    /// The stream stops.
+    Stop(Verdict),
+}
+
+/// The filters of one stream and the bytes each one is holding back.
+pub struct FilterChain {
+    exchange: Rc<RefCell<HttpExchange>>,
+    streams: Vec<HttpStream>,
+    request_buffers: Vec<Option<Vec<u8>>>,
+    response_buffers: Vec<Option<Vec<u8>>>,
+}
+
+/// A chain shared by the request and response halves of a stream (one worker thread).
+pub type SharedChain = Rc<RefCell<FilterChain>>;
+
+impl FilterChain {
+    /// Opens a stream context in every filter over `exchange`.
+    pub fn open(filters: &[Rc<PluginInstance>], exchange: Rc<RefCell<HttpExchange>>) -> SharedChain {
+        let streams: Vec<HttpStream> = filters.iter().map(|f| f.new_stream(exchange.clone())).collect();
+        let n = streams.len();
+        Rc::new(RefCell::new(Self { exchange, streams, request_buffers: vec![None; n], response_buffers: vec![None; n] }))
+    }
+
+    /// How many filters.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// True when the chain has no filters.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// `proxy_on_log` on every filter (at the end of the stream).
+    pub fn log(&mut self) {
+        for stream in &mut self.streams {
+            stream.on_log();
+        }
+    }
+}
+
+/// Waits until filter `index` resumes `direction`, and returns what it decided.
+async fn resumed(chain: &SharedChain, index: usize, direction: Direction) -> Action {
+    std::future::poll_fn(|cx| chain.borrow().streams[index].poll_resume(cx, direction)).await
+}
+
+/// Turns a callback's action into a verdict, awaiting a pause.
+async fn settle(chain: &SharedChain, index: usize, direction: Direction, action: Action) -> Option<Verdict> {
+    let action = match action {
+        Action::Pause => resumed(chain, index, direction).await,
+        other => other,
+    };
+    match action {
+        Action::Continue | Action::Pause => None,
+        Action::LocalResponse(response) => Some(Verdict::Local(response, index)),
+        Action::Close => Some(Verdict::Close),
+    }
+}
+
+fn order(len: usize, direction: Direction) -> Vec<usize> {
+    match direction {
+        Direction::Request => (0..len).collect(),
+        Direction::Response => (0..len).rev().collect(),
+    }
+}
+
+/// Request headers through every filter.
+pub async fn request_headers(chain: &SharedChain, end_of_stream: bool) -> Verdict {
+    let len = chain.borrow().len();
+    for i in order(len, Direction::Request) {
+        let action = chain.borrow_mut().streams[i].on_request_headers(end_of_stream);
+        if let Some(verdict) = settle(chain, i, Direction::Request, action).await {
+            return verdict;
+        }
+    }
+    Verdict::Continue
+}
+
+/// Response headers through the first `upto` filters, last first.
+pub async fn response_headers(chain: &SharedChain, end_of_stream: bool, upto: usize) -> Verdict {
+    let len = chain.borrow().len().min(upto);
+    for i in order(len, Direction::Response) {
+        let action = chain.borrow_mut().streams[i].on_response_headers(end_of_stream);
+        if let Some(verdict) = settle(chain, i, Direction::Response, action).await {
+            return verdict;
+        }
+    }
+    Verdict::Continue
+}
+
+/// Trailers through every filter of `direction` (after any buffered body was flushed).
+pub async fn trailers(chain: &SharedChain, direction: Direction) -> Verdict {
+    let len = chain.borrow().len();
+    for i in order(len, direction) {
+        let action = match direction {
+            Direction::Request => chain.borrow_mut().streams[i].on_request_trailers(),
+            Direction::Response => chain.borrow_mut().streams[i].on_response_trailers(),
+        };
+        if let Some(verdict) = settle(chain, i, direction, action).await {
+            return verdict;
+        }
+    }
+    Verdict::Continue
+}
+
+/// A chunk of body (possibly empty, at the end of the stream) through the first `upto` filters
+/// of `direction`.
+pub async fn data(chain: &SharedChain, direction: Direction, chunk: Vec<u8>, end_of_stream: bool, upto: usize) -> DataVerdict {
+    let len = chain.borrow().len().min(upto);
+    let mut data = Some(chunk);
+    for i in order(len, direction) {
+        let Some(bytes) = data.take() else { break };
+        let action = {
+            let mut chain_ref = chain.borrow_mut();
+            let chain_mut = &mut *chain_ref;
+            let buffer = match direction {
+                Direction::Request => &mut chain_mut.request_buffers[i],
+                Direction::Response => &mut chain_mut.response_buffers[i],
+            };
+            let body = match buffer.take() {
+                Some(mut held) => {
+                    held.extend_from_slice(&bytes);
+                    held
+                }
+                None => bytes,
+            };
+            if body.len() > MAX_BUFFERED_BODY {
+                return DataVerdict::Stop(too_large(direction, i));
+            }
+            {
+                let mut exchange = chain_mut.exchange.borrow_mut();
+                match direction {
+                    Direction::Request => exchange.request_body = body,
+                    Direction::Response => exchange.response_body = body,
+                }
+            }
+            let stream = &mut chain_mut.streams[i];
+            match direction {
+                Direction::Request => stream.on_request_body(end_of_stream),
+                Direction::Response => stream.on_response_body(end_of_stream),
+            }
+        };
+        let take_body = |chain: &SharedChain| {
+            let chain = chain.borrow();
+            let mut exchange = chain.exchange.borrow_mut();
+            std::mem::take(match direction {
+                Direction::Request => &mut exchange.request_body,
+                Direction::Response => &mut exchange.response_body,
+            })
+        };
+        match action {
+            Action::Continue => data = Some(take_body(chain)),
+            Action::Pause if !end_of_stream => {
+                let held = take_body(chain);
+                let mut chain_mut = chain.borrow_mut();
+                let buffer = match direction {
+                    Direction::Request => &mut chain_mut.request_buffers[i],
+                    Direction::Response => &mut chain_mut.response_buffers[i],
+                };
+                *buffer = Some(held);
+                return DataVerdict::Held;
+            }
+            other => {
+                if let Some(verdict) = settle(chain, i, direction, other).await {
+                    return DataVerdict::Stop(verdict);
+                }
+                data = Some(take_body(chain));
+            }
+        }
+    }
+    match data {
+        Some(bytes) => DataVerdict::Forward(bytes),
+        None => DataVerdict::Held,
+    }
+}
+
+fn too_large(direction: Direction, index: usize) -> Verdict {
+    match direction {
+        Direction::Request => Verdict::Local(
+            LocalResponse {
+                status: 413,
+                body: format!("request body exceeds the {MAX_BUFFERED_BODY}-byte buffer of a filter that buffers it\n").into_bytes(),
+                headers: wasmtrace_runtime::HeaderMap::from_pairs([("content-type", "text/plain")]),
+                details: "request_payload_too_large".into(),
+                grpc_status: None,
+            },
+            index,
+        ),
+        Direction::Response => Verdict::Close,
+    }
+}

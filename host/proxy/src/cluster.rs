@@ -1,0 +1,138 @@
+//! Upstream clusters: endpoint selection (round-robin, static or DNS), connecting with the
+//! cluster's connect timeout, and one pooled hyper client per cluster per worker.
+//!
+//! The client pool is keyed by the request's authority, which is the original `:authority`
+//! (the upstream sees the Host the client sent, as through Envoy); the connector ignores it and
+//! connects to the cluster's next endpoint.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use thiserror::Error;
+use tokio::net::TcpStream;
+use wasmtrace_config::{Cluster, DiscoveryType};
+
+use crate::BoxError;
+
+/// Body of a request sent upstream.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why a connection to a cluster could not be made.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// DNS gave no address.
+    #[error("cannot resolve `{host}`: {reason}")]
+    Resolve {
+        /// The name.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The TCP connect failed.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The TCP connect took longer than `connect_timeout`.
+    #[error("connecting to {addr} timed out after {timeout:?}")]
+    Timeout {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The cluster's connect timeout.
+        timeout: Duration,
+    },
+}
+
+struct Endpoints {
+    cluster: Cluster,
+    next: AtomicUsize,
+}
+
+impl Endpoints {
+    async fn resolve_next(&self) -> Result<SocketAddr, ConnectError> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let endpoint = &self.cluster.endpoints[turn % self.cluster.endpoints.len().max(1)];
+        if let Ok(ip) = endpoint.host.parse() {
+            return Ok(SocketAddr::new(ip, endpoint.port));
+        }
+        let resolve_error = |reason: String| ConnectError::Resolve { host: endpoint.host.clone(), reason };
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+            .await
+            .map_err(|e| resolve_error(e.to_string()))?
+            .collect();
+        let chosen = match self.cluster.discovery {
+            // STRICT_DNS: every address is an endpoint.
+            DiscoveryType::StrictDns => addresses.get((turn / self.cluster.endpoints.len().max(1)) % addresses.len().max(1)),
+            // LOGICAL_DNS (and a name in STATIC, refused by the config): the first address.
+            _ => addresses.first(),
+        };
+        chosen.copied().ok_or_else(|| resolve_error("no addresses".into()))
+    }
+}
+
+/// Connects to a cluster's endpoints in turn.
+#[derive(Clone)]
+pub struct ClusterConnector {
+    endpoints: Arc<Endpoints>,
+}
+
+impl tower_service::Service<Uri> for ClusterConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let endpoints = self.endpoints.clone();
+        Box::pin(async move {
+            let addr = endpoints.resolve_next().await?;
+            let timeout = endpoints.cluster.connect_timeout;
+            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| ConnectError::Timeout { addr, timeout })?
+                .map_err(|source| ConnectError::Connect { addr, source })?;
+            let _ = stream.set_nodelay(true);
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// A cluster's client on one worker: pooled connections, HTTP/1.1 or HTTP/2.
+#[derive(Clone)]
+pub struct ClusterClient {
+    /// The cluster as configured.
+    pub cluster: Arc<Cluster>,
+    /// The pooled client.
+    pub client: Client<ClusterConnector, UpstreamBody>,
+}
+
+impl ClusterClient {
+    /// A client for `cluster`.
+    pub fn new(cluster: &Cluster) -> Self {
+        let connector = ClusterConnector {
+            endpoints: Arc::new(Endpoints { cluster: cluster.clone(), next: AtomicUsize::new(0) }),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(cluster.http2)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self { cluster: Arc::new(cluster.clone()), client }
+    }
+}

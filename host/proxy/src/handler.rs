@@ -1,0 +1,516 @@
+//! One HTTP stream from request to response: Envoy's defaults on the request, the request
+//! filters, routing, the upstream call (or a direct/local response), the response filters, and
+//! the body pumps that stream data through the filters in both directions.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpInfo;
+use tokio::sync::oneshot;
+use wasmtrace_config::{HttpConnectionManager, Listener, RouteAction, TrafficDirection};
+use wasmtrace_runtime::{Direction, HeaderMap, HttpExchange, LocalResponse, PluginInstance, StreamInfo};
+
+use crate::body::{ChannelBody, FrameSender, ProxyBody, boxed, full};
+use crate::chain::{self, DataVerdict, FilterChain, SharedChain, Verdict};
+use crate::cluster::ClusterClient;
+use crate::message::{http_headers, protocol_name, request_header_map, response_header_map, status_of, strip_hop_by_hop, trailer_map};
+use crate::rescue::UpstreamFailure;
+use crate::route;
+use crate::stats::{ClusterStats, ListenerStats};
+
+/// A stream a filter closed: hyper resets it (HTTP/2 `RST_STREAM`, HTTP/1 connection close).
+#[derive(Debug, thiserror::Error)]
+#[error("stream reset by a filter")]
+pub struct StreamReset;
+
+/// What one worker knows about one listener.
+pub struct ListenerContext {
+    /// The listener as configured.
+    pub listener: Arc<Listener>,
+    /// Its Wasm filters on this worker, in chain order.
+    pub filters: Vec<Rc<PluginInstance>>,
+    /// Upstream clients by cluster name.
+    pub clusters: Rc<std::collections::HashMap<String, ClusterClient>>,
+    /// This listener's counters.
+    pub stats: Arc<ListenerStats>,
+    /// Counters by cluster name.
+    pub cluster_stats: Arc<std::collections::BTreeMap<String, Arc<ClusterStats>>>,
+}
+
+/// The downstream connection a stream arrived on.
+pub struct ConnectionInfo {
+    /// The client.
+    pub peer: SocketAddr,
+    /// Our address.
+    pub local: SocketAddr,
+    /// Connection id (`connection.id`).
+    pub id: u64,
+}
+
+/// Serves one request.
+pub async fn serve(ctx: Rc<ListenerContext>, conn: Rc<ConnectionInfo>, request: Request<Incoming>) -> Result<Response<ProxyBody>, StreamReset> {
+    ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    apply_envoy_defaults(&ctx.listener.http, &conn, &mut parts.headers);
+    let info = StreamInfo {
+        protocol: protocol_name(parts.version).to_owned(),
+        source: Some(conn.peer),
+        destination: Some(conn.local),
+        connection_id: conn.id,
+        listener_direction: match ctx.listener.direction {
+            TrafficDirection::Unspecified => 0,
+            TrafficDirection::Inbound => 1,
+            TrafficDirection::Outbound => 2,
+        },
+        ..StreamInfo::default()
+    };
+    let exchange = Rc::new(RefCell::new(HttpExchange {
+        request_headers: Some(request_header_map(&parts.method, &parts.uri, &parts.headers)),
+        info,
+        ..HttpExchange::default()
+    }));
+    let chain = FilterChain::open(&ctx.filters, exchange.clone());
+    let stream = Stream { ctx: ctx.clone(), chain, exchange };
+    let result = stream.run(body).await;
+    match &result {
+        Ok(response) => {
+            ctx.stats.response(response.status().as_u16());
+            tracing::debug!(
+                target: "wasmtrace::access",
+                listener = %ctx.listener.name,
+                method = %parts.method,
+                path = %parts.uri,
+                status = response.status().as_u16(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "request"
+            );
+        }
+        Err(_) => tracing::debug!(target: "wasmtrace::access", listener = %ctx.listener.name, path = %parts.uri, "reset"),
+    }
+    result
+}
+
+/// Envoy's default request handling before filters see the request.
+fn apply_envoy_defaults(http: &HttpConnectionManager, conn: &ConnectionInfo, headers: &mut http::HeaderMap) {
+    if http.generate_request_id && !headers.contains_key("x-request-id") {
+        if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+            headers.insert("x-request-id", id);
+        }
+    }
+    if http.use_remote_address {
+        let peer = conn.peer.ip().to_string();
+        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(existing) => format!("{existing}, {peer}"),
+            None => peer,
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+            headers.insert("x-forwarded-for", value);
+        }
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+}
+
+async fn within<F: std::future::Future>(timeout: Option<Duration>, future: F) -> Option<F::Output> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
+struct Stream {
+    ctx: Rc<ListenerContext>,
+    chain: SharedChain,
+    exchange: Rc<RefCell<HttpExchange>>,
+}
+
+impl Stream {
+    fn filter_count(&self) -> usize {
+        self.chain.borrow().len()
+    }
+
+    async fn run(self, body: Incoming) -> Result<Response<ProxyBody>, StreamReset> {
+        let end_of_stream = body.is_end_stream();
+        match chain::request_headers(&self.chain, end_of_stream).await {
+            Verdict::Local(response, index) => return self.local_reply(response, index + 1).await,
+            Verdict::Close => return self.close(),
+            Verdict::Continue => {}
+        }
+        let all = self.filter_count();
+        let selected = {
+            let exchange = self.exchange.borrow();
+            let headers = exchange.request_headers.as_ref();
+            let authority = headers.and_then(|h| h.get_str(":authority")).unwrap_or("");
+            route::virtual_host(&self.ctx.listener.http.virtual_hosts, authority).and_then(|host| {
+                let empty = HeaderMap::new();
+                route::select(host, headers.unwrap_or(&empty)).map(|r| (host.name.clone(), r.clone()))
+            })
+        };
+        let Some((virtual_host, route)) = selected else {
+            let response = plain(404, "route_not_found", "no route matches this request\n");
+            return self.local_reply(response, all).await;
+        };
+        {
+            let mut exchange = self.exchange.borrow_mut();
+            exchange.info.route_name = Some(route.name.clone());
+            exchange.info.virtual_host_name = Some(virtual_host);
+        }
+        match route.action {
+            RouteAction::Direct { status, body } => self.local_reply(plain(status, "direct_response", &body), all).await,
+            RouteAction::Cluster { cluster, timeout, prefix_rewrite } => {
+                let prefix = match &route.matcher.path {
+                    wasmtrace_config::PathMatch::Prefix(p) => Some(p.as_str()),
+                    wasmtrace_config::PathMatch::Exact(p) => Some(p.as_str()),
+                };
+                let rewrite = prefix_rewrite.as_deref().zip(prefix);
+                self.forward(&cluster, timeout, rewrite, body, end_of_stream).await
+            }
+        }
+    }
+
+    /// Sends the request to `cluster` and the response back through the filters.
+    async fn forward(
+        self,
+        cluster: &str,
+        timeout: Option<Duration>,
+        rewrite: Option<(&str, &str)>,
+        body: Incoming,
+        end_of_stream: bool,
+    ) -> Result<Response<ProxyBody>, StreamReset> {
+        let all = self.filter_count();
+        let Some(client) = self.ctx.clusters.get(cluster).cloned() else {
+            return self.local_reply(plain(503, "cluster_not_found", &format!("cluster `{cluster}` does not exist\n")), all).await;
+        };
+        let request = {
+            let mut exchange = self.exchange.borrow_mut();
+            exchange.info.cluster_name = Some(cluster.to_owned());
+            exchange.info.request_headers_sent = true;
+            let headers = exchange.request_headers.clone().unwrap_or_default();
+            upstream_request(&headers, rewrite, client.cluster.http2, cluster)
+        };
+        let Ok(request) = request else {
+            return self.local_reply(plain(400, "invalid_request", "the request headers cannot be forwarded\n"), all).await;
+        };
+        let (upstream_body, mut aborted): (ProxyBody, Option<oneshot::Receiver<Verdict>>) = if end_of_stream {
+            (boxed(Empty::<Bytes>::new().map_err(|never| match never {})), None)
+        } else if all == 0 {
+            (boxed(body), None)
+        } else {
+            let (tx, channel) = ChannelBody::new();
+            let (abort_tx, abort_rx) = oneshot::channel();
+            tokio::task::spawn_local(pump_request(self.chain.clone(), self.exchange.clone(), body, tx, abort_tx));
+            (boxed(channel), Some(abort_rx))
+        };
+        let stats = self.ctx.cluster_stats.get(cluster).cloned();
+        if let Some(stats) = &stats {
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let request = request.map(|()| upstream_body);
+        let sent = within(timeout, client.client.request(request));
+        let aborted_by_filter = async {
+            match aborted.as_mut() {
+                Some(rx) => rx.await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = sent => outcome,
+            Some(verdict) = aborted_by_filter => {
+                return match verdict {
+                    Verdict::Local(response, index) => self.local_reply(response, index + 1).await,
+                    _ => self.close(),
+                };
+            }
+        };
+        let failure = match outcome {
+            None => UpstreamFailure::Timeout(timeout.unwrap_or_default()),
+            Some(Err(error)) => UpstreamFailure::from_client_error(&error),
+            Some(Ok(response)) => return self.respond(response).await,
+        };
+        if let Some(stats) = &stats {
+            stats.failure(failure.kind());
+        }
+        let (status, details, text) = failure.response(cluster);
+        tracing::warn!(cluster, kind = failure.kind(), "{}", text.trim_end());
+        self.local_reply(plain(status.as_u16(), details, &text), all).await
+    }
+
+    /// The upstream's response through the response filters.
+    async fn respond(self, response: Response<Incoming>) -> Result<Response<ProxyBody>, StreamReset> {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        {
+            let mut exchange = self.exchange.borrow_mut();
+            exchange.response_headers = Some(response_header_map(parts.status, &parts.headers));
+            exchange.info.response_code_details = Some("via_upstream".into());
+            exchange.info.upstream = parts.extensions.get::<HttpInfo>().map(HttpInfo::remote_addr);
+        }
+        let all = self.filter_count();
+        if all == 0 {
+            return Ok(Response::from_parts(parts, boxed(body)));
+        }
+        match chain::response_headers(&self.chain, body.is_end_stream(), all).await {
+            Verdict::Local(response, _) => return Ok(self.finish_local(response)),
+            Verdict::Close => return self.close(),
+            Verdict::Continue => {}
+        }
+        let (status, headers) = {
+            let mut exchange = self.exchange.borrow_mut();
+            exchange.info.response_headers_sent = true;
+            let map = exchange.response_headers.clone().unwrap_or_default();
+            (status_of(&map), http_headers(&map))
+        };
+        let (tx, channel) = ChannelBody::new();
+        tokio::task::spawn_local(pump_response(self.chain.clone(), self.exchange.clone(), body, tx));
+        let mut response = Response::new(boxed(channel));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+
+    /// A response the proxy or a filter produced, through the response filters `0..upto`.
+    async fn local_reply(self, response: LocalResponse, upto: usize) -> Result<Response<ProxyBody>, StreamReset> {
+        {
+            let mut exchange = self.exchange.borrow_mut();
+            let mut map = HeaderMap::from_pairs([(":status", response.status.to_string())]);
+            for (name, value) in response.headers.iter() {
+                map.add(name, value);
+            }
+            if map.get(b"content-type").is_none() && !response.body.is_empty() {
+                map.add(b"content-type", b"text/plain");
+            }
+            if let Some(grpc) = response.grpc_status {
+                map.add(b"grpc-status", grpc.to_string().as_bytes());
+            }
+            exchange.response_headers = Some(map);
+            exchange.info.response_code_details = Some(response.details.clone());
+        }
+        match chain::response_headers(&self.chain, response.body.is_empty(), upto).await {
+            Verdict::Local(replacement, _) => return Ok(self.finish_local(replacement)),
+            Verdict::Close => return self.close(),
+            Verdict::Continue => {}
+        }
+        let body = if response.body.is_empty() {
+            Vec::new()
+        } else {
+            match chain::data(&self.chain, Direction::Response, response.body, true, upto).await {
+                DataVerdict::Forward(bytes) => bytes,
+                DataVerdict::Held => Vec::new(),
+                DataVerdict::Stop(_) => return self.close(),
+            }
+        };
+        let map = self.exchange.borrow().response_headers.clone().unwrap_or_default();
+        let mut reply = Response::new(full(body));
+        *reply.status_mut() = status_of(&map);
+        *reply.headers_mut() = http_headers(&map);
+        reply.headers_mut().remove(CONTENT_LENGTH);
+        self.finish();
+        Ok(reply)
+    }
+
+    /// A local response sent as is (from a response-phase filter), ending the stream.
+    fn finish_local(self, response: LocalResponse) -> Response<ProxyBody> {
+        let mut reply = Response::new(full(response.body));
+        *reply.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *reply.headers_mut() = http_headers(&response.headers);
+        if !reply.headers().contains_key(CONTENT_TYPE) {
+            reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        self.exchange.borrow_mut().info.response_code_details = Some(response.details);
+        self.finish();
+        reply
+    }
+
+    fn close(self) -> Result<Response<ProxyBody>, StreamReset> {
+        self.finish();
+        Err(StreamReset)
+    }
+
+    /// The access-log point: `proxy_on_log`, then the stream contexts end.
+    fn finish(self) {
+        finish_stream(&self.chain, &self.exchange);
+    }
+}
+
+fn finish_stream(chain: &SharedChain, exchange: &Rc<RefCell<HttpExchange>>) {
+    exchange.borrow_mut().info.end_time = Some(SystemTime::now());
+    chain.borrow_mut().log();
+}
+
+/// A plain-text local response.
+fn plain(status: u16, details: &str, body: &str) -> LocalResponse {
+    LocalResponse {
+        status,
+        body: body.as_bytes().to_vec(),
+        headers: HeaderMap::from_pairs([("content-type", "text/plain")]),
+        details: details.to_owned(),
+        grpc_status: None,
+    }
+}
+
+/// The upstream request head from the filtered request headers.
+fn upstream_request(headers: &HeaderMap, rewrite: Option<(&str, &str)>, http2: bool, cluster: &str) -> Result<Request<()>, http::Error> {
+    let authority = headers.get_str(":authority").filter(|a| !a.is_empty()).unwrap_or(cluster);
+    let mut path = headers.get_str(":path").unwrap_or("/").to_owned();
+    if let Some((replacement, prefix)) = rewrite
+        && let Some(rest) = path.strip_prefix(prefix)
+    {
+        path = format!("{replacement}{rest}");
+    }
+    let uri: Uri = format!("http://{authority}{path}").parse().or_else(|_| format!("http://{cluster}{path}").parse())?;
+    let mut request = Request::builder()
+        .method(headers.get_str(":method").unwrap_or("GET"))
+        .uri(uri)
+        .version(if http2 { Version::HTTP_2 } else { Version::HTTP_11 })
+        .body(())?;
+    *request.headers_mut() = http_headers(headers);
+    if !http2 && let Ok(host) = HeaderValue::from_str(authority) {
+        request.headers_mut().insert(HOST, host);
+    }
+    Ok(request)
+}
+
+/// What happened to a chunk after the filters.
+enum Pumped {
+    /// Sent (or held by a buffering filter): go on.
+    Go,
+    /// The other side went away.
+    Gone,
+    /// A filter stopped the stream.
+    Stop(Verdict),
+}
+
+/// Sends what the filters forward.
+async fn deliver(tx: &FrameSender, verdict: DataVerdict) -> Pumped {
+    match verdict {
+        DataVerdict::Forward(bytes) if bytes.is_empty() => Pumped::Go,
+        DataVerdict::Forward(bytes) => match tx.send(Ok(Frame::data(Bytes::from(bytes)))).await {
+            Ok(()) => Pumped::Go,
+            Err(_) => Pumped::Gone,
+        },
+        DataVerdict::Held => Pumped::Go,
+        DataVerdict::Stop(verdict) => Pumped::Stop(verdict),
+    }
+}
+
+/// Streams the downstream request body through the request filters to the upstream. A filter
+/// that stops the stream hands its verdict to the request's task through `abort`.
+async fn pump_request(chain: SharedChain, exchange: Rc<RefCell<HttpExchange>>, mut body: Incoming, tx: FrameSender, abort: oneshot::Sender<Verdict>) {
+    let all = chain.borrow().len();
+    let mut ended = false;
+    let outcome = loop {
+        let Some(frame) = body.frame().await else { break Pumped::Go };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                let _ = tx.send(Err(Box::new(error))).await;
+                return;
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                ended = body.is_end_stream();
+                exchange.borrow_mut().info.request_body_bytes += data.len() as u64;
+                let verdict = chain::data(&chain, Direction::Request, data.to_vec(), ended, all).await;
+                match deliver(&tx, verdict).await {
+                    Pumped::Go => {}
+                    other => break other,
+                }
+            }
+            Err(frame) => {
+                let Ok(trailers) = frame.into_trailers() else { continue };
+                if !ended {
+                    ended = true;
+                    let verdict = chain::data(&chain, Direction::Request, Vec::new(), true, all).await;
+                    match deliver(&tx, verdict).await {
+                        Pumped::Go => {}
+                        other => break other,
+                    }
+                }
+                exchange.borrow_mut().request_trailers = Some(trailer_map(&trailers));
+                match chain::trailers(&chain, Direction::Request).await {
+                    Verdict::Continue => {
+                        let map = exchange.borrow().request_trailers.clone().unwrap_or_default();
+                        let _ = tx.send(Ok(Frame::trailers(http_headers(&map)))).await;
+                        break Pumped::Go;
+                    }
+                    verdict => break Pumped::Stop(verdict),
+                }
+            }
+        }
+    };
+    let outcome = match outcome {
+        Pumped::Go if !ended => deliver(&tx, chain::data(&chain, Direction::Request, Vec::new(), true, all).await).await,
+        other => other,
+    };
+    if let Pumped::Stop(verdict) = outcome {
+        let _ = abort.send(verdict);
+    }
+}
+
+/// Streams the upstream response body through the response filters to the downstream, then
+/// runs the access-log point.
+async fn pump_response(chain: SharedChain, exchange: Rc<RefCell<HttpExchange>>, mut body: Incoming, tx: FrameSender) {
+    let all = chain.borrow().len();
+    let mut ended = false;
+    let outcome = loop {
+        let Some(frame) = body.frame().await else { break Pumped::Go };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                let _ = tx.send(Err(Box::new(error))).await;
+                break Pumped::Gone;
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                ended = body.is_end_stream();
+                exchange.borrow_mut().info.response_body_bytes += data.len() as u64;
+                let verdict = chain::data(&chain, Direction::Response, data.to_vec(), ended, all).await;
+                match deliver(&tx, verdict).await {
+                    Pumped::Go => {}
+                    other => break other,
+                }
+            }
+            Err(frame) => {
+                let Ok(trailers) = frame.into_trailers() else { continue };
+                if !ended {
+                    ended = true;
+                    let verdict = chain::data(&chain, Direction::Response, Vec::new(), true, all).await;
+                    match deliver(&tx, verdict).await {
+                        Pumped::Go => {}
+                        other => break other,
+                    }
+                }
+                exchange.borrow_mut().response_trailers = Some(trailer_map(&trailers));
+                if let Verdict::Continue = chain::trailers(&chain, Direction::Response).await {
+                    let map = exchange.borrow().response_trailers.clone().unwrap_or_default();
+                    let _ = tx.send(Ok(Frame::trailers(http_headers(&map)))).await;
+                }
+                break Pumped::Go;
+            }
+        }
+    };
+    let outcome = match outcome {
+        Pumped::Go if !ended => deliver(&tx, chain::data(&chain, Direction::Response, Vec::new(), true, all).await).await,
+        other => other,
+    };
+    if let Pumped::Stop(_) = outcome {
+        let _ = tx.send(Err("a filter reset the response".into())).await;
+    }
+    drop(tx);
+    finish_stream(&chain, &exchange);
+}

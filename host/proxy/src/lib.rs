@@ -1,0 +1,334 @@
+//! The wasmtrace sidecar data plane: `wasmtrace run -c envoy.yaml`.
+//!
+//! How the pieces fit:
+//!
+//! - [`start`] loads the configuration's modules once ([`plugins`]), binds every listener, and
+//!   starts N [`worker`]s (default: one per core). Each worker is a thread with a single-threaded
+//!   tokio runtime that owns its VMs and upstream pools; all workers accept from the same sockets.
+//! - A connection is served by hyper (HTTP/1.1 or h2c). Each request goes through
+//!   [`handler::serve`]: Envoy's request defaults, the Wasm [`chain`], routing ([`route`]), the
+//!   upstream call through the cluster's pooled client ([`cluster`]), and the response filters;
+//!   bodies stream through the filters frame by frame ([`body`]).
+//! - Upstream failures become 503/504/502 in one place ([`rescue`]); callouts go through the same
+//!   clients ([`callouts`]); ticks and queues run beside the streams ([`timers`]).
+//! - The [`admin`] API reads the [`stats`], the runtime's counters and the plugins' status.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod body;
+pub mod callouts;
+pub mod chain;
+pub mod cluster;
+pub mod handler;
+pub mod message;
+pub mod plugins;
+pub mod rescue;
+pub mod route;
+pub mod stats;
+pub mod timers;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::watch;
+use wasmtrace_config::Bootstrap;
+use wasmtrace_runtime::{
+    CalloutCompletion, CalloutDispatcher, CalloutRequest, DispatchError, HostServices, LogLevel, NodeInfo, PluginInstance,
+    Runtime, VmLimits,
+};
+
+use crate::admin::AdminState;
+use crate::plugins::LoadedPlugin;
+use crate::stats::{ClusterStats, ProxyStats};
+
+/// Errors crossing the crate boundary.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the proxy could not start (or a configuration does not check).
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    /// The runtime could not be created.
+    #[error("wasm runtime: {0}")]
+    Runtime(String),
+    /// A module could not be read, compiled or validated.
+    #[error("{plugin}: {reason}")]
+    Module {
+        /// Which filter.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// A plugin did not start or configure.
+    #[error("{0}")]
+    PluginStart(String),
+    /// A socket could not be bound.
+    #[error("cannot listen on {address} ({name}): {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        address: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A worker thread could not start.
+    #[error("worker: {0}")]
+    Worker(String),
+}
+
+/// How the proxy runs, beyond what the configuration says.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Worker threads (default: available cores).
+    pub workers: usize,
+    /// How long shutdown waits for open streams and for filters to flush.
+    pub drain_timeout: Duration,
+    /// Bind the admin API where configured even if that is not loopback (default: loopback only).
+    pub admin_any_address: bool,
+    /// Limits of every VM.
+    pub limits: VmLimits,
+    /// Lowest guest log level emitted.
+    pub log_level: LogLevel,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            drain_timeout: Duration::from_secs(10),
+            admin_any_address: false,
+            limits: VmLimits::default(),
+            log_level: LogLevel::Info,
+        }
+    }
+}
+
+/// What every worker shares.
+pub struct Shared {
+    bootstrap: Arc<Bootstrap>,
+    runtime: Arc<Runtime>,
+    plugins: Vec<Vec<Arc<LoadedPlugin>>>,
+    stats: Arc<ProxyStats>,
+    cluster_stats: Arc<BTreeMap<String, Arc<ClusterStats>>>,
+    connection_ids: Arc<AtomicU64>,
+    options: ProxyOptions,
+}
+
+/// A running proxy.
+pub struct RunningProxy {
+    listeners: Vec<(String, SocketAddr)>,
+    admin: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    admin_thread: Option<JoinHandle<()>>,
+    admin_state: Arc<AdminState>,
+}
+
+impl RunningProxy {
+    /// The bound address of listener `name` (useful with port 0).
+    pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Every listener's name and bound address.
+    pub fn listeners(&self) -> &[(String, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// The admin API's bound address.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Stops accepting, lets open streams finish (up to the drain timeout), lets filters flush,
+    /// and waits for every worker to end.
+    pub fn shutdown(mut self) {
+        self.admin_state.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        if let Some(admin) = self.admin_thread.take() {
+            let _ = admin.join();
+        }
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
+    pub fn run_until_signal(self) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+                _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+            }
+            Ok::<_, std::io::Error>(())
+        })?;
+        self.shutdown();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn runtime_for(bootstrap: &Bootstrap, options: &ProxyOptions) -> Result<Arc<Runtime>, ProxyError> {
+    let node = NodeInfo { id: bootstrap.node.id.clone(), cluster: bootstrap.node.cluster.clone(), metadata: bootstrap.node.metadata.clone() };
+    Runtime::with_services(HostServices::new(node, options.log_level)).map_err(|e| ProxyError::Runtime(e.to_string()))
+}
+
+/// Callouts during `wasmtrace check`: clusters exist, nothing is sent.
+struct CheckOnly {
+    clusters: Vec<String>,
+}
+
+impl CalloutDispatcher for CheckOnly {
+    fn has_cluster(&self, cluster: &str) -> bool {
+        self.clusters.iter().any(|c| c == cluster)
+    }
+
+    fn dispatch(&self, request: CalloutRequest, _completion: CalloutCompletion) -> Result<(), DispatchError> {
+        Err(DispatchError::UnknownCluster(format!("{} (callouts are not sent by `wasmtrace check`)", request.cluster)))
+    }
+}
+
+/// Validates a configuration without serving: every module loads, starts and configures.
+/// Returns one line per plugin checked.
+pub fn check(bootstrap: &Bootstrap, options: &ProxyOptions) -> Result<Vec<String>, ProxyError> {
+    let runtime = runtime_for(bootstrap, options)?;
+    let plugins = plugins::load_plugins(&runtime, bootstrap, &options.limits)?;
+    let mut report = Vec::new();
+    for plugin in plugins.iter().flatten() {
+        let dispatcher: Rc<dyn CalloutDispatcher> =
+            Rc::new(CheckOnly { clusters: bootstrap.clusters.iter().map(|c| c.name.clone()).collect() });
+        PluginInstance::start(&runtime, plugin.module.clone(), plugin.config.clone(), dispatcher)
+            .map_err(|e| ProxyError::PluginStart(format!("listener `{}`: {e}", plugin.listener)))?;
+        report.push(format!(
+            "listener `{}`: plugin `{}` ({}, sha256 {}) starts and configures",
+            plugin.listener,
+            plugin.filter.name,
+            plugin.filter.module_path.display(),
+            plugin.module.sha256()
+        ));
+    }
+    runtime.shutdown();
+    Ok(report)
+}
+
+/// Starts serving `bootstrap`.
+pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy, ProxyError> {
+    let runtime = runtime_for(&bootstrap, &options)?;
+    let plugins = plugins::load_plugins(&runtime, &bootstrap, &options.limits)?;
+    let stats = Arc::new(ProxyStats {
+        listeners: bootstrap.listeners.iter().map(|l| (l.http.stat_prefix.clone(), Arc::default())).collect(),
+        clusters: bootstrap.clusters.iter().map(|c| (c.name.clone(), Arc::default())).collect(),
+    });
+    let cluster_stats = Arc::new(stats.clusters.clone());
+    let mut sockets = Vec::new();
+    let mut listeners = Vec::new();
+    for listener in &bootstrap.listeners {
+        let bind_error = |source| ProxyError::Bind { name: listener.name.clone(), address: listener.address, source };
+        let socket = std::net::TcpListener::bind(listener.address).map_err(bind_error)?;
+        socket.set_nonblocking(true).map_err(bind_error)?;
+        listeners.push((listener.name.clone(), socket.local_addr().map_err(bind_error)?));
+        sockets.push(socket);
+    }
+    let bootstrap = Arc::new(bootstrap);
+    let shared = Arc::new(Shared {
+        bootstrap: bootstrap.clone(),
+        runtime: runtime.clone(),
+        plugins: plugins.clone(),
+        stats: stats.clone(),
+        cluster_stats,
+        connection_ids: Arc::new(AtomicU64::new(1)),
+        options: options.clone(),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut workers = Vec::new();
+    for index in 0..options.workers.max(1) {
+        let mut worker_sockets = Vec::new();
+        for (listener_index, socket) in sockets.iter().enumerate() {
+            worker_sockets.push((listener_index, socket.try_clone().map_err(|e| ProxyError::Worker(format!("cloning a listener socket: {e}")))?));
+        }
+        let (shared, stop_rx, ready_tx) = (shared.clone(), stop_rx.clone(), ready_tx.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("wasmtrace-worker-{index}"))
+            .spawn(move || worker::run(index, shared, worker_sockets, stop_rx, ready_tx))
+            .map_err(|e| ProxyError::Worker(e.to_string()))?;
+        workers.push(handle);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..workers.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("a worker exited during start-up".into()),
+        }
+    }
+    let admin_state = Arc::new(AdminState {
+        bootstrap: bootstrap.clone(),
+        stats,
+        runtime,
+        plugins: plugins.into_iter().flatten().collect(),
+        ready: AtomicBool::new(failure.is_none()),
+        draining: AtomicBool::new(false),
+    });
+    if let Some(failure) = failure {
+        let _ = stop.send(true);
+        for worker in workers {
+            let _ = worker.join();
+        }
+        return Err(ProxyError::PluginStart(failure));
+    }
+    let (admin, admin_thread) = match bootstrap.admin {
+        Some(address) => {
+            let (bound, thread) = start_admin(address, &options, admin_state.clone(), stop_rx.clone())?;
+            (Some(bound), Some(thread))
+        }
+        None => (None, None),
+    };
+    for (name, address) in &listeners {
+        tracing::info!(listener = %name, %address, workers = workers.len(), "listening");
+    }
+    Ok(RunningProxy { listeners, admin, stop, workers, admin_thread, admin_state })
+}
+
+fn start_admin(
+    configured: SocketAddr,
+    options: &ProxyOptions,
+    state: Arc<AdminState>,
+    stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), ProxyError> {
+    let address = if configured.ip().is_loopback() || options.admin_any_address {
+        configured
+    } else {
+        tracing::warn!(%configured, "admin API bound to loopback instead (pass --admin-any-address to expose it)");
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), configured.port())
+    };
+    let bind_error = |source| ProxyError::Bind { name: "admin".into(), address, source };
+    let socket = std::net::TcpListener::bind(address).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    let bound = socket.local_addr().map_err(bind_error)?;
+    let thread = std::thread::Builder::new()
+        .name("wasmtrace-admin".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async move {
+                if let Ok(listener) = tokio::net::TcpListener::from_std(socket) {
+                    admin::serve(listener, state, stop).await;
+                }
+            });
+        })
+        .map_err(|e| ProxyError::Worker(e.to_string()))?;
+    tracing::info!(address = %bound, "admin API");
+    Ok((bound, thread))
+}

@@ -1,0 +1,139 @@
+//! Between hyper's HTTP messages and the header maps filters see.
+//!
+//! Filters see HTTP/2-style pseudo-headers whatever the wire protocol: `:method`, `:path`,
+//! `:authority`, `:scheme` on requests and `:status` on responses, as Envoy presents them.
+//! Hop-by-hop headers never reach filters or the other side.
+
+use http::header::{CONNECTION, HOST, HeaderName, HeaderValue};
+use http::{HeaderMap as HttpHeaders, Method, StatusCode, Uri, Version};
+use wasmtrace_runtime::HeaderMap;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// legacy ones proxies drop.
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer", "proxy-authenticate"];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HttpHeaders) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The protocol name of `request.protocol`.
+pub fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The request as filters see it: pseudo-headers first, then the message headers (Host
+/// becomes `:authority`).
+pub fn request_header_map(method: &Method, uri: &Uri, headers: &HttpHeaders) -> HeaderMap {
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut map = HeaderMap::from_pairs([
+        (":authority", authority.as_str()),
+        (":path", path),
+        (":method", method.as_str()),
+        (":scheme", uri.scheme_str().unwrap_or("http")),
+    ]);
+    for (name, value) in headers {
+        if name != HOST {
+            map.add(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    map
+}
+
+/// The response as filters see it: `:status`, then the headers.
+pub fn response_header_map(status: StatusCode, headers: &HttpHeaders) -> HeaderMap {
+    let mut map = HeaderMap::from_pairs([(":status", status.as_str())]);
+    for (name, value) in headers {
+        map.add(name.as_str().as_bytes(), value.as_bytes());
+    }
+    map
+}
+
+/// Trailers as filters see them.
+pub fn trailer_map(headers: &HttpHeaders) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        map.add(name.as_str().as_bytes(), value.as_bytes());
+    }
+    map
+}
+
+/// The non-pseudo headers of `map` as hyper headers; entries that are not valid HTTP are
+/// dropped (a filter may write anything).
+pub fn http_headers(map: &HeaderMap) -> HttpHeaders {
+    let mut headers = HttpHeaders::with_capacity(map.len());
+    for (name, value) in map.iter() {
+        if name.first() == Some(&b':') {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(name, value);
+        } else {
+            tracing::debug!(header = %String::from_utf8_lossy(name), "dropping a header that is not valid HTTP");
+        }
+    }
+    headers
+}
+
+/// The `:status` of a response map.
+pub fn status_of(map: &HeaderMap) -> StatusCode {
+    map.get_str(":status").and_then(|s| s.parse::<u16>().ok()).and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_and_hop_by_hop_headers_are_removed() {
+        let mut headers = HttpHeaders::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn requests_get_pseudo_headers_and_host_becomes_authority() {
+        let mut headers = HttpHeaders::new();
+        headers.insert(HOST, HeaderValue::from_static("gallery.local:8080"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        let uri: Uri = "/v0/images?limit=2".parse().expect("uri");
+        let map = request_header_map(&Method::POST, &uri, &headers);
+        assert_eq!(map.get_str(":authority"), Some("gallery.local:8080"));
+        assert_eq!(map.get_str(":path"), Some("/v0/images?limit=2"));
+        assert_eq!(map.get_str(":method"), Some("POST"));
+        assert_eq!(map.get_str(":scheme"), Some("http"));
+        assert_eq!(map.get(b"host"), None);
+        let back = http_headers(&map);
+        assert_eq!(back.len(), 1, "pseudo-headers do not become HTTP headers");
+    }
+}

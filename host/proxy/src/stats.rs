@@ -1,0 +1,132 @@
+//! The proxy's own counters (lock-free, process-wide) and their Prometheus rendering together
+//! with the runtime's failure counters and the filter-defined metrics.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wasmtrace_runtime::HostServices;
+use wasmtrace_runtime::metrics::{HISTOGRAM_BUCKETS, MetricValue};
+
+/// Counters of one listener.
+#[derive(Default)]
+pub struct ListenerStats {
+    /// Requests received.
+    pub requests: AtomicU64,
+    /// Responses sent, by class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [AtomicU64; 5],
+}
+
+impl ListenerStats {
+    /// Counts a response status.
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters of one cluster.
+#[derive(Default)]
+pub struct ClusterStats {
+    /// Requests sent (including callouts).
+    pub requests: AtomicU64,
+    /// Connections that could not be made.
+    pub connect_failures: AtomicU64,
+    /// Requests without response headers in time.
+    pub timeouts: AtomicU64,
+    /// Connections reset before a response.
+    pub resets: AtomicU64,
+}
+
+impl ClusterStats {
+    /// Counts a failure by its kind label.
+    pub fn failure(&self, kind: &str) {
+        let counter = match kind {
+            "connect_failure" => &self.connect_failures,
+            "timeout" => &self.timeouts,
+            _ => &self.resets,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every counter of the proxy, by listener `stat_prefix` and cluster name.
+#[derive(Default)]
+pub struct ProxyStats {
+    /// Per listener (keyed by `stat_prefix`).
+    pub listeners: BTreeMap<String, Arc<ListenerStats>>,
+    /// Per cluster.
+    pub clusters: BTreeMap<String, Arc<ClusterStats>>,
+}
+
+/// A Prometheus metric name from a filter-chosen name: invalid characters become `_`.
+fn metric_name(name: &str) -> String {
+    let mut out: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
+    if out.chars().next().is_none_or(|c| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl ProxyStats {
+    /// The Prometheus text exposition of everything.
+    pub fn render_prometheus(&self, services: &HostServices) -> String {
+        let mut out = String::new();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out.push_str("# TYPE wasmtrace_http_requests_total counter\n");
+        for (prefix, s) in &self.listeners {
+            let _ = writeln!(out, "wasmtrace_http_requests_total{{listener=\"{}\"}} {}", label(prefix), get(&s.requests));
+        }
+        out.push_str("# TYPE wasmtrace_http_responses_total counter\n");
+        for (prefix, s) in &self.listeners {
+            for (i, count) in s.responses.iter().enumerate() {
+                let _ = writeln!(out, "wasmtrace_http_responses_total{{listener=\"{}\",code_class=\"{}xx\"}} {}", label(prefix), i + 1, get(count));
+            }
+        }
+        out.push_str("# TYPE wasmtrace_upstream_requests_total counter\n");
+        for (name, s) in &self.clusters {
+            let _ = writeln!(out, "wasmtrace_upstream_requests_total{{cluster=\"{}\"}} {}", label(name), get(&s.requests));
+        }
+        out.push_str("# TYPE wasmtrace_upstream_errors_total counter\n");
+        for (name, s) in &self.clusters {
+            for (kind, counter) in [("connect_failure", &s.connect_failures), ("timeout", &s.timeouts), ("reset", &s.resets)] {
+                let _ = writeln!(out, "wasmtrace_upstream_errors_total{{cluster=\"{}\",kind=\"{kind}\"}} {}", label(name), get(counter));
+            }
+        }
+        let failures = services.all_failure_stats();
+        out.push_str("# TYPE wasmtrace_wasm_callback_failures_total counter\n");
+        for (plugin, stats) in &failures {
+            for (callback, count) in &stats.callback_failures {
+                let _ = writeln!(out, "wasmtrace_wasm_callback_failures_total{{plugin=\"{}\",callback=\"{callback}\"}} {count}", label(plugin));
+            }
+        }
+        out.push_str("# TYPE wasmtrace_wasm_vm_restarts_total counter\n");
+        for (plugin, stats) in &failures {
+            let _ = writeln!(out, "wasmtrace_wasm_vm_restarts_total{{plugin=\"{}\"}} {}", label(plugin), stats.vm_restarts);
+        }
+        for metric in services.metrics.all() {
+            let name = metric_name(metric.name());
+            match metric.value() {
+                MetricValue::Counter(v) => {
+                    let _ = writeln!(out, "# TYPE {name} counter\n{name} {v}");
+                }
+                MetricValue::Gauge(v) => {
+                    let _ = writeln!(out, "# TYPE {name} gauge\n{name} {v}");
+                }
+                MetricValue::Histogram(h) => {
+                    let _ = writeln!(out, "# TYPE {name} histogram");
+                    for (bound, count) in HISTOGRAM_BUCKETS.iter().zip(&h.buckets) {
+                        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+                    }
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", h.count, h.sum, h.count);
+                }
+            }
+        }
+        out
+    }
+}
