@@ -13,11 +13,24 @@ const HTTP_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolO
 pub(crate) fn parse_cluster(cluster: &Node<'_>, errors: &mut Errors) -> Option<Cluster> {
     cluster.expect_fields(
         errors,
-        &["name", "type", "connect_timeout", "lb_policy", "load_assignment", "http2_protocol_options", "typed_extension_protocol_options", "dns_lookup_family"],
+        &[
+            "name",
+            "type",
+            "connect_timeout",
+            "lb_policy",
+            "load_assignment",
+            "http2_protocol_options",
+            "typed_extension_protocol_options",
+            "dns_lookup_family",
+        ],
         "a cluster is a name, a type, endpoints and timeouts",
     );
     let name = cluster.require("name", errors)?.string(errors)?;
-    let discovery = match cluster.get("type").and_then(|t| t.enumeration(errors, &["STATIC", "STRICT_DNS", "LOGICAL_DNS"])).as_deref() {
+    let discovery = match cluster
+        .get("type")
+        .and_then(|t| t.enumeration(errors, &["STATIC", "STRICT_DNS", "LOGICAL_DNS"]))
+        .as_deref()
+    {
         Some("STRICT_DNS") => DiscoveryType::StrictDns,
         Some("LOGICAL_DNS") => DiscoveryType::LogicalDns,
         _ => DiscoveryType::Static,
@@ -28,26 +41,43 @@ pub(crate) fn parse_cluster(cluster: &Node<'_>, errors: &mut Errors) -> Option<C
     if let Some(family) = cluster.get("dns_lookup_family") {
         family.enumeration(errors, &["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"]);
     }
-    let connect_timeout = cluster.get("connect_timeout").and_then(|t| t.duration(errors)).unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let connect_timeout =
+        cluster.get("connect_timeout").and_then(|t| t.duration(errors)).unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let mut http2 = cluster.get("http2_protocol_options").is_some();
     if let Some(typed) = cluster.get("typed_extension_protocol_options") {
         typed.expect_fields(errors, &[HTTP_OPTIONS_KEY], "only HTTP protocol options are supported");
         if let Some(options) = typed.get(HTTP_OPTIONS_KEY) {
-            options.expect_fields(errors, &["explicit_http_config"], "choose the upstream protocol with explicit_http_config");
+            options.expect_fields(
+                errors,
+                &["explicit_http_config"],
+                "choose the upstream protocol with explicit_http_config",
+            );
             if let Some(explicit) = options.get("explicit_http_config") {
-                explicit.expect_fields(errors, &["http_protocol_options", "http2_protocol_options"], "choose HTTP/1.1 or HTTP/2");
+                explicit.expect_fields(
+                    errors,
+                    &["http_protocol_options", "http2_protocol_options"],
+                    "choose HTTP/1.1 or HTTP/2",
+                );
                 http2 = explicit.get("http2_protocol_options").is_some();
             }
         }
     }
     let endpoints = cluster.require("load_assignment", errors).map(|a| endpoints(&a, errors)).unwrap_or_default();
     if endpoints.is_empty() {
-        cluster.error(errors, "has no endpoints", Some("add load_assignment.endpoints[].lb_endpoints[].endpoint.address"));
+        cluster.error(
+            errors,
+            "has no endpoints",
+            Some("add load_assignment.endpoints[].lb_endpoints[].endpoint.address"),
+        );
     }
     if discovery == DiscoveryType::Static {
         for endpoint in &endpoints {
             if endpoint.host.parse::<std::net::IpAddr>().is_err() {
-                cluster.error(errors, format!("STATIC endpoint `{}` is not an IP address", endpoint.host), Some("use STRICT_DNS or LOGICAL_DNS for host names"));
+                cluster.error(
+                    errors,
+                    format!("STATIC endpoint `{}` is not an IP address", endpoint.host),
+                    Some("use STRICT_DNS or LOGICAL_DNS for host names"),
+                );
             }
         }
     }

@@ -50,7 +50,11 @@ impl Bootstrap {
 }
 
 fn parse_bootstrap(root: &Node<'_>, errors: &mut Errors) -> Bootstrap {
-    root.expect_fields(errors, &["node", "admin", "static_resources"], "a bootstrap holds node, admin and static_resources");
+    root.expect_fields(
+        errors,
+        &["node", "admin", "static_resources"],
+        "a bootstrap holds node, admin and static_resources",
+    );
     let node = root.get("node").map(|n| parse_node(&n, errors)).unwrap_or_default();
     let admin = root.get("admin").and_then(|a| {
         a.expect_fields(errors, &["address"], "the admin interface takes only an address");
@@ -81,10 +85,7 @@ fn parse_node(node: &Node<'_>, errors: &mut Errors) -> NodeIdentity {
     NodeIdentity {
         id: node.get("id").and_then(|n| n.string(errors)).unwrap_or_default(),
         cluster: node.get("cluster").and_then(|n| n.string(errors)).unwrap_or_default(),
-        metadata: node
-            .get("metadata")
-            .and_then(|m| m.value().as_object().cloned())
-            .unwrap_or_default(),
+        metadata: node.get("metadata").and_then(|m| m.value().as_object().cloned()).unwrap_or_default(),
     }
 }
 

@@ -8,7 +8,8 @@ use crate::tree::{Errors, Node};
 use crate::wasm;
 
 const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
-const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_NAME: &str = "envoy.filters.http.router";
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 /// Envoy's default route timeout.
@@ -20,7 +21,11 @@ pub(crate) fn socket_address(address: &Node<'_>, errors: &mut Errors) -> Option<
     match host.parse::<IpAddr>() {
         Ok(ip) => Some(SocketAddr::new(ip, port)),
         Err(_) => {
-            address.error(errors, format!("`{host}` is not an IP address"), Some("listeners bind to an IP such as 127.0.0.1 or 0.0.0.0"));
+            address.error(
+                errors,
+                format!("`{host}` is not an IP address"),
+                Some("listeners bind to an IP such as 127.0.0.1 or 0.0.0.0"),
+            );
             None
         }
     }
@@ -30,7 +35,11 @@ pub(crate) fn socket_address(address: &Node<'_>, errors: &mut Errors) -> Option<
 pub(crate) fn host_and_port(address: &Node<'_>, errors: &mut Errors) -> Option<(String, u16)> {
     address.expect_fields(errors, &["socket_address"], "only TCP socket addresses are supported");
     let socket = address.require("socket_address", errors)?;
-    socket.expect_fields(errors, &["address", "port_value", "protocol"], "a socket address is an address and a port_value");
+    socket.expect_fields(
+        errors,
+        &["address", "port_value", "protocol"],
+        "a socket address is an address and a port_value",
+    );
     if let Some(protocol) = socket.get("protocol") {
         protocol.enumeration(errors, &["TCP"]);
     }
@@ -47,27 +56,42 @@ pub(crate) fn parse_listener(listener: &Node<'_>, errors: &mut Errors) -> Option
     );
     let name = listener.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
     let address = listener.require("address", errors).and_then(|a| socket_address(&a, errors));
-    let direction = match listener.get("traffic_direction").and_then(|d| d.enumeration(errors, &["UNSPECIFIED", "INBOUND", "OUTBOUND"])) {
+    let direction = match listener
+        .get("traffic_direction")
+        .and_then(|d| d.enumeration(errors, &["UNSPECIFIED", "INBOUND", "OUTBOUND"]))
+    {
         Some(d) if d == "INBOUND" => TrafficDirection::Inbound,
         Some(d) if d == "OUTBOUND" => TrafficDirection::Outbound,
         _ => TrafficDirection::Unspecified,
     };
     let chains = listener.require("filter_chains", errors).map(|c| c.items(errors)).unwrap_or_default();
     if chains.len() != 1 {
-        listener.error(errors, format!("has {} filter chains", chains.len()), Some("exactly one filter chain is supported"));
+        listener.error(
+            errors,
+            format!("has {} filter chains", chains.len()),
+            Some("exactly one filter chain is supported"),
+        );
     }
     let mut http = None;
     for chain in &chains {
         chain.expect_fields(errors, &["filters", "name"], "a filter chain holds filters");
         let filters = chain.require("filters", errors).map(|f| f.items(errors)).unwrap_or_default();
         if filters.len() != 1 {
-            chain.error(errors, format!("has {} network filters", filters.len()), Some("exactly one, the HTTP connection manager, is supported"));
+            chain.error(
+                errors,
+                format!("has {} network filters", filters.len()),
+                Some("exactly one, the HTTP connection manager, is supported"),
+            );
         }
         for filter in &filters {
             filter.expect_fields(errors, &["name", "typed_config"], "a network filter is a name and a typed_config");
             let name = filter.get("name").and_then(|n| n.string(errors));
             if name.as_deref() != Some(HCM_NAME) {
-                filter.error(errors, format!("network filter {name:?} is not supported"), Some(&format!("use {HCM_NAME}")));
+                filter.error(
+                    errors,
+                    format!("network filter {name:?} is not supported"),
+                    Some(&format!("use {HCM_NAME}")),
+                );
                 continue;
             }
             if let Some(config) = filter.require("typed_config", errors) {
@@ -177,7 +201,11 @@ fn parse_virtual_host(host: &Node<'_>, errors: &mut Errors) -> Option<VirtualHos
 }
 
 fn parse_route(route: &Node<'_>, errors: &mut Errors) -> Option<Route> {
-    route.expect_fields(errors, &["name", "match", "route", "direct_response"], "a route is a match and a route or a direct_response");
+    route.expect_fields(
+        errors,
+        &["name", "match", "route", "direct_response"],
+        "a route is a match and a route or a direct_response",
+    );
     let name = route.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
     let matcher = route.require("match", errors).and_then(|m| parse_match(&m, errors));
     let action = match (route.get("route"), route.get("direct_response")) {
@@ -192,7 +220,11 @@ fn parse_route(route: &Node<'_>, errors: &mut Errors) -> Option<Route> {
 }
 
 fn parse_match(matcher: &Node<'_>, errors: &mut Errors) -> Option<RouteMatch> {
-    matcher.expect_fields(errors, &["prefix", "path", "headers"], "routes match a path prefix or an exact path, and headers");
+    matcher.expect_fields(
+        errors,
+        &["prefix", "path", "headers"],
+        "routes match a path prefix or an exact path, and headers",
+    );
     let path = match (matcher.get("prefix"), matcher.get("path")) {
         (Some(prefix), None) => PathMatch::Prefix(prefix.string(errors)?),
         (None, Some(path)) => PathMatch::Exact(path.string(errors)?),
@@ -214,7 +246,16 @@ fn parse_match(matcher: &Node<'_>, errors: &mut Errors) -> Option<RouteMatch> {
 fn parse_header_matcher(header: &Node<'_>, errors: &mut Errors) -> Option<HeaderMatcher> {
     header.expect_fields(
         errors,
-        &["name", "exact_match", "prefix_match", "suffix_match", "contains_match", "present_match", "string_match", "invert_match"],
+        &[
+            "name",
+            "exact_match",
+            "prefix_match",
+            "suffix_match",
+            "contains_match",
+            "present_match",
+            "string_match",
+            "invert_match",
+        ],
         "header matchers compare exactly, by prefix, suffix or substring, or test presence",
     );
     let name = header.require("name", errors)?.string(errors)?.to_ascii_lowercase();
@@ -222,7 +263,11 @@ fn parse_header_matcher(header: &Node<'_>, errors: &mut Errors) -> Option<Header
         header.get(key).and_then(|v| v.string(errors)).map(make)
     };
     let rule = if let Some(string_match) = header.get("string_match") {
-        string_match.expect_fields(errors, &["exact", "prefix", "suffix", "contains"], "string matchers compare exactly, by prefix, suffix or substring");
+        string_match.expect_fields(
+            errors,
+            &["exact", "prefix", "suffix", "contains"],
+            "string matchers compare exactly, by prefix, suffix or substring",
+        );
         [
             ("exact", HeaderRule::Exact as fn(String) -> HeaderRule),
             ("prefix", HeaderRule::Prefix),

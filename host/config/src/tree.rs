@@ -141,11 +141,9 @@ impl<'a> Node<'a> {
     /// The elements of a sequence.
     pub fn items(&self, errors: &mut Errors) -> Vec<Node<'a>> {
         match self.value.as_array() {
-            Some(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| Node { value: v, path: format!("{}[{i}]", self.path) })
-                .collect(),
+            Some(items) => {
+                items.iter().enumerate().map(|(i, v)| Node { value: v, path: format!("{}[{i}]", self.path) }).collect()
+            }
             None => {
                 self.error(errors, "expected a list", None);
                 Vec::new()
@@ -222,7 +220,11 @@ impl<'a> Node<'a> {
         if allowed.contains(&value.as_str()) {
             Some(value)
         } else {
-            self.error(errors, format!("`{value}` is not supported"), Some(&format!("use one of: {}", allowed.join(", "))));
+            self.error(
+                errors,
+                format!("`{value}` is not supported"),
+                Some(&format!("use one of: {}", allowed.join(", "))),
+            );
             None
         }
     }

@@ -8,9 +8,11 @@ use crate::model::{FailurePolicy, WasmFilter};
 use crate::tree::{Errors, Node};
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
-const TYPED_STRUCTS: [&str; 2] = ["type.googleapis.com/udpa.type.v1.TypedStruct", "type.googleapis.com/xds.type.v3.TypedStruct"];
+const TYPED_STRUCTS: [&str; 2] =
+    ["type.googleapis.com/udpa.type.v1.TypedStruct", "type.googleapis.com/xds.type.v3.TypedStruct"];
 /// Envoy's runtime names; all run on the host's wasmtime.
-const RUNTIMES: [&str; 4] = ["envoy.wasm.runtime.v8", "envoy.wasm.runtime.wasmtime", "envoy.wasm.runtime.wamr", "envoy.wasm.runtime.wavm"];
+const RUNTIMES: [&str; 4] =
+    ["envoy.wasm.runtime.v8", "envoy.wasm.runtime.wasmtime", "envoy.wasm.runtime.wamr", "envoy.wasm.runtime.wavm"];
 
 pub(crate) fn is_wasm_filter(name: &str, typed: &Node<'_>) -> bool {
     let type_url = typed.type_url();
@@ -48,12 +50,14 @@ pub(crate) fn parse_wasm_filter(typed: &Node<'_>, errors: &mut Errors) -> Option
     let plugin_configuration = config.get("configuration").and_then(|c| any_bytes(&c, errors)).unwrap_or_default();
     let fail_open = config.get("fail_open").and_then(|f| f.boolean(errors)).unwrap_or(false);
     let failure_policy = match config.get("failure_policy") {
-        Some(policy) => match policy.enumeration(errors, &["UNSPECIFIED", "FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"]).as_deref() {
-            Some("FAIL_OPEN") => FailurePolicy::FailOpen,
-            // The host always reloads a failed VM; FAIL_RELOAD's stream answer is FAIL_CLOSED's.
-            Some(_) | None if fail_open => FailurePolicy::FailOpen,
-            _ => FailurePolicy::FailClosed,
-        },
+        Some(policy) => {
+            match policy.enumeration(errors, &["UNSPECIFIED", "FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"]).as_deref() {
+                Some("FAIL_OPEN") => FailurePolicy::FailOpen,
+                // The host always reloads a failed VM; FAIL_RELOAD's stream answer is FAIL_CLOSED's.
+                Some(_) | None if fail_open => FailurePolicy::FailOpen,
+                _ => FailurePolicy::FailClosed,
+            }
+        }
         None if fail_open => FailurePolicy::FailOpen,
         None => FailurePolicy::FailClosed,
     };

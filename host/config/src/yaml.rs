@@ -43,6 +43,8 @@ fn convert(yaml: &Yaml) -> Result<Value, ConfigError> {
             }
             Value::Object(map)
         }
-        Yaml::Alias(_) | Yaml::BadValue => return Err(error("YAML aliases and invalid values are not supported".into())),
+        Yaml::Alias(_) | Yaml::BadValue => {
+            return Err(error("YAML aliases and invalid values are not supported".into()));
+        }
     })
 }

@@ -22,7 +22,9 @@ fn the_sdk_examples_style_config_loads_unchanged() {
     assert_eq!(filter.failure_policy, FailurePolicy::FailClosed);
     let route = &listener.http.virtual_hosts[0].routes[0];
     assert_eq!(route.matcher.path, PathMatch::Prefix("/".into()));
-    assert!(matches!(&route.action, RouteAction::Direct { status: 200, body } if body == "Request /hello and be welcomed!\n"));
+    assert!(
+        matches!(&route.action, RouteAction::Direct { status: 200, body } if body == "Request /hello and be welcomed!\n")
+    );
 }
 
 #[test]
@@ -91,7 +93,8 @@ fn struct_and_bytes_configurations_are_passed_as_envoy_passes_them() {
         "\"@type\": type.googleapis.com/google.protobuf.Struct\n                          value: {sample: 0.5, service: gallery}",
     );
     let config = Bootstrap::from_yaml(&yaml).expect("loads");
-    let json: serde_json::Value = serde_json::from_slice(&config.listeners[0].http.wasm_filters[0].plugin_configuration).expect("JSON");
+    let json: serde_json::Value =
+        serde_json::from_slice(&config.listeners[0].http.wasm_filters[0].plugin_configuration).expect("JSON");
     assert_eq!(json, serde_json::json!({"sample": 0.5, "service": "gallery"}));
 
     let yaml = with(

@@ -51,9 +51,12 @@ fn handle(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "PRE_INITIALIZING\n".into())
             }
         }
-        "/stats/prometheus" => text(StatusCode::OK, "text/plain; version=0.0.4", state.stats.render_prometheus(state.runtime.services())),
+        "/stats/prometheus" => {
+            text(StatusCode::OK, "text/plain; version=0.0.4", state.stats.render_prometheus(state.runtime.services()))
+        }
         "/config_dump" => {
-            let dump = serde_json::to_string_pretty(&*state.bootstrap).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+            let dump =
+                serde_json::to_string_pretty(&*state.bootstrap).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
             text(StatusCode::OK, "application/json", dump + "\n")
         }
         "/plugins" => {
@@ -63,7 +66,11 @@ fn handle(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
             let body = serde_json::to_string_pretty(&serde_json::json!({ "plugins": list })).unwrap_or_default();
             text(StatusCode::OK, "application/json", body + "\n")
         }
-        "/" => text(StatusCode::OK, "text/plain", "wasmtrace admin: /ready /stats/prometheus /config_dump /plugins\n".into()),
+        "/" => text(
+            StatusCode::OK,
+            "text/plain",
+            "wasmtrace admin: /ready /stats/prometheus /config_dump /plugins\n".into(),
+        ),
         other => text(StatusCode::NOT_FOUND, "text/plain", format!("no admin endpoint {other}\n")),
     }
 }

@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::{Request, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
-use wasmtrace_runtime::{CalloutCompletion, CalloutDispatcher, CalloutFailure, CalloutRequest, CalloutResponse, DispatchError};
+use wasmtrace_runtime::{
+    CalloutCompletion, CalloutDispatcher, CalloutFailure, CalloutRequest, CalloutResponse, DispatchError,
+};
 
 use crate::body::boxed;
 use crate::cluster::ClusterClient;
@@ -34,7 +36,11 @@ impl CalloutDispatcher for WorkerCallouts {
     }
 
     fn dispatch(&self, request: CalloutRequest, completion: CalloutCompletion) -> Result<(), DispatchError> {
-        let client = self.clusters.get(&request.cluster).cloned().ok_or_else(|| DispatchError::UnknownCluster(request.cluster.clone()))?;
+        let client = self
+            .clusters
+            .get(&request.cluster)
+            .cloned()
+            .ok_or_else(|| DispatchError::UnknownCluster(request.cluster.clone()))?;
         let stats = self.stats.get(&request.cluster).cloned();
         // Runs after the guest call that dispatched it has returned (same worker thread).
         tokio::task::spawn_local(async move {
@@ -86,7 +92,8 @@ async fn send(client: &ClusterClient, request: CalloutRequest) -> Result<Callout
         upstream.headers_mut().insert(http::header::HOST, host);
     }
     let exchange = async {
-        let response = client.client.request(upstream).await.map_err(|e| Failed::from(UpstreamFailure::from_client_error(&e)))?;
+        let response =
+            client.client.request(upstream).await.map_err(|e| Failed::from(UpstreamFailure::from_client_error(&e)))?;
         let (parts, body) = response.into_parts();
         let collected = Limited::new(body, MAX_CALLOUT_BODY)
             .collect()
@@ -100,7 +107,9 @@ async fn send(client: &ClusterClient, request: CalloutRequest) -> Result<Callout
         })
     };
     match request.timeout {
-        Some(timeout) => tokio::time::timeout(timeout, exchange).await.map_err(|_| Failed::from(UpstreamFailure::Timeout(timeout)))?,
+        Some(timeout) => tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| Failed::from(UpstreamFailure::Timeout(timeout)))?,
         None => exchange.await,
     }
 }

@@ -52,7 +52,12 @@ impl FilterChain {
     pub fn open(filters: &[Rc<PluginInstance>], exchange: Rc<RefCell<HttpExchange>>) -> SharedChain {
         let streams: Vec<HttpStream> = filters.iter().map(|f| f.new_stream(exchange.clone())).collect();
         let n = streams.len();
-        Rc::new(RefCell::new(Self { exchange, streams, request_buffers: vec![None; n], response_buffers: vec![None; n] }))
+        Rc::new(RefCell::new(Self {
+            exchange,
+            streams,
+            request_buffers: vec![None; n],
+            response_buffers: vec![None; n],
+        }))
     }
 
     /// How many filters.
@@ -139,7 +144,13 @@ pub async fn trailers(chain: &SharedChain, direction: Direction) -> Verdict {
 
 /// A chunk of body (possibly empty, at the end of the stream) through the first `upto` filters
 /// of `direction`.
-pub async fn data(chain: &SharedChain, direction: Direction, chunk: Vec<u8>, end_of_stream: bool, upto: usize) -> DataVerdict {
+pub async fn data(
+    chain: &SharedChain,
+    direction: Direction,
+    chunk: Vec<u8>,
+    end_of_stream: bool,
+    upto: usize,
+) -> DataVerdict {
     let len = chain.borrow().len().min(upto);
     let mut data = Some(chunk);
     for i in order(len, direction) {
@@ -213,7 +224,8 @@ fn too_large(direction: Direction, index: usize) -> Verdict {
         Direction::Request => Verdict::Local(
             LocalResponse {
                 status: 413,
-                body: format!("request body exceeds the {MAX_BUFFERED_BODY}-byte buffer of a filter that buffers it\n").into_bytes(),
+                body: format!("request body exceeds the {MAX_BUFFERED_BODY}-byte buffer of a filter that buffers it\n")
+                    .into_bytes(),
                 headers: wasmtrace_runtime::HeaderMap::from_pairs([("content-type", "text/plain")]),
                 details: "request_payload_too_large".into(),
                 grpc_status: None,

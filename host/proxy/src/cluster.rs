@@ -76,7 +76,9 @@ impl Endpoints {
             .collect();
         let chosen = match self.cluster.discovery {
             // STRICT_DNS: every address is an endpoint.
-            DiscoveryType::StrictDns => addresses.get((turn / self.cluster.endpoints.len().max(1)) % addresses.len().max(1)),
+            DiscoveryType::StrictDns => {
+                addresses.get((turn / self.cluster.endpoints.len().max(1)) % addresses.len().max(1))
+            }
             // LOGICAL_DNS (and a name in STATIC, refused by the config): the first address.
             _ => addresses.first(),
         };
@@ -126,9 +128,8 @@ pub struct ClusterClient {
 impl ClusterClient {
     /// A client for `cluster`.
     pub fn new(cluster: &Cluster) -> Self {
-        let connector = ClusterConnector {
-            endpoints: Arc::new(Endpoints { cluster: cluster.clone(), next: AtomicUsize::new(0) }),
-        };
+        let connector =
+            ClusterConnector { endpoints: Arc::new(Endpoints { cluster: cluster.clone(), next: AtomicUsize::new(0) }) };
         let client = Client::builder(TokioExecutor::new())
             .http2_only(cluster.http2)
             .pool_idle_timeout(Duration::from_secs(60))

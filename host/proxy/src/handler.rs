@@ -23,7 +23,9 @@ use wasmtrace_runtime::{Direction, HeaderMap, HttpExchange, LocalResponse, Plugi
 use crate::body::{ChannelBody, FrameSender, ProxyBody, boxed, full};
 use crate::chain::{self, DataVerdict, FilterChain, SharedChain, Verdict};
 use crate::cluster::ClusterClient;
-use crate::message::{http_headers, protocol_name, request_header_map, response_header_map, status_of, strip_hop_by_hop, trailer_map};
+use crate::message::{
+    http_headers, protocol_name, request_header_map, response_header_map, status_of, strip_hop_by_hop, trailer_map,
+};
 use crate::rescue::UpstreamFailure;
 use crate::route;
 use crate::stats::{ClusterStats, ListenerStats};
@@ -58,7 +60,11 @@ pub struct ConnectionInfo {
 }
 
 /// Serves one request.
-pub async fn serve(ctx: Rc<ListenerContext>, conn: Rc<ConnectionInfo>, request: Request<Incoming>) -> Result<Response<ProxyBody>, StreamReset> {
+pub async fn serve(
+    ctx: Rc<ListenerContext>,
+    conn: Rc<ConnectionInfo>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, StreamReset> {
     ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
@@ -97,7 +103,9 @@ pub async fn serve(ctx: Rc<ListenerContext>, conn: Rc<ConnectionInfo>, request: 
                 "request"
             );
         }
-        Err(_) => tracing::debug!(target: "wasmtrace::access", listener = %ctx.listener.name, path = %parts.uri, "reset"),
+        Err(_) => {
+            tracing::debug!(target: "wasmtrace::access", listener = %ctx.listener.name, path = %parts.uri, "reset")
+        }
     }
     result
 }
@@ -169,7 +177,9 @@ impl Stream {
             exchange.info.virtual_host_name = Some(virtual_host);
         }
         match route.action {
-            RouteAction::Direct { status, body } => self.local_reply(plain(status, "direct_response", &body), all).await,
+            RouteAction::Direct { status, body } => {
+                self.local_reply(plain(status, "direct_response", &body), all).await
+            }
             RouteAction::Cluster { cluster, timeout, prefix_rewrite } => {
                 let prefix = match &route.matcher.path {
                     wasmtrace_config::PathMatch::Prefix(p) => Some(p.as_str()),
@@ -192,7 +202,9 @@ impl Stream {
     ) -> Result<Response<ProxyBody>, StreamReset> {
         let all = self.filter_count();
         let Some(client) = self.ctx.clusters.get(cluster).cloned() else {
-            return self.local_reply(plain(503, "cluster_not_found", &format!("cluster `{cluster}` does not exist\n")), all).await;
+            return self
+                .local_reply(plain(503, "cluster_not_found", &format!("cluster `{cluster}` does not exist\n")), all)
+                .await;
         };
         let request = {
             let mut exchange = self.exchange.borrow_mut();
@@ -202,7 +214,9 @@ impl Stream {
             upstream_request(&headers, rewrite, client.cluster.http2, cluster)
         };
         let Ok(request) = request else {
-            return self.local_reply(plain(400, "invalid_request", "the request headers cannot be forwarded\n"), all).await;
+            return self
+                .local_reply(plain(400, "invalid_request", "the request headers cannot be forwarded\n"), all)
+                .await;
         };
         let (upstream_body, mut aborted): (ProxyBody, Option<oneshot::Receiver<Verdict>>) = if end_of_stream {
             (boxed(Empty::<Bytes>::new().map_err(|never| match never {})), None)
@@ -362,7 +376,12 @@ fn plain(status: u16, details: &str, body: &str) -> LocalResponse {
 }
 
 /// The upstream request head from the filtered request headers.
-fn upstream_request(headers: &HeaderMap, rewrite: Option<(&str, &str)>, http2: bool, cluster: &str) -> Result<Request<()>, http::Error> {
+fn upstream_request(
+    headers: &HeaderMap,
+    rewrite: Option<(&str, &str)>,
+    http2: bool,
+    cluster: &str,
+) -> Result<Request<()>, http::Error> {
     let authority = headers.get_str(":authority").filter(|a| !a.is_empty()).unwrap_or(cluster);
     let mut path = headers.get_str(":path").unwrap_or("/").to_owned();
     if let Some((replacement, prefix)) = rewrite
@@ -370,7 +389,8 @@ fn upstream_request(headers: &HeaderMap, rewrite: Option<(&str, &str)>, http2: b
     {
         path = format!("{replacement}{rest}");
     }
-    let uri: Uri = format!("http://{authority}{path}").parse().or_else(|_| format!("http://{cluster}{path}").parse())?;
+    let uri: Uri =
+        format!("http://{authority}{path}").parse().or_else(|_| format!("http://{cluster}{path}").parse())?;
     let mut request = Request::builder()
         .method(headers.get_str(":method").unwrap_or("GET"))
         .uri(uri)
@@ -408,7 +428,13 @@ async fn deliver(tx: &FrameSender, verdict: DataVerdict) -> Pumped {
 
 /// Streams the downstream request body through the request filters to the upstream. A filter
 /// that stops the stream hands its verdict to the request's task through `abort`.
-async fn pump_request(chain: SharedChain, exchange: Rc<RefCell<HttpExchange>>, mut body: Incoming, tx: FrameSender, abort: oneshot::Sender<Verdict>) {
+async fn pump_request(
+    chain: SharedChain,
+    exchange: Rc<RefCell<HttpExchange>>,
+    mut body: Incoming,
+    tx: FrameSender,
+    abort: oneshot::Sender<Verdict>,
+) {
     let all = chain.borrow().len();
     let mut ended = false;
     let outcome = loop {
@@ -453,7 +479,9 @@ async fn pump_request(chain: SharedChain, exchange: Rc<RefCell<HttpExchange>>, m
         }
     };
     let outcome = match outcome {
-        Pumped::Go if !ended => deliver(&tx, chain::data(&chain, Direction::Request, Vec::new(), true, all).await).await,
+        Pumped::Go if !ended => {
+            deliver(&tx, chain::data(&chain, Direction::Request, Vec::new(), true, all).await).await
+        }
         other => other,
     };
     if let Pumped::Stop(verdict) = outcome {
@@ -505,7 +533,9 @@ async fn pump_response(chain: SharedChain, exchange: Rc<RefCell<HttpExchange>>, 
         }
     };
     let outcome = match outcome {
-        Pumped::Go if !ended => deliver(&tx, chain::data(&chain, Direction::Response, Vec::new(), true, all).await).await,
+        Pumped::Go if !ended => {
+            deliver(&tx, chain::data(&chain, Direction::Response, Vec::new(), true, all).await).await
+        }
         other => other,
     };
     if let Pumped::Stop(_) = outcome {

@@ -42,8 +42,8 @@ use thiserror::Error;
 use tokio::sync::watch;
 use wasmtrace_config::Bootstrap;
 use wasmtrace_runtime::{
-    CalloutCompletion, CalloutDispatcher, CalloutRequest, DispatchError, HostServices, LogLevel, NodeInfo, PluginInstance,
-    Runtime, VmLimits,
+    CalloutCompletion, CalloutDispatcher, CalloutRequest, DispatchError, HostServices, LogLevel, NodeInfo,
+    PluginInstance, Runtime, VmLimits,
 };
 
 use crate::admin::AdminState;
@@ -180,7 +180,11 @@ impl RunningProxy {
 }
 
 fn runtime_for(bootstrap: &Bootstrap, options: &ProxyOptions) -> Result<Arc<Runtime>, ProxyError> {
-    let node = NodeInfo { id: bootstrap.node.id.clone(), cluster: bootstrap.node.cluster.clone(), metadata: bootstrap.node.metadata.clone() };
+    let node = NodeInfo {
+        id: bootstrap.node.id.clone(),
+        cluster: bootstrap.node.cluster.clone(),
+        metadata: bootstrap.node.metadata.clone(),
+    };
     Runtime::with_services(HostServices::new(node, options.log_level)).map_err(|e| ProxyError::Runtime(e.to_string()))
 }
 
@@ -256,7 +260,10 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
     for index in 0..options.workers.max(1) {
         let mut worker_sockets = Vec::new();
         for (listener_index, socket) in sockets.iter().enumerate() {
-            worker_sockets.push((listener_index, socket.try_clone().map_err(|e| ProxyError::Worker(format!("cloning a listener socket: {e}")))?));
+            worker_sockets.push((
+                listener_index,
+                socket.try_clone().map_err(|e| ProxyError::Worker(format!("cloning a listener socket: {e}")))?,
+            ));
         }
         let (shared, stop_rx, ready_tx) = (shared.clone(), stop_rx.clone(), ready_tx.clone());
         let handle = std::thread::Builder::new()

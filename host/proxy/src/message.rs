@@ -10,8 +10,16 @@ use wasmtrace_runtime::HeaderMap;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// legacy ones proxies drop.
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer", "proxy-authenticate"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HttpHeaders) {
@@ -101,7 +109,10 @@ pub fn http_headers(map: &HeaderMap) -> HttpHeaders {
 
 /// The `:status` of a response map.
 pub fn status_of(map: &HeaderMap) -> StatusCode {
-    map.get_str(":status").and_then(|s| s.parse::<u16>().ok()).and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::BAD_GATEWAY)
+    map.get_str(":status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY)
 }
 
 #[cfg(test)]

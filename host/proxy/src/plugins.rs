@@ -78,17 +78,24 @@ pub fn plugin_config(filter: &WasmFilter, limits: &VmLimits) -> PluginConfig {
 }
 
 /// Reads and compiles every filter's module; the result is indexed like `bootstrap.listeners`.
-pub fn load_plugins(runtime: &Runtime, bootstrap: &Bootstrap, limits: &VmLimits) -> Result<Vec<Vec<Arc<LoadedPlugin>>>, ProxyError> {
+pub fn load_plugins(
+    runtime: &Runtime,
+    bootstrap: &Bootstrap,
+    limits: &VmLimits,
+) -> Result<Vec<Vec<Arc<LoadedPlugin>>>, ProxyError> {
     let mut loaded = Vec::new();
     for listener in &bootstrap.listeners {
         let mut filters = Vec::new();
         for filter in &listener.http.wasm_filters {
-            let where_ = |path: &PathBuf| format!("listener `{}`, filter `{}` ({})", listener.name, filter.name, path.display());
+            let where_ =
+                |path: &PathBuf| format!("listener `{}`, filter `{}` ({})", listener.name, filter.name, path.display());
             let bytes = std::fs::read(&filter.module_path).map_err(|e| ProxyError::Module {
                 plugin: where_(&filter.module_path),
                 reason: format!("cannot read the module: {e}"),
             })?;
-            let module = runtime.compile(&bytes).map_err(|e| ProxyError::Module { plugin: where_(&filter.module_path), reason: e.to_string() })?;
+            let module = runtime
+                .compile(&bytes)
+                .map_err(|e| ProxyError::Module { plugin: where_(&filter.module_path), reason: e.to_string() })?;
             let status = Arc::new(PluginStatus::default());
             status.generation.store(1, std::sync::atomic::Ordering::Relaxed);
             filters.push(Arc::new(LoadedPlugin {

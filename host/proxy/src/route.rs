@@ -21,10 +21,14 @@ fn domain_matches(domain: &str, host: &str) -> bool {
 
 /// The virtual host for `authority`: exact domains first, then wildcards, then `*`.
 pub fn virtual_host<'a>(hosts: &'a [VirtualHost], authority: &str) -> Option<&'a VirtualHost> {
-    let host = authority.rsplit_once(':').filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit())).map_or(authority, |(h, _)| h);
+    let host = authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(authority, |(h, _)| h);
     let host = host.to_ascii_lowercase();
     let exact = hosts.iter().find(|v| v.domains.iter().any(|d| !d.contains('*') && domain_matches(d, &host)));
-    let wildcard = || hosts.iter().find(|v| v.domains.iter().any(|d| d != "*" && d.contains('*') && domain_matches(d, &host)));
+    let wildcard =
+        || hosts.iter().find(|v| v.domains.iter().any(|d| d != "*" && d.contains('*') && domain_matches(d, &host)));
     let any = || hosts.iter().find(|v| v.domains.iter().any(|d| d == "*"));
     exact.or_else(wildcard).or_else(any)
 }
@@ -71,7 +75,11 @@ mod tests {
 
     #[test]
     fn virtual_hosts_prefer_exact_then_wildcard_then_any() {
-        let host = |name: &str, domains: &[&str]| VirtualHost { name: name.into(), domains: domains.iter().map(|d| d.to_string()).collect(), routes: vec![] };
+        let host = |name: &str, domains: &[&str]| VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            routes: vec![],
+        };
         let hosts = [host("any", &["*"]), host("wild", &["*.gallery.local"]), host("exact", &["api.gallery.local"])];
         assert_eq!(virtual_host(&hosts, "api.gallery.local:8080").map(|v| v.name.as_str()), Some("exact"));
         assert_eq!(virtual_host(&hosts, "store.gallery.local").map(|v| v.name.as_str()), Some("wild"));
@@ -84,7 +92,11 @@ mod tests {
             name: "h".into(),
             domains: vec!["*".into()],
             routes: vec![
-                route("canary", PathMatch::Prefix("/v0".into()), vec![HeaderMatcher { name: "x-canary".into(), rule: HeaderRule::Exact("1".into()), invert: false }]),
+                route(
+                    "canary",
+                    PathMatch::Prefix("/v0".into()),
+                    vec![HeaderMatcher { name: "x-canary".into(), rule: HeaderRule::Exact("1".into()), invert: false }],
+                ),
                 route("exact", PathMatch::Exact("/v0/healthz".into()), vec![]),
                 route("api", PathMatch::Prefix("/v0".into()), vec![]),
             ],
@@ -96,7 +108,10 @@ mod tests {
             }
             map
         };
-        assert_eq!(select(&host, &request("/v0/images", &[("x-canary", "1")])).map(|r| r.name.as_str()), Some("canary"));
+        assert_eq!(
+            select(&host, &request("/v0/images", &[("x-canary", "1")])).map(|r| r.name.as_str()),
+            Some("canary")
+        );
         assert_eq!(select(&host, &request("/v0/healthz?x=1", &[])).map(|r| r.name.as_str()), Some("exact"));
         assert_eq!(select(&host, &request("/v0/images", &[("x-canary", "2")])).map(|r| r.name.as_str()), Some("api"));
         assert!(select(&host, &request("/other", &[])).is_none());

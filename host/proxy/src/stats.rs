@@ -62,7 +62,8 @@ pub struct ProxyStats {
 
 /// A Prometheus metric name from a filter-chosen name: invalid characters become `_`.
 fn metric_name(name: &str) -> String {
-    let mut out: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
+    let mut out: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
     if out.chars().next().is_none_or(|c| c.is_ascii_digit()) {
         out.insert(0, '_');
     }
@@ -80,34 +81,54 @@ impl ProxyStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.push_str("# TYPE wasmtrace_http_requests_total counter\n");
         for (prefix, s) in &self.listeners {
-            let _ = writeln!(out, "wasmtrace_http_requests_total{{listener=\"{}\"}} {}", label(prefix), get(&s.requests));
+            let _ =
+                writeln!(out, "wasmtrace_http_requests_total{{listener=\"{}\"}} {}", label(prefix), get(&s.requests));
         }
         out.push_str("# TYPE wasmtrace_http_responses_total counter\n");
         for (prefix, s) in &self.listeners {
             for (i, count) in s.responses.iter().enumerate() {
-                let _ = writeln!(out, "wasmtrace_http_responses_total{{listener=\"{}\",code_class=\"{}xx\"}} {}", label(prefix), i + 1, get(count));
+                let _ = writeln!(
+                    out,
+                    "wasmtrace_http_responses_total{{listener=\"{}\",code_class=\"{}xx\"}} {}",
+                    label(prefix),
+                    i + 1,
+                    get(count)
+                );
             }
         }
         out.push_str("# TYPE wasmtrace_upstream_requests_total counter\n");
         for (name, s) in &self.clusters {
-            let _ = writeln!(out, "wasmtrace_upstream_requests_total{{cluster=\"{}\"}} {}", label(name), get(&s.requests));
+            let _ =
+                writeln!(out, "wasmtrace_upstream_requests_total{{cluster=\"{}\"}} {}", label(name), get(&s.requests));
         }
         out.push_str("# TYPE wasmtrace_upstream_errors_total counter\n");
         for (name, s) in &self.clusters {
-            for (kind, counter) in [("connect_failure", &s.connect_failures), ("timeout", &s.timeouts), ("reset", &s.resets)] {
-                let _ = writeln!(out, "wasmtrace_upstream_errors_total{{cluster=\"{}\",kind=\"{kind}\"}} {}", label(name), get(counter));
+            for (kind, counter) in
+                [("connect_failure", &s.connect_failures), ("timeout", &s.timeouts), ("reset", &s.resets)]
+            {
+                let _ = writeln!(
+                    out,
+                    "wasmtrace_upstream_errors_total{{cluster=\"{}\",kind=\"{kind}\"}} {}",
+                    label(name),
+                    get(counter)
+                );
             }
         }
         let failures = services.all_failure_stats();
         out.push_str("# TYPE wasmtrace_wasm_callback_failures_total counter\n");
         for (plugin, stats) in &failures {
             for (callback, count) in &stats.callback_failures {
-                let _ = writeln!(out, "wasmtrace_wasm_callback_failures_total{{plugin=\"{}\",callback=\"{callback}\"}} {count}", label(plugin));
+                let _ = writeln!(
+                    out,
+                    "wasmtrace_wasm_callback_failures_total{{plugin=\"{}\",callback=\"{callback}\"}} {count}",
+                    label(plugin)
+                );
             }
         }
         out.push_str("# TYPE wasmtrace_wasm_vm_restarts_total counter\n");
         for (plugin, stats) in &failures {
-            let _ = writeln!(out, "wasmtrace_wasm_vm_restarts_total{{plugin=\"{}\"}} {}", label(plugin), stats.vm_restarts);
+            let _ =
+                writeln!(out, "wasmtrace_wasm_vm_restarts_total{{plugin=\"{}\"}} {}", label(plugin), stats.vm_restarts);
         }
         for metric in services.metrics.all() {
             let name = metric_name(metric.name());
@@ -123,7 +144,11 @@ impl ProxyStats {
                     for (bound, count) in HISTOGRAM_BUCKETS.iter().zip(&h.buckets) {
                         let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
                     }
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", h.count, h.sum, h.count);
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+                        h.count, h.sum, h.count
+                    );
                 }
             }
         }

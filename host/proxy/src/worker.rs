@@ -17,11 +17,11 @@ use tokio::sync::{Notify, watch};
 use wasmtrace_config::CodecType;
 use wasmtrace_runtime::PluginInstance;
 
+use crate::Shared;
 use crate::callouts::WorkerCallouts;
 use crate::cluster::ClusterClient;
 use crate::handler::{self, ConnectionInfo, ListenerContext};
 use crate::timers;
-use crate::Shared;
 
 /// Runs hyper's per-stream HTTP/2 tasks on the worker's own thread.
 #[derive(Clone, Copy)]
@@ -55,7 +55,13 @@ impl ConnectionTracker {
 pub type WorkerSockets = Vec<(usize, std::net::TcpListener)>;
 
 /// The worker thread's body: set up, report readiness, serve until `stop`, drain, flush.
-pub fn run(index: usize, shared: Arc<Shared>, sockets: WorkerSockets, stop: watch::Receiver<bool>, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+pub fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    sockets: WorkerSockets,
+    stop: watch::Receiver<bool>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -67,7 +73,13 @@ pub fn run(index: usize, shared: Arc<Shared>, sockets: WorkerSockets, stop: watc
     local.block_on(&runtime, serve(index, shared, sockets, stop, ready));
 }
 
-async fn serve(index: usize, shared: Arc<Shared>, sockets: WorkerSockets, stop: watch::Receiver<bool>, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+async fn serve(
+    index: usize,
+    shared: Arc<Shared>,
+    sockets: WorkerSockets,
+    stop: watch::Receiver<bool>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
     let clusters: Rc<HashMap<String, ClusterClient>> =
         Rc::new(shared.bootstrap.clusters.iter().map(|c| (c.name.clone(), ClusterClient::new(c))).collect());
     let callouts = Rc::new(WorkerCallouts { clusters: clusters.clone(), stats: shared.cluster_stats.clone() });
@@ -76,7 +88,8 @@ async fn serve(index: usize, shared: Arc<Shared>, sockets: WorkerSockets, stop: 
     for (listener_index, listener) in shared.bootstrap.listeners.iter().enumerate() {
         let mut filters = Vec::new();
         for plugin in &shared.plugins[listener_index] {
-            match PluginInstance::start(&shared.runtime, plugin.module.clone(), plugin.config.clone(), callouts.clone()) {
+            match PluginInstance::start(&shared.runtime, plugin.module.clone(), plugin.config.clone(), callouts.clone())
+            {
                 Ok(instance) => {
                     let instance = Rc::new(instance);
                     plugin.status.vms_alive.fetch_add(1, Ordering::Relaxed);
@@ -109,7 +122,13 @@ async fn serve(index: usize, shared: Arc<Shared>, sockets: WorkerSockets, stop: 
             }
         };
         let ctx = contexts[listener_index].clone();
-        accept_loops.push(tokio::task::spawn_local(accept(ctx, listener, tracker.clone(), shared.connection_ids.clone(), stop.clone())));
+        accept_loops.push(tokio::task::spawn_local(accept(
+            ctx,
+            listener,
+            tracker.clone(),
+            shared.connection_ids.clone(),
+            stop.clone(),
+        )));
     }
     let _ = ready.send(Ok(()));
 
@@ -154,7 +173,13 @@ fn connection_builder(codec: CodecType) -> auto::Builder<LocalExec> {
     }
 }
 
-async fn accept(ctx: Rc<ListenerContext>, listener: TcpListener, tracker: Rc<ConnectionTracker>, ids: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) {
+async fn accept(
+    ctx: Rc<ListenerContext>,
+    listener: TcpListener,
+    tracker: Rc<ConnectionTracker>,
+    ids: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) {
     let builder = Rc::new(connection_builder(ctx.listener.http.codec));
     let local = listener.local_addr().ok();
     loop {

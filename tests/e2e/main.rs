@@ -1,0 +1,12 @@
+//! The whole system on loopback: real upstream HTTP servers, the proxy serving an Envoy
+//! configuration with real Wasm filters, and real HTTP/1.1 and HTTP/2 clients.
+
+mod fixture;
+
+mod admin;
+mod callouts;
+mod filters;
+mod protocols;
+mod shutdown;
+mod streaming;
+mod upstream_failures;
