@@ -14,7 +14,7 @@ fn workspace_root() -> PathBuf {
 #[test]
 fn build_produces_a_module_that_inspect_accepts() {
     let root = workspace_root();
-    let out = root.join("target/cli-test/header-reader.wasm");
+    let out = root.join("target/cli-test/build-command-output.wasm");
     let _ = std::fs::remove_file(&out);
     let built = wasmtrace()
         .arg("build")
@@ -27,7 +27,7 @@ fn build_produces_a_module_that_inspect_accepts() {
         .expect("run wasmtrace build");
     let stdout = String::from_utf8_lossy(&built.stdout);
     assert!(built.status.success(), "build failed: {}", String::from_utf8_lossy(&built.stderr));
-    assert!(stdout.contains("header-reader.wasm") && stdout.contains("sha256"), "{stdout}");
+    assert!(stdout.contains("build-command-output.wasm") && stdout.contains("sha256"), "{stdout}");
     let module = std::fs::read(&out).expect("module written");
     assert_eq!(&module[..4], b"\0asm");
 
@@ -54,4 +54,140 @@ fn inspect_refuses_a_file_that_is_not_a_proxy_wasm_module() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is not a loadable proxy-wasm module"), "{stderr}");
+}
+
+/// A configuration serving `/` with a direct response through the header-reader filter, on a
+/// free port, with `extra` spliced into the HTTP connection manager.
+fn config_with(module: &std::path::Path, extra: &str, configuration: &str) -> String {
+    format!(
+        r#"
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+static_resources:
+  listeners:
+    - name: ingress
+      address:
+        socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress{extra}
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes:
+                        - match: {{ prefix: "/" }}
+                          direct_response: {{ status: 200, body: {{ inline_string: "served by wasmtrace run\n" }} }}
+                http_filters:
+                  - name: envoy.filters.http.wasm
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        name: reader
+                        configuration:
+                          "@type": type.googleapis.com/google.protobuf.StringValue
+                          value: "{configuration}"
+                        vm_config:
+                          runtime: envoy.wasm.runtime.v8
+                          code: {{ local: {{ filename: {module} }} }}
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+        module = module.display()
+    )
+}
+
+/// Test filter `name` built once per test process through the `build` command.
+fn built_module(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
+    let root = workspace_root();
+    let out = root.join(format!("target/cli-test/{name}.wasm"));
+    let status = wasmtrace()
+        .arg("build")
+        .arg(root.join("filters/test-filters").join(name))
+        .arg("-o")
+        .arg(&out)
+        .arg("--target-dir")
+        .arg(root.join("target/wasm-filters"))
+        .output()
+        .expect("run wasmtrace build");
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    built.push((name.to_owned(), out.clone()));
+    out
+}
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let path = workspace_root().join("target/cli-test").join(name);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn check_accepts_a_valid_configuration_after_starting_its_plugins() {
+    let config = write_config("valid.yaml", &config_with(&built_module("header-reader"), "", ""));
+    let output = wasmtrace().arg("check").arg(&config).output().expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("plugin `reader`") && stdout.contains("starts and configures"), "{stdout}");
+    assert!(stdout.trim_end().ends_with(": OK"), "{stdout}");
+}
+
+#[test]
+fn check_names_an_unsupported_field_by_its_yaml_path() {
+    let config = write_config(
+        "unsupported.yaml",
+        &config_with(&built_module("header-reader"), "\n                tracing: { provider: {} }", ""),
+    );
+    let output = wasmtrace().arg("check").arg(&config).output().expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tracing: is not supported by wasmtrace"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_refuses_a_plugin_that_will_not_configure() {
+    let config = write_config("refusing.yaml", &config_with(&built_module("hostile"), "", "refuse-configure"));
+    let output = wasmtrace().arg("check").arg(&config).output().expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reader") && stderr.contains("proxy_on_configure"), "{stderr}");
+}
+
+#[test]
+fn run_serves_until_sigterm_then_exits_cleanly() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let config = write_config("run.yaml", &config_with(&built_module("header-reader"), "", ""));
+    let mut child = wasmtrace()
+        .args(["run", "--workers", "1", "--drain-timeout-secs", "2", "-c"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start wasmtrace run");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("a line").expect("text");
+    let address = first.strip_prefix("listener ingress on http://").expect("listener line").to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("served by wasmtrace run\n"), "{response}");
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "exit status {status:?}");
 }

@@ -112,10 +112,11 @@ pub async fn serve(
 
 /// Envoy's default request handling before filters see the request.
 fn apply_envoy_defaults(http: &HttpConnectionManager, conn: &ConnectionInfo, headers: &mut http::HeaderMap) {
-    if http.generate_request_id && !headers.contains_key("x-request-id") {
-        if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-            headers.insert("x-request-id", id);
-        }
+    if http.generate_request_id
+        && !headers.contains_key("x-request-id")
+        && let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+    {
+        headers.insert("x-request-id", id);
     }
     if http.use_remote_address {
         let peer = conn.peer.ip().to_string();
