@@ -1,0 +1,226 @@
+//! Load test (not a pass/fail test): concurrent keep-alive HTTP/1.1 connections against an
+//! upstream directly, through the proxy with no filter, through the proxy with one
+//! header-reading Wasm filter. Prints requests/s and p50/p99 latency, all rows measured in one run on this machine.
+//!
+//! `cargo bench -p wasmtrace-proxy --bench load [-- CONNECTIONS SECONDS]`
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use wasmtrace_build::{BuildOptions, build_filter};
+use wasmtrace_config::Bootstrap;
+use wasmtrace_proxy::{ProxyOptions, RunningProxy};
+
+/// A minimal upstream: 200, a short body, on its own single-threaded runtime.
+fn start_upstream() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    listener.set_nonblocking(true).unwrap_or_else(|e| panic!("non-blocking: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("address: {e}"));
+    std::thread::spawn(move || {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap_or_else(|e| panic!("{e}"));
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_request| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(
+                            b"hello from upstream\n",
+                        ))))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+fn header_reader_module() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    build_filter(&BuildOptions {
+        crate_dir: root.join("filters/test-filters/header-reader"),
+        target_dir: Some(root.join("target/wasm-filters")),
+        out: Some(root.join("target/bench/header-reader.wasm")),
+        quiet: true,
+    })
+    .unwrap_or_else(|e| panic!("building header-reader: {e}"))
+    .wasm_path
+}
+
+fn proxy(upstream: SocketAddr, filter: Option<&PathBuf>) -> RunningProxy {
+    let filter = filter.map_or(String::new(), |module| {
+        format!(
+            r#"
+                  - name: envoy.filters.http.wasm
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        name: reader
+                        vm_config: {{ runtime: envoy.wasm.runtime.v8, code: {{ local: {{ filename: {} }} }} }}"#,
+            module.display()
+        )
+    });
+    let yaml = format!(
+        r#"
+static_resources:
+  listeners:
+    - name: ingress
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: upstream }} }}]
+                http_filters:{filter}
+                  - name: envoy.filters.http.router
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+    - name: upstream
+      type: STATIC
+      load_assignment:
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
+"#,
+        port = upstream.port()
+    );
+    let bootstrap = Bootstrap::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    wasmtrace_proxy::start(bootstrap, ProxyOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Outcome {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+async fn one_connection(addr: SocketAddr, until: Instant, warm_until: Instant) -> (Vec<Duration>, usize) {
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let stream = match tokio::net::TcpStream::connect(addr).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            eprintln!("{addr}: connect: {e}");
+            return (latencies, 1);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
+    else {
+        return (latencies, 1);
+    };
+    tokio::spawn(connection);
+    while Instant::now() < until {
+        let request = Request::get("/v0/images?limit=20")
+            .header("host", "gallery.local")
+            .header("user-agent", "wasmtrace-load")
+            .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .body(Empty::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let started = Instant::now();
+        match sender.send_request(request).await {
+            Ok(response) if response.status().is_success() => {
+                let _ = response.into_body().collect().await;
+                if started >= warm_until {
+                    latencies.push(started.elapsed());
+                }
+            }
+            Ok(response) => {
+                eprintln!("{addr}: answered {}", response.status());
+                errors += 1;
+                break;
+            }
+            Err(e) => {
+                eprintln!("{addr}: {e}");
+                errors += 1;
+                break;
+            }
+        }
+    }
+    (latencies, errors)
+}
+
+fn drive(addr: SocketAddr, connections: usize, seconds: u64) -> Outcome {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async {
+        let warm_until = Instant::now() + Duration::from_secs(1);
+        let until = warm_until + Duration::from_secs(seconds);
+        let tasks: Vec<_> = (0..connections).map(|_| tokio::spawn(one_connection(addr, until, warm_until))).collect();
+        let mut outcome =
+            Outcome { requests: 0, errors: 0, elapsed: Duration::from_secs(seconds), latencies: Vec::new() };
+        for task in tasks {
+            if let Ok((latencies, errors)) = task.await {
+                outcome.requests += latencies.len();
+                outcome.errors += errors;
+                outcome.latencies.extend(latencies);
+            }
+        }
+        outcome.latencies.sort();
+        outcome
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let connections: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(32);
+    let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let upstream = start_upstream();
+    let module = header_reader_module();
+    let mut rows: Vec<(String, Outcome)> = Vec::new();
+
+    rows.push(("direct to upstream".into(), drive(upstream, connections, seconds)));
+    let bare = proxy(upstream, None);
+    let bare_addr = bare.listener_address("ingress").unwrap_or_else(|| panic!("listener"));
+    rows.push(("wasmtrace, no Wasm filter".into(), drive(bare_addr, connections, seconds)));
+    bare.shutdown();
+    let filtered = proxy(upstream, Some(&module));
+    let filtered_addr = filtered.listener_address("ingress").unwrap_or_else(|| panic!("listener"));
+    rows.push(("wasmtrace, header-reader Wasm filter".into(), drive(filtered_addr, connections, seconds)));
+    filtered.shutdown();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!();
+    println!(
+        "{connections} keep-alive HTTP/1.1 connections, {seconds} s per row after 1 s warm-up, {cores} cores shared by client, proxy and upstream"
+    );
+    println!();
+    println!("| {:<38} | {:>10} | {:>9} | {:>9} | {:>6} |", "path", "requests/s", "p50 ms", "p99 ms", "errors");
+    println!("|{:-<40}|{:->12}|{:->11}|{:->11}|{:->8}|", "", "", "", "", "");
+    for (name, outcome) in &rows {
+        let rps = outcome.requests as f64 / outcome.elapsed.as_secs_f64();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {name:<38} | {rps:>10.0} | {:>9.3} | {:>9.3} | {:>6} |",
+            ms(percentile(&outcome.latencies, 0.50)),
+            ms(percentile(&outcome.latencies, 0.99)),
+            outcome.errors
+        );
+    }
+}
