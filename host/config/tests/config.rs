@@ -120,3 +120,22 @@ fn broken_yaml_is_refused_with_the_position() {
     let text = refusal("static_resources: [unclosed");
     assert!(text.contains("not valid YAML"), "{text}");
 }
+
+#[test]
+fn every_configuration_under_deploy_parses() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut pending = vec![deploy];
+    let mut parsed = 0;
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("deploy directory").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                Bootstrap::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                parsed += 1;
+            }
+        }
+    }
+    assert!(parsed > 0, "deploy/ holds configurations");
+}
