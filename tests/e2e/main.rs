@@ -9,4 +9,5 @@ mod filters;
 mod protocols;
 mod shutdown;
 mod streaming;
+mod tracing;
 mod upstream_failures;

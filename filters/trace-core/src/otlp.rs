@@ -1,0 +1,314 @@
+//! OTLP/HTTP trace export encoding: protobuf (`application/x-protobuf`) and JSON
+//! (`application/json`, with OTLP's deviations from proto3 JSON: hex ids, integer enums).
+//!
+//! The protobuf messages mirror `opentelemetry/proto/{collector/trace/v1,trace/v1,common/v1,
+//! resource/v1}` field for field (same numbers and types), derived with prost rather than generated
+//! so a filter does not carry the whole OpenTelemetry SDK. The tests decode our bytes with the
+//! official definitions (the `opentelemetry-proto` crate) to prove they match.
+
+use prost::Message;
+use serde_json::{Value as Json, json};
+
+use crate::span::{Attribute, Resource, Span, Value};
+
+/// Instrumentation scope name on every exported span.
+pub const SCOPE_NAME: &str = "wasmtrace";
+
+/// Content type of the protobuf encoding.
+pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
+/// Content type of the JSON encoding.
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// Span flags bit: the flags field carries the parent-is-remote information.
+const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+/// Span flags bit: the parent is remote.
+const FLAG_IS_REMOTE: u32 = 0x200;
+/// W3C sampled bit.
+const FLAG_SAMPLED: u32 = 0x01;
+
+/// The protobuf messages.
+#[allow(missing_docs, reason = "fields mirror the official OTLP protos one to one")]
+pub mod proto {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportTraceServiceRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_spans: Vec<ResourceSpans>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceSpans {
+        #[prost(message, optional, tag = "1")]
+        pub resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        pub scope_spans: Vec<ScopeSpans>,
+        #[prost(string, tag = "3")]
+        pub schema_url: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Resource {
+        #[prost(message, repeated, tag = "1")]
+        pub attributes: Vec<KeyValue>,
+        #[prost(uint32, tag = "2")]
+        pub dropped_attributes_count: u32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeSpans {
+        #[prost(message, optional, tag = "1")]
+        pub scope: Option<InstrumentationScope>,
+        #[prost(message, repeated, tag = "2")]
+        pub spans: Vec<Span>,
+        #[prost(string, tag = "3")]
+        pub schema_url: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InstrumentationScope {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub version: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Span {
+        #[prost(bytes = "vec", tag = "1")]
+        pub trace_id: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub span_id: Vec<u8>,
+        #[prost(string, tag = "3")]
+        pub trace_state: String,
+        #[prost(bytes = "vec", tag = "4")]
+        pub parent_span_id: Vec<u8>,
+        #[prost(fixed32, tag = "16")]
+        pub flags: u32,
+        #[prost(string, tag = "5")]
+        pub name: String,
+        #[prost(int32, tag = "6")]
+        pub kind: i32,
+        #[prost(fixed64, tag = "7")]
+        pub start_time_unix_nano: u64,
+        #[prost(fixed64, tag = "8")]
+        pub end_time_unix_nano: u64,
+        #[prost(message, repeated, tag = "9")]
+        pub attributes: Vec<KeyValue>,
+        #[prost(message, optional, tag = "15")]
+        pub status: Option<Status>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Status {
+        #[prost(string, tag = "2")]
+        pub message: String,
+        #[prost(int32, tag = "3")]
+        pub code: i32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValue {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<AnyValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AnyValue {
+        #[prost(oneof = "any_value::Value", tags = "1, 2, 3, 4")]
+        pub value: Option<any_value::Value>,
+    }
+
+    pub mod any_value {
+        #[derive(Clone, PartialEq, prost::Oneof)]
+        pub enum Value {
+            #[prost(string, tag = "1")]
+            StringValue(String),
+            #[prost(bool, tag = "2")]
+            BoolValue(bool),
+            #[prost(int64, tag = "3")]
+            IntValue(i64),
+            #[prost(double, tag = "4")]
+            DoubleValue(f64),
+        }
+    }
+}
+
+fn key_value((key, value): &Attribute) -> proto::KeyValue {
+    use proto::any_value::Value as V;
+    let value = match value {
+        Value::String(s) => V::StringValue(s.clone()),
+        Value::Int(i) => V::IntValue(*i),
+        Value::Double(d) => V::DoubleValue(*d),
+        Value::Bool(b) => V::BoolValue(*b),
+    };
+    proto::KeyValue { key: key.clone(), value: Some(proto::AnyValue { value: Some(value) }) }
+}
+
+fn flags(span: &Span) -> u32 {
+    let remote = if span.parent_is_remote { FLAG_IS_REMOTE } else { 0 };
+    FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | remote
+}
+
+fn proto_span(span: &Span) -> proto::Span {
+    proto::Span {
+        trace_id: span.trace_id.0.to_vec(),
+        span_id: span.span_id.0.to_vec(),
+        trace_state: span.trace_state.clone(),
+        parent_span_id: span.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
+        flags: flags(span),
+        name: span.name.clone(),
+        kind: span.kind as i32,
+        start_time_unix_nano: span.start_unix_nanos,
+        end_time_unix_nano: span.end_unix_nanos,
+        attributes: span.attributes.iter().map(key_value).collect(),
+        status: Some(proto::Status { message: span.status_message.clone(), code: span.status as i32 }),
+    }
+}
+
+/// The `ExportTraceServiceRequest` for `spans` of `resource`.
+pub fn request(resource: &Resource, spans: &[Span]) -> proto::ExportTraceServiceRequest {
+    proto::ExportTraceServiceRequest {
+        resource_spans: vec![proto::ResourceSpans {
+            resource: Some(proto::Resource {
+                attributes: resource.attributes.iter().map(key_value).collect(),
+                dropped_attributes_count: 0,
+            }),
+            scope_spans: vec![proto::ScopeSpans {
+                scope: Some(proto::InstrumentationScope {
+                    name: SCOPE_NAME.into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                }),
+                spans: spans.iter().map(proto_span).collect(),
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+/// The protobuf body.
+pub fn encode_protobuf(resource: &Resource, spans: &[Span]) -> Vec<u8> {
+    request(resource, spans).encode_to_vec()
+}
+
+fn json_value(value: &Value) -> Json {
+    match value {
+        Value::String(s) => json!({ "stringValue": s }),
+        // int64 is a decimal string in proto3 JSON.
+        Value::Int(i) => json!({ "intValue": i.to_string() }),
+        Value::Double(d) => json!({ "doubleValue": d }),
+        Value::Bool(b) => json!({ "boolValue": b }),
+    }
+}
+
+fn json_attributes(attributes: &[Attribute]) -> Json {
+    Json::Array(attributes.iter().map(|(k, v)| json!({ "key": k, "value": json_value(v) })).collect())
+}
+
+/// The JSON body.
+pub fn encode_json(resource: &Resource, spans: &[Span]) -> Vec<u8> {
+    let spans: Vec<Json> = spans
+        .iter()
+        .map(|span| {
+            let mut object = json!({
+                "traceId": span.trace_id.to_hex(),
+                "spanId": span.span_id.to_hex(),
+                "name": span.name,
+                "kind": span.kind as i32,
+                "flags": flags(span),
+                "startTimeUnixNano": span.start_unix_nanos.to_string(),
+                "endTimeUnixNano": span.end_unix_nanos.to_string(),
+                "attributes": json_attributes(&span.attributes),
+                "status": { "code": span.status as i32, "message": span.status_message },
+            });
+            if let Some(parent) = span.parent_span_id {
+                object["parentSpanId"] = Json::String(parent.to_hex());
+            }
+            if !span.trace_state.is_empty() {
+                object["traceState"] = Json::String(span.trace_state.clone());
+            }
+            object
+        })
+        .collect();
+    let body = json!({
+        "resourceSpans": [{
+            "resource": { "attributes": json_attributes(&resource.attributes) },
+            "scopeSpans": [{
+                "scope": { "name": SCOPE_NAME, "version": env!("CARGO_PKG_VERSION") },
+                "spans": spans,
+            }],
+        }],
+    });
+    body.to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest as Official;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as OfficialValue;
+
+    use super::*;
+    use crate::span::{SpanKind, StatusCode};
+    use crate::{SpanId, TraceId};
+
+    fn sample() -> (Resource, Vec<Span>) {
+        let resource = Resource { attributes: vec![("service.name".into(), "gallery-api".into())] };
+        let mut span = Span {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: Some(SpanId::random()),
+            parent_is_remote: true,
+            trace_state: "vendor=x".into(),
+            name: "GET /v0/images".into(),
+            kind: SpanKind::Server,
+            start_unix_nanos: 1_700_000_000_000_000_000,
+            end_unix_nanos: 1_700_000_000_250_000_000,
+            attributes: vec![],
+            status: StatusCode::Error,
+            status_message: "HTTP 503".into(),
+        };
+        span.set("http.request.method", "GET");
+        span.set("http.response.status_code", 503i64);
+        span.set("sample.ratio", Value::Double(0.5));
+        span.set("retried", Value::Bool(false));
+        (resource, vec![span])
+    }
+
+    #[test]
+    fn protobuf_bytes_decode_with_the_official_definitions() {
+        let (resource, spans) = sample();
+        let bytes = encode_protobuf(&resource, &spans);
+        let decoded = Official::decode(bytes.as_slice()).expect("official decode");
+        let rs = &decoded.resource_spans[0];
+        let res = rs.resource.as_ref().expect("resource");
+        assert_eq!(res.attributes[0].key, "service.name");
+        let span = &rs.scope_spans[0].spans[0];
+        assert_eq!(span.trace_id, spans[0].trace_id.0.to_vec());
+        assert_eq!(span.parent_span_id, spans[0].parent_span_id.expect("parent").0.to_vec());
+        assert_eq!(span.name, "GET /v0/images");
+        assert_eq!(span.kind, 2);
+        assert_eq!(span.flags, 0x301);
+        assert_eq!(span.end_time_unix_nano - span.start_time_unix_nano, 250_000_000);
+        assert_eq!(span.status.as_ref().map(|s| s.code), Some(2));
+        let status_code =
+            span.attributes.iter().find(|a| a.key == "http.response.status_code").and_then(|a| a.value.clone());
+        assert_eq!(status_code.and_then(|v| v.value), Some(OfficialValue::IntValue(503)));
+        assert_eq!(rs.scope_spans[0].scope.as_ref().map(|s| s.name.as_str()), Some("wasmtrace"));
+    }
+
+    #[test]
+    fn json_follows_otlps_rules() {
+        let (resource, spans) = sample();
+        let json: Json = serde_json::from_slice(&encode_json(&resource, &spans)).expect("JSON");
+        let span = &json["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert_eq!(span["traceId"], spans[0].trace_id.to_hex(), "hex ids, not base64");
+        assert_eq!(span["kind"], 2, "enums are integers");
+        assert_eq!(span["startTimeUnixNano"], "1700000000000000000", "fixed64 as a string");
+        assert_eq!(span["status"]["code"], 2);
+        let attrs = span["attributes"].as_array().expect("array");
+        let code = attrs.iter().find(|a| a["key"] == "http.response.status_code").expect("attribute");
+        assert_eq!(code["value"]["intValue"], "503", "int64 as a string");
+        assert_eq!(json["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"], "gallery-api");
+    }
+}

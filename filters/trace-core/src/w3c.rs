@@ -1,0 +1,189 @@
+//! W3C Trace Context Level 2: `traceparent` and `tracestate`, following the processing model
+//! exactly — any invalid `traceparent` restarts the trace (and discards `tracestate`); an invalid
+//! `tracestate` is dropped whole; multiple `tracestate` headers are combined in order.
+
+use crate::ids::parse_lower_hex;
+use crate::{SpanContext, SpanId, TraceId};
+
+/// `sampled` trace flag.
+pub const FLAG_SAMPLED: u8 = 0x01;
+/// Level 2 `random` trace flag: the right-most 7 bytes of the trace id are random.
+pub const FLAG_RANDOM: u8 = 0x02;
+/// Most list members a `tracestate` may carry.
+pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+fn trim_ows(value: &str) -> &str {
+    value.trim_matches(|c| c == ' ' || c == '\t')
+}
+
+/// Parses the `traceparent` header values (all of them: more than one is invalid).
+/// Returns `(trace_id, parent_id, flags)`.
+pub fn parse_traceparent(values: &[&str]) -> Option<(TraceId, SpanId, u8)> {
+    let [value] = values else { return None };
+    let value = trim_ows(value);
+    let bytes = value.as_bytes();
+    if bytes.len() < 55 {
+        return None;
+    }
+    let version = parse_lower_hex::<1>(&value[0..2])?[0];
+    if version == 0xff {
+        return None;
+    }
+    if version == 0 && bytes.len() != 55 {
+        return None;
+    }
+    // A future version may append fields after a dash; only the first four are read.
+    if bytes.len() > 55 && bytes[55] != b'-' {
+        return None;
+    }
+    if bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+        return None;
+    }
+    let trace_id = TraceId(parse_lower_hex::<16>(&value[3..35])?);
+    let parent_id = SpanId(parse_lower_hex::<8>(&value[36..52])?);
+    let flags = parse_lower_hex::<1>(&value[53..55])?[0];
+    if trace_id.is_zero() || parent_id.is_zero() {
+        return None;
+    }
+    Some((trace_id, parent_id, flags))
+}
+
+fn valid_key(key: &str) -> bool {
+    let simple = |k: &str, first_digit_ok: bool, max: usize| {
+        let b = k.as_bytes();
+        !b.is_empty()
+            && b.len() <= max
+            && (b[0].is_ascii_lowercase() || (first_digit_ok && b[0].is_ascii_digit()))
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/'))
+    };
+    match key.split_once('@') {
+        None => simple(key, false, 256),
+        Some((tenant, system)) => simple(tenant, true, 241) && simple(system, false, 14),
+    }
+}
+
+fn valid_value(value: &str) -> bool {
+    let b = value.as_bytes();
+    !b.is_empty()
+        && b.len() <= 256
+        && b.iter().all(|c| (0x20..=0x7e).contains(c) && *c != b',' && *c != b'=')
+        && b.last() != Some(&b' ')
+}
+
+/// Parses every `tracestate` header value, combined in order. `None` when the result is invalid
+/// as a whole (a bad member, a duplicate key, or more than 32 members).
+pub fn parse_tracestate(values: &[&str]) -> Option<Vec<(String, String)>> {
+    let mut members: Vec<(String, String)> = Vec::new();
+    for member in values.iter().flat_map(|v| v.split(',')) {
+        let member = trim_ows(member);
+        if member.is_empty() {
+            continue;
+        }
+        let (key, value) = member.split_once('=')?;
+        if !valid_key(key) || !valid_value(value) || members.iter().any(|(k, _)| k == key) {
+            return None;
+        }
+        members.push((key.to_owned(), value.to_owned()));
+    }
+    (members.len() <= MAX_TRACESTATE_MEMBERS).then_some(members)
+}
+
+/// Extracts a context from the `traceparent` and `tracestate` header values.
+pub fn extract(traceparent: &[&str], tracestate: &[&str]) -> Option<SpanContext> {
+    let (trace_id, span_id, flags) = parse_traceparent(traceparent)?;
+    Some(SpanContext {
+        trace_id,
+        span_id,
+        sampled: Some(flags & FLAG_SAMPLED != 0),
+        random: flags & FLAG_RANDOM != 0,
+        tracestate: parse_tracestate(tracestate).unwrap_or_default(),
+    })
+}
+
+/// The `traceparent` for a span (version 00).
+pub fn format_traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool, random: bool) -> String {
+    let flags = (if sampled { FLAG_SAMPLED } else { 0 }) | (if random { FLAG_RANDOM } else { 0 });
+    format!("00-{}-{}-{flags:02x}", trace_id.to_hex(), span_id.to_hex())
+}
+
+/// The `tracestate` header value, or `None` when there is nothing to send.
+pub fn format_tracestate(members: &[(String, String)]) -> Option<String> {
+    if members.is_empty() {
+        return None;
+    }
+    Some(members.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn a_valid_traceparent_is_read_with_its_flags() {
+        let (trace, parent, flags) = parse_traceparent(&[VALID]).expect("valid");
+        assert_eq!(trace.to_hex(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(parent.to_hex(), "b7ad6b7169203331");
+        assert_eq!(flags, 1);
+        assert!(parse_traceparent(&[&format!(" \t{VALID}\t ")]).is_some(), "OWS is trimmed");
+    }
+
+    #[test]
+    fn every_invalid_traceparent_form_restarts_the_trace() {
+        let cases = [
+            VALID.replace("00-", "ff-"),
+            VALID.to_uppercase(),
+            VALID.replace("0af7651916cd43dd8448eb211c80319c", "00000000000000000000000000000000"),
+            VALID.replace("b7ad6b7169203331", "0000000000000000"),
+            format!("{VALID}-extra"),
+            VALID[..54].to_owned(),
+            VALID.replace('-', "_"),
+            VALID.replace("b7ad6b7169203331", "b7ad6b716920333g"),
+            VALID.replace("-01", "-1"),
+            format!("{VALID}."),
+        ];
+        for case in &cases {
+            assert!(parse_traceparent(&[case]).is_none(), "accepted {case:?}");
+        }
+        assert!(parse_traceparent(&[VALID, VALID]).is_none(), "duplicated traceparent headers");
+        assert!(parse_traceparent(&[]).is_none());
+    }
+
+    #[test]
+    fn future_versions_are_read_by_their_first_four_fields() {
+        let future = VALID.replacen("00-", "cc-", 1);
+        assert!(parse_traceparent(&[&future]).is_some());
+        assert!(parse_traceparent(&[&format!("{future}-what-the-future-holds")]).is_some());
+        assert!(parse_traceparent(&[&format!("{future}what")]).is_none());
+    }
+
+    #[test]
+    fn tracestate_headers_combine_in_order_and_invalid_ones_are_dropped_whole() {
+        assert_eq!(
+            parse_tracestate(&["foo=1 , ", " bar=2,,baz@tenant=3"]),
+            Some(vec![("foo".into(), "1".into()), ("bar".into(), "2".into()), ("baz@tenant".into(), "3".into())])
+        );
+        for bad in ["foo=1,foo=2", "Foo=1", "foo", "foo=", "foo=a,b", "1foo=bar", "foo=bar=baz", "foo@=1"] {
+            assert_eq!(parse_tracestate(&[bad]), None, "accepted {bad:?}");
+        }
+        let members: Vec<String> = (0..32).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(parse_tracestate(&[&members.join(",")]).map(|m| m.len()), Some(32));
+        let too_many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(parse_tracestate(&[&too_many.join(",")]), None);
+        let long_value = "v".repeat(256);
+        assert!(parse_tracestate(&[&format!("k={long_value}")]).is_some());
+        assert!(parse_tracestate(&[&format!("k={long_value}v")]).is_none());
+    }
+
+    #[test]
+    fn formatting_round_trips() {
+        let (trace, parent, _) = parse_traceparent(&[VALID]).expect("valid");
+        assert_eq!(format_traceparent(&trace, &parent, true, false), VALID);
+        assert_eq!(format_traceparent(&trace, &parent, true, true), VALID.replace("-01", "-03"));
+        assert_eq!(
+            format_tracestate(&[("a".into(), "1".into()), ("b".into(), "2".into())]).as_deref(),
+            Some("a=1,b=2")
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! The trace filter's JSON plugin configuration, validated once in `on_configure`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmtrace_trace_core::sampler::Sampler;
+use wasmtrace_trace_core::span::SpanKind;
+
+/// A propagation format.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// W3C `traceparent` / `tracestate`.
+    W3c,
+    /// B3 single header.
+    B3,
+    /// B3 multi header (`X-B3-*`).
+    B3multi,
+}
+
+/// Export encoding.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    /// OTLP/HTTP protobuf.
+    #[default]
+    OtlpProto,
+    /// OTLP/HTTP JSON.
+    OtlpJson,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSampler {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "one")]
+    ratio: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExporter {
+    cluster: String,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default = "default_path")]
+    path: String,
+    #[serde(default)]
+    format: ExportFormat,
+    #[serde(default = "default_batch")]
+    batch_size: usize,
+    #[serde(default = "default_flush")]
+    flush_interval_ms: u64,
+    #[serde(default = "default_queue")]
+    max_queued_spans: usize,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+}
+
+fn default_path() -> String {
+    "/v1/traces".into()
+}
+fn default_batch() -> usize {
+    128
+}
+fn default_flush() -> u64 {
+    1000
+}
+fn default_queue() -> usize {
+    4096
+}
+fn default_timeout() -> u64 {
+    2000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    service_name: String,
+    #[serde(default)]
+    resource_attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    span_kind: Option<String>,
+    #[serde(default)]
+    extract: Option<Vec<Format>>,
+    #[serde(default)]
+    inject: Option<Vec<Format>>,
+    #[serde(default)]
+    sampler: Option<RawSampler>,
+    #[serde(default)]
+    request_header_attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    response_header_attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    static_attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    record_query: bool,
+    exporter: RawExporter,
+}
+
+/// Where and how spans are exported.
+#[derive(Clone, Debug)]
+pub struct Exporter {
+    /// Cluster to send to.
+    pub cluster: String,
+    /// `:authority` of the export requests.
+    pub authority: String,
+    /// Path (`/v1/traces`).
+    pub path: String,
+    /// Encoding.
+    pub format: ExportFormat,
+    /// Spans per export request.
+    pub batch_size: usize,
+    /// Longest a span waits before export.
+    pub flush_interval: Duration,
+    /// Spans kept while the collector is slow or down; newer spans beyond it are dropped.
+    pub max_queued_spans: usize,
+    /// Export request timeout.
+    pub timeout: Duration,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    /// `service.name` of the resource.
+    pub service_name: String,
+    /// Other resource attributes.
+    pub resource_attributes: Vec<(String, String)>,
+    /// SERVER (inbound) or CLIENT (outbound).
+    pub span_kind: SpanKind,
+    /// Formats tried in order; the first valid context wins.
+    pub extract: Vec<Format>,
+    /// Formats written to the request.
+    pub inject: Vec<Format>,
+    /// Sampling policy.
+    pub sampler: Sampler,
+    /// Request header → attribute name.
+    pub request_header_attributes: Vec<(String, String)>,
+    /// Response header → attribute name.
+    pub response_header_attributes: Vec<(String, String)>,
+    /// Attributes on every span.
+    pub static_attributes: Vec<(String, String)>,
+    /// Record `url.query`.
+    pub record_query: bool,
+    /// Export settings.
+    pub exporter: Exporter,
+}
+
+impl TraceConfig {
+    /// Parses and validates; the error names the field.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| format!("invalid configuration: {e}"))?;
+        let span_kind = match raw.span_kind.as_deref() {
+            None | Some("server") => SpanKind::Server,
+            Some("client") => SpanKind::Client,
+            Some(other) => return Err(format!("field `span_kind`: `{other}` is not `server` or `client`")),
+        };
+        let sampler = match raw.sampler {
+            None => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            Some(s) => {
+                if !(0.0..=1.0).contains(&s.ratio) {
+                    return Err(format!("field `sampler.ratio`: {} is not between 0 and 1", s.ratio));
+                }
+                match s.kind.as_str() {
+                    "always_on" => Sampler::AlwaysOn,
+                    "always_off" => Sampler::AlwaysOff,
+                    "ratio" => Sampler::Ratio(s.ratio),
+                    "parent_based" => Sampler::ParentBased(Box::new(Sampler::Ratio(s.ratio))),
+                    other => {
+                        return Err(format!(
+                            "field `sampler.type`: `{other}` is not always_on, always_off, ratio or parent_based"
+                        ));
+                    }
+                }
+            }
+        };
+        let e = raw.exporter;
+        if e.cluster.is_empty() {
+            return Err("field `exporter.cluster`: must name a cluster".into());
+        }
+        if e.batch_size == 0 || e.max_queued_spans < e.batch_size {
+            return Err("field `exporter.batch_size`: must be at least 1 and at most `max_queued_spans`".into());
+        }
+        if !e.path.starts_with('/') {
+            return Err(format!("field `exporter.path`: `{}` must start with /", e.path));
+        }
+        let lower = |m: BTreeMap<String, String>| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        Ok(Self {
+            service_name: raw.service_name,
+            resource_attributes: raw.resource_attributes.into_iter().collect(),
+            span_kind,
+            extract: raw.extract.unwrap_or_else(|| vec![Format::W3c, Format::B3, Format::B3multi]),
+            inject: raw.inject.unwrap_or_else(|| vec![Format::W3c]),
+            sampler,
+            request_header_attributes: lower(raw.request_header_attributes),
+            response_header_attributes: lower(raw.response_header_attributes),
+            static_attributes: raw.static_attributes.into_iter().collect(),
+            record_query: raw.record_query,
+            exporter: Exporter {
+                authority: e.authority.unwrap_or_else(|| e.cluster.clone()),
+                cluster: e.cluster,
+                path: e.path,
+                format: e.format,
+                batch_size: e.batch_size,
+                flush_interval: Duration::from_millis(e.flush_interval_ms.max(1)),
+                max_queued_spans: e.max_queued_spans,
+                timeout: Duration::from_millis(e.timeout_ms.max(1)),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_configuration_gets_the_defaults() {
+        let config = TraceConfig::parse(br#"{"service_name": "api", "exporter": {"cluster": "otel"}}"#).expect("valid");
+        assert_eq!(config.span_kind, SpanKind::Server);
+        assert_eq!(config.inject, vec![Format::W3c]);
+        assert_eq!(config.exporter.path, "/v1/traces");
+        assert_eq!(config.exporter.authority, "otel");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err =
+            TraceConfig::parse(br#"{"service_name": "api", "span_kind": "sideways", "exporter": {"cluster": "otel"}}"#)
+                .expect_err("bad");
+        assert!(err.contains("span_kind"), "{err}");
+        let err = TraceConfig::parse(br#"{"service_name": "api", "exporter": {"cluster": "otel", "format": "xml"}}"#)
+            .expect_err("bad");
+        assert!(err.contains("xml"), "{err}");
+        let err = TraceConfig::parse(br#"{"service_name": "api", "exporter": {"cluster": "otel"}, "colour": 1}"#)
+            .expect_err("bad");
+        assert!(err.contains("colour"), "{err}");
+    }
+}

@@ -1,0 +1,293 @@
+//! Spans end to end: two services, each behind its own wasmtrace host with the trace filter on
+//! the inbound listener (SERVER spans) and service A's outbound listener (CLIENT spans); one
+//! request through both; the spans arrive at a real OTLP receiver.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use wasmtrace_proxy::RunningProxy;
+
+use crate::fixture::client::get;
+use crate::fixture::collector::{Collector, Received};
+use crate::fixture::proxy::{cluster, filter_module, start};
+use crate::fixture::upstream::{Upstream, closed_port};
+
+fn trace_filter(service: &str, kind: &str, collector: &str, format: &str, extra: &str) -> String {
+    let config = format!(
+        r#"{{"service_name": "{service}", "span_kind": "{kind}", "resource_attributes": {{"deployment.environment": "e2e"}}, "exporter": {{"cluster": "{collector}", "format": "{format}", "flush_interval_ms": 50{extra}}}}}"#
+    );
+    format!(
+        r#"
+                - name: envoy.filters.http.wasm
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                    config:
+                      name: trace_{kind}
+                      fail_open: true
+                      configuration:
+                        "@type": type.googleapis.com/google.protobuf.StringValue
+                        value: '{config}'
+                      vm_config:
+                        vm_id: trace
+                        runtime: envoy.wasm.runtime.v8
+                        code: {{ local: {{ filename: {module} }} }}"#,
+        module = filter_module("trace-filter").display()
+    )
+}
+
+fn listener(name: &str, direction: &str, filters: &str, cluster: &str) -> String {
+    format!(
+        r#"
+    - name: {name}
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+      traffic_direction: {direction}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: {name}
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: {cluster}, timeout: 5s }} }}]
+                http_filters:{filters}
+                - name: envoy.filters.http.router
+                  typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}"#
+    )
+}
+
+fn sidecar(listeners: &[String], clusters: &[String]) -> RunningProxy {
+    let yaml = format!(
+        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\nstatic_resources:\n  listeners:{}\n  clusters:{}\n",
+        listeners.concat(),
+        clusters.concat()
+    );
+    start(&yaml)
+}
+
+/// Service A: answers by calling service B through its sidecar's outbound listener, passing the
+/// trace context on (what an instrumented application does).
+fn start_service_a(outbound: Arc<OnceLock<SocketAddr>>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (client, outbound) = (client.clone(), outbound.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let (client, outbound) = (client.clone(), outbound.clone());
+                        async move {
+                            let target = outbound.get().copied().expect("outbound address set");
+                            let mut call = Request::get(format!("http://{target}{}", request.uri().path()))
+                                .header("host", "catalog.local");
+                            for name in ["traceparent", "tracestate"] {
+                                if let Some(value) = request.headers().get(name) {
+                                    call = call.header(name, value);
+                                }
+                            }
+                            let answer = client.request(call.body(Full::new(Bytes::new())).expect("request")).await;
+                            let response = match answer {
+                                Ok(answer) => {
+                                    let status = answer.status();
+                                    let body =
+                                        answer.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                    let mut response = Response::new(Full::new(body));
+                                    *response.status_mut() = status;
+                                    response
+                                }
+                                Err(_) => Response::new(Full::new(Bytes::from_static(b"catalog unreachable"))),
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+struct Topology {
+    a: RunningProxy,
+    b: RunningProxy,
+    _catalog: Upstream,
+}
+
+fn topology(collector: SocketAddr, format: &str) -> Topology {
+    let catalog = Upstream::start();
+    let b = sidecar(
+        &[listener("inbound", "INBOUND", &trace_filter("catalog", "server", "otel", format, ""), "catalog")],
+        &[cluster("catalog", catalog.addr, ""), cluster("otel", collector, "")],
+    );
+    let b_inbound = b.listener_address("inbound").expect("B inbound");
+    let outbound = Arc::new(OnceLock::new());
+    let service_a = start_service_a(outbound.clone());
+    let a = sidecar(
+        &[
+            listener("inbound", "INBOUND", &trace_filter("api", "server", "otel", format, ""), "api"),
+            listener("outbound", "OUTBOUND", &trace_filter("api", "client", "otel", format, ""), "catalog_sidecar"),
+        ],
+        &[cluster("api", service_a, ""), cluster("catalog_sidecar", b_inbound, ""), cluster("otel", collector, "")],
+    );
+    let _ = outbound.set(a.listener_address("outbound").expect("A outbound"));
+    Topology { a, b, _catalog: catalog }
+}
+
+fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a AnyValue> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).and_then(|v| v.value.as_ref())
+}
+
+fn string(span: &Span, key: &str) -> String {
+    match attribute(span, key) {
+        Some(AnyValue::StringValue(s)) => s.clone(),
+        other => panic!("{key} is {other:?} on {}", span.name),
+    }
+}
+
+fn int(span: &Span, key: &str) -> i64 {
+    match attribute(span, key) {
+        Some(AnyValue::IntValue(i)) => *i,
+        other => panic!("{key} is {other:?} on {}", span.name),
+    }
+}
+
+async fn one_request_gives_one_linked_trace(format: &str, content_type: &str) {
+    let collector = Collector::start();
+    let topology = topology(collector.addr, format);
+    let reply = get(
+        topology.a.listener_address("inbound").expect("A inbound"),
+        "/v0/images/42?limit=3",
+        &[("user-agent", "e2e-test/1")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let spans = collector.wait_for(3).await;
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    assert!(spans.iter().all(|r| r.content_type == content_type));
+    let find = |service: &str, kind: i32| -> &Received {
+        spans
+            .iter()
+            .find(|r| r.service == service && r.span.kind == kind)
+            .unwrap_or_else(|| panic!("no {service} kind {kind} in {spans:#?}"))
+    };
+    let api_server = &find("api", 2).span;
+    let api_client = &find("api", 3).span;
+    let catalog_server = &find("catalog", 2).span;
+    assert!(api_server.parent_span_id.is_empty(), "the first hop starts the trace");
+    assert_eq!(api_client.trace_id, api_server.trace_id);
+    assert_eq!(catalog_server.trace_id, api_server.trace_id);
+    assert_eq!(api_client.parent_span_id, api_server.span_id, "the outbound call is a child of the inbound span");
+    assert_eq!(catalog_server.parent_span_id, api_client.span_id, "the next service's span is a child of the call");
+    assert_eq!(api_server.name, "GET /v0/images/{id}");
+    assert_eq!(api_client.name, "GET catalog.local");
+    assert_eq!(catalog_server.name, "GET /v0/images/{id}");
+    assert_eq!(string(api_server, "http.request.method"), "GET");
+    assert_eq!(string(api_server, "url.path"), "/v0/images/42");
+    assert_eq!(string(api_server, "url.scheme"), "http");
+    assert_eq!(string(api_server, "user_agent.original"), "e2e-test/1");
+    assert_eq!(string(api_server, "client.address"), "127.0.0.1");
+    assert_eq!(int(api_server, "http.response.status_code"), 200);
+    assert_eq!(string(api_client, "server.address"), "catalog.local");
+    assert_eq!(int(catalog_server, "http.response.status_code"), 200);
+    for span in [api_server, api_client, catalog_server] {
+        assert_eq!(span.status.as_ref().map(|s| s.code), Some(0), "2xx leaves the status unset");
+        assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+    }
+    assert!(api_server.start_time_unix_nano <= api_client.start_time_unix_nano);
+    assert!(api_client.end_time_unix_nano <= api_server.end_time_unix_nano);
+    topology.a.shutdown();
+    topology.b.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_through_two_services_gives_one_linked_trace_in_otlp_protobuf() {
+    one_request_gives_one_linked_trace("otlp_proto", "application/x-protobuf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_through_two_services_gives_one_linked_trace_in_otlp_json() {
+    one_request_gives_one_linked_trace("otlp_json", "application/json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_mark_the_span_and_an_incoming_context_is_continued() {
+    let collector = Collector::start();
+    let upstream = Upstream::start();
+    let proxy = sidecar(
+        &[listener("inbound", "INBOUND", &trace_filter("api", "server", "otel", "otlp_proto", ""), "dead")],
+        &[
+            cluster("dead", closed_port(), ""),
+            cluster("otel", collector.addr, ""),
+            cluster("unused", upstream.addr, ""),
+        ],
+    );
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply = get(
+        proxy.listener_address("inbound").expect("inbound"),
+        "/v0/images",
+        &[("traceparent", parent), ("tracestate", "vendor=opaque")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let spans = collector.wait_for(1).await;
+    let span = &spans[0].span;
+    assert_eq!(span.trace_id, hex("4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert_eq!(span.parent_span_id, hex("00f067aa0ba902b7"));
+    assert_eq!(span.trace_state, "vendor=opaque");
+    assert_eq!(span.status.as_ref().map(|s| s.code), Some(2), "5xx on a SERVER span is an error");
+    assert_eq!(string(span, "error.type"), "503");
+    assert_eq!(span.flags & 0x300, 0x300, "the parent is remote");
+    proxy.shutdown();
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_collector_down_requests_are_served_and_lost_spans_are_counted() {
+    let upstream = Upstream::start();
+    let proxy = sidecar(
+        &[listener(
+            "inbound",
+            "INBOUND",
+            &trace_filter("api", "server", "otel", "otlp_proto", r#", "batch_size": 2, "max_queued_spans": 4"#),
+            "service",
+        )],
+        &[cluster("service", upstream.addr, ""), cluster("otel", closed_port(), "")],
+    );
+    let inbound = proxy.listener_address("inbound").expect("inbound");
+    for _ in 0..40 {
+        assert_eq!(get(inbound, "/echo", &[]).await.status, StatusCode::OK);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stats = get(proxy.admin_address().expect("admin"), "/stats/prometheus", &[]).await.text();
+    let value = |name: &str| -> u64 {
+        stats.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let dropped = value("wasmtrace_trace_spans_dropped_total");
+    assert_eq!(value("wasmtrace_trace_spans_exported_total"), 0);
+    assert!(
+        dropped >= 40 - 2 * (4 + 2),
+        "dropped {dropped} of 40 with two workers each holding 4 queued and 2 in flight\n{stats}"
+    );
+    proxy.shutdown();
+}
