@@ -291,3 +291,55 @@ async fn with_the_collector_down_requests_are_served_and_lost_spans_are_counted(
     );
     proxy.shutdown();
 }
+
+fn plain_filter(name: &str, crate_name: &str, configuration: &str) -> String {
+    format!(
+        r#"
+                - name: envoy.filters.http.wasm
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                    config:
+                      name: {name}
+                      configuration:
+                        "@type": type.googleapis.com/google.protobuf.StringValue
+                        value: '{configuration}'
+                      vm_config:
+                        runtime: envoy.wasm.runtime.v8
+                        code: {{ local: {{ filename: {module} }} }}"#,
+        module = filter_module(crate_name).display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_and_tagging_filters_compose_with_the_trace_filter() {
+    let collector = Collector::start();
+    let upstream = Upstream::start();
+    let rules = r#"{"rules": [{"attribute": "gallery.tenant", "request_header": "x-tenant"}, {"attribute": "gallery.api_version", "path_segment": 0}, {"attribute": "gallery.failed", "status_at_least": 500, "value": "yes"}, {"attribute": "deployment.color", "value": "blue"}]}"#;
+    let filters = [
+        plain_filter("request_id", "request-id-filter", "{}"),
+        plain_filter("tagging", "tagging-filter", rules),
+        trace_filter("api", "server", "otel", "otlp_proto", ""),
+    ]
+    .concat();
+    let yaml_listener = listener("inbound", "INBOUND", &filters, "service");
+    let proxy =
+        sidecar(&[yaml_listener], &[cluster("service", upstream.addr, ""), cluster("otel", collector.addr, "")]);
+    let reply = get(
+        proxy.listener_address("inbound").expect("inbound"),
+        "/v0/images",
+        &[("x-tenant", "acme"), ("x-request-id", "")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let request_id = reply.header("x-request-id").expect("echoed on the response").to_owned();
+    assert_eq!(request_id.len(), 36, "generated UUID: {request_id}");
+    assert_eq!(reply.upstream_saw("x-request-id").as_deref(), Some(request_id.as_str()));
+    let spans = collector.wait_for(1).await;
+    let span = &spans[0].span;
+    assert_eq!(string(span, "gallery.tenant"), "acme");
+    assert_eq!(string(span, "gallery.api_version"), "v0");
+    assert_eq!(string(span, "deployment.color"), "blue");
+    assert!(attribute(span, "gallery.failed").is_none(), "a 200 is not a failure");
+    assert_eq!(string(span, "http.request.header.x-request-id"), request_id);
+    proxy.shutdown();
+}
