@@ -6,6 +6,7 @@ mod fixture;
 mod admin;
 mod callouts;
 mod filters;
+mod portability;
 mod protocols;
 mod shutdown;
 mod streaming;
