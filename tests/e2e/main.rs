@@ -12,3 +12,4 @@ mod shutdown;
 mod streaming;
 mod tracing;
 mod upstream_failures;
+mod w3c_conformance;
