@@ -343,3 +343,32 @@ async fn request_id_and_tagging_filters_compose_with_the_trace_filter() {
     assert_eq!(string(span, "http.request.header.x-request-id"), request_id);
     proxy.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_through_two_services_gives_one_linked_trace_in_zipkin_json() {
+    let collector = Collector::start();
+    let topology = topology(collector.addr, "zipkin_json");
+    let reply = get(topology.a.listener_address("inbound").expect("A inbound"), "/v0/images/42", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let spans = collector.wait_for_zipkin(3).await;
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let find = |service: &str, kind: &str| {
+        spans
+            .iter()
+            .find(|s| s["localEndpoint"]["serviceName"] == service && s["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {service} {kind} in {spans:#?}"))
+    };
+    let (api_server, api_client, catalog_server) =
+        (find("api", "SERVER"), find("api", "CLIENT"), find("catalog", "SERVER"));
+    assert!(api_server.get("parentId").is_none());
+    assert_eq!(api_client["traceId"], api_server["traceId"]);
+    assert_eq!(catalog_server["traceId"], api_server["traceId"]);
+    assert_eq!(api_client["parentId"], api_server["id"]);
+    assert_eq!(catalog_server["parentId"], api_client["id"]);
+    assert_eq!(api_server["name"], "GET /v0/images/{id}");
+    assert_eq!(api_client["name"], "GET catalog.local");
+    assert_eq!(catalog_server["tags"]["http.response.status_code"], "200");
+    assert!(api_server["duration"].as_u64().is_some_and(|d| d > 0));
+    topology.a.shutdown();
+    topology.b.shutdown();
+}

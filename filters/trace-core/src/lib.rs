@@ -7,6 +7,7 @@
 //! - [`sampler`]: always on/off, trace-id ratio, parent-based.
 //! - [`span`]: the span model a filter fills in.
 //! - [`otlp`]: OTLP/HTTP encoding, protobuf and JSON.
+//! - [`zipkin`]: Zipkin v2 JSON.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -17,6 +18,7 @@ pub mod otlp;
 pub mod sampler;
 pub mod span;
 pub mod w3c;
+pub mod zipkin;
 
 pub use ids::{SpanId, TraceId};
 

@@ -28,6 +28,8 @@ pub enum ExportFormat {
     OtlpProto,
     /// OTLP/HTTP JSON.
     OtlpJson,
+    /// Zipkin v2 JSON.
+    ZipkinJson,
 }
 
 #[derive(Deserialize)]
@@ -49,8 +51,8 @@ struct RawExporter {
     cluster: String,
     #[serde(default)]
     authority: Option<String>,
-    #[serde(default = "default_path")]
-    path: String,
+    #[serde(default)]
+    path: Option<String>,
     #[serde(default)]
     format: ExportFormat,
     #[serde(default = "default_batch")]
@@ -63,9 +65,6 @@ struct RawExporter {
     timeout_ms: u64,
 }
 
-fn default_path() -> String {
-    "/v1/traces".into()
-}
 fn default_batch() -> usize {
     128
 }
@@ -187,8 +186,12 @@ impl TraceConfig {
         if e.batch_size == 0 || e.max_queued_spans < e.batch_size {
             return Err("field `exporter.batch_size`: must be at least 1 and at most `max_queued_spans`".into());
         }
-        if !e.path.starts_with('/') {
-            return Err(format!("field `exporter.path`: `{}` must start with /", e.path));
+        let path = e.path.unwrap_or_else(|| match e.format {
+            ExportFormat::ZipkinJson => "/api/v2/spans".into(),
+            _ => "/v1/traces".into(),
+        });
+        if !path.starts_with('/') {
+            return Err(format!("field `exporter.path`: `{path}` must start with /"));
         }
         let lower = |m: BTreeMap<String, String>| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
         Ok(Self {
@@ -205,7 +208,7 @@ impl TraceConfig {
             exporter: Exporter {
                 authority: e.authority.unwrap_or_else(|| e.cluster.clone()),
                 cluster: e.cluster,
-                path: e.path,
+                path,
                 format: e.format,
                 batch_size: e.batch_size,
                 flush_interval: Duration::from_millis(e.flush_interval_ms.max(1)),

@@ -23,7 +23,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use wasmtrace_trace_core::span::{Resource, Span, SpanKind, StatusCode, Value};
-use wasmtrace_trace_core::{SpanContext, SpanId, TraceId, b3, otlp, w3c};
+use wasmtrace_trace_core::{SpanContext, SpanId, TraceId, b3, otlp, w3c, zipkin};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -161,6 +161,7 @@ impl TraceRoot {
             let body = match shared.config.exporter.format {
                 ExportFormat::OtlpProto => otlp::encode_protobuf(&shared.resource, &spans),
                 ExportFormat::OtlpJson => otlp::encode_json(&shared.resource, &spans),
+                ExportFormat::ZipkinJson => zipkin::encode_json(&shared.resource, &spans),
             };
             (body, spans, shared.config.clone())
         };
@@ -168,6 +169,7 @@ impl TraceRoot {
         let content_type = match exporter.format {
             ExportFormat::OtlpProto => otlp::PROTOBUF_CONTENT_TYPE,
             ExportFormat::OtlpJson => otlp::JSON_CONTENT_TYPE,
+            ExportFormat::ZipkinJson => zipkin::CONTENT_TYPE,
         };
         let headers = vec![
             (":method", "POST"),

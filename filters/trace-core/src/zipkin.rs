@@ -1,0 +1,111 @@
+//! Zipkin v2 JSON (`POST /api/v2/spans`, a JSON array of spans): times in microseconds, tags as
+//! strings, the service in `localEndpoint`, the peer in `remoteEndpoint`.
+
+use serde_json::{Map, Value as Json, json};
+
+use crate::span::{Resource, Span, SpanKind, StatusCode, Value};
+
+/// Content type of the encoding.
+pub const CONTENT_TYPE: &str = "application/json";
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Double(d) => d.to_string(),
+        Value::Bool(b) => b.to_string(),
+    }
+}
+
+/// The body for `spans` of `resource`.
+pub fn encode_json(resource: &Resource, spans: &[Span]) -> Vec<u8> {
+    let service =
+        resource.attributes.iter().find(|(k, _)| k == "service.name").map(|(_, v)| text(v)).unwrap_or_default();
+    let spans: Vec<Json> = spans
+        .iter()
+        .map(|span| {
+            let mut tags = Map::new();
+            for (key, value) in &span.attributes {
+                tags.insert(key.clone(), Json::String(text(value)));
+            }
+            if span.status == StatusCode::Error {
+                let error = span.get("error.type").map(text).unwrap_or_else(|| span.status_message.clone());
+                tags.insert("error".into(), Json::String(error));
+            }
+            let mut object = json!({
+                "traceId": span.trace_id.to_hex(),
+                "id": span.span_id.to_hex(),
+                "name": span.name,
+                "timestamp": span.start_unix_nanos / 1000,
+                "duration": (span.end_unix_nanos.saturating_sub(span.start_unix_nanos) / 1000).max(1),
+                "localEndpoint": { "serviceName": service },
+                "tags": tags,
+            });
+            if let Some(parent) = span.parent_span_id {
+                object["parentId"] = Json::String(parent.to_hex());
+            }
+            match span.kind {
+                SpanKind::Server => object["kind"] = Json::String("SERVER".into()),
+                SpanKind::Client => object["kind"] = Json::String("CLIENT".into()),
+                SpanKind::Internal => {}
+            }
+            let peer = span.get("network.peer.address").or_else(|| span.get("server.address")).map(text);
+            if let Some(peer) = peer {
+                let mut endpoint = Map::new();
+                let key = if peer.parse::<std::net::Ipv6Addr>().is_ok() {
+                    "ipv6"
+                } else if peer.parse::<std::net::Ipv4Addr>().is_ok() {
+                    "ipv4"
+                } else {
+                    "serviceName"
+                };
+                endpoint.insert(key.into(), Json::String(peer));
+                if let Some(Value::Int(port)) = span.get("network.peer.port").or_else(|| span.get("server.port")) {
+                    endpoint.insert("port".into(), json!(port));
+                }
+                object["remoteEndpoint"] = Json::Object(endpoint);
+            }
+            object
+        })
+        .collect();
+    Json::Array(spans).to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SpanId, TraceId};
+
+    #[test]
+    fn spans_become_zipkin_v2_json() {
+        let resource = Resource { attributes: vec![("service.name".into(), "catalog".into())] };
+        let mut span = Span {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: Some(SpanId::random()),
+            parent_is_remote: true,
+            trace_state: String::new(),
+            name: "GET /v0/images".into(),
+            kind: SpanKind::Server,
+            start_unix_nanos: 1_700_000_000_000_000_000,
+            end_unix_nanos: 1_700_000_000_002_500_000,
+            attributes: vec![],
+            status: StatusCode::Error,
+            status_message: String::new(),
+        };
+        span.set("http.response.status_code", 503i64);
+        span.set("error.type", "503");
+        span.set("network.peer.address", "10.0.0.7");
+        span.set("network.peer.port", 51000i64);
+        let json: Json = serde_json::from_slice(&encode_json(&resource, &[span.clone()])).expect("JSON");
+        let z = &json[0];
+        assert_eq!(z["traceId"], span.trace_id.to_hex());
+        assert_eq!(z["kind"], "SERVER");
+        assert_eq!(z["timestamp"], 1_700_000_000_000_000u64);
+        assert_eq!(z["duration"], 2500);
+        assert_eq!(z["localEndpoint"]["serviceName"], "catalog");
+        assert_eq!(z["remoteEndpoint"]["ipv4"], "10.0.0.7");
+        assert_eq!(z["tags"]["http.response.status_code"], "503");
+        assert_eq!(z["tags"]["error"], "503");
+    }
+}
