@@ -4,6 +4,7 @@
 //! - [`ids`]: trace and span ids (random from the platform: WASI `random_get` inside a filter).
 //! - [`w3c`]: W3C Trace Context Level 2 (`traceparent`, `tracestate`), exactly the processing model.
 //! - [`b3`]: Zipkin B3, single and multi header.
+//! - [`jaeger`]: Jaeger `uber-trace-id` and `uberctx-*` baggage; [`baggage`]: W3C Baggage.
 //! - [`sampler`]: always on/off, trace-id ratio, parent-based.
 //! - [`span`]: the span model a filter fills in.
 //! - [`otlp`]: OTLP/HTTP encoding, protobuf and JSON.
@@ -13,7 +14,9 @@
 #![deny(missing_docs)]
 
 pub mod b3;
+pub mod baggage;
 pub mod ids;
+pub mod jaeger;
 pub mod otlp;
 pub mod sampler;
 pub mod span;

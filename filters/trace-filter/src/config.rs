@@ -17,6 +17,8 @@ pub enum Format {
     B3,
     /// B3 multi header (`X-B3-*`).
     B3multi,
+    /// Jaeger `uber-trace-id`.
+    Jaeger,
 }
 
 /// Export encoding.
@@ -198,7 +200,7 @@ impl TraceConfig {
             service_name: raw.service_name,
             resource_attributes: raw.resource_attributes.into_iter().collect(),
             span_kind,
-            extract: raw.extract.unwrap_or_else(|| vec![Format::W3c, Format::B3, Format::B3multi]),
+            extract: raw.extract.unwrap_or_else(|| vec![Format::W3c, Format::B3, Format::B3multi, Format::Jaeger]),
             inject: raw.inject.unwrap_or_else(|| vec![Format::W3c]),
             sampler,
             request_header_attributes: lower(raw.request_header_attributes),

@@ -23,7 +23,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use wasmtrace_trace_core::span::{Resource, Span, SpanKind, StatusCode, Value};
-use wasmtrace_trace_core::{SpanContext, SpanId, TraceId, b3, otlp, w3c, zipkin};
+use wasmtrace_trace_core::{SpanContext, SpanId, TraceId, b3, jaeger, otlp, w3c, zipkin};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -270,6 +270,7 @@ fn extract(formats: &[Format], headers: &[(String, String)]) -> Option<SpanConte
                 b3::B3::DecisionOnly(_) => None,
             }
         }
+        Format::Jaeger => jaeger::parse(one("uber-trace-id")?),
     })
 }
 
@@ -296,6 +297,7 @@ impl TraceStream {
                 Format::B3 => {
                     self.set_http_request_header("b3", Some(&b3::format_single(trace_id, span_id, sampled, parent)))
                 }
+                Format::Jaeger => self.set_http_request_header("uber-trace-id", Some(&jaeger::format(trace_id, span_id, sampled))),
                 Format::B3multi => {
                     for name in ["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"] {
                         self.remove_http_request_header(name);
