@@ -22,7 +22,13 @@ pub fn parse(value: &str) -> Option<SpanContext> {
     if trace_id.is_zero() || span_id.is_zero() {
         return None;
     }
-    Some(SpanContext { trace_id, span_id, sampled: Some(flags & (SAMPLED | DEBUG) != 0), random: false, tracestate: Vec::new() })
+    Some(SpanContext {
+        trace_id,
+        span_id,
+        sampled: Some(flags & (SAMPLED | DEBUG) != 0),
+        random: false,
+        tracestate: Vec::new(),
+    })
 }
 
 /// Formats an `uber-trace-id` value (parent 0, as current Jaeger clients send).

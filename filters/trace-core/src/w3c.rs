@@ -22,7 +22,8 @@ pub fn parse_traceparent(values: &[&str]) -> Option<(TraceId, SpanId, u8)> {
     let [value] = values else { return None };
     let value = trim_ows(value);
     let bytes = value.as_bytes();
-    if bytes.len() < 55 {
+    // Non-ASCII is invalid anyway, and slicing below is by byte offset.
+    if bytes.len() < 55 || !value.is_ascii() {
         return None;
     }
     let version = parse_lower_hex::<1>(&value[0..2])?[0];

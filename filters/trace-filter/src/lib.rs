@@ -297,7 +297,9 @@ impl TraceStream {
                 Format::B3 => {
                     self.set_http_request_header("b3", Some(&b3::format_single(trace_id, span_id, sampled, parent)))
                 }
-                Format::Jaeger => self.set_http_request_header("uber-trace-id", Some(&jaeger::format(trace_id, span_id, sampled))),
+                Format::Jaeger => {
+                    self.set_http_request_header("uber-trace-id", Some(&jaeger::format(trace_id, span_id, sampled)))
+                }
                 Format::B3multi => {
                     for name in ["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"] {
                         self.remove_http_request_header(name);
