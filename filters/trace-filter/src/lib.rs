@@ -275,16 +275,10 @@ fn extract(formats: &[Format], headers: &[(String, String)]) -> Option<SpanConte
 }
 
 impl TraceStream {
-    fn inject(
-        &self,
-        config: &TraceConfig,
-        trace_id: &TraceId,
-        span_id: &SpanId,
-        sampled: bool,
-        random: bool,
-        tracestate: &[(String, String)],
-        parent: Option<&SpanId>,
-    ) {
+    /// Writes the configured propagation headers for `outgoing` (the new span's context).
+    fn inject(&self, config: &TraceConfig, outgoing: &SpanContext, parent: Option<&SpanId>) {
+        let (trace_id, span_id, tracestate) = (&outgoing.trace_id, &outgoing.span_id, &outgoing.tracestate);
+        let (sampled, random) = (outgoing.sampled == Some(true), outgoing.random);
         for format in &config.inject {
             match format {
                 Format::W3c => {
@@ -336,7 +330,9 @@ impl HttpContext for TraceStream {
         let span_id = SpanId::random();
         let tracestate = parent.as_ref().map(|p| p.tracestate.clone()).unwrap_or_default();
         let parent_span = parent.as_ref().map(|p| p.span_id);
-        self.inject(&config, &trace_id, &span_id, sampled, random, &tracestate, parent_span.as_ref());
+        let outgoing =
+            SpanContext { trace_id, span_id, sampled: Some(sampled), random, tracestate: tracestate.clone() };
+        self.inject(&config, &outgoing, parent_span.as_ref());
         if !sampled {
             return Action::Continue;
         }

@@ -2,10 +2,10 @@
 
 /// `host[:port]` (or `[v6]:port`, or `ip:port`) split into host and port.
 pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((host, tail)) = rest.split_once(']') {
-            return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((host, tail)) = rest.split_once(']')
+    {
+        return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
     }
     match authority.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') => match port.parse() {
