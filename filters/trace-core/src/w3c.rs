@@ -49,18 +49,15 @@ pub fn parse_traceparent(values: &[&str]) -> Option<(TraceId, SpanId, u8)> {
     Some((trace_id, parent_id, flags))
 }
 
+/// Level 2 key grammar: `( lcalpha / DIGIT ) 0*255 ( lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@" )`
+/// (Level 1's `tenant@system` split is gone; `@` may appear anywhere after the first character).
 fn valid_key(key: &str) -> bool {
-    let simple = |k: &str, first_digit_ok: bool, max: usize| {
-        let b = k.as_bytes();
-        !b.is_empty()
-            && b.len() <= max
-            && (b[0].is_ascii_lowercase() || (first_digit_ok && b[0].is_ascii_digit()))
-            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/'))
-    };
-    match key.split_once('@') {
-        None => simple(key, false, 256),
-        Some((tenant, system)) => simple(tenant, true, 241) && simple(system, false, 14),
-    }
+    let b = key.as_bytes();
+    !b.is_empty()
+        && b.len() <= 256
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@'))
 }
 
 fn valid_value(value: &str) -> bool {
@@ -72,7 +69,8 @@ fn valid_value(value: &str) -> bool {
 }
 
 /// Parses every `tracestate` header value, combined in order. `None` when the result is invalid
-/// as a whole (a bad member, a duplicate key, or more than 32 members).
+/// as a whole (a bad member, or more than 32 members). A repeated key keeps its first value (the
+/// specification lets a participant discard duplicates).
 pub fn parse_tracestate(values: &[&str]) -> Option<Vec<(String, String)>> {
     let mut members: Vec<(String, String)> = Vec::new();
     for member in values.iter().flat_map(|v| v.split(',')) {
@@ -81,10 +79,12 @@ pub fn parse_tracestate(values: &[&str]) -> Option<Vec<(String, String)>> {
             continue;
         }
         let (key, value) = member.split_once('=')?;
-        if !valid_key(key) || !valid_value(value) || members.iter().any(|(k, _)| k == key) {
+        if !valid_key(key) || !valid_value(value) {
             return None;
         }
-        members.push((key.to_owned(), value.to_owned()));
+        if !members.iter().any(|(k, _)| k == key) {
+            members.push((key.to_owned(), value.to_owned()));
+        }
     }
     (members.len() <= MAX_TRACESTATE_MEMBERS).then_some(members)
 }
@@ -165,7 +165,13 @@ mod tests {
             parse_tracestate(&["foo=1 , ", " bar=2,,baz@tenant=3"]),
             Some(vec![("foo".into(), "1".into()), ("bar".into(), "2".into()), ("baz@tenant".into(), "3".into())])
         );
-        for bad in ["foo=1,foo=2", "Foo=1", "foo", "foo=", "foo=a,b", "1foo=bar", "foo=bar=baz", "foo@=1"] {
+        assert_eq!(
+            parse_tracestate(&["foo=1,foo=2", "foo=3"]),
+            Some(vec![("foo".into(), "1".into())]),
+            "duplicates keep the first"
+        );
+        assert_eq!(parse_tracestate(&["1foo@@bar@=x"]).map(|m| m.len()), Some(1), "Level 2 keys");
+        for bad in ["Foo=1", "foo", "foo=", "foo=a,b", "@foo=bar", "foo=bar=baz", "foo bar=1", "foo.bar=1"] {
             assert_eq!(parse_tracestate(&[bad]), None, "accepted {bad:?}");
         }
         let members: Vec<String> = (0..32).map(|i| format!("k{i}=v")).collect();
