@@ -23,6 +23,11 @@ fn trace_filter(service: &str, kind: &str, collector: &str, format: &str, extra:
     let config = format!(
         r#"{{"service_name": "{service}", "span_kind": "{kind}", "resource_attributes": {{"deployment.environment": "e2e"}}, "exporter": {{"cluster": "{collector}", "format": "{format}", "flush_interval_ms": 50{extra}}}}}"#
     );
+    trace_filter_json(kind, &config)
+}
+
+/// The trace filter with a whole JSON configuration.
+fn trace_filter_json(kind: &str, config: &str) -> String {
     format!(
         r#"
                 - name: envoy.filters.http.wasm
@@ -371,4 +376,31 @@ async fn a_request_through_two_services_gives_one_linked_trace_in_zipkin_json() 
     assert!(api_server["duration"].as_u64().is_some_and(|d| d > 0));
     topology.a.shutdown();
     topology.b.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_b3_context_is_continued_as_w3c_and_the_b3_headers_are_stripped_when_configured() {
+    let collector = Collector::start();
+    let upstream = Upstream::start();
+    let config = r#"{"service_name": "api", "extract": ["w3c", "b3multi"], "inject": ["w3c"], "strip_uninjected": true, "exporter": {"cluster": "otel"}}"#;
+    let filter = trace_filter_json("server", config);
+    let proxy = sidecar(
+        &[listener("inbound", "INBOUND", &filter, "service")],
+        &[cluster("service", upstream.addr, ""), cluster("otel", collector.addr, "")],
+    );
+    let reply = get(
+        proxy.listener_address("inbound").expect("inbound"),
+        "/echo",
+        &[
+            ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "1"),
+        ],
+    )
+    .await;
+    let traceparent = reply.upstream_saw("traceparent").expect("W3C injected");
+    assert!(traceparent.starts_with("00-463ac35c9f6413ad48485a3953bb6124-"), "{traceparent}");
+    assert_eq!(reply.upstream_saw("x-b3-traceid"), None, "B3 headers stripped");
+    assert_eq!(reply.upstream_saw("x-b3-spanid"), None);
+    proxy.shutdown();
 }

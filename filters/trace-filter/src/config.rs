@@ -102,6 +102,8 @@ struct RawConfig {
     static_attributes: BTreeMap<String, String>,
     #[serde(default)]
     record_query: bool,
+    #[serde(default)]
+    strip_uninjected: bool,
     exporter: RawExporter,
 }
 
@@ -149,8 +151,23 @@ pub struct TraceConfig {
     pub static_attributes: Vec<(String, String)>,
     /// Record `url.query`.
     pub record_query: bool,
+    /// Remove the headers of extracted formats that are not injected (so no stale context of
+    /// another format reaches the next hop).
+    pub strip_uninjected: bool,
     /// Export settings.
     pub exporter: Exporter,
+}
+
+impl Format {
+    /// The request headers this format uses.
+    pub fn headers(self) -> &'static [&'static str] {
+        match self {
+            Self::W3c => &["traceparent", "tracestate"],
+            Self::B3 => &["b3"],
+            Self::B3multi => &["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"],
+            Self::Jaeger => &["uber-trace-id"],
+        }
+    }
 }
 
 impl TraceConfig {
@@ -207,6 +224,7 @@ impl TraceConfig {
             response_header_attributes: lower(raw.response_header_attributes),
             static_attributes: raw.static_attributes.into_iter().collect(),
             record_query: raw.record_query,
+            strip_uninjected: raw.strip_uninjected,
             exporter: Exporter {
                 authority: e.authority.unwrap_or_else(|| e.cluster.clone()),
                 cluster: e.cluster,

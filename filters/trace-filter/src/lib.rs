@@ -279,6 +279,13 @@ impl TraceStream {
     fn inject(&self, config: &TraceConfig, outgoing: &SpanContext, parent: Option<&SpanId>) {
         let (trace_id, span_id, tracestate) = (&outgoing.trace_id, &outgoing.span_id, &outgoing.tracestate);
         let (sampled, random) = (outgoing.sampled == Some(true), outgoing.random);
+        if config.strip_uninjected {
+            for format in config.extract.iter().filter(|f| !config.inject.contains(f)) {
+                for name in format.headers() {
+                    self.remove_http_request_header(name);
+                }
+            }
+        }
         for format in &config.inject {
             match format {
                 Format::W3c => {
@@ -295,7 +302,7 @@ impl TraceStream {
                     self.set_http_request_header("uber-trace-id", Some(&jaeger::format(trace_id, span_id, sampled)))
                 }
                 Format::B3multi => {
-                    for name in ["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"] {
+                    for name in Format::B3multi.headers() {
                         self.remove_http_request_header(name);
                     }
                     for (name, value) in b3::format_multi(trace_id, span_id, sampled, parent) {
