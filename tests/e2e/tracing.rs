@@ -16,7 +16,7 @@ use wasmtrace_proxy::RunningProxy;
 
 use crate::fixture::client::get;
 use crate::fixture::collector::{Collector, Received};
-use crate::fixture::proxy::{cluster, filter_module, start};
+use crate::fixture::proxy::{cluster, filter_module, listener_yaml as listener, sidecar, wasm_filter_yaml};
 use crate::fixture::upstream::{Upstream, closed_port};
 
 fn trace_filter(service: &str, kind: &str, collector: &str, format: &str, extra: &str) -> String {
@@ -28,55 +28,7 @@ fn trace_filter(service: &str, kind: &str, collector: &str, format: &str, extra:
 
 /// The trace filter with a whole JSON configuration.
 fn trace_filter_json(kind: &str, config: &str) -> String {
-    format!(
-        r#"
-                - name: envoy.filters.http.wasm
-                  typed_config:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                    config:
-                      name: trace_{kind}
-                      fail_open: true
-                      configuration:
-                        "@type": type.googleapis.com/google.protobuf.StringValue
-                        value: '{config}'
-                      vm_config:
-                        vm_id: trace
-                        runtime: envoy.wasm.runtime.v8
-                        code: {{ local: {{ filename: {module} }} }}"#,
-        module = filter_module("trace-filter").display()
-    )
-}
-
-fn listener(name: &str, direction: &str, filters: &str, cluster: &str) -> String {
-    format!(
-        r#"
-    - name: {name}
-      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-      traffic_direction: {direction}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: {name}
-                route_config:
-                  virtual_hosts:
-                    - name: all
-                      domains: ["*"]
-                      routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: {cluster}, timeout: 5s }} }}]
-                http_filters:{filters}
-                - name: envoy.filters.http.router
-                  typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}"#
-    )
-}
-
-fn sidecar(listeners: &[String], clusters: &[String]) -> RunningProxy {
-    let yaml = format!(
-        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\nstatic_resources:\n  listeners:{}\n  clusters:{}\n",
-        listeners.concat(),
-        clusters.concat()
-    );
-    start(&yaml)
+    wasm_filter_yaml(&format!("trace_{kind}"), &filter_module("trace-filter"), config, true, "trace")
 }
 
 /// Service A: answers by calling service B through its sidecar's outbound listener, passing the
@@ -298,21 +250,7 @@ async fn with_the_collector_down_requests_are_served_and_lost_spans_are_counted(
 }
 
 fn plain_filter(name: &str, crate_name: &str, configuration: &str) -> String {
-    format!(
-        r#"
-                - name: envoy.filters.http.wasm
-                  typed_config:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                    config:
-                      name: {name}
-                      configuration:
-                        "@type": type.googleapis.com/google.protobuf.StringValue
-                        value: '{configuration}'
-                      vm_config:
-                        runtime: envoy.wasm.runtime.v8
-                        code: {{ local: {{ filename: {module} }} }}"#,
-        module = filter_module(crate_name).display()
-    )
+    wasm_filter_yaml(name, &filter_module(crate_name), configuration, false, "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

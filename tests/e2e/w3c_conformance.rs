@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use wasmtrace_proxy::RunningProxy;
 use wasmtrace_trace_core::w3c;
 
-use crate::fixture::proxy::{cluster, filter_module, start};
+use crate::fixture::proxy::{cluster, filter_module, listener_yaml, sidecar, wasm_filter_yaml};
 
 type Seen = Arc<Mutex<Vec<Vec<(String, String)>>>>;
 
@@ -64,37 +64,11 @@ fn trace_filter(kind: &str) -> String {
     let config = format!(
         r#"{{"service_name": "w3c", "span_kind": "{kind}", "extract": ["w3c"], "inject": ["w3c"], "exporter": {{"cluster": "otel"}}}}"#
     );
-    format!(
-        r#"
-                - name: envoy.filters.http.wasm
-                  typed_config:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                    config:
-                      name: trace_{kind}
-                      configuration: {{ "@type": type.googleapis.com/google.protobuf.StringValue, value: '{config}' }}
-                      vm_config: {{ runtime: envoy.wasm.runtime.v8, code: {{ local: {{ filename: {module} }} }} }}"#,
-        module = filter_module("trace-filter").display()
-    )
+    wasm_filter_yaml(&format!("trace_{kind}"), &filter_module("trace-filter"), &config, false, "")
 }
 
 fn listener(name: &str, kind: &str, cluster: &str) -> String {
-    format!(
-        r#"
-    - name: {name}
-      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: {name}
-                route_config:
-                  virtual_hosts: [{{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: {cluster} }} }}] }}]
-                http_filters:{filters}
-                - name: envoy.filters.http.router
-                  typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}"#,
-        filters = trace_filter(kind)
-    )
+    listener_yaml(name, "UNSPECIFIED", &trace_filter(kind), cluster)
 }
 
 struct Setup {
@@ -110,15 +84,10 @@ fn setup() -> Setup {
     let service_socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind service");
     service_socket.set_nonblocking(true).expect("non-blocking");
     let service = service_socket.local_addr().expect("address");
-    let yaml = format!(
-        "static_resources:\n  listeners:{}{}\n  clusters:{}{}{}\n",
-        listener("inbound", "server", "service"),
-        listener("outbound", "client", "harness"),
-        cluster("service", service, ""),
-        cluster("harness", harness, ""),
-        cluster("otel", harness, ""),
+    let proxy = sidecar(
+        &[listener("inbound", "server", "service"), listener("outbound", "client", "harness")],
+        &[cluster("service", service, ""), cluster("harness", harness, ""), cluster("otel", harness, "")],
     );
-    let proxy = start(&yaml);
     let outbound = proxy.listener_address("outbound");
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

@@ -427,72 +427,15 @@ async fn deliver(tx: &FrameSender, verdict: DataVerdict) -> Pumped {
     }
 }
 
-/// Streams the downstream request body through the request filters to the upstream. A filter
-/// that stops the stream hands its verdict to the request's task through `abort`.
-async fn pump_request(
-    chain: SharedChain,
-    exchange: Rc<RefCell<HttpExchange>>,
+/// Streams `body` through the filters of `direction` into `tx`: data frame by frame (held back
+/// while a filter buffers), then trailers, then the end of the stream. Returns how it ended.
+async fn pump(
+    chain: &SharedChain,
+    exchange: &Rc<RefCell<HttpExchange>>,
     mut body: Incoming,
-    tx: FrameSender,
-    abort: oneshot::Sender<Verdict>,
-) {
-    let all = chain.borrow().len();
-    let mut ended = false;
-    let outcome = loop {
-        let Some(frame) = body.frame().await else { break Pumped::Go };
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(error) => {
-                let _ = tx.send(Err(Box::new(error))).await;
-                return;
-            }
-        };
-        match frame.into_data() {
-            Ok(data) => {
-                ended = body.is_end_stream();
-                exchange.borrow_mut().info.request_body_bytes += data.len() as u64;
-                let verdict = chain::data(&chain, Direction::Request, data.to_vec(), ended, all).await;
-                match deliver(&tx, verdict).await {
-                    Pumped::Go => {}
-                    other => break other,
-                }
-            }
-            Err(frame) => {
-                let Ok(trailers) = frame.into_trailers() else { continue };
-                if !ended {
-                    ended = true;
-                    let verdict = chain::data(&chain, Direction::Request, Vec::new(), true, all).await;
-                    match deliver(&tx, verdict).await {
-                        Pumped::Go => {}
-                        other => break other,
-                    }
-                }
-                exchange.borrow_mut().request_trailers = Some(trailer_map(&trailers));
-                match chain::trailers(&chain, Direction::Request).await {
-                    Verdict::Continue => {
-                        let map = exchange.borrow().request_trailers.clone().unwrap_or_default();
-                        let _ = tx.send(Ok(Frame::trailers(http_headers(&map)))).await;
-                        break Pumped::Go;
-                    }
-                    verdict => break Pumped::Stop(verdict),
-                }
-            }
-        }
-    };
-    let outcome = match outcome {
-        Pumped::Go if !ended => {
-            deliver(&tx, chain::data(&chain, Direction::Request, Vec::new(), true, all).await).await
-        }
-        other => other,
-    };
-    if let Pumped::Stop(verdict) = outcome {
-        let _ = abort.send(verdict);
-    }
-}
-
-/// Streams the upstream response body through the response filters to the downstream, then
-/// runs the access-log point.
-async fn pump_response(chain: SharedChain, exchange: Rc<RefCell<HttpExchange>>, mut body: Incoming, tx: FrameSender) {
+    tx: &FrameSender,
+    direction: Direction,
+) -> Pumped {
     let all = chain.borrow().len();
     let mut ended = false;
     let outcome = loop {
@@ -507,9 +450,15 @@ async fn pump_response(chain: SharedChain, exchange: Rc<RefCell<HttpExchange>>, 
         match frame.into_data() {
             Ok(data) => {
                 ended = body.is_end_stream();
-                exchange.borrow_mut().info.response_body_bytes += data.len() as u64;
-                let verdict = chain::data(&chain, Direction::Response, data.to_vec(), ended, all).await;
-                match deliver(&tx, verdict).await {
+                {
+                    let info = &mut exchange.borrow_mut().info;
+                    match direction {
+                        Direction::Request => info.request_body_bytes += data.len() as u64,
+                        Direction::Response => info.response_body_bytes += data.len() as u64,
+                    }
+                }
+                let verdict = chain::data(chain, direction, data.to_vec(), ended, all).await;
+                match deliver(tx, verdict).await {
                     Pumped::Go => {}
                     other => break other,
                 }
@@ -517,29 +466,58 @@ async fn pump_response(chain: SharedChain, exchange: Rc<RefCell<HttpExchange>>, 
             Err(frame) => {
                 let Ok(trailers) = frame.into_trailers() else { continue };
                 if !ended {
+                    // Trailers end the body: filters waiting for the end see it now.
                     ended = true;
-                    let verdict = chain::data(&chain, Direction::Response, Vec::new(), true, all).await;
-                    match deliver(&tx, verdict).await {
+                    let verdict = chain::data(chain, direction, Vec::new(), true, all).await;
+                    match deliver(tx, verdict).await {
                         Pumped::Go => {}
                         other => break other,
                     }
                 }
-                exchange.borrow_mut().response_trailers = Some(trailer_map(&trailers));
-                if let Verdict::Continue = chain::trailers(&chain, Direction::Response).await {
-                    let map = exchange.borrow().response_trailers.clone().unwrap_or_default();
-                    let _ = tx.send(Ok(Frame::trailers(http_headers(&map)))).await;
+                fn slot(
+                    exchange: &mut HttpExchange,
+                    direction: Direction,
+                ) -> &mut Option<wasmtrace_runtime::HeaderMap> {
+                    match direction {
+                        Direction::Request => &mut exchange.request_trailers,
+                        Direction::Response => &mut exchange.response_trailers,
+                    }
                 }
-                break Pumped::Go;
+                *slot(&mut exchange.borrow_mut(), direction) = Some(trailer_map(&trailers));
+                match chain::trailers(chain, direction).await {
+                    Verdict::Continue => {
+                        let map = slot(&mut exchange.borrow_mut(), direction).clone().unwrap_or_default();
+                        let _ = tx.send(Ok(Frame::trailers(http_headers(&map)))).await;
+                        break Pumped::Go;
+                    }
+                    verdict => break Pumped::Stop(verdict),
+                }
             }
         }
     };
-    let outcome = match outcome {
-        Pumped::Go if !ended => {
-            deliver(&tx, chain::data(&chain, Direction::Response, Vec::new(), true, all).await).await
-        }
+    match outcome {
+        Pumped::Go if !ended => deliver(tx, chain::data(chain, direction, Vec::new(), true, all).await).await,
         other => other,
-    };
-    if let Pumped::Stop(_) = outcome {
+    }
+}
+
+/// Streams the downstream request body to the upstream. A filter that stops the stream hands
+/// its verdict to the request's task through `abort`.
+async fn pump_request(
+    chain: SharedChain,
+    exchange: Rc<RefCell<HttpExchange>>,
+    body: Incoming,
+    tx: FrameSender,
+    abort: oneshot::Sender<Verdict>,
+) {
+    if let Pumped::Stop(verdict) = pump(&chain, &exchange, body, &tx, Direction::Request).await {
+        let _ = abort.send(verdict);
+    }
+}
+
+/// Streams the upstream response body to the downstream, then runs the access-log point.
+async fn pump_response(chain: SharedChain, exchange: Rc<RefCell<HttpExchange>>, body: Incoming, tx: FrameSender) {
+    if let Pumped::Stop(_) = pump(&chain, &exchange, body, &tx, Direction::Response).await {
         let _ = tx.send(Err("a filter reset the response".into())).await;
     }
     drop(tx);
