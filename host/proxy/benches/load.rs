@@ -45,27 +45,60 @@ fn start_upstream() -> SocketAddr {
     addr
 }
 
-fn header_reader_module() -> PathBuf {
+fn module(crate_dir: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let name = crate_dir.rsplit('/').next().unwrap_or(crate_dir);
     build_filter(&BuildOptions {
-        crate_dir: root.join("filters/test-filters/header-reader"),
+        crate_dir: root.join(crate_dir),
         target_dir: Some(root.join("target/wasm-filters")),
-        out: Some(root.join("target/bench/header-reader.wasm")),
+        out: Some(root.join(format!("target/bench/{name}.wasm"))),
         quiet: true,
     })
-    .unwrap_or_else(|e| panic!("building header-reader: {e}"))
+    .unwrap_or_else(|e| panic!("building {crate_dir}: {e}"))
     .wasm_path
 }
 
-fn proxy(upstream: SocketAddr, filter: Option<&PathBuf>) -> RunningProxy {
-    let filter = filter.map_or(String::new(), |module| {
+/// An OTLP receiver that answers 200 at once, or after `delay` (a slow collector).
+fn start_collector(delay: Duration) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    listener.set_nonblocking(true).unwrap_or_else(|e| panic!("non-blocking: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("address: {e}"));
+    std::thread::spawn(move || {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap_or_else(|e| panic!("{e}"));
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| async move {
+                            let _ = request.into_body().collect().await;
+                            tokio::time::sleep(delay).await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// A proxy in front of `upstream` with an optional Wasm filter (`module`, `configuration`), and a
+/// `collector` cluster the trace filter exports to.
+fn proxy(upstream: SocketAddr, filter: Option<(&PathBuf, &str)>, collector: SocketAddr) -> RunningProxy {
+    let filter = filter.map_or(String::new(), |(module, configuration)| {
         format!(
             r#"
                   - name: envoy.filters.http.wasm
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
                       config:
-                        name: reader
+                        name: filter
+                        configuration: {{ "@type": type.googleapis.com/google.protobuf.StringValue, value: '{configuration}' }}
                         vm_config: {{ runtime: envoy.wasm.runtime.v8, code: {{ local: {{ filename: {} }} }} }}"#,
             module.display()
         )
@@ -95,8 +128,14 @@ static_resources:
       type: STATIC
       load_assignment:
         endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
+    - name: collector
+      type: STATIC
+      connect_timeout: 0.25s
+      load_assignment:
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {collector_port} }} }} }} }}] }}]
 "#,
-        port = upstream.port()
+        port = upstream.port(),
+        collector_port = collector.port()
     );
     let bootstrap = Bootstrap::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
     wasmtrace_proxy::start(bootstrap, ProxyOptions::default()).unwrap_or_else(|e| panic!("{e}"))
@@ -193,31 +232,43 @@ fn main() {
     let connections: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(32);
     let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let upstream = start_upstream();
-    let module = header_reader_module();
+    let reader = module("filters/test-filters/header-reader");
+    let trace = module("filters/trace-filter");
+    let healthy = start_collector(Duration::ZERO);
+    let slow = start_collector(Duration::from_secs(5));
+    let down =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap_or_else(|e| panic!("{e}"));
+    let trace_config = r#"{"service_name": "load", "exporter": {"cluster": "collector", "timeout_ms": 1000}}"#;
     let mut rows: Vec<(String, Outcome)> = Vec::new();
 
     rows.push(("direct to upstream".into(), drive(upstream, connections, seconds)));
-    let bare = proxy(upstream, None);
-    let bare_addr = bare.listener_address("ingress").unwrap_or_else(|| panic!("listener"));
-    rows.push(("wasmtrace, no Wasm filter".into(), drive(bare_addr, connections, seconds)));
-    bare.shutdown();
-    let filtered = proxy(upstream, Some(&module));
-    let filtered_addr = filtered.listener_address("ingress").unwrap_or_else(|| panic!("listener"));
-    rows.push(("wasmtrace, header-reader Wasm filter".into(), drive(filtered_addr, connections, seconds)));
-    filtered.shutdown();
+    let cases: [(&str, Option<(&PathBuf, &str)>, SocketAddr); 5] = [
+        ("wasmtrace, no Wasm filter", None, healthy),
+        ("wasmtrace, header-reader Wasm filter", Some((&reader, "")), healthy),
+        ("wasmtrace, trace filter, collector up", Some((&trace, trace_config)), healthy),
+        ("wasmtrace, trace filter, collector slow (5 s)", Some((&trace, trace_config)), slow),
+        ("wasmtrace, trace filter, collector down", Some((&trace, trace_config)), down),
+    ];
+    for (name, filter, collector) in cases {
+        let running = proxy(upstream, filter, collector);
+        let address = running.listener_address("ingress").unwrap_or_else(|| panic!("listener"));
+        rows.push((name.into(), drive(address, connections, seconds)));
+        running.shutdown();
+    }
+
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!();
     println!(
         "{connections} keep-alive HTTP/1.1 connections, {seconds} s per row after 1 s warm-up, {cores} cores shared by client, proxy and upstream"
     );
     println!();
-    println!("| {:<38} | {:>10} | {:>9} | {:>9} | {:>6} |", "path", "requests/s", "p50 ms", "p99 ms", "errors");
-    println!("|{:-<40}|{:->12}|{:->11}|{:->11}|{:->8}|", "", "", "", "", "");
+    println!("| {:<46} | {:>10} | {:>9} | {:>9} | {:>6} |", "path", "requests/s", "p50 ms", "p99 ms", "errors");
+    println!("|{:-<48}|{:->12}|{:->11}|{:->11}|{:->8}|", "", "", "", "", "");
     for (name, outcome) in &rows {
         let rps = outcome.requests as f64 / outcome.elapsed.as_secs_f64();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "| {name:<38} | {rps:>10.0} | {:>9.3} | {:>9.3} | {:>6} |",
+            "| {name:<46} | {rps:>10.0} | {:>9.3} | {:>9.3} | {:>6} |",
             ms(percentile(&outcome.latencies, 0.50)),
             ms(percentile(&outcome.latencies, 0.99)),
             outcome.errors
