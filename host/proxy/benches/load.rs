@@ -87,9 +87,12 @@ fn start_collector(delay: Duration) -> SocketAddr {
     addr
 }
 
+/// A Wasm filter for a bench row: its module and plugin configuration.
+type FilterUnderTest<'a> = Option<(&'a PathBuf, &'a str)>;
+
 /// A proxy in front of `upstream` with an optional Wasm filter (`module`, `configuration`), and a
 /// `collector` cluster the trace filter exports to.
-fn proxy(upstream: SocketAddr, filter: Option<(&PathBuf, &str)>, collector: SocketAddr) -> RunningProxy {
+fn proxy(upstream: SocketAddr, filter: FilterUnderTest<'_>, collector: SocketAddr) -> RunningProxy {
     let filter = filter.map_or(String::new(), |(module, configuration)| {
         format!(
             r#"
@@ -242,7 +245,7 @@ fn main() {
     let mut rows: Vec<(String, Outcome)> = Vec::new();
 
     rows.push(("direct to upstream".into(), drive(upstream, connections, seconds)));
-    let cases: [(&str, Option<(&PathBuf, &str)>, SocketAddr); 5] = [
+    let cases: [(&str, FilterUnderTest<'_>, SocketAddr); 5] = [
         ("wasmtrace, no Wasm filter", None, healthy),
         ("wasmtrace, header-reader Wasm filter", Some((&reader, "")), healthy),
         ("wasmtrace, trace filter, collector up", Some((&trace, trace_config)), healthy),
