@@ -40,6 +40,9 @@ pub enum DataVerdict {
 pub struct FilterChain {
     exchange: Rc<RefCell<HttpExchange>>,
     streams: Vec<HttpStream>,
+    logged: bool,
+    /// The request body pump, stopped when the stream ends before the body does.
+    request_pump: Option<tokio::task::AbortHandle>,
     request_buffers: Vec<Option<Vec<u8>>>,
     response_buffers: Vec<Option<Vec<u8>>>,
 }
@@ -55,6 +58,8 @@ impl FilterChain {
         Rc::new(RefCell::new(Self {
             exchange,
             streams,
+            logged: false,
+            request_pump: None,
             request_buffers: vec![None; n],
             response_buffers: vec![None; n],
         }))
@@ -70,8 +75,20 @@ impl FilterChain {
         self.streams.is_empty()
     }
 
-    /// `proxy_on_log` on every filter (at the end of the stream).
+    /// Remembers the request body pump so the end of the stream can stop it.
+    pub fn set_request_pump(&mut self, pump: tokio::task::AbortHandle) {
+        self.request_pump = Some(pump);
+    }
+
+    /// The end of the stream: stops a request body pump still running, then `proxy_on_log` on
+    /// every filter — once, whichever path ends the stream first.
     pub fn log(&mut self) {
+        if let Some(pump) = self.request_pump.take() {
+            pump.abort();
+        }
+        if std::mem::replace(&mut self.logged, true) {
+            return;
+        }
         for stream in &mut self.streams {
             stream.on_log();
         }

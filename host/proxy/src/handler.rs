@@ -88,7 +88,7 @@ pub async fn serve(
         ..HttpExchange::default()
     }));
     let chain = FilterChain::open(&ctx.filters, exchange.clone());
-    let stream = Stream { ctx: ctx.clone(), chain, exchange };
+    let stream = Stream { ctx: ctx.clone(), chain, exchange, handed_off: std::cell::Cell::new(false) };
     let result = stream.run(body).await;
     match &result {
         Ok(response) => {
@@ -144,6 +144,18 @@ struct Stream {
     ctx: Rc<ListenerContext>,
     chain: SharedChain,
     exchange: Rc<RefCell<HttpExchange>>,
+    /// A body pump now ends the stream; dropping this handle must not.
+    handed_off: std::cell::Cell<bool>,
+}
+
+impl Drop for Stream {
+    /// A stream abandoned mid-way (the client went away while a filter or the upstream was
+    /// pending) still reaches the access-log point; `log` runs once however the stream ends.
+    fn drop(&mut self) {
+        if !self.handed_off.get() {
+            finish_stream(&self.chain, &self.exchange);
+        }
+    }
 }
 
 impl Stream {
@@ -226,7 +238,9 @@ impl Stream {
         } else {
             let (tx, channel) = ChannelBody::new();
             let (abort_tx, abort_rx) = oneshot::channel();
-            tokio::task::spawn_local(pump_request(self.chain.clone(), self.exchange.clone(), body, tx, abort_tx));
+            let pump =
+                tokio::task::spawn_local(pump_request(self.chain.clone(), self.exchange.clone(), body, tx, abort_tx));
+            self.chain.borrow_mut().set_request_pump(pump.abort_handle());
             (boxed(channel), Some(abort_rx))
         };
         let stats = self.ctx.cluster_stats.get(cluster).cloned();
@@ -288,8 +302,18 @@ impl Stream {
             let map = exchange.response_headers.clone().unwrap_or_default();
             (status_of(&map), http_headers(&map))
         };
+        if body.is_end_stream() {
+            // No body (204, 304, HEAD): no body callbacks, as in Envoy.
+            let mut response = Response::new(full(Bytes::new()));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            self.finish();
+            return Ok(response);
+        }
         let (tx, channel) = ChannelBody::new();
         tokio::task::spawn_local(pump_response(self.chain.clone(), self.exchange.clone(), body, tx));
+        // The response pump owns the end of the stream from here.
+        self.handed_off.set(true);
         let mut response = Response::new(boxed(channel));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
@@ -354,14 +378,15 @@ impl Stream {
         Err(StreamReset)
     }
 
-    /// The access-log point: `proxy_on_log`, then the stream contexts end.
+    /// The access-log point: `proxy_on_log`, then the stream contexts end (when the last
+    /// reference to the chain goes).
     fn finish(self) {
         finish_stream(&self.chain, &self.exchange);
     }
 }
 
 fn finish_stream(chain: &SharedChain, exchange: &Rc<RefCell<HttpExchange>>) {
-    exchange.borrow_mut().info.end_time = Some(SystemTime::now());
+    exchange.borrow_mut().info.end_time.get_or_insert_with(SystemTime::now);
     chain.borrow_mut().log();
 }
 
@@ -512,6 +537,8 @@ async fn pump_request(
 ) {
     if let Pumped::Stop(verdict) = pump(&chain, &exchange, body, &tx, Direction::Request).await {
         let _ = abort.send(verdict);
+        // The upstream must not take a cut-short body for a complete one.
+        let _ = tx.send(Err("request reset by a filter".into())).await;
     }
 }
 

@@ -66,13 +66,16 @@ pub(crate) struct StreamSignals {
     pub close: bool,
     pub local_response: Option<LocalResponse>,
     pub vm_failed: bool,
-    pub waker: Option<Waker>,
+    /// One waker per direction: the request and response halves of a stream can wait on the
+    /// same filter at the same time.
+    pub request_waker: Option<Waker>,
+    pub response_waker: Option<Waker>,
 }
 
 impl StreamSignals {
-    /// Wakes the task waiting for this stream to resume.
+    /// Wakes the tasks waiting for this stream to resume (either direction).
     pub(crate) fn wake(&mut self) {
-        if let Some(waker) = self.waker.take() {
+        for waker in [self.request_waker.take(), self.response_waker.take()].into_iter().flatten() {
             waker.wake();
         }
     }
@@ -331,7 +334,11 @@ impl HttpStream {
         if resumed || self.phase.get() == Phase::Bypassed {
             return Poll::Ready(Action::Continue);
         }
-        signals.waker = Some(cx.waker().clone());
+        let slot = match direction {
+            Direction::Request => &mut signals.request_waker,
+            Direction::Response => &mut signals.response_waker,
+        };
+        *slot = Some(cx.waker().clone());
         Poll::Pending
     }
 

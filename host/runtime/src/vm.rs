@@ -321,10 +321,15 @@ impl PluginVm {
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
             inner.store.data_mut().streams.insert(id, StreamContext { exchange, signals });
         }
-        self.call("proxy_on_context_create", id, self.plugin.limits.callback_deadline, |store, cb| {
+        let created = self.call("proxy_on_context_create", id, self.plugin.limits.callback_deadline, |store, cb| {
             cb.context_create.call(store, (id, ROOT_CONTEXT_ID))
-        })?;
-        Ok(id)
+        });
+        if created.is_err()
+            && let Ok(mut inner) = self.inner.try_borrow_mut()
+        {
+            inner.store.data_mut().streams.remove(&id);
+        }
+        created.map(|()| id)
     }
 
     /// Ends a stream context: `proxy_on_done` then `proxy_on_delete`, and forgets it.

@@ -9,12 +9,13 @@ use wasmtrace_runtime::{Action, FailurePolicy, PluginConfig, VmLimits};
 
 use crate::fixture::{LogCapture, instance, plugin, request, request_header, runtime};
 
-fn hostile_config(policy: FailurePolicy) -> PluginConfig {
+/// The hostile filter's plugin: a 32 MiB cap and a deadline of `deadline`.
+fn hostile_config_with(policy: FailurePolicy, deadline: Duration) -> PluginConfig {
     PluginConfig {
         failure_policy: policy,
         limits: VmLimits {
             max_memory_bytes: 32 << 20,
-            callback_deadline: Duration::from_millis(50),
+            callback_deadline: deadline,
             restart_backoff: Duration::ZERO,
             ..VmLimits::default()
         },
@@ -22,11 +23,19 @@ fn hostile_config(policy: FailurePolicy) -> PluginConfig {
     }
 }
 
+/// The hostile filter's plugin with a short deadline (50 ms), so an endless loop ends quickly.
+fn hostile_config(policy: FailurePolicy) -> PluginConfig {
+    hostile_config_with(policy, Duration::from_millis(50))
+}
+
 /// Runs one misbehaving stream and one normal stream, checks both outcomes, and returns the log.
 fn fails_only_its_own_stream(kind: &str, policy: FailurePolicy, expected_kind: &str) {
     let logs = LogCapture::start();
     let runtime = runtime();
-    let hostile = instance(&runtime, "hostile", hostile_config(policy), Rc::default());
+    // Only the endless loop needs the deadline; the others get a generous one so a busy machine
+    // cannot turn their failure into a deadline hit.
+    let deadline = if kind == "loop" { Duration::from_millis(50) } else { Duration::from_secs(10) };
+    let hostile = instance(&runtime, "hostile", hostile_config_with(policy, deadline), Rc::default());
 
     let bad = request("/", &[("x-hostile", kind)]);
     let mut stream = hostile.new_stream(bad.clone());
