@@ -134,14 +134,19 @@ fn get_header_map_value(
     Ok(Status::Ok.code())
 }
 
-fn key_and_value(
+/// The shared body of `proxy_add_header_map_value` and `proxy_replace_header_map_value`.
+fn write_value(
     caller: &Caller<'_, VmState>,
     call: &'static str,
-    ptrs: [u32; 4],
-) -> wasmtime::Result<(Vec<u8>, Vec<u8>)> {
-    let key = memory::read(caller, call, ptrs[0], ptrs[1])?;
-    let value = memory::read(caller, call, ptrs[2], ptrs[3])?;
-    Ok((key, value))
+    map: u32,
+    [key_ptr, key_len, value_ptr, value_len]: [u32; 4],
+    edit: impl FnOnce(&mut HeaderMap, &[u8], &[u8]),
+) -> wasmtime::Result<i32> {
+    let map = map_type(call, map)?;
+    let key = memory::read(caller, call, key_ptr, key_len)?;
+    let value = memory::read(caller, call, value_ptr, value_len)?;
+    write_map(caller.data(), call, map, |headers| edit(headers, &key, &value));
+    Ok(Status::Ok.code())
 }
 
 fn add_header_map_value(
@@ -152,11 +157,7 @@ fn add_header_map_value(
     vp: u32,
     vl: u32,
 ) -> wasmtime::Result<i32> {
-    const CALL: &str = "proxy_add_header_map_value";
-    let map = map_type(CALL, map)?;
-    let (key, value) = key_and_value(&caller, CALL, [kp, kl, vp, vl])?;
-    write_map(caller.data(), CALL, map, |headers| headers.add(&key, &value));
-    Ok(Status::Ok.code())
+    write_value(&caller, "proxy_add_header_map_value", map, [kp, kl, vp, vl], HeaderMap::add)
 }
 
 fn replace_header_map_value(
@@ -167,11 +168,7 @@ fn replace_header_map_value(
     vp: u32,
     vl: u32,
 ) -> wasmtime::Result<i32> {
-    const CALL: &str = "proxy_replace_header_map_value";
-    let map = map_type(CALL, map)?;
-    let (key, value) = key_and_value(&caller, CALL, [kp, kl, vp, vl])?;
-    write_map(caller.data(), CALL, map, |headers| headers.replace(&key, &value));
-    Ok(Status::Ok.code())
+    write_value(&caller, "proxy_replace_header_map_value", map, [kp, kl, vp, vl], HeaderMap::replace)
 }
 
 fn remove_header_map_value(caller: Caller<'_, VmState>, map: u32, key_ptr: u32, key_len: u32) -> wasmtime::Result<i32> {
