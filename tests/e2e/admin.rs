@@ -3,18 +3,13 @@
 use http::StatusCode;
 
 use crate::fixture::client::get;
-use crate::fixture::proxy::{bootstrap_yaml, cluster, ingress, route, start, wasm_filter};
+use crate::fixture::proxy::{ingress, probe_proxy};
 use crate::fixture::upstream::Upstream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_reports_readiness_stats_plugins_and_config() {
     let upstream = Upstream::start();
-    let yaml = bootstrap_yaml(
-        &[wasm_filter("probe", "abi-probe", "", false)],
-        &route("/", "service", "5s"),
-        &[cluster("service", upstream.addr, "")],
-    );
-    let proxy = start(&yaml);
+    let proxy = probe_proxy(upstream.addr);
     for _ in 0..3 {
         assert_eq!(get(ingress(&proxy), "/echo", &[]).await.status, StatusCode::OK);
     }
@@ -55,12 +50,7 @@ async fn admin_reports_readiness_stats_plugins_and_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_read_the_node_and_peer_from_properties() {
     let upstream = Upstream::start();
-    let yaml = bootstrap_yaml(
-        &[wasm_filter("probe", "abi-probe", "", false)],
-        &route("/", "service", "5s"),
-        &[cluster("service", upstream.addr, "")],
-    );
-    let proxy = start(&yaml);
+    let proxy = probe_proxy(upstream.addr);
     let reply = get(ingress(&proxy), "/props", &[]).await;
     assert_eq!(reply.upstream_saw("x-prop-region").as_deref(), Some("test-region"));
     assert_eq!(reply.upstream_saw("x-prop-node-id").as_deref(), Some("e2e-proxy"));

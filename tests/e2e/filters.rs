@@ -4,18 +4,13 @@
 use http::StatusCode;
 
 use crate::fixture::client::get;
-use crate::fixture::proxy::{bootstrap_yaml, cluster, ingress, route, start, wasm_filter};
+use crate::fixture::proxy::{bootstrap_yaml, cluster, ingress, probe_proxy, route, start, wasm_filter};
 use crate::fixture::upstream::Upstream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_edits_request_and_response_headers_of_real_traffic() {
     let upstream = Upstream::start();
-    let yaml = bootstrap_yaml(
-        &[wasm_filter("probe", "abi-probe", "", false)],
-        &route("/", "service", "5s"),
-        &[cluster("service", upstream.addr, "")],
-    );
-    let proxy = start(&yaml);
+    let proxy = probe_proxy(upstream.addr);
     let reply = get(ingress(&proxy), "/echo?x=1", &[("x-replace-me", "original"), ("x-remove-me", "secret")]).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.upstream_saw("x-probe").is_some_and(|v| v.starts_with("ctx=")), "{}", reply.text());
@@ -53,12 +48,7 @@ async fn envoy_defaults_add_request_id_and_forwarding_headers_and_drop_hop_by_ho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_reply_from_a_filter_passes_back_through_the_response_filters() {
     let upstream = Upstream::start();
-    let yaml = bootstrap_yaml(
-        &[wasm_filter("probe", "abi-probe", "", false)],
-        &route("/", "service", "5s"),
-        &[cluster("service", upstream.addr, "")],
-    );
-    let proxy = start(&yaml);
+    let proxy = probe_proxy(upstream.addr);
     let reply = get(ingress(&proxy), "/local", &[]).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_eq!(reply.text(), "denied by probe\n");
@@ -71,12 +61,7 @@ async fn a_local_reply_from_a_filter_passes_back_through_the_response_filters() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_response_bodies_are_rewritten_by_a_buffering_filter() {
     let upstream = Upstream::start();
-    let yaml = bootstrap_yaml(
-        &[wasm_filter("probe", "abi-probe", "", false)],
-        &route("/", "service", "5s"),
-        &[cluster("service", upstream.addr, "")],
-    );
-    let proxy = start(&yaml);
+    let proxy = probe_proxy(upstream.addr);
     let client = crate::fixture::client::client(false);
     let reply = crate::fixture::client::send(&client, ingress(&proxy), "POST", "/body", &[], "shout this please").await;
     assert_eq!(reply.json()["body"], "SHOUT THIS PLEASE");

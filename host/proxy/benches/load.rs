@@ -11,39 +11,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use wasmtrace_build::{BuildOptions, build_filter};
 use wasmtrace_config::Bootstrap;
 use wasmtrace_proxy::{ProxyOptions, RunningProxy};
-
-/// A minimal upstream: 200, a short body, on its own single-threaded runtime.
-fn start_upstream() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    listener.set_nonblocking(true).unwrap_or_else(|e| panic!("non-blocking: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("address: {e}"));
-    std::thread::spawn(move || {
-        let runtime =
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap_or_else(|e| panic!("{e}"));
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_request| async {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(
-                            b"hello from upstream\n",
-                        ))))
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-    });
-    addr
-}
 
 fn module(crate_dir: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -58,8 +29,9 @@ fn module(crate_dir: &str) -> PathBuf {
     .wasm_path
 }
 
-/// An OTLP receiver that answers 200 at once, or after `delay` (a slow collector).
-fn start_collector(delay: Duration) -> SocketAddr {
+/// A minimal HTTP/1.1 server on its own single-threaded runtime: reads the request, waits
+/// `delay`, answers 200 with `body`. The upstream (no delay) and the collectors (up, slow).
+fn start_server(body: &'static [u8], delay: Duration) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
     listener.set_nonblocking(true).unwrap_or_else(|e| panic!("non-blocking: {e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("address: {e}"));
@@ -70,12 +42,15 @@ fn start_collector(delay: Duration) -> SocketAddr {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap_or_else(|e| panic!("{e}"));
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
                     let service =
                         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| async move {
                             let _ = request.into_body().collect().await;
-                            tokio::time::sleep(delay).await;
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(body))))
                         });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -234,11 +209,11 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let connections: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(32);
     let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
-    let upstream = start_upstream();
+    let upstream = start_server(b"hello from upstream\n", Duration::ZERO);
     let reader = module("filters/test-filters/header-reader");
     let trace = module("filters/trace-filter");
-    let healthy = start_collector(Duration::ZERO);
-    let slow = start_collector(Duration::from_secs(5));
+    let healthy = start_server(b"{}", Duration::ZERO);
+    let slow = start_server(b"{}", Duration::from_secs(5));
     let down =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap_or_else(|e| panic!("{e}"));
     let trace_config = r#"{"service_name": "load", "exporter": {"cluster": "collector", "timeout_ms": 1000}}"#;
