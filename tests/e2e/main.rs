@@ -6,6 +6,7 @@ mod fixture;
 mod admin;
 mod callouts;
 mod filters;
+mod hot_swap;
 mod portability;
 mod protocols;
 mod shutdown;

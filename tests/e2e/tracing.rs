@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use wasmtrace_proxy::RunningProxy;
 
 use crate::fixture::client::get;
-use crate::fixture::collector::{Collector, Received};
+use crate::fixture::collector::{Collector, Received, attribute, string};
 use crate::fixture::proxy::{cluster, filter_module, listener_yaml as listener, sidecar, wasm_filter_yaml};
 use crate::fixture::upstream::{Upstream, closed_port};
 
@@ -106,17 +106,6 @@ fn topology(collector: SocketAddr, format: &str) -> Topology {
     );
     let _ = outbound.set(a.listener_address("outbound").expect("A outbound"));
     Topology { a, b, _catalog: catalog }
-}
-
-fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a AnyValue> {
-    span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).and_then(|v| v.value.as_ref())
-}
-
-fn string(span: &Span, key: &str) -> String {
-    match attribute(span, key) {
-        Some(AnyValue::StringValue(s)) => s.clone(),
-        other => panic!("{key} is {other:?} on {}", span.name),
-    }
 }
 
 fn int(span: &Span, key: &str) -> i64 {

@@ -1,6 +1,9 @@
 //! `wasmtrace`: the command-line entry point. Thin by design: each subcommand parses its
 //! arguments and calls into the crate that does the work.
 
+mod admin_client;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,6 +50,31 @@ enum Command {
         /// Bind the admin API where configured even when that is not loopback.
         #[arg(long)]
         admin_any_address: bool,
+        /// Do not hot-swap plugins when their module files or the configuration file change.
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Hot-swap a plugin of a running proxy: a new module and/or configuration, or a rollback to
+    /// the previous generation. Prints the outcome; exit code 1 when it was refused.
+    Swap {
+        /// The proxy's admin address (host:port).
+        #[arg(long)]
+        admin: SocketAddr,
+        /// The plugin's name (`config.name`).
+        #[arg(long)]
+        plugin: String,
+        /// Only the plugin on this listener (default: every listener's plugin of that name).
+        #[arg(long)]
+        listener: Option<String>,
+        /// The new module (`.wasm`), sent to the proxy.
+        #[arg(long)]
+        module: Option<PathBuf>,
+        /// The new plugin configuration: the text itself, or `@file`.
+        #[arg(long)]
+        config: Option<String>,
+        /// Return to the previous generation's module and configuration.
+        #[arg(long)]
+        rollback: bool,
     },
     /// Validate a configuration without serving: every field is in the supported subset, and
     /// every module loads, starts and configures. Exit code 0 or 1.
@@ -92,11 +120,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Run { config, workers, drain_timeout_secs, admin_any_address } => {
+        Command::Run { config, workers, drain_timeout_secs, admin_any_address, no_watch } => {
             let bootstrap = Bootstrap::from_file(&config)?;
             let mut options = ProxyOptions {
                 drain_timeout: Duration::from_secs(drain_timeout_secs),
                 admin_any_address,
+                watch_modules: !no_watch,
+                watch_config: (!no_watch).then(|| config.clone()),
                 ..ProxyOptions::default()
             };
             if let Some(workers) = workers {
@@ -111,6 +141,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             proxy.run_until_signal()?;
             Ok(())
+        }
+        Command::Swap { admin, plugin, listener, module, config, rollback } => {
+            admin_client::swap(admin_client::SwapArgs { admin, plugin, listener, module, config, rollback })
         }
         Command::Check { config } => {
             let bootstrap = Bootstrap::from_file(&config)?;

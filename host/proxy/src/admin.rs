@@ -1,23 +1,30 @@
-//! The admin API: `/ready`, `/stats/prometheus`, `/config_dump`, `/plugins`. Read-only for now;
-//! it binds to loopback unless told otherwise.
+//! The admin API: `/ready`, `/stats/prometheus`, `/config_dump`, `/plugins`, and hot swap
+//! (`POST /plugins/{name}/swap`, `POST /plugins/{name}/rollback`). It binds to loopback unless
+//! told otherwise: whoever reaches it can replace the filters.
 
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use base64::Engine as _;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use serde::Deserialize;
 use tokio::sync::watch;
 use wasmtrace_config::Bootstrap;
 use wasmtrace_runtime::Runtime;
 
-use crate::plugins::LoadedPlugin;
 use crate::stats::ProxyStats;
+use crate::swap::{ModuleSource, SwapCoordinator, SwapError, SwapOutcome, SwapRequest};
 
-/// What the admin API reads.
+/// Largest swap request body (a module sent inline, base64-encoded).
+const MAX_SWAP_REQUEST: usize = 64 << 20;
+
+/// What the admin API reads and drives.
 pub struct AdminState {
     /// The effective configuration.
     pub bootstrap: Arc<Bootstrap>,
@@ -25,12 +32,74 @@ pub struct AdminState {
     pub stats: Arc<ProxyStats>,
     /// The runtime (host services: failures, filter metrics).
     pub runtime: Arc<Runtime>,
-    /// Every loaded plugin, listener by listener.
-    pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// Hot swaps (and every plugin's generations).
+    pub coordinator: Arc<SwapCoordinator>,
     /// Workers are serving.
     pub ready: AtomicBool,
     /// Shutdown has begun.
     pub draining: AtomicBool,
+}
+
+/// The body of `POST /plugins/{name}/swap`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwapBody {
+    /// Only the plugin of this name on this listener.
+    #[serde(default)]
+    listener: Option<String>,
+    /// A module file on the proxy's machine.
+    #[serde(default)]
+    module_path: Option<PathBuf>,
+    /// Module bytes, base64 (standard alphabet).
+    #[serde(default)]
+    module_base64: Option<String>,
+    /// Plugin configuration: a string is used as is, anything else as compact JSON.
+    #[serde(default)]
+    configuration: Option<serde_json::Value>,
+    /// VM configuration, the same way.
+    #[serde(default)]
+    vm_configuration: Option<serde_json::Value>,
+}
+
+/// The body of `POST /plugins/{name}/rollback` (optional).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    #[serde(default)]
+    listener: Option<String>,
+}
+
+fn configuration_bytes(value: serde_json::Value) -> Vec<u8> {
+    match value {
+        serde_json::Value::String(text) => text.into_bytes(),
+        other => other.to_string().into_bytes(),
+    }
+}
+
+impl SwapBody {
+    fn into_request(self, plugin: &str) -> Result<SwapRequest, String> {
+        let module = match (self.module_path, self.module_base64) {
+            (Some(_), Some(_)) => return Err("give `module_path` or `module_base64`, not both".into()),
+            (Some(path), None) => Some(ModuleSource::Path(path)),
+            (None, Some(encoded)) => Some(ModuleSource::Bytes(
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .map_err(|e| format!("`module_base64` is not base64: {e}"))?,
+            )),
+            (None, None) => None,
+        };
+        let request = SwapRequest {
+            plugin: plugin.to_owned(),
+            listener: self.listener,
+            module,
+            configuration: self.configuration.map(configuration_bytes),
+            vm_configuration: self.vm_configuration.map(configuration_bytes),
+        };
+        if request.module.is_none() && request.configuration.is_none() && request.vm_configuration.is_none() {
+            return Err("nothing to swap: give a module (`module_path`/`module_base64`) and/or `configuration`".into());
+        }
+        Ok(request)
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -40,8 +109,52 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     response
 }
 
-fn handle(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match request.uri().path() {
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_string_pretty(value).unwrap_or_default();
+    text(status, "application/json", body + "\n")
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "outcome": "error", "error": message }))
+}
+
+fn swap_response(result: Result<SwapOutcome, SwapError>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(outcome) => {
+            let label = if outcome.swapped.is_empty() { "unchanged" } else { "swapped" };
+            let mut value = serde_json::to_value(&outcome).unwrap_or_default();
+            if let Some(object) = value.as_object_mut() {
+                object.insert("outcome".into(), label.into());
+            }
+            json(StatusCode::OK, &value)
+        }
+        Err(e) => {
+            let (status, outcome) = match &e {
+                SwapError::UnknownPlugin(_) => (StatusCode::NOT_FOUND, "error"),
+                SwapError::NoPrevious(_) => (StatusCode::CONFLICT, "error"),
+                SwapError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
+            };
+            json(status, &serde_json::json!({ "outcome": outcome, "error": e.to_string() }))
+        }
+    }
+}
+
+async fn read_json<T: for<'de> Deserialize<'de>>(body: Incoming, empty_ok: bool) -> Result<Option<T>, String> {
+    let bytes = Limited::new(body, MAX_SWAP_REQUEST)
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read the request body (at most {MAX_SWAP_REQUEST} bytes): {e}"))?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) && empty_ok {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("the request body is not valid JSON for this call: {e}"))
+}
+
+fn read_only(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
+    match path {
         "/ready" => {
             if state.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n".into())
@@ -51,9 +164,11 @@ fn handle(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "PRE_INITIALIZING\n".into())
             }
         }
-        "/stats/prometheus" => {
-            text(StatusCode::OK, "text/plain; version=0.0.4", state.stats.render_prometheus(state.runtime.services()))
-        }
+        "/stats/prometheus" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.stats.render_prometheus(state.runtime.services(), state.coordinator.slots()),
+        ),
         "/config_dump" => {
             let dump =
                 serde_json::to_string_pretty(&*state.bootstrap).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -61,17 +176,56 @@ fn handle(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
         }
         "/plugins" => {
             let services = state.runtime.services();
-            let list: Vec<serde_json::Value> =
-                state.plugins.iter().map(|p| p.describe(services.failure_stats(&p.filter.name).vm_restarts)).collect();
-            let body = serde_json::to_string_pretty(&serde_json::json!({ "plugins": list })).unwrap_or_default();
-            text(StatusCode::OK, "application/json", body + "\n")
+            let list: Vec<serde_json::Value> = state
+                .coordinator
+                .slots()
+                .iter()
+                .map(|slot| slot.describe(services.failure_stats(&slot.name).vm_restarts))
+                .collect();
+            json(StatusCode::OK, &serde_json::json!({ "plugins": list }))
         }
         "/" => text(
             StatusCode::OK,
             "text/plain",
-            "wasmtrace admin: /ready /stats/prometheus /config_dump /plugins\n".into(),
+            "wasmtrace admin: /ready /stats/prometheus /config_dump /plugins \
+             POST /plugins/{name}/swap POST /plugins/{name}/rollback\n"
+                .into(),
         ),
         other => text(StatusCode::NOT_FOUND, "text/plain", format!("no admin endpoint {other}\n")),
+    }
+}
+
+async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    let action = path.strip_prefix("/plugins/").and_then(|rest| rest.rsplit_once('/'));
+    match (request.method().clone(), action) {
+        (Method::POST, Some((name, action @ ("swap" | "rollback")))) => {
+            if state.draining.load(Ordering::Relaxed) {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "the proxy is shutting down");
+            }
+            let name = name.to_owned();
+            let body = request.into_body();
+            if action == "swap" {
+                match read_json::<SwapBody>(body, false)
+                    .await
+                    .and_then(|b| b.ok_or_else(|| "empty body".to_owned()).and_then(|b| b.into_request(&name)))
+                {
+                    Ok(swap) => swap_response(state.coordinator.swap(swap).await),
+                    Err(e) => error(StatusCode::BAD_REQUEST, &e),
+                }
+            } else {
+                match read_json::<RollbackBody>(body, true).await {
+                    Ok(body) => {
+                        let listener = body.unwrap_or_default().listener;
+                        swap_response(state.coordinator.rollback(&name, listener.as_deref()).await)
+                    }
+                    Err(e) => error(StatusCode::BAD_REQUEST, &e),
+                }
+            }
+        }
+        (Method::GET | Method::HEAD, _) => read_only(&state, &path),
+        (_, Some(_)) => error(StatusCode::METHOD_NOT_ALLOWED, "use POST for swap and rollback"),
+        _ => error(StatusCode::METHOD_NOT_ALLOWED, "the admin API takes GET, and POST for swap and rollback"),
     }
 }
 
@@ -86,8 +240,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>, mu
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let response = handle(&state, &request);
-                async move { Ok::<_, Infallible>(response) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(state, request).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });

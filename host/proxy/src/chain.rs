@@ -9,7 +9,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use wasmtrace_runtime::{Action, Direction, HttpExchange, HttpStream, LocalResponse, PluginInstance};
+use wasmtrace_runtime::{Action, Direction, HttpExchange, HttpStream, LocalResponse};
+
+use crate::swap::WorkerPlugin;
 
 /// Most body bytes one filter may hold back while it buffers.
 pub const MAX_BUFFERED_BODY: usize = 64 << 20;
@@ -52,8 +54,9 @@ pub type SharedChain = Rc<RefCell<FilterChain>>;
 
 impl FilterChain {
     /// Opens a stream context in every filter over `exchange`.
-    pub fn open(filters: &[Rc<PluginInstance>], exchange: Rc<RefCell<HttpExchange>>) -> SharedChain {
-        let streams: Vec<HttpStream> = filters.iter().map(|f| f.new_stream(exchange.clone())).collect();
+    /// Each filter's stream goes to the generation published when it opens (hot swap).
+    pub fn open(filters: &[Rc<WorkerPlugin>], exchange: Rc<RefCell<HttpExchange>>) -> SharedChain {
+        let streams: Vec<HttpStream> = filters.iter().map(|f| f.instance().new_stream(exchange.clone())).collect();
         let n = streams.len();
         Rc::new(RefCell::new(Self {
             exchange,

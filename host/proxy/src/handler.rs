@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 use tokio::sync::oneshot;
 use wasmtrace_config::{HttpConnectionManager, Listener, RouteAction, TrafficDirection};
-use wasmtrace_runtime::{Direction, HeaderMap, HttpExchange, LocalResponse, PluginInstance, StreamInfo};
+use wasmtrace_runtime::{Direction, HeaderMap, HttpExchange, LocalResponse, StreamInfo};
 
 use crate::body::{ChannelBody, FrameSender, ProxyBody, boxed, full};
 use crate::chain::{self, DataVerdict, FilterChain, SharedChain, Verdict};
@@ -29,6 +29,7 @@ use crate::message::{
 use crate::rescue::UpstreamFailure;
 use crate::route;
 use crate::stats::{ClusterStats, ListenerStats};
+use crate::swap::WorkerPlugin;
 
 /// A stream a filter closed: hyper resets it (HTTP/2 `RST_STREAM`, HTTP/1 connection close).
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +41,7 @@ pub struct ListenerContext {
     /// The listener as configured.
     pub listener: Arc<Listener>,
     /// Its Wasm filters on this worker, in chain order.
-    pub filters: Vec<Rc<PluginInstance>>,
+    pub filters: Vec<Rc<WorkerPlugin>>,
     /// Upstream clients by cluster name.
     pub clusters: Rc<std::collections::HashMap<String, ClusterClient>>,
     /// This listener's counters.

@@ -11,7 +11,9 @@
 //!   bodies stream through the filters frame by frame ([`body`]).
 //! - Upstream failures become 503/504/502 in one place ([`rescue`]); callouts go through the same
 //!   clients ([`callouts`]); ticks and queues run beside the streams ([`timers`]).
-//! - The [`admin`] API reads the [`stats`], the runtime's counters and the plugins' status.
+//! - The [`admin`] API reads the [`stats`], the runtime's counters and the plugins' status, and
+//!   takes hot swaps; [`swap`] carries them out (also when a module or the configuration file
+//!   changes on disk).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -27,11 +29,13 @@ pub mod plugins;
 pub mod rescue;
 pub mod route;
 pub mod stats;
+pub mod swap;
 pub mod timers;
 pub mod worker;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,7 +43,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use wasmtrace_config::Bootstrap;
 use wasmtrace_runtime::{
     CalloutCompletion, CalloutDispatcher, CalloutRequest, DispatchError, HostServices, LogLevel, NodeInfo,
@@ -47,8 +51,9 @@ use wasmtrace_runtime::{
 };
 
 use crate::admin::AdminState;
-use crate::plugins::LoadedPlugin;
+use crate::plugins::PluginSlot;
 use crate::stats::{ClusterStats, ProxyStats};
+use crate::swap::SwapCoordinator;
 
 /// Errors crossing the crate boundary.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -98,6 +103,11 @@ pub struct ProxyOptions {
     pub limits: VmLimits,
     /// Lowest guest log level emitted.
     pub log_level: LogLevel,
+    /// Hot-swap plugins when their module files change on disk.
+    pub watch_modules: bool,
+    /// The configuration file the bootstrap came from: when set, its changes hot-swap plugin
+    /// modules and configurations.
+    pub watch_config: Option<PathBuf>,
 }
 
 impl Default for ProxyOptions {
@@ -108,6 +118,8 @@ impl Default for ProxyOptions {
             admin_any_address: false,
             limits: VmLimits::default(),
             log_level: LogLevel::Info,
+            watch_modules: false,
+            watch_config: None,
         }
     }
 }
@@ -116,7 +128,7 @@ impl Default for ProxyOptions {
 pub struct Shared {
     bootstrap: Arc<Bootstrap>,
     runtime: Arc<Runtime>,
-    plugins: Vec<Vec<Arc<LoadedPlugin>>>,
+    slots: Vec<Arc<PluginSlot>>,
     stats: Arc<ProxyStats>,
     cluster_stats: Arc<BTreeMap<String, Arc<ClusterStats>>>,
     connection_ids: Arc<AtomicU64>,
@@ -129,7 +141,7 @@ pub struct RunningProxy {
     admin: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
-    admin_thread: Option<JoinHandle<()>>,
+    control_thread: Option<JoinHandle<()>>,
     admin_state: Arc<AdminState>,
 }
 
@@ -157,8 +169,8 @@ impl RunningProxy {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
-        if let Some(admin) = self.admin_thread.take() {
-            let _ = admin.join();
+        if let Some(control) = self.control_thread.take() {
+            let _ = control.join();
         }
     }
 
@@ -207,9 +219,9 @@ impl CalloutDispatcher for CheckOnly {
 /// Returns one line per plugin checked.
 pub fn check(bootstrap: &Bootstrap, options: &ProxyOptions) -> Result<Vec<String>, ProxyError> {
     let runtime = runtime_for(bootstrap, options)?;
-    let plugins = plugins::load_plugins(&runtime, bootstrap, &options.limits)?;
+    let slots = plugins::load_plugins(&runtime, bootstrap, &options.limits)?;
     let mut report = Vec::new();
-    for plugin in plugins.iter().flatten() {
+    for plugin in slots.iter().map(|slot| slot.active()) {
         let dispatcher: Rc<dyn CalloutDispatcher> =
             Rc::new(CheckOnly { clusters: bootstrap.clusters.iter().map(|c| c.name.clone()).collect() });
         PluginInstance::start(&runtime, plugin.module.clone(), plugin.config.clone(), dispatcher)
@@ -229,7 +241,7 @@ pub fn check(bootstrap: &Bootstrap, options: &ProxyOptions) -> Result<Vec<String
 /// Starts serving `bootstrap`.
 pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy, ProxyError> {
     let runtime = runtime_for(&bootstrap, &options)?;
-    let plugins = plugins::load_plugins(&runtime, &bootstrap, &options.limits)?;
+    let slots = plugins::load_plugins(&runtime, &bootstrap, &options.limits)?;
     let stats = Arc::new(ProxyStats {
         listeners: bootstrap.listeners.iter().map(|l| (l.http.stat_prefix.clone(), Arc::default())).collect(),
         clusters: bootstrap.clusters.iter().map(|c| (c.name.clone(), Arc::default())).collect(),
@@ -248,7 +260,7 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
     let shared = Arc::new(Shared {
         bootstrap: bootstrap.clone(),
         runtime: runtime.clone(),
-        plugins: plugins.clone(),
+        slots: slots.clone(),
         stats: stats.clone(),
         cluster_stats,
         connection_ids: Arc::new(AtomicU64::new(1)),
@@ -257,7 +269,10 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
     let (stop, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut workers = Vec::new();
+    let mut worker_commands = Vec::new();
     for index in 0..options.workers.max(1) {
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        worker_commands.push(commands_tx);
         let mut worker_sockets = Vec::new();
         for (listener_index, socket) in sockets.iter().enumerate() {
             worker_sockets.push((
@@ -268,7 +283,7 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
         let (shared, stop_rx, ready_tx) = (shared.clone(), stop_rx.clone(), ready_tx.clone());
         let handle = std::thread::Builder::new()
             .name(format!("wasmtrace-worker-{index}"))
-            .spawn(move || worker::run(index, shared, worker_sockets, stop_rx, ready_tx))
+            .spawn(move || worker::run(index, shared, worker_sockets, commands, stop_rx, ready_tx))
             .map_err(|e| ProxyError::Worker(e.to_string()))?;
         workers.push(handle);
     }
@@ -281,11 +296,13 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
             Err(_) => failure = Some("a worker exited during start-up".into()),
         }
     }
+    let coordinator =
+        Arc::new(SwapCoordinator::new(runtime.clone(), slots.clone(), worker_commands, options.limits.clone()));
     let admin_state = Arc::new(AdminState {
         bootstrap: bootstrap.clone(),
         stats,
         runtime,
-        plugins: plugins.into_iter().flatten().collect(),
+        coordinator: coordinator.clone(),
         ready: AtomicBool::new(failure.is_none()),
         draining: AtomicBool::new(false),
     });
@@ -296,46 +313,99 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
         }
         return Err(ProxyError::PluginStart(failure));
     }
-    let (admin, admin_thread) = match bootstrap.admin {
-        Some(address) => {
-            let (bound, thread) = start_admin(address, &options, admin_state.clone(), stop_rx.clone())?;
-            (Some(bound), Some(thread))
+    let control = match start_control(&bootstrap, &options, admin_state.clone(), stop_rx.clone()) {
+        Ok(control) => control,
+        Err(e) => {
+            let _ = stop.send(true);
+            for worker in workers {
+                let _ = worker.join();
+            }
+            return Err(e);
         }
-        None => (None, None),
     };
     for (name, address) in &listeners {
         tracing::info!(listener = %name, %address, workers = workers.len(), "listening");
     }
-    Ok(RunningProxy { listeners, admin, stop, workers, admin_thread, admin_state })
+    Ok(RunningProxy {
+        listeners,
+        admin: control.admin,
+        stop,
+        workers,
+        control_thread: Some(control.thread),
+        admin_state,
+    })
 }
 
-fn start_admin(
-    configured: SocketAddr,
+/// The control thread: the admin API (when configured) and the file watcher (when asked for).
+struct Control {
+    admin: Option<SocketAddr>,
+    thread: JoinHandle<()>,
+}
+
+fn start_control(
+    bootstrap: &Arc<Bootstrap>,
     options: &ProxyOptions,
     state: Arc<AdminState>,
     stop: watch::Receiver<bool>,
-) -> Result<(SocketAddr, JoinHandle<()>), ProxyError> {
-    let address = if configured.ip().is_loopback() || options.admin_any_address {
-        configured
-    } else {
-        tracing::warn!(%configured, "admin API bound to loopback instead (pass --admin-any-address to expose it)");
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), configured.port())
+) -> Result<Control, ProxyError> {
+    let admin = match bootstrap.admin {
+        Some(configured) => {
+            let address = if configured.ip().is_loopback() || options.admin_any_address {
+                configured
+            } else {
+                tracing::warn!(%configured, "admin API bound to loopback instead (pass --admin-any-address to expose it)");
+                SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), configured.port())
+            };
+            let bind_error = |source| ProxyError::Bind { name: "admin".into(), address, source };
+            let socket = std::net::TcpListener::bind(address).map_err(bind_error)?;
+            socket.set_nonblocking(true).map_err(bind_error)?;
+            let bound = socket.local_addr().map_err(bind_error)?;
+            Some((socket, bound))
+        }
+        None => None,
     };
-    let bind_error = |source| ProxyError::Bind { name: "admin".into(), address, source };
-    let socket = std::net::TcpListener::bind(address).map_err(bind_error)?;
-    socket.set_nonblocking(true).map_err(bind_error)?;
-    let bound = socket.local_addr().map_err(bind_error)?;
+    let bound = admin.as_ref().map(|(_, bound)| *bound);
+    let watch = (options.watch_modules || options.watch_config.is_some())
+        .then(|| (options.watch_config.clone(), options.watch_modules, bootstrap.clone()));
+    let (started_tx, started) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
-        .name("wasmtrace-admin".into())
+        .name("wasmtrace-control".into())
         .spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = started_tx.send(Err(format!("control thread runtime: {e}")));
+                    return;
+                }
+            };
             runtime.block_on(async move {
-                if let Ok(listener) = tokio::net::TcpListener::from_std(socket) {
-                    admin::serve(listener, state, stop).await;
+                if let Some((config, modules, bootstrap)) = watch {
+                    let coordinator = state.coordinator.clone();
+                    let watching = swap::file_watch::spawn(coordinator, config, modules, bootstrap, stop.clone());
+                    if let Err(e) = watching {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                }
+                let _ = started_tx.send(Ok(()));
+                match admin.map(|(socket, _)| tokio::net::TcpListener::from_std(socket)) {
+                    Some(Ok(listener)) => admin::serve(listener, state, stop).await,
+                    Some(Err(e)) => tracing::error!("admin API socket: {e}"),
+                    None => {
+                        let mut stop = stop;
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    }
                 }
             });
         })
         .map_err(|e| ProxyError::Worker(e.to_string()))?;
-    tracing::info!(address = %bound, "admin API");
-    Ok((bound, thread))
+    match started.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(ProxyError::Worker(e)),
+        Err(_) => return Err(ProxyError::Worker("the control thread exited during start-up".into())),
+    }
+    if let Some(bound) = bound {
+        tracing::info!(address = %bound, "admin API");
+    }
+    Ok(Control { admin: bound, thread })
 }

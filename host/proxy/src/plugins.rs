@@ -1,11 +1,11 @@
-//! The Wasm filters of a configuration, loaded once per process: module bytes read and compiled
-//! (once per sha256), plugin configurations converted for the runtime, and the status the admin
-//! API reports.
+//! The Wasm filters of a configuration: module bytes read and compiled (once per sha256), plugin
+//! configurations converted for the runtime, and one [`PluginSlot`] per configured filter that
+//! holds its generations across hot swaps.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::time::SystemTime;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use wasmtrace_config::{Bootstrap, FailurePolicy as ConfigFailurePolicy, WasmFilter};
@@ -13,49 +13,170 @@ use wasmtrace_runtime::{FailurePolicy, PluginConfig, PluginModule, Runtime, VmLi
 
 use crate::ProxyError;
 
-/// A plugin's live status, shared by the workers (which update it) and the admin API.
-#[derive(Default)]
-pub struct PluginStatus {
-    /// Configuration generation (1 at start; hot swap increments it).
-    pub generation: AtomicU64,
-    /// VMs of this plugin currently running across workers.
-    pub vms_alive: AtomicUsize,
-}
-
-/// One Wasm filter of one listener, ready to start on every worker.
+/// One generation of one configured filter: the module and configuration its VMs run.
 pub struct LoadedPlugin {
     /// Listener name.
     pub listener: String,
-    /// The filter as configured.
+    /// The filter as configured (for a swapped generation: with the new module path and
+    /// configuration).
     pub filter: WasmFilter,
     /// The runtime's view of the configuration.
     pub config: Arc<PluginConfig>,
     /// The compiled module.
     pub module: Arc<PluginModule>,
-    /// Live status.
-    pub status: Arc<PluginStatus>,
-    /// When it was loaded.
+    /// 1 at start; every published swap takes the next number.
+    pub generation: u64,
+    /// VMs of this generation running across workers (serving, or draining after a swap).
+    pub vms_alive: AtomicUsize,
+    /// When it was published.
     pub loaded_at: SystemTime,
 }
 
 impl LoadedPlugin {
+    /// A generation of `filter` running `module`.
+    pub fn new(
+        listener: &str,
+        filter: WasmFilter,
+        module: Arc<PluginModule>,
+        limits: &VmLimits,
+        generation: u64,
+    ) -> Self {
+        Self {
+            listener: listener.to_owned(),
+            config: Arc::new(plugin_config(&filter, limits)),
+            filter,
+            module,
+            generation,
+            vms_alive: AtomicUsize::new(0),
+            loaded_at: SystemTime::now(),
+        }
+    }
+
+    fn describe(&self, state: &str) -> serde_json::Value {
+        json!({
+            "generation": self.generation,
+            "state": state,
+            "sha256": self.module.sha256(),
+            "module_path": self.filter.module_path,
+            "vms_alive": self.vms_alive.load(Ordering::Relaxed),
+            "since_unix_ms": unix_ms(self.loaded_at),
+        })
+    }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Swap counters of one configured filter, for `/plugins` and `/stats/prometheus`.
+#[derive(Default)]
+pub struct SwapCounters {
+    /// Swaps published (including rollbacks).
+    pub swaps: AtomicU64,
+    /// Swaps refused (module or configuration did not load, start or configure).
+    pub refusals: AtomicU64,
+    /// Generations fully drained after being replaced.
+    pub drains: AtomicU64,
+    /// Total time those drains took (streams finished, root contexts flushed), in microseconds.
+    pub drain_micros: AtomicU64,
+}
+
+impl SwapCounters {
+    /// Records one finished drain.
+    pub fn drained(&self, took: Duration) {
+        self.drains.fetch_add(1, Ordering::Relaxed);
+        self.drain_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The generations of a slot, changed only by the swap coordinator.
+pub struct SlotGenerations {
+    /// What new streams use.
+    pub active: Arc<LoadedPlugin>,
+    /// What a rollback returns to.
+    pub previous: Option<Arc<LoadedPlugin>>,
+    /// Replaced generations, kept while they still have VMs (draining).
+    pub replaced: Vec<Arc<LoadedPlugin>>,
+    /// The last generation number handed out (refused swaps use numbers too).
+    pub last_generation: u64,
+}
+
+/// One configured filter of one listener across its hot-swap generations.
+///
+/// Workers read [`PluginSlot::published`] when they open a stream: a swap is published for the
+/// whole process by one atomic store, after every worker has started the new generation.
+pub struct PluginSlot {
+    /// Position in the process-wide slot list (workers index their instances by it).
+    pub index: usize,
+    /// The listener's position in the bootstrap.
+    pub listener_index: usize,
+    /// Listener name.
+    pub listener: String,
+    /// Plugin name (`config.name`).
+    pub name: String,
+    /// The generation new streams use.
+    pub published: AtomicU64,
+    /// Swap counters.
+    pub counters: SwapCounters,
+    generations: Mutex<SlotGenerations>,
+}
+
+impl PluginSlot {
+    fn new(index: usize, listener_index: usize, plugin: Arc<LoadedPlugin>) -> Self {
+        Self {
+            index,
+            listener_index,
+            listener: plugin.listener.clone(),
+            name: plugin.filter.name.clone(),
+            published: AtomicU64::new(plugin.generation),
+            counters: SwapCounters::default(),
+            generations: Mutex::new(SlotGenerations {
+                last_generation: plugin.generation,
+                active: plugin,
+                previous: None,
+                replaced: Vec::new(),
+            }),
+        }
+    }
+
+    /// The generations, locked. A poisoned lock still holds consistent data (every update is a
+    /// few field assignments), so it is used as is.
+    pub fn generations(&self) -> MutexGuard<'_, SlotGenerations> {
+        self.generations.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The generation new streams use.
+    pub fn active(&self) -> Arc<LoadedPlugin> {
+        self.generations().active.clone()
+    }
+
     /// The `/plugins` entry.
     pub fn describe(&self, restarts: u64) -> serde_json::Value {
-        use std::sync::atomic::Ordering::Relaxed;
+        let generations = self.generations();
+        let active = &generations.active;
+        let mut all = vec![active.describe("active")];
+        all.extend(generations.replaced.iter().map(|g| g.describe("draining")));
+        let counters = &self.counters;
         json!({
             "listener": self.listener,
-            "name": self.filter.name,
-            "root_id": self.filter.root_id,
-            "vm_id": self.filter.vm_id,
-            "runtime": self.filter.runtime,
-            "module_path": self.filter.module_path,
-            "sha256": self.module.sha256(),
-            "module_bytes": self.module.size(),
-            "generation": self.status.generation.load(Relaxed),
-            "vms_alive": self.status.vms_alive.load(Relaxed),
+            "name": self.name,
+            "root_id": active.filter.root_id,
+            "vm_id": active.filter.vm_id,
+            "runtime": active.filter.runtime,
+            "module_path": active.filter.module_path,
+            "sha256": active.module.sha256(),
+            "module_bytes": active.module.size(),
+            "generation": active.generation,
+            "since_unix_ms": unix_ms(active.loaded_at),
+            "vms_alive": active.vms_alive.load(Ordering::Relaxed),
+            "generations": all,
+            "rollback_to": generations.previous.as_ref().map(|p| json!({"generation": p.generation, "sha256": p.module.sha256()})),
+            "swaps": counters.swaps.load(Ordering::Relaxed),
+            "swap_refusals": counters.refusals.load(Ordering::Relaxed),
+            "drains": counters.drains.load(Ordering::Relaxed),
+            "drain_seconds_total": counters.drain_micros.load(Ordering::Relaxed) as f64 / 1e6,
             "vm_restarts": restarts,
-            "failure_policy": format!("{:?}", self.filter.failure_policy),
-            "loaded_at_unix_ms": self.loaded_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            "failure_policy": format!("{:?}", active.filter.failure_policy),
         })
     }
 }
@@ -77,37 +198,33 @@ pub fn plugin_config(filter: &WasmFilter, limits: &VmLimits) -> PluginConfig {
     }
 }
 
-/// Reads and compiles every filter's module; the result is indexed like `bootstrap.listeners`.
+/// Reads and compiles the module at `path` (cached by sha256 in the runtime).
+pub fn compile_file(runtime: &Runtime, path: &Path) -> Result<Arc<PluginModule>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read the module {}: {e}", path.display()))?;
+    runtime.compile(&bytes).map_err(|e| format!("{} does not load: {e}", path.display()))
+}
+
+/// Reads and compiles every filter's module: one slot per filter, listener by listener.
 pub fn load_plugins(
     runtime: &Runtime,
     bootstrap: &Bootstrap,
     limits: &VmLimits,
-) -> Result<Vec<Vec<Arc<LoadedPlugin>>>, ProxyError> {
-    let mut loaded = Vec::new();
-    for listener in &bootstrap.listeners {
-        let mut filters = Vec::new();
+) -> Result<Vec<Arc<PluginSlot>>, ProxyError> {
+    let mut slots = Vec::new();
+    for (listener_index, listener) in bootstrap.listeners.iter().enumerate() {
         for filter in &listener.http.wasm_filters {
-            let where_ =
-                |path: &PathBuf| format!("listener `{}`, filter `{}` ({})", listener.name, filter.name, path.display());
-            let bytes = std::fs::read(&filter.module_path).map_err(|e| ProxyError::Module {
-                plugin: where_(&filter.module_path),
-                reason: format!("cannot read the module: {e}"),
+            let module = compile_file(runtime, &filter.module_path).map_err(|reason| ProxyError::Module {
+                plugin: format!(
+                    "listener `{}`, filter `{}` ({})",
+                    listener.name,
+                    filter.name,
+                    PathBuf::from(&filter.module_path).display()
+                ),
+                reason,
             })?;
-            let module = runtime
-                .compile(&bytes)
-                .map_err(|e| ProxyError::Module { plugin: where_(&filter.module_path), reason: e.to_string() })?;
-            let status = Arc::new(PluginStatus::default());
-            status.generation.store(1, std::sync::atomic::Ordering::Relaxed);
-            filters.push(Arc::new(LoadedPlugin {
-                listener: listener.name.clone(),
-                filter: filter.clone(),
-                config: Arc::new(plugin_config(filter, limits)),
-                module,
-                status,
-                loaded_at: SystemTime::now(),
-            }));
+            let plugin = Arc::new(LoadedPlugin::new(&listener.name, filter.clone(), module, limits, 1));
+            slots.push(Arc::new(PluginSlot::new(slots.len(), listener_index, plugin)));
         }
-        loaded.push(filters);
     }
-    Ok(loaded)
+    Ok(slots)
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtrace_runtime::HostServices;
+
+use crate::plugins::PluginSlot;
 use wasmtrace_runtime::metrics::{HISTOGRAM_BUCKETS, MetricValue};
 
 /// Counters of one listener.
@@ -76,7 +78,7 @@ fn label(value: &str) -> String {
 
 impl ProxyStats {
     /// The Prometheus text exposition of everything.
-    pub fn render_prometheus(&self, services: &HostServices) -> String {
+    pub fn render_prometheus(&self, services: &HostServices, slots: &[Arc<PluginSlot>]) -> String {
         let mut out = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.push_str("# TYPE wasmtrace_http_requests_total counter\n");
@@ -130,6 +132,7 @@ impl ProxyStats {
             let _ =
                 writeln!(out, "wasmtrace_wasm_vm_restarts_total{{plugin=\"{}\"}} {}", label(plugin), stats.vm_restarts);
         }
+        render_plugin_generations(&mut out, slots);
         for metric in services.metrics.all() {
             let name = metric_name(metric.name());
             match metric.value() {
@@ -153,5 +156,40 @@ impl ProxyStats {
             }
         }
         out
+    }
+}
+
+/// Hot-swap metrics: generation, swaps, refusals, drains and VMs per plugin.
+fn render_plugin_generations(out: &mut String, slots: &[Arc<PluginSlot>]) {
+    let labels = |slot: &PluginSlot| format!("listener=\"{}\",plugin=\"{}\"", label(&slot.listener), label(&slot.name));
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    out.push_str("# TYPE wasmtrace_plugin_generation gauge\n");
+    for slot in slots {
+        let _ = writeln!(out, "wasmtrace_plugin_generation{{{}}} {}", labels(slot), get(&slot.published));
+    }
+    out.push_str("# TYPE wasmtrace_plugin_swaps_total counter\n");
+    for slot in slots {
+        let _ = writeln!(out, "wasmtrace_plugin_swaps_total{{{}}} {}", labels(slot), get(&slot.counters.swaps));
+    }
+    out.push_str("# TYPE wasmtrace_plugin_swap_refusals_total counter\n");
+    for slot in slots {
+        let _ =
+            writeln!(out, "wasmtrace_plugin_swap_refusals_total{{{}}} {}", labels(slot), get(&slot.counters.refusals));
+    }
+    out.push_str("# TYPE wasmtrace_plugin_drain_seconds summary\n");
+    for slot in slots {
+        let l = labels(slot);
+        let seconds = get(&slot.counters.drain_micros) as f64 / 1e6;
+        let _ = writeln!(out, "wasmtrace_plugin_drain_seconds_sum{{{l}}} {seconds}");
+        let _ = writeln!(out, "wasmtrace_plugin_drain_seconds_count{{{l}}} {}", get(&slot.counters.drains));
+    }
+    out.push_str("# TYPE wasmtrace_plugin_vms gauge\n");
+    for slot in slots {
+        let generations = slot.generations();
+        let draining: usize = generations.replaced.iter().map(|g| g.vms_alive.load(Ordering::Relaxed)).sum();
+        let active = generations.active.vms_alive.load(Ordering::Relaxed);
+        let l = labels(slot);
+        let _ = writeln!(out, "wasmtrace_plugin_vms{{{l},state=\"active\"}} {active}");
+        let _ = writeln!(out, "wasmtrace_plugin_vms{{{l},state=\"draining\"}} {draining}");
     }
 }

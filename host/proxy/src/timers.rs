@@ -4,19 +4,23 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-use wasmtrace_runtime::PluginInstance;
+use wasmtrace_runtime::{PluginInstance, PluginVm};
 
 /// How often to look again when nothing is armed (a re-created VM may arm a timer).
 const IDLE_CHECK: Duration = Duration::from_millis(500);
 
-/// Runs ticks and queue deliveries for `plugin` until `stop` changes.
-pub async fn drive(plugin: Rc<PluginInstance>, mut stop: watch::Receiver<bool>) {
+/// How often a finishing VM gets its due ticks and queue deliveries (its callouts complete on
+/// their own).
+const FLUSH_POLL: Duration = Duration::from_millis(5);
+
+/// Runs ticks and queue deliveries for `plugin` until `stop` completes.
+pub async fn drive(plugin: Rc<PluginInstance>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
     loop {
         let Some(vm) = plugin.vm() else {
             tokio::select! {
                 _ = tokio::time::sleep(IDLE_CHECK) => continue,
-                _ = stop.changed() => return,
+                () = &mut stop => return,
             }
         };
         let next_tick = vm.next_tick().unwrap_or_else(|| Instant::now() + IDLE_CHECK);
@@ -36,7 +40,26 @@ pub async fn drive(plugin: Rc<PluginInstance>, mut stop: watch::Receiver<bool>) 
             () = queue_ready => {
                 let _ = vm.deliver_queue_ready();
             }
-            _ = stop.changed() => return,
+            () = &mut stop => return,
         }
     }
+}
+
+/// Asks a VM's root context to finish (`proxy_on_done`) and, when it flushes (callouts, ticks,
+/// queues), keeps delivering to it until it calls `proxy_done` or `deadline` passes. Returns
+/// whether it finished in time.
+pub async fn finish(vm: &PluginVm, deadline: Instant) -> bool {
+    if vm.shutdown() {
+        return true;
+    }
+    while !vm.is_done() {
+        if Instant::now() >= deadline {
+            tracing::warn!(plugin = %vm.plugin().name, "plugin did not finish flushing before the drain deadline");
+            return false;
+        }
+        tokio::time::sleep(FLUSH_POLL).await;
+        let _ = vm.tick_if_due(Instant::now());
+        let _ = vm.deliver_queue_ready();
+    }
+    true
 }

@@ -13,15 +13,14 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use wasmtrace_config::CodecType;
-use wasmtrace_runtime::PluginInstance;
 
 use crate::Shared;
 use crate::callouts::WorkerCallouts;
 use crate::cluster::ClusterClient;
 use crate::handler::{self, ConnectionInfo, ListenerContext};
-use crate::timers;
+use crate::swap::{WorkerCommand, WorkerEnv, WorkerPlugin};
 
 /// Runs hyper's per-stream HTTP/2 tasks on the worker's own thread.
 #[derive(Clone, Copy)]
@@ -59,6 +58,7 @@ pub fn run(
     index: usize,
     shared: Arc<Shared>,
     sockets: WorkerSockets,
+    commands: mpsc::UnboundedReceiver<WorkerCommand>,
     stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -70,39 +70,39 @@ pub fn run(
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(index, shared, sockets, stop, ready));
+    local.block_on(&runtime, serve(index, shared, sockets, commands, stop, ready));
 }
 
 async fn serve(
     index: usize,
     shared: Arc<Shared>,
     sockets: WorkerSockets,
+    commands: mpsc::UnboundedReceiver<WorkerCommand>,
     stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let clusters: Rc<HashMap<String, ClusterClient>> =
         Rc::new(shared.bootstrap.clusters.iter().map(|c| (c.name.clone(), ClusterClient::new(c))).collect());
     let callouts = Rc::new(WorkerCallouts { clusters: clusters.clone(), stats: shared.cluster_stats.clone() });
-    let mut contexts = Vec::new();
-    let mut instances: Vec<(Rc<PluginInstance>, Arc<crate::plugins::LoadedPlugin>)> = Vec::new();
-    for (listener_index, listener) in shared.bootstrap.listeners.iter().enumerate() {
-        let mut filters = Vec::new();
-        for plugin in &shared.plugins[listener_index] {
-            match PluginInstance::start(&shared.runtime, plugin.module.clone(), plugin.config.clone(), callouts.clone())
-            {
-                Ok(instance) => {
-                    let instance = Rc::new(instance);
-                    plugin.status.vms_alive.fetch_add(1, Ordering::Relaxed);
-                    tokio::task::spawn_local(timers::drive(instance.clone(), stop.clone()));
-                    instances.push((instance.clone(), plugin.clone()));
-                    filters.push(instance);
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(format!("worker {index}: {e}")));
-                    return;
-                }
+    let env = Rc::new(WorkerEnv::new(shared.runtime.clone(), callouts, stop.clone(), shared.options.drain_timeout));
+    let mut plugins = Vec::new();
+    for slot in &shared.slots {
+        match WorkerPlugin::start(slot.clone(), env.clone()) {
+            Ok(plugin) => plugins.push(Rc::new(plugin)),
+            Err(e) => {
+                let _ = ready.send(Err(format!("worker {index}: {e}")));
+                return;
             }
         }
+    }
+    let mut contexts = Vec::new();
+    for (listener_index, listener) in shared.bootstrap.listeners.iter().enumerate() {
+        let filters = shared
+            .slots
+            .iter()
+            .filter(|slot| slot.listener_index == listener_index)
+            .map(|slot| plugins[slot.index].clone())
+            .collect();
         contexts.push(Rc::new(ListenerContext {
             listener: Arc::new(listener.clone()),
             filters,
@@ -111,6 +111,7 @@ async fn serve(
             cluster_stats: shared.cluster_stats.clone(),
         }));
     }
+    tokio::task::spawn_local(follow_commands(plugins.clone(), commands));
     let tracker = Rc::new(ConnectionTracker::default());
     let mut accept_loops = Vec::new();
     for (listener_index, socket) in sockets {
@@ -141,24 +142,26 @@ async fn serve(
     if tokio::time::timeout_at(deadline.into(), tracker.drained()).await.is_err() {
         tracing::warn!(worker = index, open = tracker.open.get(), "drain timeout: closing connections still open");
     }
-    flush_plugins(&instances, deadline).await;
+    // Every root context finishes and may flush: the serving generations and any replaced
+    // generation still draining after a hot swap.
+    for plugin in &plugins {
+        plugin.finish(deadline).await;
+    }
+    env.retirements_done(deadline).await;
 }
 
-/// Asks every root context to finish and gives those that flush (callouts, ticks) until the
-/// deadline.
-async fn flush_plugins(instances: &[(Rc<PluginInstance>, Arc<crate::plugins::LoadedPlugin>)], deadline: Instant) {
-    let vms: Vec<_> = instances.iter().filter_map(|(instance, _)| instance.vm()).collect();
-    let mut pending: Vec<_> = vms.into_iter().filter(|vm| !vm.shutdown()).collect();
-    while !pending.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        for vm in &pending {
-            let _ = vm.tick_if_due(Instant::now());
-            let _ = vm.deliver_queue_ready();
+/// Carries out the swap coordinator's commands on this worker.
+async fn follow_commands(plugins: Vec<Rc<WorkerPlugin>>, mut commands: mpsc::UnboundedReceiver<WorkerCommand>) {
+    while let Some(command) = commands.recv().await {
+        let slot = match &command {
+            WorkerCommand::Stage { slot, .. }
+            | WorkerCommand::Publish { slot }
+            | WorkerCommand::Discard { slot, .. } => *slot,
+        };
+        match plugins.get(slot) {
+            Some(plugin) => plugin.apply(command),
+            None => tracing::error!(slot, "swap command for a plugin this worker does not have"),
         }
-        pending.retain(|vm| !vm.is_done());
-    }
-    for (_, plugin) in instances {
-        plugin.status.vms_alive.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

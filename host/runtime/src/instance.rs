@@ -72,6 +72,12 @@ impl PluginInstance {
         self.vm.borrow().clone()
     }
 
+    /// The VM as it is, without re-creating a failed one: what a generation being retired
+    /// drains and flushes.
+    pub fn current_vm(&self) -> Option<Rc<PluginVm>> {
+        self.vm.borrow().clone()
+    }
+
     /// How many times the VM was re-created after a failure.
     pub fn restarts(&self) -> u64 {
         self.restarts.get()

@@ -82,7 +82,8 @@ impl Runtime {
         Ok(module)
     }
 
-    fn cached(&self, sha256: &str) -> Option<Arc<PluginModule>> {
+    /// The compiled module with this sha256, if one is still in use (a swap back to it reuses it).
+    pub fn cached(&self, sha256: &str) -> Option<Arc<PluginModule>> {
         self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(sha256).and_then(Weak::upgrade)
     }
 

@@ -4,7 +4,8 @@
 //! the memory cap), `bad-pointer` (hands the host a key pointer outside its memory),
 //! `bad-return-pointer` (asks the host to write results outside its memory), `bad-map` (sends a
 //! malformed serialised header map). Plugin configuration `refuse-configure` makes
-//! `on_configure` return false; `trap-on-start` panics in `on_vm_start`.
+//! `on_configure` return false; `trap-on-start` panics in `on_vm_start`; `trap-on-configure`
+//! panics in `on_configure`.
 //! Every request that survives gets `x-hostile-ok: ctx=<id>`.
 
 #![allow(missing_docs, reason = "proxy_wasm::main! defines the undocumented `_initialize` export")]
@@ -29,6 +30,9 @@ impl RootContext for HostileRoot {
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        if self.get_plugin_configuration().is_some_and(|c| c == b"trap-on-configure") {
+            panic!("hostile filter: deliberate trap in on_configure");
+        }
         self.get_plugin_configuration().is_none_or(|c| c != b"refuse-configure")
     }
 

@@ -1,0 +1,304 @@
+//! The control side of a hot swap: compile off the request path, stage on every worker, publish
+//! with one atomic store, or refuse and leave the serving generation alone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use wasmtrace_runtime::{PluginModule, Runtime, VmLimits, hex_sha256};
+
+use super::worker_plugin::WorkerCommand;
+use crate::plugins::{LoadedPlugin, PluginSlot};
+
+/// Where a swap's new module comes from.
+#[derive(Clone, Debug)]
+pub enum ModuleSource {
+    /// A file on the proxy's machine (it becomes the plugin's `module_path`).
+    Path(PathBuf),
+    /// Module bytes sent with the request.
+    Bytes(Vec<u8>),
+}
+
+/// A request to replace a plugin's module and/or configuration.
+#[derive(Clone, Debug, Default)]
+pub struct SwapRequest {
+    /// Plugin name (`config.name`); every listener's plugin of that name unless `listener` is set.
+    pub plugin: String,
+    /// Only the plugin on this listener.
+    pub listener: Option<String>,
+    /// The new module; `None` keeps the current one (a configuration-only swap reuses the
+    /// compiled module, as Envoy does).
+    pub module: Option<ModuleSource>,
+    /// The new plugin configuration (`configuration`); `None` keeps the current one.
+    pub configuration: Option<Vec<u8>>,
+    /// The new VM configuration (`vm_config.configuration`); `None` keeps the current one.
+    pub vm_configuration: Option<Vec<u8>>,
+}
+
+/// One plugin's published swap.
+#[derive(Clone, Debug, Serialize)]
+pub struct Swapped {
+    /// Listener name.
+    pub listener: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// The generation replaced.
+    pub old_generation: u64,
+    /// The generation now serving.
+    pub generation: u64,
+    /// sha256 of the module replaced.
+    pub old_sha256: String,
+    /// sha256 of the module now serving.
+    pub sha256: String,
+    /// The module changed (not only the configuration).
+    pub module_changed: bool,
+}
+
+/// What a swap did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SwapOutcome {
+    /// Published swaps; empty when nothing differed from what is serving.
+    pub swapped: Vec<Swapped>,
+    /// Plugins that already ran exactly this module and configuration.
+    pub unchanged: Vec<String>,
+    /// From the request to the publication (compile, start on every worker, publish).
+    pub published_after_ms: f64,
+    /// The module came from the compiled-module cache.
+    pub module_cached: bool,
+}
+
+/// Why a swap did not happen. In every case the serving generation keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// No plugin has that name (on that listener).
+    #[error("no plugin named `{0}`")]
+    UnknownPlugin(String),
+    /// Rollback asked for, but there is nothing to roll back to.
+    #[error("plugin `{0}` has no previous generation to roll back to")]
+    NoPrevious(String),
+    /// The module or configuration was refused: it does not compile, lacks the ABI, or fails to
+    /// start or configure.
+    #[error("swap refused: {0}")]
+    Refused(String),
+}
+
+/// Serialises swaps and carries them out across the workers.
+pub struct SwapCoordinator {
+    runtime: Arc<Runtime>,
+    slots: Vec<Arc<PluginSlot>>,
+    workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
+    limits: VmLimits,
+    one_at_a_time: Mutex<()>,
+}
+
+impl SwapCoordinator {
+    /// A coordinator over `slots`, talking to each worker through its command channel.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        slots: Vec<Arc<PluginSlot>>,
+        workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
+        limits: VmLimits,
+    ) -> Self {
+        Self { runtime, slots, workers, limits, one_at_a_time: Mutex::new(()) }
+    }
+
+    /// Every configured plugin.
+    pub fn slots(&self) -> &[Arc<PluginSlot>] {
+        &self.slots
+    }
+
+    fn select(&self, plugin: &str, listener: Option<&str>) -> Result<Vec<Arc<PluginSlot>>, SwapError> {
+        let selected: Vec<_> = self
+            .slots
+            .iter()
+            .filter(|s| s.name == plugin && listener.is_none_or(|l| s.listener == l))
+            .cloned()
+            .collect();
+        if selected.is_empty() {
+            let name = match listener {
+                Some(l) => format!("{plugin}` on listener `{l}"),
+                None => plugin.to_owned(),
+            };
+            return Err(SwapError::UnknownPlugin(name));
+        }
+        Ok(selected)
+    }
+
+    /// Replaces a plugin's module and/or configuration on every worker.
+    pub async fn swap(&self, request: SwapRequest) -> Result<SwapOutcome, SwapError> {
+        let _serialised = self.one_at_a_time.lock().await;
+        let started = Instant::now();
+        let slots = self.select(&request.plugin, request.listener.as_deref())?;
+        let (module, module_cached) = match &request.module {
+            Some(source) => {
+                let (module, cached) = self.compile(source.clone()).await.inspect_err(|_| {
+                    slots.iter().for_each(|s| {
+                        s.counters.refusals.fetch_add(1, Ordering::Relaxed);
+                    })
+                })?;
+                (Some(module), cached)
+            }
+            None => (None, true),
+        };
+        let mut next = Vec::new();
+        let mut unchanged = Vec::new();
+        for slot in &slots {
+            let active = slot.active();
+            let mut filter = active.filter.clone();
+            if let Some(ModuleSource::Path(path)) = &request.module {
+                filter.module_path = path.clone();
+            }
+            if let Some(configuration) = &request.configuration {
+                filter.plugin_configuration = configuration.clone();
+            }
+            if let Some(vm_configuration) = &request.vm_configuration {
+                filter.vm_configuration = vm_configuration.clone();
+            }
+            let module = module.clone().unwrap_or_else(|| active.module.clone());
+            if module.sha256() == active.module.sha256()
+                && filter.plugin_configuration == active.filter.plugin_configuration
+                && filter.vm_configuration == active.filter.vm_configuration
+            {
+                unchanged.push(format!("{}/{}", slot.listener, slot.name));
+                continue;
+            }
+            next.push((slot.clone(), filter, module));
+        }
+        let swapped = self.stage_and_publish(next).await?;
+        let published_after_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(SwapOutcome { swapped, unchanged, published_after_ms, module_cached })
+    }
+
+    /// Returns a plugin to the generation it ran before the last swap (as a new generation).
+    pub async fn rollback(&self, plugin: &str, listener: Option<&str>) -> Result<SwapOutcome, SwapError> {
+        let _serialised = self.one_at_a_time.lock().await;
+        let started = Instant::now();
+        let slots = self.select(plugin, listener)?;
+        let mut next = Vec::new();
+        for slot in &slots {
+            let previous = slot.generations().previous.clone();
+            let Some(previous) = previous else {
+                return Err(SwapError::NoPrevious(format!("{}/{}", slot.listener, slot.name)));
+            };
+            next.push((slot.clone(), previous.filter.clone(), previous.module.clone()));
+        }
+        let swapped = self.stage_and_publish(next).await?;
+        let published_after_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(SwapOutcome { swapped, unchanged: Vec::new(), published_after_ms, module_cached: true })
+    }
+
+    /// Compiles off the async threads; a module compiled before (same sha256) is reused.
+    async fn compile(&self, source: ModuleSource) -> Result<(Arc<PluginModule>, bool), SwapError> {
+        let runtime = self.runtime.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let (bytes, origin) = match source {
+                ModuleSource::Path(path) => {
+                    let bytes =
+                        std::fs::read(&path).map_err(|e| format!("cannot read the module {}: {e}", path.display()))?;
+                    (bytes, path.display().to_string())
+                }
+                ModuleSource::Bytes(bytes) => (bytes, "the module sent".to_owned()),
+            };
+            let cached = runtime.cached(&hex_sha256(&bytes)).is_some();
+            let module = runtime.compile(&bytes).map_err(|e| format!("{origin} does not load: {e}"))?;
+            Ok::<_, String>((module, cached))
+        })
+        .await
+        .map_err(|e| SwapError::Refused(format!("compilation did not finish: {e}")))?;
+        compiled.map_err(SwapError::Refused)
+    }
+
+    async fn stage_and_publish(
+        &self,
+        next: Vec<(Arc<PluginSlot>, wasmtrace_config::WasmFilter, Arc<PluginModule>)>,
+    ) -> Result<Vec<Swapped>, SwapError> {
+        if next.is_empty() {
+            return Ok(Vec::new());
+        }
+        let staged: Vec<(Arc<PluginSlot>, Arc<LoadedPlugin>)> = next
+            .into_iter()
+            .map(|(slot, filter, module)| {
+                let generation = {
+                    let mut generations = slot.generations();
+                    generations.last_generation += 1;
+                    generations.last_generation
+                };
+                let plugin = Arc::new(LoadedPlugin::new(&slot.listener, filter, module, &self.limits, generation));
+                (slot, plugin)
+            })
+            .collect();
+        if let Err(reason) = self.stage_everywhere(&staged).await {
+            for (slot, plugin) in &staged {
+                slot.counters.refusals.fetch_add(1, Ordering::Relaxed);
+                for worker in &self.workers {
+                    let _ = worker.send(WorkerCommand::Discard { slot: slot.index, generation: plugin.generation });
+                }
+            }
+            tracing::warn!(plugin = %staged[0].0.name, "hot swap refused: {reason}; the serving generation stays");
+            return Err(SwapError::Refused(reason));
+        }
+        let mut swapped = Vec::new();
+        for (slot, plugin) in staged {
+            let old = {
+                let mut generations = slot.generations();
+                let old = std::mem::replace(&mut generations.active, plugin.clone());
+                generations.replaced.retain(|g| g.vms_alive.load(Ordering::Relaxed) > 0);
+                generations.replaced.push(old.clone());
+                generations.previous = Some(old.clone());
+                old
+            };
+            slot.published.store(plugin.generation, Ordering::Release);
+            slot.counters.swaps.fetch_add(1, Ordering::Relaxed);
+            for worker in &self.workers {
+                let _ = worker.send(WorkerCommand::Publish { slot: slot.index });
+            }
+            tracing::info!(
+                listener = %slot.listener,
+                plugin = %slot.name,
+                old_generation = old.generation,
+                generation = plugin.generation,
+                old_sha256 = %old.module.sha256(),
+                sha256 = %plugin.module.sha256(),
+                "hot swap published"
+            );
+            swapped.push(Swapped {
+                listener: slot.listener.clone(),
+                plugin: slot.name.clone(),
+                old_generation: old.generation,
+                generation: plugin.generation,
+                old_sha256: old.module.sha256().to_owned(),
+                sha256: plugin.module.sha256().to_owned(),
+                module_changed: old.module.sha256() != plugin.module.sha256(),
+            });
+        }
+        Ok(swapped)
+    }
+
+    /// Starts every new generation on every worker; the first failure is the refusal reason.
+    async fn stage_everywhere(&self, staged: &[(Arc<PluginSlot>, Arc<LoadedPlugin>)]) -> Result<(), String> {
+        let mut replies = Vec::new();
+        for (worker_index, worker) in self.workers.iter().enumerate() {
+            for (slot, plugin) in staged {
+                let (reply, answer) = oneshot::channel();
+                worker
+                    .send(WorkerCommand::Stage { slot: slot.index, plugin: plugin.clone(), reply })
+                    .map_err(|_| format!("worker {worker_index} has stopped"))?;
+                replies.push((worker_index, slot.clone(), answer));
+            }
+        }
+        // Start-up is bounded by the VM's start deadline; the margin covers a busy worker.
+        let wait = self.limits.start_deadline + Duration::from_secs(5);
+        for (worker_index, slot, answer) in replies {
+            match tokio::time::timeout(wait, answer).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => return Err(format!("listener `{}`: {e}", slot.listener)),
+                Ok(Err(_)) => return Err(format!("worker {worker_index} stopped while starting the plugin")),
+                Err(_) => return Err(format!("worker {worker_index} did not start the plugin within {wait:?}")),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,387 @@
+//! Hot swap under load: the trace filter's module and configuration are replaced while client
+//! tasks keep sending requests, and every request still succeeds and leaves exactly one span
+//! at a real OTLP receiver, carrying the behaviour of the generation that served it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use wasmtrace_config::Bootstrap;
+use wasmtrace_proxy::{ProxyOptions, RunningProxy};
+
+use crate::fixture::client::{Reply, client, get, send};
+use crate::fixture::collector::{Collector, Received, string};
+use crate::fixture::proxy::{
+    bootstrap_yaml, cluster, filter_module, ingress, route, start, wasm_filter_yaml, workspace_root,
+};
+use crate::fixture::upstream::Upstream;
+
+/// The trace filter's configuration for generation `tag`: the tag shows on every span. Spans
+/// leave a VM only when it is replaced (or shut down), unless `flush_ms` is short: the drain
+/// flush is what is under test.
+fn trace_config(tag: &str, flush_ms: u64) -> String {
+    format!(
+        r#"{{"service_name": "swapped", "static_attributes": {{"swap.generation": "{tag}"}}, "exporter": {{"cluster": "otel", "flush_interval_ms": {flush_ms}, "batch_size": 4096, "max_queued_spans": 65536}}}}"#
+    )
+}
+
+fn trace_proxy_yaml(module: &Path, config: &str, upstream: SocketAddr, collector: SocketAddr) -> String {
+    bootstrap_yaml(
+        &[wasm_filter_yaml("trace", module, config, false, "trace")],
+        &route("/", "service", "5s"),
+        &[cluster("service", upstream, ""), cluster("otel", collector, "")],
+    )
+}
+
+/// A copy of `module` with a custom section appended: other bytes and sha256, the same code.
+fn module_variant(module: &Path, tag: &str) -> PathBuf {
+    let mut bytes = std::fs::read(module).expect("module");
+    let name = b"wasmtrace.variant";
+    let payload = tag.as_bytes();
+    let content_len = 1 + name.len() + payload.len();
+    assert!(content_len < 128 && name.len() < 128, "one-byte LEB128 sizes");
+    bytes.push(0); // custom section
+    bytes.push(content_len as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    let path = workspace_root().join(format!("target/e2e-modules/trace-filter-{tag}.wasm"));
+    std::fs::write(&path, bytes).expect("write variant");
+    path
+}
+
+/// One request as the client saw it.
+struct Sent {
+    trace_id: String,
+    started: Instant,
+    finished: Instant,
+    status: StatusCode,
+}
+
+/// Client tasks sending requests with their own trace ids until `stop` is set.
+fn load(addr: SocketAddr, tasks: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Vec<Sent>>> {
+    (0..tasks)
+        .map(|task| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let client = client(task % 2 == 1);
+                let mut sent = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let trace_id = format!("{:08x}{:024x}", 0xabc0_0000u32 + task as u32, sent.len() + 1);
+                    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+                    let started = Instant::now();
+                    let reply = send(&client, addr, "GET", "/echo", &[("traceparent", &traceparent)], "").await;
+                    sent.push(Sent { trace_id, started, finished: Instant::now(), status: reply.status });
+                }
+                sent
+            })
+        })
+        .collect()
+}
+
+async fn stop_load(stop: &AtomicBool, tasks: Vec<tokio::task::JoinHandle<Vec<Sent>>>) -> Vec<Sent> {
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("client task"));
+    }
+    all
+}
+
+async fn post(admin: SocketAddr, path: &str, body: serde_json::Value) -> Reply {
+    send(&client(false), admin, "POST", path, &[("content-type", "application/json")], &body.to_string()).await
+}
+
+/// Shuts the proxy down (its last generation flushes) and returns every span, indexed by trace id.
+async fn spans_after_shutdown(
+    proxy: RunningProxy,
+    collector: &Collector,
+    expected: usize,
+) -> HashMap<String, Vec<Received>> {
+    tokio::task::spawn_blocking(move || proxy.shutdown()).await.expect("shutdown");
+    let spans = collector.wait_for(expected).await;
+    let mut by_trace: HashMap<String, Vec<Received>> = HashMap::new();
+    for span in spans {
+        let id = span.span.trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        by_trace.entry(id).or_default().push(span);
+    }
+    by_trace
+}
+
+/// Every request succeeded and left exactly one span; returns each request's span.
+fn exactly_one_span_each<'a>(sent: &[Sent], spans: &'a HashMap<String, Vec<Received>>) -> Vec<&'a Received> {
+    let failed = sent.iter().filter(|s| s.status != StatusCode::OK).count();
+    assert_eq!(failed, 0, "{failed} of {} requests failed", sent.len());
+    let total: usize = spans.values().map(Vec::len).sum();
+    let mut lost = 0;
+    let mut duplicated = 0;
+    let mut each = Vec::new();
+    for request in sent {
+        match spans.get(&request.trace_id).map(Vec::as_slice) {
+            Some([one]) => each.push(one),
+            Some(many) if many.len() > 1 => duplicated += 1,
+            _ => lost += 1,
+        }
+    }
+    assert_eq!((lost, duplicated), (0, 0), "spans lost / duplicated of {} requests", sent.len());
+    assert_eq!(total, sent.len(), "spans that belong to no request");
+    each
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_and_configuration_swaps_under_load_fail_no_request_and_lose_no_span() {
+    let upstream = Upstream::start();
+    let collector = Collector::start();
+    let module_a = filter_module("trace-filter");
+    let module_b = module_variant(&module_a, "b");
+    let proxy = start(&trace_proxy_yaml(&module_a, &trace_config("1", 60_000), upstream.addr, collector.addr));
+    let admin = proxy.admin_address().expect("admin");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(ingress(&proxy), 4, stop.clone());
+
+    // Generation k (2..=25) tags spans with "k"; even generations also change the module.
+    let mut windows = Vec::new();
+    let mut module_swaps = 0;
+    for generation in 2..=25u64 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let mut body = serde_json::json!({ "configuration": trace_config(&generation.to_string(), 60_000) });
+        if generation % 2 == 0 {
+            let module = if generation % 4 == 0 { &module_a } else { &module_b };
+            body["module_path"] = module.display().to_string().into();
+            module_swaps += 1;
+        }
+        let began = Instant::now();
+        let reply = post(admin, "/plugins/trace/swap", body).await;
+        let ended = Instant::now();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let outcome = reply.json();
+        assert_eq!(outcome["outcome"], "swapped", "{outcome}");
+        assert_eq!(outcome["swapped"][0]["generation"], generation);
+        assert_eq!(outcome["swapped"][0]["module_changed"], generation % 2 == 0);
+        windows.push((generation, began, ended));
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let plugins = get(admin, "/plugins", &[]).await.json();
+    let trace = &plugins["plugins"][0];
+    assert_eq!(trace["generation"], 25);
+    assert_eq!(trace["swaps"], 24);
+    assert_eq!(trace["swap_refusals"], 0);
+    assert_eq!(trace["vms_alive"], 2, "one VM per worker");
+    let metrics = get(admin, "/stats/prometheus", &[]).await.text();
+    for line in [
+        r#"wasmtrace_plugin_generation{listener="ingress",plugin="trace"} 25"#,
+        r#"wasmtrace_plugin_swaps_total{listener="ingress",plugin="trace"} 24"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    let sent = stop_load(&stop, tasks).await;
+    assert!(sent.len() >= 1000, "only {} requests under load", sent.len());
+    assert_eq!(module_swaps, 12);
+
+    let spans = spans_after_shutdown(proxy, &collector, sent.len()).await;
+    let each = exactly_one_span_each(&sent, &spans);
+
+    // A request that started after swap k was published and ended before swap k+1 was asked for
+    // ran on generation k.
+    let mut checked = vec![0usize; windows.len()];
+    for (request, span) in sent.iter().zip(each) {
+        let tag = string(&span.span, "swap.generation");
+        for (i, (generation, _, published)) in windows.iter().enumerate() {
+            let next_began = windows.get(i + 1).map(|w| w.1);
+            if request.started > *published && next_began.is_none_or(|b| request.finished < b) {
+                assert_eq!(tag, generation.to_string(), "a request between swap {generation} and the next");
+                checked[i] += 1;
+            }
+        }
+    }
+    assert!(checked.iter().all(|&n| n > 0), "requests between every pair of swaps: {checked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_swaps_are_refused_under_load_and_the_old_generation_keeps_serving() {
+    let upstream = Upstream::start();
+    let collector = Collector::start();
+    let trace_module = filter_module("trace-filter");
+    let proxy = start(&trace_proxy_yaml(&trace_module, &trace_config("1", 50), upstream.addr, collector.addr));
+    let admin = proxy.admin_address().expect("admin");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(ingress(&proxy), 4, stop.clone());
+
+    let hostile = filter_module("hostile");
+    let refusals = [
+        (serde_json::json!({ "module_base64": "bm90IGEgd2FzbSBtb2R1bGU=" }), "does not load"),
+        // An empty but valid module: it has none of the proxy-wasm ABI.
+        (serde_json::json!({ "module_base64": "AGFzbQEAAAA=" }), "does not load"),
+        (
+            serde_json::json!({ "module_path": hostile.display().to_string(), "configuration": "trap-on-configure" }),
+            "proxy_on_configure",
+        ),
+        (serde_json::json!({ "configuration": "{\"service_name\": 7}" }), "proxy_on_configure"),
+        (serde_json::json!({ "module_path": "/nonexistent/filter.wasm" }), "cannot read the module"),
+    ];
+    for (body, reason) in &refusals {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let reply = post(admin, "/plugins/trace/swap", body.clone()).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", reply.text());
+        let outcome = reply.json();
+        assert_eq!(outcome["outcome"], "refused");
+        assert!(outcome["error"].as_str().is_some_and(|e| e.contains(reason)), "{body}: {outcome}");
+    }
+    assert_eq!(post(admin, "/plugins/nope/swap", serde_json::json!({"configuration": ""})).await.status, 404);
+    assert_eq!(post(admin, "/plugins/trace/swap", serde_json::json!({"modul": 1})).await.status, 400);
+
+    let plugins = get(admin, "/plugins", &[]).await.json();
+    let trace = &plugins["plugins"][0];
+    assert_eq!(trace["generation"], 1, "{trace}");
+    assert_eq!(trace["swap_refusals"], refusals.len());
+    let refused_at = Instant::now();
+
+    // A good swap after the refusals, then a rollback to the first generation.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reply = post(admin, "/plugins/trace/swap", serde_json::json!({ "configuration": trace_config("2", 50) })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let swapped_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reply = post(admin, "/plugins/trace/rollback", serde_json::json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let rolled_back_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = stop_load(&stop, tasks).await;
+
+    let plugins = get(admin, "/plugins", &[]).await.json();
+    let trace = &plugins["plugins"][0];
+    let generation = trace["generation"].as_u64().expect("generation");
+    assert_eq!(trace["rollback_to"]["generation"], generation - 1, "{trace}");
+    let spans = spans_after_shutdown(proxy, &collector, sent.len()).await;
+    let each = exactly_one_span_each(&sent, &spans);
+    let tag_of = |from: Option<Instant>, to: Instant| -> Vec<String> {
+        sent.iter()
+            .zip(&each)
+            .filter(|(r, _)| from.is_none_or(|from| r.started > from) && r.finished < to)
+            .map(|(_, span)| string(&span.span, "swap.generation"))
+            .collect()
+    };
+    let before = tag_of(None, refused_at);
+    assert!(!before.is_empty() && before.iter().all(|t| t == "1"), "refusals changed nothing");
+    let after_swap = tag_of(Some(swapped_at), swapped_at + Duration::from_millis(90));
+    assert!(!after_swap.is_empty() && after_swap.iter().all(|t| t == "2"));
+    let after_rollback = tag_of(Some(rolled_back_at), Instant::now());
+    assert!(!after_rollback.is_empty() && after_rollback.iter().all(|t| t == "1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_flight_finishes_on_the_generation_it_started_on() {
+    let upstream = Upstream::start();
+    let collector = Collector::start();
+    let module = filter_module("trace-filter");
+    let proxy = start(&trace_proxy_yaml(&module, &trace_config("old", 50), upstream.addr, collector.addr));
+    let admin = proxy.admin_address().expect("admin");
+    let addr = ingress(&proxy);
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    // `/slow` answers after two seconds: the swap happens while it is in flight.
+    let slow = tokio::spawn(async move { get(addr, "/slow", &[("traceparent", traceparent)]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply =
+        post(admin, "/plugins/trace/swap", serde_json::json!({ "configuration": trace_config("new", 50) })).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let plugins = get(admin, "/plugins", &[]).await.json();
+    let generations = plugins["plugins"][0]["generations"].as_array().cloned().unwrap_or_default();
+    assert!(
+        generations.iter().any(|g| g["state"] == "draining" && g["generation"] == 1 && g["vms_alive"] != 0),
+        "the old generation drains while its stream is open: {generations:?}"
+    );
+    assert_eq!(get(addr, "/echo", &[]).await.status, StatusCode::OK);
+    assert_eq!(slow.await.expect("slow request").status, StatusCode::OK);
+    let spans = collector.wait_for(2).await;
+    let tags: HashMap<String, String> =
+        spans.iter().map(|s| (s.span.name.clone(), string(&s.span, "swap.generation"))).collect();
+    assert_eq!(tags.get("GET /slow").map(String::as_str), Some("old"), "{tags:?}");
+    assert_eq!(tags.get("GET /echo").map(String::as_str), Some("new"), "{tags:?}");
+    // Once its stream ended, the old generation flushed and went away.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let plugins = get(admin, "/plugins", &[]).await.json();
+        let draining = plugins["plugins"][0]["generations"]
+            .as_array()
+            .map_or(0, |g| g.iter().filter(|g| g["state"] == "draining" && g["vms_alive"] != 0).count());
+        if draining == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old generation never finished draining: {plugins}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.shutdown();
+}
+
+/// Writes `text` to `path` the way deploy tools do: a temporary file renamed over the old one.
+fn replace_atomically(path: &Path, bytes: &[u8]) {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, bytes).expect("write");
+    std::fs::rename(&temporary, path).expect("rename");
+}
+
+async fn wait_for_plugin(admin: SocketAddr, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let plugins = get(admin, "/plugins", &[]).await.json();
+        let trace = plugins["plugins"][0].clone();
+        if ok(&trace) {
+            return trace;
+        }
+        assert!(Instant::now() < deadline, "{what}: {trace}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_module_and_configuration_files_are_swapped_in() {
+    let upstream = Upstream::start();
+    let collector = Collector::start();
+    let dir = workspace_root().join("target/e2e-hot-swap-files");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let module = dir.join("trace.wasm");
+    let original = std::fs::read(filter_module("trace-filter")).expect("module");
+    std::fs::write(&module, &original).expect("copy module");
+    let config_path = dir.join("envoy.yaml");
+    let yaml = |tag: &str| trace_proxy_yaml(&module, &trace_config(tag, 50), upstream.addr, collector.addr);
+    std::fs::write(&config_path, yaml("file-1")).expect("config");
+    let options = ProxyOptions {
+        workers: 2,
+        watch_modules: true,
+        watch_config: Some(config_path.clone()),
+        ..ProxyOptions::default()
+    };
+    let bootstrap = Bootstrap::from_file(&config_path).expect("config loads");
+    let proxy = wasmtrace_proxy::start(bootstrap, options).expect("proxy");
+    let admin = proxy.admin_address().expect("admin");
+    let addr = ingress(&proxy);
+    let first = wait_for_plugin(admin, "started", |t| t["generation"] == 1).await;
+
+    // The module file is replaced (same code, other bytes).
+    let variant = std::fs::read(module_variant(&module, "file")).expect("variant");
+    replace_atomically(&module, &variant);
+    let swapped = wait_for_plugin(admin, "module file swapped in", |t| t["sha256"] != first["sha256"]).await;
+    assert_eq!(swapped["generation"], 2);
+
+    // The configuration file changes the plugin's configuration.
+    replace_atomically(&config_path, yaml("file-2").as_bytes());
+    wait_for_plugin(admin, "configuration change swapped in", |t| t["generation"] == 3).await;
+    assert_eq!(get(addr, "/echo", &[]).await.status, StatusCode::OK);
+    let spans = collector.wait_for(1).await;
+    assert_eq!(string(&spans[0].span, "swap.generation"), "file-2");
+
+    // A broken configuration file is ignored; so is a broken module file (refused).
+    replace_atomically(&config_path, b"static_resources: [not, a, bootstrap");
+    replace_atomically(&module, b"not wasm");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = wait_for_plugin(admin, "unchanged", |_| true).await;
+    assert_eq!(after["generation"], 3, "{after}");
+    assert_eq!(after["swap_refusals"], 1, "the broken module was refused: {after}");
+    assert_eq!(get(addr, "/echo", &[]).await.status, StatusCode::OK);
+    proxy.shutdown();
+}
