@@ -191,3 +191,78 @@ fn run_serves_until_sigterm_then_exits_cleanly() {
     let status = child.wait().expect("exit");
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// A request asking the hostile filter to trap: 503 when it serves (fail closed), 200 otherwise.
+fn raw_get(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nx-hostile: trap\r\nConnection: close\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response
+}
+
+/// Kills the proxy if the test fails before stopping it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn swap_replaces_a_running_plugin_reports_refusals_and_rolls_back() {
+    use std::io::{BufRead, BufReader};
+    let config = write_config("swap.yaml", &config_with(&built_module("header-reader"), "", ""));
+    let hostile = built_module("hostile");
+    let mut child = Running(
+        wasmtrace()
+            .args(["run", "--workers", "2", "--drain-timeout-secs", "2", "--no-watch", "-c"])
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start wasmtrace run"),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let mut next_address = |prefix: &str| {
+        let line = lines.next().expect("a line").expect("text");
+        line.strip_prefix(prefix).unwrap_or_else(|| panic!("{line:?} lacks {prefix:?}")).to_owned()
+    };
+    let listener = next_address("listener ingress on http://");
+    let admin = next_address("admin on http://");
+    assert!(raw_get(&listener).starts_with("HTTP/1.1 200"));
+
+    let swap = |args: &[&str]| {
+        let output =
+            wasmtrace().args(["swap", "--admin", &admin, "--plugin", "reader"]).args(args).output().expect("swap");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let hostile_path = hostile.display().to_string();
+    let (ok, stdout, stderr) = swap(&["--module", &hostile_path]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.starts_with("swapped ingress/reader (module): generation 1 -> 2, sha256 "), "{stdout}");
+    assert!(raw_get(&listener).starts_with("HTTP/1.1 503"), "the new module serves");
+
+    let (ok, stdout, stderr) = swap(&["--config", "trap-on-configure"]);
+    assert!(!ok, "a trap in on_configure is refused: {stdout}");
+    assert!(stdout.contains("refused; the serving generation keeps serving"), "{stdout}");
+    assert!(stderr.contains("proxy_on_configure"), "{stderr}");
+    assert!(raw_get(&listener).starts_with("HTTP/1.1 503"), "the refused swap changed nothing");
+
+    let (ok, stdout, stderr) = swap(&["--rollback"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("generation 2 -> 4"), "{stdout}");
+    assert!(raw_get(&listener).starts_with("HTTP/1.1 200"), "back to the header-reader");
+
+    let (ok, _, stderr) = swap(&[]);
+    assert!(!ok && stderr.contains("nothing to swap"), "{stderr}");
+    let killed = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    assert!(child.0.wait().expect("exit").success());
+}
