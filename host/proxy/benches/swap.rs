@@ -121,7 +121,8 @@ fn main() {
     let uncached: Vec<_> = (1..=5).map(|i| serde_json::json!({ "module_path": path(&variant(&trace, i)) })).collect();
     rows.push(measure_swaps(&runtime, admin, "module, never seen (full compile)", uncached));
 
-    // Load: steady state, then the same load while swapping every 100 ms.
+    // Load: steady state, then the same load while swapping every 100 ms (configuration, and
+    // every other time the module, between the two compiled above).
     let steady = drive(address, connections, seconds);
     let stop = Arc::new(AtomicBool::new(false));
     let swapper = {

@@ -155,7 +155,13 @@ impl PluginSlot {
         let generations = self.generations();
         let active = &generations.active;
         let mut all = vec![active.describe("active")];
-        all.extend(generations.replaced.iter().map(|g| g.describe("draining")));
+        all.extend(
+            generations
+                .replaced
+                .iter()
+                .filter(|g| g.vms_alive.load(Ordering::Relaxed) > 0)
+                .map(|g| g.describe("draining")),
+        );
         let counters = &self.counters;
         json!({
             "listener": self.listener,

@@ -4,7 +4,7 @@
 //! Workers share one `Runtime` through an `Arc`; each worker instantiates its own VMs from the
 //! cached [`PluginModule`]s (see [`crate::PluginInstance`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -22,13 +22,45 @@ use crate::state::VmState;
 /// How often the epoch advances; callback deadlines are rounded up to this granularity.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Compiled modules by sha256: every module in use (weakly, so an unused one can go), plus the
+/// most recently compiled or reused ones (strongly), so swapping back and forth between a few
+/// modules compiles each once.
+#[derive(Default)]
+struct ModuleCache {
+    by_sha256: HashMap<String, Weak<PluginModule>>,
+    recent: VecDeque<Arc<PluginModule>>,
+}
+
+impl ModuleCache {
+    /// Compiled modules kept alive after their last user went.
+    const RECENT: usize = 8;
+
+    fn get(&mut self, sha256: &str) -> Option<Arc<PluginModule>> {
+        let module = self.by_sha256.get(sha256).and_then(Weak::upgrade)?;
+        self.remember(&module);
+        Some(module)
+    }
+
+    fn insert(&mut self, sha256: String, module: &Arc<PluginModule>) {
+        self.by_sha256.retain(|_, m| m.strong_count() > 0);
+        self.by_sha256.insert(sha256, Arc::downgrade(module));
+        self.remember(module);
+    }
+
+    fn remember(&mut self, module: &Arc<PluginModule>) {
+        self.recent.retain(|m| !Arc::ptr_eq(m, module));
+        self.recent.push_front(module.clone());
+        self.recent.truncate(Self::RECENT);
+    }
+}
+
 /// The process-wide Wasm runtime.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<VmState>,
     provided_imports: abi::ProvidedImports,
     services: Arc<HostServices>,
-    modules: Mutex<HashMap<String, Weak<PluginModule>>>,
+    modules: Mutex<ModuleCache>,
     ticker: EpochTicker,
 }
 
@@ -52,7 +84,7 @@ impl Runtime {
             linker,
             provided_imports,
             services: Arc::new(services),
-            modules: Mutex::new(HashMap::new()),
+            modules: Mutex::new(ModuleCache::default()),
             ticker,
         }))
     }
@@ -76,15 +108,14 @@ impl Runtime {
         }
         let module =
             Arc::new(PluginModule::compile(&self.engine, &self.linker, &self.provided_imports, bytes, sha256.clone())?);
-        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-        modules.retain(|_, m| m.strong_count() > 0);
-        modules.insert(sha256, Arc::downgrade(&module));
+        self.modules.lock().unwrap_or_else(|p| p.into_inner()).insert(sha256, &module);
         Ok(module)
     }
 
-    /// The compiled module with this sha256, if one is still in use (a swap back to it reuses it).
+    /// The compiled module with this sha256, if one is in use or among the recently compiled (a
+    /// swap back to it, or a rollback, reuses it).
     pub fn cached(&self, sha256: &str) -> Option<Arc<PluginModule>> {
-        self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(sha256).and_then(Weak::upgrade)
+        self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(sha256)
     }
 
     /// How many epoch ticks make `deadline`, rounded up, plus one for the partial current tick.

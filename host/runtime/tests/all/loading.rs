@@ -28,6 +28,11 @@ fn an_sdk_built_filter_loads_and_is_identified_by_its_sha256() {
     assert_eq!(module.sha256().len(), 64);
     let again = runtime.compile(&bytes).expect("loads");
     assert!(Arc::ptr_eq(&module, &again), "a module is compiled once per sha256");
+    // Unused, it stays compiled among the recent ones: a swap back to it does not recompile.
+    let address = Arc::as_ptr(&module);
+    drop((module, again));
+    let cached = runtime.cached(&hex_sha256(&bytes)).expect("still compiled");
+    assert_eq!(Arc::as_ptr(&cached), address);
 }
 
 #[test]
