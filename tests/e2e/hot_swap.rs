@@ -37,6 +37,15 @@ fn trace_proxy_yaml(module: &Path, config: &str, upstream: SocketAddr, collector
     )
 }
 
+/// An upstream, a collector, and a proxy with the trace filter (plugin `trace`) in front of them.
+fn trace_proxy(tag: &str, flush_ms: u64) -> (Upstream, Collector, RunningProxy) {
+    let upstream = Upstream::start();
+    let collector = Collector::start();
+    let module = filter_module("trace-filter");
+    let proxy = start(&trace_proxy_yaml(&module, &trace_config(tag, flush_ms), upstream.addr, collector.addr));
+    (upstream, collector, proxy)
+}
+
 /// A copy of `module` with a custom section appended: other bytes and sha256, the same code.
 fn module_variant(module: &Path, tag: &str) -> PathBuf {
     let mut bytes = std::fs::read(module).expect("module");
@@ -134,11 +143,9 @@ fn exactly_one_span_each<'a>(sent: &[Sent], spans: &'a HashMap<String, Vec<Recei
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_and_configuration_swaps_under_load_fail_no_request_and_lose_no_span() {
-    let upstream = Upstream::start();
-    let collector = Collector::start();
+    let (_upstream, collector, proxy) = trace_proxy("1", 60_000);
     let module_a = filter_module("trace-filter");
     let module_b = module_variant(&module_a, "b");
-    let proxy = start(&trace_proxy_yaml(&module_a, &trace_config("1", 60_000), upstream.addr, collector.addr));
     let admin = proxy.admin_address().expect("admin");
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = load(ingress(&proxy), 4, stop.clone());
@@ -203,10 +210,7 @@ async fn module_and_configuration_swaps_under_load_fail_no_request_and_lose_no_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_swaps_are_refused_under_load_and_the_old_generation_keeps_serving() {
-    let upstream = Upstream::start();
-    let collector = Collector::start();
-    let trace_module = filter_module("trace-filter");
-    let proxy = start(&trace_proxy_yaml(&trace_module, &trace_config("1", 50), upstream.addr, collector.addr));
+    let (_upstream, collector, proxy) = trace_proxy("1", 50);
     let admin = proxy.admin_address().expect("admin");
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = load(ingress(&proxy), 4, stop.clone());
@@ -275,10 +279,7 @@ async fn broken_swaps_are_refused_under_load_and_the_old_generation_keeps_servin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_in_flight_finishes_on_the_generation_it_started_on() {
-    let upstream = Upstream::start();
-    let collector = Collector::start();
-    let module = filter_module("trace-filter");
-    let proxy = start(&trace_proxy_yaml(&module, &trace_config("old", 50), upstream.addr, collector.addr));
+    let (_upstream, collector, proxy) = trace_proxy("old", 50);
     let admin = proxy.admin_address().expect("admin");
     let addr = ingress(&proxy);
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -302,18 +303,10 @@ async fn a_stream_in_flight_finishes_on_the_generation_it_started_on() {
     assert_eq!(tags.get("GET /slow").map(String::as_str), Some("old"), "{tags:?}");
     assert_eq!(tags.get("GET /echo").map(String::as_str), Some("new"), "{tags:?}");
     // Once its stream ended, the old generation flushed and went away.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let plugins = get(admin, "/plugins", &[]).await.json();
-        let draining = plugins["plugins"][0]["generations"]
-            .as_array()
-            .map_or(0, |g| g.iter().filter(|g| g["state"] == "draining" && g["vms_alive"] != 0).count());
-        if draining == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the old generation never finished draining: {plugins}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_plugin(admin, "the old generation finishes draining", |trace| {
+        trace["generations"].as_array().is_some_and(|g| g.iter().all(|g| g["state"] == "active"))
+    })
+    .await;
     proxy.shutdown();
 }
 

@@ -9,7 +9,7 @@ mod harness;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use harness::{FilterUnderTest, Outcome, drive, module, percentile, proxy, start_server};
+use harness::{FilterUnderTest, Outcome, drive, module, print_load_table, proxy, start_server};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -46,16 +46,5 @@ fn main() {
         "{connections} keep-alive HTTP/1.1 connections, {seconds} s per row after 1 s warm-up, {cores} cores shared by client, proxy and upstream"
     );
     println!();
-    println!("| {:<46} | {:>10} | {:>9} | {:>9} | {:>6} |", "path", "requests/s", "p50 ms", "p99 ms", "errors");
-    println!("|{:-<48}|{:->12}|{:->11}|{:->11}|{:->8}|", "", "", "", "", "");
-    for (name, outcome) in &rows {
-        let rps = outcome.requests as f64 / outcome.elapsed.as_secs_f64();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        println!(
-            "| {name:<46} | {rps:>10.0} | {:>9.3} | {:>9.3} | {:>6} |",
-            ms(percentile(&outcome.latencies, 0.50)),
-            ms(percentile(&outcome.latencies, 0.99)),
-            outcome.errors
-        );
-    }
+    print_load_table("path", &rows);
 }

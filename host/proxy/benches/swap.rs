@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use harness::{Outcome, drive, module, percentile, proxy_with_admin, start_server};
+use harness::{drive, module, percentile, print_load_table, proxy_with_admin, start_server};
 
 fn trace_config(tag: usize) -> String {
     format!(
@@ -177,21 +177,12 @@ fn main() {
         "Request latency with the trace filter: {connections} keep-alive HTTP/1.1 connections, {seconds} s per row after 1 s warm-up"
     );
     println!();
-    println!("| {:<40} | {:>10} | {:>9} | {:>9} | {:>6} |", "load", "requests/s", "p50 ms", "p99 ms", "errors");
-    println!("|{:-<42}|{:->12}|{:->11}|{:->11}|{:->8}|", "", "", "", "", "");
-    let row = |name: &str, outcome: &Outcome| {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        println!(
-            "| {name:<40} | {:>10.0} | {:>9.3} | {:>9.3} | {:>6} |",
-            outcome.requests as f64 / outcome.elapsed.as_secs_f64(),
-            ms(percentile(&outcome.latencies, 0.50)),
-            ms(percentile(&outcome.latencies, 0.99)),
-            outcome.errors
-        );
-    };
-    row("steady state (no swaps)", &steady);
-    row(&format!("swapping every 100 ms ({swaps_under_load} swaps)"), &swapping);
     let ratio = percentile(&swapping.latencies, 0.99).as_secs_f64() / percentile(&steady.latencies, 0.99).as_secs_f64();
+    let rows = [
+        ("steady state (no swaps)".to_owned(), steady),
+        (format!("swapping every 100 ms ({swaps_under_load} swaps)"), swapping),
+    ];
+    print_load_table("load", &rows);
     println!();
     println!("p99 during swaps / steady p99: {ratio:.2}x (target: at most 2x)");
 }

@@ -224,3 +224,20 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
 }
+
+/// Prints load rows as a Markdown table: requests/s, p50, p99, errors.
+pub fn print_load_table(first_column: &str, rows: &[(String, Outcome)]) {
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0).max(first_column.len());
+    println!("| {first_column:<width$} | {:>10} | {:>9} | {:>9} | {:>6} |", "requests/s", "p50 ms", "p99 ms", "errors");
+    println!("|{:-<w$}|{:->12}|{:->11}|{:->11}|{:->8}|", "", "", "", "", "", w = width + 2);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (name, outcome) in rows {
+        println!(
+            "| {name:<width$} | {:>10.0} | {:>9.3} | {:>9.3} | {:>6} |",
+            outcome.requests as f64 / outcome.elapsed.as_secs_f64(),
+            ms(percentile(&outcome.latencies, 0.50)),
+            ms(percentile(&outcome.latencies, 0.99)),
+            outcome.errors
+        );
+    }
+}
