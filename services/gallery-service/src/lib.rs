@@ -1,0 +1,25 @@
+//! What the gallery services (`gallery-api`, `image-catalog`, `image-store`) share.
+//!
+//! - [`telemetry`]: an OpenTelemetry tracer provider per service, configured by the standard
+//!   `OTEL_*` environment variables, exporting OTLP/HTTP.
+//! - [`server_span`]: the axum middleware that continues the caller's trace (the sidecar's span)
+//!   with a SERVER span per request, and tells the client its trace id.
+//! - [`operation_span`]: CLIENT spans around database and storage calls.
+//! - [`upstream`]: calls to another service, with a CLIENT span and the context injected.
+//! - [`api_error`]: the `{"message": ...}` error body every endpoint answers with.
+//! - [`serve`]: serving a router until shutdown, in a process or in a test.
+
+#![deny(missing_docs)]
+
+pub mod api_error;
+pub mod operation_span;
+pub mod serve;
+pub mod server_span;
+pub mod telemetry;
+pub mod upstream;
+
+pub use api_error::ApiError;
+pub use operation_span::ClientOperation;
+pub use serve::RunningService;
+pub use telemetry::Telemetry;
+pub use upstream::UpstreamClient;

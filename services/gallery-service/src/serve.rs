@@ -1,0 +1,113 @@
+//! Serving a service's router: until SIGINT/SIGTERM in a binary, or on its own thread in a test
+//! (each service keeps its own runtime, as separate processes would).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use axum::Router;
+use tokio::sync::oneshot;
+
+/// Serves `router` on `listener` until SIGINT or SIGTERM, then finishes open requests.
+pub async fn serve_until_signal(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// A service running on its own thread and runtime; it stops when dropped.
+pub struct RunningService {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningService {
+    /// Binds `listen`, builds the router with `build` (on the service's runtime: it may connect
+    /// to a database), and serves. Returns once serving, or the error that prevented it.
+    pub fn start<F, Fut>(name: &str, listen: SocketAddr, build: F) -> Result<Self, String>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Router, String>>,
+    {
+        let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("{name}: cannot listen on {listen}: {e}"))?;
+        listener.set_nonblocking(true).map_err(|e| format!("{name}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| format!("{name}: {e}"))?;
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("runtime: {e}")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let router = match build().await {
+                        Ok(router) => router,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    let _ = axum::serve(listener, router)
+                        .with_graceful_shutdown(async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+            })
+            .map_err(|e| format!("{name}: {e}"))?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(Self { addr, stop: Some(stop), thread: Some(thread) }),
+            Ok(Err(e)) => Err(format!("{name}: {e}")),
+            Err(_) => Err(format!("{name}: exited during start-up")),
+        }
+    }
+
+    /// Stops serving and waits for the thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,154 @@
+//! One OpenTelemetry tracer provider per service, configured like every OpenTelemetry SDK: by
+//! `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+//! `OTEL_BSP_*`, `OTEL_SDK_DISABLED` and `OTEL_TRACES_EXPORTER=none`.
+//!
+//! The provider is not installed globally: each service holds its own, so three services in one
+//! test process still export under their own `service.name`.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
+
+/// How a service exports its spans.
+#[derive(Clone, Debug)]
+pub struct TelemetryConfig {
+    /// `service.name`.
+    pub service_name: String,
+    /// Export spans at all.
+    pub enabled: bool,
+    /// The OTLP/HTTP traces URL (`.../v1/traces`); `None` lets the exporter read
+    /// `OTEL_EXPORTER_OTLP_*` (default `http://localhost:4318/v1/traces`).
+    pub traces_endpoint: Option<String>,
+    /// How long spans wait in the batch before export; `None` lets the SDK read
+    /// `OTEL_BSP_SCHEDULE_DELAY` (default 5 s).
+    pub batch_delay: Option<Duration>,
+    /// Make SERVER spans for requests and CLIENT spans for calls to other services. Behind
+    /// wasmtrace sidecars, which make exactly those spans, turn it off
+    /// (`GALLERY_HTTP_SPANS=false`): the service's own spans (database, storage) then hang
+    /// directly under the sidecar's SERVER span, and its calls carry that context on.
+    pub http_spans: bool,
+}
+
+impl TelemetryConfig {
+    /// The configuration the standard environment variables describe.
+    pub fn from_env(default_service_name: &str) -> Self {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
+        Self {
+            service_name: env("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service_name.to_owned()),
+            enabled: !disabled,
+            traces_endpoint: None,
+            batch_delay: None,
+            http_spans: !env("GALLERY_HTTP_SPANS").is_some_and(|v| v.eq_ignore_ascii_case("false")),
+        }
+    }
+}
+
+/// A service's tracer, propagator and export pipeline.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    propagator: TraceContextPropagator,
+    service_name: String,
+    http_spans: bool,
+}
+
+impl Telemetry {
+    /// Starts the pipeline. An exporter that cannot be built is logged, and spans are still
+    /// created (trace ids still reach clients) but not exported.
+    pub fn start(config: &TelemetryConfig) -> Self {
+        let resource = Resource::builder().with_service_name(config.service_name.clone()).build();
+        let mut builder = SdkTracerProvider::builder().with_resource(resource);
+        if config.enabled {
+            let mut exporter = SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary);
+            if let Some(endpoint) = &config.traces_endpoint {
+                exporter = exporter.with_endpoint(endpoint.clone());
+            }
+            match exporter.build() {
+                Ok(exporter) => {
+                    let mut batch = BatchConfigBuilder::default();
+                    if let Some(delay) = config.batch_delay {
+                        batch = batch.with_scheduled_delay(delay);
+                    }
+                    let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch.build()).build();
+                    builder = builder.with_span_processor(processor);
+                }
+                Err(e) => tracing::error!("span export disabled, the OTLP exporter could not be built: {e}"),
+            }
+        }
+        let provider = builder.build();
+        let tracer = provider.tracer("gallery");
+        Self {
+            provider,
+            tracer,
+            propagator: TraceContextPropagator::new(),
+            service_name: config.service_name.clone(),
+            http_spans: config.http_spans,
+        }
+    }
+
+    /// The tracer spans are started with.
+    pub fn tracer(&self) -> &SdkTracer {
+        &self.tracer
+    }
+
+    /// Whether this service makes its own HTTP SERVER/CLIENT spans (see
+    /// [`TelemetryConfig::http_spans`]).
+    pub fn http_spans(&self) -> bool {
+        self.http_spans
+    }
+
+    /// `service.name`.
+    pub fn service_name(&self) -> &str {
+        &self.service_name
+    }
+
+    /// The context an incoming request carries (W3C `traceparent`/`tracestate`).
+    pub fn extract(&self, headers: &HeaderMap) -> Context {
+        self.propagator.extract(&HeaderExtractor(headers))
+    }
+
+    /// Writes `cx` into outgoing request headers.
+    pub fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
+        self.propagator.inject_context(cx, &mut HeaderInjector(headers));
+    }
+
+    /// Exports every finished span now (used before shutdown and by tests).
+    pub fn flush(&self) {
+        if let Err(e) = self.provider.force_flush() {
+            tracing::warn!("span flush: {e}");
+        }
+    }
+
+    /// Flushes and stops the pipeline.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::debug!("span pipeline shutdown: {e}");
+        }
+    }
+}
+
+/// A string attribute.
+pub fn attribute(key: &'static str, value: impl Into<String>) -> KeyValue {
+    KeyValue::new(key, value.into())
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), for a service binary.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,296 @@
+//! `image-catalog`: image metadata in SQL, image bytes in the image store. `gallery-api` is its
+//! client.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | `POST` | `/v0/images` | the body is the image, `Content-Type` its type → 201 + metadata |
+//! | `GET` | `/v0/images?limit=&after=` | ready images, newest first, with the next cursor |
+//! | `GET` | `/v0/images/{id}` | metadata (404 when absent) |
+//! | `GET` | `/v0/images/{id}/content` | the bytes, with their `Content-Type` |
+//! | `DELETE` | `/v0/images/{id}` | metadata and bytes → 204 (404 when absent) |
+//! | `GET` | `/v0/healthz`, `/v0/readyz` | liveness; readiness checks the database |
+//! | `GET` | `/v0/openapi.json` | this API |
+//!
+//! **No orphans.** An upload is recorded `pending` before its bytes are stored and becomes
+//! `ready` after; a delete marks the row `deleting`, deletes the bytes, then the row. A failure
+//! between the steps leaves a row the recovery sweep (at start and periodically) finishes:
+//! pending uploads are undone, deletes completed. Bytes never outlive their row, and a row is
+//! only served once its bytes exist.
+
+#![deny(missing_docs)]
+
+pub mod catalog_db;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use gallery_service::server_span::trace_requests;
+use gallery_service::telemetry::TelemetryConfig;
+use gallery_service::{ApiError, Telemetry, UpstreamClient};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use serde::Deserialize;
+
+use crate::catalog_db::{CatalogDb, ImageMeta};
+
+/// How the catalog runs.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "image-catalog", version, about = "The gallery's image metadata, in SQLite or PostgreSQL.")]
+pub struct CatalogConfig {
+    /// Listen address.
+    #[arg(long, env = "IMAGE_CATALOG_LISTEN", default_value = "127.0.0.1:8082")]
+    pub listen: SocketAddr,
+    /// `sqlite://path/to/file.db` (created and migrated on start) or `postgres://user:pass@host/db`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://gallery-state/catalog.db")]
+    pub database_url: String,
+    /// The image store (or the outbound sidecar in front of it).
+    #[arg(long, env = "IMAGE_STORE_URL", default_value = "http://127.0.0.1:8083")]
+    pub store_url: String,
+    /// `Host` header for the image store (how an outbound sidecar routes).
+    #[arg(long, env = "IMAGE_STORE_HOST")]
+    pub store_host: Option<String>,
+    /// Largest image accepted, in bytes.
+    #[arg(long, env = "IMAGE_CATALOG_MAX_BYTES", default_value_t = 32 << 20)]
+    pub max_image_bytes: usize,
+    /// Seconds between recovery sweeps (unfinished uploads and deletes).
+    #[arg(long, env = "IMAGE_CATALOG_SWEEP_SECS", default_value_t = 30)]
+    pub sweep_interval_secs: u64,
+}
+
+/// An upload still pending after this long was abandoned.
+const ABANDONED_UPLOAD: Duration = Duration::from_secs(300);
+/// Largest page of a listing.
+const MAX_PAGE: i64 = 200;
+
+struct AppState {
+    db: CatalogDb,
+    store: UpstreamClient,
+}
+
+type Shared = Arc<AppState>;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    uuid::Uuid::parse_str(id).map(drop).map_err(|_| ApiError::bad_request(format!("`{id}` is not an image id (a UUID)")))
+}
+
+fn db_error(context: &str, error: sqlx::Error) -> ApiError {
+    ApiError::internal(context, error)
+}
+
+/// Whether `content_type` names an image type we serve back as such.
+fn image_content_type(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type is required (image/*)"))?;
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !essence.starts_with("image/") || essence.len() <= "image/".len() {
+        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("`{value}` is not an image type")));
+    }
+    Ok(essence)
+}
+
+async fn create(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let content_type = image_content_type(&headers)?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("empty body: no image"));
+    }
+    let created_at_ms = now_ms();
+    let image = ImageMeta {
+        id: uuid::Uuid::now_v7().to_string(),
+        content_type,
+        size_bytes: i64::try_from(body.len()).unwrap_or(i64::MAX),
+        created_at_ms,
+        created_at: catalog_db::rfc3339(created_at_ms),
+    };
+    state.db.insert_pending(&image).await.map_err(|e| db_error("recording the image", e))?;
+    let path = format!("/v0/objects/{}", image.id);
+    let mut put_headers = HeaderMap::new();
+    put_headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Err(e) = state.store.call(Method::PUT, &path, "/v0/objects/{id}", put_headers, body).await {
+        // Undo the record; if even that fails, the sweep removes it later.
+        if let Err(undo) = state.db.remove(&image.id).await {
+            tracing::warn!(id = %image.id, "upload failed and its record stays pending for the sweep: {undo}");
+        }
+        return Err(e);
+    }
+    if !state.db.mark_ready(&image.id).await.map_err(|e| db_error("publishing the image", e))? {
+        return Err(ApiError::internal("publishing the image", "it was no longer pending"));
+    }
+    Ok((StatusCode::CREATED, [(http::header::LOCATION, format!("/v0/images/{}", image.id))], Json(image)).into_response())
+}
+
+/// `?limit=&after=`.
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+async fn list(State(state): State<Shared>, Query(page): Query<Page>) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("`limit` must be between 1 and {MAX_PAGE}")));
+    }
+    if let Some(after) = &page.after {
+        check_id(after)?;
+    }
+    let images = state.db.list(limit, page.after.as_deref()).await.map_err(|e| db_error("listing images", e))?;
+    let next = (images.len() as i64 == limit).then(|| images.last().map(|i| i.id.clone())).flatten();
+    Ok(Json(serde_json::json!({ "images": images, "next_after": next })))
+}
+
+async fn find(state: &AppState, id: &str) -> Result<ImageMeta, ApiError> {
+    check_id(id)?;
+    state
+        .db
+        .get(id)
+        .await
+        .map_err(|e| db_error("reading the image record", e))?
+        .ok_or_else(|| ApiError::not_found(format!("no image {id}")))
+}
+
+async fn metadata(State(state): State<Shared>, Path(id): Path<String>) -> Result<Json<ImageMeta>, ApiError> {
+    Ok(Json(find(&state, &id).await?))
+}
+
+async fn content(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let image = find(&state, &id).await?;
+    let response = state
+        .store
+        .send(Method::GET, &format!("/v0/objects/{id}"), "/v0/objects/{id}", HeaderMap::new(), Bytes::new())
+        .await?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+        // A ready record whose bytes are missing is a broken invariant, not a client error.
+        return Err(ApiError::bad_gateway(format!(
+            "{}",
+            ApiError::from_upstream(state.store.name(), status, &body).message
+        )));
+    }
+    let mut out = Response::new(Body::new(response.into_body()));
+    if let Ok(value) = HeaderValue::from_str(&image.content_type) {
+        out.headers_mut().insert(http::header::CONTENT_TYPE, value);
+    }
+    out.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(image.size_bytes.max(0) as u64));
+    out.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600, immutable"));
+    Ok(out)
+}
+
+async fn delete_bytes(state: &AppState, id: &str) -> Result<(), ApiError> {
+    match state
+        .store
+        .call(Method::DELETE, &format!("/v0/objects/{id}"), "/v0/objects/{id}", HeaderMap::new(), Bytes::new())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.status == StatusCode::NOT_FOUND => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn delete(State(state): State<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    check_id(&id)?;
+    if !state.db.begin_delete(&id).await.map_err(|e| db_error("deleting the image record", e))? {
+        return Err(ApiError::not_found(format!("no image {id}")));
+    }
+    delete_bytes(&state, &id).await.map_err(|e| {
+        ApiError::bad_gateway(format!("{}; the image is hidden and its deletion will be retried", e.message))
+    })?;
+    state.db.remove(&id).await.map_err(|e| db_error("removing the image record", e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Finishes what a crash or a failed call left: abandoned uploads are undone, deletes completed.
+async fn sweep(state: &AppState) {
+    let unfinished = match state.db.unfinished(now_ms() - ABANDONED_UPLOAD.as_millis() as i64).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!("recovery sweep: {e}");
+            return;
+        }
+    };
+    for row in unfinished {
+        match delete_bytes(state, &row.id).await {
+            Ok(()) => match state.db.remove(&row.id).await {
+                Ok(()) => tracing::info!(id = %row.id, state = %row.state, "recovery sweep finished an interrupted operation"),
+                Err(e) => tracing::warn!(id = %row.id, "recovery sweep: {e}"),
+            },
+            Err(e) => tracing::warn!(id = %row.id, "recovery sweep: the image store refused: {}", e.message),
+        }
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "service": "image-catalog", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn readyz(State(state): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.db.ping().await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")))?;
+    Ok(Json(serde_json::json!({ "ready": true, "database": state.db.system() })))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+/// Connects, migrates, sweeps once, and returns the catalog's routes (the periodic sweep runs on
+/// the current runtime).
+pub async fn build(config: &CatalogConfig, telemetry: Arc<Telemetry>) -> Result<Router, String> {
+    let db = CatalogDb::open(&config.database_url, telemetry.clone()).await?;
+    let store = UpstreamClient::new(
+        "image-store",
+        &config.store_url,
+        config.store_host.as_deref(),
+        Duration::from_secs(30),
+        telemetry.clone(),
+    )?;
+    let state = Arc::new(AppState { db, store });
+    sweep(&state).await;
+    let sweeper = state.clone();
+    let interval = Duration::from_secs(config.sweep_interval_secs.max(1));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            sweep(&sweeper).await;
+        }
+    });
+    Ok(Router::new()
+        .route("/v0/images", get(list).post(create))
+        .route("/v0/images/{id}", get(metadata).delete(delete))
+        .route("/v0/images/{id}/content", get(content))
+        .route("/v0/healthz", get(healthz))
+        .route("/v0/readyz", get(readyz))
+        .route("/v0/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn_with_state(telemetry, trace_requests))
+        .layer(DefaultBodyLimit::max(config.max_image_bytes))
+        .with_state(state))
+}
+
+/// A running catalog (in a test, or behind `main`).
+pub struct RunningCatalog {
+    /// The service.
+    pub service: gallery_service::RunningService,
+    /// Its telemetry (flush before reading exported spans).
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// Starts the catalog on its own thread.
+pub fn start(config: CatalogConfig, telemetry: TelemetryConfig) -> Result<RunningCatalog, String> {
+    let telemetry = Arc::new(Telemetry::start(&telemetry));
+    let for_router = telemetry.clone();
+    let listen = config.listen;
+    let service =
+        gallery_service::RunningService::start("image-catalog", listen, move || async move { build(&config, for_router).await })?;
+    Ok(RunningCatalog { service, telemetry })
+}

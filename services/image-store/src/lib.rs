@@ -1,0 +1,142 @@
+//! `image-store`: image bytes by id. The catalog is its only client.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | `PUT` | `/v0/objects/{id}` | store the body (201) |
+//! | `GET` | `/v0/objects/{id}` | the bytes (404 when absent) |
+//! | `DELETE` | `/v0/objects/{id}` | 204, or 404 when absent |
+//! | `GET` | `/v0/objects` | every stored id (audits) |
+//! | `GET` | `/v0/healthz`, `/v0/readyz` | liveness; readiness checks the object store |
+//! | `GET` | `/v0/openapi.json` | this API |
+//!
+//! Ids are UUIDs (anything else is refused before it can become a path).
+
+#![deny(missing_docs)]
+
+mod objects;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use gallery_service::server_span::trace_requests;
+use gallery_service::telemetry::TelemetryConfig;
+use gallery_service::{ApiError, Telemetry};
+use http::StatusCode;
+
+pub use objects::Objects;
+
+/// How the store runs.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "image-store", version, about = "The gallery's image bytes, by id, in an object store.")]
+pub struct StoreConfig {
+    /// Listen address.
+    #[arg(long, env = "IMAGE_STORE_LISTEN", default_value = "127.0.0.1:8083")]
+    pub listen: SocketAddr,
+    /// Where images go: a directory, or an object-store URL (s3://bucket/prefix, gs://bucket/prefix,
+    /// memory://). Credentials come from the usual AWS_* / GOOGLE_* environment variables.
+    #[arg(long, env = "IMAGE_STORE_LOCATION", default_value = "gallery-state/images")]
+    pub location: String,
+    /// Largest object accepted, in bytes.
+    #[arg(long, env = "IMAGE_STORE_MAX_BYTES", default_value_t = 32 << 20)]
+    pub max_bytes: usize,
+}
+
+struct AppState {
+    objects: Objects,
+}
+
+type Shared = Arc<AppState>;
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    uuid::Uuid::parse_str(id).map(drop).map_err(|_| ApiError::bad_request(format!("`{id}` is not an image id (a UUID)")))
+}
+
+fn storage_error(context: &str, error: object_store::Error) -> ApiError {
+    match error {
+        object_store::Error::NotFound { .. } => ApiError::not_found(format!("{context}: no such image")),
+        other => ApiError::internal(context, other),
+    }
+}
+
+async fn put_object(State(state): State<Shared>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("empty body: nothing to store"));
+    }
+    let size = body.len();
+    state.objects.put(&id, body).await.map_err(|e| storage_error("storing the image", e))?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id, "size_bytes": size }))).into_response())
+}
+
+async fn get_object(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let bytes = state.objects.get(&id).await.map_err(|e| storage_error("reading the image", e))?;
+    Ok(([(http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn delete_object(State(state): State<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    check_id(&id)?;
+    match state.objects.delete(&id).await.map_err(|e| storage_error("deleting the image", e))? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(ApiError::not_found(format!("no image {id}"))),
+    }
+}
+
+async fn list_objects(State(state): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let ids = state.objects.list().await.map_err(|e| storage_error("listing images", e))?;
+    Ok(Json(serde_json::json!({ "ids": ids })))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "service": "image-store", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn readyz(State(state): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    state
+        .objects
+        .ready()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("object store: {e}")))?;
+    Ok(Json(serde_json::json!({ "ready": true })))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+/// The store's routes over `objects`.
+pub fn router(objects: Objects, telemetry: Arc<Telemetry>, max_bytes: usize) -> Router {
+    let state = Arc::new(AppState { objects });
+    Router::new()
+        .route("/v0/objects", get(list_objects))
+        .route("/v0/objects/{id}", get(get_object).put(put_object).delete(delete_object))
+        .route("/v0/healthz", get(healthz))
+        .route("/v0/readyz", get(readyz))
+        .route("/v0/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn_with_state(telemetry, trace_requests))
+        .layer(DefaultBodyLimit::max(max_bytes))
+        .with_state(state)
+}
+
+/// A running store (in a test, or behind `main`).
+pub struct RunningStore {
+    /// The service.
+    pub service: gallery_service::RunningService,
+    /// Its telemetry (flush before reading exported spans).
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// Starts the store on its own thread.
+pub fn start(config: StoreConfig, telemetry: TelemetryConfig) -> Result<RunningStore, String> {
+    let telemetry = Arc::new(Telemetry::start(&telemetry));
+    let objects = Objects::open(&config.location, telemetry.clone())?;
+    let router = router(objects, telemetry.clone(), config.max_bytes);
+    let service = gallery_service::RunningService::start("image-store", config.listen, move || async move { Ok(router) })?;
+    Ok(RunningStore { service, telemetry })
+}
