@@ -16,6 +16,16 @@ elif ! [ -d /usr/lib/wasm32-wasi ]; then
   apt-get install -y rustc-web cargo-web rust-web-src lld-22 wasi-libc
 fi
 
+step "system packages the tests use (PostgreSQL, headless Chromium)"
+missing=()
+command -v pg_virtualenv >/dev/null 2>&1 || missing+=(postgresql postgresql-common)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
 step "format"
 cargo fmt --all -- --check
 
@@ -35,7 +45,9 @@ step "tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace 2>&1 | tee "$log"
+# A throwaway PostgreSQL cluster for the catalog's PostgreSQL tests (each test makes its own
+# database in it); pg_virtualenv removes the cluster afterwards.
+pg_virtualenv bash -c 'WASMTRACE_TEST_POSTGRES_URL="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$PGDATABASE" cargo test --workspace' 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo prints one summary per test binary).

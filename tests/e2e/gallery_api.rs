@@ -77,8 +77,11 @@ async fn the_api_serves_uploads_listing_downloads_and_deletes(database: Database
 
     // Three upload forms; each answers 201 with the metadata and a Location.
     let mut ids = Vec::new();
-    for reply in [upload_json(api, &image).await, upload_multipart(api, &image).await, upload_raw(api, image.clone(), "image/png").await]
-    {
+    for reply in [
+        upload_json(api, &image).await,
+        upload_multipart(api, &image).await,
+        upload_raw(api, image.clone(), "image/png").await,
+    ] {
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
         let meta = reply.json();
         assert_eq!(meta["content_type"], "image/png");
@@ -120,12 +123,30 @@ async fn the_api_serves_uploads_listing_downloads_and_deletes(database: Database
     // Errors: clear status and message, nothing stored.
     let cases = [
         (upload_raw(api, b"plain text".to_vec(), "image/png").await, StatusCode::UNSUPPORTED_MEDIA_TYPE),
-        (upload_raw(api, b"<svg xmlns='http://www.w3.org/2000/svg'/>".to_vec(), "image/svg+xml").await, StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (
+            upload_raw(api, b"<svg xmlns='http://www.w3.org/2000/svg'/>".to_vec(), "image/svg+xml").await,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
         (upload_raw(api, image.clone(), "image/jpeg").await, StatusCode::UNSUPPORTED_MEDIA_TYPE),
         (upload_raw(api, image.clone(), "text/plain").await, StatusCode::UNSUPPORTED_MEDIA_TYPE),
         (upload_raw(api, vec![0x89; 2 << 20], "image/png").await, StatusCode::PAYLOAD_TOO_LARGE),
-        (send(&client(false), api, "POST", "/v0/images", &[("content-type", "application/json")], "{\"base64\": 7}").await, StatusCode::BAD_REQUEST),
-        (send(&client(false), api, "POST", "/v0/images", &[("content-type", "application/json")], "{\"base64\": \"@@@\"}").await, StatusCode::BAD_REQUEST),
+        (
+            send(&client(false), api, "POST", "/v0/images", &[("content-type", "application/json")], "{\"base64\": 7}")
+                .await,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            send(
+                &client(false),
+                api,
+                "POST",
+                "/v0/images",
+                &[("content-type", "application/json")],
+                "{\"base64\": \"@@@\"}",
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+        ),
         (upload_raw(api, Vec::new(), "image/png").await, StatusCode::BAD_REQUEST),
         (get(api, "/v0/images/not-an-id", &[]).await, StatusCode::BAD_REQUEST),
         (get(api, "/v0/images?limit=0", &[]).await, StatusCode::BAD_REQUEST),
@@ -180,9 +201,10 @@ async fn concurrent_uploads_and_deletes_lose_and_orphan_nothing(database: Databa
                         continue;
                     }
                     let path = format!("/v0/images/{id}");
+                    let (first, second) = (client(false), client(false));
                     let (a, b) = tokio::join!(
-                        send(&client(false), api, "DELETE", &path, &[], ""),
-                        send(&client(false), api, "DELETE", &path, &[], "")
+                        send(&first, api, "DELETE", &path, &[], ""),
+                        send(&second, api, "DELETE", &path, &[], "")
                     );
                     let mut statuses = [a.status, b.status];
                     statuses.sort();

@@ -28,7 +28,9 @@ fn chromedriver() -> Option<ChromeDriver> {
     let present = ["/usr/bin/chromedriver", "/usr/bin/chromium"].iter().all(|p| std::path::Path::new(p).exists());
     if !present {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("chromium and chromedriver are missing; scripts/test.sh installs them (apt-get install chromium chromium-driver)");
+            panic!(
+                "chromium and chromedriver are missing; scripts/test.sh installs them (apt-get install chromium chromium-driver)"
+            );
         }
         eprintln!("SKIPPED: browser test (install chromium and chromium-driver, or run scripts/test.sh)");
         return None;
@@ -44,6 +46,8 @@ fn chromedriver() -> Option<ChromeDriver> {
 }
 
 async fn connect(driver: &ChromeDriver) -> Client {
+    // Two TLS backends are linked in (object_store's and the WebDriver client's): pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
         "goog:chromeOptions".into(),
@@ -97,26 +101,46 @@ async fn a_user_uploads_views_and_deletes_an_image_in_the_browser() {
 
         // Upload through the file input.
         let input = browser.find(Locator::Css("#upload-input")).await.expect("file input");
+        let file = file.canonicalize().expect("image path");
         input.send_keys(&file.display().to_string()).await.expect("choose the file");
         wait_for_count(&browser, "#grid figure", 1).await;
         let trace = browser.find(Locator::Css("#trace-link")).await.expect("trace link");
         let trace_id = trace.attr("data-trace-id").await.expect("attribute").unwrap_or_default();
         assert_eq!(trace_id.len(), 32, "the upload's trace id is shown");
         assert!(trace.attr("href").await.expect("href").is_some_and(|h| h.ends_with(&trace_id)));
-        assert!(browser.find(Locator::Css("#trace-request")).await.expect("label").text().await.expect("text").contains("POST /v0/images → 201"));
+        assert!(
+            browser
+                .find(Locator::Css("#trace-request"))
+                .await
+                .expect("label")
+                .text()
+                .await
+                .expect("text")
+                .contains("POST /v0/images → 201")
+        );
 
         // The image renders from the API.
         let width: serde_json::Value = browser
             .execute("return document.querySelector('#grid figure img').naturalWidth", vec![])
             .await
             .expect("script");
-        let id = browser.find(Locator::Css("#grid figure")).await.expect("card").attr("data-id").await.expect("id").expect("data-id");
+        let id = browser
+            .find(Locator::Css("#grid figure"))
+            .await
+            .expect("card")
+            .attr("data-id")
+            .await
+            .expect("id")
+            .expect("data-id");
         let rendered = async {
             let deadline = Instant::now() + Duration::from_secs(5);
             let mut width = width;
             while width != 8 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                width = browser.execute("return document.querySelector('#grid figure img').naturalWidth", vec![]).await.expect("script");
+                width = browser
+                    .execute("return document.querySelector('#grid figure img').naturalWidth", vec![])
+                    .await
+                    .expect("script");
             }
             width
         };

@@ -27,7 +27,27 @@ fn hex(bytes: &[u8]) -> String {
 /// The one span of `service` called `name`.
 fn one<'a>(spans: &'a [Received], service: &str, name: &str) -> &'a Received {
     let found: Vec<_> = spans.iter().filter(|s| s.service == service && s.span.name == name).collect();
-    assert_eq!(found.len(), 1, "{service} `{name}` in {:?}", spans.iter().map(|s| (&s.service, &s.span.name)).collect::<Vec<_>>());
+    assert_eq!(
+        found.len(),
+        1,
+        "{service} `{name}` in {:?}",
+        spans.iter().map(|s| (&s.service, &s.span.name)).collect::<Vec<_>>()
+    );
+    found[0]
+}
+
+/// The spans of trace `trace_id`, once there are `count` of them (or ten seconds passed).
+async fn in_trace(collector: &Collector, trace_id: &str, count: usize) -> Vec<Received> {
+    let of_trace = |spans: &[Received]| -> Vec<Received> {
+        spans.iter().filter(|s| hex(&s.span.trace_id) == trace_id).cloned().collect()
+    };
+    of_trace(&collector.wait_until(|spans| of_trace(spans).len() >= count).await)
+}
+
+/// The SERVER span of `service`.
+fn server<'a>(spans: &'a [Received], service: &str) -> &'a Received {
+    let found: Vec<_> = spans.iter().filter(|s| s.service == service && kind(s) == SpanKind::Server).collect();
+    assert_eq!(found.len(), 1, "one SERVER span of {service}");
     found[0]
 }
 
@@ -58,7 +78,11 @@ async fn upload(api: std::net::SocketAddr, traceparent: &str) -> (StatusCode, St
         Bytes::from(png()),
     )
     .await;
-    let id = if reply.status == StatusCode::CREATED { reply.json()["id"].as_str().unwrap_or("").to_owned() } else { String::new() };
+    let id = if reply.status == StatusCode::CREATED {
+        reply.json()["id"].as_str().unwrap_or("").to_owned()
+    } else {
+        String::new()
+    };
     (reply.status, id)
 }
 
@@ -72,7 +96,11 @@ fn assert_database_span(span: &Received, operation: &str, id: &str) {
     assert!(query.starts_with(operation) && query.contains("$1"), "{query}");
     for attribute in &span.span.attributes {
         if let Some(AnyValue::StringValue(value)) = attribute.value.as_ref().and_then(|v| v.value.as_ref()) {
-            assert!(!value.contains(id) && !value.contains("image/png"), "a query value leaked into {}: {value}", attribute.key);
+            assert!(
+                !value.contains(id) && !value.contains("image/png"),
+                "a query value leaked into {}: {value}",
+                attribute.key
+            );
         }
     }
 }
@@ -85,11 +113,9 @@ async fn the_services_spans_nest_under_the_request_and_carry_the_semantic_conven
     let (status, id) = upload(gallery.api(), &format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")).await;
     assert_eq!(status, StatusCode::CREATED);
     gallery.flush();
-    let spans = collector.wait_for(8).await;
-    let spans: Vec<_> = spans.into_iter().filter(|s| hex(&s.span.trace_id) == CLIENT_TRACE).collect();
+    let spans = in_trace(&collector, CLIENT_TRACE, 8).await;
 
-    let api_server = one(&spans, "gallery-api", "POST /v0/images");
-    assert_eq!(kind(api_server), SpanKind::Server);
+    let api_server = server(&spans, "gallery-api");
     assert_eq!(hex(&api_server.span.parent_span_id), CLIENT_SPAN, "continues the caller's trace");
     assert_eq!(string(&api_server.span, "http.route"), "/v0/images");
     let api_client = spans
@@ -99,10 +125,7 @@ async fn the_services_spans_nest_under_the_request_and_carry_the_semantic_conven
     parent_of(api_client, api_server);
     assert_eq!(string(&api_client.span, "peer.service"), "image-catalog");
 
-    let catalog_server = spans
-        .iter()
-        .find(|s| s.service == "image-catalog" && kind(s) == SpanKind::Server)
-        .expect("catalog SERVER span");
+    let catalog_server = server(&spans, "image-catalog");
     parent_of(catalog_server, api_client);
     let insert = one(&spans, "image-catalog", "INSERT images");
     let update = one(&spans, "image-catalog", "UPDATE images");
@@ -114,7 +137,7 @@ async fn the_services_spans_nest_under_the_request_and_carry_the_semantic_conven
     let store_call = one(&spans, "image-catalog", "PUT /v0/objects/{id}");
     parent_of(store_call, catalog_server);
 
-    let store_server = one(&spans, "image-store", "PUT /v0/objects/{id}");
+    let store_server = server(&spans, "image-store");
     parent_of(store_server, store_call);
     let put = spans
         .iter()
@@ -124,7 +147,9 @@ async fn the_services_spans_nest_under_the_request_and_carry_the_semantic_conven
     assert_eq!(kind(put), SpanKind::Client);
     assert_eq!(string(&put.span, "object_store.system"), "local");
     assert!(string(&put.span, "object_store.path").ends_with(&id));
-    assert!(matches!(attribute(&put.span, "object_store.bytes"), Some(AnyValue::IntValue(n)) if *n == png().len() as i64));
+    assert!(
+        matches!(attribute(&put.span, "object_store.bytes"), Some(AnyValue::IntValue(n)) if *n == png().len() as i64)
+    );
 
     // With the store down, the failure shows on the spans that saw it.
     gallery.stop_store();
@@ -132,12 +157,11 @@ async fn the_services_spans_nest_under_the_request_and_carry_the_semantic_conven
     let (status, _) = upload(gallery.api(), &failing).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     gallery.flush();
-    let spans = collector.wait_for(8 + 6).await;
-    let failed: Vec<_> = spans.into_iter().filter(|s| hex(&s.span.trace_id) == "5".repeat(32)).collect();
+    let failed = in_trace(&collector, &"5".repeat(32), 6).await;
     let call = one(&failed, "image-catalog", "PUT /v0/objects/{id}");
     assert_eq!(string(&call.span, "error.type"), "connection_failed");
     assert_eq!(call.span.status.as_ref().map(|s| s.code), Some(SpanStatus::Error as i32));
-    let api_server = one(&failed, "gallery-api", "POST /v0/images");
+    let api_server = server(&failed, "gallery-api");
     assert_eq!(string(&api_server.span, "error.type"), "502");
     assert_eq!(api_server.span.status.as_ref().map(|s| s.code), Some(SpanStatus::Error as i32));
 }
@@ -157,18 +181,21 @@ async fn behind_sidecars_the_sidecar_server_span_is_the_parent_of_the_database_s
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
     let inbound_addr = reserved.local_addr().expect("address");
     drop(reserved);
-    let options = GalleryOptions { collector: Some(collector.addr), http_spans: false, ..GalleryOptions::on(Database::Sqlite) };
+    let options =
+        GalleryOptions { collector: Some(collector.addr), http_spans: false, ..GalleryOptions::on(Database::Sqlite) };
     let Some(gallery) = Gallery::start_via(options, None, Some(inbound_addr)).await else { return };
     let inbound = listener_yaml("inbound", "INBOUND", &trace_filter("trace_in", "image-catalog", "server"), "catalog")
         .replace("port_value: 0", &format!("port_value: {}", inbound_addr.port()));
-    let proxy = sidecar(&[inbound], &[cluster("catalog", gallery.catalog.service.addr, ""), cluster("otel", collector.addr, "")]);
+    let proxy = sidecar(
+        &[inbound],
+        &[cluster("catalog", gallery.catalog.service.addr, ""), cluster("otel", collector.addr, "")],
+    );
 
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     let (status, id) = upload(gallery.api(), &traceparent).await;
     assert_eq!(status, StatusCode::CREATED);
     gallery.flush();
-    let spans = collector.wait_for(4).await;
-    let spans: Vec<_> = spans.into_iter().filter(|s| hex(&s.span.trace_id) == CLIENT_TRACE).collect();
+    let spans = in_trace(&collector, CLIENT_TRACE, 4).await;
     let by_service: HashMap<_, usize> = spans.iter().fold(HashMap::new(), |mut m, s| {
         *m.entry(s.service.clone()).or_default() += 1;
         m

@@ -108,8 +108,7 @@ async fn upload(State(state): State<Shared>, request: Request) -> Result<Respons
     let upload = upload::read(request, state.max_upload_bytes).await?;
     let mut headers = json_headers();
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(upload.content_type));
-    let (status, _, body) =
-        state.catalog.call(Method::POST, "/v0/images", "/v0/images", headers, upload.bytes).await?;
+    let (status, _, body) = state.catalog.call(Method::POST, "/v0/images", "/v0/images", headers, upload.bytes).await?;
     let mut meta: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_gateway(format!("image-catalog answered: {e}")))?;
     let id = meta["id"].as_str().unwrap_or_default().to_owned();
@@ -143,7 +142,13 @@ async fn download(State(state): State<Shared>, Path(id): Path<String>) -> Result
     check_id(&id)?;
     let response = state
         .catalog
-        .send(Method::GET, &format!("/v0/images/{id}/content"), "/v0/images/{id}/content", HeaderMap::new(), Bytes::new())
+        .send(
+            Method::GET,
+            &format!("/v0/images/{id}/content"),
+            "/v0/images/{id}/content",
+            HeaderMap::new(),
+            Bytes::new(),
+        )
         .await?;
     let (parts, body) = response.into_parts();
     if !parts.status.is_success() {
@@ -175,11 +180,9 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(state): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
-    state
-        .catalog
-        .call(Method::GET, "/v0/readyz", "/v0/readyz", json_headers(), Bytes::new())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("image-catalog not ready: {}", e.message)))?;
+    state.catalog.call(Method::GET, "/v0/readyz", "/v0/readyz", json_headers(), Bytes::new()).await.map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("image-catalog not ready: {}", e.message))
+    })?;
     Ok(Json(serde_json::json!({ "ready": true })))
 }
 
@@ -226,6 +229,7 @@ pub struct RunningApi {
 pub fn start(config: ApiConfig, telemetry: TelemetryConfig) -> Result<RunningApi, String> {
     let telemetry = Arc::new(Telemetry::start(&telemetry));
     let router = router(&config, telemetry.clone())?;
-    let service = gallery_service::RunningService::start("gallery-api", config.listen, move || async move { Ok(router) })?;
+    let service =
+        gallery_service::RunningService::start("gallery-api", config.listen, move || async move { Ok(router) })?;
     Ok(RunningApi { service, telemetry })
 }

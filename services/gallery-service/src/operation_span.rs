@@ -31,12 +31,12 @@ impl ClientOperation {
         }
     }
 
-    /// An object-storage call: span `"{operation} {bucket}"`. No semantic convention covers
+    /// An object-storage call: span `"{operation} {system}"` (`put local`, `get s3`). No semantic convention covers
     /// object stores in general, so the attributes are `object_store.*` (system, operation,
     /// bucket, path; the byte count is added when known).
     pub fn storage(system: &str, operation: &str, bucket: &str, path: &str) -> Self {
         Self {
-            name: format!("{operation} {bucket}"),
+            name: format!("{operation} {system}"),
             attributes: vec![
                 attribute("object_store.system", system),
                 attribute("object_store.operation", operation),

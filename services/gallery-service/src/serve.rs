@@ -45,7 +45,8 @@ impl RunningService {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Router, String>>,
     {
-        let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("{name}: cannot listen on {listen}: {e}"))?;
+        let listener =
+            std::net::TcpListener::bind(listen).map_err(|e| format!("{name}: cannot listen on {listen}: {e}"))?;
         listener.set_nonblocking(true).map_err(|e| format!("{name}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| format!("{name}: {e}"))?;
         let (ready_tx, ready) = std::sync::mpsc::channel();

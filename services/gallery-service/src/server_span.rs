@@ -53,10 +53,11 @@ pub async fn trace_requests(State(telemetry): State<Arc<Telemetry>>, request: Re
         }
     }
     let tracer = telemetry.tracer();
-    let span = tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes).start_with_context(
-        tracer,
-        &parent,
-    );
+    let span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Server)
+        .with_attributes(attributes)
+        .start_with_context(tracer, &parent);
     let cx = parent.with_span(span);
     let mut response = next.run(request).with_context(cx.clone()).await;
     finish(&cx, &mut response);
@@ -90,12 +91,8 @@ fn trace_response(cx: &Context, response: &mut Response) {
     let span = cx.span();
     let context = span.span_context();
     if context.is_valid() {
-        let traceparent = format!(
-            "00-{}-{}-{:02x}",
-            context.trace_id(),
-            context.span_id(),
-            context.trace_flags().to_u8()
-        );
+        let traceparent =
+            format!("00-{}-{}-{:02x}", context.trace_id(), context.span_id(), context.trace_flags().to_u8());
         let headers = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(&traceparent) {
             headers.insert("traceresponse", value);

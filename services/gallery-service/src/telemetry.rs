@@ -145,9 +145,7 @@ pub fn attribute(key: &'static str, value: impl Into<String>) -> KeyValue {
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), for a service binary.
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();

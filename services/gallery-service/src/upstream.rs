@@ -22,7 +22,9 @@ use crate::telemetry::{Telemetry, attribute};
 #[derive(Clone)]
 pub struct UpstreamClient {
     name: String,
-    base: Uri,
+    /// `http://host:port`, without a trailing slash.
+    base: String,
+    authority: String,
     host: Option<HeaderValue>,
     timeout: Duration,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -69,15 +71,15 @@ impl UpstreamClient {
         timeout: Duration,
         telemetry: Arc<Telemetry>,
     ) -> Result<Self, String> {
-        let base: Uri = base_url.trim_end_matches('/').parse().map_err(|e| format!("{name} URL `{base_url}`: {e}"))?;
-        if base.scheme_str() != Some("http") || base.authority().is_none() {
-            return Err(format!("{name} URL `{base_url}`: expected http://host:port"));
-        }
-        let host = host
-            .map(|h| HeaderValue::from_str(h).map_err(|e| format!("{name} host `{h}`: {e}")))
-            .transpose()?;
+        let base = base_url.trim_end_matches('/').to_owned();
+        let parsed: Uri = base.parse().map_err(|e| format!("{name} URL `{base_url}`: {e}"))?;
+        let authority = match (parsed.scheme_str(), parsed.authority(), parsed.path()) {
+            (Some("http"), Some(authority), "/" | "") => authority.as_str().to_owned(),
+            _ => return Err(format!("{name} URL `{base_url}`: expected http://host:port")),
+        };
+        let host = host.map(|h| HeaderValue::from_str(h).map_err(|e| format!("{name} host `{h}`: {e}"))).transpose()?;
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(Self { name: name.to_owned(), base, host, timeout, client, telemetry })
+        Ok(Self { name: name.to_owned(), base, authority, host, timeout, client, telemetry })
     }
 
     /// Sends a request to `path` (`route` is its template, e.g. `/v0/objects/{id}`, for the span
@@ -97,8 +99,7 @@ impl UpstreamClient {
             self.telemetry.inject(&parent, &mut headers);
             return self.exchange(method, uri, headers, body).await;
         }
-        let authority = self.base.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
-        let (address, port) = authority.rsplit_once(':').unwrap_or((authority.as_str(), "80"));
+        let (address, port) = self.authority.rsplit_once(':').unwrap_or((self.authority.as_str(), "80"));
         let tracer = self.telemetry.tracer();
         let span = tracer
             .span_builder(format!("{method} {route}"))

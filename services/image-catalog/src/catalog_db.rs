@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use gallery_service::operation_span::{ClientOperation, record};
 use gallery_service::Telemetry;
+use gallery_service::operation_span::{ClientOperation, record};
 use opentelemetry::KeyValue;
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -149,9 +149,7 @@ impl CatalogDb {
     fn operation(&self, operation: &str, query: &str) -> ClientOperation {
         let mut op = ClientOperation::database(self.system, &self.namespace, operation, TABLE, query);
         if let Some((address, port)) = &self.server {
-            op = op
-                .with(KeyValue::new("server.address", address.clone()))
-                .with(KeyValue::new("server.port", *port));
+            op = op.with(KeyValue::new("server.address", address.clone())).with(KeyValue::new("server.port", *port));
         }
         op
     }
@@ -230,9 +228,7 @@ impl CatalogDb {
         self.operation("SELECT", UNFINISHED)
             .run(&self.telemetry, error_type, async {
                 let rows = sqlx::query(UNFINISHED).bind(pending_before_ms).fetch_all(&self.pool).await?;
-                rows.iter()
-                    .map(|row| Ok(Unfinished { id: row.try_get("id")?, state: row.try_get("state")? }))
-                    .collect()
+                rows.iter().map(|row| Ok(Unfinished { id: row.try_get("id")?, state: row.try_get("state")? })).collect()
             })
             .await
     }

@@ -79,7 +79,9 @@ fn now_ms() -> i64 {
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
-    uuid::Uuid::parse_str(id).map(drop).map_err(|_| ApiError::bad_request(format!("`{id}` is not an image id (a UUID)")))
+    uuid::Uuid::parse_str(id)
+        .map(drop)
+        .map_err(|_| ApiError::bad_request(format!("`{id}` is not an image id (a UUID)")))
 }
 
 fn db_error(context: &str, error: sqlx::Error) -> ApiError {
@@ -126,7 +128,8 @@ async fn create(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
     if !state.db.mark_ready(&image.id).await.map_err(|e| db_error("publishing the image", e))? {
         return Err(ApiError::internal("publishing the image", "it was no longer pending"));
     }
-    Ok((StatusCode::CREATED, [(http::header::LOCATION, format!("/v0/images/{}", image.id))], Json(image)).into_response())
+    Ok((StatusCode::CREATED, [(http::header::LOCATION, format!("/v0/images/{}", image.id))], Json(image))
+        .into_response())
 }
 
 /// `?limit=&after=`.
@@ -171,12 +174,10 @@ async fn content(State(state): State<Shared>, Path(id): Path<String>) -> Result<
         .await?;
     if !response.status().is_success() {
         let status = response.status();
-        let body = http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body =
+            http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
         // A ready record whose bytes are missing is a broken invariant, not a client error.
-        return Err(ApiError::bad_gateway(format!(
-            "{}",
-            ApiError::from_upstream(state.store.name(), status, &body).message
-        )));
+        return Err(ApiError::bad_gateway(ApiError::from_upstream(state.store.name(), status, &body).message));
     }
     let mut out = Response::new(Body::new(response.into_body()));
     if let Ok(value) = HeaderValue::from_str(&image.content_type) {
@@ -223,7 +224,9 @@ async fn sweep(state: &AppState) {
     for row in unfinished {
         match delete_bytes(state, &row.id).await {
             Ok(()) => match state.db.remove(&row.id).await {
-                Ok(()) => tracing::info!(id = %row.id, state = %row.state, "recovery sweep finished an interrupted operation"),
+                Ok(()) => {
+                    tracing::info!(id = %row.id, state = %row.state, "recovery sweep finished an interrupted operation")
+                }
                 Err(e) => tracing::warn!(id = %row.id, "recovery sweep: {e}"),
             },
             Err(e) => tracing::warn!(id = %row.id, "recovery sweep: the image store refused: {}", e.message),
@@ -290,7 +293,8 @@ pub fn start(config: CatalogConfig, telemetry: TelemetryConfig) -> Result<Runnin
     let telemetry = Arc::new(Telemetry::start(&telemetry));
     let for_router = telemetry.clone();
     let listen = config.listen;
-    let service =
-        gallery_service::RunningService::start("image-catalog", listen, move || async move { build(&config, for_router).await })?;
+    let service = gallery_service::RunningService::start("image-catalog", listen, move || async move {
+        build(&config, for_router).await
+    })?;
     Ok(RunningCatalog { service, telemetry })
 }

@@ -18,12 +18,12 @@ mod objects;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Json;
 use gallery_service::server_span::trace_requests;
 use gallery_service::telemetry::TelemetryConfig;
 use gallery_service::{ApiError, Telemetry};
@@ -54,7 +54,9 @@ struct AppState {
 type Shared = Arc<AppState>;
 
 fn check_id(id: &str) -> Result<(), ApiError> {
-    uuid::Uuid::parse_str(id).map(drop).map_err(|_| ApiError::bad_request(format!("`{id}` is not an image id (a UUID)")))
+    uuid::Uuid::parse_str(id)
+        .map(drop)
+        .map_err(|_| ApiError::bad_request(format!("`{id}` is not an image id (a UUID)")))
 }
 
 fn storage_error(context: &str, error: object_store::Error) -> ApiError {
@@ -137,6 +139,7 @@ pub fn start(config: StoreConfig, telemetry: TelemetryConfig) -> Result<RunningS
     let telemetry = Arc::new(Telemetry::start(&telemetry));
     let objects = Objects::open(&config.location, telemetry.clone())?;
     let router = router(objects, telemetry.clone(), config.max_bytes);
-    let service = gallery_service::RunningService::start("image-store", config.listen, move || async move { Ok(router) })?;
+    let service =
+        gallery_service::RunningService::start("image-store", config.listen, move || async move { Ok(router) })?;
     Ok(RunningStore { service, telemetry })
 }

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use gallery_service::telemetry::{TelemetryConfig, init_logging};
 use gallery_service::Telemetry;
+use gallery_service::telemetry::{TelemetryConfig, init_logging};
 use image_store::{Objects, StoreConfig, router};
 
 #[tokio::main]
@@ -29,7 +29,9 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(listen = %config.listen, location = %config.location, "image-store serving");
-    let served = gallery_service::serve::serve_until_signal(listener, router(objects, telemetry.clone(), config.max_bytes)).await;
+    let served =
+        gallery_service::serve::serve_until_signal(listener, router(objects, telemetry.clone(), config.max_bytes))
+            .await;
     telemetry.shutdown();
     match served {
         Ok(()) => ExitCode::SUCCESS,

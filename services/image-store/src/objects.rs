@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gallery_service::Telemetry;
 use gallery_service::operation_span::{ClientOperation, record};
 use gallery_service::telemetry::attribute;
-use gallery_service::Telemetry;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use opentelemetry::KeyValue;
@@ -70,7 +70,9 @@ impl Objects {
         let size = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
         self.operation("put", id)
             .with(KeyValue::new("object_store.bytes", size))
-            .run(&self.telemetry, error_type, async { self.store.put(&self.path(id), PutPayload::from(bytes)).await.map(drop) })
+            .run(&self.telemetry, error_type, async {
+                self.store.put(&self.path(id), PutPayload::from(bytes)).await.map(drop)
+            })
             .await
     }
 
