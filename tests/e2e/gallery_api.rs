@@ -287,7 +287,7 @@ async fn the_store_and_the_catalog_answer_their_own_apis() {
     assert_eq!(traversal.status, StatusCode::BAD_REQUEST, "{}", traversal.text());
     assert_eq!(get(store, "/v0/readyz", &[]).await.status, StatusCode::OK);
 
-    let catalog = gallery.catalog.service.addr;
+    let catalog = gallery.catalog.addr;
     let created = upload_raw(catalog, png(), "image/png").await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
     let id = created.json()["id"].as_str().expect("id").to_owned();

@@ -186,10 +186,8 @@ async fn behind_sidecars_the_sidecar_server_span_is_the_parent_of_the_database_s
     let Some(gallery) = Gallery::start_via(options, None, Some(inbound_addr)).await else { return };
     let inbound = listener_yaml("inbound", "INBOUND", &trace_filter("trace_in", "image-catalog", "server"), "catalog")
         .replace("port_value: 0", &format!("port_value: {}", inbound_addr.port()));
-    let proxy = sidecar(
-        &[inbound],
-        &[cluster("catalog", gallery.catalog.service.addr, ""), cluster("otel", collector.addr, "")],
-    );
+    let proxy =
+        sidecar(&[inbound], &[cluster("catalog", gallery.catalog.addr, ""), cluster("otel", collector.addr, "")]);
 
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     let (status, id) = upload(gallery.api(), &traceparent).await;

@@ -217,19 +217,10 @@ pub fn router(config: &ApiConfig, telemetry: Arc<Telemetry>) -> Result<Router, S
         .with_state(state))
 }
 
-/// A running gallery API (in a test, or behind `main`).
-pub struct RunningApi {
-    /// The service.
-    pub service: gallery_service::RunningService,
-    /// Its telemetry (flush before reading exported spans).
-    pub telemetry: Arc<Telemetry>,
-}
-
-/// Starts the gallery API on its own thread.
-pub fn start(config: ApiConfig, telemetry: TelemetryConfig) -> Result<RunningApi, String> {
-    let telemetry = Arc::new(Telemetry::start(&telemetry));
-    let router = router(&config, telemetry.clone())?;
-    let service =
-        gallery_service::RunningService::start("gallery-api", config.listen, move || async move { Ok(router) })?;
-    Ok(RunningApi { service, telemetry })
+/// Starts the gallery API on its own thread (tests; the binary serves until a signal).
+pub fn start(config: ApiConfig, telemetry: TelemetryConfig) -> Result<gallery_service::RunningService, String> {
+    let listen = config.listen;
+    gallery_service::RunningService::start("gallery-api", listen, &telemetry, move |telemetry| async move {
+        router(&config, telemetry)
+    })
 }

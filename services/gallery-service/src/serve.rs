@@ -3,10 +3,43 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use axum::Router;
 use tokio::sync::oneshot;
+
+use crate::Telemetry;
+use crate::telemetry::{TelemetryConfig, init_logging};
+
+/// The whole life of a service binary: logging, telemetry from the `OTEL_*` environment (service
+/// name `name` unless `OTEL_SERVICE_NAME` says otherwise), the router from `build`, serving on
+/// `listen` until SIGINT/SIGTERM, and the last spans flushed.
+pub async fn run_binary<F, Fut>(name: &str, listen: SocketAddr, build: F) -> ExitCode
+where
+    F: FnOnce(Arc<Telemetry>) -> Fut,
+    Fut: Future<Output = Result<Router, String>>,
+{
+    init_logging();
+    let telemetry = Arc::new(Telemetry::start(&TelemetryConfig::from_env(name)));
+    let served = async {
+        let router = build(telemetry.clone()).await?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        tracing::info!("{name} serving on http://{listen}");
+        serve_until_signal(listener, router).await.map_err(|e| e.to_string())
+    }
+    .await;
+    telemetry.shutdown();
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Serves `router` on `listener` until SIGINT or SIGTERM, then finishes open requests.
 pub async fn serve_until_signal(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
@@ -33,18 +66,23 @@ async fn shutdown_signal() {
 pub struct RunningService {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its telemetry (flush it before reading exported spans).
+    pub telemetry: Arc<Telemetry>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl RunningService {
-    /// Binds `listen`, builds the router with `build` (on the service's runtime: it may connect
-    /// to a database), and serves. Returns once serving, or the error that prevented it.
-    pub fn start<F, Fut>(name: &str, listen: SocketAddr, build: F) -> Result<Self, String>
+    /// Starts `telemetry`, binds `listen`, builds the router with `build` (on the service's
+    /// runtime: it may connect to a database), and serves. Returns once serving, or the error
+    /// that prevented it.
+    pub fn start<F, Fut>(name: &str, listen: SocketAddr, telemetry: &TelemetryConfig, build: F) -> Result<Self, String>
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce(Arc<Telemetry>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Router, String>>,
     {
+        let telemetry = Arc::new(Telemetry::start(telemetry));
+        let for_build = telemetry.clone();
         let listener =
             std::net::TcpListener::bind(listen).map_err(|e| format!("{name}: cannot listen on {listen}: {e}"))?;
         listener.set_nonblocking(true).map_err(|e| format!("{name}: {e}"))?;
@@ -62,7 +100,7 @@ impl RunningService {
                     }
                 };
                 runtime.block_on(async move {
-                    let router = match build().await {
+                    let router = match build(for_build).await {
                         Ok(router) => router,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -86,7 +124,7 @@ impl RunningService {
             })
             .map_err(|e| format!("{name}: {e}"))?;
         match ready.recv() {
-            Ok(Ok(())) => Ok(Self { addr, stop: Some(stop), thread: Some(thread) }),
+            Ok(Ok(())) => Ok(Self { addr, telemetry, stop: Some(stop), thread: Some(thread) }),
             Ok(Err(e)) => Err(format!("{name}: {e}")),
             Err(_) => Err(format!("{name}: exited during start-up")),
         }

@@ -119,9 +119,17 @@ async fn create(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
     let mut put_headers = HeaderMap::new();
     put_headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if let Err(e) = state.store.call(Method::PUT, &path, "/v0/objects/{id}", put_headers, body).await {
-        // Undo the record; if even that fails, the sweep removes it later.
-        if let Err(undo) = state.db.remove(&image.id).await {
-            tracing::warn!(id = %image.id, "upload failed and its record stays pending for the sweep: {undo}");
+        // The bytes may have arrived even if the answer did not: remove them before the record.
+        // If the store cannot be reached, the record stays pending and the sweep finishes it.
+        match delete_bytes(&state, &image.id).await {
+            Ok(()) => {
+                if let Err(undo) = state.db.remove(&image.id).await {
+                    tracing::warn!(id = %image.id, "failed upload left for the recovery sweep: {undo}");
+                }
+            }
+            Err(undo) => {
+                tracing::warn!(id = %image.id, "failed upload left for the recovery sweep: {}", undo.message)
+            }
         }
         return Err(e);
     }
@@ -280,21 +288,10 @@ pub async fn build(config: &CatalogConfig, telemetry: Arc<Telemetry>) -> Result<
         .with_state(state))
 }
 
-/// A running catalog (in a test, or behind `main`).
-pub struct RunningCatalog {
-    /// The service.
-    pub service: gallery_service::RunningService,
-    /// Its telemetry (flush before reading exported spans).
-    pub telemetry: Arc<Telemetry>,
-}
-
-/// Starts the catalog on its own thread.
-pub fn start(config: CatalogConfig, telemetry: TelemetryConfig) -> Result<RunningCatalog, String> {
-    let telemetry = Arc::new(Telemetry::start(&telemetry));
-    let for_router = telemetry.clone();
+/// Starts the catalog on its own thread (tests; the binary serves until a signal).
+pub fn start(config: CatalogConfig, telemetry: TelemetryConfig) -> Result<gallery_service::RunningService, String> {
     let listen = config.listen;
-    let service = gallery_service::RunningService::start("image-catalog", listen, move || async move {
-        build(&config, for_router).await
-    })?;
-    Ok(RunningCatalog { service, telemetry })
+    gallery_service::RunningService::start("image-catalog", listen, &telemetry, move |telemetry| async move {
+        build(&config, telemetry).await
+    })
 }

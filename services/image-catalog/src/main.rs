@@ -2,33 +2,17 @@
 //! the way out.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
-use gallery_service::Telemetry;
-use gallery_service::telemetry::{TelemetryConfig, init_logging};
 use image_catalog::{CatalogConfig, build};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logging();
     let config = CatalogConfig::parse();
-    let telemetry = Arc::new(Telemetry::start(&TelemetryConfig::from_env("image-catalog")));
-    let served = async {
-        let router = build(&config, telemetry.clone()).await?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        tracing::info!(listen = %config.listen, store = %config.store_url, "image-catalog serving");
-        gallery_service::serve::serve_until_signal(listener, router).await.map_err(|e| e.to_string())
-    }
-    .await;
-    telemetry.shutdown();
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let listen = config.listen;
+    gallery_service::serve::run_binary("image-catalog", listen, |telemetry| async move {
+        tracing::info!(store = %config.store_url, "image store");
+        build(&config, telemetry).await
+    })
+    .await
 }

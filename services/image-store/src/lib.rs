@@ -126,20 +126,11 @@ pub fn router(objects: Objects, telemetry: Arc<Telemetry>, max_bytes: usize) -> 
         .with_state(state)
 }
 
-/// A running store (in a test, or behind `main`).
-pub struct RunningStore {
-    /// The service.
-    pub service: gallery_service::RunningService,
-    /// Its telemetry (flush before reading exported spans).
-    pub telemetry: Arc<Telemetry>,
-}
-
-/// Starts the store on its own thread.
-pub fn start(config: StoreConfig, telemetry: TelemetryConfig) -> Result<RunningStore, String> {
-    let telemetry = Arc::new(Telemetry::start(&telemetry));
-    let objects = Objects::open(&config.location, telemetry.clone())?;
-    let router = router(objects, telemetry.clone(), config.max_bytes);
-    let service =
-        gallery_service::RunningService::start("image-store", config.listen, move || async move { Ok(router) })?;
-    Ok(RunningStore { service, telemetry })
+/// Starts the store on its own thread (tests; the binary serves until a signal).
+pub fn start(config: StoreConfig, telemetry: TelemetryConfig) -> Result<gallery_service::RunningService, String> {
+    let listen = config.listen;
+    gallery_service::RunningService::start("image-store", listen, &telemetry, move |telemetry| async move {
+        let objects = Objects::open(&config.location, telemetry.clone())?;
+        Ok(router(objects, telemetry, config.max_bytes))
+    })
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gallery_service::Telemetry;
 use gallery_service::operation_span::{ClientOperation, record};
-use gallery_service::telemetry::attribute;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use opentelemetry::KeyValue;
@@ -115,7 +114,7 @@ impl Objects {
                 let objects: Vec<_> = self.store.list(Some(&self.prefix)).try_collect().await?;
                 let ids: Vec<String> =
                     objects.into_iter().filter_map(|o| o.location.filename().map(str::to_owned)).collect();
-                record(attribute("object_store.objects", ids.len().to_string()));
+                record(KeyValue::new("object_store.objects", i64::try_from(ids.len()).unwrap_or(i64::MAX)));
                 Ok(ids)
             })
             .await
