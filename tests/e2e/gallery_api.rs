@@ -108,6 +108,8 @@ async fn the_api_serves_uploads_listing_downloads_and_deletes(database: Database
     assert_eq!(download.body.as_ref(), image.as_slice());
     let meta = get(api, &format!("/v0/images/{}/meta", ids[0]), &[]).await;
     assert_eq!(meta.json()["id"], ids[0].as_str());
+    let shouted = get(api, &format!("/v0/images/{}/meta", ids[0].to_uppercase()), &[]).await;
+    assert_eq!(shouted.json()["id"], ids[0].as_str(), "ids are case-insensitive");
 
     // Delete removes metadata and bytes.
     let deleted = send(&client(false), api, "DELETE", &format!("/v0/images/{}", ids[0]), &[], "").await;
@@ -130,6 +132,7 @@ async fn the_api_serves_uploads_listing_downloads_and_deletes(database: Database
         (upload_raw(api, image.clone(), "image/jpeg").await, StatusCode::UNSUPPORTED_MEDIA_TYPE),
         (upload_raw(api, image.clone(), "text/plain").await, StatusCode::UNSUPPORTED_MEDIA_TYPE),
         (upload_raw(api, vec![0x89; 2 << 20], "image/png").await, StatusCode::PAYLOAD_TOO_LARGE),
+        (upload_multipart(api, &vec![0x89; 2 << 20]).await, StatusCode::PAYLOAD_TOO_LARGE),
         (
             send(&client(false), api, "POST", "/v0/images", &[("content-type", "application/json")], "{\"base64\": 7}")
                 .await,

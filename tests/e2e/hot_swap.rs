@@ -378,3 +378,52 @@ async fn changed_module_and_configuration_files_are_swapped_in() {
     assert_eq!(get(addr, "/echo", &[]).await.status, StatusCode::OK);
     proxy.shutdown();
 }
+
+/// Publishes `files` the way Kubernetes updates a mounted ConfigMap: a new timestamped
+/// directory, then the `..data` symlink swapped to it by rename; the visible names are symlinks
+/// through `..data` and never change themselves.
+fn publish_like_a_configmap(dir: &Path, version: u32, files: &[(&str, &[u8])]) {
+    let data = dir.join(format!("..v{version}"));
+    std::fs::create_dir_all(&data).expect("data dir");
+    for (name, bytes) in files {
+        std::fs::write(data.join(name), bytes).expect("file");
+        let visible = dir.join(name);
+        if std::fs::symlink_metadata(&visible).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &visible).expect("symlink");
+        }
+    }
+    let staging = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&staging);
+    std::os::unix::fs::symlink(format!("..v{version}"), &staging).expect("staging link");
+    std::fs::rename(&staging, dir.join("..data")).expect("swap ..data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_update_swaps_the_plugin() {
+    let upstream = Upstream::start();
+    let collector = Collector::start();
+    let dir = workspace_root().join("target/e2e-hot-swap-configmap");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let module = std::fs::read(filter_module("trace-filter")).expect("module");
+    let yaml =
+        |tag: &str| trace_proxy_yaml(&dir.join("trace.wasm"), &trace_config(tag, 50), upstream.addr, collector.addr);
+    publish_like_a_configmap(&dir, 1, &[("trace.wasm", &module), ("envoy.yaml", yaml("cm-1").as_bytes())]);
+    let config_path = dir.join("envoy.yaml");
+    let options = ProxyOptions {
+        workers: 2,
+        watch_modules: true,
+        watch_config: Some(config_path.clone()),
+        ..ProxyOptions::default()
+    };
+    let proxy = wasmtrace_proxy::start(Bootstrap::from_file(&config_path).expect("config"), options).expect("proxy");
+    let admin = proxy.admin_address().expect("admin");
+    wait_for_plugin(admin, "started", |t| t["generation"] == 1).await;
+
+    publish_like_a_configmap(&dir, 2, &[("trace.wasm", &module), ("envoy.yaml", yaml("cm-2").as_bytes())]);
+    wait_for_plugin(admin, "the ConfigMap update swapped the configuration", |t| t["generation"] == 2).await;
+    assert_eq!(get(ingress(&proxy), "/echo", &[]).await.status, StatusCode::OK);
+    let spans = collector.wait_for(1).await;
+    assert_eq!(string(&spans[0].span, "swap.generation"), "cm-2");
+    proxy.shutdown();
+}

@@ -14,6 +14,7 @@ mod portability;
 mod protocols;
 mod shutdown;
 mod streaming;
+mod trace_collector;
 mod tracing;
 mod upstream_failures;
 mod w3c_conformance;

@@ -217,7 +217,15 @@ async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Response<
                 match read_json::<RollbackBody>(body, true).await {
                     Ok(body) => {
                         let listener = body.unwrap_or_default().listener;
-                        swap_response(state.coordinator.rollback(&name, listener.as_deref()).await)
+                        let coordinator = state.coordinator.clone();
+                        let outcome =
+                            tokio::spawn(async move { coordinator.rollback(&name, listener.as_deref()).await }).await;
+                        match outcome {
+                            Ok(result) => swap_response(result),
+                            Err(e) => {
+                                error(StatusCode::INTERNAL_SERVER_ERROR, &format!("the rollback task failed: {e}"))
+                            }
+                        }
                     }
                     Err(e) => error(StatusCode::BAD_REQUEST, &e),
                 }

@@ -50,6 +50,9 @@ impl ConnectionTracker {
     }
 }
 
+/// Longest the filters may take to flush at shutdown, after the streams drained.
+const FLUSH_BUDGET: Duration = Duration::from_secs(5);
+
 /// Sockets handed to a worker: `(listener index, socket)`.
 pub type WorkerSockets = Vec<(usize, std::net::TcpListener)>;
 
@@ -143,11 +146,13 @@ async fn serve(
         tracing::warn!(worker = index, open = tracker.open.get(), "drain timeout: closing connections still open");
     }
     // Every root context finishes and may flush: the serving generations and any replaced
-    // generation still draining after a hot swap.
+    // generation still draining after a hot swap. Flushing gets its own budget, so streams that
+    // used up the drain timeout do not cost the filters their buffered telemetry.
+    let flush_deadline = Instant::now() + shared.options.drain_timeout.min(FLUSH_BUDGET);
     for plugin in &plugins {
-        plugin.finish(deadline).await;
+        plugin.finish(flush_deadline).await;
     }
-    env.retirements_done(deadline).await;
+    env.retirements_done(flush_deadline).await;
 }
 
 /// Carries out the swap coordinator's commands on this worker.

@@ -196,7 +196,8 @@ pub fn router(config: &ApiConfig, telemetry: Arc<Telemetry>) -> Result<Router, S
         "image-catalog",
         &config.catalog_url,
         config.catalog_host.as_deref(),
-        Duration::from_secs(30),
+        // Longer than the catalog's own store calls, so its answer (not ours) says what failed.
+        Duration::from_secs(90),
         telemetry.clone(),
     )?;
     let page = PAGE.replace("{{TRACE_VIEWER_URL}}", &html_attribute(&config.trace_viewer_url));

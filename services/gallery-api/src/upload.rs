@@ -95,6 +95,10 @@ pub async fn read(request: Request, max: usize) -> Result<Upload, ApiError> {
             checked(Bytes::from(bytes), upload.content_type.as_deref(), max)
         }
         "multipart/form-data" => {
+            // Multipart reads a field whole: bound the body first.
+            let (parts, body) = request.into_parts();
+            let limited = axum::body::Body::new(http_body_util::Limited::new(body, body_limit));
+            let request = Request::from_parts(parts, limited);
             let mut multipart = Multipart::from_request(request, &())
                 .await
                 .map_err(|e| ApiError::bad_request(format!("multipart upload: {e}")))?;
@@ -106,11 +110,10 @@ pub async fn read(request: Request, max: usize) -> Result<Upload, ApiError> {
                 }
                 let declared = field.content_type().map(str::to_owned);
                 let bytes = field.bytes().await.map_err(|e| {
-                    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        too_large(max)
-                    } else {
-                        ApiError::bad_request(format!("multipart upload: {e}"))
-                    }
+                    let limit_hit = e.status() == StatusCode::PAYLOAD_TOO_LARGE
+                        || std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
+                        || e.to_string().contains("length limit");
+                    if limit_hit { too_large(max) } else { ApiError::bad_request(format!("multipart upload: {e}")) }
                 })?;
                 return checked(bytes, declared.as_deref(), max);
             }

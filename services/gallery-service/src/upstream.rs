@@ -57,7 +57,10 @@ pub enum UpstreamError {
 
 impl From<UpstreamError> for ApiError {
     fn from(error: UpstreamError) -> Self {
-        ApiError::bad_gateway(error.to_string())
+        match error {
+            UpstreamError::Timeout { .. } => ApiError::new(http::StatusCode::GATEWAY_TIMEOUT, error.to_string()),
+            other => ApiError::bad_gateway(other.to_string()),
+        }
     }
 }
 

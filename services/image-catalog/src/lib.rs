@@ -78,9 +78,10 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-fn check_id(id: &str) -> Result<(), ApiError> {
+/// The canonical (lower-case, hyphenated) form of an image id, as stored.
+fn check_id(id: &str) -> Result<String, ApiError> {
     uuid::Uuid::parse_str(id)
-        .map(drop)
+        .map(|uuid| uuid.hyphenated().to_string())
         .map_err(|_| ApiError::bad_request(format!("`{id}` is not an image id (a UUID)")))
 }
 
@@ -119,17 +120,15 @@ async fn create(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
     let mut put_headers = HeaderMap::new();
     put_headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if let Err(e) = state.store.call(Method::PUT, &path, "/v0/objects/{id}", put_headers, body).await {
-        // The bytes may have arrived even if the answer did not: remove them before the record.
-        // If the store cannot be reached, the record stays pending and the sweep finishes it.
-        match delete_bytes(&state, &image.id).await {
-            Ok(()) => {
-                if let Err(undo) = state.db.remove(&image.id).await {
-                    tracing::warn!(id = %image.id, "failed upload left for the recovery sweep: {undo}");
-                }
+        // A definite refusal (4xx) stored nothing: forget the record. Anything else (timeout,
+        // 5xx, no connection) may still write the bytes later, so the record stays pending and
+        // the recovery sweep removes bytes and record once the upload is long abandoned.
+        if e.status.is_client_error() {
+            if let Err(undo) = state.db.remove(&image.id).await {
+                tracing::warn!(id = %image.id, "refused upload left for the recovery sweep: {undo}");
             }
-            Err(undo) => {
-                tracing::warn!(id = %image.id, "failed upload left for the recovery sweep: {}", undo.message)
-            }
+        } else {
+            tracing::warn!(id = %image.id, "upload failed; its pending record is left for the recovery sweep");
         }
         return Err(e);
     }
@@ -152,19 +151,17 @@ async fn list(State(state): State<Shared>, Query(page): Query<Page>) -> Result<J
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!("`limit` must be between 1 and {MAX_PAGE}")));
     }
-    if let Some(after) = &page.after {
-        check_id(after)?;
-    }
-    let images = state.db.list(limit, page.after.as_deref()).await.map_err(|e| db_error("listing images", e))?;
+    let after = page.after.as_deref().map(check_id).transpose()?;
+    let images = state.db.list(limit, after.as_deref()).await.map_err(|e| db_error("listing images", e))?;
     let next = (images.len() as i64 == limit).then(|| images.last().map(|i| i.id.clone())).flatten();
     Ok(Json(serde_json::json!({ "images": images, "next_after": next })))
 }
 
 async fn find(state: &AppState, id: &str) -> Result<ImageMeta, ApiError> {
-    check_id(id)?;
+    let id = check_id(id)?;
     state
         .db
-        .get(id)
+        .get(&id)
         .await
         .map_err(|e| db_error("reading the image record", e))?
         .ok_or_else(|| ApiError::not_found(format!("no image {id}")))
@@ -176,6 +173,7 @@ async fn metadata(State(state): State<Shared>, Path(id): Path<String>) -> Result
 
 async fn content(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let image = find(&state, &id).await?;
+    let id = image.id.clone();
     let response = state
         .store
         .send(Method::GET, &format!("/v0/objects/{id}"), "/v0/objects/{id}", HeaderMap::new(), Bytes::new())
@@ -209,7 +207,7 @@ async fn delete_bytes(state: &AppState, id: &str) -> Result<(), ApiError> {
 }
 
 async fn delete(State(state): State<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    check_id(&id)?;
+    let id = check_id(&id)?;
     if !state.db.begin_delete(&id).await.map_err(|e| db_error("deleting the image record", e))? {
         return Err(ApiError::not_found(format!("no image {id}")));
     }

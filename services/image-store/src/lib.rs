@@ -53,9 +53,10 @@ struct AppState {
 
 type Shared = Arc<AppState>;
 
-fn check_id(id: &str) -> Result<(), ApiError> {
+/// The canonical (lower-case, hyphenated) form of an id: the object's name.
+fn check_id(id: &str) -> Result<String, ApiError> {
     uuid::Uuid::parse_str(id)
-        .map(drop)
+        .map(|uuid| uuid.hyphenated().to_string())
         .map_err(|_| ApiError::bad_request(format!("`{id}` is not an image id (a UUID)")))
 }
 
@@ -67,7 +68,7 @@ fn storage_error(context: &str, error: object_store::Error) -> ApiError {
 }
 
 async fn put_object(State(state): State<Shared>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
-    check_id(&id)?;
+    let id = check_id(&id)?;
     if body.is_empty() {
         return Err(ApiError::bad_request("empty body: nothing to store"));
     }
@@ -77,13 +78,13 @@ async fn put_object(State(state): State<Shared>, Path(id): Path<String>, body: B
 }
 
 async fn get_object(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    check_id(&id)?;
+    let id = check_id(&id)?;
     let bytes = state.objects.get(&id).await.map_err(|e| storage_error("reading the image", e))?;
     Ok(([(http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 async fn delete_object(State(state): State<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    check_id(&id)?;
+    let id = check_id(&id)?;
     match state.objects.delete(&id).await.map_err(|e| storage_error("deleting the image", e))? {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(ApiError::not_found(format!("no image {id}"))),

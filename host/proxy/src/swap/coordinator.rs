@@ -13,6 +13,9 @@ use wasmtrace_runtime::{PluginModule, Runtime, VmLimits, hex_sha256};
 use super::worker_plugin::WorkerCommand;
 use crate::plugins::{LoadedPlugin, PluginSlot};
 
+/// Largest module a swap reads from a file.
+const MAX_MODULE_BYTES: u64 = 64 << 20;
+
 /// Where a swap's new module comes from.
 #[derive(Clone, Debug)]
 pub enum ModuleSource {
@@ -196,9 +199,15 @@ impl SwapCoordinator {
         let compiled = tokio::task::spawn_blocking(move || {
             let (bytes, origin) = match source {
                 ModuleSource::Path(path) => {
-                    let bytes =
-                        std::fs::read(&path).map_err(|e| format!("cannot read the module {}: {e}", path.display()))?;
-                    (bytes, path.display().to_string())
+                    let unreadable = |e: std::io::Error| format!("cannot read the module {}: {e}", path.display());
+                    let size = std::fs::metadata(&path).map_err(unreadable)?.len();
+                    if size > MAX_MODULE_BYTES {
+                        return Err(format!(
+                            "{} is {size} bytes; modules may be at most {MAX_MODULE_BYTES}",
+                            path.display()
+                        ));
+                    }
+                    (std::fs::read(&path).map_err(unreadable)?, path.display().to_string())
                 }
                 ModuleSource::Bytes(bytes) => (bytes, "the module sent".to_owned()),
             };

@@ -19,6 +19,17 @@ use super::coordinator::{ModuleSource, SwapCoordinator, SwapError, SwapRequest};
 
 /// Quiet time after the last event before acting: a copy or a multi-step deploy is one change.
 const DEBOUNCE: Duration = Duration::from_millis(250);
+/// Longest a burst of events delays acting on it.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
+
+/// Whether an event for `event_path` may have changed `key` (a watched file as events name it):
+/// the file itself, or a Kubernetes volume update, which swaps a `..data` symlink in the same
+/// directory and never names the file.
+fn touches(event_path: &Path, key: &Path) -> bool {
+    event_path == key
+        || (event_path.parent() == key.parent()
+            && event_path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("..")))
+}
 
 /// Where a path lives, in the form directory events report it (canonical directory + name).
 fn watch_key(path: &Path) -> Option<(PathBuf, PathBuf)> {
@@ -112,7 +123,12 @@ impl WatchState {
             };
             let Some(first) = first else { return };
             let mut changed = HashSet::from([first]);
-            while let Ok(Some(more)) = tokio::time::timeout(DEBOUNCE, changes.recv()).await {
+            // Quiet for DEBOUNCE, but never longer than MAX_DEBOUNCE: a directory that never
+            // goes quiet (a log beside the module) must not hold a swap back forever.
+            let give_up = tokio::time::Instant::now() + MAX_DEBOUNCE;
+            while let Ok(Ok(Some(more))) =
+                tokio::time::timeout_at(give_up, tokio::time::timeout(DEBOUNCE, changes.recv())).await
+            {
                 changed.insert(more);
             }
             self.apply(&changed).await;
@@ -122,7 +138,7 @@ impl WatchState {
 
     async fn apply(&mut self, changed: &HashSet<PathBuf>) {
         let mut requests = Vec::new();
-        if self.config.as_ref().is_some_and(|c| changed.contains(c)) {
+        if self.config.as_ref().is_some_and(|c| changed.iter().any(|p| touches(p, c))) {
             requests.extend(self.config_changes());
         }
         for slot in self.coordinator.slots().iter().filter(|_| self.modules) {
@@ -131,7 +147,7 @@ impl WatchState {
             let already = requests.iter().any(|r: &SwapRequest| {
                 r.plugin == slot.name && r.listener.as_deref() == Some(slot.listener.as_str()) && r.module.is_some()
             });
-            if changed.contains(&key) && !already && module_path.exists() {
+            if changed.iter().any(|p| touches(p, &key)) && !already && module_path.exists() {
                 requests.push(SwapRequest {
                     plugin: slot.name.clone(),
                     listener: Some(slot.listener.clone()),

@@ -129,6 +129,8 @@ pub struct WorkerPlugin {
     active: RefCell<WorkerGeneration>,
     active_generation: Cell<u64>,
     staged: RefCell<Vec<WorkerGeneration>>,
+    /// Set by [`finish`](Self::finish): no more swaps on this worker.
+    stopping: Cell<bool>,
 }
 
 impl WorkerPlugin {
@@ -143,13 +145,14 @@ impl WorkerPlugin {
             env,
             active: RefCell::new(generation),
             staged: RefCell::new(Vec::new()),
+            stopping: Cell::new(false),
         })
     }
 
     /// The instance a new stream uses: the published generation.
     pub fn instance(&self) -> Rc<PluginInstance> {
         let published = self.slot.published.load(Ordering::Acquire);
-        if published != self.active_generation.get() {
+        if published != self.active_generation.get() && !self.stopping.get() {
             self.switch_to(published);
         }
         self.active.borrow().instance.clone()
@@ -159,7 +162,11 @@ impl WorkerPlugin {
     pub fn apply(&self, command: WorkerCommand) {
         match command {
             WorkerCommand::Stage { plugin, reply, .. } => {
-                let outcome = WorkerGeneration::start(&self.env, plugin).map(|g| self.staged.borrow_mut().push(g));
+                let outcome = if self.stopping.get() {
+                    Err("the proxy is shutting down".to_owned())
+                } else {
+                    WorkerGeneration::start(&self.env, plugin).map(|g| self.staged.borrow_mut().push(g))
+                };
                 let _ = reply.send(outcome);
             }
             WorkerCommand::Publish { .. } => {
@@ -214,6 +221,7 @@ impl WorkerPlugin {
 
     /// At shutdown: every generation on this worker finishes and flushes (until `deadline`).
     pub async fn finish(&self, deadline: Instant) {
+        self.stopping.set(true);
         let staged: Vec<_> = self.staged.borrow_mut().drain(..).collect();
         for generation in staged {
             generation.retire(deadline).await;

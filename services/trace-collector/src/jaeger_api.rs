@@ -1,0 +1,301 @@
+//! Jaeger's HTTP query API (`/api/services`, `/api/services/{service}/operations`,
+//! `/api/operations`, `/api/traces`, `/api/traces/{id}`, `/api/dependencies`) in Jaeger's JSON
+//! shape, so Jaeger's UI and tools can read the local collector.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use crate::span_store::{SpanStore, StoredSpan, TraceQuery};
+
+/// Traces returned when the search does not say.
+const DEFAULT_LIMIT: i64 = 20;
+
+fn envelope(data: Value, total: usize) -> Response {
+    Json(json!({ "data": data, "total": total, "limit": 0, "offset": 0, "errors": null })).into_response()
+}
+
+fn failure(status: StatusCode, message: &str) -> Response {
+    let body = json!({ "data": null, "total": 0, "limit": 0, "offset": 0, "errors": [{ "code": status.as_u16(), "msg": message }] });
+    (status, Json(body)).into_response()
+}
+
+fn internal(error: sqlx::Error) -> Response {
+    tracing::error!("span query: {error}");
+    failure(StatusCode::INTERNAL_SERVER_ERROR, &format!("span query failed: {error}"))
+}
+
+/// Jaeger's name for an OTLP span kind.
+pub fn kind_name(kind: i32) -> &'static str {
+    match kind {
+        2 => "server",
+        3 => "client",
+        4 => "producer",
+        5 => "consumer",
+        1 => "internal",
+        _ => "unspecified",
+    }
+}
+
+fn tag(key: &str, value: &Value) -> Value {
+    let (kind, value) = match value {
+        Value::Bool(b) => ("bool", Value::from(*b)),
+        Value::Number(n) if n.is_i64() || n.is_u64() => ("int64", value.clone()),
+        Value::Number(_) => ("float64", value.clone()),
+        Value::String(_) => ("string", value.clone()),
+        other => ("string", Value::from(other.to_string())),
+    };
+    json!({ "key": key, "type": kind, "value": value })
+}
+
+fn object(text: &str) -> Map<String, Value> {
+    serde_json::from_str::<Map<String, Value>>(text).unwrap_or_default()
+}
+
+/// Jaeger's JSON for one trace's spans.
+pub fn trace_json(trace_id: &str, spans: &[&StoredSpan]) -> Value {
+    let mut processes: Vec<(String, String)> = Vec::new();
+    let mut process_json = Map::new();
+    let mut out = Vec::new();
+    for span in spans {
+        let key = (span.service.clone(), span.resource.clone());
+        let index = match processes.iter().position(|p| *p == key) {
+            Some(i) => i,
+            None => {
+                processes.push(key);
+                let tags: Vec<Value> = object(&span.resource)
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "service.name")
+                    .map(|(k, v)| tag(k, v))
+                    .collect();
+                process_json
+                    .insert(format!("p{}", processes.len()), json!({ "serviceName": span.service, "tags": tags }));
+                processes.len() - 1
+            }
+        };
+        let mut tags: Vec<Value> = object(&span.attributes).iter().map(|(k, v)| tag(k, v)).collect();
+        tags.push(tag("span.kind", &Value::from(kind_name(span.kind))));
+        if span.status_code == 2 {
+            tags.push(tag("error", &Value::from(true)));
+            tags.push(tag("otel.status_code", &Value::from("ERROR")));
+            if !span.status_message.is_empty() {
+                tags.push(tag("otel.status_description", &Value::from(span.status_message.as_str())));
+            }
+        } else if span.status_code == 1 {
+            tags.push(tag("otel.status_code", &Value::from("OK")));
+        }
+        let mut references = Vec::new();
+        if !span.parent_span_id.is_empty() {
+            references.push(json!({ "refType": "CHILD_OF", "traceID": span.trace_id, "spanID": span.parent_span_id }));
+        }
+        if let Ok(Value::Array(links)) = serde_json::from_str::<Value>(&span.links) {
+            for link in links {
+                references
+                    .push(json!({ "refType": "FOLLOWS_FROM", "traceID": link["trace_id"], "spanID": link["span_id"] }));
+            }
+        }
+        let logs: Vec<Value> = match serde_json::from_str::<Value>(&span.events) {
+            Ok(Value::Array(events)) => events
+                .iter()
+                .map(|event| {
+                    let mut fields = vec![tag("event", &event["name"])];
+                    if let Some(attributes) = event["attributes"].as_object() {
+                        fields.extend(attributes.iter().map(|(k, v)| tag(k, v)));
+                    }
+                    json!({ "timestamp": event["time_us"], "fields": fields })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.push(json!({
+            "traceID": span.trace_id,
+            "spanID": span.span_id,
+            "operationName": span.name,
+            "references": references,
+            "startTime": span.start_us,
+            "duration": span.duration_us,
+            "tags": tags,
+            "logs": logs,
+            "processID": format!("p{}", index + 1),
+            "warnings": null,
+            "flags": 1,
+        }));
+    }
+    json!({ "traceID": trace_id, "spans": out, "processes": process_json, "warnings": null })
+}
+
+fn traces_json(spans: &[StoredSpan], order: &[String]) -> Vec<Value> {
+    let mut by_trace: HashMap<&str, Vec<&StoredSpan>> = HashMap::new();
+    for span in spans {
+        by_trace.entry(span.trace_id.as_str()).or_default().push(span);
+    }
+    order.iter().filter_map(|id| by_trace.get(id.as_str()).map(|spans| trace_json(id, spans))).collect()
+}
+
+/// Go-style durations as Jaeger takes them (`1.5ms`, `200us`, `2s`, `1m`, `1h`), in µs.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let split = text.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let micros = match unit {
+        "ns" => number / 1000.0,
+        "us" | "µs" => number,
+        "ms" => number * 1e3,
+        "s" => number * 1e6,
+        "m" => number * 60e6,
+        "h" => number * 3600e6,
+        _ => return None,
+    };
+    (micros >= 0.0).then_some(micros as i64)
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// `GET /api/services`.
+pub async fn services(State(store): State<Arc<SpanStore>>) -> Response {
+    match store.services().await {
+        Ok(services) => {
+            let total = services.len();
+            envelope(json!(services), total)
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /api/services/{service}/operations`: names only, as Jaeger answers.
+pub async fn service_operations(State(store): State<Arc<SpanStore>>, Path(service): Path<String>) -> Response {
+    match store.operations(&service).await {
+        Ok(operations) => {
+            let mut names: Vec<String> = operations.into_iter().map(|(name, _)| name).collect();
+            names.dedup();
+            let total = names.len();
+            envelope(json!(names), total)
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /api/operations?service=&spanKind=`: names with kinds.
+pub async fn operations(
+    State(store): State<Arc<SpanStore>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(service) = params.get("service") else {
+        return failure(StatusCode::BAD_REQUEST, "parameter `service` is required");
+    };
+    match store.operations(service).await {
+        Ok(operations) => {
+            let wanted = params.get("spanKind").filter(|k| !k.is_empty());
+            let list: Vec<Value> = operations
+                .into_iter()
+                .filter(|(_, kind)| wanted.is_none_or(|w| w == kind_name(*kind)))
+                .map(|(name, kind)| json!({ "name": name, "spanKind": kind_name(kind) }))
+                .collect();
+            let total = list.len();
+            envelope(Value::Array(list), total)
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// The search a `/api/traces` query string asks for.
+pub fn trace_query(params: &[(String, String)]) -> Result<TraceQuery, String> {
+    let mut query = TraceQuery { limit: DEFAULT_LIMIT, ..TraceQuery::default() };
+    let mut lookback = None;
+    for (key, value) in params {
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
+        }
+        let micros = |v: &str| v.parse::<i64>().map_err(|_| format!("`{key}` must be microseconds since the epoch"));
+        let duration =
+            |v: &str| parse_duration(v).ok_or_else(|| format!("`{key}`: `{v}` is not a duration like 1.2ms"));
+        match key.as_str() {
+            "service" => query.service = Some(value.to_owned()),
+            "operation" => query.operation = Some(value.to_owned()),
+            "limit" => query.limit = value.parse().map_err(|_| "`limit` must be a number".to_owned())?,
+            "start" => query.start_us = Some(micros(value)?),
+            "end" => query.end_us = Some(micros(value)?),
+            "minDuration" => query.min_duration_us = Some(duration(value)?),
+            "maxDuration" => query.max_duration_us = Some(duration(value)?),
+            "lookback" if value != "custom" => lookback = Some(duration(value)?),
+            "tags" => {
+                let tags: Map<String, Value> =
+                    serde_json::from_str(value).map_err(|e| format!("`tags` must be a JSON object: {e}"))?;
+                for (k, v) in tags {
+                    query.tags.push((k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)));
+                }
+            }
+            "tag" => {
+                let (k, v) = value.split_once(':').ok_or("`tag` must be key:value")?;
+                query.tags.push((k.to_owned(), v.to_owned()));
+            }
+            _ => {}
+        }
+    }
+    if let (Some(lookback), None) = (lookback, query.start_us) {
+        query.start_us = Some(query.end_us.unwrap_or_else(now_us) - lookback);
+    }
+    Ok(query)
+}
+
+/// `GET /api/traces?service=&operation=&tags=&minDuration=&maxDuration=&start=&end=&limit=`.
+pub async fn find_traces(State(store): State<Arc<SpanStore>>, Query(params): Query<Vec<(String, String)>>) -> Response {
+    let query = match trace_query(&params) {
+        Ok(query) => query,
+        Err(e) => return failure(StatusCode::BAD_REQUEST, &e),
+    };
+    let ids = match store.find_traces(&query).await {
+        Ok(ids) => ids,
+        Err(e) => return internal(e),
+    };
+    match store.spans_of(&ids).await {
+        Ok(spans) => {
+            let traces = traces_json(&spans, &ids);
+            let total = traces.len();
+            envelope(Value::Array(traces), total)
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /api/traces/{traceID}`.
+pub async fn get_trace(State(store): State<Arc<SpanStore>>, Path(trace_id): Path<String>) -> Response {
+    let id = trace_id.to_ascii_lowercase();
+    if id.is_empty() || id.len() > 32 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return failure(StatusCode::BAD_REQUEST, "a trace id is up to 32 hex digits");
+    }
+    let id = format!("{id:0>32}");
+    match store.spans_of(std::slice::from_ref(&id)).await {
+        Ok(spans) if spans.is_empty() => failure(StatusCode::NOT_FOUND, "trace not found"),
+        Ok(spans) => envelope(Value::Array(traces_json(&spans, &[id])), 1),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /api/dependencies?endTs=&lookback=` (milliseconds, as Jaeger takes them).
+pub async fn dependencies(
+    State(store): State<Arc<SpanStore>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let end_ms = params.get("endTs").and_then(|v| v.parse::<i64>().ok()).unwrap_or_else(|| now_us() / 1000);
+    let lookback_ms = params.get("lookback").and_then(|v| v.parse::<i64>().ok()).unwrap_or(24 * 3600 * 1000);
+    match store.dependencies((end_ms - lookback_ms) * 1000).await {
+        Ok(edges) => {
+            let list: Vec<Value> =
+                edges.iter().map(|d| json!({ "parent": d.parent, "child": d.child, "callCount": d.calls })).collect();
+            let total = list.len();
+            envelope(Value::Array(list), total)
+        }
+        Err(e) => internal(e),
+    }
+}

@@ -1,0 +1,37 @@
+//! `trace-collector`: flags and environment in, serving OTLP/Zipkin ingest and Jaeger's query API
+//! until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use gallery_service::serve::serve_until_signal;
+use gallery_service::telemetry::init_logging;
+use trace_collector::span_store::SpanStore;
+use trace_collector::{CollectorConfig, enforce_retention, ingest_router, query_router};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_logging();
+    let config = CollectorConfig::parse();
+    let served = async {
+        let spans = Arc::new(SpanStore::open(&config.database).await?);
+        tokio::spawn(enforce_retention(spans.clone(), Duration::from_secs(config.retention_hours * 3600), config.max_spans));
+        let bind = |address| async move {
+            tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))
+        };
+        let (otlp, query) = (bind(config.otlp_listen).await?, bind(config.query_listen).await?);
+        tracing::info!(otlp = %config.otlp_listen, query = %config.query_listen, database = %config.database, "trace-collector serving");
+        let (a, b) = tokio::join!(serve_until_signal(otlp, ingest_router(spans.clone())), serve_until_signal(query, query_router(spans)));
+        a.and(b).map_err(|e| e.to_string())
+    }
+    .await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
