@@ -1,91 +1,13 @@
 //! The gallery page in a real browser (Debian's headless Chromium through chromedriver): upload
 //! an image, see it in the grid, open it, see its metadata and the trace link, delete it.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 
+use crate::fixture::browser::{chromedriver, connect, wait_for_count};
 use crate::fixture::client::get;
 use crate::fixture::gallery::{Database, Gallery, GalleryOptions, png};
-
-/// chromedriver on a free port; killed on drop.
-struct ChromeDriver {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for ChromeDriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts chromedriver, or explains how to get it. Under `CI=true` a missing browser fails the
-/// test; elsewhere it is skipped with a message.
-fn chromedriver() -> Option<ChromeDriver> {
-    let present = ["/usr/bin/chromedriver", "/usr/bin/chromium"].iter().all(|p| std::path::Path::new(p).exists());
-    if !present {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "chromium and chromedriver are missing; scripts/test.sh installs them (apt-get install chromium chromium-driver)"
-            );
-        }
-        eprintln!("SKIPPED: browser test (install chromium and chromium-driver, or run scripts/test.sh)");
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let child = Command::new("/usr/bin/chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
-    Some(ChromeDriver { child, port })
-}
-
-async fn connect(driver: &ChromeDriver) -> Client {
-    // Two TLS backends are linked in (object_store's and the WebDriver client's): pick one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]
-        }),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match ClientBuilder::rustls()
-            .expect("TLS roots")
-            .capabilities(capabilities.clone())
-            .connect(&format!("http://127.0.0.1:{}", driver.port))
-            .await
-        {
-            Ok(client) => return client,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("chromedriver did not accept a session: {e}"),
-        }
-    }
-}
-
-/// Waits until `css` matches `count` elements.
-async fn wait_for_count(browser: &Client, css: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = browser.find_all(Locator::Css(css)).await.map(|e| e.len()).unwrap_or(0);
-        if found == count {
-            return;
-        }
-        assert!(Instant::now() < deadline, "expected {count} of `{css}`, found {found}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_uploads_views_and_deletes_an_image_in_the_browser() {
@@ -104,6 +26,8 @@ async fn a_user_uploads_views_and_deletes_an_image_in_the_browser() {
         let file = file.canonicalize().expect("image path");
         input.send_keys(&file.display().to_string()).await.expect("choose the file");
         wait_for_count(&browser, "#grid figure", 1).await;
+        let more = browser.find(Locator::Css("#more")).await.expect("load-more button");
+        assert!(!more.is_displayed().await.expect("visibility"), "no further page to load");
         let trace = browser.find(Locator::Css("#trace-link")).await.expect("trace link");
         let trace_id = trace.attr("data-trace-id").await.expect("attribute").unwrap_or_default();
         assert_eq!(trace_id.len(), 32, "the upload's trace id is shown");

@@ -15,6 +15,7 @@ mod protocols;
 mod shutdown;
 mod streaming;
 mod trace_collector;
+mod trace_viewer;
 mod tracing;
 mod upstream_failures;
 mod w3c_conformance;

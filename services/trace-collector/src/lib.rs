@@ -1,6 +1,7 @@
 //! `trace-collector`: the trace backend for one machine. OTLP/HTTP (`/v1/traces`, protobuf or
 //! JSON, gzip) and Zipkin v2 JSON (`/api/v2/spans`) in; spans in SQLite with a retention limit;
-//! Jaeger's HTTP query API out (`/api/...`), so Jaeger's own tools can read it. Beyond one
+//! Jaeger's HTTP query API out (`/api/...`), so Jaeger's own tools can read it, and a viewer page
+//! on top of that API (search, waterfall with the critical path, span details, dependency graph). Beyond one
 //! machine, send the same OTLP to Jaeger or Tempo instead.
 
 #![deny(missing_docs)]
@@ -137,9 +138,27 @@ pub fn ingest_router(spans: Arc<SpanStore>) -> Router {
         .with_state(spans)
 }
 
-/// The query routes (Jaeger's HTTP API).
+async fn viewer_page() -> impl IntoResponse {
+    axum::response::Html(include_str!("viewer/index.html"))
+}
+
+async fn viewer_script() -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("viewer/viewer.js"))
+}
+
+async fn viewer_style() -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("viewer/viewer.css"))
+}
+
+/// The query routes: the viewer page (`/`, `/trace/{id}` — Jaeger's deep-link form) and Jaeger's
+/// HTTP API.
 pub fn query_router(spans: Arc<SpanStore>) -> Router {
     Router::new()
+        .route("/", get(viewer_page))
+        .route("/trace/{trace_id}", get(viewer_page))
+        .route("/dependencies", get(viewer_page))
+        .route("/assets/viewer.js", get(viewer_script))
+        .route("/assets/viewer.css", get(viewer_style))
         .route("/api/services", get(jaeger_api::services))
         .route("/api/services/{service}/operations", get(jaeger_api::service_operations))
         .route("/api/operations", get(jaeger_api::operations))
