@@ -5,6 +5,7 @@ mod fixture;
 
 mod admin;
 mod callouts;
+mod demo;
 mod filters;
 mod gallery_api;
 mod gallery_page;

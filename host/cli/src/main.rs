@@ -2,6 +2,7 @@
 //! arguments and calls into the crate that does the work.
 
 mod admin_client;
+mod demo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,38 @@ enum Command {
         /// Do not hot-swap plugins when their module files or the configuration file change.
         #[arg(long)]
         no_watch: bool,
+    },
+    /// The whole system on this machine: builds the filters, starts the trace collector and
+    /// viewer and the three gallery services each behind its own wasmtrace sidecar, seeds images,
+    /// sends some traffic, prints where to look and one trace; runs until Ctrl-C.
+    Demo {
+        /// Where the gallery listens (the gallery-api's inbound sidecar).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        gallery: SocketAddr,
+        /// Where the trace viewer (and Jaeger-compatible API) listens.
+        #[arg(long, default_value = "127.0.0.1:16686")]
+        viewer: SocketAddr,
+        /// Where the collector takes OTLP/HTTP.
+        #[arg(long, default_value = "127.0.0.1:4318")]
+        otlp: SocketAddr,
+        /// Databases and images.
+        #[arg(long, default_value = "gallery-state")]
+        state_dir: PathBuf,
+    },
+    /// Recent traces from a running collector, or one trace as a waterfall.
+    Traces {
+        /// The collector's query address (the viewer's).
+        #[arg(long, default_value = "http://127.0.0.1:16686")]
+        collector: String,
+        /// Only traces through this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Show this trace as a waterfall.
+        #[arg(long)]
+        trace: Option<String>,
+        /// How many traces to list.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
     },
     /// Hot-swap a plugin of a running proxy: a new module and/or configuration, or a rollback to
     /// the previous generation. Prints the outcome; exit code 1 when it was refused.
@@ -142,6 +175,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             proxy.run_until_signal()?;
             Ok(())
         }
+        Command::Demo { gallery, viewer, otlp, state_dir } => demo::run(gallery, viewer, otlp, state_dir),
+        Command::Traces { collector, service, trace, limit } => demo::traces(&collector, service, trace, limit),
         Command::Swap { admin, plugin, listener, module, config, rollback } => {
             admin_client::swap(admin_client::SwapArgs { admin, plugin, listener, module, config, rollback })
         }

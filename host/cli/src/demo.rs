@@ -1,0 +1,91 @@
+//! `wasmtrace demo` and `wasmtrace traces`: the terminal side of `wasmtrace-demo`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use wasmtrace_demo::terminal_waterfall::{query, render, render_list};
+use wasmtrace_demo::topology::{DemoConfig, build_filters, start};
+use wasmtrace_demo::traffic::seed_and_browse;
+
+fn step(message: &str) {
+    eprintln!("==> {message}");
+}
+
+/// Runs the demo until Ctrl-C.
+pub fn run(gallery: SocketAddr, viewer: SocketAddr, otlp: SocketAddr, state_dir: PathBuf) -> anyhow::Result<()> {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    let config = DemoConfig { gallery, viewer, otlp, state_dir, workspace, flush_interval: Duration::from_millis(500) };
+    let modules = build_filters(&config.workspace, &step).map_err(|e| anyhow!(e))?;
+    let demo = start(&config, &modules, &step).map_err(|e| anyhow!(e))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    step("seeding images and sending some traffic");
+    let seeded = runtime.block_on(seed_and_browse(demo.gallery)).map_err(|e| anyhow!(e))?;
+    demo.flush();
+    println!();
+    println!("  gallery  http://{}/", demo.gallery);
+    println!("  traces   http://{}/", demo.viewer);
+    println!("  ({} images, {} requests so far; `wasmtrace traces` lists them)", seeded.images.len(), seeded.requests);
+    for (service, admin) in demo.sidecar_admins() {
+        if let Some(admin) = admin {
+            println!(
+                "  {service} sidecar admin  http://{admin}/plugins  (wasmtrace swap --admin {admin} --plugin trace_inbound ...)"
+            );
+        }
+    }
+    if let Some(trace_id) = seeded.upload_trace {
+        let url = format!("http://{}/api/traces/{trace_id}", demo.viewer);
+        // The sidecars export every half second: wait for the trace to be whole.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut trace = runtime.block_on(query(&url)).ok();
+        while trace.as_ref().is_none_or(|t| t[0]["spans"].as_array().is_none_or(|s| s.len() < 8))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+            trace = runtime.block_on(query(&url)).ok();
+        }
+        if let Some(trace) = trace {
+            println!();
+            println!("An upload, as the sidecars and services traced it (http://{}/trace/{trace_id}):", demo.viewer);
+            print!("{}", render(&trace[0], std::io::stdout().is_terminal(), 48));
+        }
+    }
+    println!();
+    println!("Running; Ctrl-C stops everything.");
+    runtime.block_on(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    step("stopping");
+    demo.stop();
+    Ok(())
+}
+
+/// Lists recent traces, or draws one.
+pub fn traces(collector: &str, service: Option<String>, trace: Option<String>, limit: usize) -> anyhow::Result<()> {
+    let collector = collector.trim_end_matches('/');
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let colour = std::io::stdout().is_terminal();
+    match trace {
+        Some(id) => {
+            let data = runtime.block_on(query(&format!("{collector}/api/traces/{id}"))).map_err(|e| anyhow!(e))?;
+            print!("{}", render(&data[0], colour, 48));
+        }
+        None => {
+            let service = match service {
+                Some(service) => service,
+                None => {
+                    let services =
+                        runtime.block_on(query(&format!("{collector}/api/services"))).map_err(|e| anyhow!(e))?;
+                    services[0].as_str().map(str::to_owned).ok_or_else(|| anyhow!("the collector has no traces yet"))?
+                }
+            };
+            let url = format!("{collector}/api/traces?service={service}&limit={limit}&lookback=24h");
+            let data = runtime.block_on(query(&url)).map_err(|e| anyhow!(e))?;
+            print!("{}", render_list(&data, colour));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! What `wasmtrace demo` runs, on ephemeral ports: the collector, the three gallery services each
+//! behind a wasmtrace sidecar. One upload's trace has the whole tree — sidecar SERVER and CLIENT
+//! spans, the catalog's database spans, the store's storage span — and with the store down the
+//! error shows on the spans that saw it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::Value;
+use wasmtrace_demo::topology::{DemoConfig, build_filters, start};
+use wasmtrace_demo::traffic::seed_and_browse;
+
+use crate::fixture::client::{client, get, send_bytes};
+use crate::fixture::gallery::png;
+use crate::fixture::proxy::workspace_root;
+
+async fn trace_with(viewer: SocketAddr, trace_id: &str, spans: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get(viewer, &format!("/api/traces/{trace_id}"), &[]).await;
+        if reply.status == StatusCode::OK {
+            let trace = reply.json()["data"][0].clone();
+            if trace["spans"].as_array().is_some_and(|s| s.len() >= spans) {
+                return trace;
+            }
+        }
+        assert!(Instant::now() < deadline, "trace {trace_id} never reached {spans} spans: {}", reply.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A span of the trace, by service and kind (and name, when several match).
+struct Tree<'a> {
+    trace: &'a Value,
+}
+
+impl<'a> Tree<'a> {
+    fn service(&self, span: &Value) -> String {
+        let process = span["processID"].as_str().unwrap_or("");
+        self.trace["processes"][process]["serviceName"].as_str().unwrap_or("").to_owned()
+    }
+
+    fn tag(span: &Value, key: &str) -> Value {
+        span["tags"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["key"] == key))
+            .map_or(Value::Null, |t| t["value"].clone())
+    }
+
+    fn find(&self, service: &str, kind: &str, name: Option<&str>) -> &'a Value {
+        let found: Vec<&Value> = self.trace["spans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| {
+                self.service(s) == service
+                    && Self::tag(s, "span.kind") == kind
+                    && name.is_none_or(|n| s["operationName"] == n)
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "one {kind} span of {service} {name:?} in {}", self.trace);
+        found[0]
+    }
+
+    fn parent_of(child: &Value, parent: &Value) {
+        let reference =
+            child["references"].as_array().and_then(|r| r.iter().find(|r| r["refType"] == "CHILD_OF")).cloned();
+        assert_eq!(
+            reference.map(|r| r["spanID"].clone()),
+            Some(parent["spanID"].clone()),
+            "{} is a child of {}",
+            child["operationName"],
+            parent["operationName"]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_traces_an_upload_through_every_sidecar_and_service() {
+    let state_dir = workspace_root().join("target/e2e-demo").join(format!("{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let config = DemoConfig {
+        gallery: any,
+        viewer: any,
+        otlp: any,
+        state_dir,
+        workspace: workspace_root(),
+        flush_interval: Duration::from_millis(100),
+    };
+    let modules = build_filters(&config.workspace, &|_| {}).expect("filters build");
+    let mut demo = start(&config, &modules, &|_| {}).expect("the demo starts");
+    let seeded = seed_and_browse(demo.gallery).await.expect("seeding");
+    assert_eq!(seeded.images.len(), 6);
+    let trace_id = seeded.upload_trace.expect("the upload's trace id");
+    demo.flush();
+    let trace = trace_with(demo.viewer, &trace_id, 8).await;
+    let tree = Tree { trace: &trace };
+
+    let api_server = tree.find("gallery-api", "server", None);
+    assert!(api_server["references"].as_array().is_some_and(Vec::is_empty), "the upload starts the trace");
+    assert_eq!(Tree::tag(api_server, "http.request.method"), "POST");
+    assert_eq!(Tree::tag(api_server, "gallery.api_version"), "v0", "the tagging filter's attribute");
+    let api_client = tree.find("gallery-api", "client", None);
+    Tree::parent_of(api_client, api_server);
+    let catalog_server = tree.find("image-catalog", "server", None);
+    Tree::parent_of(catalog_server, api_client);
+    for name in ["INSERT images", "UPDATE images"] {
+        let db = tree.find("image-catalog", "client", Some(name));
+        Tree::parent_of(db, catalog_server);
+        assert_eq!(Tree::tag(db, "db.system.name"), "sqlite");
+    }
+    let catalog_client = tree.find("image-catalog", "client", Some("PUT image-store"));
+    Tree::parent_of(catalog_client, catalog_server);
+    let store_server = tree.find("image-store", "server", None);
+    Tree::parent_of(store_server, catalog_client);
+    let put = tree.find("image-store", "client", Some("put local"));
+    Tree::parent_of(put, store_server);
+    assert_eq!(trace["spans"].as_array().map(Vec::len), Some(8));
+
+    // Hot swap on the running demo: the API sidecar's trace filter gets a new configuration (a
+    // rollout tag) and then a new module; the next traces show the tag.
+    let admin = demo.sidecar_admins()[0].1.expect("the API sidecar's admin API");
+    let configuration = r#"{"service_name": "gallery-api", "span_kind": "server", "static_attributes": {"rollout": "v2"}, "exporter": {"cluster": "otel", "flush_interval_ms": 100}}"#;
+    let swap = |body: serde_json::Value| async move {
+        send_bytes(
+            &client(false),
+            admin,
+            "POST",
+            "/plugins/trace_inbound/swap",
+            &[("content-type", "application/json")],
+            Bytes::from(body.to_string()),
+        )
+        .await
+    };
+    let reply = swap(serde_json::json!({ "configuration": configuration })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let mut module = std::fs::read(&modules.trace).expect("trace filter module");
+    module.extend_from_slice(&[0, 9, 8]);
+    module.extend_from_slice(b"rollout2");
+    let reply =
+        swap(serde_json::json!({ "module_base64": base64::engine::general_purpose::STANDARD.encode(&module) })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["swapped"][0]["module_changed"], true);
+    let reply = send_bytes(
+        &client(false),
+        demo.gallery,
+        "POST",
+        "/v0/images",
+        &[("content-type", "image/png")],
+        Bytes::from(png()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let swapped_id = reply.header("traceresponse").and_then(|t| t.split('-').nth(1)).expect("trace id").to_owned();
+    demo.flush();
+    let swapped = trace_with(demo.viewer, &swapped_id, 8).await;
+    let tree = Tree { trace: &swapped };
+    assert_eq!(Tree::tag(tree.find("gallery-api", "server", None), "rollout"), "v2", "the new configuration traced it");
+
+    // The store goes down: the upload fails, and the trace says where.
+    demo.stop_store();
+    let reply = send_bytes(
+        &client(false),
+        demo.gallery,
+        "POST",
+        "/v0/images",
+        &[("content-type", "image/png")],
+        Bytes::from(png()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    let failed_id = reply.header("traceresponse").and_then(|t| t.split('-').nth(1)).expect("trace id").to_owned();
+    let failed = trace_with(demo.viewer, &failed_id, 6).await;
+    let tree = Tree { trace: &failed };
+    let errors: HashMap<String, bool> = failed["spans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                format!("{} {}", tree.service(s), s["operationName"].as_str().unwrap_or("")),
+                Tree::tag(s, "error") == true,
+            )
+        })
+        .collect();
+    assert!(
+        errors.iter().any(|(span, error)| span.starts_with("image-store ") && *error),
+        "the store's sidecar saw the failure: {errors:?}"
+    );
+    assert!(Tree::tag(tree.find("gallery-api", "server", None), "error") == true, "{errors:?}");
+    demo.stop();
+}
