@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -14,24 +14,9 @@ use serde_json::Value;
 use wasmtrace_demo::topology::{DemoConfig, build_filters, start};
 use wasmtrace_demo::traffic::seed_and_browse;
 
-use crate::fixture::client::{client, get, send_bytes};
-use crate::fixture::gallery::png;
+use crate::fixture::client::{client, send_bytes};
 use crate::fixture::proxy::workspace_root;
-
-async fn trace_with(viewer: SocketAddr, trace_id: &str, spans: usize) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = get(viewer, &format!("/api/traces/{trace_id}"), &[]).await;
-        if reply.status == StatusCode::OK {
-            let trace = reply.json()["data"][0].clone();
-            if trace["spans"].as_array().is_some_and(|s| s.len() >= spans) {
-                return trace;
-            }
-        }
-        assert!(Instant::now() < deadline, "trace {trace_id} never reached {spans} spans: {}", reply.text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::fixture::traces::{trace_id_of, upload_png, wait_for_trace};
 
 /// A span of the trace, by service and kind (and name, when several match).
 struct Tree<'a> {
@@ -98,7 +83,7 @@ async fn the_demo_traces_an_upload_through_every_sidecar_and_service() {
     assert_eq!(seeded.images.len(), 6);
     let trace_id = seeded.upload_trace.expect("the upload's trace id");
     demo.flush();
-    let trace = trace_with(demo.viewer, &trace_id, 8).await;
+    let trace = wait_for_trace(demo.viewer, &trace_id, 8).await;
     let tree = Tree { trace: &trace };
 
     let api_server = tree.find("gallery-api", "server", None);
@@ -146,36 +131,20 @@ async fn the_demo_traces_an_upload_through_every_sidecar_and_service() {
         swap(serde_json::json!({ "module_base64": base64::engine::general_purpose::STANDARD.encode(&module) })).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.json()["swapped"][0]["module_changed"], true);
-    let reply = send_bytes(
-        &client(false),
-        demo.gallery,
-        "POST",
-        "/v0/images",
-        &[("content-type", "image/png")],
-        Bytes::from(png()),
-    )
-    .await;
+    let reply = upload_png(demo.gallery).await;
     assert_eq!(reply.status, StatusCode::CREATED);
-    let swapped_id = reply.header("traceresponse").and_then(|t| t.split('-').nth(1)).expect("trace id").to_owned();
+    let swapped_id = trace_id_of(&reply);
     demo.flush();
-    let swapped = trace_with(demo.viewer, &swapped_id, 8).await;
+    let swapped = wait_for_trace(demo.viewer, &swapped_id, 8).await;
     let tree = Tree { trace: &swapped };
     assert_eq!(Tree::tag(tree.find("gallery-api", "server", None), "rollout"), "v2", "the new configuration traced it");
 
     // The store goes down: the upload fails, and the trace says where.
     demo.stop_store();
-    let reply = send_bytes(
-        &client(false),
-        demo.gallery,
-        "POST",
-        "/v0/images",
-        &[("content-type", "image/png")],
-        Bytes::from(png()),
-    )
-    .await;
+    let reply = upload_png(demo.gallery).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
-    let failed_id = reply.header("traceresponse").and_then(|t| t.split('-').nth(1)).expect("trace id").to_owned();
-    let failed = trace_with(demo.viewer, &failed_id, 6).await;
+    let failed_id = trace_id_of(&reply);
+    let failed = wait_for_trace(demo.viewer, &failed_id, 6).await;
     let tree = Tree { trace: &failed };
     let errors: HashMap<String, bool> = failed["spans"]
         .as_array()

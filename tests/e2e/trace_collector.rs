@@ -13,21 +13,10 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 use serde_json::Value;
-use trace_collector::{CollectorConfig, RunningCollector};
 
 use crate::fixture::client::{client, get, send_bytes};
-use crate::fixture::gallery::{Database, Gallery, GalleryOptions, png};
-
-fn start_collector() -> RunningCollector {
-    trace_collector::start(CollectorConfig {
-        otlp_listen: "127.0.0.1:0".parse().expect("address"),
-        query_listen: "127.0.0.1:0".parse().expect("address"),
-        database: ":memory:".into(),
-        retention_hours: 24,
-        max_spans: 1_000_000,
-    })
-    .expect("collector starts")
-}
+use crate::fixture::gallery::{Database, Gallery, GalleryOptions};
+use crate::fixture::traces::{start_collector, trace_id_of, upload_png, wait_for_trace};
 
 fn string(key: &str, value: &str) -> KeyValue {
     KeyValue {
@@ -247,28 +236,12 @@ async fn the_gallerys_spans_are_searchable_and_form_a_dependency_graph() {
     let collector = start_collector();
     let options = GalleryOptions { collector: Some(collector.otlp.addr), ..GalleryOptions::on(Database::Sqlite) };
     let Some(gallery) = Gallery::start(options).await else { return };
-    let reply = send_bytes(
-        &client(false),
-        gallery.api(),
-        "POST",
-        "/v0/images",
-        &[("content-type", "image/png")],
-        Bytes::from(png()),
-    )
-    .await;
+    let reply = upload_png(gallery.api()).await;
     assert_eq!(reply.status, StatusCode::CREATED);
-    let trace_id = reply.header("traceresponse").and_then(|t| t.split('-').nth(1)).expect("trace id").to_owned();
+    let trace_id = trace_id_of(&reply);
     gallery.flush();
     let query = collector.query.addr;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let trace = loop {
-        let reply = get(query, &format!("/api/traces/{trace_id}"), &[]).await;
-        if reply.status == StatusCode::OK && reply.json()["data"][0]["spans"].as_array().is_some_and(|s| s.len() >= 8) {
-            break reply.json();
-        }
-        assert!(std::time::Instant::now() < deadline, "the gallery's trace never arrived whole");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let trace = serde_json::json!({ "data": [wait_for_trace(query, &trace_id, 8).await] });
     let services: Vec<_> = trace["data"][0]["processes"]
         .as_object()
         .expect("processes")

@@ -2,57 +2,25 @@
 //! search finds the trace, its waterfall shows every span, a click shows a span's attributes,
 //! and the dependency graph shows the three services.
 
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
 use fantoccini::Locator;
 use http::StatusCode;
-use trace_collector::CollectorConfig;
 
 use crate::fixture::browser::{chromedriver, connect, wait_for_count};
-use crate::fixture::client::{client, get, send_bytes};
-use crate::fixture::gallery::{Database, Gallery, GalleryOptions, png};
+use crate::fixture::gallery::{Database, Gallery, GalleryOptions};
+use crate::fixture::traces::{start_collector, trace_id_of, upload_png, wait_for_trace};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_viewer_finds_a_trace_shows_its_waterfall_span_details_and_the_dependency_graph() {
     let Some(driver) = chromedriver() else { return };
-    let collector = trace_collector::start(CollectorConfig {
-        otlp_listen: "127.0.0.1:0".parse().expect("address"),
-        query_listen: "127.0.0.1:0".parse().expect("address"),
-        database: ":memory:".into(),
-        retention_hours: 24,
-        max_spans: 1_000_000,
-    })
-    .expect("collector");
+    let collector = start_collector();
     let options = GalleryOptions { collector: Some(collector.otlp.addr), ..GalleryOptions::on(Database::Sqlite) };
     let Some(gallery) = Gallery::start(options).await else { return };
-    let reply = send_bytes(
-        &client(false),
-        gallery.api(),
-        "POST",
-        "/v0/images",
-        &[("content-type", "image/png")],
-        Bytes::from(png()),
-    )
-    .await;
+    let reply = upload_png(gallery.api()).await;
     assert_eq!(reply.status, StatusCode::CREATED);
-    let trace_id = reply.header("traceresponse").and_then(|t| t.split('-').nth(1)).expect("trace id").to_owned();
+    let trace_id = trace_id_of(&reply);
     gallery.flush();
     let query = collector.query.addr;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let span_count = loop {
-        let trace = get(query, &format!("/api/traces/{trace_id}"), &[]).await;
-        let count = if trace.status == StatusCode::OK {
-            trace.json()["data"][0]["spans"].as_array().map_or(0, Vec::len)
-        } else {
-            0
-        };
-        if count >= 8 {
-            break count;
-        }
-        assert!(Instant::now() < deadline, "the trace never arrived whole ({count} spans)");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let span_count = wait_for_trace(query, &trace_id, 8).await["spans"].as_array().map_or(0, Vec::len);
 
     let browser = connect(&driver).await;
     let outcome = async {
