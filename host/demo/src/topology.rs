@@ -48,8 +48,21 @@ pub struct FilterModules {
     pub tagging: PathBuf,
 }
 
-/// Builds the filters with `wasmtrace build` (cached by cargo: fast after the first time).
+/// Builds the filters with `wasmtrace build` (cached by cargo: fast after the first time). On a
+/// fresh machine with rustup but without the Wasm target, installs the target first: the demo is
+/// meant to be the first command a user runs.
 pub fn build_filters(workspace: &Path, progress: &dyn Fn(&str)) -> Result<FilterModules, String> {
+    if wasmtrace_build::detect_toolchain().is_err() {
+        progress("installing the wasm32-wasip1 target (rustup target add wasm32-wasip1)");
+        let installed = std::process::Command::new("rustup").args(["target", "add", "wasm32-wasip1"]).status();
+        if !installed.is_ok_and(|status| status.success()) {
+            return Err(
+                "no toolchain builds wasm32-wasip1 filters and `rustup target add wasm32-wasip1` did not work; \
+                        see `wasmtrace build --help` for the Debian fallback"
+                    .into(),
+            );
+        }
+    }
     let build = |name: &str| {
         progress(&format!("building filters/{name}"));
         build_filter(&BuildOptions {
