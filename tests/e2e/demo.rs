@@ -5,16 +5,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::Value;
-use wasmtrace_demo::topology::{DemoConfig, build_filters, start};
+use wasmtrace_demo::topology::{DemoConfig, Ports, build_filters, start};
 use wasmtrace_demo::traffic::seed_and_browse;
 
-use crate::fixture::client::{client, send_bytes};
+use crate::fixture::client::{client, get, send_bytes};
 use crate::fixture::proxy::workspace_root;
 use crate::fixture::traces::{trace_id_of, upload_png, wait_for_trace};
 
@@ -69,16 +68,35 @@ async fn the_demo_traces_an_upload_through_every_sidecar_and_service() {
     let state_dir = workspace_root().join("target/e2e-demo").join(format!("{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state_dir);
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let config = DemoConfig {
-        gallery: any,
-        viewer: any,
-        otlp: any,
-        state_dir,
-        workspace: workspace_root(),
-        flush_interval: Duration::from_millis(100),
-    };
+    let config = DemoConfig { viewer: any, ports: Ports::Ephemeral, state_dir, workspace: workspace_root() };
     let modules = build_filters(&config.workspace, &|_| {}).expect("filters build");
-    let mut demo = start(&config, &modules, &|_| {}).expect("the demo starts");
+    let mut demo = start(&config, &|_| {}).expect("the demo starts, its sidecars from deploy/envoy/*.yaml");
+
+    // The sidecars serve the deploy files: the API sidecar's plugins are the file's, loading the
+    // modules from where the file (and Envoy) loads them.
+    let admin = demo.sidecar_admins()[0].1.expect("the API sidecar's admin API");
+    let plugins = get(admin, "/plugins", &[]).await.json();
+    let loaded: Vec<(String, String, String)> = plugins["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let module = p["module_path"].as_str().unwrap_or("");
+            let relative = module.strip_prefix(&format!("{}/", config.workspace.display())).unwrap_or(module);
+            (
+                p["listener"].as_str().unwrap_or("").to_owned(),
+                p["name"].as_str().unwrap_or("").to_owned(),
+                relative.to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("inbound", "request_id", "target/wasm/request-id-filter.wasm"),
+        ("inbound", "tagging", "target/wasm/tagging-filter.wasm"),
+        ("inbound", "trace_inbound", "target/wasm/trace-filter.wasm"),
+        ("outbound", "trace_outbound", "target/wasm/trace-filter.wasm"),
+    ];
+    assert_eq!(loaded, expected.map(|(l, n, m)| (l.to_owned(), n.to_owned(), m.to_owned())).to_vec(), "{plugins}");
     let seeded = seed_and_browse(demo.gallery).await.expect("seeding");
     assert_eq!(seeded.images.len(), 6);
     let trace_id = seeded.upload_trace.expect("the upload's trace id");
@@ -110,7 +128,7 @@ async fn the_demo_traces_an_upload_through_every_sidecar_and_service() {
     // Hot swap on the running demo: the API sidecar's trace filter gets a new configuration (a
     // rollout tag) and then a new module; the next traces show the tag.
     let admin = demo.sidecar_admins()[0].1.expect("the API sidecar's admin API");
-    let configuration = r#"{"service_name": "gallery-api", "span_kind": "server", "static_attributes": {"rollout": "v2"}, "exporter": {"cluster": "otel", "flush_interval_ms": 100}}"#;
+    let configuration = r#"{"service_name": "gallery-api", "span_kind": "server", "static_attributes": {"rollout": "v2"}, "exporter": {"cluster": "otel-collector", "flush_interval_ms": 100}}"#;
     let swap = |body: serde_json::Value| async move {
         send_bytes(
             &client(false),

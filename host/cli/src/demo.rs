@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use wasmtrace_demo::terminal_waterfall::{query, render, render_list};
-use wasmtrace_demo::topology::{DemoConfig, build_filters, start};
+use wasmtrace_demo::topology::{DemoConfig, Ports, build_filters, start};
 use wasmtrace_demo::traffic::seed_and_browse;
 
 fn step(message: &str) {
@@ -15,12 +15,14 @@ fn step(message: &str) {
 }
 
 /// Runs the demo until Ctrl-C.
-pub fn run(gallery: SocketAddr, viewer: SocketAddr, otlp: SocketAddr, state_dir: PathBuf) -> anyhow::Result<()> {
+pub fn run(viewer: SocketAddr, any_ports: bool, state_dir: PathBuf) -> anyhow::Result<()> {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
-    let config = DemoConfig { gallery, viewer, otlp, state_dir, workspace, flush_interval: Duration::from_millis(500) };
-    let modules = build_filters(&config.workspace, &step).map_err(|e| anyhow!(e))?;
-    let demo = start(&config, &modules, &step).map_err(|e| anyhow!(e))?;
+    let ports = if any_ports { Ports::Ephemeral } else { Ports::AsDeployed };
+    let viewer = if any_ports { SocketAddr::from(([127, 0, 0, 1], 0)) } else { viewer };
+    let config = DemoConfig { viewer, ports, state_dir, workspace };
+    build_filters(&config.workspace, &step).map_err(|e| anyhow!(e))?;
+    let demo = start(&config, &step).map_err(|e| anyhow!(e))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     step("seeding images and sending some traffic");
     let seeded = runtime.block_on(seed_and_browse(demo.gallery)).map_err(|e| anyhow!(e))?;
@@ -38,7 +40,7 @@ pub fn run(gallery: SocketAddr, viewer: SocketAddr, otlp: SocketAddr, state_dir:
     }
     if let Some(trace_id) = seeded.upload_trace {
         let url = format!("http://{}/api/traces/{trace_id}", demo.viewer);
-        // The sidecars export every half second: wait for the trace to be whole.
+        // The sidecars export every second: wait for the trace to be whole.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut trace = runtime.block_on(query(&url)).ok();
         while trace.as_ref().is_none_or(|t| t[0]["spans"].as_array().is_none_or(|s| s.len() < 8))

@@ -59,15 +59,13 @@ enum Command {
     /// viewer and the three gallery services each behind its own wasmtrace sidecar, seeds images,
     /// sends some traffic, prints where to look and one trace; runs until Ctrl-C.
     Demo {
-        /// Where the gallery listens (the gallery-api's inbound sidecar).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        gallery: SocketAddr,
         /// Where the trace viewer (and Jaeger-compatible API) listens.
         #[arg(long, default_value = "127.0.0.1:16686")]
         viewer: SocketAddr,
-        /// Where the collector takes OTLP/HTTP.
-        #[arg(long, default_value = "127.0.0.1:4318")]
-        otlp: SocketAddr,
+        /// Put every socket on a free port instead of where `deploy/envoy/*.yaml` puts them
+        /// (gallery 8080, OTLP 4318, sidecars 8081-8082, 9080-9082, 9180-9181, 9901-9903).
+        #[arg(long)]
+        any_ports: bool,
         /// Databases and images.
         #[arg(long, default_value = "gallery-state")]
         state_dir: PathBuf,
@@ -175,7 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             proxy.run_until_signal()?;
             Ok(())
         }
-        Command::Demo { gallery, viewer, otlp, state_dir } => demo::run(gallery, viewer, otlp, state_dir),
+        Command::Demo { viewer, any_ports, state_dir } => demo::run(viewer, any_ports, state_dir),
         Command::Traces { collector, service, trace, limit } => demo::traces(&collector, service, trace, limit),
         Command::Swap { admin, plugin, listener, module, config, rollback } => {
             admin_client::swap(admin_client::SwapArgs { admin, plugin, listener, module, config, rollback })

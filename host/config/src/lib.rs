@@ -12,11 +12,13 @@
 mod cluster;
 mod listener;
 pub mod model;
+mod placement;
 mod tree;
 mod wasm;
 mod yaml;
 
 pub use model::*;
+pub use placement::Placement;
 pub use tree::{ConfigError, ConfigErrors};
 
 use tree::{Errors, Node};

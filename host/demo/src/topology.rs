@@ -6,6 +6,9 @@
 //! every sidecar and service ─▶ trace-collector (OTLP :otlp) ◀─ viewer (:viewer)
 //! ```
 //!
+//! The sidecars run `deploy/envoy/{service}.yaml` as written — the files the README starts
+//! Envoy with — moved to free ports when [`Ports::Ephemeral`] asks for it.
+//!
 //! The services run with `http_spans` off: the sidecars make the HTTP spans, the services add
 //! their database and storage spans under them.
 
@@ -17,24 +20,30 @@ use gallery_service::RunningService;
 use gallery_service::telemetry::TelemetryConfig;
 use trace_collector::{CollectorConfig, RunningCollector};
 use wasmtrace_build::{BuildOptions, build_filter};
-use wasmtrace_config::Bootstrap;
+use wasmtrace_config::{Bootstrap, Placement};
 use wasmtrace_proxy::{ProxyOptions, RunningProxy};
+
+/// Where the demo's sockets go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ports {
+    /// Where `deploy/envoy/*.yaml` put them (gallery on 8080, OTLP on 4318, ...): the same
+    /// layout as the README's Envoy commands.
+    AsDeployed,
+    /// Every socket on a free port: tests, or a demo next to another one.
+    Ephemeral,
+}
 
 /// Where the demo listens and keeps its state.
 #[derive(Clone, Debug)]
 pub struct DemoConfig {
-    /// The gallery (the API's inbound sidecar): what the user opens.
-    pub gallery: SocketAddr,
-    /// The trace viewer and Jaeger-compatible API.
+    /// The trace viewer and Jaeger-compatible API (not part of the sidecar files).
     pub viewer: SocketAddr,
-    /// The collector's OTLP/HTTP receiver.
-    pub otlp: SocketAddr,
+    /// Where the sidecars, services and the collector's OTLP receiver listen.
+    pub ports: Ports,
     /// SQLite files and images.
     pub state_dir: PathBuf,
-    /// The workspace (filter crates are built from `filters/`).
+    /// The workspace (filter crates are built from `filters/`, sidecars read from `deploy/envoy/`).
     pub workspace: PathBuf,
-    /// How often sidecars export their spans.
-    pub flush_interval: Duration,
 }
 
 /// The three filter modules the sidecars load.
@@ -48,9 +57,16 @@ pub struct FilterModules {
     pub tagging: PathBuf,
 }
 
-/// Builds the filters with `wasmtrace build` (cached by cargo: fast after the first time). On a
-/// fresh machine with rustup but without the Wasm target, installs the target first: the demo is
-/// meant to be the first command a user runs.
+/// Where the deploy files expect the filter modules, relative to the workspace (and to Envoy's
+/// working directory): `target/wasm/{crate}.wasm`.
+pub fn deployed_module_path(workspace: &Path, filter_crate: &str) -> PathBuf {
+    workspace.join("target/wasm").join(format!("{filter_crate}.wasm"))
+}
+
+/// Builds the filters with `wasmtrace build` into `target/wasm/` (where the deploy files load
+/// them from; cached by cargo: fast after the first time). On a fresh machine with rustup but
+/// without the Wasm target, installs the target first: the demo is meant to be the first command
+/// a user runs.
 pub fn build_filters(workspace: &Path, progress: &dyn Fn(&str)) -> Result<FilterModules, String> {
     if wasmtrace_build::detect_toolchain().is_err() {
         progress("installing the wasm32-wasip1 target (rustup target add wasm32-wasip1)");
@@ -63,7 +79,7 @@ pub fn build_filters(workspace: &Path, progress: &dyn Fn(&str)) -> Result<Filter
         build_filter(&BuildOptions {
             crate_dir: workspace.join("filters").join(name),
             target_dir: Some(workspace.join("target/wasm-filters")),
-            out: Some(workspace.join("target/demo").join(format!("{name}.wasm"))),
+            out: Some(deployed_module_path(workspace, name)),
             quiet: true,
         })
         .map(|built| built.wasm_path)
@@ -74,6 +90,28 @@ pub fn build_filters(workspace: &Path, progress: &dyn Fn(&str)) -> Result<Filter
         request_id: build("request-id-filter")?,
         tagging: build("tagging-filter")?,
     })
+}
+
+/// The gallery services, in the order their sidecars start (each calls the one before).
+const SERVICES: [&str; 3] = ["image-store", "image-catalog", "gallery-api"];
+
+/// `deploy/envoy/{service}.yaml`, read and validated, with module paths anchored at the workspace.
+pub fn sidecar_bootstrap(workspace: &Path, service: &str) -> Result<Bootstrap, String> {
+    let path = workspace.join("deploy/envoy").join(format!("{service}.yaml"));
+    let mut bootstrap = Bootstrap::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    bootstrap.anchor_module_paths(workspace);
+    Ok(bootstrap)
+}
+
+/// The single static IP endpoint of cluster `name` (how the deploy files address local things).
+fn static_endpoint(bootstrap: &Bootstrap, name: &str) -> Result<SocketAddr, String> {
+    let cluster = bootstrap.cluster(name).ok_or_else(|| format!("the sidecar file has no cluster `{name}`"))?;
+    match cluster.endpoints.as_slice() {
+        [endpoint] => format!("{}:{}", endpoint.host, endpoint.port)
+            .parse()
+            .map_err(|_| format!("cluster `{name}` is not one IP address and port")),
+        _ => Err(format!("cluster `{name}` should have exactly one endpoint")),
+    }
 }
 
 /// Any free loopback port, chosen by the listener itself.
@@ -87,109 +125,9 @@ fn reserve_port() -> Result<SocketAddr, String> {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))
 }
 
-fn wasm_filter(name: &str, module: &Path, configuration: &str) -> String {
-    format!(
-        r#"
-                  - name: envoy.filters.http.wasm
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                      config:
-                        name: {name}
-                        fail_open: true
-                        configuration: {{ "@type": type.googleapis.com/google.protobuf.StringValue, value: '{configuration}' }}
-                        vm_config: {{ vm_id: {name}, runtime: envoy.wasm.runtime.v8, code: {{ local: {{ filename: {module} }} }} }}"#,
-        module = module.display()
-    )
-}
-
-fn listener(name: &str, direction: &str, address: SocketAddr, filters: &str, cluster: &str) -> String {
-    format!(
-        r#"
-    - name: {name}
-      address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }}
-      traffic_direction: {direction}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: {name}
-                route_config:
-                  virtual_hosts:
-                    - name: all
-                      domains: ["*"]
-                      routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: {cluster}, timeout: 60s }} }}]
-                http_filters:{filters}
-                  - name: envoy.filters.http.router
-                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}"#,
-        ip = address.ip(),
-        port = address.port()
-    )
-}
-
-fn cluster(name: &str, address: SocketAddr) -> String {
-    format!(
-        r#"
-    - name: {name}
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment:
-        cluster_name: {name}
-        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }} }}] }}]"#,
-        ip = address.ip(),
-        port = address.port()
-    )
-}
-
-/// One service's sidecar: inbound → the service; outbound (when it calls another) → that
-/// service's sidecar; spans → the collector.
-struct Sidecar<'a> {
-    service: &'a str,
-    inbound: SocketAddr,
-    app: SocketAddr,
-    outbound: Option<(SocketAddr, SocketAddr)>,
-}
-
-fn sidecar_yaml(sidecar: &Sidecar<'_>, modules: &FilterModules, otlp: SocketAddr, flush: Duration) -> String {
-    let trace = |kind: &str| {
-        format!(
-            r#"{{"service_name": "{}", "span_kind": "{kind}", "exporter": {{"cluster": "otel", "flush_interval_ms": {}}}}}"#,
-            sidecar.service,
-            flush.as_millis()
-        )
-    };
-    let inbound_filters = [
-        wasm_filter("request_id", &modules.request_id, "{}"),
-        wasm_filter(
-            "tagging",
-            &modules.tagging,
-            r#"{"rules": [{"attribute": "gallery.api_version", "path_segment": 0}, {"attribute": "gallery.failed", "status_at_least": 500, "value": "true"}]}"#,
-        ),
-        wasm_filter("trace_inbound", &modules.trace, &trace("server")),
-    ]
-    .concat();
-    let mut listeners = listener("inbound", "INBOUND", sidecar.inbound, &inbound_filters, "app");
-    let mut clusters = cluster("app", sidecar.app) + &cluster("otel", otlp);
-    if let Some((outbound, next)) = sidecar.outbound {
-        listeners += &listener(
-            "outbound",
-            "OUTBOUND",
-            outbound,
-            &wasm_filter("trace_outbound", &modules.trace, &trace("client")),
-            "next",
-        );
-        clusters += &cluster("next", next);
-    }
-    format!(
-        "node: {{ id: {service}-sidecar, cluster: {service} }}\nadmin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}\nstatic_resources:\n  listeners:{listeners}\n  clusters:{clusters}\n",
-        service = sidecar.service
-    )
-}
-
-fn start_sidecar(yaml: &str) -> Result<RunningProxy, String> {
-    let bootstrap = Bootstrap::from_yaml(yaml).map_err(|e| format!("sidecar configuration: {e}"))?;
+fn start_sidecar(service: &str, bootstrap: Bootstrap) -> Result<RunningProxy, String> {
     let options = ProxyOptions { workers: 1, drain_timeout: Duration::from_secs(5), ..ProxyOptions::default() };
-    wasmtrace_proxy::start(bootstrap, options).map_err(|e| format!("sidecar: {e}"))
+    wasmtrace_proxy::start(bootstrap, options).map_err(|e| format!("{service} sidecar: {e}"))
 }
 
 /// Everything the demo runs; dropping it (or [`stop`](Self::stop)) stops it all.
@@ -241,55 +179,52 @@ impl RunningDemo {
     }
 }
 
-/// Starts collector, sidecars and services; `progress` hears each step.
-pub fn start(config: &DemoConfig, modules: &FilterModules, progress: &dyn Fn(&str)) -> Result<RunningDemo, String> {
+/// Starts collector, sidecars (from `deploy/envoy/`) and services; `progress` hears each step.
+pub fn start(config: &DemoConfig, progress: &dyn Fn(&str)) -> Result<RunningDemo, String> {
+    let ephemeral = config.ports == Ports::Ephemeral;
+    let mut bootstraps = Vec::new();
+    for service in SERVICES {
+        bootstraps.push(sidecar_bootstrap(&config.workspace, service)?);
+    }
     progress("starting the trace collector and viewer");
+    let otlp = if ephemeral { any_port() } else { static_endpoint(&bootstraps[0], "otel-collector")? };
     let collector = trace_collector::start(CollectorConfig {
-        otlp_listen: config.otlp,
+        otlp_listen: otlp,
         query_listen: config.viewer,
         database: config.state_dir.join("traces.db").display().to_string(),
         retention_hours: 24,
         max_spans: 1_000_000,
     })?;
     let otlp = collector.otlp.addr;
-    let (api_app, catalog_app, store_app) = (reserve_port()?, reserve_port()?, reserve_port()?);
-    progress("starting the sidecars");
-    let flush = config.flush_interval;
-    let store_sidecar = start_sidecar(&sidecar_yaml(
-        &Sidecar { service: "image-store", inbound: any_port(), app: store_app, outbound: None },
-        modules,
-        otlp,
-        flush,
-    ))?;
-    let store_inbound = store_sidecar.listener_address("inbound").ok_or("store sidecar has no inbound listener")?;
-    let catalog_sidecar = start_sidecar(&sidecar_yaml(
-        &Sidecar {
-            service: "image-catalog",
-            inbound: any_port(),
-            app: catalog_app,
-            outbound: Some((any_port(), store_inbound)),
-        },
-        modules,
-        otlp,
-        flush,
-    ))?;
-    let catalog_inbound =
-        catalog_sidecar.listener_address("inbound").ok_or("catalog sidecar has no inbound listener")?;
-    let catalog_outbound =
-        catalog_sidecar.listener_address("outbound").ok_or("catalog sidecar has no outbound listener")?;
-    let api_sidecar = start_sidecar(&sidecar_yaml(
-        &Sidecar {
-            service: "gallery-api",
-            inbound: config.gallery,
-            app: api_app,
-            outbound: Some((any_port(), catalog_inbound)),
-        },
-        modules,
-        otlp,
-        flush,
-    ))?;
-    let gallery = api_sidecar.listener_address("inbound").ok_or("api sidecar has no inbound listener")?;
-    let api_outbound = api_sidecar.listener_address("outbound").ok_or("api sidecar has no outbound listener")?;
+
+    progress("starting the sidecars (deploy/envoy/*.yaml)");
+    let mut sidecars: Vec<RunningProxy> = Vec::new();
+    let mut apps = Vec::new();
+    for (index, (service, mut bootstrap)) in SERVICES.into_iter().zip(bootstraps).enumerate() {
+        let app = if ephemeral { reserve_port()? } else { static_endpoint(&bootstrap, "local_app")? };
+        let mut placement = Placement::default().cluster("otel-collector", otlp);
+        if ephemeral {
+            placement = placement.listener("inbound", any_port()).cluster("local_app", app).admin(any_port());
+            if bootstrap.listener_address("outbound").is_some() {
+                placement = placement.listener("outbound", any_port());
+            }
+            // Each service calls the one started before it, through that one's sidecar.
+            if let (Some(callee), Some(previous)) = (index.checked_sub(1).map(|i| SERVICES[i]), sidecars.last()) {
+                let inbound = previous.listener_address("inbound").ok_or("a sidecar has no inbound listener")?;
+                placement = placement.cluster(callee, inbound);
+            }
+        }
+        bootstrap.place(&placement).map_err(|e| format!("deploy/envoy/{service}.yaml: {e}"))?;
+        sidecars.push(start_sidecar(service, bootstrap)?);
+        apps.push(app);
+    }
+    let outbound = |index: usize| {
+        sidecars[index]
+            .listener_address("outbound")
+            .ok_or_else(|| format!("the {} sidecar has no outbound listener", SERVICES[index]))
+    };
+    let (catalog_outbound, api_outbound) = (outbound(1)?, outbound(2)?);
+    let gallery = sidecars[2].listener_address("inbound").ok_or("the api sidecar has no inbound listener")?;
 
     let telemetry = |name: &str| TelemetryConfig {
         service_name: name.to_owned(),
@@ -301,7 +236,7 @@ pub fn start(config: &DemoConfig, modules: &FilterModules, progress: &dyn Fn(&st
     progress("starting image-store, image-catalog and gallery-api");
     let store = image_store::start(
         image_store::StoreConfig {
-            listen: store_app,
+            listen: apps[0],
             location: config.state_dir.join("images").display().to_string(),
             max_bytes: 32 << 20,
         },
@@ -309,7 +244,7 @@ pub fn start(config: &DemoConfig, modules: &FilterModules, progress: &dyn Fn(&st
     )?;
     let catalog = image_catalog::start(
         image_catalog::CatalogConfig {
-            listen: catalog_app,
+            listen: apps[1],
             database_url: format!("sqlite://{}", config.state_dir.join("catalog.db").display()),
             store_url: format!("http://{catalog_outbound}"),
             store_host: Some("image-store".into()),
@@ -321,7 +256,7 @@ pub fn start(config: &DemoConfig, modules: &FilterModules, progress: &dyn Fn(&st
     let viewer = collector.query.addr;
     let api = gallery_api::start(
         gallery_api::ApiConfig {
-            listen: api_app,
+            listen: apps[2],
             catalog_url: format!("http://{api_outbound}"),
             catalog_host: Some("image-catalog".into()),
             max_upload_bytes: 20 << 20,
@@ -329,11 +264,6 @@ pub fn start(config: &DemoConfig, modules: &FilterModules, progress: &dyn Fn(&st
         },
         telemetry("gallery-api"),
     )?;
-    Ok(RunningDemo {
-        gallery,
-        viewer,
-        collector,
-        services: vec![api, catalog, store],
-        sidecars: vec![api_sidecar, catalog_sidecar, store_sidecar],
-    })
+    sidecars.reverse();
+    Ok(RunningDemo { gallery, viewer, collector, services: vec![api, catalog, store], sidecars })
 }
