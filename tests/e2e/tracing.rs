@@ -331,3 +331,31 @@ async fn a_b3_context_is_continued_as_w3c_and_the_b3_headers_are_stripped_when_c
     assert_eq!(reply.upstream_saw("x-b3-spanid"), None);
     proxy.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_span_kind_the_listener_direction_decides_server_or_client() {
+    // One configuration on both listeners, as an Istio CLIENT_AND_SERVER WasmPlugin attaches it.
+    let collector = Collector::start();
+    let upstream = Upstream::start();
+    let config = r#"{"service_name": "mesh", "exporter": {"cluster": "otel", "flush_interval_ms": 50}}"#;
+    let proxy = sidecar(
+        &[
+            listener("inbound", "INBOUND", &trace_filter_json("inbound", config), "app"),
+            listener("outbound", "OUTBOUND", &trace_filter_json("outbound", config), "app"),
+        ],
+        &[cluster("app", upstream.addr, ""), cluster("otel", collector.addr, "")],
+    );
+    for name in ["inbound", "outbound"] {
+        let reply = get(proxy.listener_address(name).expect(name), "/v0/items", &[("host", "items.local")]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let spans = collector.wait_for(2).await;
+    let mut kinds: Vec<(i32, String)> = spans.iter().map(|r| (r.span.kind, r.span.name.clone())).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![(2, "GET /v0/items".to_owned()), (3, "GET items.local".to_owned())],
+        "SERVER inbound, CLIENT outbound"
+    );
+    proxy.shutdown();
+}

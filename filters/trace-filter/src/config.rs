@@ -135,8 +135,8 @@ pub struct TraceConfig {
     pub service_name: String,
     /// Other resource attributes.
     pub resource_attributes: Vec<(String, String)>,
-    /// SERVER (inbound) or CLIENT (outbound).
-    pub span_kind: SpanKind,
+    /// SERVER (inbound) or CLIENT (outbound); `None`: from the listener's direction per request.
+    pub span_kind: Option<SpanKind>,
     /// Formats tried in order; the first valid context wins.
     pub extract: Vec<Format>,
     /// Formats written to the request.
@@ -175,8 +175,9 @@ impl TraceConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| format!("invalid configuration: {e}"))?;
         let span_kind = match raw.span_kind.as_deref() {
-            None | Some("server") => SpanKind::Server,
-            Some("client") => SpanKind::Client,
+            None => None,
+            Some("server") => Some(SpanKind::Server),
+            Some("client") => Some(SpanKind::Client),
             Some(other) => return Err(format!("field `span_kind`: `{other}` is not `server` or `client`")),
         };
         let sampler = match raw.sampler {
@@ -246,7 +247,7 @@ mod tests {
     #[test]
     fn a_minimal_configuration_gets_the_defaults() {
         let config = TraceConfig::parse(br#"{"service_name": "api", "exporter": {"cluster": "otel"}}"#).expect("valid");
-        assert_eq!(config.span_kind, SpanKind::Server);
+        assert_eq!(config.span_kind, None, "from the listener's direction");
         assert_eq!(config.inject, vec![Format::W3c]);
         assert_eq!(config.exporter.path, "/v1/traces");
         assert_eq!(config.exporter.authority, "otel");

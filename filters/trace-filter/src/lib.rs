@@ -313,6 +313,15 @@ impl TraceStream {
         }
     }
 
+    /// CLIENT on an outbound listener, SERVER otherwise (`xds.listener_direction`: 1 inbound,
+    /// 2 outbound, as Envoy and Istio set it), for configurations that leave `span_kind` out.
+    fn listener_span_kind(&self) -> SpanKind {
+        match self.property_int(vec!["xds", "listener_direction"]) {
+            Some(2) => SpanKind::Client,
+            _ => SpanKind::Server,
+        }
+    }
+
     fn property_text(&self, path: Vec<&str>) -> Option<String> {
         self.get_property(path).and_then(|b| String::from_utf8(b).ok())
     }
@@ -354,7 +363,7 @@ impl HttpContext for TraceStream {
             parent_is_remote: parent.is_some(),
             trace_state: w3c::format_tracestate(&tracestate).unwrap_or_default(),
             name: method.clone(),
-            kind: config.span_kind,
+            kind: config.span_kind.unwrap_or_else(|| self.listener_span_kind()),
             start_unix_nanos: now_nanos(self.get_current_time()),
             end_unix_nanos: 0,
             attributes: Vec::new(),
