@@ -7,6 +7,10 @@
 //! 2. **Debian**: `rustc-web`, `cargo-web`, `rust-web-src`, `lld-22` and `wasi-libc`, building the
 //!    standard library from source (`-Zbuild-std`, enabled with `RUSTC_BOOTSTRAP=1`).
 //!
+//! The component form of a filter (the `wasmtrace:filter` world in `wit/`, see
+//! [`FilterForm::Component`]) is built for `wasm32-wasip2` with rustup's target, whose linker
+//! writes the component.
+//!
 //! When neither is present the error says exactly what to install. Filters are built with the
 //! release profile made small: `opt-level = "s"`, LTO, one codegen unit, `panic = "abort"` (set
 //! through `CARGO_PROFILE_RELEASE_*`, so any crate builds the same way without editing it).
@@ -23,6 +27,18 @@ use thiserror::Error;
 
 /// The Rust target filters are built for.
 pub const WASM_TARGET: &str = "wasm32-wasip1";
+/// The Rust target component filters are built for.
+pub const COMPONENT_TARGET: &str = "wasm32-wasip2";
+
+/// Which form of a filter to build.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FilterForm {
+    /// A proxy-wasm module (`wasm32-wasip1`): loads into Envoy and the wasmtrace host.
+    #[default]
+    ProxyWasm,
+    /// A `wasmtrace:filter` component (`wasm32-wasip2`): loads into the wasmtrace host.
+    Component,
+}
 
 /// What to install when no toolchain can build filters.
 pub const INSTALL_HINT: &str = "install one of:\n  \
@@ -34,6 +50,11 @@ pub const INSTALL_HINT: &str = "install one of:\n  \
 pub enum Toolchain {
     /// rustup's `wasm32-wasip1` target.
     Rustup {
+        /// The `cargo` to run.
+        cargo: PathBuf,
+    },
+    /// rustup's `wasm32-wasip2` target (components).
+    RustupComponent {
         /// The `cargo` to run.
         cargo: PathBuf,
     },
@@ -53,6 +74,7 @@ impl Toolchain {
     pub fn describe(&self) -> &'static str {
         match self {
             Self::Rustup { .. } => "rustup target wasm32-wasip1",
+            Self::RustupComponent { .. } => "rustup target wasm32-wasip2",
             Self::Debian { .. } => "Debian rustc-web with -Zbuild-std",
         }
     }
@@ -67,6 +89,11 @@ pub enum BuildError {
     /// No toolchain can build wasm32-wasip1.
     #[error("no toolchain can build {WASM_TARGET} modules; {INSTALL_HINT}")]
     NoToolchain,
+    /// No toolchain can build wasm32-wasip2 components.
+    #[error(
+        "no toolchain can build {COMPONENT_TARGET} components; install it with: rustup target add {COMPONENT_TARGET}"
+    )]
+    NoComponentToolchain,
     /// cargo could not be started.
     #[error("could not run {program}: {source}")]
     Spawn {
@@ -109,6 +136,8 @@ pub struct BuildOptions {
     pub out: Option<PathBuf>,
     /// Capture cargo's progress output instead of showing it.
     pub quiet: bool,
+    /// Proxy-wasm module (default) or component.
+    pub form: FilterForm,
 }
 
 /// A built module.
@@ -126,9 +155,9 @@ fn cargo_program() -> PathBuf {
     std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from)
 }
 
-fn rustup_target_installed() -> bool {
+fn rustup_target_installed(target: &str) -> bool {
     let output = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| OsString::from("rustc")))
-        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .args(["--print", "target-libdir", "--target", target])
         .stderr(Stdio::null())
         .output();
     let Ok(output) = output else { return false };
@@ -152,14 +181,30 @@ fn debian_toolchain() -> Option<Toolchain> {
 
 /// Finds a toolchain that can build filters, preferring rustup's target.
 pub fn detect_toolchain() -> Result<Toolchain, BuildError> {
-    if rustup_target_installed() {
+    if rustup_target_installed(WASM_TARGET) {
         return Ok(Toolchain::Rustup { cargo: cargo_program() });
     }
     debian_toolchain().ok_or(BuildError::NoToolchain)
 }
 
+/// Finds the toolchain for `form`: for components, rustup's `wasm32-wasip2` target.
+pub fn detect_toolchain_for(form: FilterForm) -> Result<Toolchain, BuildError> {
+    match form {
+        FilterForm::ProxyWasm => detect_toolchain(),
+        FilterForm::Component if rustup_target_installed(COMPONENT_TARGET) => {
+            Ok(Toolchain::RustupComponent { cargo: cargo_program() })
+        }
+        FilterForm::Component => Err(BuildError::NoComponentToolchain),
+    }
+}
+
 fn command_for(toolchain: &Toolchain) -> Command {
     match toolchain {
+        Toolchain::RustupComponent { cargo } => {
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--release", "--target", COMPONENT_TARGET]);
+            cmd
+        }
         Toolchain::Rustup { cargo } => {
             let mut cmd = Command::new(cargo);
             cmd.args(["build", "--release", "--target", WASM_TARGET]);
@@ -183,7 +228,7 @@ pub fn build_filter(options: &BuildOptions) -> Result<BuiltFilter, BuildError> {
         return Err(BuildError::NotACrate(options.crate_dir.clone()));
     }
     let manifest = manifest.canonicalize().unwrap_or(manifest);
-    let toolchain = detect_toolchain()?;
+    let toolchain = detect_toolchain_for(options.form)?;
     let mut cmd = command_for(&toolchain);
     cmd.arg("--manifest-path")
         .arg(&manifest)

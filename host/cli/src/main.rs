@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
-use wasmtrace_build::{BuildOptions, build_filter};
+use wasmtrace_build::{BuildOptions, FilterForm, build_filter};
 use wasmtrace_config::Bootstrap;
 use wasmtrace_proxy::ProxyOptions;
 
@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build a proxy-wasm filter crate to a wasm32-wasip1 module (release, size-optimised).
+    /// Build a filter crate to a proxy-wasm module (wasm32-wasip1) or, with --component, a
+    /// wasmtrace:filter component (wasm32-wasip2); release, size-optimised.
     Build {
         /// The filter crate's directory.
         crate_dir: PathBuf,
@@ -36,6 +37,10 @@ enum Command {
         /// Cargo target directory.
         #[arg(long)]
         target_dir: Option<PathBuf>,
+        /// Build the `wasmtrace:filter` component (wasm32-wasip2, see wit/README.md) instead of
+        /// the proxy-wasm module; the wasmtrace host loads either, Envoy the proxy-wasm one.
+        #[arg(long)]
+        component: bool,
     },
     /// Serve an Envoy v3 bootstrap configuration (the subset in the README) until SIGINT/SIGTERM.
     Run {
@@ -138,8 +143,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Build { crate_dir, out, target_dir } => {
-            let built = build_filter(&BuildOptions { crate_dir, target_dir, out, quiet: false })?;
+        Command::Build { crate_dir, out, target_dir, component } => {
+            let form = if component { FilterForm::Component } else { FilterForm::ProxyWasm };
+            let built = build_filter(&BuildOptions { crate_dir, target_dir, out, quiet: false, form })?;
             let bytes =
                 std::fs::read(&built.wasm_path).with_context(|| format!("reading {}", built.wasm_path.display()))?;
             println!(
@@ -189,16 +195,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect { module } => {
             let bytes = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
             let runtime = wasmtrace_runtime::Runtime::new()?;
-            let compiled = runtime
-                .compile(&bytes)
-                .with_context(|| format!("{} is not a loadable proxy-wasm module", module.display()))?;
-            println!(
-                "{}: proxy-wasm {:?}, {} bytes, sha256 {}",
-                module.display(),
-                compiled.abi_version(),
-                compiled.size(),
-                compiled.sha256()
-            );
+            let compiled =
+                runtime.compile(&bytes).with_context(|| format!("{} is not a loadable filter", module.display()))?;
+            let form = match compiled.form() {
+                wasmtrace_runtime::FilterForm::ProxyWasm(abi) => format!("proxy-wasm {abi:?}"),
+                wasmtrace_runtime::FilterForm::Component => {
+                    format!("component ({})", wasmtrace_runtime::component::WORLD)
+                }
+            };
+            println!("{}: {form}, {} bytes, sha256 {}", module.display(), compiled.size(), compiled.sha256());
             Ok(())
         }
     }

@@ -81,6 +81,7 @@ pub fn build_filters(workspace: &Path, progress: &dyn Fn(&str)) -> Result<Filter
             target_dir: Some(workspace.join("target/wasm-filters")),
             out: Some(deployed_module_path(workspace, name)),
             quiet: true,
+            form: Default::default(),
         })
         .map(|built| built.wasm_path)
         .map_err(|e| format!("building filters/{name}: {e}"))

@@ -54,6 +54,7 @@ fn module(name: &str) -> Vec<u8> {
         target_dir: Some(root.join("target/wasm-filters")),
         out: None,
         quiet: true,
+        form: Default::default(),
     })
     .unwrap_or_else(|e| panic!("building {name}: {e}"));
     std::fs::read(built.wasm_path).unwrap_or_else(|e| panic!("reading {name}: {e}"))

@@ -21,6 +21,7 @@
 
 pub mod abi;
 mod callout;
+pub mod component;
 mod error;
 mod exchange;
 pub mod header_map;
@@ -45,7 +46,7 @@ pub use error::{FailureKind, GuestFailure, LoadError, StartError};
 pub use exchange::{HttpExchange, StreamInfo};
 pub use header_map::HeaderMap;
 pub use instance::PluginInstance;
-pub use module::{AbiVersion, PluginModule};
+pub use module::{AbiVersion, FilterForm, PluginModule};
 pub use plugin::{FailurePolicy, PluginConfig, VmLimits};
 pub use runtime::{EPOCH_TICK, Runtime, hex_sha256};
 pub use services::{HostServices, NodeInfo, PluginFailureStats};

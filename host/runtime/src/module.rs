@@ -1,12 +1,16 @@
-//! A compiled, validated proxy-wasm module, ready to instantiate on any worker.
+//! A compiled, validated filter, ready to instantiate on any worker: a proxy-wasm core module
+//! or a `wasmtrace:filter` component (told apart by the binary's preamble).
 //!
-//! Validation happens before any guest code runs: every import must be one the host provides,
-//! the ABI marker, memory, allocator and context-create exports must exist, and every callback
-//! the module does export must have the ABI's signature.
+//! Validation happens before any guest code runs. A core module: every import must be one the
+//! host provides, the ABI marker, memory, allocator and context-create exports must exist, and
+//! every callback the module does export must have the ABI's signature. A component: it must
+//! import nothing but the world's interfaces and WASI 0.2, and export the world's `handler`
+//! with the world's types (see [`crate::component`]).
 
 use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, ValType};
 
 use crate::abi::ProvidedImports;
+use crate::component::{self, CompiledComponent};
 use crate::error::LoadError;
 use crate::state::VmState;
 
@@ -19,12 +23,26 @@ pub enum AbiVersion {
     V0_2_1,
 }
 
+/// Which interface a filter is written against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterForm {
+    /// A core module speaking proxy-wasm (what Envoy loads).
+    ProxyWasm(AbiVersion),
+    /// A component implementing the `wasmtrace:filter` world (`wit/`).
+    Component,
+}
+
+/// The compiled code, per form.
+pub(crate) enum CompiledCode {
+    Core { module: Module, pre: InstancePre<VmState> },
+    Component(CompiledComponent),
+}
+
 /// A module compiled once and shared by every VM that runs it.
 pub struct PluginModule {
-    module: Module,
-    pre: InstancePre<VmState>,
+    code: CompiledCode,
     sha256: String,
-    abi: AbiVersion,
+    form: FilterForm,
     size: usize,
 }
 
@@ -53,16 +71,30 @@ const CALLBACK_SIGNATURES: &[(&str, usize, usize)] = &[
 impl PluginModule {
     pub(crate) fn compile(
         engine: &Engine,
-        linker: &Linker<VmState>,
+        linkers: (&Linker<VmState>, &wasmtime::component::Linker<VmState>),
         provided: &ProvidedImports,
         bytes: &[u8],
         sha256: String,
     ) -> Result<Self, LoadError> {
+        if component::is_component(bytes) {
+            let compiled = component::compile(engine, linkers.1, bytes)?;
+            return Ok(Self {
+                code: CompiledCode::Component(compiled),
+                sha256,
+                form: FilterForm::Component,
+                size: bytes.len(),
+            });
+        }
         let module = Module::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         check_imports(&module, provided)?;
         let abi = check_exports(&module)?;
-        let pre = linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        Ok(Self { module, pre, sha256, abi, size: bytes.len() })
+        let pre = linkers.0.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        Ok(Self {
+            code: CompiledCode::Core { module, pre },
+            sha256,
+            form: FilterForm::ProxyWasm(abi),
+            size: bytes.len(),
+        })
     }
 
     /// Lower-case hex sha256 of the module bytes.
@@ -70,9 +102,17 @@ impl PluginModule {
         &self.sha256
     }
 
-    /// The ABI version the module declares.
-    pub fn abi_version(&self) -> AbiVersion {
-        self.abi
+    /// The proxy-wasm ABI version a core module declares (`None` for a component).
+    pub fn abi_version(&self) -> Option<AbiVersion> {
+        match self.form {
+            FilterForm::ProxyWasm(abi) => Some(abi),
+            FilterForm::Component => None,
+        }
+    }
+
+    /// Proxy-wasm module or component.
+    pub fn form(&self) -> FilterForm {
+        self.form
     }
 
     /// Size of the module in bytes.
@@ -80,13 +120,8 @@ impl PluginModule {
         self.size
     }
 
-    /// The compiled module.
-    pub fn module(&self) -> &Module {
-        &self.module
-    }
-
-    pub(crate) fn instance_pre(&self) -> &InstancePre<VmState> {
-        &self.pre
+    pub(crate) fn code(&self) -> &CompiledCode {
+        &self.code
     }
 }
 

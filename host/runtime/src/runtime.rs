@@ -58,6 +58,7 @@ impl ModuleCache {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<VmState>,
+    component_linker: wasmtime::component::Linker<VmState>,
     provided_imports: abi::ProvidedImports,
     services: Arc<HostServices>,
     modules: Mutex<ModuleCache>,
@@ -78,10 +79,12 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         let provided_imports = abi::add_to_linker(&mut linker).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let component_linker = crate::component::linker(&engine).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Arc::new(Self {
             engine,
             linker,
+            component_linker,
             provided_imports,
             services: Arc::new(services),
             modules: Mutex::new(ModuleCache::default()),
@@ -106,8 +109,13 @@ impl Runtime {
         if let Some(module) = self.cached(&sha256) {
             return Ok(module);
         }
-        let module =
-            Arc::new(PluginModule::compile(&self.engine, &self.linker, &self.provided_imports, bytes, sha256.clone())?);
+        let module = Arc::new(PluginModule::compile(
+            &self.engine,
+            (&self.linker, &self.component_linker),
+            &self.provided_imports,
+            bytes,
+            sha256.clone(),
+        )?);
         self.modules.lock().unwrap_or_else(|p| p.into_inner()).insert(sha256, &module);
         Ok(module)
     }

@@ -2,7 +2,9 @@
 //! context a call acts on, and handles to the process-wide services.
 //!
 //! One `VmState` lives in each wasmtime `Store`; a store belongs to one worker thread, so nothing
-//! here is locked.
+//! here is locked. WASI (for component filters) requires the store data to be `Send`; the
+//! worker-bound parts (`Rc`s of the worker's streams and callout dispatcher) are kept in
+//! [`SendWrapper`]s, which panic on use from any other thread rather than race.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,7 +12,10 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use send_wrapper::SendWrapper;
+use wasmtime::component::ResourceTable;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
 use crate::exchange::HttpExchange;
@@ -25,6 +30,8 @@ use crate::vm::PluginVm;
 pub(crate) struct StreamContext {
     pub exchange: Rc<RefCell<HttpExchange>>,
     pub signals: Rc<RefCell<StreamSignals>>,
+    /// A component filter has been told the stream is done (`on-stream-done` runs once).
+    pub done_delivered: bool,
 }
 
 /// The root context's tick timer (one per root context, re-armed after each tick as in Envoy).
@@ -66,7 +73,7 @@ pub struct VmState {
     pub(crate) memory: Option<Memory>,
     pub(crate) allocator: Option<TypedFunc<u32, u32>>,
     pub(crate) root_context_id: u32,
-    pub(crate) streams: HashMap<u32, StreamContext>,
+    pub(crate) streams: SendWrapper<HashMap<u32, StreamContext>>,
     /// The context of the callback in progress.
     pub(crate) active_context: u32,
     /// Set by `proxy_set_effective_context` for the rest of the callback.
@@ -74,8 +81,8 @@ pub struct VmState {
     /// The callout response being delivered, during `proxy_on_http_call_response`.
     pub(crate) callout_response: Option<Result<CalloutResponse, CalloutFailure>>,
     pub(crate) callout_tokens: u32,
-    pub(crate) dispatcher: Rc<dyn CalloutDispatcher>,
-    pub(crate) self_ref: Weak<PluginVm>,
+    pub(crate) dispatcher: SendWrapper<Rc<dyn CalloutDispatcher>>,
+    pub(crate) self_ref: SendWrapper<Weak<PluginVm>>,
     pub(crate) tick: TickTimer,
     pub(crate) inbox: Arc<QueueInbox>,
     pub(crate) metric_cache: HashMap<u32, Arc<Metric>>,
@@ -83,6 +90,14 @@ pub struct VmState {
     pub(crate) root_filter_state: HashMap<String, Vec<u8>>,
     /// The root context's `proxy_on_done` returned false and `proxy_done` has not come yet.
     pub(crate) done_pending: bool,
+    /// A component filter's callouts in flight, and whether it still holds their handle (a
+    /// dropped handle means the answer is not delivered).
+    pub(crate) component_callouts: HashMap<u32, bool>,
+    /// WASI for component filters: no arguments, environment, files or network; real clocks and
+    /// randomness; stdout and stderr discarded.
+    pub(crate) wasi: WasiCtx,
+    /// Component resources (WASI streams) of this VM.
+    pub(crate) table: ResourceTable,
 }
 
 impl VmState {
@@ -99,18 +114,21 @@ impl VmState {
             memory: None,
             allocator: None,
             root_context_id: 0,
-            streams: HashMap::new(),
+            streams: SendWrapper::new(HashMap::new()),
             active_context: 0,
             effective_context: None,
             callout_response: None,
             callout_tokens: 0,
-            dispatcher,
-            self_ref: Weak::new(),
+            dispatcher: SendWrapper::new(dispatcher),
+            self_ref: SendWrapper::new(Weak::new()),
             tick: TickTimer::default(),
             inbox: Arc::new(QueueInbox::default()),
             metric_cache: HashMap::new(),
             root_filter_state: HashMap::new(),
             done_pending: false,
+            component_callouts: HashMap::new(),
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
         }
     }
 
@@ -120,8 +138,19 @@ impl VmState {
         self.effective_context.unwrap_or(self.active_context)
     }
 
+    /// The stream context `id`, if it is live.
+    pub(crate) fn stream(&self, id: u32) -> Option<&StreamContext> {
+        self.streams.get(&id)
+    }
+
     /// The stream the acting context belongs to, if it is a stream context.
     pub(crate) fn acting_stream(&self) -> Option<&StreamContext> {
         self.streams.get(&self.acting_context())
+    }
+}
+
+impl WasiView for VmState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }

@@ -170,9 +170,8 @@ impl HttpStream {
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         let count = Self::header_count(self.exchange.borrow().request_headers.as_ref());
         self.run(Direction::Request, "proxy_on_request_headers", |vm, id, deadline| {
-            vm.call("proxy_on_request_headers", id, deadline, |store, cb| match &cb.request_headers {
-                Some(f) => f.call(store, (id, count, u32::from(end_of_stream))),
-                None => Ok(0),
+            vm.call("proxy_on_request_headers", id, deadline, |store, g| {
+                g.request_headers(store, id, count, end_of_stream)
             })
         })
     }
@@ -181,10 +180,7 @@ impl HttpStream {
     pub fn on_request_body(&mut self, end_of_stream: bool) -> Action {
         let len = Self::body_len(&self.exchange.borrow().request_body);
         self.run(Direction::Request, "proxy_on_request_body", |vm, id, deadline| {
-            vm.call("proxy_on_request_body", id, deadline, |store, cb| match &cb.request_body {
-                Some(f) => f.call(store, (id, len, u32::from(end_of_stream))),
-                None => Ok(0),
-            })
+            vm.call("proxy_on_request_body", id, deadline, |store, g| g.request_body(store, id, len, end_of_stream))
         })
     }
 
@@ -192,10 +188,7 @@ impl HttpStream {
     pub fn on_request_trailers(&mut self) -> Action {
         let count = Self::header_count(self.exchange.borrow().request_trailers.as_ref());
         self.run(Direction::Request, "proxy_on_request_trailers", |vm, id, deadline| {
-            vm.call("proxy_on_request_trailers", id, deadline, |store, cb| match &cb.request_trailers {
-                Some(f) => f.call(store, (id, count)),
-                None => Ok(0),
-            })
+            vm.call("proxy_on_request_trailers", id, deadline, |store, g| g.request_trailers(store, id, count))
         })
     }
 
@@ -203,9 +196,8 @@ impl HttpStream {
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
         let count = Self::header_count(self.exchange.borrow().response_headers.as_ref());
         self.run(Direction::Response, "proxy_on_response_headers", |vm, id, deadline| {
-            vm.call("proxy_on_response_headers", id, deadline, |store, cb| match &cb.response_headers {
-                Some(f) => f.call(store, (id, count, u32::from(end_of_stream))),
-                None => Ok(0),
+            vm.call("proxy_on_response_headers", id, deadline, |store, g| {
+                g.response_headers(store, id, count, end_of_stream)
             })
         })
     }
@@ -214,10 +206,7 @@ impl HttpStream {
     pub fn on_response_body(&mut self, end_of_stream: bool) -> Action {
         let len = Self::body_len(&self.exchange.borrow().response_body);
         self.run(Direction::Response, "proxy_on_response_body", |vm, id, deadline| {
-            vm.call("proxy_on_response_body", id, deadline, |store, cb| match &cb.response_body {
-                Some(f) => f.call(store, (id, len, u32::from(end_of_stream))),
-                None => Ok(0),
-            })
+            vm.call("proxy_on_response_body", id, deadline, |store, g| g.response_body(store, id, len, end_of_stream))
         })
     }
 
@@ -225,10 +214,7 @@ impl HttpStream {
     pub fn on_response_trailers(&mut self) -> Action {
         let count = Self::header_count(self.exchange.borrow().response_trailers.as_ref());
         self.run(Direction::Response, "proxy_on_response_trailers", |vm, id, deadline| {
-            vm.call("proxy_on_response_trailers", id, deadline, |store, cb| match &cb.response_trailers {
-                Some(f) => f.call(store, (id, count)),
-                None => Ok(0),
-            })
+            vm.call("proxy_on_response_trailers", id, deadline, |store, g| g.response_trailers(store, id, count))
         })
     }
 

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, TypedFunc};
 
 use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
+use crate::component::ComponentExports;
 use crate::error::{FailureKind, GuestFailure, GuestFault, StartError};
 use crate::exchange::HttpExchange;
-use crate::module::PluginModule;
+use crate::module::{CompiledCode, PluginModule};
 use crate::plugin::PluginConfig;
 use crate::runtime::Runtime;
 use crate::services::HostServices;
@@ -53,9 +54,109 @@ pub(crate) struct Callbacks {
     queue_ready: Option<Callback2>,
 }
 
+/// The guest's side, per form: proxy-wasm exports looked up by name, or the component world's
+/// typed exports. Each method is one callback of the VM's life, in proxy-wasm's terms (codes:
+/// 0 continue, 1 pause; `proxy_on_done`'s 1 = done).
+pub(crate) enum Guest {
+    Core(Callbacks),
+    Component(ComponentExports),
+}
+
+impl Guest {
+    pub(crate) fn request_headers(
+        &self,
+        store: &mut Store<VmState>,
+        id: u32,
+        count: u32,
+        end: bool,
+    ) -> wasmtime::Result<u32> {
+        match self {
+            Self::Core(cb) => cb.request_headers.as_ref().map_or(Ok(0), |f| f.call(store, (id, count, u32::from(end)))),
+            Self::Component(c) => c.request_headers(store, id, end),
+        }
+    }
+
+    pub(crate) fn request_body(
+        &self,
+        store: &mut Store<VmState>,
+        id: u32,
+        len: u32,
+        end: bool,
+    ) -> wasmtime::Result<u32> {
+        match self {
+            Self::Core(cb) => cb.request_body.as_ref().map_or(Ok(0), |f| f.call(store, (id, len, u32::from(end)))),
+            Self::Component(c) => c.request_body(store, id, len, end),
+        }
+    }
+
+    pub(crate) fn request_trailers(&self, store: &mut Store<VmState>, id: u32, count: u32) -> wasmtime::Result<u32> {
+        match self {
+            Self::Core(cb) => cb.request_trailers.as_ref().map_or(Ok(0), |f| f.call(store, (id, count))),
+            Self::Component(c) => c.request_trailers(store, id),
+        }
+    }
+
+    pub(crate) fn response_headers(
+        &self,
+        store: &mut Store<VmState>,
+        id: u32,
+        count: u32,
+        end: bool,
+    ) -> wasmtime::Result<u32> {
+        match self {
+            Self::Core(cb) => {
+                cb.response_headers.as_ref().map_or(Ok(0), |f| f.call(store, (id, count, u32::from(end))))
+            }
+            Self::Component(c) => c.response_headers(store, id, end),
+        }
+    }
+
+    pub(crate) fn response_body(
+        &self,
+        store: &mut Store<VmState>,
+        id: u32,
+        len: u32,
+        end: bool,
+    ) -> wasmtime::Result<u32> {
+        match self {
+            Self::Core(cb) => cb.response_body.as_ref().map_or(Ok(0), |f| f.call(store, (id, len, u32::from(end)))),
+            Self::Component(c) => c.response_body(store, id, len, end),
+        }
+    }
+
+    pub(crate) fn response_trailers(&self, store: &mut Store<VmState>, id: u32, count: u32) -> wasmtime::Result<u32> {
+        match self {
+            Self::Core(cb) => cb.response_trailers.as_ref().map_or(Ok(0), |f| f.call(store, (id, count))),
+            Self::Component(c) => c.response_trailers(store, id),
+        }
+    }
+
+    /// The name a failure report gives the callback: the proxy-wasm export, or the world's.
+    fn callback_name(&self, proxy_wasm: &'static str) -> &'static str {
+        if matches!(self, Self::Core(_)) {
+            return proxy_wasm;
+        }
+        match proxy_wasm {
+            "proxy_on_vm_start" | "proxy_on_configure" => "configure",
+            "proxy_on_request_headers" => "on-request-headers",
+            "proxy_on_request_body" => "on-request-body",
+            "proxy_on_request_trailers" => "on-request-trailers",
+            "proxy_on_response_headers" => "on-response-headers",
+            "proxy_on_response_body" => "on-response-body",
+            "proxy_on_response_trailers" => "on-response-trailers",
+            "proxy_on_log" | "proxy_on_delete" => "on-stream-done",
+            "proxy_on_tick" => "on-tick",
+            "proxy_on_http_call_response" => "on-callout-response",
+            "proxy_on_queue_ready" => "on-queue-ready",
+            "proxy_on_done" => "on-shutdown",
+            other => other,
+        }
+    }
+}
+
 struct VmInner {
     store: Store<VmState>,
-    callbacks: Callbacks,
+    callbacks: Guest,
 }
 
 /// The root context id: context ids count from 1 per VM (0 is the VM itself), as in Envoy.
@@ -94,35 +195,44 @@ impl PluginVm {
         let instantiate_error = |detail: String| StartError::Instantiate { plugin: plugin.name.clone(), detail };
         let state = VmState::new(plugin.clone(), services.clone(), dispatcher);
         let inbox = state.inbox.clone();
-        let mut store = Store::new(module.module().engine(), state);
+        let mut store = Store::new(module_engine(&module), state);
         store.limiter(|state| &mut state.memory_cap);
         store.set_epoch_deadline(Runtime::deadline_ticks(plugin.limits.start_deadline));
-        let instance =
-            module.instance_pre().instantiate(&mut store).map_err(|e| instantiate_error(format!("{e:#}")))?;
-        let memory = instance.get_memory(&mut store, "memory");
-        let allocator = lookup::<u32, u32>(&mut store, &instance, "malloc")
-            .or_else(|| lookup::<u32, u32>(&mut store, &instance, "proxy_on_memory_allocate"));
-        let context_create = lookup(&mut store, &instance, "proxy_on_context_create")
-            .ok_or_else(|| instantiate_error("proxy_on_context_create has the wrong signature".into()))?;
-        let callbacks = Callbacks {
-            initialize: lookup(&mut store, &instance, "_initialize"),
-            main: lookup(&mut store, &instance, "main"),
-            start: lookup(&mut store, &instance, "_start"),
-            context_create,
-            vm_start: lookup(&mut store, &instance, "proxy_on_vm_start"),
-            configure: lookup(&mut store, &instance, "proxy_on_configure"),
-            tick: lookup(&mut store, &instance, "proxy_on_tick"),
-            request_headers: lookup(&mut store, &instance, "proxy_on_request_headers"),
-            request_body: lookup(&mut store, &instance, "proxy_on_request_body"),
-            request_trailers: lookup(&mut store, &instance, "proxy_on_request_trailers"),
-            response_headers: lookup(&mut store, &instance, "proxy_on_response_headers"),
-            response_body: lookup(&mut store, &instance, "proxy_on_response_body"),
-            response_trailers: lookup(&mut store, &instance, "proxy_on_response_trailers"),
-            log: lookup(&mut store, &instance, "proxy_on_log"),
-            done: lookup(&mut store, &instance, "proxy_on_done"),
-            delete: lookup(&mut store, &instance, "proxy_on_delete"),
-            http_call_response: lookup(&mut store, &instance, "proxy_on_http_call_response"),
-            queue_ready: lookup(&mut store, &instance, "proxy_on_queue_ready"),
+        let (callbacks, memory, allocator) = match module.code() {
+            CompiledCode::Component(compiled) => {
+                let exports = ComponentExports::instantiate(compiled, &mut store)
+                    .map_err(|e| instantiate_error(format!("{e:#}")))?;
+                (Guest::Component(exports), None, None)
+            }
+            CompiledCode::Core { pre, .. } => {
+                let instance = pre.instantiate(&mut store).map_err(|e| instantiate_error(format!("{e:#}")))?;
+                let memory = instance.get_memory(&mut store, "memory");
+                let allocator = lookup::<u32, u32>(&mut store, &instance, "malloc")
+                    .or_else(|| lookup::<u32, u32>(&mut store, &instance, "proxy_on_memory_allocate"));
+                let context_create = lookup(&mut store, &instance, "proxy_on_context_create")
+                    .ok_or_else(|| instantiate_error("proxy_on_context_create has the wrong signature".into()))?;
+                let callbacks = Callbacks {
+                    initialize: lookup(&mut store, &instance, "_initialize"),
+                    main: lookup(&mut store, &instance, "main"),
+                    start: lookup(&mut store, &instance, "_start"),
+                    context_create,
+                    vm_start: lookup(&mut store, &instance, "proxy_on_vm_start"),
+                    configure: lookup(&mut store, &instance, "proxy_on_configure"),
+                    tick: lookup(&mut store, &instance, "proxy_on_tick"),
+                    request_headers: lookup(&mut store, &instance, "proxy_on_request_headers"),
+                    request_body: lookup(&mut store, &instance, "proxy_on_request_body"),
+                    request_trailers: lookup(&mut store, &instance, "proxy_on_request_trailers"),
+                    response_headers: lookup(&mut store, &instance, "proxy_on_response_headers"),
+                    response_body: lookup(&mut store, &instance, "proxy_on_response_body"),
+                    response_trailers: lookup(&mut store, &instance, "proxy_on_response_trailers"),
+                    log: lookup(&mut store, &instance, "proxy_on_log"),
+                    done: lookup(&mut store, &instance, "proxy_on_done"),
+                    delete: lookup(&mut store, &instance, "proxy_on_delete"),
+                    http_call_response: lookup(&mut store, &instance, "proxy_on_http_call_response"),
+                    queue_ready: lookup(&mut store, &instance, "proxy_on_queue_ready"),
+                };
+                (Guest::Core(callbacks), memory, allocator)
+            }
         };
         let state = store.data_mut();
         state.memory = memory;
@@ -138,7 +248,7 @@ impl PluginVm {
             next_context_id: Cell::new(ROOT_CONTEXT_ID + 1),
             started_at: Instant::now(),
         });
-        vm.inner.borrow_mut().store.data_mut().self_ref = Rc::downgrade(&vm);
+        vm.inner.borrow_mut().store.data_mut().self_ref = send_wrapper::SendWrapper::new(Rc::downgrade(&vm));
         vm.run_start_sequence()?;
         Ok(vm)
     }
@@ -146,7 +256,26 @@ impl PluginVm {
     fn run_start_sequence(&self) -> Result<(), GuestFailure> {
         let deadline = self.plugin.limits.start_deadline;
         let root = ROOT_CONTEXT_ID;
+        if self.is_component() {
+            let configured = self.call("proxy_on_configure", root, deadline, |store, guest| match guest {
+                Guest::Component(c) => {
+                    c.configure(store, &self.plugin.plugin_configuration, &self.plugin.vm_configuration)
+                }
+                Guest::Core(_) => Ok(Ok(())),
+            })?;
+            return configured.map_err(|reason| {
+                let failure = GuestFailure {
+                    plugin: self.plugin.name.clone(),
+                    callback: "configure",
+                    kind: FailureKind::Refused,
+                    detail: format!("the filter refused its configuration: {reason}"),
+                };
+                self.fail(failure.clone());
+                failure
+            });
+        }
         self.call("_initialize", 0, deadline, |store, cb| {
+            let Guest::Core(cb) = cb else { return Ok(()) };
             if let Some(init) = &cb.initialize {
                 init.call(&mut *store, ())?;
                 if let Some(main) = &cb.main {
@@ -157,19 +286,22 @@ impl PluginVm {
             }
             Ok(())
         })?;
-        self.call("proxy_on_context_create", root, deadline, |store, cb| cb.context_create.call(store, (root, 0)))?;
+        self.call("proxy_on_context_create", root, deadline, |store, cb| match cb {
+            Guest::Core(cb) => cb.context_create.call(store, (root, 0)),
+            Guest::Component(_) => Ok(()),
+        })?;
         let vm_config_len = u32::try_from(self.plugin.vm_configuration.len()).unwrap_or(u32::MAX);
-        let started = self.call("proxy_on_vm_start", root, deadline, |store, cb| match &cb.vm_start {
-            Some(f) => f.call(store, (root, vm_config_len)),
-            None => Ok(1),
+        let started = self.call("proxy_on_vm_start", root, deadline, |store, cb| match cb {
+            Guest::Core(Callbacks { vm_start: Some(f), .. }) => f.call(store, (root, vm_config_len)),
+            _ => Ok(1),
         })?;
         if started == 0 {
             return Err(self.refuse("proxy_on_vm_start"));
         }
         let config_len = u32::try_from(self.plugin.plugin_configuration.len()).unwrap_or(u32::MAX);
-        let configured = self.call("proxy_on_configure", root, deadline, |store, cb| match &cb.configure {
-            Some(f) => f.call(store, (root, config_len)),
-            None => Ok(1),
+        let configured = self.call("proxy_on_configure", root, deadline, |store, cb| match cb {
+            Guest::Core(Callbacks { configure: Some(f), .. }) => f.call(store, (root, config_len)),
+            _ => Ok(1),
         })?;
         if configured == 0 {
             return Err(self.refuse("proxy_on_configure"));
@@ -186,6 +318,10 @@ impl PluginVm {
         };
         self.fail(failure.clone());
         failure
+    }
+
+    fn is_component(&self) -> bool {
+        matches!(self.module.code(), CompiledCode::Component(_))
     }
 
     /// The plugin this VM runs.
@@ -224,7 +360,7 @@ impl PluginVm {
         callback: &'static str,
         context: u32,
         deadline: Duration,
-        f: impl FnOnce(&mut Store<VmState>, &Callbacks) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<VmState>, &Guest) -> wasmtime::Result<R>,
     ) -> Result<R, GuestFailure> {
         if let Some(failure) = self.failure.borrow().as_ref() {
             return Err(GuestFailure {
@@ -244,6 +380,7 @@ impl PluginVm {
                 });
             };
             let VmInner { store, callbacks } = &mut *inner;
+            let callback = callbacks.callback_name(callback);
             store.set_epoch_deadline(Runtime::deadline_ticks(deadline));
             let state = store.data_mut();
             let previous = (state.active_context, state.effective_context.take());
@@ -319,11 +456,14 @@ impl PluginVm {
         let id = self.next_context_id.get();
         self.next_context_id.set(id.wrapping_add(1).max(ROOT_CONTEXT_ID + 1));
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
-            inner.store.data_mut().streams.insert(id, StreamContext { exchange, signals });
+            inner.store.data_mut().streams.insert(id, StreamContext { exchange, signals, done_delivered: false });
         }
-        let created = self.call("proxy_on_context_create", id, self.plugin.limits.callback_deadline, |store, cb| {
-            cb.context_create.call(store, (id, ROOT_CONTEXT_ID))
-        });
+        let created =
+            self.call("proxy_on_context_create", id, self.plugin.limits.callback_deadline, |store, cb| match cb {
+                Guest::Core(cb) => cb.context_create.call(store, (id, ROOT_CONTEXT_ID)),
+                // A component learns of the stream with its first callback.
+                Guest::Component(_) => Ok(()),
+            });
         if created.is_err()
             && let Ok(mut inner) = self.inner.try_borrow_mut()
         {
@@ -335,13 +475,14 @@ impl PluginVm {
     /// Ends a stream context: `proxy_on_done` then `proxy_on_delete`, and forgets it.
     pub(crate) fn destroy_stream(&self, id: u32) {
         let deadline = self.plugin.limits.callback_deadline;
-        let _ = self.call("proxy_on_done", id, deadline, |store, cb| match &cb.done {
-            Some(f) => f.call(&mut *store, id).map(drop),
-            None => Ok(()),
+        let _ = self.call("proxy_on_done", id, deadline, |store, cb| match cb {
+            Guest::Core(Callbacks { done: Some(f), .. }) => f.call(&mut *store, id).map(drop),
+            _ => Ok(()),
         });
-        let _ = self.call("proxy_on_delete", id, deadline, |store, cb| match &cb.delete {
-            Some(f) => f.call(&mut *store, id),
-            None => Ok(()),
+        let _ = self.call("proxy_on_delete", id, deadline, |store, cb| match cb {
+            Guest::Core(Callbacks { delete: Some(f), .. }) => f.call(&mut *store, id),
+            Guest::Component(c) => c.stream_done(store, id),
+            Guest::Core(_) => Ok(()),
         });
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
             inner.store.data_mut().streams.remove(&id);
@@ -350,9 +491,10 @@ impl PluginVm {
 
     /// `proxy_on_log` for a stream.
     pub(crate) fn log_stream(&self, id: u32) -> Result<(), GuestFailure> {
-        self.call("proxy_on_log", id, self.plugin.limits.callback_deadline, |store, cb| match &cb.log {
-            Some(f) => f.call(store, id),
-            None => Ok(()),
+        self.call("proxy_on_log", id, self.plugin.limits.callback_deadline, |store, cb| match cb {
+            Guest::Core(Callbacks { log: Some(f), .. }) => f.call(store, id),
+            Guest::Component(c) => c.stream_done(store, id),
+            Guest::Core(_) => Ok(()),
         })
     }
 
@@ -374,11 +516,10 @@ impl PluginVm {
                 _ => return Ok(false),
             }
         }
-        self.call("proxy_on_tick", ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| {
-            match &cb.tick {
-                Some(f) => f.call(store, ROOT_CONTEXT_ID),
-                None => Ok(()),
-            }
+        self.call("proxy_on_tick", ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| match cb {
+            Guest::Core(Callbacks { tick: Some(f), .. }) => f.call(store, ROOT_CONTEXT_ID),
+            Guest::Component(c) => c.tick(store),
+            Guest::Core(_) => Ok(()),
         })?;
         Ok(true)
     }
@@ -393,9 +534,10 @@ impl PluginVm {
         let ready = self.inbox.drain();
         for &queue_id in &ready {
             self.call("proxy_on_queue_ready", ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| {
-                match &cb.queue_ready {
-                    Some(f) => f.call(store, (ROOT_CONTEXT_ID, queue_id)),
-                    None => Ok(()),
+                match cb {
+                    Guest::Core(Callbacks { queue_ready: Some(f), .. }) => f.call(store, (ROOT_CONTEXT_ID, queue_id)),
+                    Guest::Component(c) => c.queue_ready(store, queue_id),
+                    Guest::Core(_) => Ok(()),
                 }
             })?;
         }
@@ -410,6 +552,18 @@ impl PluginVm {
             Err(_) => (0, 0, 0),
         };
         let [headers, body, trailers] = [counts.0, counts.1, counts.2].map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        if self.is_component() {
+            let _ = self.call(
+                "proxy_on_http_call_response",
+                ROOT_CONTEXT_ID,
+                self.plugin.limits.callback_deadline,
+                |store, cb| match cb {
+                    Guest::Component(c) => c.callout_response(store, token, &outcome),
+                    Guest::Core(_) => Ok(()),
+                },
+            );
+            return;
+        }
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
             inner.store.data_mut().callout_response = Some(outcome);
         }
@@ -417,9 +571,11 @@ impl PluginVm {
             "proxy_on_http_call_response",
             ROOT_CONTEXT_ID,
             self.plugin.limits.callback_deadline,
-            |store, cb| match &cb.http_call_response {
-                Some(f) => f.call(store, (ROOT_CONTEXT_ID, token, headers, body, trailers)),
-                None => Ok(()),
+            |store, cb| match cb {
+                Guest::Core(Callbacks { http_call_response: Some(f), .. }) => {
+                    f.call(store, (ROOT_CONTEXT_ID, token, headers, body, trailers))
+                }
+                _ => Ok(()),
             },
         );
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
@@ -430,12 +586,12 @@ impl PluginVm {
     /// Asks the root context to finish (`proxy_on_done`). Returns true when it is done now; false
     /// when it will call `proxy_done` later (e.g. after flushing through a callout).
     pub fn shutdown(&self) -> bool {
-        let done = self.call("proxy_on_done", ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| {
-            match &cb.done {
-                Some(f) => f.call(store, ROOT_CONTEXT_ID),
-                None => Ok(1),
-            }
-        });
+        let done =
+            self.call("proxy_on_done", ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| match cb {
+                Guest::Core(Callbacks { done: Some(f), .. }) => f.call(store, ROOT_CONTEXT_ID),
+                Guest::Component(c) => c.shutdown(store),
+                Guest::Core(_) => Ok(1),
+            });
         match done {
             Ok(0) => {
                 if let Ok(mut inner) = self.inner.try_borrow_mut() {
@@ -456,12 +612,23 @@ impl PluginVm {
 impl Drop for PluginVm {
     fn drop(&mut self) {
         if !self.is_failed() {
-            let _ = self.call("proxy_on_delete", ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| {
-                match &cb.delete {
-                    Some(f) => f.call(store, ROOT_CONTEXT_ID),
-                    None => Ok(()),
-                }
-            });
+            let _ =
+                self.call(
+                    "proxy_on_delete",
+                    ROOT_CONTEXT_ID,
+                    self.plugin.limits.callback_deadline,
+                    |store, cb| match cb {
+                        Guest::Core(Callbacks { delete: Some(f), .. }) => f.call(store, ROOT_CONTEXT_ID),
+                        _ => Ok(()),
+                    },
+                );
         }
+    }
+}
+
+fn module_engine(module: &PluginModule) -> &wasmtime::Engine {
+    match module.code() {
+        CompiledCode::Core { module, .. } => module.engine(),
+        CompiledCode::Component(compiled) => compiled.pre.engine(),
     }
 }

@@ -24,6 +24,7 @@ pub fn module(crate_dir: &str) -> PathBuf {
         target_dir: Some(root.join("target/wasm-filters")),
         out: Some(root.join(format!("target/bench/{name}.wasm"))),
         quiet: true,
+        form: Default::default(),
     })
     .unwrap_or_else(|e| panic!("building {crate_dir}: {e}"))
     .wasm_path

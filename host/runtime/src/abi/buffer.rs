@@ -24,7 +24,7 @@ fn buffer_type(call: &'static str, raw: u32) -> wasmtime::Result<BufferType> {
 }
 
 /// Runs `f` on the buffer, if it exists for the acting context.
-fn read_buffer<R>(state: &VmState, buffer: BufferType, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+pub(crate) fn read_buffer<R>(state: &VmState, buffer: BufferType, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     match buffer {
         BufferType::HttpRequestBody => Some(f(&state.acting_stream()?.exchange.borrow().request_body)),
         BufferType::HttpResponseBody => Some(f(&state.acting_stream()?.exchange.borrow().response_body)),
@@ -71,10 +71,16 @@ fn set_buffer_bytes(
     const CALL: &str = "proxy_set_buffer_bytes";
     let buffer = buffer_type(CALL, buffer)?;
     let data = memory::read(&caller, CALL, ptr, len)?;
-    let state = caller.data();
+    splice_body(caller.data(), CALL, buffer, start, size, data);
+    Ok(Status::Ok.code())
+}
+
+/// Replaces bytes `[start, start + size)` of the acting stream's body with `data`; logs and
+/// skips when there is no such body.
+pub(crate) fn splice_body(state: &VmState, call: &str, buffer: BufferType, start: u32, size: u32, data: Vec<u8>) {
     let Some(stream) = state.acting_stream() else {
-        emit(state, LogLevel::Warn, &format!("{CALL} ignored: no stream body outside a stream context"));
-        return Ok(Status::Ok.code());
+        emit(state, LogLevel::Warn, &format!("{call} ignored: no stream body outside a stream context"));
+        return;
     };
     let mut exchange = stream.exchange.borrow_mut();
     let body = match buffer {
@@ -82,8 +88,8 @@ fn set_buffer_bytes(
         BufferType::HttpResponseBody => &mut exchange.response_body,
         other => {
             drop(exchange);
-            emit(state, LogLevel::Warn, &format!("{CALL} ignored: {other:?} cannot be modified"));
-            return Ok(Status::Ok.code());
+            emit(state, LogLevel::Warn, &format!("{call} ignored: {other:?} cannot be modified"));
+            return;
         }
     };
     // A splice of [start, start+size): covers Envoy's prepend (0,0), replace (0, >=len) and
@@ -91,7 +97,6 @@ fn set_buffer_bytes(
     let start = (start as usize).min(body.len());
     let end = start.saturating_add(size as usize).min(body.len());
     body.splice(start..end, data);
-    Ok(Status::Ok.code())
 }
 
 fn get_buffer_status(

@@ -32,7 +32,7 @@ fn map_type(call: &'static str, raw: u32) -> wasmtime::Result<MapType> {
 }
 
 /// Runs `f` on the map, if it exists for the acting context in this phase.
-fn read_map<R>(state: &VmState, map: MapType, f: impl FnOnce(&HeaderMap) -> R) -> Option<R> {
+pub(crate) fn read_map<R>(state: &VmState, map: MapType, f: impl FnOnce(&HeaderMap) -> R) -> Option<R> {
     match map {
         MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => {
             let response = state.callout_response.as_ref()?.as_ref().ok()?;
@@ -53,7 +53,7 @@ fn read_map<R>(state: &VmState, map: MapType, f: impl FnOnce(&HeaderMap) -> R) -
 }
 
 /// Runs `f` on a stream map the acting context may change; logs and skips otherwise.
-fn write_map(state: &VmState, call: &'static str, map: MapType, f: impl FnOnce(&mut HeaderMap)) {
+pub(crate) fn write_map(state: &VmState, call: &'static str, map: MapType, f: impl FnOnce(&mut HeaderMap)) {
     let refused = |why: &str| emit(state, LogLevel::Warn, &format!("{call} ignored: {why}"));
     let Some(stream) = state.acting_stream() else {
         return refused(&format!("{map:?} is not available outside a stream context"));

@@ -1,6 +1,7 @@
 //! Callouts: `proxy_http_call`, `proxy_get_status`, and the gRPC calls (not supported: refused
 //! with the statuses the Rust SDK accepts, so a filter can handle it).
 
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use wasmtime::Caller;
@@ -80,38 +81,65 @@ fn http_call(
     let trailers = memory::read(&caller, CALL, trailers_ptr, trailers_len)?;
     let trailers = HeaderMap::decode(&trailers).map_err(|e| GuestFault::trap(CALL, format!("trailers: {e}")))?;
 
-    let refuse = |caller: &Caller<'_, VmState>, why: String| {
-        emit(caller.data(), LogLevel::Warn, &format!("{CALL} refused: {why}"));
-        Ok(Status::BadArgument.code())
-    };
-    for required in [":method", ":path", ":authority"] {
-        if headers.get(required.as_bytes()).is_none() {
-            return refuse(&caller, format!("the request has no `{required}` header"));
+    let timeout = (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
+    match start_callout(caller.data_mut(), cluster, headers, body, trailers, timeout) {
+        Ok(token) => {
+            memory::write_u32(&mut caller, CALL, ret_token, token)?;
+            Ok(Status::Ok.code())
+        }
+        Err(refusal) => {
+            emit(caller.data(), LogLevel::Warn, &format!("{CALL} refused: {refusal}"));
+            Ok(Status::BadArgument.code())
         }
     }
-    if !caller.data().dispatcher.has_cluster(&cluster) {
-        return refuse(&caller, format!("no cluster named `{cluster}`"));
+}
+
+/// Why a callout was not started.
+#[derive(Debug)]
+pub(crate) enum CalloutRefusal {
+    /// A required pseudo-header is missing.
+    MissingHeader(&'static str),
+    /// No cluster of that name.
+    UnknownCluster(String),
+    /// The data plane refused it.
+    Dispatch(String),
+}
+
+impl std::fmt::Display for CalloutRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MissingHeader(name) => write!(f, "the request has no `{name}` header"),
+            Self::UnknownCluster(cluster) => write!(f, "no cluster named `{cluster}`"),
+            Self::Dispatch(why) => f.write_str(why),
+        }
     }
-    let token = {
-        let state = caller.data_mut();
-        state.callout_tokens = state.callout_tokens.wrapping_add(1).max(1);
-        state.callout_tokens
-    };
-    memory::write_u32(&mut caller, CALL, ret_token, token)?;
-    let request = CalloutRequest {
-        token,
-        cluster,
-        headers,
-        body,
-        trailers,
-        timeout: (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms))),
-    };
-    let completion = CalloutCompletion { vm: caller.data().self_ref.clone(), token };
-    let dispatcher = caller.data().dispatcher.clone();
-    if let Err(e) = dispatcher.dispatch(request, completion) {
-        return refuse(&caller, format!("{e:?}"));
+}
+
+/// Starts a callout for the VM of `state` (both front doors: `proxy_http_call` and the
+/// component world's `http-call`); its outcome comes back through [`CalloutCompletion`].
+pub(crate) fn start_callout(
+    state: &mut VmState,
+    cluster: String,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    trailers: HeaderMap,
+    timeout: Option<Duration>,
+) -> Result<u32, CalloutRefusal> {
+    for required in [":method", ":path", ":authority"] {
+        if headers.get(required.as_bytes()).is_none() {
+            return Err(CalloutRefusal::MissingHeader(required));
+        }
     }
-    Ok(Status::Ok.code())
+    if !state.dispatcher.has_cluster(&cluster) {
+        return Err(CalloutRefusal::UnknownCluster(cluster));
+    }
+    state.callout_tokens = state.callout_tokens.wrapping_add(1).max(1);
+    let token = state.callout_tokens;
+    let request = CalloutRequest { token, cluster, headers, body, trailers, timeout };
+    let completion = CalloutCompletion { vm: Weak::clone(&state.self_ref), token };
+    let dispatcher = Rc::clone(&state.dispatcher);
+    dispatcher.dispatch(request, completion).map_err(|e| CalloutRefusal::Dispatch(format!("{e:?}")))?;
+    Ok(token)
 }
 
 fn get_status(

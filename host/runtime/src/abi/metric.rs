@@ -20,7 +20,7 @@ pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
 }
 
 /// The metric `id`, cached per VM so recording does not touch the registry lock.
-fn metric(state: &mut VmState, id: u32) -> Option<Arc<Metric>> {
+pub(crate) fn metric(state: &mut VmState, id: u32) -> Option<Arc<Metric>> {
     if let Some(metric) = state.metric_cache.get(&id) {
         return Some(metric.clone());
     }

@@ -5,16 +5,16 @@
 //! importing anything else is refused at load with the import named (see [`crate::module`]).
 //! Host functions are named after the ABI call without the `proxy_` prefix.
 
-mod buffer;
-mod header_map;
-mod http_call;
-mod log;
+pub(crate) mod buffer;
+pub(crate) mod header_map;
+pub(crate) mod http_call;
+pub(crate) mod log;
 pub(crate) mod memory;
-mod metric;
-mod property;
+pub(crate) mod metric;
+pub(crate) mod property;
 mod shared;
-mod stream_control;
-mod timer;
+pub(crate) mod stream_control;
+pub(crate) mod timer;
 pub mod types;
 
 pub(crate) use timer::unix_nanos;

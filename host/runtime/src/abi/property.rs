@@ -30,22 +30,36 @@ fn get_property(
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_get_property";
     let path = memory::read(&caller, CALL, path_ptr, path_len)?;
-    let value = {
-        let state = caller.data();
-        let exchange = state.acting_stream().map(|s| s.exchange.borrow());
-        let scope = PropertyScope {
-            plugin: &state.plugin,
-            node: &state.services.node,
-            exchange: exchange.as_deref(),
-            root_filter_state: &state.root_filter_state,
-        };
-        resolve(&segments(&path), &scope)
-    };
-    let Some(value) = value else {
+    let Some(value) = read_property(caller.data(), &segments(&path)) else {
         return Ok(Status::NotFound.code());
     };
-    memory::hand_over(&mut caller, CALL, &value.encode(), ret_ptr, ret_len)?;
+    memory::hand_over(&mut caller, CALL, &value, ret_ptr, ret_len)?;
     Ok(Status::Ok.code())
+}
+
+/// A property for the acting context, encoded as proxy-wasm hands it over.
+pub(crate) fn read_property(state: &VmState, path: &[&[u8]]) -> Option<Vec<u8>> {
+    let exchange = state.acting_stream().map(|s| s.exchange.borrow());
+    let scope = PropertyScope {
+        plugin: &state.plugin,
+        node: &state.services.node,
+        exchange: exchange.as_deref(),
+        root_filter_state: &state.root_filter_state,
+    };
+    resolve(path, &scope).map(|value| value.encode())
+}
+
+/// Sets filter state under `path`: on the acting stream, else on the root context.
+pub(crate) fn write_property(state: &mut VmState, path: &[&[u8]], value: Vec<u8>) {
+    let key = filter_state_key(path);
+    match state.acting_stream() {
+        Some(stream) => {
+            stream.exchange.borrow_mut().info.filter_state.insert(key, value);
+        }
+        None => {
+            state.root_filter_state.insert(key, value);
+        }
+    }
 }
 
 fn set_property(
@@ -58,15 +72,6 @@ fn set_property(
     const CALL: &str = "proxy_set_property";
     let path = memory::read(&caller, CALL, path_ptr, path_len)?;
     let value = memory::read(&caller, CALL, value_ptr, value_len)?;
-    let key = filter_state_key(&segments(&path));
-    let state = caller.data_mut();
-    match state.acting_stream() {
-        Some(stream) => {
-            stream.exchange.borrow_mut().info.filter_state.insert(key, value);
-        }
-        None => {
-            state.root_filter_state.insert(key, value);
-        }
-    }
+    write_property(caller.data_mut(), &segments(&path), value);
     Ok(Status::Ok.code())
 }

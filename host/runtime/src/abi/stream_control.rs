@@ -25,7 +25,7 @@ pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
 
 /// Applies `f` to the acting stream's signals and wakes whoever waits on them; warns when the
 /// acting context is not a stream.
-fn signal(state: &VmState, call: &str, f: impl FnOnce(&mut StreamSignals)) {
+pub(crate) fn signal(state: &VmState, call: &str, f: impl FnOnce(&mut StreamSignals)) {
     match state.acting_stream() {
         Some(stream) => {
             let mut signals = stream.signals.borrow_mut();

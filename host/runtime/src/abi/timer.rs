@@ -26,8 +26,14 @@ fn get_current_time_nanoseconds(mut caller: Caller<'_, VmState>, ret_time: u32) 
 }
 
 fn set_tick_period_milliseconds(mut caller: Caller<'_, VmState>, period_ms: u32) -> wasmtime::Result<i32> {
+    set_tick_period(caller.data_mut(), period_ms);
+    Ok(Status::Ok.code())
+}
+
+/// Arms (or, with 0, stops) the VM's tick timer.
+pub(crate) fn set_tick_period(state: &mut VmState, period_ms: u32) {
     // One timer per root context; stream contexts set their root's timer, as in Envoy.
-    let tick = &mut caller.data_mut().tick;
+    let tick = &mut state.tick;
     if period_ms == 0 {
         tick.period = None;
         tick.next = None;
@@ -36,5 +42,4 @@ fn set_tick_period_milliseconds(mut caller: Caller<'_, VmState>, period_ms: u32)
         tick.period = Some(period);
         tick.next = Some(Instant::now() + period);
     }
-    Ok(Status::Ok.code())
 }

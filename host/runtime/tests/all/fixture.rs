@@ -34,6 +34,7 @@ pub fn filter(name: &str) -> Vec<u8> {
         target_dir: Some(root.join("target/wasm-filters")),
         out: None,
         quiet: true,
+        form: Default::default(),
     })
     .unwrap_or_else(|e| panic!("building test filter {name}: {e}"));
     let bytes = std::fs::read(&module.wasm_path).expect("read built module");

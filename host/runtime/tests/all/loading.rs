@@ -23,7 +23,7 @@ fn an_sdk_built_filter_loads_and_is_identified_by_its_sha256() {
     let runtime = runtime();
     let bytes = filter("abi-probe");
     let module = runtime.compile(&bytes).expect("loads");
-    assert_eq!(module.abi_version(), AbiVersion::V0_2_1);
+    assert_eq!(module.abi_version(), Some(AbiVersion::V0_2_1));
     assert_eq!(module.sha256(), hex_sha256(&bytes));
     assert_eq!(module.sha256().len(), 64);
     let again = runtime.compile(&bytes).expect("loads");

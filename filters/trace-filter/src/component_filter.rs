@@ -1,0 +1,212 @@
+//! The component front door: the `wasmtrace:filter` world's exports hand the typed calls to
+//! [`crate::tracer`], exactly as the proxy-wasm contexts do.
+
+// wit-bindgen's generated glue (canonical-ABI lifting and lowering, the export symbols) is
+// unsafe code; nothing written by hand here is.
+#![allow(unsafe_code, clippy::missing_safety_doc)]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use crate::tracer::{ExportResponse, Exporter, RootHost, Severity, StreamHost, StreamTracer};
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "wasmtrace:filter/http-filter",
+});
+
+use exports::wasmtrace::filter::handler::Guest;
+use wasmtrace::filter::exchange::HttpStream;
+use wasmtrace::filter::host;
+use wasmtrace::filter::types::{
+    Action, CalloutError, CalloutRequest, CalloutResponse, HeaderPart, LogLevel, MetricKind,
+};
+
+/// The filter's state in this VM (one instance, one thread).
+#[derive(Default)]
+struct Filter {
+    exporter: Exporter,
+    streams: HashMap<u32, StreamTracer>,
+}
+
+thread_local! {
+    static FILTER: RefCell<Filter> = RefCell::new(Filter::default());
+    /// Export requests in flight: holding the handle keeps the answer coming. Apart from
+    /// [`FILTER`] because the exporter starts them while it is borrowed.
+    static CALLOUTS: RefCell<HashMap<u32, host::PendingCallout>> = RefCell::new(HashMap::new());
+}
+
+fn now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(host::now_unix_nanos())
+}
+
+/// The host as the world's imports reach it.
+struct WorldHost;
+
+impl RootHost for WorldHost {
+    fn now(&self) -> SystemTime {
+        now()
+    }
+
+    fn log(&self, severity: Severity, message: &str) {
+        let level = match severity {
+            Severity::Warn => LogLevel::Warn,
+            Severity::Error => LogLevel::Error,
+        };
+        host::log(level, message);
+    }
+
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        host::define_metric(MetricKind::Counter, name).ok()
+    }
+
+    fn increment(&self, counter: u32, delta: i64) {
+        let _ = host::increment_metric(counter, delta);
+    }
+
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        let request = CalloutRequest {
+            cluster: cluster.to_owned(),
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            body: body.to_vec(),
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+        };
+        let callout = host::http_call(&request).map_err(|e| format!("{e:?}"))?;
+        let id = callout.id();
+        CALLOUTS.with(|c| c.borrow_mut().insert(id, callout));
+        Ok(id)
+    }
+
+    fn set_tick_period(&self, period: Duration) {
+        host::set_tick_period(u32::try_from(period.as_millis()).unwrap_or(u32::MAX));
+    }
+}
+
+/// One stream, during its callback.
+struct WorldStream<'a>(&'a HttpStream);
+
+impl StreamHost for WorldStream<'_> {
+    fn now(&self) -> SystemTime {
+        now()
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.0
+            .headers(HeaderPart::RequestHeaders)
+            .into_iter()
+            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            .collect()
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        match value {
+            Some(value) => self.0.set_header(HeaderPart::RequestHeaders, name, value.as_bytes()),
+            None => self.0.remove_header(HeaderPart::RequestHeaders, name),
+        }
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.0.header(HeaderPart::ResponseHeaders, name).and_then(|v| String::from_utf8(v).ok())
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+        host::get_property(&path)
+    }
+
+    fn increment(&self, counter: u32, delta: i64) {
+        let _ = host::increment_metric(counter, delta);
+    }
+}
+
+struct TraceFilter;
+
+impl Guest for TraceFilter {
+    fn configure(configuration: Vec<u8>, _vm_configuration: Vec<u8>) -> Result<(), String> {
+        FILTER.with(|f| f.borrow_mut().exporter.configure(&WorldHost, &configuration))
+    }
+
+    fn on_request_headers(stream: &HttpStream, _end_of_stream: bool) -> Action {
+        FILTER.with(|f| {
+            let mut filter = f.borrow_mut();
+            if let Some(mut tracer) = filter.exporter.stream() {
+                tracer.on_request_headers(&WorldStream(stream));
+                filter.streams.insert(stream.id(), tracer);
+            }
+        });
+        Action::Continue
+    }
+
+    fn on_request_body(_stream: &HttpStream, _body_size: u32, _end_of_stream: bool) -> Action {
+        Action::Continue
+    }
+
+    fn on_request_trailers(_stream: &HttpStream) -> Action {
+        Action::Continue
+    }
+
+    fn on_response_headers(stream: &HttpStream, _end_of_stream: bool) -> Action {
+        FILTER.with(|f| {
+            if let Some(tracer) = f.borrow_mut().streams.get_mut(&stream.id()) {
+                tracer.on_response_headers(&WorldStream(stream));
+            }
+        });
+        Action::Continue
+    }
+
+    fn on_response_body(_stream: &HttpStream, _body_size: u32, _end_of_stream: bool) -> Action {
+        Action::Continue
+    }
+
+    fn on_response_trailers(_stream: &HttpStream) -> Action {
+        Action::Continue
+    }
+
+    fn on_stream_done(stream: &HttpStream) {
+        FILTER.with(|f| {
+            let tracer = f.borrow_mut().streams.remove(&stream.id());
+            if let Some(mut tracer) = tracer {
+                tracer.on_stream_done(&WorldStream(stream));
+            }
+        });
+    }
+
+    fn on_tick() {
+        FILTER.with(|f| f.borrow_mut().exporter.on_tick(&WorldHost));
+    }
+
+    fn on_callout_response(callout: u32, outcome: Result<CalloutResponse, CalloutError>) {
+        CALLOUTS.with(|c| c.borrow_mut().remove(&callout));
+        let (status, retry_after) = match &outcome {
+            Ok(response) => {
+                let retry_after = response
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name == "retry-after")
+                    .and_then(|(_, value)| String::from_utf8(value.clone()).ok());
+                (Some(response.status), retry_after)
+            }
+            Err(_) => (None, None),
+        };
+        let response = ExportResponse { status, retry_after: retry_after.as_deref() };
+        let finished = FILTER.with(|f| f.borrow_mut().exporter.on_response(&WorldHost, callout, &response));
+        if finished {
+            host::done();
+        }
+    }
+
+    fn on_queue_ready(_queue: u32) {}
+
+    fn on_shutdown() -> bool {
+        FILTER.with(|f| f.borrow_mut().exporter.on_shutdown(&WorldHost))
+    }
+}
+
+export!(TraceFilter);

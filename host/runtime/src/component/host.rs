@@ -1,0 +1,407 @@
+//! The world's imports, implemented on [`VmState`] with the same internals as the proxy-wasm
+//! host functions (header maps, bodies, properties, signals, callouts, shared data, queues,
+//! metrics, timers): typed arguments instead of guest pointers, nothing else differs.
+
+use std::time::Duration;
+
+use wasmtime::component::Resource;
+
+use super::bindings::wasmtrace::filter::exchange::{self, HttpStream};
+use super::bindings::wasmtrace::filter::host::{self, PendingCallout};
+use super::bindings::wasmtrace::filter::types::{
+    self, AttributeValue, BodyPart, CalloutError, CalloutRequest, HeaderPart, LocalResponse as WitLocalResponse,
+    LogLevel as WitLogLevel, MetricError, MetricKind, QueueError, SharedDataError,
+};
+use crate::abi::buffer::{read_buffer, splice_body};
+use crate::abi::header_map::{read_map, write_map};
+use crate::abi::http_call::{CalloutRefusal, start_callout};
+use crate::abi::log::emit;
+use crate::abi::metric::metric;
+use crate::abi::property::{read_property, write_property};
+use crate::abi::stream_control::signal;
+use crate::abi::timer::{set_tick_period, unix_nanos};
+use crate::abi::types::{BufferType, LogLevel, MapType, MetricType};
+use crate::error::GuestFault;
+use crate::header_map::HeaderMap;
+use crate::shared_data::SharedDataError as HostSharedDataError;
+use crate::shared_queue::QueueError as HostQueueError;
+use crate::state::VmState;
+use crate::stream::LocalResponse;
+
+/// The property the trace filter reads span attributes from (a JSON object), shared with
+/// proxy-wasm filters that set it with `proxy_set_property`.
+const SPAN_ATTRIBUTES_PROPERTY: &str = "wasmtrace_span_attributes";
+
+/// A header map as the world's `header-fields`.
+pub(super) fn fields(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    map.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec())).collect()
+}
+
+fn log_level(level: WitLogLevel) -> LogLevel {
+    match level {
+        WitLogLevel::Trace => LogLevel::Trace,
+        WitLogLevel::Debug => LogLevel::Debug,
+        WitLogLevel::Info => LogLevel::Info,
+        WitLogLevel::Warn => LogLevel::Warn,
+        WitLogLevel::Error => LogLevel::Error,
+        WitLogLevel::Critical => LogLevel::Critical,
+    }
+}
+
+fn map_type(part: HeaderPart) -> MapType {
+    match part {
+        HeaderPart::RequestHeaders => MapType::HttpRequestHeaders,
+        HeaderPart::RequestTrailers => MapType::HttpRequestTrailers,
+        HeaderPart::ResponseHeaders => MapType::HttpResponseHeaders,
+        HeaderPart::ResponseTrailers => MapType::HttpResponseTrailers,
+    }
+}
+
+fn buffer_type(part: BodyPart) -> BufferType {
+    match part {
+        BodyPart::Request => BufferType::HttpRequestBody,
+        BodyPart::Response => BufferType::HttpResponseBody,
+    }
+}
+
+impl VmState {
+    /// The stream a resource names. Borrows of `http-stream` exist only during that stream's
+    /// callback, so anything else is a host bug or a forged handle: the call traps.
+    fn checked_stream(&self, call: &'static str, handle: &Resource<HttpStream>) -> wasmtime::Result<()> {
+        if handle.rep() == self.acting_context() && self.stream(handle.rep()).is_some() {
+            Ok(())
+        } else {
+            Err(GuestFault::trap(call, format!("stream {} is not the stream of this callback", handle.rep())))
+        }
+    }
+}
+
+impl types::Host for VmState {}
+
+impl host::Host for VmState {
+    fn log(&mut self, level: WitLogLevel, message: String) -> wasmtime::Result<()> {
+        emit(self, log_level(level), &message);
+        Ok(())
+    }
+
+    fn current_log_level(&mut self) -> wasmtime::Result<WitLogLevel> {
+        Ok(match self.services.log_level() {
+            LogLevel::Trace => WitLogLevel::Trace,
+            LogLevel::Debug => WitLogLevel::Debug,
+            LogLevel::Info => WitLogLevel::Info,
+            LogLevel::Warn => WitLogLevel::Warn,
+            LogLevel::Error => WitLogLevel::Error,
+            LogLevel::Critical => WitLogLevel::Critical,
+        })
+    }
+
+    fn now_unix_nanos(&mut self) -> wasmtime::Result<u64> {
+        Ok(unix_nanos(std::time::SystemTime::now()))
+    }
+
+    fn random_u64(&mut self) -> wasmtime::Result<u64> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|e| wasmtime::Error::msg(format!("no randomness: {e}")))?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    fn get_property(&mut self, path: Vec<String>) -> wasmtime::Result<Option<Vec<u8>>> {
+        let segments: Vec<&[u8]> = path.iter().map(String::as_bytes).collect();
+        Ok(read_property(self, &segments))
+    }
+
+    fn set_property(&mut self, path: Vec<String>, value: Vec<u8>) -> wasmtime::Result<()> {
+        let segments: Vec<&[u8]> = path.iter().map(String::as_bytes).collect();
+        write_property(self, &segments, value);
+        Ok(())
+    }
+
+    fn set_tick_period(&mut self, period_ms: u32) -> wasmtime::Result<()> {
+        set_tick_period(self, period_ms);
+        Ok(())
+    }
+
+    fn http_call(
+        &mut self,
+        request: CalloutRequest,
+    ) -> wasmtime::Result<Result<Resource<PendingCallout>, CalloutError>> {
+        let headers = HeaderMap::from_pairs(request.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+        let timeout = (request.timeout_ms > 0).then(|| Duration::from_millis(u64::from(request.timeout_ms)));
+        match start_callout(self, request.cluster, headers, request.body, HeaderMap::new(), timeout) {
+            Ok(token) => {
+                self.component_callouts.insert(token, true);
+                Ok(Ok(Resource::new_own(token)))
+            }
+            Err(refusal) => {
+                emit(self, LogLevel::Warn, &format!("http-call refused: {refusal}"));
+                Ok(Err(match refusal {
+                    CalloutRefusal::MissingHeader(_) => CalloutError::BadRequest,
+                    CalloutRefusal::UnknownCluster(_) => CalloutError::UnknownCluster,
+                    CalloutRefusal::Dispatch(_) => CalloutError::Unreachable,
+                }))
+            }
+        }
+    }
+
+    fn get_shared_data(&mut self, key: String) -> wasmtime::Result<Option<(Vec<u8>, u32)>> {
+        Ok(self
+            .services
+            .shared_data
+            .get(&self.plugin.vm_id, key.as_bytes())
+            .map(|entry| (entry.value.clone(), entry.cas)))
+    }
+
+    fn set_shared_data(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        cas: Option<u32>,
+    ) -> wasmtime::Result<Result<(), SharedDataError>> {
+        // proxy-wasm's "no CAS" is 0.
+        Ok(match self.services.shared_data.set(&self.plugin.vm_id, key.as_bytes(), &value, cas.unwrap_or(0)) {
+            Ok(_) => Ok(()),
+            Err(HostSharedDataError::CasMismatch) => Err(SharedDataError::CasMismatch),
+        })
+    }
+
+    fn register_queue(&mut self, name: String) -> wasmtime::Result<u32> {
+        Ok(self.services.queues.register(&self.plugin.vm_id, name.as_bytes(), self.inbox.clone()))
+    }
+
+    fn resolve_queue(&mut self, vm_id: String, name: String) -> wasmtime::Result<Option<u32>> {
+        let vm_id = if vm_id.is_empty() { self.plugin.vm_id.clone() } else { vm_id };
+        Ok(self.services.queues.resolve(&vm_id, name.as_bytes()))
+    }
+
+    fn enqueue(&mut self, queue: u32, item: Vec<u8>) -> wasmtime::Result<Result<(), QueueError>> {
+        Ok(self.services.queues.enqueue(queue, &item).map_err(|_| QueueError::NotFound))
+    }
+
+    fn dequeue(&mut self, queue: u32) -> wasmtime::Result<Result<Option<Vec<u8>>, QueueError>> {
+        Ok(match self.services.queues.dequeue(queue) {
+            Ok(item) => Ok(Some(item)),
+            Err(HostQueueError::Empty) => Ok(None),
+            Err(HostQueueError::NotFound) => Err(QueueError::NotFound),
+        })
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: String) -> wasmtime::Result<Result<u32, MetricError>> {
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        Ok(self.services.metrics.define(kind, &name).map_err(|_| MetricError::BadArgument))
+    }
+
+    fn increment_metric(&mut self, id: u32, delta: i64) -> wasmtime::Result<Result<(), MetricError>> {
+        Ok(match metric(self, id) {
+            None => Err(MetricError::NotFound),
+            Some(metric) => metric.increment(delta).map_err(|_| MetricError::BadArgument),
+        })
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) -> wasmtime::Result<Result<(), MetricError>> {
+        Ok(match metric(self, id) {
+            None => Err(MetricError::NotFound),
+            Some(metric) => {
+                metric.record(value);
+                Ok(())
+            }
+        })
+    }
+
+    fn get_metric(&mut self, id: u32) -> wasmtime::Result<Result<u64, MetricError>> {
+        Ok(match metric(self, id) {
+            None => Err(MetricError::NotFound),
+            Some(metric) => metric.get().map_err(|_| MetricError::BadArgument),
+        })
+    }
+
+    fn done(&mut self) -> wasmtime::Result<()> {
+        self.done_pending = false;
+        Ok(())
+    }
+}
+
+impl host::HostPendingCallout for VmState {
+    fn id(&mut self, callout: Resource<PendingCallout>) -> wasmtime::Result<u32> {
+        Ok(callout.rep())
+    }
+
+    fn drop(&mut self, callout: Resource<PendingCallout>) -> wasmtime::Result<()> {
+        if let Some(wanted) = self.component_callouts.get_mut(&callout.rep()) {
+            *wanted = false;
+        }
+        Ok(())
+    }
+}
+
+impl exchange::Host for VmState {}
+
+impl exchange::HostHttpStream for VmState {
+    fn id(&mut self, handle: Resource<HttpStream>) -> wasmtime::Result<u32> {
+        self.checked_stream("http-stream.id", &handle)?;
+        Ok(handle.rep())
+    }
+
+    fn header(
+        &mut self,
+        handle: Resource<HttpStream>,
+        part: HeaderPart,
+        name: String,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.checked_stream("http-stream.header", &handle)?;
+        Ok(read_map(self, map_type(part), |map| map.get(name.as_bytes()).map(<[u8]>::to_vec)).flatten())
+    }
+
+    fn headers(&mut self, handle: Resource<HttpStream>, part: HeaderPart) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        self.checked_stream("http-stream.headers", &handle)?;
+        Ok(read_map(self, map_type(part), fields).unwrap_or_default())
+    }
+
+    fn set_header(
+        &mut self,
+        handle: Resource<HttpStream>,
+        part: HeaderPart,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<()> {
+        const CALL: &str = "http-stream.set-header";
+        self.checked_stream(CALL, &handle)?;
+        write_map(self, CALL, map_type(part), |map| map.replace(name.as_bytes(), &value));
+        Ok(())
+    }
+
+    fn add_header(
+        &mut self,
+        handle: Resource<HttpStream>,
+        part: HeaderPart,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<()> {
+        const CALL: &str = "http-stream.add-header";
+        self.checked_stream(CALL, &handle)?;
+        write_map(self, CALL, map_type(part), |map| map.add(name.as_bytes(), &value));
+        Ok(())
+    }
+
+    fn remove_header(&mut self, handle: Resource<HttpStream>, part: HeaderPart, name: String) -> wasmtime::Result<()> {
+        const CALL: &str = "http-stream.remove-header";
+        self.checked_stream(CALL, &handle)?;
+        write_map(self, CALL, map_type(part), |map| map.remove(name.as_bytes()));
+        Ok(())
+    }
+
+    fn set_headers(
+        &mut self,
+        handle: Resource<HttpStream>,
+        part: HeaderPart,
+        new_fields: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<()> {
+        const CALL: &str = "http-stream.set-headers";
+        self.checked_stream(CALL, &handle)?;
+        let new_map = HeaderMap::from_pairs(new_fields.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())));
+        write_map(self, CALL, map_type(part), |map| *map = new_map);
+        Ok(())
+    }
+
+    fn body(
+        &mut self,
+        handle: Resource<HttpStream>,
+        part: BodyPart,
+        start: u32,
+        length: u32,
+    ) -> wasmtime::Result<Vec<u8>> {
+        self.checked_stream("http-stream.body", &handle)?;
+        Ok(read_buffer(self, buffer_type(part), |bytes| {
+            let start = (start as usize).min(bytes.len());
+            let end = start.saturating_add(length as usize).min(bytes.len());
+            bytes[start..end].to_vec()
+        })
+        .unwrap_or_default())
+    }
+
+    fn body_size(&mut self, handle: Resource<HttpStream>, part: BodyPart) -> wasmtime::Result<u32> {
+        self.checked_stream("http-stream.body-size", &handle)?;
+        Ok(read_buffer(self, buffer_type(part), |bytes| u32::try_from(bytes.len()).unwrap_or(u32::MAX)).unwrap_or(0))
+    }
+
+    fn splice_body(
+        &mut self,
+        handle: Resource<HttpStream>,
+        part: BodyPart,
+        start: u32,
+        length: u32,
+        bytes: Vec<u8>,
+    ) -> wasmtime::Result<()> {
+        const CALL: &str = "http-stream.splice-body";
+        self.checked_stream(CALL, &handle)?;
+        splice_body(self, CALL, buffer_type(part), start, length, bytes);
+        Ok(())
+    }
+
+    fn send_local_response(
+        &mut self,
+        handle: Resource<HttpStream>,
+        response: WitLocalResponse,
+    ) -> wasmtime::Result<()> {
+        const CALL: &str = "http-stream.send-local-response";
+        self.checked_stream(CALL, &handle)?;
+        if !(100..=999).contains(&response.status) {
+            return Err(GuestFault::trap(CALL, format!("{} is not an HTTP status code", response.status)));
+        }
+        let local = LocalResponse {
+            status: response.status,
+            body: response.body,
+            headers: HeaderMap::from_pairs(response.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()))),
+            details: response.details,
+            grpc_status: None,
+        };
+        signal(self, CALL, |s| s.local_response = Some(local));
+        Ok(())
+    }
+
+    fn resume(&mut self, handle: Resource<HttpStream>, request: bool) -> wasmtime::Result<()> {
+        const CALL: &str = "http-stream.resume";
+        self.checked_stream(CALL, &handle)?;
+        signal(self, CALL, |s| if request { s.resume_request = true } else { s.resume_response = true });
+        Ok(())
+    }
+
+    fn close(&mut self, handle: Resource<HttpStream>) -> wasmtime::Result<()> {
+        const CALL: &str = "http-stream.close";
+        self.checked_stream(CALL, &handle)?;
+        signal(self, CALL, |s| s.close = true);
+        Ok(())
+    }
+
+    fn add_span_attributes(
+        &mut self,
+        handle: Resource<HttpStream>,
+        attributes: Vec<(String, AttributeValue)>,
+    ) -> wasmtime::Result<()> {
+        self.checked_stream("http-stream.add-span-attributes", &handle)?;
+        let path: [&[u8]; 1] = [SPAN_ATTRIBUTES_PROPERTY.as_bytes()];
+        let mut merged = match read_property(self, &path).and_then(|bytes| serde_json::from_slice(&bytes).ok()) {
+            Some(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        for (key, value) in attributes {
+            let value = match value {
+                AttributeValue::Text(s) => serde_json::Value::from(s),
+                AttributeValue::Flag(b) => serde_json::Value::from(b),
+                AttributeValue::Integer(i) => serde_json::Value::from(i),
+                AttributeValue::Double(d) => serde_json::Value::from(d),
+            };
+            merged.insert(key, value);
+        }
+        write_property(self, &path, serde_json::Value::Object(merged).to_string().into_bytes());
+        Ok(())
+    }
+
+    fn drop(&mut self, _handle: Resource<HttpStream>) -> wasmtime::Result<()> {
+        // Borrows only: the host owns streams; nothing to release.
+        Ok(())
+    }
+}
