@@ -8,7 +8,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "toolchain for wasm32-wasip1 filters"
 if command -v rustup >/dev/null 2>&1; then
-  rustup target add wasm32-wasip1
+  rustup target add wasm32-wasip1 wasm32-wasip2
   rustup component add clippy rustfmt >/dev/null 2>&1 || true
 elif ! [ -d /usr/lib/wasm32-wasi ]; then
   # Debian fallback (see DESIGN.md): rustc-web + build-std.
@@ -66,7 +66,7 @@ set +e
 # A throwaway PostgreSQL cluster for the catalog's PostgreSQL tests (each test makes its own
 # database in it); pg_virtualenv removes the cluster afterwards.
 # shellcheck disable=SC2016 # expanded by the inner bash, inside the cluster pg_virtualenv made
-pg_virtualenv bash -c 'WASMTRACE_TEST_POSTGRES_URL="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$PGDATABASE" cargo test --workspace' 2>&1 | tee "$log"
+pg_virtualenv bash -c 'WASMTRACE_TEST_POSTGRES_URL="postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$PGDATABASE" cargo test --workspace --no-fail-fast' 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo prints one summary per test binary).
