@@ -3,8 +3,9 @@
 //!
 //! `cargo bench -p wasmtrace-runtime --bench request_cost` prints one table, all rows measured
 //! in the same run: the host-side work without any VM (baseline), a minimal filter that reads
-//! one request header, and a header-reading filter (all request headers + `:status`), the shape
-//! of a tracing filter.
+//! one request header, a header-reading filter (all request headers + `:status`), the shape of a
+//! tracing filter, and the trace filter itself — built as a proxy-wasm module and as a
+//! `wasmtrace:filter` component, side by side.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtrace_build::{BuildOptions, build_filter};
+use wasmtrace_build::{BuildOptions, FilterForm, build_filter};
 use wasmtrace_runtime::{
     HeaderMap, HostServices, HttpExchange, LogLevel, NoClusters, NodeInfo, PluginConfig, PluginInstance, Runtime,
 };
@@ -43,7 +44,7 @@ fn exchange() -> Rc<RefCell<HttpExchange>> {
     Rc::new(RefCell::new(HttpExchange::with_request_headers(request_headers())))
 }
 
-fn module(name: &str) -> Vec<u8> {
+fn module(name: &str, form: FilterForm) -> Vec<u8> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let crate_dir = [root.join("filters").join(name), root.join("filters/test-filters").join(name)]
         .into_iter()
@@ -54,7 +55,7 @@ fn module(name: &str) -> Vec<u8> {
         target_dir: Some(root.join("target/wasm-filters")),
         out: None,
         quiet: true,
-        form: Default::default(),
+        form,
     })
     .unwrap_or_else(|e| panic!("building {name}: {e}"));
     std::fs::read(built.wasm_path).unwrap_or_else(|e| panic!("reading {name}: {e}"))
@@ -71,8 +72,8 @@ fn time_per_request(mut one_request: impl FnMut()) -> Duration {
     start.elapsed() / u32::try_from(ITERATIONS).unwrap_or(u32::MAX)
 }
 
-fn filter_sequence(runtime: &Runtime, name: &str, configuration: &str) -> (Duration, usize) {
-    let bytes = module(name);
+fn filter_sequence(runtime: &Runtime, name: &str, form: FilterForm, configuration: &str) -> (Duration, usize) {
+    let bytes = module(name, form);
     let size = bytes.len();
     let compiled = runtime.compile(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
     let plugin =
@@ -106,9 +107,22 @@ fn main() {
     let trace_config = r#"{"service_name": "bench", "exporter": {"cluster": "otel", "max_queued_spans": 100000000, "batch_size": 128}}"#;
     let rows = [
         ("host only: exchange + header maps, no VM", (baseline, 0)),
-        ("hostile (benign path): reads 1 header, adds 1", filter_sequence(&runtime, "hostile", "")),
-        ("header-reader: all request headers + :status", filter_sequence(&runtime, "header-reader", "")),
-        ("trace-filter: W3C extract/inject, span, tags", filter_sequence(&runtime, "trace-filter", trace_config)),
+        (
+            "hostile (benign path): reads 1 header, adds 1",
+            filter_sequence(&runtime, "hostile", FilterForm::ProxyWasm, ""),
+        ),
+        (
+            "header-reader: all request headers + :status",
+            filter_sequence(&runtime, "header-reader", FilterForm::ProxyWasm, ""),
+        ),
+        (
+            "trace-filter, proxy-wasm module",
+            filter_sequence(&runtime, "trace-filter", FilterForm::ProxyWasm, trace_config),
+        ),
+        (
+            "trace-filter, wasmtrace:filter component",
+            filter_sequence(&runtime, "trace-filter", FilterForm::Component, trace_config),
+        ),
     ];
     println!();
     println!("per-request callback sequence (create, request headers, response headers, log, done, delete)");

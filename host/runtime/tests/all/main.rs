@@ -5,6 +5,7 @@ mod fixture;
 
 mod bodies;
 mod callouts;
+mod components;
 mod headers;
 mod lifecycle;
 mod loading;
