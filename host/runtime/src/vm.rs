@@ -57,6 +57,7 @@ pub(crate) struct Callbacks {
 /// The guest's side, per form: proxy-wasm exports looked up by name, or the component world's
 /// typed exports. Each method is one callback of the VM's life, in proxy-wasm's terms (codes:
 /// 0 continue, 1 pause; `proxy_on_done`'s 1 = done).
+#[allow(clippy::large_enum_variant, reason = "one per VM, built once; boxing buys nothing")]
 pub(crate) enum Guest {
     Core(Callbacks),
     Component(ComponentExports),

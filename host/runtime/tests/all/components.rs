@@ -1,13 +1,28 @@
 //! Component filters (the `wasmtrace:filter` world): which the runtime accepts, and how it says
 //! no — the same refusal-before-any-guest-code as for proxy-wasm modules, naming what is wrong.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
 
 use wasmtrace_build::{BuildOptions, FilterForm, build_filter};
 use wasmtrace_runtime::component::{WORLD, is_component};
-use wasmtrace_runtime::{FilterForm as LoadedForm, LoadError};
+use wasmtrace_runtime::{Action, FilterForm as LoadedForm, LoadError, NoClusters, PluginInstance};
 
-use crate::fixture::runtime;
+use crate::fixture::{plugin, request, respond, runtime};
+
+fn component(crate_dir: &Path) -> Vec<u8> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = build_filter(&BuildOptions {
+        crate_dir: root.join(crate_dir),
+        target_dir: Some(root.join("target/wasm-filters")),
+        out: None,
+        quiet: true,
+        form: FilterForm::Component,
+    })
+    .expect("wasmtrace build --component");
+    std::fs::read(&built.wasm_path).expect("read")
+}
 
 fn compile_wat(text: &str) -> Result<(), LoadError> {
     let bytes = wat::parse_str(text).expect("test component is valid WAT");
@@ -17,16 +32,7 @@ fn compile_wat(text: &str) -> Result<(), LoadError> {
 
 #[test]
 fn the_trace_filter_built_as_a_component_loads_as_one() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let built = build_filter(&BuildOptions {
-        crate_dir: root.join("filters/trace-filter"),
-        target_dir: Some(root.join("target/wasm-filters")),
-        out: None,
-        quiet: true,
-        form: FilterForm::Component,
-    })
-    .expect("wasmtrace build --component");
-    let bytes = std::fs::read(&built.wasm_path).expect("read");
+    let bytes = component(Path::new("filters/trace-filter"));
     assert!(is_component(&bytes), "wasm32-wasip2 writes a component");
     let module = runtime().compile(&bytes).expect("the host implements the world it imports");
     assert_eq!(module.form(), LoadedForm::Component);
@@ -75,4 +81,51 @@ fn bytes_that_only_look_like_a_component_are_refused_as_not_compiling() {
     bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
     let err = runtime().compile(&bytes).map(drop).expect_err("refused");
     assert!(matches!(err, LoadError::Compile(_)), "{err}");
+}
+
+#[test]
+fn the_readme_example_component_edits_headers_answers_locally_and_hands_off_span_attributes() {
+    let runtime = runtime();
+    let module = runtime.compile(&component(Path::new("wit/example"))).expect("loads");
+    let hello =
+        PluginInstance::start(&runtime, module, Arc::new(plugin("hello", "", "component")), Rc::new(NoClusters))
+            .expect("configures");
+
+    let exchange = request("/v0/images", &[]);
+    let mut stream = hello.new_stream(exchange.clone());
+    assert_eq!(stream.on_request_headers(true), Action::Continue);
+    respond(&exchange, 200);
+    assert_eq!(stream.on_response_headers(false), Action::Continue);
+    {
+        let exchange = exchange.borrow();
+        let headers = exchange.response_headers.as_ref().expect("response headers");
+        assert_eq!(headers.get_str("x-hello"), Some("component"));
+        let attributes = exchange.info.filter_state.get("wasm.wasmtrace_span_attributes").expect("span attributes");
+        assert_eq!(String::from_utf8_lossy(attributes), r#"{"hello.greeted":true}"#);
+    }
+    stream.on_log();
+    drop(stream);
+
+    let denied = request("/v0/images", &[("x-deny", "1")]);
+    let mut stream = hello.new_stream(denied);
+    match stream.on_request_headers(true) {
+        Action::LocalResponse(response) => {
+            assert_eq!(response.status, 403);
+            assert_eq!(response.body, b"denied\n");
+            assert_eq!(response.headers.get_str("content-type"), Some("text/plain"));
+        }
+        other => panic!("expected the local response, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_component_refusing_its_configuration_fails_to_start_with_its_reason() {
+    let runtime = runtime();
+    let module = runtime.compile(&component(Path::new("wit/example"))).expect("loads");
+    let err = PluginInstance::start(&runtime, module, Arc::new(plugin("hello", "", "")), Rc::new(NoClusters))
+        .err()
+        .expect("refused");
+    let message = err.to_string();
+    assert!(message.contains("configure"), "{message}");
+    assert!(message.contains("the configuration is the x-hello header's value; it is empty"), "{message}");
 }
