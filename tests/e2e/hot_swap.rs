@@ -16,7 +16,7 @@ use wasmtrace_proxy::{ProxyOptions, RunningProxy};
 use crate::fixture::client::{Reply, client, get, send};
 use crate::fixture::collector::{Collector, Received, string};
 use crate::fixture::proxy::{
-    bootstrap_yaml, cluster, filter_module, ingress, route, start, wasm_filter_yaml, workspace_root,
+    bootstrap_yaml, cluster, component_module, filter_module, ingress, route, start, wasm_filter_yaml, workspace_root,
 };
 use crate::fixture::upstream::Upstream;
 
@@ -206,6 +206,38 @@ async fn module_and_configuration_swaps_under_load_fail_no_request_and_lose_no_s
         }
     }
     assert!(checked.iter().all(|&n| n > 0), "requests between every pair of swaps: {checked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_between_the_proxy_wasm_and_the_component_build_under_load_fail_no_request_and_lose_no_span() {
+    let (_upstream, collector, proxy) = trace_proxy("1", 60_000);
+    let (proxy_wasm, component) = (filter_module("trace-filter"), component_module("trace-filter"));
+    let admin = proxy.admin_address().expect("admin");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(ingress(&proxy), 4, stop.clone());
+    // Even generations run the component, odd ones the proxy-wasm module; every replaced
+    // generation flushes its spans on the way out (on-shutdown / proxy_on_done).
+    for generation in 2..=9u64 {
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let module = if generation % 2 == 0 { &component } else { &proxy_wasm };
+        let body = serde_json::json!({
+            "module_path": module.display().to_string(),
+            "configuration": trace_config(&generation.to_string(), 60_000),
+        });
+        let reply = post(admin, "/plugins/trace/swap", body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let outcome = reply.json();
+        assert_eq!(outcome["swapped"][0]["module_changed"], true, "{outcome}");
+    }
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let plugins = get(admin, "/plugins", &[]).await.json();
+    assert_eq!(plugins["plugins"][0]["generation"], 9);
+    let sent = stop_load(&stop, tasks).await;
+    let spans = spans_after_shutdown(proxy, &collector, sent.len()).await;
+    let each = exactly_one_span_each(&sent, &spans);
+    let generations: std::collections::BTreeSet<String> =
+        each.iter().map(|span| string(&span.span, "swap.generation")).collect();
+    assert!(generations.len() >= 6, "requests on most generations of both forms: {generations:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
