@@ -59,6 +59,9 @@ for manifest in filters/*/Cargo.toml filters/*/*/Cargo.toml; do
 done
 cargo clippy --target wasm32-wasip1 "${filters[@]}" -- -D warnings
 
+step "lint (component filters for wasm32-wasip2)"
+cargo clippy --target wasm32-wasip2 -p trace-filter -p hello-component-filter -- -D warnings
+
 step "tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
