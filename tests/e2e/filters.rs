@@ -4,7 +4,9 @@
 use http::StatusCode;
 
 use crate::fixture::client::get;
-use crate::fixture::proxy::{bootstrap_yaml, cluster, ingress, probe_proxy, route, start, wasm_filter};
+use crate::fixture::proxy::{
+    bootstrap_yaml, cluster, component_module, ingress, probe_proxy, route, start, wasm_filter, wasm_filter_yaml,
+};
 use crate::fixture::upstream::Upstream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,5 +117,34 @@ async fn direct_responses_and_unrouted_requests_are_answered_by_the_proxy() {
     let missing = get(ingress(&proxy), "/elsewhere", &[]).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.text(), "no route matches this request\n");
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_component_filter_fails_only_its_request_and_the_worker_serves_on() {
+    // The component build of the hostile filter, on the proxy's workers (inside their tokio
+    // runtimes): its panic message goes to WASI stderr on the way down.
+    let upstream = Upstream::start();
+    let module = component_module("hostile-component");
+    let yaml = bootstrap_yaml(
+        &[wasm_filter_yaml("hostile", &module, "", false, "hostile")],
+        &route("/", "service", "5s"),
+        &[cluster("service", upstream.addr, "")],
+    );
+    let proxy = start(&yaml);
+    for kind in ["trap", "loop", "grow"] {
+        let failed = get(ingress(&proxy), "/echo", &[("x-hostile", kind)]).await;
+        assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE, "{kind}: {}", failed.text());
+        assert!(
+            failed.text().contains("wasm plugin `hostile` failed in on-request-headers"),
+            "{kind}: {}",
+            failed.text()
+        );
+        for _ in 0..4 {
+            let next = get(ingress(&proxy), "/echo", &[]).await;
+            assert_eq!(next.status, StatusCode::OK, "{kind}");
+            assert!(next.upstream_saw("x-hostile-ok").is_some(), "{kind}: a fresh VM filters the next request");
+        }
+    }
     proxy.shutdown();
 }

@@ -131,27 +131,27 @@ impl Guest {
             Self::Component(c) => c.response_trailers(store, id),
         }
     }
+}
 
-    /// The name a failure report gives the callback: the proxy-wasm export, or the world's.
-    fn callback_name(&self, proxy_wasm: &'static str) -> &'static str {
-        if matches!(self, Self::Core(_)) {
-            return proxy_wasm;
-        }
-        match proxy_wasm {
-            "proxy_on_vm_start" | "proxy_on_configure" => "configure",
-            "proxy_on_request_headers" => "on-request-headers",
-            "proxy_on_request_body" => "on-request-body",
-            "proxy_on_request_trailers" => "on-request-trailers",
-            "proxy_on_response_headers" => "on-response-headers",
-            "proxy_on_response_body" => "on-response-body",
-            "proxy_on_response_trailers" => "on-response-trailers",
-            "proxy_on_log" | "proxy_on_delete" => "on-stream-done",
-            "proxy_on_tick" => "on-tick",
-            "proxy_on_http_call_response" => "on-callout-response",
-            "proxy_on_queue_ready" => "on-queue-ready",
-            "proxy_on_done" => "on-shutdown",
-            other => other,
-        }
+/// The name a failure report gives a callback: the proxy-wasm export, or the component world's.
+fn callback_name(component: bool, proxy_wasm: &'static str) -> &'static str {
+    if !component {
+        return proxy_wasm;
+    }
+    match proxy_wasm {
+        "proxy_on_vm_start" | "proxy_on_configure" => "configure",
+        "proxy_on_request_headers" => "on-request-headers",
+        "proxy_on_request_body" => "on-request-body",
+        "proxy_on_request_trailers" => "on-request-trailers",
+        "proxy_on_response_headers" => "on-response-headers",
+        "proxy_on_response_body" => "on-response-body",
+        "proxy_on_response_trailers" => "on-response-trailers",
+        "proxy_on_log" | "proxy_on_delete" => "on-stream-done",
+        "proxy_on_tick" => "on-tick",
+        "proxy_on_http_call_response" => "on-callout-response",
+        "proxy_on_queue_ready" => "on-queue-ready",
+        "proxy_on_done" => "on-shutdown",
+        other => other,
     }
 }
 
@@ -363,6 +363,7 @@ impl PluginVm {
         deadline: Duration,
         f: impl FnOnce(&mut Store<VmState>, &Guest) -> wasmtime::Result<R>,
     ) -> Result<R, GuestFailure> {
+        let callback = callback_name(self.is_component(), callback);
         if let Some(failure) = self.failure.borrow().as_ref() {
             return Err(GuestFailure {
                 callback,
@@ -381,12 +382,22 @@ impl PluginVm {
                 });
             };
             let VmInner { store, callbacks } = &mut *inner;
-            let callback = callbacks.callback_name(callback);
             store.set_epoch_deadline(Runtime::deadline_ticks(deadline));
             let state = store.data_mut();
             let previous = (state.active_context, state.effective_context.take());
             state.active_context = context;
-            let result = f(store, callbacks);
+            // A host function that panics (a bug, or a library asked to do what a worker must
+            // not) fails this VM like a trap instead of unwinding through the worker.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(store, callbacks))).unwrap_or_else(
+                |panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("(no message)");
+                    Err(wasmtime::Error::msg(format!("a host function panicked: {what}")))
+                },
+            );
             let state = store.data_mut();
             (state.active_context, state.effective_context) = previous;
             result.map_err(|error| self.classify(callback, &error, state.memory_cap.hit))
@@ -409,6 +420,7 @@ impl PluginVm {
                 "callback exceeded its deadline of {:?} and was interrupted",
                 if callback.starts_with("proxy_on_vm_start")
                     || callback == "proxy_on_configure"
+                    || callback == "configure"
                     || callback == "_initialize"
                 {
                     self.plugin.limits.start_deadline

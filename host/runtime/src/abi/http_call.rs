@@ -82,6 +82,8 @@ fn http_call(
     let trailers = HeaderMap::decode(&trailers).map_err(|e| GuestFault::trap(CALL, format!("trailers: {e}")))?;
 
     let timeout = (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
+    // A bad token pointer traps before anything is sent.
+    memory::write_u32(&mut caller, CALL, ret_token, 0)?;
     match start_callout(caller.data_mut(), cluster, headers, body, trailers, timeout) {
         Ok(token) => {
             memory::write_u32(&mut caller, CALL, ret_token, token)?;

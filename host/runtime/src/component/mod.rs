@@ -8,9 +8,11 @@
 //! internals; [`ComponentExports`] maps the VM's callbacks onto the world's exports.
 //!
 //! WASI 0.2 is linked because Rust's `wasm32-wasip2` standard library imports it (clocks,
-//! randomness, stdio for panic messages); the context grants nothing else.
+//! randomness, stdio for panic messages); the context grants nothing else, and [`wasi_io`]
+//! keeps its blocking operations from blocking (or panicking) a proxy worker.
 
 mod host;
+mod wasi_io;
 
 use wasmtime::component::{Component, HasSelf, Linker, Resource};
 use wasmtime::{Engine, Store};
@@ -48,6 +50,7 @@ pub fn is_component(bytes: &[u8]) -> bool {
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<VmState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasi_io::replace_blocking_io(&mut linker)?;
     HttpFilter::add_to_linker::<VmState, HasSelf<VmState>>(&mut linker, |state| state)?;
     Ok(linker)
 }

@@ -4,12 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use wasmtrace_build::{BuildOptions, FilterForm, build_filter};
 use wasmtrace_runtime::component::{WORLD, is_component};
-use wasmtrace_runtime::{Action, FilterForm as LoadedForm, LoadError, NoClusters, PluginInstance};
+use wasmtrace_runtime::{
+    Action, FailurePolicy, FilterForm as LoadedForm, LoadError, NoClusters, PluginConfig, PluginInstance, VmLimits,
+};
 
-use crate::fixture::{plugin, request, respond, runtime};
+use crate::fixture::{LogCapture, plugin, request, request_header, respond, runtime};
 
 fn component(crate_dir: &Path) -> Vec<u8> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -128,4 +131,63 @@ fn a_component_refusing_its_configuration_fails_to_start_with_its_reason() {
     let message = err.to_string();
     assert!(message.contains("configure"), "{message}");
     assert!(message.contains("the configuration is the x-hello header's value; it is empty"), "{message}");
+}
+
+#[test]
+fn a_component_that_traps_loops_or_hoards_memory_fails_only_its_own_stream() {
+    let bytes = component(Path::new("filters/test-filters/hostile-component"));
+    for (kind, expected) in [("trap", "Trap"), ("loop", "DeadlineExceeded"), ("grow", "MemoryLimit")] {
+        let logs = LogCapture::start();
+        let runtime = runtime();
+        let deadline = if kind == "loop" { Duration::from_millis(50) } else { Duration::from_secs(10) };
+        let config = PluginConfig {
+            failure_policy: FailurePolicy::FailClosed,
+            limits: VmLimits {
+                max_memory_bytes: 32 << 20,
+                callback_deadline: deadline,
+                restart_backoff: Duration::ZERO,
+                ..VmLimits::default()
+            },
+            ..plugin("hostile", "", "")
+        };
+        let module = runtime.compile(&bytes).expect("loads");
+        let hostile = PluginInstance::start(&runtime, module, Arc::new(config), Rc::new(NoClusters)).expect("starts");
+
+        let mut stream = hostile.new_stream(request("/", &[("x-hostile", kind)]));
+        let Action::LocalResponse(response) = stream.on_request_headers(true) else {
+            panic!("{kind}: fail-closed answers locally")
+        };
+        assert_eq!(response.status, 503, "{kind}");
+        let body = String::from_utf8_lossy(&response.body);
+        assert!(body.contains("`hostile` failed in on-request-headers"), "{kind}: {body}");
+        assert!(stream.is_bypassed());
+        stream.on_log();
+        drop(stream);
+        logs.assert_line(&format!("kind={expected}"));
+
+        let good = request("/", &[]);
+        let mut next = hostile.new_stream(good.clone());
+        assert_eq!(next.on_request_headers(true), Action::Continue, "{kind}: a fresh VM serves");
+        assert!(request_header(&good, "x-hostile-ok").is_some(), "{kind}");
+        assert_eq!(hostile.restarts(), 1, "{kind}");
+    }
+}
+
+#[test]
+fn a_component_panicking_inside_a_tokio_runtime_traps_without_panicking_the_host() {
+    // As on a proxy worker: the guest's panic message goes to WASI stderr from inside a tokio
+    // runtime, where wasmtime-wasi's blocking stream calls would panic the host.
+    let bytes = component(Path::new("filters/test-filters/hostile-component"));
+    let worker = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    worker.block_on(async {
+        let logs = LogCapture::start();
+        let runtime = runtime();
+        let module = runtime.compile(&bytes).expect("loads");
+        let config = PluginConfig { failure_policy: FailurePolicy::FailOpen, ..plugin("hostile", "", "") };
+        let hostile = PluginInstance::start(&runtime, module, Arc::new(config), Rc::new(NoClusters)).expect("starts");
+        let mut stream = hostile.new_stream(request("/", &[("x-hostile", "trap")]));
+        assert_eq!(stream.on_request_headers(true), Action::Continue, "fail-open");
+        logs.assert_line("kind=Trap");
+        assert!(!logs.text().contains("host function panicked"), "the stderr write did not reach tokio's block_on");
+    });
 }
