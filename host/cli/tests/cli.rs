@@ -53,7 +53,7 @@ fn inspect_refuses_a_file_that_is_not_a_proxy_wasm_module() {
     let output = wasmtrace().arg("inspect").arg(&path).output().expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("is not a loadable proxy-wasm module"), "{stderr}");
+    assert!(stderr.contains("is not a loadable filter"), "{stderr}");
 }
 
 /// A configuration serving `/` with a direct response through the header-reader filter, on a

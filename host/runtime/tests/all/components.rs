@@ -9,10 +9,11 @@ use std::time::Duration;
 use wasmtrace_build::{BuildOptions, FilterForm, build_filter};
 use wasmtrace_runtime::component::{WORLD, is_component};
 use wasmtrace_runtime::{
-    Action, FailurePolicy, FilterForm as LoadedForm, LoadError, NoClusters, PluginConfig, PluginInstance, VmLimits,
+    Action, FailureKind, FailurePolicy, FilterForm as LoadedForm, LoadError, NoClusters, PluginConfig, PluginInstance,
+    VmLimits,
 };
 
-use crate::fixture::{LogCapture, plugin, request, request_header, respond, runtime};
+use crate::fixture::{plugin, request, request_header, respond, runtime};
 
 fn component(crate_dir: &Path) -> Vec<u8> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -136,8 +137,9 @@ fn a_component_refusing_its_configuration_fails_to_start_with_its_reason() {
 #[test]
 fn a_component_that_traps_loops_or_hoards_memory_fails_only_its_own_stream() {
     let bytes = component(Path::new("filters/test-filters/hostile-component"));
-    for (kind, expected) in [("trap", "Trap"), ("loop", "DeadlineExceeded"), ("grow", "MemoryLimit")] {
-        let logs = LogCapture::start();
+    for (kind, expected) in
+        [("trap", FailureKind::Trap), ("loop", FailureKind::DeadlineExceeded), ("grow", FailureKind::MemoryLimit)]
+    {
         let runtime = runtime();
         let deadline = if kind == "loop" { Duration::from_millis(50) } else { Duration::from_secs(10) };
         let config = PluginConfig {
@@ -161,9 +163,10 @@ fn a_component_that_traps_loops_or_hoards_memory_fails_only_its_own_stream() {
         let body = String::from_utf8_lossy(&response.body);
         assert!(body.contains("`hostile` failed in on-request-headers"), "{kind}: {body}");
         assert!(stream.is_bypassed());
+        let failure = hostile.current_vm().and_then(|vm| vm.failure()).expect("the VM failed");
+        assert_eq!(failure.kind, expected, "{kind}: {failure}");
         stream.on_log();
         drop(stream);
-        logs.assert_line(&format!("kind={expected}"));
 
         let good = request("/", &[]);
         let mut next = hostile.new_stream(good.clone());
@@ -180,14 +183,16 @@ fn a_component_panicking_inside_a_tokio_runtime_traps_without_panicking_the_host
     let bytes = component(Path::new("filters/test-filters/hostile-component"));
     let worker = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     worker.block_on(async {
-        let logs = LogCapture::start();
         let runtime = runtime();
         let module = runtime.compile(&bytes).expect("loads");
         let config = PluginConfig { failure_policy: FailurePolicy::FailOpen, ..plugin("hostile", "", "") };
         let hostile = PluginInstance::start(&runtime, module, Arc::new(config), Rc::new(NoClusters)).expect("starts");
         let mut stream = hostile.new_stream(request("/", &[("x-hostile", "trap")]));
         assert_eq!(stream.on_request_headers(true), Action::Continue, "fail-open");
-        logs.assert_line("kind=Trap");
-        assert!(!logs.text().contains("host function panicked"), "the stderr write did not reach tokio's block_on");
+        // The VM that served it failed with the guest's trap, not with a host panic.
+        let failure = hostile.current_vm().and_then(|vm| vm.failure()).expect("the VM failed");
+        assert_eq!(failure.kind, FailureKind::Trap, "{failure}");
+        assert_eq!(failure.callback, "on-request-headers");
+        assert!(!failure.detail.contains("host function panicked"), "{failure}");
     });
 }
