@@ -1,8 +1,9 @@
 //! The admin API: readiness, Prometheus stats with filter-defined metrics, plugins, config.
 
+use bytes::Bytes;
 use http::StatusCode;
 
-use crate::fixture::client::get;
+use crate::fixture::client::{client, get, send_bytes};
 use crate::fixture::proxy::{ingress, probe_proxy};
 use crate::fixture::upstream::Upstream;
 
@@ -56,5 +57,29 @@ async fn filters_read_the_node_and_peer_from_properties() {
     assert_eq!(reply.upstream_saw("x-prop-node-id").as_deref(), Some("e2e-proxy"));
     assert!(reply.upstream_saw("x-prop-source").is_some_and(|s| s.starts_with("127.0.0.1:")));
     assert_eq!(reply.upstream_saw("x-prop-plugin-name").as_deref(), Some("probe"));
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_request_over_64_mib_is_refused_as_too_large_and_nothing_changes() {
+    let upstream = Upstream::start();
+    let proxy = probe_proxy(upstream.addr);
+    let admin = proxy.admin_address().expect("admin listener");
+    let before = get(admin, "/plugins", &[]).await.json();
+    let oversized = format!(r#"{{"module_base64": "{}"}}"#, "A".repeat((64 << 20) + 16));
+    let reply = send_bytes(
+        &client(false),
+        admin,
+        "POST",
+        "/plugins/probe/swap",
+        &[("content-type", "application/json")],
+        Bytes::from(oversized),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", reply.text());
+    assert!(reply.text().contains("module_path"), "says what to do instead: {}", reply.text());
+    let after = get(admin, "/plugins", &[]).await.json();
+    assert_eq!(after["plugins"][0]["generation"], before["plugins"][0]["generation"]);
+    assert_eq!(get(ingress(&proxy), "/echo", &[]).await.status, StatusCode::OK);
     proxy.shutdown();
 }

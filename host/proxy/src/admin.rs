@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -139,18 +139,30 @@ fn swap_response(result: Result<SwapOutcome, SwapError>) -> Response<Full<Bytes>
     }
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(body: Incoming, empty_ok: bool) -> Result<Option<T>, String> {
-    let bytes = Limited::new(body, MAX_SWAP_REQUEST)
-        .collect()
-        .await
-        .map_err(|e| format!("cannot read the request body (at most {MAX_SWAP_REQUEST} bytes): {e}"))?
-        .to_bytes();
+/// The request body as JSON; the error carries the status to answer with (413 for a body over
+/// [`MAX_SWAP_REQUEST`], 400 otherwise).
+async fn read_json<T: for<'de> Deserialize<'de>>(
+    body: Incoming,
+    empty_ok: bool,
+) -> Result<Option<T>, (StatusCode, String)> {
+    let bytes = match Limited::new(body, MAX_SWAP_REQUEST).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is over {MAX_SWAP_REQUEST} bytes; send a module_path the proxy can read instead"
+                ),
+            ));
+        }
+        Err(e) => return Err((StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
+    };
     if bytes.iter().all(u8::is_ascii_whitespace) && empty_ok {
         return Ok(None);
     }
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| format!("the request body is not valid JSON for this call: {e}"))
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("the request body is not valid JSON for this call: {e}")))
 }
 
 fn read_only(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
@@ -206,12 +218,14 @@ async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Response<
             let name = name.to_owned();
             let body = request.into_body();
             if action == "swap" {
-                match read_json::<SwapBody>(body, false)
-                    .await
-                    .and_then(|b| b.ok_or_else(|| "empty body".to_owned()).and_then(|b| b.into_request(&name)))
-                {
+                let request = read_json::<SwapBody>(body, false).await.and_then(|b| {
+                    b.ok_or_else(|| "empty body".to_owned())
+                        .and_then(|b| b.into_request(&name))
+                        .map_err(|e| (StatusCode::BAD_REQUEST, e))
+                });
+                match request {
                     Ok(swap) => swap_response(state.coordinator.swap(swap).await),
-                    Err(e) => error(StatusCode::BAD_REQUEST, &e),
+                    Err((status, e)) => error(status, &e),
                 }
             } else {
                 match read_json::<RollbackBody>(body, true).await {
@@ -227,7 +241,7 @@ async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Response<
                             }
                         }
                     }
-                    Err(e) => error(StatusCode::BAD_REQUEST, &e),
+                    Err((status, e)) => error(status, &e),
                 }
             }
         }
