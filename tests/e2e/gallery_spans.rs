@@ -221,3 +221,39 @@ async fn behind_sidecars_the_sidecar_server_span_is_the_parent_of_the_database_s
     drop(gallery);
     proxy.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sidecars_health_probes_and_idle_sweeps_leave_no_traces() {
+    // Kubernetes probes the services directly (not through the sidecar) every few seconds, and
+    // the catalog sweeps every second here: neither may fill the trace backend with one-query
+    // traces. A traced request right after shows the exporter works.
+    let collector = Collector::start();
+    let options = GalleryOptions {
+        collector: Some(collector.addr),
+        http_spans: false,
+        sweep_secs: 1,
+        ..GalleryOptions::on(Database::Sqlite)
+    };
+    let gallery = Gallery::start(options).await.expect("SQLite");
+    for service in [gallery.api.addr, gallery.catalog.addr, gallery.store_addr()] {
+        for path in ["/v0/readyz", "/v0/healthz"] {
+            assert_eq!(crate::fixture::client::get(service, path, &[]).await.status, StatusCode::OK, "{path}");
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let traced = crate::fixture::client::get(
+        gallery.catalog.addr,
+        "/v0/images",
+        &[("traceparent", &format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))],
+    )
+    .await;
+    assert_eq!(traced.status, StatusCode::OK);
+    for service in [&gallery.api, &gallery.catalog] {
+        service.telemetry.flush();
+    }
+    let spans = collector.wait_until(|spans| !spans.is_empty()).await;
+    let strays: Vec<_> =
+        spans.iter().filter(|s| hex(&s.span.trace_id) != CLIENT_TRACE).map(|s| (&s.service, &s.span.name)).collect();
+    assert!(strays.is_empty(), "spans outside any request's trace: {strays:?}");
+    assert!(spans.iter().any(|s| s.service == "image-catalog" && s.span.name.starts_with("SELECT")), "{spans:?}");
+}

@@ -53,7 +53,9 @@ impl ClientOperation {
     }
 
     /// Runs `work` inside the span (so [`record`] reaches it). On error the span gets status
-    /// error and `error.type` from `error_type`.
+    /// error and `error.type` from `error_type`. Outside any trace (a health probe's ping, an idle
+    /// recovery sweep) the work runs untraced: a trace of one query every few seconds is noise
+    /// in the viewer, not information.
     pub async fn run<T, E: std::fmt::Display>(
         self,
         telemetry: &Telemetry,
@@ -61,6 +63,9 @@ impl ClientOperation {
         work: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
         let parent = Context::current();
+        if !parent.has_active_span() {
+            return work.await;
+        }
         let tracer = telemetry.tracer();
         let span = tracer
             .span_builder(self.name)

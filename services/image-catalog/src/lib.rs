@@ -34,6 +34,8 @@ use gallery_service::server_span::trace_requests;
 use gallery_service::telemetry::TelemetryConfig;
 use gallery_service::{ApiError, Telemetry, UpstreamClient};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use opentelemetry::trace::{FutureExt, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 use serde::Deserialize;
 
 use crate::catalog_db::{CatalogDb, ImageMeta};
@@ -70,6 +72,7 @@ const MAX_PAGE: i64 = 200;
 struct AppState {
     db: CatalogDb,
     store: UpstreamClient,
+    telemetry: Arc<Telemetry>,
 }
 
 type Shared = Arc<AppState>;
@@ -219,6 +222,8 @@ async fn delete(State(state): State<Shared>, Path(id): Path<String>) -> Result<S
 }
 
 /// Finishes what a crash or a failed call left: abandoned uploads are undone, deletes completed.
+/// A sweep with work is one trace (`recovery sweep`, the store calls and row removals under it);
+/// an idle one leaves none.
 async fn sweep(state: &AppState) {
     let unfinished = match state.db.unfinished(now_ms() - ABANDONED_UPLOAD.as_millis() as i64).await {
         Ok(rows) => rows,
@@ -227,6 +232,21 @@ async fn sweep(state: &AppState) {
             return;
         }
     };
+    if unfinished.is_empty() {
+        return;
+    }
+    let tracer = state.telemetry.tracer();
+    let span = tracer
+        .span_builder("recovery sweep")
+        .with_kind(SpanKind::Internal)
+        .with_attributes([KeyValue::new("gallery.sweep.unfinished", unfinished.len() as i64)])
+        .start(tracer);
+    let cx = Context::current().with_span(span);
+    finish_unfinished(state, unfinished).with_context(cx.clone()).await;
+    cx.span().end();
+}
+
+async fn finish_unfinished(state: &AppState, unfinished: Vec<catalog_db::Unfinished>) {
     for row in unfinished {
         match delete_bytes(state, &row.id).await {
             Ok(()) => match state.db.remove(&row.id).await {
@@ -264,7 +284,7 @@ pub async fn build(config: &CatalogConfig, telemetry: Arc<Telemetry>) -> Result<
         Duration::from_secs(30),
         telemetry.clone(),
     )?;
-    let state = Arc::new(AppState { db, store });
+    let state = Arc::new(AppState { db, store, telemetry: telemetry.clone() });
     sweep(&state).await;
     let sweeper = state.clone();
     let interval = Duration::from_secs(config.sweep_interval_secs.max(1));
