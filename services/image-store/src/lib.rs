@@ -79,8 +79,15 @@ async fn put_object(State(state): State<Shared>, Path(id): Path<String>, body: B
 
 async fn get_object(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = check_id(&id)?;
-    let bytes = state.objects.get(&id).await.map_err(|e| storage_error("reading the image", e))?;
-    Ok(([(http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    let (size, bytes) = state.objects.read(&id).await.map_err(|e| storage_error("reading the image", e))?;
+    Ok((
+        [
+            (http::header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (http::header::CONTENT_LENGTH, size.to_string()),
+        ],
+        axum::body::Body::from_stream(bytes),
+    )
+        .into_response())
 }
 
 async fn delete_object(State(state): State<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {

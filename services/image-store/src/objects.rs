@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use gallery_service::Telemetry;
 use gallery_service::operation_span::{ClientOperation, record};
 use object_store::path::Path;
@@ -75,13 +76,19 @@ impl Objects {
             .await
     }
 
-    /// The bytes stored under `id`.
-    pub async fn get(&self, id: &str) -> Result<Bytes, object_store::Error> {
+    /// The object stored under `id`, opened: its size and its bytes as a stream, read while the
+    /// response is sent (an image is never held whole in memory). The storage span covers the
+    /// open — the time to the first byte — and carries the size.
+    pub async fn read(
+        &self,
+        id: &str,
+    ) -> Result<(u64, BoxStream<'static, object_store::Result<Bytes>>), object_store::Error> {
         self.operation("get", id)
             .run(&self.telemetry, error_type, async {
-                let bytes = self.store.get(&self.path(id)).await?.bytes().await?;
-                record(KeyValue::new("object_store.bytes", i64::try_from(bytes.len()).unwrap_or(i64::MAX)));
-                Ok(bytes)
+                let object = self.store.get(&self.path(id)).await?;
+                let size = object.meta.size;
+                record(KeyValue::new("object_store.bytes", i64::try_from(size).unwrap_or(i64::MAX)));
+                Ok((size, object.into_stream()))
             })
             .await
     }
