@@ -15,7 +15,12 @@ use std::time::{Duration, Instant};
 use send_wrapper::SendWrapper;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Most a component's stdout and stderr keep per VM; later writes fail (Rust's panic message
+/// printing ignores that).
+pub(crate) const GUEST_OUTPUT_LIMIT: usize = 64 << 10;
 
 use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
 use crate::exchange::HttpExchange;
@@ -94,8 +99,13 @@ pub struct VmState {
     /// dropped handle means the answer is not delivered).
     pub(crate) component_callouts: HashMap<u32, bool>,
     /// WASI for component filters: no arguments, environment, files or network; real clocks and
-    /// randomness; stdout and stderr discarded.
+    /// randomness; stdout and stderr into [`guest_output`](Self::guest_output).
     pub(crate) wasi: WasiCtx,
+    /// What a component wrote to stdout and stderr (its panic message, mostly), up to
+    /// [`GUEST_OUTPUT_LIMIT`] bytes per VM: logged after each callback, attached to a failure.
+    pub(crate) guest_output: MemoryOutputPipe,
+    /// How much of `guest_output` has been reported.
+    pub(crate) guest_output_seen: usize,
     /// Component resources (WASI streams) of this VM.
     pub(crate) table: ResourceTable,
 }
@@ -107,6 +117,7 @@ impl VmState {
         dispatcher: Rc<dyn CalloutDispatcher>,
     ) -> Self {
         let max_bytes = plugin.limits.max_memory_bytes;
+        let guest_output = MemoryOutputPipe::new(GUEST_OUTPUT_LIMIT);
         Self {
             plugin,
             services,
@@ -127,7 +138,9 @@ impl VmState {
             root_filter_state: HashMap::new(),
             done_pending: false,
             component_callouts: HashMap::new(),
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().stdout(guest_output.clone()).stderr(guest_output.clone()).build(),
+            guest_output,
+            guest_output_seen: 0,
             table: ResourceTable::new(),
         }
     }
@@ -136,6 +149,15 @@ impl VmState {
     /// whose callback is running.
     pub(crate) fn acting_context(&self) -> u32 {
         self.effective_context.unwrap_or(self.active_context)
+    }
+
+    /// What the guest wrote since the last call, if anything (lossy UTF-8, trimmed).
+    pub(crate) fn take_guest_output(&mut self) -> Option<String> {
+        let written = self.guest_output.contents();
+        let new = written.get(self.guest_output_seen..).filter(|b| !b.is_empty())?;
+        let text = String::from_utf8_lossy(new).trim().to_owned();
+        self.guest_output_seen = written.len();
+        (!text.is_empty()).then_some(text)
     }
 
     /// The stream context `id`, if it is live.

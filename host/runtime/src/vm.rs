@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, TypedFunc};
 
+use crate::abi::log::emit;
+use crate::abi::types::LogLevel;
 use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
 use crate::component::ComponentExports;
 use crate::error::{FailureKind, GuestFailure, GuestFault, StartError};
@@ -400,7 +402,22 @@ impl PluginVm {
             );
             let state = store.data_mut();
             (state.active_context, state.effective_context) = previous;
-            result.map_err(|error| self.classify(callback, &error, state.memory_cap.hit))
+            let output = state.take_guest_output();
+            match result {
+                Ok(value) => {
+                    if let Some(output) = output {
+                        emit(state, LogLevel::Info, &format!("the filter wrote: {output}"));
+                    }
+                    Ok(value)
+                }
+                Err(error) => {
+                    let mut failure = self.classify(callback, &error, state.memory_cap.hit);
+                    if let Some(output) = output {
+                        failure.detail = format!("{}; the filter wrote: {output}", failure.detail);
+                    }
+                    Err(failure)
+                }
+            }
         };
         result.inspect_err(|failure| self.fail(failure.clone()))
     }

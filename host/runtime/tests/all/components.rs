@@ -194,5 +194,6 @@ fn a_component_panicking_inside_a_tokio_runtime_traps_without_panicking_the_host
         assert_eq!(failure.kind, FailureKind::Trap, "{failure}");
         assert_eq!(failure.callback, "on-request-headers");
         assert!(!failure.detail.contains("host function panicked"), "{failure}");
+        assert!(failure.detail.contains("asked to trap"), "the guest's panic message is in the report: {failure}");
     });
 }
