@@ -76,6 +76,21 @@ impl VmState {
     }
 }
 
+impl VmState {
+    /// Applies `edit` to one of the acting stream's header maps, if it may still change.
+    fn edit_headers(
+        &mut self,
+        call: &'static str,
+        handle: &Resource<HttpStream>,
+        part: HeaderPart,
+        edit: impl FnOnce(&mut HeaderMap),
+    ) -> wasmtime::Result<()> {
+        self.checked_stream(call, handle)?;
+        write_map(self, call, map_type(part), edit);
+        Ok(())
+    }
+}
+
 impl types::Host for VmState {}
 
 impl host::Host for VmState {
@@ -267,10 +282,7 @@ impl exchange::HostHttpStream for VmState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<()> {
-        const CALL: &str = "http-stream.set-header";
-        self.checked_stream(CALL, &handle)?;
-        write_map(self, CALL, map_type(part), |map| map.replace(name.as_bytes(), &value));
-        Ok(())
+        self.edit_headers("http-stream.set-header", &handle, part, |map| map.replace(name.as_bytes(), &value))
     }
 
     fn add_header(
@@ -280,17 +292,11 @@ impl exchange::HostHttpStream for VmState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<()> {
-        const CALL: &str = "http-stream.add-header";
-        self.checked_stream(CALL, &handle)?;
-        write_map(self, CALL, map_type(part), |map| map.add(name.as_bytes(), &value));
-        Ok(())
+        self.edit_headers("http-stream.add-header", &handle, part, |map| map.add(name.as_bytes(), &value))
     }
 
     fn remove_header(&mut self, handle: Resource<HttpStream>, part: HeaderPart, name: String) -> wasmtime::Result<()> {
-        const CALL: &str = "http-stream.remove-header";
-        self.checked_stream(CALL, &handle)?;
-        write_map(self, CALL, map_type(part), |map| map.remove(name.as_bytes()));
-        Ok(())
+        self.edit_headers("http-stream.remove-header", &handle, part, |map| map.remove(name.as_bytes()))
     }
 
     fn set_headers(
@@ -299,11 +305,8 @@ impl exchange::HostHttpStream for VmState {
         part: HeaderPart,
         new_fields: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<()> {
-        const CALL: &str = "http-stream.set-headers";
-        self.checked_stream(CALL, &handle)?;
         let new_map = HeaderMap::from_pairs(new_fields.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())));
-        write_map(self, CALL, map_type(part), |map| *map = new_map);
-        Ok(())
+        self.edit_headers("http-stream.set-headers", &handle, part, |map| *map = new_map)
     }
 
     fn body(
