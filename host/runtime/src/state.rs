@@ -102,7 +102,7 @@ pub struct VmState {
     /// randomness; stdout and stderr into [`guest_output`](Self::guest_output).
     pub(crate) wasi: WasiCtx,
     /// What a component wrote to stdout and stderr (its panic message, mostly), up to
-    /// [`GUEST_OUTPUT_LIMIT`] bytes per VM: logged after each callback, attached to a failure.
+    /// [`GUEST_OUTPUT_LIMIT`] bytes per VM: attached to the report of a failing callback.
     pub(crate) guest_output: MemoryOutputPipe,
     /// How much of `guest_output` has been reported.
     pub(crate) guest_output_seen: usize,
@@ -151,7 +151,7 @@ impl VmState {
         self.effective_context.unwrap_or(self.active_context)
     }
 
-    /// What the guest wrote since the last call, if anything (lossy UTF-8, trimmed).
+    /// What the guest wrote since it was last asked, if anything (lossy UTF-8, trimmed).
     pub(crate) fn take_guest_output(&mut self) -> Option<String> {
         let written = self.guest_output.contents();
         let new = written.get(self.guest_output_seen..).filter(|b| !b.is_empty())?;

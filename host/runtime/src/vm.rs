@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, TypedFunc};
 
-use crate::abi::log::emit;
-use crate::abi::types::LogLevel;
 use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
 use crate::component::ComponentExports;
 use crate::error::{FailureKind, GuestFailure, GuestFault, StartError};
@@ -402,22 +400,15 @@ impl PluginVm {
             );
             let state = store.data_mut();
             (state.active_context, state.effective_context) = previous;
-            let output = state.take_guest_output();
-            match result {
-                Ok(value) => {
-                    if let Some(output) = output {
-                        emit(state, LogLevel::Info, &format!("the filter wrote: {output}"));
-                    }
-                    Ok(value)
+            // The guest's output is read only when it failed (its panic message): copying it after
+            // every callback would put a lock and a copy on every request.
+            result.map_err(|error| {
+                let mut failure = self.classify(callback, &error, state.memory_cap.hit);
+                if let Some(output) = state.take_guest_output() {
+                    failure.detail = format!("{}; the filter wrote: {output}", failure.detail);
                 }
-                Err(error) => {
-                    let mut failure = self.classify(callback, &error, state.memory_cap.hit);
-                    if let Some(output) = output {
-                        failure.detail = format!("{}; the filter wrote: {output}", failure.detail);
-                    }
-                    Err(failure)
-                }
-            }
+                failure
+            })
         };
         result.inspect_err(|failure| self.fail(failure.clone()))
     }
