@@ -2,6 +2,9 @@
 //! generates a UUID v4, sets it on the request for everything downstream (the trace filter records
 //! it) and echoes it on the response so a user can quote it.
 //!
+//! A client's id that is not acceptable (too long, other characters, bytes that are not UTF-8)
+//! is replaced, never passed on.
+//!
 //! Configuration (JSON, all optional): `{"header": "x-request-id", "preserve_external": true,
 //! "echo_in_response": true}`.
 
@@ -101,8 +104,11 @@ fn uuid_v4() -> String {
 
 impl HttpContext for RequestId {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Read as bytes: the SDK's `String` call panics on a value that is not UTF-8 (obs-text is
+        // legal HTTP). Such an id is not one a client may choose; a fresh one replaces it.
         let incoming = self
-            .get_http_request_header(&self.config.header)
+            .get_http_request_header_bytes(&self.config.header)
+            .and_then(|bytes| String::from_utf8(bytes).ok())
             .filter(|id| self.config.preserve_external && acceptable(id));
         self.id = incoming.unwrap_or_else(uuid_v4);
         self.set_http_request_header(&self.config.header, Some(&self.id));

@@ -118,12 +118,18 @@ impl Tagging {
 
 impl HttpContext for Tagging {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        // Headers are read as bytes: the SDK's `String` calls panic on a value that is not UTF-8
+        // (obs-text is legal HTTP). Values become attributes as they came, with U+FFFD for the
+        // bytes that are not UTF-8 (attributes are strings).
+        let header = |name: &str| {
+            self.get_http_request_header_bytes(name).map(|value| String::from_utf8_lossy(&value).into_owned())
+        };
+        let path = header(":path").unwrap_or_default();
         let segments: Vec<&str> = path.split('?').next().unwrap_or("").split('/').filter(|s| !s.is_empty()).collect();
         let mut tags = Map::new();
         for rule in self.rules.iter() {
-            let value = if let Some(header) = &rule.request_header {
-                self.get_http_request_header(header)
+            let value = if let Some(name) = &rule.request_header {
+                header(name)
             } else if let Some(index) = rule.path_segment {
                 segments.get(index).map(|s| (*s).to_owned())
             } else if rule.status_at_least.is_some() {
@@ -140,7 +146,10 @@ impl HttpContext for Tagging {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let status: u16 = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status: u16 = self
+            .get_http_response_header_bytes(":status")
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
+            .unwrap_or(0);
         let mut tags = Map::new();
         for rule in self.rules.iter() {
             if let (Some(threshold), Some(value)) = (rule.status_at_least, &rule.value)

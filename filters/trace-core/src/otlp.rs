@@ -168,6 +168,15 @@ fn proto_span(span: &Span) -> proto::Span {
 
 /// The `ExportTraceServiceRequest` for `spans` of `resource`.
 pub fn request(resource: &Resource, spans: &[Span]) -> proto::ExportTraceServiceRequest {
+    let mut request = envelope(resource);
+    if let Some(scope) = request.resource_spans.first_mut().and_then(|r| r.scope_spans.first_mut()) {
+        scope.spans = spans.iter().map(proto_span).collect();
+    }
+    request
+}
+
+/// The request around the spans: one resource, one scope, no spans yet.
+fn envelope(resource: &Resource) -> proto::ExportTraceServiceRequest {
     proto::ExportTraceServiceRequest {
         resource_spans: vec![proto::ResourceSpans {
             resource: Some(proto::Resource {
@@ -179,7 +188,7 @@ pub fn request(resource: &Resource, spans: &[Span]) -> proto::ExportTraceService
                     name: SCOPE_NAME.into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                 }),
-                spans: spans.iter().map(proto_span).collect(),
+                spans: Vec::new(),
                 schema_url: String::new(),
             }],
             schema_url: String::new(),
@@ -190,6 +199,50 @@ pub fn request(resource: &Resource, spans: &[Span]) -> proto::ExportTraceService
 /// The protobuf body.
 pub fn encode_protobuf(resource: &Resource, spans: &[Span]) -> Vec<u8> {
     request(resource, spans).encode_to_vec()
+}
+
+/// One span as a protobuf `Span` message: an item for [`encode_protobuf_items`]. A filter encodes
+/// each span when it ends and keeps only these bytes, outside its own memory, until export.
+pub fn encode_span_protobuf(span: &Span) -> Vec<u8> {
+    proto_span(span).encode_to_vec()
+}
+
+/// Whether `item` decodes as a protobuf `Span` (what [`encode_span_protobuf`] makes): items come
+/// back from a queue other code can write to, and one bad item must not spoil a whole request.
+pub fn is_protobuf_span(item: &[u8]) -> bool {
+    proto::Span::decode(item).is_ok()
+}
+
+/// Appends field `tag` holding `payload` (a length-delimited field, as protobuf encodes
+/// embedded messages and repeated messages alike).
+fn length_delimited(tag: u32, payload: &[u8], out: &mut Vec<u8>) {
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
+/// The protobuf body for spans already encoded with [`encode_span_protobuf`]: the same bytes
+/// [`encode_protobuf`] gives for those spans, without decoding them. A repeated message field is
+/// its elements one after another, and fields may come in any order, so the envelope's fields
+/// are encoded and the spans appended as `ScopeSpans.spans` (field 2).
+pub fn encode_protobuf_items<I: AsRef<[u8]>>(resource: &Resource, items: &[I]) -> Vec<u8> {
+    let envelope = envelope(resource);
+    let Some(resource_spans) = envelope.resource_spans.first() else { return Vec::new() };
+    let Some(scope_spans) = resource_spans.scope_spans.first() else { return Vec::new() };
+    let mut scope = scope_spans.encode_to_vec();
+    for item in items {
+        length_delimited(2, item.as_ref(), &mut scope);
+    }
+    let mut outer = proto::ResourceSpans {
+        resource: resource_spans.resource.clone(),
+        scope_spans: Vec::new(),
+        schema_url: resource_spans.schema_url.clone(),
+    }
+    .encode_to_vec();
+    length_delimited(2, &scope, &mut outer);
+    let mut body = Vec::with_capacity(outer.len() + 8);
+    length_delimited(1, &outer, &mut body);
+    body
 }
 
 fn json_value(value: &Value) -> Json {
@@ -206,41 +259,63 @@ fn json_attributes(attributes: &[Attribute]) -> Json {
     Json::Array(attributes.iter().map(|(k, v)| json!({ "key": k, "value": json_value(v) })).collect())
 }
 
+fn json_span(span: &Span) -> Json {
+    let mut object = json!({
+        "traceId": span.trace_id.to_hex(),
+        "spanId": span.span_id.to_hex(),
+        "name": span.name,
+        "kind": span.kind as i32,
+        "flags": flags(span),
+        "startTimeUnixNano": span.start_unix_nanos.to_string(),
+        "endTimeUnixNano": span.end_unix_nanos.to_string(),
+        "attributes": json_attributes(&span.attributes),
+        "status": { "code": span.status as i32, "message": span.status_message },
+    });
+    if let Some(parent) = span.parent_span_id {
+        object["parentSpanId"] = Json::String(parent.to_hex());
+    }
+    if !span.trace_state.is_empty() {
+        object["traceState"] = Json::String(span.trace_state.clone());
+    }
+    object
+}
+
 /// The JSON body.
 pub fn encode_json(resource: &Resource, spans: &[Span]) -> Vec<u8> {
-    let spans: Vec<Json> = spans
-        .iter()
-        .map(|span| {
-            let mut object = json!({
-                "traceId": span.trace_id.to_hex(),
-                "spanId": span.span_id.to_hex(),
-                "name": span.name,
-                "kind": span.kind as i32,
-                "flags": flags(span),
-                "startTimeUnixNano": span.start_unix_nanos.to_string(),
-                "endTimeUnixNano": span.end_unix_nanos.to_string(),
-                "attributes": json_attributes(&span.attributes),
-                "status": { "code": span.status as i32, "message": span.status_message },
-            });
-            if let Some(parent) = span.parent_span_id {
-                object["parentSpanId"] = Json::String(parent.to_hex());
-            }
-            if !span.trace_state.is_empty() {
-                object["traceState"] = Json::String(span.trace_state.clone());
-            }
-            object
-        })
-        .collect();
-    let body = json!({
-        "resourceSpans": [{
-            "resource": { "attributes": json_attributes(&resource.attributes) },
-            "scopeSpans": [{
-                "scope": { "name": SCOPE_NAME, "version": env!("CARGO_PKG_VERSION") },
-                "spans": spans,
-            }],
-        }],
-    });
-    body.to_string().into_bytes()
+    let items: Vec<Vec<u8>> = spans.iter().map(encode_span_json).collect();
+    encode_json_items(resource, &items)
+}
+
+/// One span as an OTLP/JSON span object: an item for [`encode_json_items`].
+pub fn encode_span_json(span: &Span) -> Vec<u8> {
+    json_span(span).to_string().into_bytes()
+}
+
+/// Whether `item` is a JSON object (what [`encode_span_json`] makes); see [`is_protobuf_span`].
+pub fn is_json_span(item: &[u8]) -> bool {
+    serde_json::from_slice::<Json>(item).is_ok_and(|v| v.is_object())
+}
+
+/// The JSON body for spans already encoded with [`encode_span_json`], joined into the envelope
+/// as they are.
+pub fn encode_json_items<I: AsRef<[u8]>>(resource: &Resource, items: &[I]) -> Vec<u8> {
+    let resource = json!({ "attributes": json_attributes(&resource.attributes) });
+    let scope = json!({ "name": SCOPE_NAME, "version": env!("CARGO_PKG_VERSION") });
+    let mut body =
+        format!(r#"{{"resourceSpans":[{{"resource":{resource},"scopeSpans":[{{"scope":{scope},"spans":["#).into_bytes();
+    join_items(items, &mut body);
+    body.extend_from_slice(b"]}]}]}");
+    body
+}
+
+/// Appends `items` separated by commas (the inside of a JSON array).
+pub(crate) fn join_items<I: AsRef<[u8]>>(items: &[I], out: &mut Vec<u8>) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item.as_ref());
+    }
 }
 
 #[cfg(test)]
@@ -295,6 +370,48 @@ mod tests {
             span.attributes.iter().find(|a| a.key == "http.response.status_code").and_then(|a| a.value.clone());
         assert_eq!(status_code.and_then(|v| v.value), Some(OfficialValue::IntValue(503)));
         assert_eq!(rs.scope_spans[0].scope.as_ref().map(|s| s.name.as_str()), Some("wasmtrace"));
+    }
+
+    #[test]
+    fn spans_encoded_one_by_one_make_the_same_request_bytes() {
+        let (resource, mut spans) = sample();
+        let mut second = spans[0].clone();
+        second.span_id = SpanId::random();
+        second.name = "GET /v0/images/{id}".into();
+        spans.push(second);
+        let items: Vec<Vec<u8>> = spans.iter().map(encode_span_protobuf).collect();
+        assert!(items.iter().all(|item| is_protobuf_span(item)));
+        let body = encode_protobuf_items(&resource, &items);
+        assert_eq!(body, encode_protobuf(&resource, &spans), "byte for byte what the whole batch encodes to");
+        let decoded = Official::decode(body.as_slice()).expect("official decode");
+        let names: Vec<&str> = decoded.resource_spans[0].scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["GET /v0/images", "GET /v0/images/{id}"]);
+        let empty = Official::decode(encode_protobuf_items::<Vec<u8>>(&resource, &[]).as_slice()).expect("decode");
+        assert!(empty.resource_spans[0].scope_spans[0].spans.is_empty());
+    }
+
+    #[test]
+    fn items_that_are_not_spans_are_recognised() {
+        assert!(!is_protobuf_span(&[0xff, 0xff, 0xff]), "a truncated varint key");
+        assert!(!is_protobuf_span(&[0x0a, 0x05, 0x01]), "a field longer than the item");
+        assert!(!is_protobuf_span(&[0x2d, 0, 0, 0, 0]), "name (field 5) with a fixed32 wire type");
+        assert!(!is_json_span(b"[1]"));
+        assert!(!is_json_span(b"{\"a\": "));
+        assert!(is_json_span(&encode_span_json(&sample().1[0])));
+    }
+
+    #[test]
+    fn json_items_join_into_one_request() {
+        let (resource, spans) = sample();
+        let items = vec![encode_span_json(&spans[0]), encode_span_json(&spans[0])];
+        let joined: Json = serde_json::from_slice(&encode_json_items(&resource, &items)).expect("JSON");
+        let whole: Json = serde_json::from_slice(&encode_json(&resource, &spans)).expect("JSON");
+        assert_eq!(joined["resourceSpans"][0]["resource"], whole["resourceSpans"][0]["resource"]);
+        let spans_of = |j: &Json| j["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().cloned();
+        assert_eq!(spans_of(&joined).map(|s| s.len()), Some(2));
+        assert_eq!(spans_of(&joined).map(|s| s[0].clone()), spans_of(&whole).map(|s| s[0].clone()));
+        let empty: Json = serde_json::from_slice(&encode_json_items::<Vec<u8>>(&resource, &[])).expect("JSON");
+        assert_eq!(spans_of(&empty).map(|s| s.len()), Some(0));
     }
 
     #[test]

@@ -19,56 +19,75 @@ fn text(value: &Value) -> String {
 
 /// The body for `spans` of `resource`.
 pub fn encode_json(resource: &Resource, spans: &[Span]) -> Vec<u8> {
+    let items: Vec<Vec<u8>> = spans.iter().map(|span| encode_span(resource, span)).collect();
+    encode_items(&items)
+}
+
+/// One span (with its service, from `resource`) as a Zipkin v2 span object: an item for
+/// [`encode_items`].
+pub fn encode_span(resource: &Resource, span: &Span) -> Vec<u8> {
     let service =
         resource.attributes.iter().find(|(k, _)| k == "service.name").map(|(_, v)| text(v)).unwrap_or_default();
-    let spans: Vec<Json> = spans
-        .iter()
-        .map(|span| {
-            let mut tags = Map::new();
-            for (key, value) in &span.attributes {
-                tags.insert(key.clone(), Json::String(text(value)));
-            }
-            if span.status == StatusCode::Error {
-                let error = span.get("error.type").map(text).unwrap_or_else(|| span.status_message.clone());
-                tags.insert("error".into(), Json::String(error));
-            }
-            let mut object = json!({
-                "traceId": span.trace_id.to_hex(),
-                "id": span.span_id.to_hex(),
-                "name": span.name,
-                "timestamp": span.start_unix_nanos / 1000,
-                "duration": (span.end_unix_nanos.saturating_sub(span.start_unix_nanos) / 1000).max(1),
-                "localEndpoint": { "serviceName": service },
-                "tags": tags,
-            });
-            if let Some(parent) = span.parent_span_id {
-                object["parentId"] = Json::String(parent.to_hex());
-            }
-            match span.kind {
-                SpanKind::Server => object["kind"] = Json::String("SERVER".into()),
-                SpanKind::Client => object["kind"] = Json::String("CLIENT".into()),
-                SpanKind::Internal => {}
-            }
-            let peer = span.get("network.peer.address").or_else(|| span.get("server.address")).map(text);
-            if let Some(peer) = peer {
-                let mut endpoint = Map::new();
-                let key = if peer.parse::<std::net::Ipv6Addr>().is_ok() {
-                    "ipv6"
-                } else if peer.parse::<std::net::Ipv4Addr>().is_ok() {
-                    "ipv4"
-                } else {
-                    "serviceName"
-                };
-                endpoint.insert(key.into(), Json::String(peer));
-                if let Some(Value::Int(port)) = span.get("network.peer.port").or_else(|| span.get("server.port")) {
-                    endpoint.insert("port".into(), json!(port));
-                }
-                object["remoteEndpoint"] = Json::Object(endpoint);
-            }
-            object
-        })
-        .collect();
-    Json::Array(spans).to_string().into_bytes()
+    zipkin_span(&service, span).to_string().into_bytes()
+}
+
+/// The body for spans already encoded with [`encode_span`]: a JSON array of them, as they are.
+pub fn encode_items<I: AsRef<[u8]>>(items: &[I]) -> Vec<u8> {
+    let mut body = vec![b'['];
+    crate::otlp::join_items(items, &mut body);
+    body.push(b']');
+    body
+}
+
+/// Whether `item` is a JSON object (what [`encode_span`] makes): items come back from a queue
+/// other code can write to.
+pub fn is_span(item: &[u8]) -> bool {
+    crate::otlp::is_json_span(item)
+}
+
+fn zipkin_span(service: &str, span: &Span) -> Json {
+    let mut tags = Map::new();
+    for (key, value) in &span.attributes {
+        tags.insert(key.clone(), Json::String(text(value)));
+    }
+    if span.status == StatusCode::Error {
+        let error = span.get("error.type").map(text).unwrap_or_else(|| span.status_message.clone());
+        tags.insert("error".into(), Json::String(error));
+    }
+    let mut object = json!({
+        "traceId": span.trace_id.to_hex(),
+        "id": span.span_id.to_hex(),
+        "name": span.name,
+        "timestamp": span.start_unix_nanos / 1000,
+        "duration": (span.end_unix_nanos.saturating_sub(span.start_unix_nanos) / 1000).max(1),
+        "localEndpoint": { "serviceName": service },
+        "tags": tags,
+    });
+    if let Some(parent) = span.parent_span_id {
+        object["parentId"] = Json::String(parent.to_hex());
+    }
+    match span.kind {
+        SpanKind::Server => object["kind"] = Json::String("SERVER".into()),
+        SpanKind::Client => object["kind"] = Json::String("CLIENT".into()),
+        SpanKind::Internal => {}
+    }
+    let peer = span.get("network.peer.address").or_else(|| span.get("server.address")).map(text);
+    if let Some(peer) = peer {
+        let mut endpoint = Map::new();
+        let key = if peer.parse::<std::net::Ipv6Addr>().is_ok() {
+            "ipv6"
+        } else if peer.parse::<std::net::Ipv4Addr>().is_ok() {
+            "ipv4"
+        } else {
+            "serviceName"
+        };
+        endpoint.insert(key.into(), Json::String(peer));
+        if let Some(Value::Int(port)) = span.get("network.peer.port").or_else(|| span.get("server.port")) {
+            endpoint.insert("port".into(), json!(port));
+        }
+        object["remoteEndpoint"] = Json::Object(endpoint);
+    }
+    object
 }
 
 #[cfg(test)]
@@ -107,5 +126,31 @@ mod tests {
         assert_eq!(z["remoteEndpoint"]["ipv4"], "10.0.0.7");
         assert_eq!(z["tags"]["http.response.status_code"], "503");
         assert_eq!(z["tags"]["error"], "503");
+    }
+
+    #[test]
+    fn spans_encoded_one_by_one_join_into_an_array() {
+        let resource = Resource { attributes: vec![("service.name".into(), "catalog".into())] };
+        let span = Span {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: None,
+            parent_is_remote: false,
+            trace_state: String::new(),
+            name: "GET /".into(),
+            kind: SpanKind::Client,
+            start_unix_nanos: 1_000,
+            end_unix_nanos: 2_000,
+            attributes: vec![],
+            status: StatusCode::Unset,
+            status_message: String::new(),
+        };
+        let item = encode_span(&resource, &span);
+        assert!(is_span(&item));
+        assert!(!is_span(b"not json"));
+        let json: Json = serde_json::from_slice(&encode_items(&[item.clone(), item])).expect("JSON");
+        assert_eq!(json.as_array().map(Vec::len), Some(2));
+        assert_eq!(json[1]["localEndpoint"]["serviceName"], "catalog");
+        assert_eq!(encode_items::<Vec<u8>>(&[]), b"[]");
     }
 }

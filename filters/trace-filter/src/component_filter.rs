@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use crate::spool::SpoolHost;
 use crate::tracer::{ExportResponse, Exporter, RootHost, Severity, StreamHost, StreamTracer};
 
 wit_bindgen::generate!({
@@ -43,6 +44,28 @@ fn now() -> SystemTime {
 
 /// The host as the world's imports reach it.
 struct WorldHost;
+
+impl SpoolHost for WorldHost {
+    fn register_queue(&self, name: &str) -> Option<u32> {
+        Some(host::register_queue(name))
+    }
+
+    fn enqueue(&self, queue: u32, item: &[u8]) -> bool {
+        host::enqueue(queue, item).is_ok()
+    }
+
+    fn dequeue(&self, queue: u32) -> Option<Vec<u8>> {
+        host::dequeue(queue).ok().flatten()
+    }
+
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        host::get_shared_data(key)
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        host::set_shared_data(key, value, cas).is_ok()
+    }
+}
 
 impl RootHost for WorldHost {
     fn now(&self) -> SystemTime {
@@ -92,17 +115,36 @@ impl RootHost for WorldHost {
 /// One stream, during its callback.
 struct WorldStream<'a>(&'a HttpStream);
 
+/// Queues and shared data are the host's, not the stream's.
+impl SpoolHost for WorldStream<'_> {
+    fn register_queue(&self, name: &str) -> Option<u32> {
+        WorldHost.register_queue(name)
+    }
+
+    fn enqueue(&self, queue: u32, item: &[u8]) -> bool {
+        WorldHost.enqueue(queue, item)
+    }
+
+    fn dequeue(&self, queue: u32) -> Option<Vec<u8>> {
+        WorldHost.dequeue(queue)
+    }
+
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        WorldHost.shared_data(key)
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        WorldHost.set_shared_data(key, value, cas)
+    }
+}
+
 impl StreamHost for WorldStream<'_> {
     fn now(&self) -> SystemTime {
         now()
     }
 
-    fn request_headers(&self) -> Vec<(String, String)> {
-        self.0
-            .headers(HeaderPart::RequestHeaders)
-            .into_iter()
-            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
-            .collect()
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.0.headers(HeaderPart::RequestHeaders)
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) {
@@ -112,8 +154,8 @@ impl StreamHost for WorldStream<'_> {
         }
     }
 
-    fn response_header(&self, name: &str) -> Option<String> {
-        self.0.header(HeaderPart::ResponseHeaders, name).and_then(|v| String::from_utf8(v).ok())
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.header(HeaderPart::ResponseHeaders, name)
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {

@@ -4,6 +4,9 @@
 //! over OTLP/HTTP through a callout from the root — the one export path that also works inside
 //! Envoy.
 //!
+//! Finished spans wait for export in the host's shared queue ([`spool`]), not in the VM: a VM
+//! that traps and is re-created loses only the spans of the requests it was serving.
+//!
 //! One crate, two forms, one behaviour ([`tracer`]):
 //! - `wasm32-wasip1`: a proxy-wasm module (`proxy_wasm_filter`), for Envoy and the wasmtrace host;
 //! - `wasm32-wasip2`: a component of the `wasmtrace:filter` world in `wit/`
@@ -13,6 +16,7 @@
 
 pub mod config;
 pub mod naming;
+pub mod spool;
 pub mod tracer;
 
 #[cfg(target_env = "p2")]

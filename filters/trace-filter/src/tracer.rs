@@ -3,16 +3,21 @@
 //! span with OpenTelemetry HTTP semantic conventions, end it at the stream's end, and export
 //! batches over HTTP from the root.
 //!
-//! Export never delays a request: spans go to a bounded queue; the tick sends a batch when it is
-//! full or old enough; a collector that is down or slow only fills the queue, and what does not
+//! Export never delays a request, and a VM that fails loses no span but those it was working on:
+//! a finished span is encoded and handed to the host's shared queue ([`crate::spool`]), outside
+//! the VM's memory; a root context's tick (any worker's) takes a batch when it is full or old
+//! enough and sends it. A collector that is down or slow only fills the queue, and what does not
 //! fit is dropped and counted.
+//!
+//! Header values are bytes (HTTP allows obs-text, bytes ≥ 0x80, in them), never assumed to be
+//! UTF-8: see [`Headers`].
 //!
 //! Both front doors drive this: the proxy-wasm filter (`proxy_wasm_filter`, what Envoy loads) and
 //! the `wasmtrace:filter` component (`component_filter`). Each implements [`RootHost`] and
 //! [`StreamHost`] over its own calls, so the spans are the same whichever form runs.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +26,7 @@ use wasmtrace_trace_core::{SpanContext, SpanId, TraceId, b3, jaeger, otlp, w3c, 
 
 use crate::config::{ExportFormat, Format, TraceConfig};
 use crate::naming;
+use crate::spool::{self, Spool, SpoolHost};
 
 /// The property a tagging filter sets (a JSON object of attribute names to values) for the trace
 /// filter to add to the span.
@@ -40,7 +46,7 @@ pub enum Severity {
 }
 
 /// What the root side needs from the proxy.
-pub trait RootHost {
+pub trait RootHost: SpoolHost {
     /// Wall-clock time.
     fn now(&self) -> SystemTime;
     /// A log line.
@@ -58,15 +64,15 @@ pub trait RootHost {
 }
 
 /// What a stream needs from the proxy (during that stream's callbacks).
-pub trait StreamHost {
+pub trait StreamHost: SpoolHost {
     /// Wall-clock time.
     fn now(&self) -> SystemTime;
-    /// The request headers.
-    fn request_headers(&self) -> Vec<(String, String)>;
+    /// The request headers, values as the client sent them.
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
     /// Sets (or with `None` removes) a request header.
     fn set_request_header(&self, name: &str, value: Option<&str>);
-    /// A response header.
-    fn response_header(&self, name: &str) -> Option<String>;
+    /// A response header's value.
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
     /// A property by path, in proxy-wasm's encoding.
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
     /// Adds to a counter.
@@ -82,7 +88,7 @@ pub struct ExportResponse<'a> {
 }
 
 fn now_nanos(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    at.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Filter-defined metrics.
@@ -115,28 +121,42 @@ fn add(host: &dyn RootHost, counter: Option<u32>, n: usize) {
 struct Shared {
     config: Rc<TraceConfig>,
     resource: Resource,
-    queue: VecDeque<Span>,
+    spool: Spool,
     counters: Counters,
 }
 
-/// The root side: configuration, the span queue and its export.
+/// The root side: configuration, the spool and its export.
 #[derive(Default)]
 pub struct Exporter {
     shared: Option<Rc<RefCell<Shared>>>,
-    in_flight: Option<(u32, Vec<Span>)>,
+    /// The batch being exported: the token of its callout and its items, kept to go back into
+    /// the spool if the collector asks for a retry.
+    in_flight: Option<(u32, Vec<Vec<u8>>)>,
+    /// When this VM last sent a batch.
     last_flush: Option<SystemTime>,
-    retry_at: Option<SystemTime>,
-    finishing: bool,
+    /// When this VM last looked into a spool its count said was empty (the count lags behind
+    /// the other workers by a tick, and can be off after a VM died).
+    last_probe: Option<SystemTime>,
+    /// The last drain found the queue empty.
+    drained: bool,
+    /// Shutting down: how many more spans this VM drains before it reports done. Bounded, so an
+    /// old generation does not drain forever a queue a new one (with the same configuration)
+    /// keeps filling.
+    finishing: Option<usize>,
 }
 
 impl Exporter {
-    /// Parses the plugin configuration and starts the tick; the error is logged and refuses it.
+    /// Parses the plugin configuration, opens the spool and starts the tick; the error is logged
+    /// and refuses the configuration.
     pub fn configure(&mut self, host: &dyn RootHost, bytes: &[u8]) -> Result<(), String> {
-        let config = TraceConfig::parse(bytes).map_err(|e| {
-            let message = format!("trace filter configuration refused: {e}");
+        let refuse = |message: String| {
+            let message = format!("trace filter configuration refused: {message}");
             host.log(Severity::Error, &message);
             message
-        })?;
+        };
+        let config = TraceConfig::parse(bytes).map_err(refuse)?;
+        let spool = Spool::open(host, bytes, config.exporter.max_queued_spans)
+            .ok_or_else(|| refuse("the proxy has no shared queue for the spans".into()))?;
         let mut resource =
             Resource { attributes: vec![("service.name".into(), Value::from(config.service_name.as_str()))] };
         for (k, v) in &config.resource_attributes {
@@ -146,7 +166,7 @@ impl Exporter {
         self.shared = Some(Rc::new(RefCell::new(Shared {
             config: Rc::new(config),
             resource,
-            queue: VecDeque::new(),
+            spool,
             counters: Counters::define(host),
         })));
         host.set_tick_period(TICK);
@@ -158,88 +178,119 @@ impl Exporter {
         Some(StreamTracer { shared: self.shared.clone()?, span: None })
     }
 
-    /// The tick: sends a batch when one is due.
+    /// The tick: folds this VM's count into the spool's, and sends a batch when one is due.
     pub fn on_tick(&mut self, host: &dyn RootHost) {
+        let Some(shared) = self.shared.clone() else { return };
         let now = host.now();
-        if self.in_flight.is_some() || self.retry_at.is_some_and(|at| now < at) {
-            return;
-        }
-        self.retry_at = None;
-        let Some(shared) = &self.shared else { return };
-        let (queued, batch, interval) = {
-            let shared = shared.borrow();
-            (shared.queue.len(), shared.config.exporter.batch_size, shared.config.exporter.flush_interval)
+        let batch = {
+            let mut shared = shared.borrow_mut();
+            shared.spool.fold(host);
+            if self.in_flight.is_some() {
+                return;
+            }
+            let exporter = &shared.config.exporter;
+            let queued = shared.spool.queued();
+            let elapsed = |at: Option<SystemTime>| {
+                at.is_none_or(|at| now.duration_since(at).unwrap_or_default() >= exporter.flush_interval)
+            };
+            let due = if queued > 0 { elapsed(self.last_flush) } else { elapsed(self.last_probe) };
+            if queued < exporter.batch_size && !due {
+                return;
+            }
+            if shared.spool.retry_at(host).is_some_and(|at| now_nanos(now) < at) {
+                return;
+            }
+            exporter.batch_size
         };
-        let due = self.last_flush.is_none_or(|last| now.duration_since(last).unwrap_or_default() >= interval);
-        if queued > 0 && (queued >= batch || due) {
-            self.flush(host, now);
-        }
+        self.flush(host, now, batch);
     }
 
     /// An export's answer. Returns true when a shutdown flush has finished (the host's `done`).
     pub fn on_response(&mut self, host: &dyn RootHost, token: u32, response: &ExportResponse<'_>) -> bool {
-        let Some((expected, spans)) = self.in_flight.take() else { return false };
+        let Some((expected, items)) = self.in_flight.take() else { return false };
         if token != expected {
-            self.in_flight = Some((expected, spans));
+            self.in_flight = Some((expected, items));
             return false;
         }
         let Some(shared) = self.shared.clone() else { return false };
-        let counters = shared.borrow().counters;
         let now = host.now();
         let status = response.status.unwrap_or(0);
         let retryable = response.status.is_none() || matches!(status, 429 | 502 | 503 | 504);
-        if (200..300).contains(&status) {
-            add(host, counters.exported, spans.len());
-        } else if retryable && !self.finishing {
-            let wait = response
-                .retry_after
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs);
-            self.retry_at = Some(now + wait);
+        let sent = items.len();
+        let batch = {
             let mut shared = shared.borrow_mut();
-            for span in spans.into_iter().rev() {
-                if shared.queue.len() >= shared.config.exporter.max_queued_spans {
-                    add(host, counters.dropped, 1);
-                } else {
-                    shared.queue.push_front(span);
+            let counters = shared.counters;
+            if (200..300).contains(&status) {
+                add(host, counters.exported, sent);
+            } else if retryable {
+                // Back into the spool, outside this VM: whichever VM exports next (this one, a
+                // worker's, the next generation's) sends them, once the collector's wait is over.
+                let wait = response
+                    .retry_after
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs);
+                shared.spool.set_retry_at(host, now_nanos(now + wait));
+                let kept = items.iter().filter(|item| shared.spool.push(host, item).is_ok()).count();
+                add(host, counters.dropped, sent - kept);
+                if self.finishing.is_some() {
+                    // The collector asked to wait: the spans wait in the spool, not in this VM.
+                    self.finishing = Some(0);
                 }
+            } else {
+                host.log(Severity::Warn, &format!("span export failed with status {status}; {sent} spans lost"));
+                add(host, counters.failed, sent);
             }
-        } else {
-            host.log(Severity::Warn, &format!("span export failed with status {status}; {} spans lost", spans.len()));
-            add(host, counters.failed, spans.len());
-        }
-        if self.finishing {
-            self.flush(host, now);
-            return self.in_flight.is_none();
-        }
-        false
-    }
-
-    /// The VM is going: flush what is queued. True when done now; false when an export is in
-    /// flight (the host hears `done` from [`on_response`](Self::on_response)).
-    pub fn on_shutdown(&mut self, host: &dyn RootHost) -> bool {
-        self.finishing = true;
-        if self.in_flight.is_none() {
-            self.flush(host, host.now());
+            shared.config.exporter.batch_size
+        };
+        let Some(budget) = self.finishing else { return false };
+        let budget = budget.saturating_sub(sent);
+        self.finishing = Some(budget);
+        if budget > 0 && !self.drained {
+            self.flush(host, now, batch.min(budget));
         }
         self.in_flight.is_none()
     }
 
-    fn flush(&mut self, host: &dyn RootHost, now: SystemTime) {
-        let Some(shared) = self.shared.clone() else { return };
-        let (body, spans, config) = {
+    /// The VM is going: drain the spool. True when done now; false when an export is in flight
+    /// (the host hears `done` from [`on_response`](Self::on_response)).
+    pub fn on_shutdown(&mut self, host: &dyn RootHost) -> bool {
+        let Some(shared) = self.shared.clone() else { return true };
+        let (budget, batch) = {
             let mut shared = shared.borrow_mut();
-            if shared.queue.is_empty() {
+            shared.spool.fold(host);
+            // Slack for what the count has not seen yet (the other workers' last tick).
+            let batch = shared.config.exporter.batch_size;
+            (shared.spool.queued().saturating_add(batch), batch)
+        };
+        self.finishing = Some(budget);
+        self.drained = false;
+        if self.in_flight.is_none() {
+            self.flush(host, host.now(), batch.min(budget));
+        }
+        self.in_flight.is_none()
+    }
+
+    /// Takes up to `limit` spans from the spool and sends them.
+    fn flush(&mut self, host: &dyn RootHost, now: SystemTime, limit: usize) {
+        let Some(shared) = self.shared.clone() else { return };
+        let (body, items, config) = {
+            let mut shared = shared.borrow_mut();
+            let format = shared.config.exporter.format;
+            let taken = shared.spool.take(host, limit, format);
+            shared.spool.fold(host);
+            self.last_probe = Some(now);
+            self.drained = taken.empty;
+            if taken.malformed > 0 {
+                host.log(
+                    Severity::Warn,
+                    &format!("{} items in the span queue were not spans; dropped", taken.malformed),
+                );
+                add(host, shared.counters.dropped, taken.malformed);
+            }
+            if taken.items.is_empty() {
                 return;
             }
-            let n = shared.queue.len().min(shared.config.exporter.batch_size);
-            let spans: Vec<Span> = shared.queue.drain(..n).collect();
-            let body = match shared.config.exporter.format {
-                ExportFormat::OtlpProto => otlp::encode_protobuf(&shared.resource, &spans),
-                ExportFormat::OtlpJson => otlp::encode_json(&shared.resource, &spans),
-                ExportFormat::ZipkinJson => zipkin::encode_json(&shared.resource, &spans),
-            };
-            (body, spans, shared.config.clone())
+            (spool::body(format, &shared.resource, &taken.items), taken.items, shared.config.clone())
         };
         let exporter = &config.exporter;
         let content_type = match exporter.format {
@@ -255,35 +306,61 @@ impl Exporter {
         ];
         self.last_flush = Some(now);
         match host.http_call(&exporter.cluster, &headers, &body, exporter.timeout) {
-            Ok(token) => self.in_flight = Some((token, spans)),
+            Ok(token) => self.in_flight = Some((token, items)),
             Err(why) => {
                 host.log(Severity::Warn, &format!("cannot export to cluster `{}`: {why}", exporter.cluster));
-                add(host, shared.borrow().counters.failed, spans.len());
+                add(host, shared.borrow().counters.failed, items.len());
             }
         }
     }
 }
 
-fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+/// A stream's request headers. Values are bytes: HTTP/1.1 allows obs-text (bytes ≥ 0x80) in a
+/// field value, so nothing here assumes UTF-8. Text is made with U+FFFD for what is not UTF-8,
+/// which decides per header what such bytes mean:
+/// - a propagation header (`traceparent`, `tracestate`, `b3`, `x-b3-*`, `uber-trace-id`) is
+///   ASCII by its grammar and U+FFFD is outside every one of them, so the value is simply
+///   invalid, as those bytes make it (an invalid `traceparent` starts a new trace; an invalid
+///   `tracestate` is dropped whole);
+/// - a header recorded on the span (`user-agent`, `x-request-id`, configured attributes) is
+///   recorded as it came, with U+FFFD where a byte was not UTF-8 (attributes are strings).
+pub struct Headers(Vec<(String, Vec<u8>)>);
+
+impl Headers {
+    /// Every value of `name`, in order.
+    fn all(&self, name: &str) -> Vec<Cow<'_, str>> {
+        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v)).collect()
+    }
+
+    /// The first value of `name`.
+    fn first(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v))
+    }
 }
 
 /// The first valid context among the configured formats.
-fn extract(formats: &[Format], headers: &[(String, String)]) -> Option<SpanContext> {
-    let one = |name: &str| values(headers, name).first().copied();
+fn extract(formats: &[Format], headers: &Headers) -> Option<SpanContext> {
+    let one = |name: &str| headers.first(name);
     formats.iter().find_map(|format| match format {
-        Format::W3c => w3c::extract(&values(headers, "traceparent"), &values(headers, "tracestate")),
-        Format::B3 => match b3::parse_single(one("b3")?)? {
+        Format::W3c => {
+            let (parents, states) = (headers.all("traceparent"), headers.all("tracestate"));
+            let parents: Vec<&str> = parents.iter().map(|v| v.as_ref()).collect();
+            let states: Vec<&str> = states.iter().map(|v| v.as_ref()).collect();
+            w3c::extract(&parents, &states)
+        }
+        Format::B3 => match b3::parse_single(&one("b3")?)? {
             b3::B3::Context(c) => Some(c),
             b3::B3::DecisionOnly(_) => None,
         },
         Format::B3multi => {
-            match b3::parse_multi(one("x-b3-traceid"), one("x-b3-spanid"), one("x-b3-sampled"), one("x-b3-flags"))? {
+            let (trace, span) = (one("x-b3-traceid"), one("x-b3-spanid"));
+            let (sampled, flags) = (one("x-b3-sampled"), one("x-b3-flags"));
+            match b3::parse_multi(trace.as_deref(), span.as_deref(), sampled.as_deref(), flags.as_deref())? {
                 b3::B3::Context(c) => Some(c),
                 b3::B3::DecisionOnly(_) => None,
             }
         }
-        Format::Jaeger => jaeger::parse(one("uber-trace-id")?),
+        Format::Jaeger => jaeger::parse(&one("uber-trace-id")?),
     })
 }
 
@@ -354,7 +431,7 @@ impl StreamTracer {
     /// Request headers: extract, sample, inject, start the span.
     pub fn on_request_headers(&mut self, host: &dyn StreamHost) {
         let config = self.shared.borrow().config.clone();
-        let headers = host.request_headers();
+        let headers = Headers(host.request_headers());
         let parent = extract(&config.extract, &headers);
         let (trace_id, random) = match &parent {
             Some(p) => (p.trace_id, p.random),
@@ -370,7 +447,7 @@ impl StreamTracer {
         if !sampled {
             return;
         }
-        let header = |name: &str| values(&headers, name).first().map(|v| (*v).to_owned());
+        let header = |name: &str| headers.first(name).map(Cow::into_owned);
         let method = header(":method").unwrap_or_else(|| "GET".into());
         let full_path = header(":path").unwrap_or_else(|| "/".into());
         let (path, query) = full_path.split_once('?').map_or((full_path.as_str(), None), |(p, q)| (p, Some(q)));
@@ -437,7 +514,8 @@ impl StreamTracer {
         let mut attributes = Vec::new();
         for (name, attribute) in &config.response_header_attributes {
             if let Some(value) = host.response_header(name) {
-                attributes.push((attribute.clone(), value));
+                // Recorded as it came, U+FFFD for bytes that are not UTF-8 (see [`Headers`]).
+                attributes.push((attribute.clone(), String::from_utf8_lossy(&value).into_owned()));
             }
         }
         if let Some(span) = self.span.as_mut() {
@@ -510,12 +588,13 @@ impl StreamTracer {
             }
         }
         let mut shared = self.shared.borrow_mut();
-        if shared.queue.len() >= shared.config.exporter.max_queued_spans {
-            if let Some(dropped) = shared.counters.dropped {
-                host.increment(dropped, 1);
-            }
-            return;
+        let item = spool::encode(shared.config.exporter.format, &shared.resource, &span);
+        // Full (the collector is slow or down) or gone (the host lost the queue): either way
+        // the span is dropped and counted, never held in this VM.
+        if shared.spool.push(host, &item).is_err()
+            && let Some(dropped) = shared.counters.dropped
+        {
+            host.increment(dropped, 1);
         }
-        shared.queue.push_back(span);
     }
 }

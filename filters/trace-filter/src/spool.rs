@@ -1,0 +1,206 @@
+//! The span spool: finished spans wait for export outside the VM's memory, in a shared queue the
+//! host keeps per `vm_id` (proxy-wasm's `proxy_{register,enqueue,dequeue}_shared_queue`, the
+//! world's `register-queue`/`enqueue`/`dequeue`). A VM that traps is re-created with empty
+//! memory; the queue, and the spans in it, are still there for the new VM (and for the other
+//! workers' VMs of the plugin, which share it) to export.
+//!
+//! Each item is one span already encoded for the configured export format, so a drain wraps
+//! the items into a request body without decoding them. The queue's name carries the encoding's
+//! version and a hash of the plugin configuration: only VMs that would encode and export a span
+//! the same way (same resource, format and collector) share a queue, so two trace filters with
+//! different services under one `vm_id`, or two generations of a hot swap, never mix spans.
+//!
+//! The bound (`max_queued_spans`) is a count in shared data, kept without a host call on the
+//! request path: each VM counts what it enqueued and dequeued since its last tick, and the tick
+//! folds that into the shared count with a compare-and-swap. The bound is therefore approximate:
+//! it can be passed by the spans other workers finished since their last tick (one tick is
+//! 50 ms), and a VM that dies takes its unfolded count with it. A drain that finds the queue
+//! empty resets the count to zero, so such errors never add up.
+
+use wasmtrace_trace_core::span::{Resource, Span};
+use wasmtrace_trace_core::{otlp, zipkin};
+
+use crate::config::ExportFormat;
+
+/// Version of the items' encoding, in the queue's name: VMs that encode spans differently (an
+/// older or newer build during a hot swap) never share a queue.
+const ITEM_VERSION: u32 = 1;
+/// Compare-and-swap attempts at the shared count before the fold waits for the next tick.
+const CAS_ATTEMPTS: usize = 4;
+
+/// The host calls the spool stands on: shared queues and shared data, both kept by the host per
+/// `vm_id` across VM re-creation.
+pub trait SpoolHost {
+    /// Registers (or finds) this VM's queue `name`; `None` if the host refuses.
+    fn register_queue(&self, name: &str) -> Option<u32>;
+    /// Appends an item; false if the queue is gone.
+    fn enqueue(&self, queue: u32, item: &[u8]) -> bool;
+    /// Takes the oldest item; `None` when the queue is empty (or gone).
+    fn dequeue(&self, queue: u32) -> Option<Vec<u8>>;
+    /// A shared-data value and its compare-and-swap token.
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Writes shared data; with `cas`, only if nobody wrote since that token was read. False
+    /// when the write was refused.
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
+/// Why a span did not go into the spool.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The spool holds `max_queued_spans` already.
+    Full,
+    /// The host no longer knows the queue.
+    Gone,
+}
+
+/// What a drain took from the spool.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Items that are spans in the configured encoding.
+    pub items: Vec<Vec<u8>>,
+    /// Items that were not (written by something else that knows the queue's name): dropped.
+    pub malformed: usize,
+    /// The queue ran empty before the limit.
+    pub empty: bool,
+}
+
+/// This VM's handle on the shared span queue and its count.
+#[derive(Debug)]
+pub struct Spool {
+    queue: u32,
+    count_key: String,
+    retry_key: String,
+    max: usize,
+    /// The shared count as this VM last read or wrote it.
+    synced: i64,
+    /// This VM's enqueues (+) and dequeues (−) since then.
+    delta: i64,
+    /// A drain found the queue empty since the last fold.
+    saw_empty: bool,
+}
+
+/// FNV-1a: a stable name for a configuration (not a secret; any VM of the `vm_id` may read the
+/// queue anyway).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn read_i64(bytes: &[u8]) -> i64 {
+    <[u8; 8]>::try_from(bytes).map(i64::from_le_bytes).unwrap_or(0)
+}
+
+impl Spool {
+    /// Opens (registering) the queue for spans of plugin configuration `configuration`, holding
+    /// at most `max` spans. `None` if the host has no queue for it.
+    pub fn open(host: &dyn SpoolHost, configuration: &[u8], max: usize) -> Option<Self> {
+        let base = format!("wasmtrace.trace.spans.v{ITEM_VERSION}.{:016x}", fnv1a(configuration));
+        let queue = host.register_queue(&base)?;
+        let mut spool = Self {
+            queue,
+            count_key: format!("{base}.queued"),
+            retry_key: format!("{base}.retry_at"),
+            max,
+            synced: 0,
+            delta: 0,
+            saw_empty: false,
+        };
+        spool.fold(host);
+        Some(spool)
+    }
+
+    /// Spans in the spool, as far as this VM knows.
+    pub fn queued(&self) -> usize {
+        usize::try_from(self.synced.saturating_add(self.delta)).unwrap_or(0)
+    }
+
+    /// Adds a span (encoded with [`encode`]).
+    pub fn push(&mut self, host: &dyn SpoolHost, item: &[u8]) -> Result<(), Refused> {
+        if self.queued() >= self.max {
+            return Err(Refused::Full);
+        }
+        if !host.enqueue(self.queue, item) {
+            return Err(Refused::Gone);
+        }
+        self.delta += 1;
+        Ok(())
+    }
+
+    /// Takes up to `limit` spans in `format`, oldest first.
+    pub fn take(&mut self, host: &dyn SpoolHost, limit: usize, format: ExportFormat) -> Taken {
+        let mut taken = Taken::default();
+        while taken.items.len() < limit {
+            let Some(item) = host.dequeue(self.queue) else {
+                taken.empty = true;
+                self.saw_empty = true;
+                break;
+            };
+            self.delta -= 1;
+            if is_item(format, &item) {
+                taken.items.push(item);
+            } else {
+                taken.malformed += 1;
+            }
+        }
+        taken
+    }
+
+    /// Folds this VM's count into the shared one and reads what the other VMs folded in.
+    pub fn fold(&mut self, host: &dyn SpoolHost) {
+        for _ in 0..CAS_ATTEMPTS {
+            let (shared, cas) = match host.shared_data(&self.count_key) {
+                Some((bytes, cas)) => (read_i64(&bytes), Some(cas)),
+                None => (0, None),
+            };
+            if self.delta == 0 && !self.saw_empty {
+                self.synced = shared;
+                return;
+            }
+            // Empty means zero, whatever the count says (see the module's note on the bound).
+            let next = if self.saw_empty { 0 } else { shared.saturating_add(self.delta) };
+            if host.set_shared_data(&self.count_key, &next.to_le_bytes(), cas) {
+                (self.synced, self.delta, self.saw_empty) = (next, 0, false);
+                return;
+            }
+        }
+    }
+
+    /// When the collector last asked every VM of the spool to wait until (ns since the epoch).
+    pub fn retry_at(&self, host: &dyn SpoolHost) -> Option<u64> {
+        let (bytes, _) = host.shared_data(&self.retry_key)?;
+        u64::try_from(read_i64(&bytes)).ok().filter(|at| *at > 0)
+    }
+
+    /// Asks every VM of the spool to wait with exports until `at` (ns since the epoch).
+    pub fn set_retry_at(&self, host: &dyn SpoolHost, at: u64) {
+        let at = i64::try_from(at).unwrap_or(i64::MAX);
+        let _ = host.set_shared_data(&self.retry_key, &at.to_le_bytes(), None);
+    }
+}
+
+/// Whether `item` is a span in `format`: anything else that knows the queue's name can write to
+/// it, and one bad item must not make the collector refuse a whole request.
+fn is_item(format: ExportFormat, item: &[u8]) -> bool {
+    match format {
+        ExportFormat::OtlpProto => otlp::is_protobuf_span(item),
+        ExportFormat::OtlpJson => otlp::is_json_span(item),
+        ExportFormat::ZipkinJson => zipkin::is_span(item),
+    }
+}
+
+/// A finished span as a spool item: encoded once, when it ends, for the configured format.
+pub fn encode(format: ExportFormat, resource: &Resource, span: &Span) -> Vec<u8> {
+    match format {
+        ExportFormat::OtlpProto => otlp::encode_span_protobuf(span),
+        ExportFormat::OtlpJson => otlp::encode_span_json(span),
+        ExportFormat::ZipkinJson => zipkin::encode_span(resource, span),
+    }
+}
+
+/// The export request body for items taken from the spool.
+pub fn body(format: ExportFormat, resource: &Resource, items: &[Vec<u8>]) -> Vec<u8> {
+    match format {
+        ExportFormat::OtlpProto => otlp::encode_protobuf_items(resource, items),
+        ExportFormat::OtlpJson => otlp::encode_json_items(resource, items),
+        ExportFormat::ZipkinJson => zipkin::encode_items(items),
+    }
+}
