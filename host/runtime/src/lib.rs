@@ -24,6 +24,8 @@ mod callout;
 pub mod component;
 mod error;
 mod exchange;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod header_map;
 mod instance;
 pub mod metrics;

@@ -16,7 +16,7 @@ pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
 }
 
 /// Splits a serialised property path (`a\0b\0c`, trailing NUL tolerated) into segments.
-fn segments(path: &[u8]) -> Vec<&[u8]> {
+pub(crate) fn segments(path: &[u8]) -> Vec<&[u8]> {
     let path = path.strip_suffix(b"\0").unwrap_or(path);
     path.split(|b| *b == 0).collect()
 }
