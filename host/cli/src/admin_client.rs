@@ -25,6 +25,8 @@ pub struct SwapArgs {
     pub config: Option<String>,
     /// Roll back to the previous generation instead.
     pub rollback: bool,
+    /// The admin API's bearer token, in a file.
+    pub token_file: Option<PathBuf>,
 }
 
 fn configuration(arg: &str) -> anyhow::Result<String> {
@@ -59,12 +61,23 @@ pub fn swap(args: SwapArgs) -> anyhow::Result<()> {
         "swap"
     };
     let uri = format!("http://{}/plugins/{}/{action}", args.admin, args.plugin);
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the admin token {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, reply) = runtime.block_on(async {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let request = http::Request::post(&uri)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(serde_json::Value::Object(body).to_string())))?;
+        let mut request = http::Request::post(&uri).header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::from(serde_json::Value::Object(body).to_string())))?;
         let response =
             client.request(request).await.with_context(|| format!("cannot reach the admin API at {}", args.admin))?;
         let status = response.status();

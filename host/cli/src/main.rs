@@ -59,6 +59,14 @@ enum Command {
         /// Do not hot-swap plugins when their module files or the configuration file change.
         #[arg(long)]
         no_watch: bool,
+        /// A file holding the bearer token admin changes (swap, rollback) must carry; required
+        /// with --admin-any-address when the admin address is not loopback.
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        /// Most downstream connections open at once per listener (default: from the open-file
+        /// limit, which is raised to its hard limit at start).
+        #[arg(long)]
+        max_connections: Option<usize>,
     },
     /// The whole system on this machine: builds the filters, starts the trace collector and
     /// viewer and the three gallery services each behind its own wasmtrace sidecar, seeds images,
@@ -111,6 +119,9 @@ enum Command {
         /// Return to the previous generation's module and configuration.
         #[arg(long)]
         rollback: bool,
+        /// A file holding the admin API's bearer token (when it was started with one).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Validate a configuration without serving: every field is in the supported subset, and
     /// every module loads, starts and configures. Exit code 0 or 1.
@@ -157,13 +168,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Run { config, workers, drain_timeout_secs, admin_any_address, no_watch } => {
+        Command::Run {
+            config,
+            workers,
+            drain_timeout_secs,
+            admin_any_address,
+            no_watch,
+            admin_token_file,
+            max_connections,
+        } => {
             let bootstrap = Bootstrap::from_file(&config)?;
             let mut options = ProxyOptions {
                 drain_timeout: Duration::from_secs(drain_timeout_secs),
                 admin_any_address,
                 watch_modules: !no_watch,
                 watch_config: (!no_watch).then(|| config.clone()),
+                admin_token_file,
+                max_connections_per_listener: max_connections,
                 ..ProxyOptions::default()
             };
             if let Some(workers) = workers {
@@ -181,8 +202,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { viewer, any_ports, state_dir } => demo::run(viewer, any_ports, state_dir),
         Command::Traces { collector, service, trace, limit } => demo::traces(&collector, service, trace, limit),
-        Command::Swap { admin, plugin, listener, module, config, rollback } => {
-            admin_client::swap(admin_client::SwapArgs { admin, plugin, listener, module, config, rollback })
+        Command::Swap { admin, plugin, listener, module, config, rollback, token_file } => {
+            admin_client::swap(admin_client::SwapArgs { admin, plugin, listener, module, config, rollback, token_file })
         }
         Command::Check { config } => {
             let bootstrap = Bootstrap::from_file(&config)?;

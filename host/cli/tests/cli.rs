@@ -266,3 +266,65 @@ fn swap_replaces_a_running_plugin_reports_refusals_and_rolls_back() {
     assert!(killed.success());
     assert!(child.0.wait().expect("exit").success());
 }
+
+/// Under a 256 open-file limit (soft and hard, so the proxy cannot raise it), 400 connections that
+/// never speak exhaust the proxy's descriptors. It backs off instead of spinning on accept, logs
+/// the condition a few times rather than in a hot loop, closes the silent connections by the
+/// header timeout, and then serves a normal client.
+#[test]
+fn run_survives_running_out_of_file_descriptors() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::time::{Duration, Instant};
+    let config = write_config(
+        "fd-exhaustion.yaml",
+        &config_with(&built_module("header-reader"), "\n                request_headers_timeout: 2s", ""),
+    );
+    let stderr_path = workspace_root().join("target/cli-test/fd-exhaustion.stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" run --workers 1 --no-watch --max-connections 100000 -c \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_wasmtrace"))
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start wasmtrace run");
+    let mut child = Running(child);
+    let mut lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("text");
+    let address = first.strip_prefix("listener ingress on http://").expect("listener line").to_owned();
+
+    let mut silent = Vec::new();
+    for _ in 0..400 {
+        silent.push(std::net::TcpStream::connect(&address).expect("the kernel accepts into the backlog"));
+    }
+    // While the descriptors are gone and then freed by the header timeout, a normal client is
+    // eventually served; it is never answered with an error.
+    let patience = Instant::now() + Duration::from_secs(60);
+    let response = loop {
+        let attempt = std::net::TcpStream::connect(&address).and_then(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        });
+        match attempt {
+            Ok(response) if response.starts_with("HTTP/1.1 200") => break response,
+            _ => {
+                assert!(Instant::now() < patience, "the proxy serves again once the silent connections are closed");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert!(response.ends_with("served by wasmtrace run\n"), "{response}");
+    drop(silent);
+    assert!(child.0.try_wait().expect("status").is_none(), "the proxy is still running");
+    let _ = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status();
+    let _ = child.0.wait();
+    let log = std::fs::read_to_string(&stderr_path).expect("stderr");
+    let accept_failures = log.lines().filter(|line| line.contains("accept failed")).count();
+    assert!(accept_failures <= 20, "accept failures are logged rate-limited, not in a hot loop:\n{log}");
+}

@@ -108,8 +108,19 @@ fn parse_hcm(config: &Node<'_>, errors: &mut Errors) -> Option<HttpConnectionMan
     }
     config.expect_fields(
         errors,
-        &["stat_prefix", "codec_type", "route_config", "http_filters", "generate_request_id", "use_remote_address"],
-        "the HTTP connection manager takes routes and HTTP filters",
+        &[
+            "stat_prefix",
+            "codec_type",
+            "route_config",
+            "http_filters",
+            "generate_request_id",
+            "use_remote_address",
+            "common_http_protocol_options",
+            "request_headers_timeout",
+            "stream_idle_timeout",
+            "max_request_headers_kb",
+        ],
+        "the HTTP connection manager takes routes, HTTP filters, timeouts and header limits",
     );
     let stat_prefix = config.require("stat_prefix", errors).and_then(|s| s.string(errors)).unwrap_or_default();
     let codec = match config.get("codec_type").and_then(|c| c.enumeration(errors, &["AUTO", "HTTP1", "HTTP2"])) {
@@ -136,7 +147,50 @@ fn parse_hcm(config: &Node<'_>, errors: &mut Errors) -> Option<HttpConnectionMan
         wasm_filters,
         generate_request_id: config.get("generate_request_id").and_then(|g| g.boolean(errors)).unwrap_or(true),
         use_remote_address: config.get("use_remote_address").and_then(|u| u.boolean(errors)).unwrap_or(false),
+        limits: parse_connection_limits(config, errors),
     })
+}
+
+/// Largest `max_request_headers_kb` Envoy accepts.
+const MAX_REQUEST_HEADERS_KB: u64 = 8192;
+
+/// The HCM's timeouts and header limits; `0s` disables a timeout, as in Envoy.
+fn parse_connection_limits(config: &Node<'_>, errors: &mut Errors) -> ConnectionLimits {
+    let mut limits = ConnectionLimits::default();
+    let timeout = |node: Option<Node<'_>>, errors: &mut Errors, default: Option<Duration>| match node {
+        Some(node) => node.duration(errors).filter(|d| !d.is_zero()),
+        None => default,
+    };
+    if let Some(common) = config.get("common_http_protocol_options") {
+        common.expect_fields(
+            errors,
+            &["idle_timeout", "max_connection_duration", "max_headers_count"],
+            "supported here: idle_timeout, max_connection_duration, max_headers_count",
+        );
+        limits.idle_timeout = timeout(common.get("idle_timeout"), errors, limits.idle_timeout);
+        limits.max_connection_duration =
+            timeout(common.get("max_connection_duration"), errors, limits.max_connection_duration);
+        if let Some(count) = common.get("max_headers_count").and_then(|c| c.unsigned(errors, u64::from(u32::MAX))) {
+            if count == 0 {
+                common.error(errors, "max_headers_count must be at least 1", None);
+            } else {
+                limits.max_headers_count = u32::try_from(count).unwrap_or(u32::MAX);
+            }
+        }
+    }
+    limits.request_headers_timeout =
+        timeout(config.get("request_headers_timeout"), errors, limits.request_headers_timeout);
+    limits.stream_idle_timeout = timeout(config.get("stream_idle_timeout"), errors, limits.stream_idle_timeout);
+    if let Some(node) = config.get("max_request_headers_kb")
+        && let Some(kb) = node.unsigned(errors, MAX_REQUEST_HEADERS_KB)
+    {
+        if kb == 0 {
+            node.error(errors, "max_request_headers_kb must be at least 1", Some("Envoy's default is 60"));
+        } else {
+            limits.max_request_headers_kb = u32::try_from(kb).unwrap_or(60);
+        }
+    }
+    limits
 }
 
 fn parse_http_filters(config: &Node<'_>, errors: &mut Errors) -> Vec<WasmFilter> {

@@ -85,6 +85,48 @@ pub struct HttpConnectionManager {
     pub generate_request_id: bool,
     /// `use_remote_address` (default false): append the peer to `x-forwarded-for`.
     pub use_remote_address: bool,
+    /// Timeouts and size limits of the downstream connections and their streams.
+    pub limits: ConnectionLimits,
+}
+
+/// How long a downstream connection or stream may stay quiet, and how large request headers may
+/// be: Envoy's fields, with Envoy's defaults except where noted. `None` is "disabled" (Envoy's
+/// `0s`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConnectionLimits {
+    /// `common_http_protocol_options.idle_timeout` (default 1 h): a connection with no active
+    /// stream is closed after this long.
+    pub idle_timeout: Option<Duration>,
+    /// `request_headers_timeout` (default 10 s, Envoy's edge recommendation; Envoy's own default
+    /// is disabled): a request's headers must arrive within this long, counted from the first
+    /// byte of the request — and, for a connection's first request, from the accept, so a
+    /// connection that never speaks (or stops inside the HTTP/2 preface) is closed too.
+    pub request_headers_timeout: Option<Duration>,
+    /// `stream_idle_timeout` (default 5 min): a connection with active streams on which no byte
+    /// moves in either direction for this long is closed.
+    pub stream_idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_connection_duration` (default: none): a connection
+    /// older than this is drained (HTTP/1: closed after the request in flight; HTTP/2: GOAWAY).
+    pub max_connection_duration: Option<Duration>,
+    /// `max_request_headers_kb` (default 60): request headers (names and values) larger than
+    /// this many KiB are answered 431.
+    pub max_request_headers_kb: u32,
+    /// `common_http_protocol_options.max_headers_count` (default 100): more request headers
+    /// than this are answered 431.
+    pub max_headers_count: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Some(Duration::from_secs(3600)),
+            request_headers_timeout: Some(Duration::from_secs(10)),
+            stream_idle_timeout: Some(Duration::from_secs(300)),
+            max_connection_duration: None,
+            max_request_headers_kb: 60,
+            max_headers_count: 100,
+        }
+    }
 }
 
 /// `virtual_hosts[]`.

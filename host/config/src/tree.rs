@@ -199,8 +199,7 @@ impl<'a> Node<'a> {
             Value::String(s) => s
                 .strip_suffix('s')
                 .and_then(|secs| secs.trim().parse::<f64>().ok())
-                .filter(|secs| secs.is_finite() && *secs >= 0.0)
-                .map(Duration::from_secs_f64),
+                .and_then(|secs| Duration::try_from_secs_f64(secs).ok()),
             Value::Object(o) => {
                 let seconds = o.get("seconds").and_then(|s| s.as_u64().or_else(|| s.as_str()?.parse().ok()));
                 let nanos = o.get("nanos").and_then(Value::as_u64).unwrap_or(0);

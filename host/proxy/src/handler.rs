@@ -6,11 +6,12 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
@@ -28,7 +29,7 @@ use crate::message::{
 };
 use crate::rescue::UpstreamFailure;
 use crate::route;
-use crate::stats::{ClusterStats, ListenerStats};
+use crate::stats::{ClusterStats, DownstreamError, ListenerStats};
 use crate::swap::WorkerPlugin;
 
 /// A stream a filter closed: hyper resets it (HTTP/2 `RST_STREAM`, HTTP/1 connection close).
@@ -70,6 +71,13 @@ pub async fn serve(
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some((error, response)) = refuse_before_filters(&ctx.listener.http.limits, &parts) {
+        ctx.stats.downstream_error(error);
+        ctx.stats.response(response.status().as_u16());
+        tracing::debug!(target: "wasmtrace::access", listener = %ctx.listener.name, refused = error.label(), "request");
+        return Ok(response);
+    }
+    let body = DownstreamBody::new(body);
     apply_envoy_defaults(&ctx.listener.http, &conn, &mut parts.headers);
     let info = StreamInfo {
         protocol: protocol_name(parts.version).to_owned(),
@@ -89,7 +97,13 @@ pub async fn serve(
         ..HttpExchange::default()
     }));
     let chain = FilterChain::open(&ctx.filters, exchange.clone());
-    let stream = Stream { ctx: ctx.clone(), chain, exchange, handed_off: std::cell::Cell::new(false) };
+    let stream = Stream {
+        ctx: ctx.clone(),
+        chain,
+        exchange,
+        handed_off: std::cell::Cell::new(false),
+        downstream_failed: body.failed.clone(),
+    };
     let result = stream.run(body).await;
     match &result {
         Ok(response) => {
@@ -147,6 +161,8 @@ struct Stream {
     exchange: Rc<RefCell<HttpExchange>>,
     /// A body pump now ends the stream; dropping this handle must not.
     handed_off: std::cell::Cell<bool>,
+    /// The client's request body broke its framing (set by [`DownstreamBody`]).
+    downstream_failed: Arc<AtomicBool>,
 }
 
 impl Drop for Stream {
@@ -164,7 +180,7 @@ impl Stream {
         self.chain.borrow().len()
     }
 
-    async fn run(self, body: Incoming) -> Result<Response<ProxyBody>, StreamReset> {
+    async fn run(self, body: DownstreamBody) -> Result<Response<ProxyBody>, StreamReset> {
         let end_of_stream = body.is_end_stream();
         match chain::request_headers(&self.chain, end_of_stream).await {
             Verdict::Local(response, index) => return self.local_reply(response, index + 1).await,
@@ -211,7 +227,7 @@ impl Stream {
         cluster: &str,
         timeout: Option<Duration>,
         rewrite: Option<(&str, &str)>,
-        body: Incoming,
+        body: DownstreamBody,
         end_of_stream: bool,
     ) -> Result<Response<ProxyBody>, StreamReset> {
         let all = self.filter_count();
@@ -227,10 +243,12 @@ impl Stream {
             let headers = exchange.request_headers.clone().unwrap_or_default();
             upstream_request(&headers, rewrite, client.cluster.http2, cluster)
         };
-        let Ok(request) = request else {
-            return self
-                .local_reply(plain(400, "invalid_request", "the request headers cannot be forwarded\n"), all)
-                .await;
+        let request = match request {
+            Ok(request) => request,
+            Err(reason) => {
+                let body = format!("the request cannot be forwarded: {reason}\n");
+                return self.local_reply(plain(400, "invalid_request", &body), all).await;
+            }
         };
         let (upstream_body, mut aborted): (ProxyBody, Option<oneshot::Receiver<Verdict>>) = if end_of_stream {
             (boxed(Empty::<Bytes>::new().map_err(|never| match never {})), None)
@@ -267,6 +285,13 @@ impl Stream {
         };
         let failure = match outcome {
             None => UpstreamFailure::Timeout(timeout.unwrap_or_default()),
+            Some(Err(_)) if self.downstream_failed.load(Ordering::Relaxed) => {
+                // The client's body broke off or broke its framing: the client's fault, not the
+                // upstream's.
+                self.ctx.stats.downstream_error(DownstreamError::Framing);
+                let response = plain(400, "downstream_protocol_error", "the request body is malformed or cut short\n");
+                return self.local_reply(response, all).await;
+            }
             Some(Err(error)) => UpstreamFailure::from_client_error(&error),
             Some(Ok(response)) => return self.respond(response).await,
         };
@@ -402,32 +427,159 @@ fn plain(status: u16, details: &str, body: &str) -> LocalResponse {
     }
 }
 
-/// The upstream request head from the filtered request headers.
+/// Why a request cannot be sent upstream after the request filters ran.
+#[derive(Debug, thiserror::Error)]
+enum UpstreamRequestError {
+    /// `:authority` is not `host[:port]` (a filter wrote it, or it came that way).
+    #[error("`:authority` is not a valid host[:port]")]
+    Authority,
+    /// `:path` is not an origin-form path, or would not reach the upstream as written.
+    #[error("`:path` is not a valid request path")]
+    Path,
+    /// `:method` is not a method.
+    #[error("`:method` is not a valid method")]
+    Method,
+}
+
+/// The upstream request head from the filtered request headers. The URI is built from its parts,
+/// never from a formatted string: the upstream receives exactly the `:path` the route matched
+/// (after `prefix_rewrite`), and an authority is only ever an authority.
 fn upstream_request(
     headers: &HeaderMap,
     rewrite: Option<(&str, &str)>,
     http2: bool,
     cluster: &str,
-) -> Result<Request<()>, http::Error> {
-    let authority = headers.get_str(":authority").filter(|a| !a.is_empty()).unwrap_or(cluster);
+) -> Result<Request<()>, UpstreamRequestError> {
+    let authority = match headers.get(b":authority").filter(|a| !a.is_empty()) {
+        Some(value) if crate::authority::is_valid(value) => {
+            Authority::try_from(value).map_err(|_| UpstreamRequestError::Authority)?
+        }
+        Some(_) => return Err(UpstreamRequestError::Authority),
+        None => Authority::try_from(cluster).map_err(|_| UpstreamRequestError::Authority)?,
+    };
     let mut path = headers.get_str(":path").unwrap_or("/").to_owned();
     if let Some((replacement, prefix)) = rewrite
         && let Some(rest) = path.strip_prefix(prefix)
     {
         path = format!("{replacement}{rest}");
     }
-    let uri: Uri =
-        format!("http://{authority}{path}").parse().or_else(|_| format!("http://{cluster}{path}").parse())?;
-    let mut request = Request::builder()
-        .method(headers.get_str(":method").unwrap_or("GET"))
-        .uri(uri)
-        .version(if http2 { Version::HTTP_2 } else { Version::HTTP_11 })
-        .body(())?;
+    let path_and_query = origin_form(&path).ok_or(UpstreamRequestError::Path)?;
+    let uri = Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| UpstreamRequestError::Path)?;
+    let method = http::Method::from_bytes(headers.get(b":method").unwrap_or(b"GET"))
+        .map_err(|_| UpstreamRequestError::Method)?;
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
     *request.headers_mut() = http_headers(headers);
-    if !http2 && let Ok(host) = HeaderValue::from_str(authority) {
+    if !http2 && let Ok(host) = HeaderValue::from_str(authority.as_str()) {
         request.headers_mut().insert(HOST, host);
     }
     Ok(request)
+}
+
+/// `path` as an origin-form request target, only if it reaches the upstream byte for byte: the
+/// `http` crate drops a `#fragment` silently, so a path it would change is refused.
+fn origin_form(path: &str) -> Option<http::uri::PathAndQuery> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let parsed = http::uri::PathAndQuery::try_from(path).ok()?;
+    (parsed.as_str() == path).then_some(parsed)
+}
+
+/// Why a request is answered before any filter sees it, and the answer: what Envoy's codec and
+/// connection manager refuse (a malformed authority, oversized headers, `CONNECT` without
+/// `upgrade_configs`).
+fn refuse_before_filters(
+    limits: &wasmtrace_config::ConnectionLimits,
+    parts: &http::request::Parts,
+) -> Option<(DownstreamError, Response<ProxyBody>)> {
+    let refuse = |error, status: StatusCode, body: &'static str| {
+        let mut response = Response::new(full(body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        Some((error, response))
+    };
+    if parts.method == http::Method::CONNECT {
+        return refuse(
+            DownstreamError::MethodNotAllowed,
+            StatusCode::FORBIDDEN,
+            "CONNECT is not supported on this listener\n",
+        );
+    }
+    // Envoy counts names and values, pseudo-headers included.
+    let header_bytes: usize =
+        parts.headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum::<usize>()
+            + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+            + parts.method.as_str().len();
+    if header_bytes > limits.max_request_headers_kb as usize * 1024
+        || parts.headers.len() > limits.max_headers_count as usize
+    {
+        return refuse(
+            DownstreamError::HeadersTooLarge,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the request headers are larger than this listener accepts\n",
+        );
+    }
+    let host = parts.headers.get_all(HOST);
+    let mut hosts = host.iter();
+    let from_host = hosts.next();
+    if hosts.next().is_some() {
+        return refuse(DownstreamError::InvalidAuthority, StatusCode::BAD_REQUEST, "more than one Host header\n");
+    }
+    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes()).or(from_host.map(HeaderValue::as_bytes));
+    if authority.is_some_and(|value| !crate::authority::is_valid(value)) {
+        return refuse(
+            DownstreamError::InvalidAuthority,
+            StatusCode::BAD_REQUEST,
+            "the Host (or :authority) is not a valid host[:port]\n",
+        );
+    }
+    None
+}
+
+/// The client's request body; records whether it failed (a malformed chunk, a connection cut
+/// before the announced length), so the failure is answered as the client's (400), not as the
+/// upstream's.
+pub struct DownstreamBody {
+    inner: Incoming,
+    failed: Arc<AtomicBool>,
+}
+
+impl DownstreamBody {
+    fn new(inner: Incoming) -> Self {
+        Self { inner, failed: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+impl Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// What happened to a chunk after the filters.
@@ -455,13 +607,16 @@ async fn deliver(tx: &FrameSender, verdict: DataVerdict) -> Pumped {
 
 /// Streams `body` through the filters of `direction` into `tx`: data frame by frame (held back
 /// while a filter buffers), then trailers, then the end of the stream. Returns how it ended.
-async fn pump(
+async fn pump<B>(
     chain: &SharedChain,
     exchange: &Rc<RefCell<HttpExchange>>,
-    mut body: Incoming,
+    mut body: B,
     tx: &FrameSender,
     direction: Direction,
-) -> Pumped {
+) -> Pumped
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     let all = chain.borrow().len();
     let mut ended = false;
     let outcome = loop {
@@ -532,7 +687,7 @@ async fn pump(
 async fn pump_request(
     chain: SharedChain,
     exchange: Rc<RefCell<HttpExchange>>,
-    body: Incoming,
+    body: DownstreamBody,
     tx: FrameSender,
     abort: oneshot::Sender<Verdict>,
 ) {

@@ -19,12 +19,15 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod authority;
 pub mod body;
 pub mod callouts;
 pub mod chain;
 pub mod cluster;
+pub mod connection;
 pub mod handler;
 pub mod message;
+pub mod module_file;
 pub mod plugins;
 pub mod rescue;
 pub mod route;
@@ -88,6 +91,43 @@ pub enum ProxyError {
     /// A worker thread could not start.
     #[error("worker: {0}")]
     Worker(String),
+    /// The admin token could not be read.
+    #[error(transparent)]
+    AdminToken(#[from] admin::guard::AdminTokenError),
+    /// The admin API would be reachable off loopback with nothing guarding its changes.
+    #[error(
+        "refusing to serve the admin API on {0} without a bearer token: pass --admin-token-file FILE \
+         (or bind it to loopback)"
+    )]
+    AdminWithoutToken(SocketAddr),
+}
+
+/// File descriptors kept free of downstream connections (upstream pools, module files, logs).
+const RESERVED_FILES: u64 = 128;
+
+/// Raises this process's soft open-file limit to its hard limit (a proxy holds a descriptor per
+/// connection, and 1024 is a common soft default) and returns the limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // "Unlimited" is not a number the kernel takes for files; its own ceiling is nr_open (1 Mi).
+    let wanted = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|current| current < wanted) {
+        let raised = Rlimit { current: Some(wanted), maximum: limit.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!("cannot raise the open-file limit to {wanted}: {e}");
+            return limit.current.unwrap_or(wanted);
+        }
+        tracing::debug!(from = ?limit.current, to = wanted, "raised the open-file limit");
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(wanted)
+}
+
+/// The default connection cap per listener: what the open-file limit leaves after a reserve,
+/// shared by the listeners, with room for one upstream connection per downstream one.
+pub fn default_max_connections(open_files: u64, listeners: usize) -> usize {
+    let per_listener = open_files.saturating_sub(RESERVED_FILES) / (2 * listeners.max(1) as u64);
+    usize::try_from(per_listener.max(16)).unwrap_or(usize::MAX)
 }
 
 /// How the proxy runs, beyond what the configuration says.
@@ -108,6 +148,12 @@ pub struct ProxyOptions {
     /// The configuration file the bootstrap came from: when set, its changes hot-swap plugin
     /// modules and configurations.
     pub watch_config: Option<PathBuf>,
+    /// Most downstream connections open at once per listener; more are closed at accept.
+    /// `None`: derived from the open-file limit (see [`default_max_connections`]).
+    pub max_connections_per_listener: Option<usize>,
+    /// A file holding the bearer token admin changes must carry; required when the admin API
+    /// is bound off loopback.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for ProxyOptions {
@@ -120,6 +166,8 @@ impl Default for ProxyOptions {
             log_level: LogLevel::Info,
             watch_modules: false,
             watch_config: None,
+            max_connections_per_listener: None,
+            admin_token_file: None,
         }
     }
 }
@@ -132,6 +180,8 @@ pub struct Shared {
     stats: Arc<ProxyStats>,
     cluster_stats: Arc<BTreeMap<String, Arc<ClusterStats>>>,
     connection_ids: Arc<AtomicU64>,
+    /// Downstream connections allowed per listener.
+    max_connections: usize,
     options: ProxyOptions,
 }
 
@@ -240,6 +290,11 @@ pub fn check(bootstrap: &Bootstrap, options: &ProxyOptions) -> Result<Vec<String
 
 /// Starts serving `bootstrap`.
 pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy, ProxyError> {
+    let open_files = raise_open_file_limit();
+    let max_connections = options
+        .max_connections_per_listener
+        .unwrap_or_else(|| default_max_connections(open_files, bootstrap.listeners.len()));
+    let token = options.admin_token_file.as_deref().map(admin::guard::AdminToken::from_file).transpose()?;
     let runtime = runtime_for(&bootstrap, &options)?;
     let slots = plugins::load_plugins(&runtime, &bootstrap, &options.limits)?;
     let stats = Arc::new(ProxyStats {
@@ -264,6 +319,7 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
         stats: stats.clone(),
         cluster_stats,
         connection_ids: Arc::new(AtomicU64::new(1)),
+        max_connections,
         options: options.clone(),
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -305,6 +361,7 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
         coordinator: coordinator.clone(),
         ready: AtomicBool::new(failure.is_none()),
         draining: AtomicBool::new(false),
+        token,
     });
     if let Some(failure) = failure {
         let _ = stop.send(true);
@@ -356,6 +413,9 @@ fn start_control(
                 tracing::warn!(%configured, "admin API bound to loopback instead (pass --admin-any-address to expose it)");
                 SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), configured.port())
             };
+            if !address.ip().is_loopback() && state.token.is_none() {
+                return Err(ProxyError::AdminWithoutToken(address));
+            }
             let bind_error = |source| ProxyError::Bind { name: "admin".into(), address, source };
             let socket = std::net::TcpListener::bind(address).map_err(bind_error)?;
             socket.set_nonblocking(true).map_err(bind_error)?;

@@ -4,7 +4,7 @@
 //! `:authority`, `:scheme` on requests and `:status` on responses, as Envoy presents them.
 //! Hop-by-hop headers never reach filters or the other side.
 
-use http::header::{CONNECTION, HOST, HeaderName, HeaderValue};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap as HttpHeaders, Method, StatusCode, Uri, Version};
 use wasmtrace_runtime::HeaderMap;
 
@@ -22,7 +22,15 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
+///
+/// A message that came with `Transfer-Encoding` was framed by it (RFC 9112 §6.3: it overrides
+/// `Content-Length`), so its `Content-Length` describes nothing and goes too; the other side
+/// gets the body re-framed by hyper. Keeping it would let a sender make the proxy announce a
+/// length the body does not have (a truncated response, or a smuggled request).
 pub fn strip_hop_by_hop(headers: &mut HttpHeaders) {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -130,6 +138,15 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn transfer_encoding_overrides_content_length() {
+        let mut headers = HttpHeaders::new();
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.is_empty());
     }
 
     #[test]

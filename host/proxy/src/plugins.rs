@@ -206,7 +206,7 @@ pub fn plugin_config(filter: &WasmFilter, limits: &VmLimits) -> PluginConfig {
 
 /// Reads and compiles the module at `path` (cached by sha256 in the runtime).
 pub fn compile_file(runtime: &Runtime, path: &Path) -> Result<Arc<PluginModule>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read the module {}: {e}", path.display()))?;
+    let bytes = crate::module_file::read_module_file(path).map_err(|e| e.to_string())?;
     runtime.compile(&bytes).map_err(|e| format!("{} does not load: {e}", path.display()))
 }
 

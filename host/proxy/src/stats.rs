@@ -18,9 +18,64 @@ pub struct ListenerStats {
     pub requests: AtomicU64,
     /// Responses sent, by class: 1xx, 2xx, 3xx, 4xx, 5xx.
     pub responses: [AtomicU64; 5],
+    /// Downstream connections open now (all workers).
+    pub connections_active: AtomicU64,
+    /// Downstream connections accepted.
+    pub connections_total: AtomicU64,
+    /// Connections closed at accept because the listener was at its connection cap.
+    pub connections_overflow: AtomicU64,
+    /// Connections closed by a limit, by [`crate::connection::Expiry`]: idle, request headers,
+    /// stream idle, max duration.
+    pub connection_timeouts: [AtomicU64; 4],
+    /// Requests refused for what the client sent, by [`DownstreamError`].
+    pub downstream_errors: [AtomicU64; 4],
+}
+
+/// Why a request was refused before it reached the filters or the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownstreamError {
+    /// `Host`/`:authority` is not an RFC 3986 host[:port].
+    InvalidAuthority,
+    /// The request body's framing is broken (a bad chunk size, a short body).
+    Framing,
+    /// More header bytes or headers than `max_request_headers_kb`/`max_headers_count` allow.
+    HeadersTooLarge,
+    /// A method the listener does not proxy (`CONNECT`).
+    MethodNotAllowed,
+}
+
+impl DownstreamError {
+    const ALL: [Self; 4] = [Self::InvalidAuthority, Self::Framing, Self::HeadersTooLarge, Self::MethodNotAllowed];
+
+    /// The stats label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InvalidAuthority => "invalid_authority",
+            Self::Framing => "framing",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::MethodNotAllowed => "method_not_allowed",
+        }
+    }
 }
 
 impl ListenerStats {
+    /// Counts a request refused for what the client sent.
+    pub fn downstream_error(&self, error: DownstreamError) {
+        self.downstream_errors[error as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed by a limit.
+    pub fn connection_timeout(&self, expiry: crate::connection::Expiry) {
+        use crate::connection::Expiry;
+        let index = match expiry {
+            Expiry::Idle => 0,
+            Expiry::RequestHeaders => 1,
+            Expiry::StreamIdle => 2,
+            Expiry::MaxDuration => 3,
+        };
+        self.connection_timeouts[index].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a response status.
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
@@ -98,6 +153,7 @@ impl ProxyStats {
                 );
             }
         }
+        render_connections(&mut out, &self.listeners);
         out.push_str("# TYPE wasmtrace_upstream_requests_total counter\n");
         for (name, s) in &self.clusters {
             let _ =
@@ -156,6 +212,66 @@ impl ProxyStats {
             }
         }
         out
+    }
+}
+
+/// Downstream connection and refusal counters per listener.
+fn render_connections(out: &mut String, listeners: &BTreeMap<String, Arc<ListenerStats>>) {
+    use crate::connection::Expiry;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    out.push_str("# TYPE wasmtrace_downstream_connections gauge\n");
+    for (prefix, s) in listeners {
+        let _ = writeln!(
+            out,
+            "wasmtrace_downstream_connections{{listener=\"{}\"}} {}",
+            label(prefix),
+            get(&s.connections_active)
+        );
+    }
+    out.push_str("# TYPE wasmtrace_downstream_connections_total counter\n");
+    for (prefix, s) in listeners {
+        let _ = writeln!(
+            out,
+            "wasmtrace_downstream_connections_total{{listener=\"{}\"}} {}",
+            label(prefix),
+            get(&s.connections_total)
+        );
+    }
+    out.push_str("# TYPE wasmtrace_downstream_connections_overflow_total counter\n");
+    for (prefix, s) in listeners {
+        let _ = writeln!(
+            out,
+            "wasmtrace_downstream_connections_overflow_total{{listener=\"{}\"}} {}",
+            label(prefix),
+            get(&s.connections_overflow)
+        );
+    }
+    out.push_str("# TYPE wasmtrace_downstream_connection_timeouts_total counter\n");
+    for (prefix, s) in listeners {
+        for (kind, counter) in [Expiry::Idle, Expiry::RequestHeaders, Expiry::StreamIdle, Expiry::MaxDuration]
+            .iter()
+            .zip(&s.connection_timeouts)
+        {
+            let _ = writeln!(
+                out,
+                "wasmtrace_downstream_connection_timeouts_total{{listener=\"{}\",kind=\"{}\"}} {}",
+                label(prefix),
+                kind.label(),
+                get(counter)
+            );
+        }
+    }
+    out.push_str("# TYPE wasmtrace_downstream_errors_total counter\n");
+    for (prefix, s) in listeners {
+        for (kind, counter) in DownstreamError::ALL.iter().zip(&s.downstream_errors) {
+            let _ = writeln!(
+                out,
+                "wasmtrace_downstream_errors_total{{listener=\"{}\",kind=\"{}\"}} {}",
+                label(prefix),
+                kind.label(),
+                get(counter)
+            );
+        }
     }
 }
 

@@ -14,12 +14,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
-use wasmtrace_config::CodecType;
+use wasmtrace_config::{CodecType, ConnectionLimits};
 
 use crate::Shared;
 use crate::callouts::WorkerCallouts;
 use crate::cluster::ClusterClient;
+use crate::connection::{Activity, ActivityIo, CLOSE_GRACE, DRAIN_GRACE, GuardedBody};
 use crate::handler::{self, ConnectionInfo, ListenerContext};
+use crate::stats::ListenerStats;
 use crate::swap::{WorkerCommand, WorkerEnv, WorkerPlugin};
 
 /// Runs hyper's per-stream HTTP/2 tasks on the worker's own thread.
@@ -131,6 +133,7 @@ async fn serve(
             listener,
             tracker.clone(),
             shared.connection_ids.clone(),
+            shared.max_connections,
             stop.clone(),
         )));
     }
@@ -170,14 +173,82 @@ async fn follow_commands(plugins: Vec<Rc<WorkerPlugin>>, mut commands: mpsc::Unb
     }
 }
 
-fn connection_builder(codec: CodecType) -> auto::Builder<LocalExec> {
+/// hyper's builder for a listener: its codec, and the header limits and timeouts hyper enforces
+/// itself (the rest is the connection watchdog's, [`crate::connection`]).
+fn connection_builder(codec: CodecType, limits: &ConnectionLimits) -> auto::Builder<LocalExec> {
     let mut builder = auto::Builder::new(LocalExec);
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let header_bytes = header_bytes_bound(limits);
+    {
+        let mut http1 = builder.http1();
+        http1
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(limits.request_headers_timeout)
+            // The read buffer bounds the request head: past it hyper answers 431.
+            .max_buf_size(header_bytes.max(MIN_READ_BUFFER));
+        // hyper keeps up to 100 headers on the stack; only a larger limit needs the heap.
+        if limits.max_headers_count > 100 {
+            http1.max_headers(limits.max_headers_count as usize);
+        }
+    }
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
     match codec {
         CodecType::Auto => builder,
         CodecType::Http1 => builder.http1_only(),
         CodecType::Http2 => builder.http2_only(),
+    }
+}
+
+/// hyper's read buffer never goes below this (its own minimum).
+const MIN_READ_BUFFER: usize = 8 << 10;
+
+/// What hyper may buffer of a request head: the configured header bytes plus the wire's framing
+/// (request line, `: ` and CRLF per header, HTTP/2's 32 bytes per entry). hyper answers 431
+/// beyond it; within it the handler counts names and values exactly as Envoy does.
+pub(crate) fn header_bytes_bound(limits: &ConnectionLimits) -> usize {
+    limits.max_request_headers_kb as usize * 1024 + limits.max_headers_count as usize * 32 + (16 << 10)
+}
+
+/// Accept failures (out of file descriptors) back off from this ...
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// ... doubling up to this, so a full descriptor table is not a hot loop.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one warning per this long for accept failures and connections over the cap.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs a repeated condition at most once per [`WARN_EVERY`], with how often it happened.
+struct RateLimitedWarning {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedWarning {
+    fn new() -> Self {
+        Self { last: None, suppressed: 0 }
+    }
+
+    fn warn(&mut self, listener: &str, message: std::fmt::Arguments<'_>) {
+        if self.last.is_some_and(|last| last.elapsed() < WARN_EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(listener, suppressed = self.suppressed, "{message}");
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+}
+
+/// Counts a connection as open on its listener until dropped.
+struct OpenConnection {
+    stats: Arc<ListenerStats>,
+    tracker: Rc<ConnectionTracker>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+        self.tracker.open.set(self.tracker.open.get() - 1);
+        self.tracker.closed.notify_waiters();
     }
 }
 
@@ -186,53 +257,118 @@ async fn accept(
     listener: TcpListener,
     tracker: Rc<ConnectionTracker>,
     ids: Arc<AtomicU64>,
+    max_connections: usize,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = Rc::new(connection_builder(ctx.listener.http.codec));
+    let limits = Rc::new(ctx.listener.http.limits.clone());
+    let builder = Rc::new(connection_builder(ctx.listener.http.codec, &limits));
     let local = listener.local_addr().ok();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut accept_warning = RateLimitedWarning::new();
+    let mut overflow_warning = RateLimitedWarning::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|stopped| *stopped) => return,
         };
         let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                accepted
+            }
             Err(e) => {
-                // Out of file descriptors or similar: back off instead of spinning.
-                tracing::warn!(listener = %ctx.listener.name, "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Out of file descriptors or similar: the pending connection stays in the
+                // backlog; back off instead of spinning on it.
+                accept_warning.warn(&ctx.listener.name, format_args!("accept failed: {e}; retrying in {backoff:?}"));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
+        let stats = ctx.stats.clone();
+        if stats.connections_active.load(Ordering::Relaxed) >= max_connections as u64 {
+            // Over the cap the connection is closed at once (as Envoy's connection limit does),
+            // which keeps the backlog moving and tells the client straight away.
+            stats.connections_overflow.fetch_add(1, Ordering::Relaxed);
+            overflow_warning.warn(
+                &ctx.listener.name,
+                format_args!("{max_connections} connections open: closing new connections until some close"),
+            );
+            drop(stream);
+            continue;
+        }
+        stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        tracker.open.set(tracker.open.get() + 1);
+        let open = OpenConnection { stats, tracker: tracker.clone() };
         let _ = stream.set_nodelay(true);
         let conn = Rc::new(ConnectionInfo {
             peer,
             local: stream.local_addr().ok().or(local).unwrap_or(peer),
             id: ids.fetch_add(1, Ordering::Relaxed),
         });
-        tracker.open.set(tracker.open.get() + 1);
-        let (ctx, builder, tracker, mut stop) = (ctx.clone(), builder.clone(), tracker.clone(), stop.clone());
-        tokio::task::spawn_local(async move {
-            let service = hyper::service::service_fn(move |request| handler::serve(ctx.clone(), conn.clone(), request));
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let mut draining = false;
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!("connection ended: {e}");
-                        }
-                        break;
-                    }
-                    _ = stop.wait_for(|stopped| *stopped), if !draining => {
-                        draining = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
+        let (ctx, builder, limits, stop) = (ctx.clone(), builder.clone(), limits.clone(), stop.clone());
+        tokio::task::spawn_local(serve_connection(ctx, conn, stream, builder, limits, open, stop));
+    }
+}
+
+/// Serves one downstream connection until it ends, shutdown drains it, or a limit closes it.
+async fn serve_connection(
+    ctx: Rc<ListenerContext>,
+    conn: Rc<ConnectionInfo>,
+    stream: tokio::net::TcpStream,
+    builder: Rc<auto::Builder<LocalExec>>,
+    limits: Rc<ConnectionLimits>,
+    open: OpenConnection,
+    mut stop: watch::Receiver<bool>,
+) {
+    let activity = Activity::new();
+    let stream_activity = activity.clone();
+    let listener_ctx = ctx.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let guard = stream_activity.stream();
+        let served = handler::serve(listener_ctx.clone(), conn.clone(), request);
+        async move { served.await.map(|response| response.map(|body| GuardedBody::new(body, guard))) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(ActivityIo::new(stream, activity.clone())), service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    let mut close_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("connection ended: {e}");
                 }
+                break;
             }
-            tracker.open.set(tracker.open.get() - 1);
-            tracker.closed.notify_waiters();
-        });
+            _ = stop.wait_for(|stopped| *stopped), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            expiry = activity.expired(&limits), if close_at.is_none() => {
+                ctx.stats.connection_timeout(expiry);
+                tracing::debug!(listener = %ctx.listener.name, limit = expiry.label(), "closing a connection past its limit");
+                if !draining {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                let grace = if expiry.drains() { DRAIN_GRACE } else { CLOSE_GRACE };
+                close_at = Some(tokio::time::Instant::now() + grace);
+            }
+            _ = sleep_until_some(close_at) => break,
+        }
+    }
+    drop(open);
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -11,10 +11,23 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use wasmtrace_runtime::{PluginModule, Runtime, VmLimits, hex_sha256};
 
 use super::worker_plugin::WorkerCommand;
+use crate::module_file::{check_module_bytes, read_module_file};
 use crate::plugins::{LoadedPlugin, PluginSlot};
 
-/// Largest module a swap reads from a file.
-const MAX_MODULE_BYTES: u64 = 64 << 20;
+/// A swap's module bytes and where they came from (for messages), read off the async threads and
+/// checked: a regular file, within the size cap, the binary format.
+async fn read_source(source: ModuleSource) -> Result<(Vec<u8>, String), SwapError> {
+    let read = tokio::task::spawn_blocking(move || match source {
+        ModuleSource::Path(path) => read_module_file(&path).map(|bytes| (bytes, path.display().to_string())),
+        ModuleSource::Bytes(bytes) => {
+            let origin = "the module sent".to_owned();
+            check_module_bytes(&bytes, &origin).map(|()| (bytes, origin))
+        }
+    })
+    .await
+    .map_err(|e| SwapError::Refused(format!("reading the module did not finish: {e}")))?;
+    read.map_err(|e| SwapError::Refused(e.to_string()))
+}
 
 /// Where a swap's new module comes from.
 #[derive(Clone, Debug)]
@@ -132,16 +145,29 @@ impl SwapCoordinator {
 
     /// Replaces a plugin's module and/or configuration on every worker.
     pub async fn swap(&self, request: SwapRequest) -> Result<SwapOutcome, SwapError> {
+        let count_refusal = |slots: &[Arc<PluginSlot>]| {
+            slots.iter().for_each(|s| {
+                s.counters.refusals.fetch_add(1, Ordering::Relaxed);
+            })
+        };
+        // The module is read and checked before waiting for the swap lock: a slow or hostile
+        // file must not hold up other swaps.
+        let module_bytes = match &request.module {
+            Some(source) => {
+                let read = read_source(source.clone()).await;
+                if read.is_err() {
+                    count_refusal(&self.select(&request.plugin, request.listener.as_deref())?);
+                }
+                Some(read?)
+            }
+            None => None,
+        };
         let _serialised = self.one_at_a_time.lock().await;
         let started = Instant::now();
         let slots = self.select(&request.plugin, request.listener.as_deref())?;
-        let (module, module_cached) = match &request.module {
-            Some(source) => {
-                let (module, cached) = self.compile(source.clone()).await.inspect_err(|_| {
-                    slots.iter().for_each(|s| {
-                        s.counters.refusals.fetch_add(1, Ordering::Relaxed);
-                    })
-                })?;
+        let (module, module_cached) = match module_bytes {
+            Some((bytes, origin)) => {
+                let (module, cached) = self.compile(bytes, origin).await.inspect_err(|_| count_refusal(&slots))?;
                 (Some(module), cached)
             }
             None => (None, true),
@@ -194,23 +220,9 @@ impl SwapCoordinator {
     }
 
     /// Compiles off the async threads; a module compiled before (same sha256) is reused.
-    async fn compile(&self, source: ModuleSource) -> Result<(Arc<PluginModule>, bool), SwapError> {
+    async fn compile(&self, bytes: Vec<u8>, origin: String) -> Result<(Arc<PluginModule>, bool), SwapError> {
         let runtime = self.runtime.clone();
         let compiled = tokio::task::spawn_blocking(move || {
-            let (bytes, origin) = match source {
-                ModuleSource::Path(path) => {
-                    let unreadable = |e: std::io::Error| format!("cannot read the module {}: {e}", path.display());
-                    let size = std::fs::metadata(&path).map_err(unreadable)?.len();
-                    if size > MAX_MODULE_BYTES {
-                        return Err(format!(
-                            "{} is {size} bytes; modules may be at most {MAX_MODULE_BYTES}",
-                            path.display()
-                        ));
-                    }
-                    (std::fs::read(&path).map_err(unreadable)?, path.display().to_string())
-                }
-                ModuleSource::Bytes(bytes) => (bytes, "the module sent".to_owned()),
-            };
             let cached = runtime.cached(&hex_sha256(&bytes)).is_some();
             let module = runtime.compile(&bytes).map_err(|e| format!("{origin} does not load: {e}"))?;
             Ok::<_, String>((module, cached))

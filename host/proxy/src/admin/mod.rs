@@ -1,11 +1,15 @@
 //! The admin API: `/ready`, `/stats/prometheus`, `/config_dump`, `/plugins`, and hot swap
 //! (`POST /plugins/{name}/swap`, `POST /plugins/{name}/rollback`). It binds to loopback unless
-//! told otherwise: whoever reaches it can replace the filters.
+//! told otherwise: whoever reaches it can replace the filters, so every request passes the
+//! [`guard`] first (Host, Origin, content type, bearer token).
+
+pub mod guard;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -15,9 +19,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::sync::watch;
-use wasmtrace_config::Bootstrap;
+use wasmtrace_config::{Bootstrap, ConnectionLimits};
 use wasmtrace_runtime::Runtime;
 
+use crate::connection::{Activity, ActivityIo};
 use crate::stats::ProxyStats;
 use crate::swap::{ModuleSource, SwapCoordinator, SwapError, SwapOutcome, SwapRequest};
 
@@ -38,6 +43,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// Shutdown has begun.
     pub draining: AtomicBool,
+    /// The bearer token mutations must carry, when there is one.
+    pub token: Option<guard::AdminToken>,
 }
 
 /// The body of `POST /plugins/{name}/swap`.
@@ -208,6 +215,13 @@ fn read_only(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
 }
 
 async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Err(refusal) = guard::admit(request.method(), request.headers(), state.token.as_ref()) {
+        let mut response = error(refusal.status, refusal.message);
+        if refusal.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        }
+        return response;
+    }
     let path = request.uri().path().to_owned();
     let action = path.strip_prefix("/plugins/").and_then(|rest| rest.rsplit_once('/'));
     match (request.method().clone(), action) {
@@ -251,21 +265,58 @@ async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Response<
     }
 }
 
+/// Admin connections open at once at most; more are closed at accept (the admin API must not be
+/// a way to use up the process's file descriptors).
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
 /// Serves the admin API on `listener` until `stop` changes.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+    // The same silent-connection and header timeouts as the listeners (Envoy's defaults), with a
+    // shorter idle timeout: admin callers are scripts and probes.
+    let limits =
+        Arc::new(ConnectionLimits { idle_timeout: Some(Duration::from_secs(60)), ..ConnectionLimits::default() });
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.changed() => return,
         };
-        let Ok((stream, _)) = accepted else { continue };
-        let state = state.clone();
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::debug!("admin accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if open.load(Ordering::Relaxed) >= MAX_ADMIN_CONNECTIONS {
+            drop(stream);
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let (state, limits, open) = (state.clone(), limits.clone(), open.clone());
         tokio::spawn(async move {
+            let activity = Activity::new();
+            let streams = activity.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, request).await) }
+                let guard = streams.stream();
+                async move {
+                    let response = handle(state, request).await;
+                    drop(guard);
+                    Ok::<_, Infallible>(response)
+                }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.request_headers_timeout)
+                .max_header_size(64 << 10)
+                .serve_connection(TokioIo::new(ActivityIo::new(stream, activity.clone())), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = activity.expired(&limits) => {}
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
