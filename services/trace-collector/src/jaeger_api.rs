@@ -1,6 +1,11 @@
 //! Jaeger's HTTP query API (`/api/services`, `/api/services/{service}/operations`,
 //! `/api/operations`, `/api/traces`, `/api/traces/{id}`, `/api/dependencies`) in Jaeger's JSON
 //! shape, so Jaeger's UI and tools can read the local collector.
+//!
+//! Answers are bounded ([`Limits`]): a search's `limit` and tag count are capped (400 beyond, in
+//! Jaeger's error shape `{"data": null, "errors": [{"code": 400, "msg": ...}]}`), an answer whose
+//! JSON would exceed [`Limits::max_answer_bytes`] is refused the same way before it is built, and
+//! lists are cut at [`MAX_LIST_ENTRIES`](crate::limits::MAX_LIST_ENTRIES).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,10 +17,21 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use crate::span_store::{SpanStore, StoredSpan, TraceQuery};
+use crate::limits::{Limits, MAX_SEARCH_TAGS};
+use crate::span_store::{QueryError, SpanStore, StoredResource, StoredSpan, TraceQuery, hex};
 
 /// Traces returned when the search does not say.
 const DEFAULT_LIMIT: i64 = 20;
+
+/// What the query handlers share: the span store and the limits of their answers.
+pub struct QueryApi {
+    /// The spans.
+    pub store: Arc<SpanStore>,
+    /// The bounds on what is asked and answered.
+    pub limits: Limits,
+}
+
+type Api = State<Arc<QueryApi>>;
 
 fn envelope(data: Value, total: usize) -> Response {
     Json(json!({ "data": data, "total": total, "limit": 0, "offset": 0, "errors": null })).into_response()
@@ -26,7 +42,7 @@ fn failure(status: StatusCode, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn internal(error: sqlx::Error) -> Response {
+fn internal(error: impl std::fmt::Display) -> Response {
     tracing::error!("span query: {error}");
     failure(StatusCode::INTERNAL_SERVER_ERROR, &format!("span query failed: {error}"))
 }
@@ -60,25 +76,28 @@ fn object(text: &str) -> Map<String, Value> {
 
 /// Jaeger's JSON for one trace's spans.
 pub fn trace_json(trace_id: &str, spans: &[&StoredSpan]) -> Value {
-    let mut processes: Vec<(String, String)> = Vec::new();
+    let mut processes: Vec<&Arc<StoredResource>> = Vec::new();
     let mut process_json = Map::new();
     let mut out = Vec::new();
     for span in spans {
-        let key = (span.service.clone(), span.resource.clone());
-        let index = match processes.iter().position(|p| *p == key) {
+        let same = |p: &&Arc<StoredResource>| Arc::ptr_eq(p, &span.resource) || ***p == *span.resource;
+        let index = match processes.iter().position(same) {
             Some(i) => i,
             None => {
-                processes.push(key);
-                let tags: Vec<Value> = object(&span.resource)
+                processes.push(&span.resource);
+                let tags: Vec<Value> = object(&span.resource.attributes)
                     .iter()
                     .filter(|(k, _)| k.as_str() != "service.name")
                     .map(|(k, v)| tag(k, v))
                     .collect();
-                process_json
-                    .insert(format!("p{}", processes.len()), json!({ "serviceName": span.service, "tags": tags }));
+                process_json.insert(
+                    format!("p{}", processes.len()),
+                    json!({ "serviceName": span.resource.service, "tags": tags }),
+                );
                 processes.len() - 1
             }
         };
+        let (trace_hex, span_hex) = (hex(&span.trace_id), hex(&span.span_id));
         let mut tags: Vec<Value> = object(&span.attributes).iter().map(|(k, v)| tag(k, v)).collect();
         tags.push(tag("span.kind", &Value::from(kind_name(span.kind))));
         if span.status_code == 2 {
@@ -91,8 +110,8 @@ pub fn trace_json(trace_id: &str, spans: &[&StoredSpan]) -> Value {
             tags.push(tag("otel.status_code", &Value::from("OK")));
         }
         let mut references = Vec::new();
-        if !span.parent_span_id.is_empty() {
-            references.push(json!({ "refType": "CHILD_OF", "traceID": span.trace_id, "spanID": span.parent_span_id }));
+        if let Some(parent) = &span.parent_span_id {
+            references.push(json!({ "refType": "CHILD_OF", "traceID": trace_hex, "spanID": hex(parent) }));
         }
         if let Ok(Value::Array(links)) = serde_json::from_str::<Value>(&span.links) {
             for link in links {
@@ -114,8 +133,8 @@ pub fn trace_json(trace_id: &str, spans: &[&StoredSpan]) -> Value {
             _ => Vec::new(),
         };
         out.push(json!({
-            "traceID": span.trace_id,
-            "spanID": span.span_id,
+            "traceID": trace_hex,
+            "spanID": span_hex,
             "operationName": span.name,
             "references": references,
             "startTime": span.start_us,
@@ -131,9 +150,9 @@ pub fn trace_json(trace_id: &str, spans: &[&StoredSpan]) -> Value {
 }
 
 fn traces_json(spans: &[StoredSpan], order: &[String]) -> Vec<Value> {
-    let mut by_trace: HashMap<&str, Vec<&StoredSpan>> = HashMap::new();
+    let mut by_trace: HashMap<String, Vec<&StoredSpan>> = HashMap::new();
     for span in spans {
-        by_trace.entry(span.trace_id.as_str()).or_default().push(span);
+        by_trace.entry(hex(&span.trace_id)).or_default().push(span);
     }
     order.iter().filter_map(|id| by_trace.get(id.as_str()).map(|spans| trace_json(id, spans))).collect()
 }
@@ -161,8 +180,8 @@ fn now_us() -> i64 {
 }
 
 /// `GET /api/services`.
-pub async fn services(State(store): State<Arc<SpanStore>>) -> Response {
-    match store.services().await {
+pub async fn services(State(api): Api) -> Response {
+    match api.store.services(api.limits.max_answer_bytes).await {
         Ok(services) => {
             let total = services.len();
             envelope(json!(services), total)
@@ -172,8 +191,8 @@ pub async fn services(State(store): State<Arc<SpanStore>>) -> Response {
 }
 
 /// `GET /api/services/{service}/operations`: names only, as Jaeger answers.
-pub async fn service_operations(State(store): State<Arc<SpanStore>>, Path(service): Path<String>) -> Response {
-    match store.operations(&service).await {
+pub async fn service_operations(State(api): Api, Path(service): Path<String>) -> Response {
+    match api.store.operations(&service, api.limits.max_answer_bytes).await {
         Ok(operations) => {
             let mut names: Vec<String> = operations.into_iter().map(|(name, _)| name).collect();
             names.dedup();
@@ -185,14 +204,11 @@ pub async fn service_operations(State(store): State<Arc<SpanStore>>, Path(servic
 }
 
 /// `GET /api/operations?service=&spanKind=`: names with kinds.
-pub async fn operations(
-    State(store): State<Arc<SpanStore>>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
+pub async fn operations(State(api): Api, Query(params): Query<HashMap<String, String>>) -> Response {
     let Some(service) = params.get("service") else {
         return failure(StatusCode::BAD_REQUEST, "parameter `service` is required");
     };
-    match store.operations(service).await {
+    match api.store.operations(service, api.limits.max_answer_bytes).await {
         Ok(operations) => {
             let wanted = params.get("spanKind").filter(|k| !k.is_empty());
             let list: Vec<Value> = operations
@@ -207,9 +223,10 @@ pub async fn operations(
     }
 }
 
-/// The search a `/api/traces` query string asks for.
-pub fn trace_query(params: &[(String, String)]) -> Result<TraceQuery, String> {
-    let mut query = TraceQuery { limit: DEFAULT_LIMIT, ..TraceQuery::default() };
+/// The search a `/api/traces` query string asks for, within `limits` (`limit` at most
+/// [`Limits::max_traces_per_search`], at most [`MAX_SEARCH_TAGS`] tags).
+pub fn trace_query(params: &[(String, String)], limits: &Limits) -> Result<TraceQuery, String> {
+    let mut query = TraceQuery { limit: DEFAULT_LIMIT.min(limits.max_traces_per_search), ..TraceQuery::default() };
     let mut lookback = None;
     for (key, value) in params {
         let value = value.trim();
@@ -222,7 +239,16 @@ pub fn trace_query(params: &[(String, String)]) -> Result<TraceQuery, String> {
         match key.as_str() {
             "service" => query.service = Some(value.to_owned()),
             "operation" => query.operation = Some(value.to_owned()),
-            "limit" => query.limit = value.parse().map_err(|_| "`limit` must be a number".to_owned())?,
+            "limit" => {
+                let max = limits.max_traces_per_search;
+                let limit: i64 = value.parse().map_err(|_| "`limit` must be a number".to_owned())?;
+                if !(1..=max).contains(&limit) {
+                    return Err(format!(
+                        "`limit` must be between 1 and {max} (asked for {limit}); narrow the search (service, operation, tags, time) to find older traces"
+                    ));
+                }
+                query.limit = limit;
+            }
             "start" => query.start_us = Some(micros(value)?),
             "end" => query.end_us = Some(micros(value)?),
             "minDuration" => query.min_duration_us = Some(duration(value)?),
@@ -241,55 +267,67 @@ pub fn trace_query(params: &[(String, String)]) -> Result<TraceQuery, String> {
             }
             _ => {}
         }
+        if query.tags.len() > MAX_SEARCH_TAGS {
+            return Err(format!("a search may filter on at most {MAX_SEARCH_TAGS} tags"));
+        }
     }
     if let (Some(lookback), None) = (lookback, query.start_us) {
-        query.start_us = Some(query.end_us.unwrap_or_else(now_us) - lookback);
+        query.start_us = Some(query.end_us.unwrap_or_else(now_us).saturating_sub(lookback));
     }
     Ok(query)
 }
 
 /// `GET /api/traces?service=&operation=&tags=&minDuration=&maxDuration=&start=&end=&limit=`.
-pub async fn find_traces(State(store): State<Arc<SpanStore>>, Query(params): Query<Vec<(String, String)>>) -> Response {
-    let query = match trace_query(&params) {
+pub async fn find_traces(State(api): Api, Query(params): Query<Vec<(String, String)>>) -> Response {
+    let query = match trace_query(&params, &api.limits) {
         Ok(query) => query,
         Err(e) => return failure(StatusCode::BAD_REQUEST, &e),
     };
-    let ids = match store.find_traces(&query).await {
+    let ids = match api.store.find_traces(&query).await {
         Ok(ids) => ids,
         Err(e) => return internal(e),
     };
-    match store.spans_of(&ids).await {
+    match api.store.spans_of(&ids, api.limits.max_answer_bytes).await {
         Ok(spans) => {
             let traces = traces_json(&spans, &ids);
             let total = traces.len();
             envelope(Value::Array(traces), total)
         }
+        Err(QueryError::TooLarge { max_bytes }) => failure(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "the {} traces found would make an answer of more than {max_bytes} bytes; ask for fewer (`limit`) or narrow the search",
+                ids.len()
+            ),
+        ),
         Err(e) => internal(e),
     }
 }
 
 /// `GET /api/traces/{traceID}`.
-pub async fn get_trace(State(store): State<Arc<SpanStore>>, Path(trace_id): Path<String>) -> Response {
+pub async fn get_trace(State(api): Api, Path(trace_id): Path<String>) -> Response {
     let id = trace_id.to_ascii_lowercase();
     if id.is_empty() || id.len() > 32 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
         return failure(StatusCode::BAD_REQUEST, "a trace id is up to 32 hex digits");
     }
     let id = format!("{id:0>32}");
-    match store.spans_of(std::slice::from_ref(&id)).await {
+    match api.store.spans_of(std::slice::from_ref(&id), api.limits.max_answer_bytes).await {
         Ok(spans) if spans.is_empty() => failure(StatusCode::NOT_FOUND, "trace not found"),
         Ok(spans) => envelope(Value::Array(traces_json(&spans, &[id])), 1),
+        Err(QueryError::TooLarge { max_bytes }) => failure(
+            StatusCode::BAD_REQUEST,
+            &format!("trace {id} is too large to answer: its spans would make more than {max_bytes} bytes of JSON"),
+        ),
         Err(e) => internal(e),
     }
 }
 
 /// `GET /api/dependencies?endTs=&lookback=` (milliseconds, as Jaeger takes them).
-pub async fn dependencies(
-    State(store): State<Arc<SpanStore>>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
+pub async fn dependencies(State(api): Api, Query(params): Query<HashMap<String, String>>) -> Response {
     let end_ms = params.get("endTs").and_then(|v| v.parse::<i64>().ok()).unwrap_or_else(|| now_us() / 1000);
     let lookback_ms = params.get("lookback").and_then(|v| v.parse::<i64>().ok()).unwrap_or(24 * 3600 * 1000);
-    match store.dependencies((end_ms - lookback_ms) * 1000).await {
+    let since_us = end_ms.saturating_sub(lookback_ms).saturating_mul(1000);
+    match api.store.dependencies(since_us, api.limits.max_answer_bytes).await {
         Ok(edges) => {
             let list: Vec<Value> =
                 edges.iter().map(|d| json!({ "parent": d.parent, "child": d.child, "callCount": d.calls })).collect();

@@ -3,11 +3,15 @@
 //! Jaeger's HTTP query API out (`/api/...`), so Jaeger's own tools can read it, and a viewer page
 //! on top of that API (search, waterfall with the critical path, span details, dependency graph). Beyond one
 //! machine, send the same OTLP to Jaeger or Tempo instead.
+//!
+//! Senders and query callers are untrusted; [`limits`] bounds what each request may cost (body
+//! size, spans and decoded memory per request, requests in flight, answer sizes).
 
 #![deny(missing_docs)]
 
 pub mod ingest;
 pub mod jaeger_api;
+pub mod limits;
 pub mod span_store;
 
 use std::net::SocketAddr;
@@ -15,15 +19,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::ingest::{Decoded, IngestError, MAX_BODY};
+use crate::ingest::{Decoded, IngestError};
+use crate::jaeger_api::QueryApi;
+use crate::limits::{Limits, RETRY_AFTER_SECS};
 use crate::span_store::SpanStore;
 
 /// How the collector runs.
@@ -55,55 +62,150 @@ fn content_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-fn encoding(headers: &HeaderMap) -> Option<&str> {
-    headers.get(http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
+fn encoding(headers: &HeaderMap) -> Option<String> {
+    headers.get(http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-fn refused(status: StatusCode, message: String) -> Response {
-    (status, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
+/// Why an ingest request was not taken, as its sender sees it: a status and a plain-text reason.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// The body's type is not one we decode (415).
+    #[error("`{0}`: send application/x-protobuf or application/json")]
+    ContentType(String),
+    /// Every ingest slot is taken (503 with `Retry-After`).
+    #[error(
+        "the collector is already taking {in_flight} ingest requests, the most it takes at once; retry after {RETRY_AFTER_SECS} s"
+    )]
+    Busy {
+        /// The in-flight cap.
+        in_flight: usize,
+    },
+    /// The body did not arrive in time (408).
+    #[error("the request body did not arrive within {secs} s")]
+    BodyTimeout {
+        /// The limit, seconds.
+        secs: u64,
+    },
+    /// Reading the body failed (400).
+    #[error("reading the request body: {0}")]
+    BodyRead(String),
+    /// The request itself is refused (400 or 413).
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// The decoding task failed (500).
+    #[error("decoding failed")]
+    DecodeTask,
+    /// The database did not take the spans (503: OTLP exporters retry it).
+    #[error("spans not stored: {0}")]
+    NotStored(sqlx::Error),
 }
 
-fn ingest_error(error: IngestError) -> Response {
-    match error {
-        IngestError::Malformed(why) => refused(StatusCode::BAD_REQUEST, why),
-        IngestError::TooLarge => {
-            refused(StatusCode::PAYLOAD_TOO_LARGE, format!("bodies are limited to {MAX_BODY} bytes"))
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Refusal::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::Busy { .. } | Refusal::NotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BodyRead(_) | Refusal::Ingest(IngestError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            Refusal::Ingest(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::DecodeTask => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut response =
+            (status, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.to_string()).into_response();
+        if matches!(self, Refusal::Busy { .. }) {
+            // OTLP/HTTP: throttling is 503 with the delay the client should wait.
+            response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
+        response
     }
 }
 
-async fn store(store: &SpanStore, decoded: &Decoded) -> Result<(), Response> {
-    store.insert(&decoded.spans).await.map_err(|e| {
-        tracing::error!("storing spans: {e}");
-        // OTLP: 503 is retryable; the exporter tries again later.
-        refused(StatusCode::SERVICE_UNAVAILABLE, format!("spans not stored: {e}"))
-    })
+/// What the ingest handlers share.
+struct IngestState {
+    spans: Arc<SpanStore>,
+    limits: Limits,
+    /// One permit per ingest request being read, decoded or stored.
+    in_flight: Arc<Semaphore>,
+}
+
+type Ingest = State<Arc<IngestState>>;
+
+impl IngestState {
+    /// A slot for one more ingest, or [`Refusal::Busy`]. Taken before the body is read, so
+    /// refused requests never hold their bodies in memory.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Busy { in_flight: self.limits.max_concurrent_ingests })
+    }
+
+    /// The body, read with the size cap and the time limit.
+    async fn body(&self, request: Request) -> Result<bytes::Bytes, Refusal> {
+        let max = self.limits.max_request_bytes;
+        let limited = http_body_util::Limited::new(request.into_body(), max);
+        let secs = self.limits.ingest_body_timeout_secs;
+        match tokio::time::timeout(Duration::from_secs(secs), limited.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(IngestError::TooLarge { max }.into()),
+            Ok(Err(e)) => Err(Refusal::BodyRead(e.to_string())),
+            Err(_) => Err(Refusal::BodyTimeout { secs }),
+        }
+    }
+
+    /// Decompresses and decodes off the async workers (decoding a large request is CPU work).
+    async fn decode<F>(&self, encoding: Option<String>, body: bytes::Bytes, decode: F) -> Result<Decoded, Refusal>
+    where
+        F: FnOnce(&[u8], &Limits) -> Result<Decoded, IngestError> + Send + 'static,
+    {
+        let limits = self.limits;
+        let work = move || {
+            let body = ingest::decompress_within(encoding.as_deref(), &body, limits.max_request_bytes)?;
+            decode(&body, &limits)
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok(decoded) => Ok(decoded?),
+            Err(e) => {
+                tracing::error!("decoding an ingest request: {e}");
+                Err(Refusal::DecodeTask)
+            }
+        }
+    }
+
+    async fn store(&self, decoded: &Decoded) -> Result<(), Refusal> {
+        self.spans.insert(&decoded.spans).await.map_err(|e| {
+            tracing::error!("storing spans: {e}");
+            Refusal::NotStored(e)
+        })
+    }
+
+    /// Admission, body, decoding and storage: what both ingest routes do.
+    async fn take<F>(&self, request: Request, decode: F) -> Result<Decoded, Refusal>
+    where
+        F: FnOnce(&[u8], &Limits) -> Result<Decoded, IngestError> + Send + 'static,
+    {
+        let _permit = self.admit()?;
+        let encoding = encoding(request.headers());
+        let body = self.body(request).await?;
+        let decoded = self.decode(encoding, body, decode).await?;
+        self.store(&decoded).await?;
+        Ok(decoded)
+    }
 }
 
 /// `POST /v1/traces`.
-async fn otlp_traces(State(spans): State<Arc<SpanStore>>, headers: HeaderMap, body: Bytes) -> Response {
-    let json = match content_type(&headers).as_str() {
+async fn otlp_traces(State(ingest): Ingest, request: Request) -> Result<Response, Refusal> {
+    let json = match content_type(request.headers()).as_str() {
         "application/x-protobuf" | "application/protobuf" => false,
         "application/json" => true,
-        other => {
-            return refused(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("`{other}`: send application/x-protobuf or application/json"),
-            );
-        }
+        other => return Err(Refusal::ContentType(other.to_owned())),
     };
-    let decoded = match ingest::decompress(encoding(&headers), &body).and_then(|b| ingest::otlp(&b, json)) {
-        Ok(decoded) => decoded,
-        Err(e) => return ingest_error(e),
-    };
-    if let Err(response) = store(&spans, &decoded).await {
-        return response;
-    }
+    let decoded = ingest.take(request, move |b, limits| ingest::otlp_within(b, json, limits)).await?;
     let partial = (decoded.rejected > 0).then(|| ExportTracePartialSuccess {
         rejected_spans: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
         error_message: decoded.reason.clone().unwrap_or_default(),
     });
-    if json {
+    Ok(if json {
         let body = match &partial {
             Some(p) => {
                 serde_json::json!({ "partialSuccess": { "rejectedSpans": p.rejected_spans, "errorMessage": p.error_message } })
@@ -114,28 +216,25 @@ async fn otlp_traces(State(spans): State<Arc<SpanStore>>, headers: HeaderMap, bo
     } else {
         let body = ExportTraceServiceResponse { partial_success: partial }.encode_to_vec();
         (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/x-protobuf")], body).into_response()
-    }
+    })
 }
 
 /// `POST /api/v2/spans`.
-async fn zipkin_spans(State(spans): State<Arc<SpanStore>>, headers: HeaderMap, body: Bytes) -> Response {
-    let decoded = match ingest::decompress(encoding(&headers), &body).and_then(|b| ingest::zipkin(&b)) {
-        Ok(decoded) => decoded,
-        Err(e) => return ingest_error(e),
-    };
-    if let Err(response) = store(&spans, &decoded).await {
-        return response;
-    }
-    StatusCode::ACCEPTED.into_response()
+async fn zipkin_spans(State(ingest): Ingest, request: Request) -> Result<StatusCode, Refusal> {
+    ingest.take(request, ingest::zipkin_within).await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
-/// The ingest routes (OTLP and Zipkin).
-pub fn ingest_router(spans: Arc<SpanStore>) -> Router {
+/// The ingest routes (OTLP and Zipkin), within `limits`.
+pub fn ingest_router(spans: Arc<SpanStore>, limits: Limits) -> Router {
+    let permits = limits.max_concurrent_ingests.clamp(1, Semaphore::MAX_PERMITS);
+    let state = IngestState { spans, limits, in_flight: Arc::new(Semaphore::new(permits)) };
     Router::new()
         .route("/v1/traces", post(otlp_traces))
         .route("/api/v2/spans", post(zipkin_spans))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(spans)
+        // The handlers read their bodies themselves (after admission, with a time limit).
+        .layer(DefaultBodyLimit::max(limits.max_request_bytes))
+        .with_state(Arc::new(state))
 }
 
 async fn viewer_page() -> impl IntoResponse {
@@ -151,8 +250,8 @@ async fn viewer_style() -> impl IntoResponse {
 }
 
 /// The query routes: the viewer page (`/`, `/trace/{id}` — Jaeger's deep-link form) and Jaeger's
-/// HTTP API.
-pub fn query_router(spans: Arc<SpanStore>) -> Router {
+/// HTTP API, answering within `limits`.
+pub fn query_router(spans: Arc<SpanStore>, limits: Limits) -> Router {
     Router::new()
         .route("/", get(viewer_page))
         .route("/trace/{trace_id}", get(viewer_page))
@@ -165,14 +264,15 @@ pub fn query_router(spans: Arc<SpanStore>) -> Router {
         .route("/api/traces", get(jaeger_api::find_traces))
         .route("/api/traces/{trace_id}", get(jaeger_api::get_trace))
         .route("/api/dependencies", get(jaeger_api::dependencies))
-        .with_state(spans)
+        .with_state(Arc::new(QueryApi { store: spans, limits }))
 }
 
 /// Drops spans beyond the retention limits, every ten seconds.
 pub async fn enforce_retention(spans: Arc<SpanStore>, retention: Duration, max_spans: i64) {
     loop {
         let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-        match spans.prune(now_us - retention.as_micros() as i64, max_spans).await {
+        let retention_us = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+        match spans.prune(now_us.saturating_sub(retention_us), max_spans).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(dropped = n, "retention: dropped old spans"),
             Err(e) => tracing::warn!("retention: {e}"),
@@ -189,8 +289,14 @@ pub struct RunningCollector {
     pub query: gallery_service::RunningService,
 }
 
-/// Starts the collector: ingest and query on their own listeners, one span database.
+/// Starts the collector with the default [`Limits`]: ingest and query on their own listeners, one
+/// span database.
 pub fn start(config: CollectorConfig) -> Result<RunningCollector, String> {
+    start_with_limits(config, Limits::default())
+}
+
+/// Starts the collector within `limits`.
+pub fn start_with_limits(config: CollectorConfig, limits: Limits) -> Result<RunningCollector, String> {
     let disabled = gallery_service::telemetry::TelemetryConfig {
         service_name: "trace-collector".into(),
         enabled: false,
@@ -200,7 +306,7 @@ pub fn start(config: CollectorConfig) -> Result<RunningCollector, String> {
     };
     let (spans_tx, spans_rx) = std::sync::mpsc::channel::<Arc<SpanStore>>();
     let database = config.database.clone();
-    let retention = Duration::from_secs(config.retention_hours * 3600);
+    let retention = Duration::from_secs(config.retention_hours.saturating_mul(3600));
     let max_spans = config.max_spans;
     let otlp = gallery_service::RunningService::start(
         "trace-collector-otlp",
@@ -210,7 +316,7 @@ pub fn start(config: CollectorConfig) -> Result<RunningCollector, String> {
             let spans = Arc::new(SpanStore::open(&database).await?);
             tokio::spawn(enforce_retention(spans.clone(), retention, max_spans));
             let _ = spans_tx.send(spans.clone());
-            Ok(ingest_router(spans))
+            Ok(ingest_router(spans, limits))
         },
     )?;
     let spans = spans_rx.recv().map_err(|_| "the span database did not open".to_owned())?;
@@ -218,7 +324,7 @@ pub fn start(config: CollectorConfig) -> Result<RunningCollector, String> {
         "trace-collector-query",
         config.query_listen,
         &disabled,
-        move |_| async move { Ok(query_router(spans)) },
+        move |_| async move { Ok(query_router(spans, limits)) },
     )?;
     Ok(RunningCollector { otlp, query })
 }
