@@ -5,7 +5,7 @@
 //! | `GET` | `/` | the gallery page |
 //! | `POST` | `/v0/images` | upload: JSON `{"base64": ...}`, multipart (`image` field), or the raw image → 201 + metadata |
 //! | `GET` | `/v0/images?limit=&after=` | images, newest first, with the next cursor |
-//! | `GET` | `/v0/images/{id}` | the image, with its `Content-Type` |
+//! | `GET` | `/v0/images/{id}` | the image, with its `Content-Type`, sandboxed (`Content-Security-Policy: sandbox`, `nosniff`) |
 //! | `GET` | `/v0/images/{id}/meta` | its metadata |
 //! | `DELETE` | `/v0/images/{id}` | 204 (metadata and bytes gone), 404 when absent |
 //! | `GET` | `/v0/healthz`, `/v0/readyz` | liveness; readiness asks the catalog (and so its database) |
@@ -29,7 +29,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use gallery_service::server_span::trace_requests;
 use gallery_service::telemetry::TelemetryConfig;
-use gallery_service::{ApiError, Telemetry, UpstreamClient};
+use gallery_service::{ApiError, Telemetry, UpstreamClient, media};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use opentelemetry::trace::TraceContextExt;
 
@@ -161,8 +161,9 @@ async fn download(State(state): State<Shared>, Path(id): Path<String>) -> Result
             out.headers_mut().insert(name, value.clone());
         }
     }
-    out.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     out.headers_mut().insert(http::header::CONTENT_DISPOSITION, HeaderValue::from_static("inline"));
+    // Sandboxed, not sniffed, and only an allowed image type inline (else an attachment).
+    media::protect_download(out.headers_mut());
     Ok(out)
 }
 

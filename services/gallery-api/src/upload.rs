@@ -1,12 +1,13 @@
 //! What an upload can look like, reduced to image bytes and their media type: a JSON body
 //! `{"base64": "...", "content_type": "..."}` (the original demo's shape), a multipart form (the
 //! web page), or the raw image with its `Content-Type`. The bytes must be an image we can serve
-//! back safely (PNG, JPEG, GIF, WebP, AVIF, BMP); SVG is refused (it can carry script).
+//! back safely: the gallery's one allow-list ([`gallery_service::media`]) decides, the same one
+//! the catalog and the store apply; SVG is refused (it can carry script).
 
 use axum::extract::{FromRequest, Multipart, Request};
 use base64::Engine as _;
 use bytes::Bytes;
-use gallery_service::ApiError;
+use gallery_service::{ApiError, media};
 use http::StatusCode;
 use serde::Deserialize;
 
@@ -27,26 +28,6 @@ struct JsonUpload {
     content_type: Option<String>,
 }
 
-/// The media type the first bytes announce, if it is an image we accept.
-pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
-    let starts = |magic: &[u8]| bytes.starts_with(magic);
-    if starts(b"\x89PNG\r\n\x1a\n") {
-        Some("image/png")
-    } else if starts(b"\xff\xd8\xff") {
-        Some("image/jpeg")
-    } else if starts(b"GIF87a") || starts(b"GIF89a") {
-        Some("image/gif")
-    } else if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-        Some("image/webp")
-    } else if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" && (&bytes[8..12] == b"avif" || &bytes[8..12] == b"avis") {
-        Some("image/avif")
-    } else if starts(b"BM") && bytes.len() > 26 {
-        Some("image/bmp")
-    } else {
-        None
-    }
-}
-
 fn too_large(max: usize) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("images may be at most {max} bytes"))
 }
@@ -58,22 +39,7 @@ fn checked(bytes: Bytes, declared: Option<&str>, max: usize) -> Result<Upload, A
     if bytes.len() > max {
         return Err(too_large(max));
     }
-    let content_type = sniff(&bytes).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "not an image this gallery accepts (PNG, JPEG, GIF, WebP, AVIF, BMP)",
-        )
-    })?;
-    if let Some(declared) = declared.map(|d| d.split(';').next().unwrap_or("").trim())
-        && !declared.is_empty()
-        && declared != "application/octet-stream"
-        && !declared.eq_ignore_ascii_case(content_type)
-    {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("the upload says `{declared}` but its bytes are {content_type}"),
-        ));
-    }
+    let content_type = media::check(declared, &bytes)?;
     Ok(Upload { bytes, content_type })
 }
 
@@ -81,7 +47,7 @@ fn checked(bytes: Bytes, declared: Option<&str>, max: usize) -> Result<Upload, A
 pub async fn read(request: Request, max: usize) -> Result<Upload, ApiError> {
     let content_type =
         request.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = media::essence(&content_type);
     // Base64 and multipart framing make the body larger than the image.
     let body_limit = max / 3 * 4 + 64 * 1024;
     match essence.as_str() {
@@ -136,22 +102,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn images_are_recognised_by_their_bytes() {
-        assert_eq!(sniff(b"\x89PNG\r\n\x1a\nrest"), Some("image/png"));
-        assert_eq!(sniff(b"\xff\xd8\xff\xe0"), Some("image/jpeg"));
-        assert_eq!(sniff(b"GIF89a..."), Some("image/gif"));
-        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some("image/webp"));
-        assert_eq!(sniff(b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>"), None);
-        assert_eq!(sniff(b"plain text"), None);
-    }
-
-    #[test]
     fn a_declared_type_must_match_the_bytes() {
         let png = Bytes::from_static(b"\x89PNG\r\n\x1a\nrest");
         assert!(checked(png.clone(), Some("image/png"), 100).is_ok());
         assert!(checked(png.clone(), None, 100).is_ok());
         let refused = checked(png.clone(), Some("image/jpeg"), 100).err().map(|e| e.status);
         assert_eq!(refused, Some(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        let svg = checked(Bytes::from_static(b"<svg/>"), Some("image/svg+xml"), 100).err().map(|e| e.status);
+        assert_eq!(svg, Some(StatusCode::UNSUPPORTED_MEDIA_TYPE));
         assert_eq!(checked(png, None, 4).err().map(|e| e.status), Some(StatusCode::PAYLOAD_TOO_LARGE));
     }
 }

@@ -7,11 +7,14 @@
 //! - [`operation_span`]: CLIENT spans around database and storage calls.
 //! - [`upstream`]: calls to another service, with a CLIENT span and the context injected.
 //! - [`api_error`]: the `{"message": ...}` error body every endpoint answers with.
+//! - [`media`]: the image types all three accept (one allow-list) and the headers images are
+//!   served with.
 //! - [`serve`]: serving a router until shutdown, in a process or in a test.
 
 #![deny(missing_docs)]
 
 pub mod api_error;
+pub mod media;
 pub mod operation_span;
 pub mod serve;
 pub mod server_span;

@@ -3,10 +3,10 @@
 //!
 //! | method | path | |
 //! |---|---|---|
-//! | `POST` | `/v0/images` | the body is the image, `Content-Type` its type → 201 + metadata |
+//! | `POST` | `/v0/images` | the body is the image, `Content-Type` its type (the gallery's allow-list, checked against the bytes; 415 otherwise) → 201 + metadata |
 //! | `GET` | `/v0/images?limit=&after=` | ready images, newest first, with the next cursor |
 //! | `GET` | `/v0/images/{id}` | metadata (404 when absent) |
-//! | `GET` | `/v0/images/{id}/content` | the bytes, with their `Content-Type` |
+//! | `GET` | `/v0/images/{id}/content` | the bytes, with their `Content-Type`, sandboxed (`Content-Security-Policy: sandbox`, `nosniff`) |
 //! | `DELETE` | `/v0/images/{id}` | metadata and bytes → 204 (404 when absent) |
 //! | `GET` | `/v0/healthz`, `/v0/readyz` | liveness; readiness checks the database |
 //! | `GET` | `/v0/openapi.json` | this API |
@@ -32,7 +32,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use gallery_service::server_span::trace_requests;
 use gallery_service::telemetry::TelemetryConfig;
-use gallery_service::{ApiError, Telemetry, UpstreamClient};
+use gallery_service::{ApiError, Telemetry, UpstreamClient, media};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use opentelemetry::trace::{FutureExt, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
@@ -92,28 +92,28 @@ fn db_error(context: &str, error: sqlx::Error) -> ApiError {
     ApiError::internal(context, error)
 }
 
-/// Whether `content_type` names an image type we serve back as such.
-fn image_content_type(headers: &HeaderMap) -> Result<String, ApiError> {
-    let value = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type is required (image/*)"))?;
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if !essence.starts_with("image/") || essence.len() <= "image/".len() {
-        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("`{value}` is not an image type")));
-    }
-    Ok(essence)
+/// The media type of an upload: `Content-Type` is required, and it and the bytes must agree on
+/// a type of the gallery's allow-list (the API's rule, applied again here for clients that skip
+/// the API).
+fn image_content_type(headers: &HeaderMap, body: &[u8]) -> Result<&'static str, ApiError> {
+    let declared = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type is required (one of {})", media::ALLOWED.join(", ")),
+        )
+    })?;
+    Ok(media::check(Some(declared), body)?)
 }
 
 async fn create(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let content_type = image_content_type(&headers)?;
     if body.is_empty() {
         return Err(ApiError::bad_request("empty body: no image"));
     }
+    let content_type = image_content_type(&headers, &body)?;
     let created_at_ms = now_ms();
     let image = ImageMeta {
         id: uuid::Uuid::now_v7().to_string(),
-        content_type,
+        content_type: content_type.to_owned(),
         size_bytes: i64::try_from(body.len()).unwrap_or(i64::MAX),
         created_at_ms,
         created_at: catalog_db::rfc3339(created_at_ms),
@@ -121,7 +121,8 @@ async fn create(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
     state.db.insert_pending(&image).await.map_err(|e| db_error("recording the image", e))?;
     let path = format!("/v0/objects/{}", image.id);
     let mut put_headers = HeaderMap::new();
-    put_headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    // The store checks the type again: it never holds what the allow-list refuses.
+    put_headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Err(e) = state.store.call(Method::PUT, &path, "/v0/objects/{id}", put_headers, body).await {
         // A definite refusal (4xx) stored nothing: forget the record. Anything else (timeout,
         // 5xx, no connection) may still write the bytes later, so the record stays pending and
@@ -194,6 +195,7 @@ async fn content(State(state): State<Shared>, Path(id): Path<String>) -> Result<
     }
     out.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(image.size_bytes.max(0) as u64));
     out.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600, immutable"));
+    media::protect_download(out.headers_mut());
     Ok(out)
 }
 

@@ -2,8 +2,8 @@
 //!
 //! | method | path | |
 //! |---|---|---|
-//! | `PUT` | `/v0/objects/{id}` | store the body (201) |
-//! | `GET` | `/v0/objects/{id}` | the bytes (404 when absent) |
+//! | `PUT` | `/v0/objects/{id}` | store the body (201) if it is an image of the gallery's allow-list (415 otherwise) |
+//! | `GET` | `/v0/objects/{id}` | the bytes, as a sandboxed attachment (404 when absent) |
 //! | `DELETE` | `/v0/objects/{id}` | 204, or 404 when absent |
 //! | `GET` | `/v0/objects` | every stored id (audits) |
 //! | `GET` | `/v0/healthz`, `/v0/readyz` | liveness; readiness checks the object store |
@@ -26,8 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use gallery_service::server_span::trace_requests;
 use gallery_service::telemetry::TelemetryConfig;
-use gallery_service::{ApiError, Telemetry};
-use http::StatusCode;
+use gallery_service::{ApiError, Telemetry, media};
+use http::{HeaderMap, StatusCode};
 
 pub use objects::Objects;
 
@@ -67,11 +67,20 @@ fn storage_error(context: &str, error: object_store::Error) -> ApiError {
     }
 }
 
-async fn put_object(State(state): State<Shared>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn put_object(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let id = check_id(&id)?;
     if body.is_empty() {
         return Err(ApiError::bad_request("empty body: nothing to store"));
     }
+    // The gallery's allow-list once more, on the bytes (and the declared type, if any): the store
+    // never holds what the API would refuse, whoever calls it.
+    let declared = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    media::check(declared, &body)?;
     let size = body.len();
     state.objects.put(&id, body).await.map_err(|e| storage_error("storing the image", e))?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id, "size_bytes": size }))).into_response())
@@ -80,14 +89,16 @@ async fn put_object(State(state): State<Shared>, Path(id): Path<String>, body: B
 async fn get_object(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = check_id(&id)?;
     let (size, bytes) = state.objects.read(&id).await.map_err(|e| storage_error("reading the image", e))?;
-    Ok((
+    let mut response = (
         [
             (http::header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (http::header::CONTENT_LENGTH, size.to_string()),
         ],
         axum::body::Body::from_stream(bytes),
     )
-        .into_response())
+        .into_response();
+    media::protect_download(response.headers_mut());
+    Ok(response)
 }
 
 async fn delete_object(State(state): State<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
