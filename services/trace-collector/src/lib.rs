@@ -120,6 +120,37 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// How much of a body over the limit is still read (and thrown away): closing a connection with
+/// unread data resets it, and the sender would see the reset instead of the 413 that says why.
+const MAX_DRAIN_BYTES: usize = 64 << 20;
+
+/// Reads `body` whole if it is at most `max` bytes; beyond, reads on without keeping anything
+/// (up to [`MAX_DRAIN_BYTES`] more) and refuses it.
+async fn read_capped(mut body: axum::body::Body, max: usize, capacity: usize) -> Result<bytes::Bytes, Refusal> {
+    let mut kept = Vec::with_capacity(capacity);
+    let (mut read, mut over) = (0usize, false);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Refusal::BodyRead(e.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        read = read.saturating_add(data.len());
+        if read > max {
+            if !over {
+                over = true;
+                kept = Vec::new();
+            }
+            if read > max.saturating_add(MAX_DRAIN_BYTES) {
+                break;
+            }
+            continue;
+        }
+        kept.extend_from_slice(&data);
+    }
+    if over {
+        return Err(IngestError::TooLarge { max }.into());
+    }
+    Ok(kept.into())
+}
+
 /// What the ingest handlers share.
 struct IngestState {
     spans: Arc<SpanStore>,
@@ -143,12 +174,19 @@ impl IngestState {
     /// The body, read with the size cap and the time limit.
     async fn body(&self, request: Request) -> Result<bytes::Bytes, Refusal> {
         let max = self.limits.max_request_bytes;
-        let limited = http_body_util::Limited::new(request.into_body(), max);
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > max.saturating_add(MAX_DRAIN_BYTES) as u64) {
+            // Too large to even read away: refuse now (the sender may see a reset connection).
+            return Err(IngestError::TooLarge { max }.into());
+        }
         let secs = self.limits.ingest_body_timeout_secs;
-        match tokio::time::timeout(Duration::from_secs(secs), limited.collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(IngestError::TooLarge { max }.into()),
-            Ok(Err(e)) => Err(Refusal::BodyRead(e.to_string())),
+        let capacity = declared.map_or(0, |length| usize::try_from(length).unwrap_or(max).min(max));
+        match tokio::time::timeout(Duration::from_secs(secs), read_capped(request.into_body(), max, capacity)).await {
+            Ok(result) => result,
             Err(_) => Err(Refusal::BodyTimeout { secs }),
         }
     }
