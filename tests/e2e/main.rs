@@ -5,10 +5,12 @@ mod fixture;
 
 mod admin;
 mod callouts;
+mod collector_limits;
 mod demo;
 mod deploy;
 mod filters;
 mod gallery_api;
+mod gallery_content_types;
 mod gallery_page;
 mod gallery_spans;
 mod hot_swap;
