@@ -13,6 +13,7 @@ mod gallery_api;
 mod gallery_content_types;
 mod gallery_page;
 mod gallery_spans;
+mod hardening;
 mod hot_swap;
 mod portability;
 mod protocols;

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::Uri;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use thiserror::Error;
 use tokio::net::TcpStream;
@@ -92,8 +93,89 @@ pub struct ClusterConnector {
     endpoints: Arc<Endpoints>,
 }
 
+/// An upstream connection. An upstream may answer before it read the whole request (a 413
+/// before an upload) and then close: writing the rest fails with a broken pipe or a reset,
+/// which hyper would report instead of the answer it can still read. Once the write side is
+/// dead, writes are dropped, so hyper reads the answer and the rest of the request body is
+/// discarded, as Envoy does; if no answer comes, the read fails and the request is a reset.
+pub struct UpstreamIo {
+    inner: TokioIo<TcpStream>,
+    write_side_closed: bool,
+}
+
+impl UpstreamIo {
+    /// Whether `result` says the peer stopped reading; then this and every later write is
+    /// dropped.
+    fn peer_stopped_reading<T>(&mut self, result: &Poll<io::Result<T>>) -> bool {
+        if let Poll::Ready(Err(e)) = result
+            && matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
+        {
+            self.write_side_closed = true;
+        }
+        self.write_side_closed
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.write_side_closed {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if self.peer_stopped_reading(&result) { Poll::Ready(Ok(buf.len())) } else { result }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total = bufs.iter().map(|b| b.len()).sum();
+        if self.write_side_closed {
+            return Poll::Ready(Ok(total));
+        }
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if self.peer_stopped_reading(&result) { Poll::Ready(Ok(total)) } else { result }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.write_side_closed {
+            return Poll::Ready(Ok(()));
+        }
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        if self.peer_stopped_reading(&result) { Poll::Ready(Ok(())) } else { result }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.write_side_closed {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        self.inner.connected()
+    }
+}
+
 impl tower_service::Service<Uri> for ClusterConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = UpstreamIo;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -111,7 +193,7 @@ impl tower_service::Service<Uri> for ClusterConnector {
                 .map_err(|_| ConnectError::Timeout { addr, timeout })?
                 .map_err(|source| ConnectError::Connect { addr, source })?;
             let _ = stream.set_nodelay(true);
-            Ok(TokioIo::new(stream))
+            Ok(UpstreamIo { inner: TokioIo::new(stream), write_side_closed: false })
         })
     }
 }

@@ -180,6 +180,12 @@ impl Stream {
         self.chain.borrow().len()
     }
 
+    /// The answer to a request whose body broke its framing, counted as the client's error.
+    fn malformed_body(&self) -> LocalResponse {
+        self.ctx.stats.downstream_error(DownstreamError::Framing);
+        plain(400, "downstream_protocol_error", "the request body is malformed or cut short\n")
+    }
+
     async fn run(self, body: DownstreamBody) -> Result<Response<ProxyBody>, StreamReset> {
         let end_of_stream = body.is_end_stream();
         match chain::request_headers(&self.chain, end_of_stream).await {
@@ -288,8 +294,7 @@ impl Stream {
             Some(Err(_)) if self.downstream_failed.load(Ordering::Relaxed) => {
                 // The client's body broke off or broke its framing: the client's fault, not the
                 // upstream's.
-                self.ctx.stats.downstream_error(DownstreamError::Framing);
-                let response = plain(400, "downstream_protocol_error", "the request body is malformed or cut short\n");
+                let response = self.malformed_body();
                 return self.local_reply(response, all).await;
             }
             Some(Err(error)) => UpstreamFailure::from_client_error(&error),
@@ -305,6 +310,12 @@ impl Stream {
 
     /// The upstream's response through the response filters.
     async fn respond(self, response: Response<Incoming>) -> Result<Response<ProxyBody>, StreamReset> {
+        if self.downstream_failed.load(Ordering::Relaxed) {
+            // The upstream answered a request whose body broke off: that answer is about a
+            // request the client never sent whole.
+            let (response, all) = (self.malformed_body(), self.filter_count());
+            return self.local_reply(response, all).await;
+        }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         {
@@ -547,14 +558,42 @@ fn refuse_before_filters(
 /// The client's request body; records whether it failed (a malformed chunk, a connection cut
 /// before the announced length), so the failure is answered as the client's (400), not as the
 /// upstream's.
+///
+/// Dropped before its end — the upstream answered early (a 413 before reading an upload) or a
+/// filter replied locally — the rest is read and discarded, as Envoy does, so the client gets
+/// the answer instead of a reset while it is still sending.
 pub struct DownstreamBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
     failed: Arc<AtomicBool>,
 }
 
+/// Most of an unwanted request body read and discarded after the answer.
+const DISCARD_BYTES: u64 = 64 << 20;
+/// Longest an unwanted request body is read after the answer.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
 impl DownstreamBody {
     fn new(inner: Incoming) -> Self {
-        Self { inner, failed: Arc::new(AtomicBool::new(false)) }
+        Self { inner: Some(inner), failed: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+impl Drop for DownstreamBody {
+    fn drop(&mut self) {
+        let Some(mut body) = self.inner.take().filter(|body| !body.is_end_stream()) else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let discard = async {
+                let mut read = 0u64;
+                while let Some(Ok(frame)) = body.frame().await {
+                    read += frame.data_ref().map_or(0, |data| data.len() as u64);
+                    if read > DISCARD_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DISCARD_TIME, discard).await;
+        });
     }
 }
 
@@ -566,7 +605,8 @@ impl Body for DownstreamBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = self.inner.as_mut() else { return std::task::Poll::Ready(None) };
+        let polled = std::pin::Pin::new(inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Err(_))) = &polled {
             self.failed.store(true, Ordering::Relaxed);
         }
@@ -574,11 +614,11 @@ impl Body for DownstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map(Incoming::size_hint).unwrap_or_default()
     }
 }
 
