@@ -121,7 +121,9 @@ fn request_property(exchange: &HttpExchange, attr: &[u8], rest: &[&[u8]]) -> Opt
         b"size" => Some(PropertyValue::Int(i64::try_from(exchange.info.request_body_bytes).unwrap_or(i64::MAX))),
         b"total_size" => {
             let header_bytes = headers.map_or(0, HeaderMap::byte_size) as u64;
-            Some(PropertyValue::Int(i64::try_from(exchange.info.request_body_bytes + header_bytes).unwrap_or(i64::MAX)))
+            Some(PropertyValue::Int(
+                i64::try_from(exchange.info.request_body_bytes.saturating_add(header_bytes)).unwrap_or(i64::MAX),
+            ))
         }
         _ => None,
     };
@@ -142,7 +144,7 @@ fn response_property(exchange: &HttpExchange, attr: &[u8], rest: &[&[u8]]) -> Op
         b"total_size" => {
             let header_bytes = headers.map_or(0, HeaderMap::byte_size) as u64;
             Some(PropertyValue::Int(
-                i64::try_from(exchange.info.response_body_bytes + header_bytes).unwrap_or(i64::MAX),
+                i64::try_from(exchange.info.response_body_bytes.saturating_add(header_bytes)).unwrap_or(i64::MAX),
             ))
         }
         _ => None,
