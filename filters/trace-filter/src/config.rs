@@ -122,7 +122,10 @@ pub struct Exporter {
     pub batch_size: usize,
     /// Longest a span waits before export.
     pub flush_interval: Duration,
-    /// Spans kept while the collector is slow or down; newer spans beyond it are dropped.
+    /// Spans kept while the collector is slow or down; newer spans beyond it are dropped (and
+    /// counted). The spans wait in the host's shared queue, so the bound is for all workers of
+    /// the plugin together, checked against a count each worker updates at its tick (see
+    /// [`crate::spool`]). The wasmtrace host holds at most 10,000 items per queue.
     pub max_queued_spans: usize,
     /// Export request timeout.
     pub timeout: Duration,

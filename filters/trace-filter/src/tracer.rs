@@ -185,7 +185,9 @@ impl Exporter {
         let batch = {
             let mut shared = shared.borrow_mut();
             shared.spool.fold(host);
-            if self.in_flight.is_some() {
+            // While shutting down, the drain runs from the export answers alone (a tick's
+            // export would report `done` a second time).
+            if self.in_flight.is_some() || self.finishing.is_some() {
                 return;
             }
             let exporter = &shared.config.exporter;
