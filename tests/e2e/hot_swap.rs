@@ -249,7 +249,7 @@ async fn broken_swaps_are_refused_under_load_and_the_old_generation_keeps_servin
 
     let hostile = filter_module("hostile");
     let refusals = [
-        (serde_json::json!({ "module_base64": "bm90IGEgd2FzbSBtb2R1bGU=" }), "does not load"),
+        (serde_json::json!({ "module_base64": "bm90IGEgd2FzbSBtb2R1bGU=" }), "not a WebAssembly binary"),
         // An empty but valid module: it has none of the proxy-wasm ABI.
         (serde_json::json!({ "module_base64": "AGFzbQEAAAA=" }), "does not load"),
         (
@@ -257,7 +257,7 @@ async fn broken_swaps_are_refused_under_load_and_the_old_generation_keeps_servin
             "proxy_on_configure",
         ),
         (serde_json::json!({ "configuration": "{\"service_name\": 7}" }), "proxy_on_configure"),
-        (serde_json::json!({ "module_path": "/nonexistent/filter.wasm" }), "cannot read the module"),
+        (serde_json::json!({ "module_path": "/nonexistent/filter.wasm" }), "cannot open the module"),
     ];
     for (body, reason) in &refusals {
         tokio::time::sleep(Duration::from_millis(50)).await;
