@@ -53,6 +53,22 @@ pub enum HeaderMapDecodeError {
     },
 }
 
+/// An RFC 9110 token (`tchar`s), or `:` and a token for a pseudo-header.
+pub fn is_valid_name(name: &[u8]) -> bool {
+    let token = name.strip_prefix(b":").unwrap_or(name);
+    !token.is_empty()
+        && token.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_')
+                || matches!(b, b'`' | b'|' | b'~')
+        })
+}
+
+/// A field value without NUL, CR or LF (obs-text and other octets are allowed, as in HTTP/1.1).
+pub fn is_valid_value(value: &[u8]) -> bool {
+    !value.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n'))
+}
+
 impl HeaderMap {
     /// An empty map.
     pub fn new() -> Self {
@@ -124,6 +140,16 @@ impl HeaderMap {
             }
             None => self.pairs.push((lower, value.to_vec())),
         }
+    }
+
+    /// Drops every entry that is not valid HTTP — a name that is not a token (`:`-prefixed
+    /// for pseudo-headers), a value with NUL, CR or LF — and returns how many went. Guests may
+    /// write any bytes; what they write must not reach the wire, nor trap the filters after them
+    /// (SDKs turn names into strings without checking).
+    pub fn retain_valid(&mut self) -> usize {
+        let before = self.pairs.len();
+        self.pairs.retain(|(name, value)| is_valid_name(name) && is_valid_value(value));
+        before - self.pairs.len()
     }
 
     /// Removes every value of `name`.
@@ -225,6 +251,20 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<RawPair>, HeaderMapDecodeError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_names_and_values_written_by_a_guest_are_dropped() {
+        let mut map = HeaderMap::from_pairs([
+            (&b":path"[..], &b"/"[..]),
+            (b"x-ok", b"caf\xe9"),
+            (b"bad name", b"1"),
+            (b"x-\xff", b"1"),
+            (b"", b"1"),
+            (b"x-split", b"a\r\nx-injected: 1"),
+        ]);
+        assert_eq!(map.retain_valid(), 4);
+        assert_eq!(map.len(), 2);
+    }
 
     /// The proxy-wasm Rust SDK's own test vector (`hostcalls.rs` `SERIALIZED_MAP`), re-derived
     /// from the documented layout: 4 pairs.

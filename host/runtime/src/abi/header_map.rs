@@ -75,11 +75,16 @@ pub(crate) fn write_map(state: &VmState, call: &'static str, map: MapType, f: im
     if sent && !is_trailers {
         return refused(&format!("{map:?} were already sent"));
     }
-    match slot {
-        Some(headers) => f(headers),
+    let headers = match slot {
+        Some(headers) => headers,
         // Trailers can be created by a filter (Envoy's addDecodedTrailers at end of stream).
-        None if is_trailers => f(slot.get_or_insert_with(HeaderMap::new)),
-        None => refused(&format!("{map:?} have not arrived yet")),
+        None if is_trailers => slot.get_or_insert_with(HeaderMap::new),
+        None => return refused(&format!("{map:?} have not arrived yet")),
+    };
+    f(headers);
+    let dropped = headers.retain_valid();
+    if dropped > 0 {
+        refused(&format!("{dropped} header(s) that are not valid HTTP (name not a token, or CR/LF/NUL in the value)"));
     }
 }
 
