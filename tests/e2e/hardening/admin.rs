@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -13,7 +12,7 @@ use wasmtrace_proxy::ProxyOptions;
 
 use super::bootstrap;
 use crate::fixture::client::{Reply, client, get, send_bytes};
-use crate::fixture::proxy::{cluster, filter_module, route, wasm_filter};
+use crate::fixture::proxy::{cluster, filter_module, route, start_with, wasm_filter};
 use crate::fixture::upstream::Upstream;
 
 fn proxy(upstream: SocketAddr, token_file: Option<PathBuf>) -> wasmtrace_proxy::RunningProxy {
@@ -23,13 +22,8 @@ fn proxy(upstream: SocketAddr, token_file: Option<PathBuf>) -> wasmtrace_proxy::
         &[wasm_filter("reader", "header-reader", "", false)],
         &[cluster("service", upstream, "")],
     );
-    let options = ProxyOptions {
-        workers: 1,
-        drain_timeout: Duration::from_secs(5),
-        admin_token_file: token_file,
-        ..ProxyOptions::default()
-    };
-    wasmtrace_proxy::start(Bootstrap::from_yaml(&yaml).expect("config"), options).expect("proxy starts")
+    let options = ProxyOptions { workers: 1, admin_token_file: token_file, ..ProxyOptions::default() };
+    start_with(&yaml, options)
 }
 
 async fn post(admin: SocketAddr, path: &str, headers: &[(&str, &str)], body: serde_json::Value) -> Reply {
@@ -119,10 +113,8 @@ fn an_admin_api_off_loopback_without_a_token_does_not_start() {
         &[],
         &[cluster("service", "127.0.0.1:9".parse().expect("addr"), "")],
     )
-    .replace(
-        "admin:\n  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }",
-        "admin:\n  address: { socket_address: { address: 0.0.0.0, port_value: 0 } }",
-    );
+    // The admin address comes first in the file.
+    .replacen("address: 127.0.0.1", "address: 0.0.0.0", 1);
     let options = ProxyOptions { workers: 1, admin_any_address: true, ..ProxyOptions::default() };
     let error = match wasmtrace_proxy::start(Bootstrap::from_yaml(&yaml).expect("config"), options) {
         Ok(proxy) => {

@@ -10,12 +10,11 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use wasmtrace_config::Bootstrap;
 use wasmtrace_proxy::ProxyOptions;
 
 use super::{bootstrap, closed_by_server, stat};
 use crate::fixture::client::get;
-use crate::fixture::proxy::{cluster, ingress, route};
+use crate::fixture::proxy::{cluster, ingress, route, start_with};
 use crate::fixture::upstream::Upstream;
 
 /// Short timeouts, as an operator would set them on an exposed listener.
@@ -26,13 +25,8 @@ const LIMITS: &str = r#"                request_headers_timeout: 1s
 
 fn proxy(upstream: std::net::SocketAddr, max_connections: Option<usize>) -> wasmtrace_proxy::RunningProxy {
     let yaml = bootstrap(LIMITS, &route("/", "service", "5s"), &[], &[cluster("service", upstream, "")]);
-    let options = ProxyOptions {
-        workers: 2,
-        drain_timeout: Duration::from_secs(5),
-        max_connections_per_listener: max_connections,
-        ..ProxyOptions::default()
-    };
-    wasmtrace_proxy::start(Bootstrap::from_yaml(&yaml).expect("config"), options).expect("proxy starts")
+    let options = ProxyOptions { workers: 2, max_connections_per_listener: max_connections, ..ProxyOptions::default() };
+    start_with(&yaml, options)
 }
 
 async fn timeouts(admin: std::net::SocketAddr, kind: &str) -> u64 {

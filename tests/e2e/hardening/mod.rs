@@ -66,37 +66,4 @@ pub async fn stat(admin: SocketAddr, sample: &str) -> u64 {
         .unwrap_or_else(|| panic!("no sample {sample} in\n{text}"))
 }
 
-/// A bootstrap like the gallery sidecars': an admin API, one `ingress` listener with `hcm` (extra
-/// HTTP connection manager fields: timeouts, limits), `routes`, `filters`, and `clusters`.
-pub fn bootstrap(hcm: &str, routes: &str, filters: &[String], clusters: &[String]) -> String {
-    format!(
-        r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-    - name: ingress
-      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-      traffic_direction: INBOUND
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: ingress
-{hcm}
-                route_config:
-                  virtual_hosts:
-                    - name: all
-                      domains: ["*"]
-                      routes:
-{routes}
-                http_filters:{filters}
-                - name: envoy.filters.http.router
-                  typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:{clusters}
-"#,
-        filters = filters.concat(),
-        clusters = clusters.concat(),
-    )
-}
+pub use crate::fixture::proxy::bootstrap_with_hcm as bootstrap;
