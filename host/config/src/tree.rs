@@ -203,14 +203,23 @@ impl<'a> Node<'a> {
             Value::Object(o) => {
                 let seconds = o.get("seconds").and_then(|s| s.as_u64().or_else(|| s.as_str()?.parse().ok()));
                 let nanos = o.get("nanos").and_then(Value::as_u64).unwrap_or(0);
-                seconds.map(|s| Duration::from_secs(s) + Duration::from_nanos(nanos))
+                seconds.and_then(|s| Duration::from_secs(s).checked_add(Duration::from_nanos(nanos)))
             }
             _ => None,
         };
-        if parsed.is_none() {
-            self.error(errors, "expected a duration such as \"0.25s\"", None);
+        // google.protobuf.Duration's own range: about 10,000 years.
+        const MAX_SECONDS: u64 = 315_576_000_000;
+        match parsed {
+            Some(d) if d.as_secs() <= MAX_SECONDS => Some(d),
+            Some(_) => {
+                self.error(errors, "is longer than a google.protobuf.Duration can be (315576000000s)", None);
+                None
+            }
+            None => {
+                self.error(errors, "expected a duration such as \"0.25s\"", None);
+                None
+            }
         }
-        parsed
     }
 
     /// One of `allowed` enum names.

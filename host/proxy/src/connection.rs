@@ -82,6 +82,12 @@ impl Activity {
         self.accepted + Duration::from_nanos(nanos.load(Ordering::Relaxed))
     }
 
+    /// `from + limit`, or `None` (never) when that is past what an `Instant` can hold (a limit
+    /// of centuries).
+    fn after(from: Instant, limit: Duration) -> Option<Instant> {
+        from.checked_add(limit)
+    }
+
     fn touch(&self) {
         self.last_io.store(self.since_accept(), Ordering::Relaxed);
     }
@@ -97,27 +103,21 @@ impl Activity {
     /// The first limit this connection will pass, as things stand.
     fn next_expiry(&self, limits: &ConnectionLimits) -> Option<(Instant, Expiry)> {
         let mut next: Option<(Instant, Expiry)> = None;
-        let mut consider = |at: Instant, expiry: Expiry| {
-            if next.is_none_or(|(earliest, _)| at < earliest) {
+        let mut consider = |from: Instant, limit: Option<Duration>, expiry: Expiry| {
+            if let Some(at) = limit.and_then(|limit| Self::after(from, limit))
+                && next.is_none_or(|(earliest, _)| at < earliest)
+            {
                 next = Some((at, expiry));
             }
         };
-        if let Some(limit) = limits.max_connection_duration {
-            consider(self.accepted + limit, Expiry::MaxDuration);
-        }
+        consider(self.accepted, limits.max_connection_duration, Expiry::MaxDuration);
         if self.streams.load(Ordering::Relaxed) > 0 {
-            if let Some(limit) = limits.stream_idle_timeout {
-                consider(self.at(&self.last_io) + limit, Expiry::StreamIdle);
-            }
+            consider(self.at(&self.last_io), limits.stream_idle_timeout, Expiry::StreamIdle);
         } else {
-            if self.opened.load(Ordering::Relaxed) == 0
-                && let Some(limit) = limits.request_headers_timeout
-            {
-                consider(self.accepted + limit, Expiry::RequestHeaders);
+            if self.opened.load(Ordering::Relaxed) == 0 {
+                consider(self.accepted, limits.request_headers_timeout, Expiry::RequestHeaders);
             }
-            if let Some(limit) = limits.idle_timeout {
-                consider(self.at(&self.idle_since) + limit, Expiry::Idle);
-            }
+            consider(self.at(&self.idle_since), limits.idle_timeout, Expiry::Idle);
         }
         next
     }

@@ -304,7 +304,8 @@ impl Stream {
             stats.failure(failure.kind());
         }
         let (status, details, text) = failure.response(cluster);
-        tracing::warn!(cluster, kind = failure.kind(), "{}", text.trim_end());
+        // Counted per cluster; a log line per failed request would let a client flood the log.
+        tracing::debug!(cluster, kind = failure.kind(), "{}", text.trim_end());
         self.local_reply(plain(status.as_u16(), details, &text), all).await
     }
 
@@ -545,6 +546,11 @@ fn refuse_before_filters(
         return refuse(DownstreamError::InvalidAuthority, StatusCode::BAD_REQUEST, "more than one Host header\n");
     }
     let authority = parts.uri.authority().map(|a| a.as_str().as_bytes()).or(from_host.map(HeaderValue::as_bytes));
+    if authority.is_none() && parts.version != http::Version::HTTP_10 {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400 (h2 likewise without
+        // `:authority` or `host`); HTTP/1.0 may omit it.
+        return refuse(DownstreamError::InvalidAuthority, StatusCode::BAD_REQUEST, "the request has no Host\n");
+    }
     if authority.is_some_and(|value| !crate::authority::is_valid(value)) {
         return refuse(
             DownstreamError::InvalidAuthority,

@@ -21,7 +21,14 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authenticate",
 ];
 
-/// Removes hop-by-hop headers, including every header the `Connection` header names.
+/// Headers a `Connection` header may not nominate for removal: what routing, framing and the
+/// proxy's own request defaults rest on. (`Connection: host` would otherwise drop the Host and
+/// route the request to the default virtual host.)
+const END_TO_END: [&str; 6] =
+    ["host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-request-id", "authorization"];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names (except
+/// those in [`END_TO_END`]).
 ///
 /// A message that came with `Transfer-Encoding` was framed by it (RFC 9112 §6.3: it overrides
 /// `Content-Length`), so its `Content-Length` describes nothing and goes too; the other side
@@ -38,7 +45,7 @@ pub fn strip_hop_by_hop(headers: &mut HttpHeaders) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named {
+    for name in named.iter().filter(|name| !END_TO_END.contains(&name.as_str())) {
         headers.remove(name);
     }
     for name in HOP_BY_HOP {
@@ -138,6 +145,16 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn connection_cannot_remove_the_host() {
+        let mut headers = HttpHeaders::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("host, x-forwarded-for"));
+        headers.insert(HOST, HeaderValue::from_static("internal.local"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2);
     }
 
     #[test]

@@ -199,6 +199,9 @@ fn connection_builder(codec: CodecType, limits: &ConnectionLimits) -> auto::Buil
     }
 }
 
+/// Streams one downstream HTTP/2 connection may have open at once (nginx's default is 128).
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+
 /// hyper's read buffer never goes below this (its own minimum).
 const MIN_READ_BUFFER: usize = 8 << 10;
 

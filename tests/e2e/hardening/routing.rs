@@ -50,6 +50,13 @@ async fn a_host_value_cannot_reach_the_upstream_path() {
         assert_eq!(rewritten.json()["path"], "/v1/images?x=1");
         assert_eq!(get(addr, "/admin/secret", &[("host", "x")]).await.status, StatusCode::NOT_FOUND);
 
+        // `Connection` cannot nominate the Host for removal (which would route the request by the
+        // cluster's name instead), and a request without a Host is refused.
+        let nominated = get(addr, "/public/page", &[("host", "gallery.local"), ("connection", "host")]).await;
+        assert_eq!(nominated.json()["headers"]["host"], "gallery.local");
+        let hostless = raw_exchange(addr, b"GET /public/page HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+        assert_eq!(status_of(&hostless), 400, "{hostless}");
+
         let admin = proxy.admin_address().expect("admin");
         let refused =
             stat(admin, r#"wasmtrace_downstream_errors_total{listener="ingress",kind="invalid_authority"}"#).await;
