@@ -191,7 +191,12 @@ fn connection_builder(codec: CodecType, limits: &ConnectionLimits) -> auto::Buil
             http1.max_headers(limits.max_headers_count as usize);
         }
     }
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Every stream may hold an upstream connection: one client must not open hundreds.
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
     match codec {
         CodecType::Auto => builder,
         CodecType::Http1 => builder.http1_only(),
