@@ -11,7 +11,7 @@ if command -v rustup >/dev/null 2>&1; then
   rustup target add wasm32-wasip1 wasm32-wasip2
   rustup component add clippy rustfmt >/dev/null 2>&1 || true
 elif ! [ -d /usr/lib/wasm32-wasi ]; then
-  # Debian fallback (see DESIGN.md): rustc-web + build-std.
+  # Debian fallback (README, "Building filters"): rustc-web + build-std.
   apt-get update
   apt-get install -y rustc-web cargo-web rust-web-src lld-22 wasi-libc
 fi
