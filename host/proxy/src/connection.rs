@@ -33,6 +33,9 @@ pub enum Expiry {
 }
 
 impl Expiry {
+    /// Every limit, in the order of the stats' counters.
+    pub const ALL: [Self; 4] = [Self::Idle, Self::RequestHeaders, Self::StreamIdle, Self::MaxDuration];
+
     /// The stats label.
     pub fn label(self) -> &'static str {
         match self {

@@ -66,14 +66,7 @@ impl ListenerStats {
 
     /// Counts a connection closed by a limit.
     pub fn connection_timeout(&self, expiry: crate::connection::Expiry) {
-        use crate::connection::Expiry;
-        let index = match expiry {
-            Expiry::Idle => 0,
-            Expiry::RequestHeaders => 1,
-            Expiry::StreamIdle => 2,
-            Expiry::MaxDuration => 3,
-        };
-        self.connection_timeouts[index].fetch_add(1, Ordering::Relaxed);
+        self.connection_timeouts[expiry as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a response status.
@@ -215,62 +208,42 @@ impl ProxyStats {
     }
 }
 
+/// A listener counter's name, Prometheus type and where it lives.
+type ListenerSample = (&'static str, &'static str, fn(&ListenerStats) -> &AtomicU64);
+/// A listener counter family by kind: its name, the kind labels and the counters in that order.
+type ListenerKinds<'a> = (&'static str, &'a [&'static str], fn(&ListenerStats) -> &[AtomicU64]);
+
 /// Downstream connection and refusal counters per listener.
 fn render_connections(out: &mut String, listeners: &BTreeMap<String, Arc<ListenerStats>>) {
     use crate::connection::Expiry;
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    out.push_str("# TYPE wasmtrace_downstream_connections gauge\n");
-    for (prefix, s) in listeners {
-        let _ = writeln!(
-            out,
-            "wasmtrace_downstream_connections{{listener=\"{}\"}} {}",
-            label(prefix),
-            get(&s.connections_active)
-        );
-    }
-    out.push_str("# TYPE wasmtrace_downstream_connections_total counter\n");
-    for (prefix, s) in listeners {
-        let _ = writeln!(
-            out,
-            "wasmtrace_downstream_connections_total{{listener=\"{}\"}} {}",
-            label(prefix),
-            get(&s.connections_total)
-        );
-    }
-    out.push_str("# TYPE wasmtrace_downstream_connections_overflow_total counter\n");
-    for (prefix, s) in listeners {
-        let _ = writeln!(
-            out,
-            "wasmtrace_downstream_connections_overflow_total{{listener=\"{}\"}} {}",
-            label(prefix),
-            get(&s.connections_overflow)
-        );
-    }
-    out.push_str("# TYPE wasmtrace_downstream_connection_timeouts_total counter\n");
-    for (prefix, s) in listeners {
-        for (kind, counter) in [Expiry::Idle, Expiry::RequestHeaders, Expiry::StreamIdle, Expiry::MaxDuration]
-            .iter()
-            .zip(&s.connection_timeouts)
-        {
-            let _ = writeln!(
-                out,
-                "wasmtrace_downstream_connection_timeouts_total{{listener=\"{}\",kind=\"{}\"}} {}",
-                label(prefix),
-                kind.label(),
-                get(counter)
-            );
+    let samples: [ListenerSample; 3] = [
+        ("wasmtrace_downstream_connections", "gauge", |s| &s.connections_active),
+        ("wasmtrace_downstream_connections_total", "counter", |s| &s.connections_total),
+        ("wasmtrace_downstream_connections_overflow_total", "counter", |s| &s.connections_overflow),
+    ];
+    for (name, kind, counter) in samples {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (prefix, s) in listeners {
+            let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", label(prefix), counter(s).load(Ordering::Relaxed));
         }
     }
-    out.push_str("# TYPE wasmtrace_downstream_errors_total counter\n");
-    for (prefix, s) in listeners {
-        for (kind, counter) in DownstreamError::ALL.iter().zip(&s.downstream_errors) {
-            let _ = writeln!(
-                out,
-                "wasmtrace_downstream_errors_total{{listener=\"{}\",kind=\"{}\"}} {}",
-                label(prefix),
-                kind.label(),
-                get(counter)
-            );
+    let timeouts = Expiry::ALL.map(Expiry::label);
+    let errors = DownstreamError::ALL.map(DownstreamError::label);
+    let by_kind: [ListenerKinds<'_>; 2] = [
+        ("wasmtrace_downstream_connection_timeouts_total", &timeouts, |s| &s.connection_timeouts),
+        ("wasmtrace_downstream_errors_total", &errors, |s| &s.downstream_errors),
+    ];
+    for (name, kinds, counters) in by_kind {
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (prefix, s) in listeners {
+            for (kind, counter) in kinds.iter().zip(counters(s)) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{}\",kind=\"{kind}\"}} {}",
+                    label(prefix),
+                    counter.load(Ordering::Relaxed)
+                );
+            }
         }
     }
 }
