@@ -229,6 +229,23 @@ async fn a_big_resource_on_many_spans_is_stored_once() {
 }
 
 /// The status line of the response on a raw connection.
+/// An ingest whose head and `part` of its `length`-byte body have been sent.
+async fn hold_open(otlp: SocketAddr, part: &[u8], length: usize) -> tokio::net::TcpStream {
+    let mut held = tokio::net::TcpStream::connect(otlp).await.expect("connect");
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nhost: collector\r\ncontent-type: application/x-protobuf\r\ncontent-length: {length}\r\n\r\n"
+    );
+    held.write_all(head.as_bytes()).await.expect("send the head");
+    held.write_all(part).await.expect("send part of the body");
+    held
+}
+
+/// Whether the collector has already answered (or closed) `connection`.
+async fn answered_already(connection: &mut tokio::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(Duration::from_millis(50), connection.peek(&mut byte)).await.is_ok()
+}
+
 async fn status_line(connection: &mut tokio::net::TcpStream) -> String {
     let mut read = Vec::new();
     let mut buffer = [0u8; 1024];
@@ -251,27 +268,25 @@ async fn ingests_beyond_the_in_flight_cap_are_told_to_retry_later() {
     let held_body = request(vec![string("service.name", "held")], spans(0, 50)).encode_to_vec();
     let other = request(vec![string("service.name", "other")], spans(1_000, 5)).encode_to_vec();
 
-    // One ingest held open: its headers and half its body sent, the rest still to come.
-    let mut held = tokio::net::TcpStream::connect(otlp).await.expect("connect");
-    let head = format!(
-        "POST /v1/traces HTTP/1.1\r\nhost: collector\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
-        held_body.len()
-    );
-    held.write_all(head.as_bytes()).await.expect("send the head");
+    // One ingest held open: its headers and half its body sent, the rest still to come. A probe
+    // sent before the collector has admitted the held request may take the only slot itself, and
+    // the held request is then refused: when that happens, the held request is sent again.
     let half = held_body.len() / 2;
-    held.write_all(&held_body[..half]).await.expect("send half the body");
-
-    // Until the collector has taken the held request, another sender may still get in; once it
-    // has, every other sender is told to come back.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let busy = loop {
-        let reply = post(otlp, "/v1/traces", &[PROTOBUF], other.clone()).await;
-        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
-            break reply;
-        }
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut held, busy) = 'attempt: loop {
         assert!(Instant::now() < deadline, "the held request never took the only ingest slot");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut held = hold_open(otlp, &held_body[..half], held_body.len()).await;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let reply = post(otlp, "/v1/traces", &[PROTOBUF], other.clone()).await;
+            if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+                break 'attempt (held, reply);
+            }
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            if answered_already(&mut held).await {
+                continue 'attempt; // the probe won the race for the slot
+            }
+        }
     };
     let retry_after: u64 = busy.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After in seconds");
     assert!(retry_after >= 1);
