@@ -56,7 +56,9 @@ chmod 755 "$WORK"
 RESULTS=$WORK/results.tsv  # id round rps p50_ms p99_ms requests non2xx socket_errors
 MEMORY=$WORK/memory.tsv    # title rss_kb hwm_kb
 NOTES=$WORK/notes.txt      # problems seen, printed at the end
+BUSY=$WORK/busy.txt        # rows that started while a rustc was running (CPU shared with a build)
 : >"$RESULTS"
+: >"$BUSY"
 : >"$MEMORY"
 : >"$NOTES"
 
@@ -513,7 +515,7 @@ measure_row() { # ID ROUND
     hwm_before=$(hwm_kb "$ROW_PID")
   fi
   busy=$(pgrep -c -x rustc || true)
-  [[ $busy -gt 0 ]] && note "round $round, ${ROW_TITLE[$id]}: $busy rustc process(es) were running (someone's build shared the CPU)"
+  [[ $busy -gt 0 ]] && echo "round $round ${ROW_TITLE[$id]}" >>"$BUSY"
   # Warm-up: connections, pools, JIT-compiled module code and caches, before the measured run.
   wrk -t"$THREADS" -c"$CONNECTIONS" -d1s "$url" >"$raw.warmup" 2>&1 || note "round $round, ${ROW_TITLE[$id]}: warm-up wrk failed"
   log "round $round: ${ROW_TITLE[$id]}"
@@ -629,6 +631,9 @@ print_memory() {
 
 print_notes() {
   echo
+  if [[ -s $BUSY ]]; then
+    echo "note: a build (rustc) was running when $(wc -l <"$BUSY") of $(wc -l <"$RESULTS") measured runs started; it shared the CPU with them"
+  fi
   if [[ -s $NOTES ]]; then
     echo "errors and notes (wrk non-2xx/socket errors, non-zero proxy counters, proxy log warnings, CPU contention):"
     sed 's/^/- /' "$NOTES"
