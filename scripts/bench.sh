@@ -104,6 +104,7 @@ stop_pid() { # PID: SIGTERM, up to 15 s for a graceful exit (wasmtrace drains, f
   STARTED=("${kept[@]}")
 }
 
+# shellcheck disable=SC2317 # called by the EXIT trap only, which shellcheck does not follow
 cleanup() {
   local status=$? pid
   trap - EXIT INT TERM
@@ -492,16 +493,24 @@ parse_wrk() {
   ' "$1"
 }
 
-# ID ROUND: the admin counters that show failures or loss, non-zero ones only, on one line.
+# ID ROUND: the admin counters that show a failure or a loss (non-2xx responses, upstream and
+# downstream errors, refused connections, Wasm traps and VM restarts, spans dropped or failed),
+# non-zero ones only, on one line; empty when there is none. Spans exported are added for scale.
 scrape_stats() {
   local id=$1 round=$2 stats=$WORK/$1.$2.stats
   curl -s --max-time 2 "http://127.0.0.1:${ROW_ADMIN[$id]}/stats/prometheus" >"$stats" || return 0
   awk '
-    /^#/ { next }
-    /^wasmtrace_(http_responses_total|upstream_errors_total|downstream_errors_total|downstream_connections_overflow_total|downstream_connection_timeouts_total|wasm_callback_failures_total|wasm_vm_restarts_total|trace_spans_(exported|dropped|failed)_total)/ && $NF + 0 != 0 {
-      printf "%s%s %s", sep, $1, $NF; sep = ", "
+    /^#/ || $NF + 0 == 0 { next }
+    /^wasmtrace_http_responses_total/ && /code_class="2xx"/ { ok += $NF; next }
+    /^wasmtrace_trace_spans_exported_total/ { exported += $NF; next }
+    /^wasmtrace_(http_responses_total|upstream_errors_total|downstream_errors_total|downstream_connections_overflow_total|downstream_connection_timeouts_total|wasm_callback_failures_total|wasm_vm_restarts_total|trace_spans_(dropped|failed)_total)/ {
+      problems = problems sep $1 " " $NF; sep = ", "
     }
-    END { print "" }' "$stats"
+    END {
+      if (problems != "") {
+        printf "%s (for scale: %d 2xx responses, %d spans exported, by the time of the scrape)\n", problems, ok, exported
+      }
+    }' "$stats"
 }
 
 measure_row() { # ID ROUND
@@ -668,4 +677,6 @@ main() {
   print_notes
 }
 
-main "$@"
+# On one line with `exit`: bash reads a script as it runs, so an edit of this file during a run
+# cannot make it execute whatever lands after this point.
+{ main "$@"; exit; }
