@@ -455,6 +455,10 @@ start_row() { # ID ROUND [WORKERS]: a fresh server for the row; sets ROW_PID
       start_bg "$WORK/$id.$round.log" "$BIN" run --config "${ROW_CONF[$id]}" --workers "$workers" --drain-timeout-secs 2
       ROW_PID=$STARTED_PID
       wait_ready "$ROW_PID" "http://127.0.0.1:${ROW_PORT[$id]}/" "$WORK/$id.$round.log"
+      # The chain is really in the path: request-id-filter echoes x-request-id on the response.
+      if [[ $id == chain ]] && ! curl -s -D - -o /dev/null "http://127.0.0.1:${ROW_PORT[$id]}/" | grep -qi '^x-request-id:'; then
+        note "round $round, ${ROW_TITLE[$id]}: the response has no x-request-id (is request-id-filter running?)"
+      fi
       ;;
   esac
 }
@@ -644,7 +648,7 @@ print_notes() {
     echo "note: a build (rustc) was running when $(wc -l <"$BUSY") of $(wc -l <"$RESULTS") measured runs started; it shared the CPU with them"
   fi
   if [[ -s $NOTES ]]; then
-    echo "errors and notes (wrk non-2xx/socket errors, non-zero proxy counters, proxy log warnings, CPU contention):"
+    echo "errors and notes (wrk non-2xx/socket errors, non-zero proxy failure counters, proxy log warnings):"
     sed 's/^/- /' "$NOTES"
   else
     echo "no errors: every response was 2xx, no socket errors, no proxy warnings, no failure counters"
