@@ -25,7 +25,8 @@ use crate::body::{ChannelBody, FrameSender, ProxyBody, boxed, full};
 use crate::chain::{self, DataVerdict, FilterChain, SharedChain, Verdict};
 use crate::cluster::ClusterClient;
 use crate::message::{
-    http_headers, protocol_name, request_header_map, response_header_map, status_of, strip_hop_by_hop, trailer_map,
+    UnfilteredRequest, http_headers, protocol_name, request_header_map, response_header_map, status_of,
+    strip_hop_by_hop, trailer_map,
 };
 use crate::rescue::UpstreamFailure;
 use crate::route;
@@ -91,35 +92,41 @@ pub async fn serve(
         },
         ..StreamInfo::default()
     };
-    let exchange = Rc::new(RefCell::new(HttpExchange {
-        request_headers: Some(request_header_map(&parts.method, &parts.uri, &parts.headers)),
-        info,
-        ..HttpExchange::default()
-    }));
+    let access_log = tracing::enabled!(target: "wasmtrace::access", tracing::Level::DEBUG)
+        .then(|| (parts.method.clone(), parts.uri.clone()));
+    // Without filters nothing can read or change the request: it goes upstream as hyper parsed
+    // it, never converted to the filters' header map and back.
+    let (request_headers, head) = if ctx.filters.is_empty() {
+        (None, Some(parts))
+    } else {
+        (Some(request_header_map(&parts.method, &parts.uri, &parts.headers)), None)
+    };
+    let exchange = Rc::new(RefCell::new(HttpExchange { request_headers, info, ..HttpExchange::default() }));
     let chain = FilterChain::open(&ctx.filters, exchange.clone());
     let stream = Stream {
         ctx: ctx.clone(),
         chain,
         exchange,
+        head,
         handed_off: std::cell::Cell::new(false),
         downstream_failed: body.failed.clone(),
     };
     let result = stream.run(body).await;
-    match &result {
-        Ok(response) => {
-            ctx.stats.response(response.status().as_u16());
-            tracing::debug!(
+    if let Ok(response) = &result {
+        ctx.stats.response(response.status().as_u16());
+    }
+    if let Some((method, uri)) = access_log {
+        match &result {
+            Ok(response) => tracing::debug!(
                 target: "wasmtrace::access",
                 listener = %ctx.listener.name,
-                method = %parts.method,
-                path = %parts.uri,
+                %method,
+                path = %uri,
                 status = response.status().as_u16(),
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "request"
-            );
-        }
-        Err(_) => {
-            tracing::debug!(target: "wasmtrace::access", listener = %ctx.listener.name, path = %parts.uri, "reset")
+            ),
+            Err(_) => tracing::debug!(target: "wasmtrace::access", listener = %ctx.listener.name, path = %uri, "reset"),
         }
     }
     result
@@ -159,6 +166,9 @@ struct Stream {
     ctx: Rc<ListenerContext>,
     chain: SharedChain,
     exchange: Rc<RefCell<HttpExchange>>,
+    /// The request head as received, on a listener without filters (`exchange` then has no
+    /// request header map); taken when the request is sent upstream.
+    head: Option<http::request::Parts>,
     /// A body pump now ends the stream; dropping this handle must not.
     handed_off: std::cell::Cell<bool>,
     /// The client's request body broke its framing (set by [`DownstreamBody`]).
@@ -194,27 +204,28 @@ impl Stream {
             Verdict::Continue => {}
         }
         let all = self.filter_count();
-        let selected = {
-            let exchange = self.exchange.borrow();
-            let headers = exchange.request_headers.as_ref();
-            let authority = headers.and_then(|h| h.get_str(":authority")).unwrap_or("");
-            route::virtual_host(&self.ctx.listener.http.virtual_hosts, authority).and_then(|host| {
-                let empty = HeaderMap::new();
-                route::select(host, headers.unwrap_or(&empty)).map(|r| (host.name.clone(), r.clone()))
-            })
+        // The route borrows the listener's configuration, not the stream (which `forward` takes).
+        let ctx = self.ctx.clone();
+        let hosts = &ctx.listener.http.virtual_hosts;
+        let selected = match &self.head {
+            Some(head) => route::pick(hosts, &UnfilteredRequest(head)),
+            None => match self.exchange.borrow().request_headers.as_ref() {
+                Some(headers) => route::pick(hosts, headers),
+                None => route::pick(hosts, &HeaderMap::new()),
+            },
         };
         let Some((virtual_host, route)) = selected else {
             let response = plain(404, "route_not_found", "no route matches this request\n");
             return self.local_reply(response, all).await;
         };
-        {
+        if all > 0 {
             let mut exchange = self.exchange.borrow_mut();
             exchange.info.route_name = Some(route.name.clone());
-            exchange.info.virtual_host_name = Some(virtual_host);
+            exchange.info.virtual_host_name = Some(virtual_host.name.clone());
         }
-        match route.action {
+        match &route.action {
             RouteAction::Direct { status, body } => {
-                self.local_reply(plain(status, "direct_response", &body), all).await
+                self.local_reply(plain(*status, "direct_response", body), all).await
             }
             RouteAction::Cluster { cluster, timeout, prefix_rewrite } => {
                 let prefix = match &route.matcher.path {
@@ -222,14 +233,14 @@ impl Stream {
                     wasmtrace_config::PathMatch::Exact(p) => Some(p.as_str()),
                 };
                 let rewrite = prefix_rewrite.as_deref().zip(prefix);
-                self.forward(&cluster, timeout, rewrite, body, end_of_stream).await
+                self.forward(cluster, *timeout, rewrite, body, end_of_stream).await
             }
         }
     }
 
     /// Sends the request to `cluster` and the response back through the filters.
     async fn forward(
-        self,
+        mut self,
         cluster: &str,
         timeout: Option<Duration>,
         rewrite: Option<(&str, &str)>,
@@ -242,12 +253,18 @@ impl Stream {
                 .local_reply(plain(503, "cluster_not_found", &format!("cluster `{cluster}` does not exist\n")), all)
                 .await;
         };
-        let request = {
-            let mut exchange = self.exchange.borrow_mut();
-            exchange.info.cluster_name = Some(cluster.to_owned());
-            exchange.info.request_headers_sent = true;
-            let headers = exchange.request_headers.clone().unwrap_or_default();
-            upstream_request(&headers, rewrite, client.cluster.http2, cluster)
+        let http2 = client.cluster.http2;
+        let request = match self.head.take() {
+            Some(head) => unfiltered_upstream_request(head, rewrite, http2, cluster),
+            None => {
+                let mut exchange = self.exchange.borrow_mut();
+                exchange.info.cluster_name = Some(cluster.to_owned());
+                exchange.info.request_headers_sent = true;
+                match exchange.request_headers.as_ref() {
+                    Some(headers) => upstream_request(headers, rewrite, http2, cluster),
+                    None => upstream_request(&HeaderMap::new(), rewrite, http2, cluster),
+                }
+            }
         };
         let request = match request {
             Ok(request) => request,
@@ -319,15 +336,15 @@ impl Stream {
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        let all = self.filter_count();
+        if all == 0 {
+            return Ok(Response::from_parts(parts, boxed(body)));
+        }
         {
             let mut exchange = self.exchange.borrow_mut();
             exchange.response_headers = Some(response_header_map(parts.status, &parts.headers));
             exchange.info.response_code_details = Some("via_upstream".into());
             exchange.info.upstream = parts.extensions.get::<HttpInfo>().map(HttpInfo::remote_addr);
-        }
-        let all = self.filter_count();
-        if all == 0 {
-            return Ok(Response::from_parts(parts, boxed(body)));
         }
         match chain::response_headers(&self.chain, body.is_end_stream(), all).await {
             Verdict::Local(response, _) => return Ok(self.finish_local(response)),
@@ -462,37 +479,83 @@ fn upstream_request(
     http2: bool,
     cluster: &str,
 ) -> Result<Request<()>, UpstreamRequestError> {
-    let authority = match headers.get(b":authority").filter(|a| !a.is_empty()) {
-        Some(value) if crate::authority::is_valid(value) => {
-            Authority::try_from(value).map_err(|_| UpstreamRequestError::Authority)?
-        }
-        Some(_) => return Err(UpstreamRequestError::Authority),
-        None => Authority::try_from(cluster).map_err(|_| UpstreamRequestError::Authority)?,
-    };
-    let mut path = headers.get_str(":path").unwrap_or("/").to_owned();
-    if let Some((replacement, prefix)) = rewrite
-        && let Some(rest) = path.strip_prefix(prefix)
-    {
-        path = format!("{replacement}{rest}");
-    }
-    let path_and_query = origin_form(&path).ok_or(UpstreamRequestError::Path)?;
-    let uri = Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
-        .authority(authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| UpstreamRequestError::Path)?;
     let method = http::Method::from_bytes(headers.get(b":method").unwrap_or(b"GET"))
         .map_err(|_| UpstreamRequestError::Method)?;
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
-    *request.headers_mut() = http_headers(headers);
-    if !http2 && let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-        request.headers_mut().insert(HOST, host);
+    let target = UpstreamTarget {
+        authority: headers.get(b":authority"),
+        path: headers.get_str(":path").unwrap_or("/"),
+        rewrite,
+        http2,
+        cluster,
+    };
+    target.request(method, http_headers(headers))
+}
+
+/// The upstream request head of a request no filter saw: its own method and headers, moved.
+fn unfiltered_upstream_request(
+    mut head: http::request::Parts,
+    rewrite: Option<(&str, &str)>,
+    http2: bool,
+    cluster: &str,
+) -> Result<Request<()>, UpstreamRequestError> {
+    let mut headers = std::mem::take(&mut head.headers);
+    let host = headers.remove(HOST);
+    let target = UpstreamTarget {
+        authority: head.uri.authority().map(|a| a.as_str().as_bytes()).or(host.as_ref().map(HeaderValue::as_bytes)),
+        path: head.uri.path_and_query().map_or("/", |p| p.as_str()),
+        rewrite,
+        http2,
+        cluster,
+    };
+    target.request(head.method, headers)
+}
+
+/// Where a request goes upstream, as the route decided.
+struct UpstreamTarget<'a> {
+    /// The request's `:authority` (the cluster name when it has none).
+    authority: Option<&'a [u8]>,
+    /// The request's `:path`.
+    path: &'a str,
+    /// `(replacement, matched prefix)` of the route's `prefix_rewrite`.
+    rewrite: Option<(&'a str, &'a str)>,
+    /// Whether the cluster speaks HTTP/2 (no Host header then).
+    http2: bool,
+    cluster: &'a str,
+}
+
+impl UpstreamTarget<'_> {
+    /// The request head with `method` and `headers` (hop-by-hop and Host already removed).
+    fn request(&self, method: http::Method, headers: http::HeaderMap) -> Result<Request<()>, UpstreamRequestError> {
+        let authority = match self.authority.filter(|a| !a.is_empty()) {
+            Some(value) if crate::authority::is_valid(value) => {
+                Authority::try_from(value).map_err(|_| UpstreamRequestError::Authority)?
+            }
+            Some(_) => return Err(UpstreamRequestError::Authority),
+            None => Authority::try_from(self.cluster).map_err(|_| UpstreamRequestError::Authority)?,
+        };
+        let rewritten = self.rewrite.and_then(|(replacement, prefix)| {
+            self.path.strip_prefix(prefix).map(|rest| format!("{replacement}{rest}"))
+        });
+        let path = rewritten.as_deref().unwrap_or(self.path);
+        let path_and_query = origin_form(path).ok_or(UpstreamRequestError::Path)?;
+        let uri = Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| UpstreamRequestError::Path)?;
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = if self.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        *request.headers_mut() = headers;
+        if !self.http2
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(HOST, host);
+        }
+        Ok(request)
     }
-    Ok(request)
 }
 
 /// `path` as an origin-form request target, only if it reaches the upstream byte for byte: the

@@ -87,6 +87,59 @@ pub fn request_header_map(method: &Method, uri: &Uri, headers: &HttpHeaders) -> 
     map
 }
 
+/// A request head as hyper parsed it, read by routing without converting it (a listener without
+/// filters). Pseudo-headers are answered from the request line, as the filters' map has them.
+pub struct UnfilteredRequest<'a>(pub &'a http::request::Parts);
+
+impl UnfilteredRequest<'_> {
+    /// The request's authority: the URI's (absolute form, HTTP/2), else the Host header.
+    pub fn authority_bytes(&self) -> Option<&[u8]> {
+        let parts = self.0;
+        parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .or_else(|| parts.headers.get(HOST).map(HeaderValue::as_bytes))
+    }
+}
+
+impl crate::route::RouteInput for UnfilteredRequest<'_> {
+    fn authority(&self) -> &str {
+        self.authority_bytes().and_then(|a| std::str::from_utf8(a).ok()).unwrap_or("")
+    }
+
+    fn path(&self) -> &str {
+        self.0.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
+    fn joined(&self, name: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+        use std::borrow::Cow;
+        let parts = self.0;
+        let pseudo = match name {
+            b":authority" => Some(self.authority_bytes().unwrap_or_default()),
+            b":path" => Some(self.path().as_bytes()),
+            b":method" => Some(parts.method.as_str().as_bytes()),
+            b":scheme" => Some(parts.uri.scheme_str().unwrap_or("http").as_bytes()),
+            _ if name.first() == Some(&b':') => return None,
+            _ => None,
+        };
+        if let Some(value) = pseudo {
+            return Some(Cow::Borrowed(value));
+        }
+        // The filters' map has no `host` entry (it became `:authority`).
+        let name = HeaderName::from_bytes(name).ok().filter(|n| *n != HOST)?;
+        let mut values = parts.headers.get_all(&name).iter();
+        let first = values.next()?;
+        let Some(second) = values.next() else { return Some(Cow::Borrowed(first.as_bytes())) };
+        let mut joined = first.as_bytes().to_vec();
+        for value in std::iter::once(second).chain(values) {
+            joined.push(b',');
+            joined.extend_from_slice(value.as_bytes());
+        }
+        Some(Cow::Owned(joined))
+    }
+}
+
 /// The response as filters see it: `:status`, then the headers.
 pub fn response_header_map(status: StatusCode, headers: &HttpHeaders) -> HeaderMap {
     let mut map = HeaderMap::from_pairs([(":status", status.as_str())]);

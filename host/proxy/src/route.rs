@@ -1,22 +1,26 @@
 //! Route selection: the virtual host by `:authority`, then the first route whose path and
 //! header conditions hold — Envoy's order.
 
+use std::borrow::Cow;
+
 use wasmtrace_config::{HeaderMatcher, HeaderRule, PathMatch, Route, VirtualHost};
 use wasmtrace_runtime::HeaderMap;
 
-/// Does `domain` (a virtual host pattern) accept `host` (port already removed)?
+/// Does `domain` (a virtual host pattern) accept `host` (port already removed)? Both compared
+/// ignoring ASCII case, without allocating (this runs for every request and every domain).
 fn domain_matches(domain: &str, host: &str) -> bool {
-    if domain == "*" {
+    let (domain, host) = (domain.as_bytes(), host.as_bytes());
+    if domain == b"*" {
         return true;
     }
-    let domain = domain.to_ascii_lowercase();
-    if let Some(suffix) = domain.strip_prefix('*') {
-        return host.len() > suffix.len() && host.ends_with(suffix);
+    if let Some(suffix) = domain.strip_prefix(b"*") {
+        return host.len() > suffix.len() && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix);
     }
-    if let Some(prefix) = domain.strip_suffix('*') {
-        return host.len() > prefix.len() && host.starts_with(prefix);
+    if let Some(prefix) = domain.strip_suffix(b"*") {
+        return host.len() > prefix.len() && host[..prefix.len()].eq_ignore_ascii_case(prefix);
     }
-    domain == host || domain.split(':').next() == Some(host)
+    domain.eq_ignore_ascii_case(host)
+        || domain.split(|&b| b == b':').next().is_some_and(|d| d.eq_ignore_ascii_case(host))
 }
 
 /// The virtual host for `authority`: exact domains first, then wildcards, then `*`.
@@ -25,20 +29,45 @@ pub fn virtual_host<'a>(hosts: &'a [VirtualHost], authority: &str) -> Option<&'a
         .rsplit_once(':')
         .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
         .map_or(authority, |(h, _)| h);
-    let host = host.to_ascii_lowercase();
-    let exact = hosts.iter().find(|v| v.domains.iter().any(|d| !d.contains('*') && domain_matches(d, &host)));
+    let exact = hosts.iter().find(|v| v.domains.iter().any(|d| !d.contains('*') && domain_matches(d, host)));
     let wildcard =
-        || hosts.iter().find(|v| v.domains.iter().any(|d| d != "*" && d.contains('*') && domain_matches(d, &host)));
+        || hosts.iter().find(|v| v.domains.iter().any(|d| d != "*" && d.contains('*') && domain_matches(d, host)));
     let any = || hosts.iter().find(|v| v.domains.iter().any(|d| d == "*"));
     exact.or_else(wildcard).or_else(any)
 }
 
-fn header_matches(matcher: &HeaderMatcher, headers: &HeaderMap) -> bool {
-    let value = headers.get_joined(matcher.name.as_bytes());
+/// What routing reads of a request: its `:path` and its header values, pseudo-headers included.
+/// Implemented by the map filters see and, when a listener has no filters, by the request head
+/// as hyper parsed it (so an unfiltered request is never converted).
+pub trait RouteInput {
+    /// The `:authority` (`host[:port]`), empty when the request has none.
+    fn authority(&self) -> &str;
+    /// The `:path` (with any query).
+    fn path(&self) -> &str;
+    /// Every value of `name` joined with `,` (Envoy matches a repeated header that way).
+    fn joined(&self, name: &[u8]) -> Option<Cow<'_, [u8]>>;
+}
+
+impl RouteInput for HeaderMap {
+    fn authority(&self) -> &str {
+        self.get_str(":authority").unwrap_or("")
+    }
+
+    fn path(&self) -> &str {
+        self.get_str(":path").unwrap_or("/")
+    }
+
+    fn joined(&self, name: &[u8]) -> Option<Cow<'_, [u8]>> {
+        self.get_joined(name).map(Cow::Owned)
+    }
+}
+
+fn header_matches(matcher: &HeaderMatcher, headers: &impl RouteInput) -> bool {
+    let value = headers.joined(matcher.name.as_bytes());
     let holds = match (&matcher.rule, value) {
         (_, None) => false,
         (HeaderRule::Present, Some(_)) => true,
-        (HeaderRule::Exact(v), Some(actual)) => actual == v.as_bytes(),
+        (HeaderRule::Exact(v), Some(actual)) => *actual == *v.as_bytes(),
         (HeaderRule::Prefix(v), Some(actual)) => actual.starts_with(v.as_bytes()),
         (HeaderRule::Suffix(v), Some(actual)) => actual.ends_with(v.as_bytes()),
         (HeaderRule::Contains(v), Some(actual)) => actual.windows(v.len().max(1)).any(|w| w == v.as_bytes()),
@@ -46,9 +75,15 @@ fn header_matches(matcher: &HeaderMatcher, headers: &HeaderMap) -> bool {
     holds != matcher.invert
 }
 
+/// The virtual host and the route a request goes to, in Envoy's order.
+pub fn pick<'a>(hosts: &'a [VirtualHost], request: &impl RouteInput) -> Option<(&'a VirtualHost, &'a Route)> {
+    let host = virtual_host(hosts, request.authority())?;
+    select(host, request).map(|route| (host, route))
+}
+
 /// The first route of `host` matching the request headers.
-pub fn select<'a>(host: &'a VirtualHost, headers: &HeaderMap) -> Option<&'a Route> {
-    let full_path = headers.get_str(":path").unwrap_or("/");
+pub fn select<'a>(host: &'a VirtualHost, headers: &impl RouteInput) -> Option<&'a Route> {
+    let full_path = headers.path();
     let path = full_path.split(['?', '#']).next().unwrap_or("/");
     host.routes.iter().find(|route| {
         let path_ok = match &route.matcher.path {
