@@ -22,7 +22,7 @@
 #   BENCH_KEEP=1         keep the temp dir (configs, logs, raw wrk output) and print its path
 #   BENCH_SKIP_BUILD=1   use the binaries and modules already built
 #
-# Needs root or sudo-less apt for the first run (installs nginx and wrk when missing).
+# The first run needs root: it apt-get installs nginx and wrk when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -56,7 +56,7 @@ chmod 755 "$WORK"
 RESULTS=$WORK/results.tsv  # id round rps p50_ms p99_ms requests non2xx socket_errors
 MEMORY=$WORK/memory.tsv    # title rss_kb hwm_kb
 NOTES=$WORK/notes.txt      # problems seen, printed at the end
-BUSY=$WORK/busy.txt        # rows that started while a rustc was running (CPU shared with a build)
+BUSY=$WORK/busy.txt        # runs that started while another rustc or wrk was running
 : >"$RESULTS"
 : >"$BUSY"
 : >"$MEMORY"
@@ -527,7 +527,8 @@ measure_row() { # ID ROUND
     rss_before=$(rss_kb "$ROW_PID")
     hwm_before=$(hwm_kb "$ROW_PID")
   fi
-  busy=$(pgrep -c -x rustc || true)
+  # Someone else's compiler or load generator on the same 2 cores skews a row: remember which.
+  busy=$(($(pgrep -c -x rustc || true) + $(pgrep -c -x wrk || true)))
   [[ $busy -gt 0 ]] && echo "round $round ${ROW_TITLE[$id]}" >>"$BUSY"
   # Warm-up: connections, pools, JIT-compiled module code and caches, before the measured run.
   wrk -t"$THREADS" -c"$CONNECTIONS" -d1s "$url" >"$raw.warmup" 2>&1 || note "round $round, ${ROW_TITLE[$id]}: warm-up wrk failed"
@@ -645,7 +646,7 @@ print_memory() {
 print_notes() {
   echo
   if [[ -s $BUSY ]]; then
-    echo "note: a build (rustc) was running when $(wc -l <"$BUSY") of $(wc -l <"$RESULTS") measured runs started; it shared the CPU with them"
+    echo "note: another build (rustc) or load generator (wrk) was running when $(wc -l <"$BUSY") of $(wc -l <"$RESULTS") measured runs started; it shared the CPU with them"
   fi
   if [[ -s $NOTES ]]; then
     echo "errors and notes (wrk non-2xx/socket errors, non-zero proxy failure counters, proxy log warnings):"
