@@ -25,8 +25,8 @@ use crate::body::{ChannelBody, FrameSender, ProxyBody, boxed, full};
 use crate::chain::{self, DataVerdict, FilterChain, SharedChain, Verdict};
 use crate::cluster::ClusterClient;
 use crate::message::{
-    UnfilteredRequest, http_headers, protocol_name, request_header_map, response_header_map, status_of,
-    strip_hop_by_hop, trailer_map,
+    UnfilteredRequest, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, http_headers, protocol_name,
+    request_header_map, response_header_map, status_of, strip_hop_by_hop, trailer_map,
 };
 use crate::rescue::UpstreamFailure;
 use crate::route;
@@ -135,23 +135,24 @@ pub async fn serve(
 /// Envoy's default request handling before filters see the request.
 fn apply_envoy_defaults(http: &HttpConnectionManager, conn: &ConnectionInfo, headers: &mut http::HeaderMap) {
     if http.generate_request_id
-        && !headers.contains_key("x-request-id")
-        && let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+        && !headers.contains_key(X_REQUEST_ID)
+        && let Ok(id) =
+            HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
     {
-        headers.insert("x-request-id", id);
+        headers.insert(X_REQUEST_ID, id);
     }
     if http.use_remote_address {
         let peer = conn.peer.ip().to_string();
-        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(existing) => format!("{existing}, {peer}"),
             None => peer,
         };
         if let Ok(value) = HeaderValue::from_str(&forwarded) {
-            headers.insert("x-forwarded-for", value);
+            headers.insert(X_FORWARDED_FOR, value);
         }
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
 }
 
@@ -248,7 +249,9 @@ impl Stream {
         end_of_stream: bool,
     ) -> Result<Response<ProxyBody>, StreamReset> {
         let all = self.filter_count();
-        let Some(client) = self.ctx.clusters.get(cluster).cloned() else {
+        // Borrowed from the listener's context (cloning a pooled client costs several Arcs).
+        let ctx = self.ctx.clone();
+        let Some(client) = ctx.clusters.get(cluster) else {
             return self
                 .local_reply(plain(503, "cluster_not_found", &format!("cluster `{cluster}` does not exist\n")), all)
                 .await;

@@ -4,28 +4,38 @@
 //! `:authority`, `:scheme` on requests and `:status` on responses, as Envoy presents them.
 //! Hop-by-hop headers never reach filters or the other side.
 
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap as HttpHeaders, Method, StatusCode, Uri, Version};
 use wasmtrace_runtime::HeaderMap;
 
+/// `x-request-id`, which the connection manager generates (`generate_request_id`).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-forwarded-for`, extended with the peer (`use_remote_address`).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`, set when absent.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// legacy ones proxies drop.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-authenticate",
+/// legacy ones proxies drop. Constants, so removing them never parses a name.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TRANSFER_ENCODING,
+    UPGRADE,
+    TE,
+    TRAILER,
+    PROXY_AUTHENTICATE,
 ];
 
 /// Headers a `Connection` header may not nominate for removal: what routing, framing and the
 /// proxy's own request defaults rest on. (`Connection: host` would otherwise drop the Host and
 /// route the request to the default virtual host.)
-const END_TO_END: [&str; 6] =
-    ["host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-request-id", "authorization"];
+const END_TO_END: [HeaderName; 6] =
+    [HOST, CONTENT_LENGTH, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, AUTHORIZATION];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names (except
 /// those in [`END_TO_END`]).
@@ -35,6 +45,10 @@ const END_TO_END: [&str; 6] =
 /// gets the body re-framed by hyper. Keeping it would let a sender make the proxy announce a
 /// length the body does not have (a truncated response, or a smuggled request).
 pub fn strip_hop_by_hop(headers: &mut HttpHeaders) {
+    // Most messages have none: one pass over the (few) names instead of a lookup per name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(TRANSFER_ENCODING) {
         headers.remove(CONTENT_LENGTH);
     }
@@ -45,10 +59,10 @@ pub fn strip_hop_by_hop(headers: &mut HttpHeaders) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().filter(|name| !END_TO_END.contains(&name.as_str())) {
+    for name in named.iter().filter(|name| !END_TO_END.contains(name)) {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
