@@ -57,6 +57,10 @@ RESULTS=$WORK/results.tsv  # id round rps p50_ms p99_ms requests non2xx socket_e
 MEMORY=$WORK/memory.tsv    # title rss_kb hwm_kb
 NOTES=$WORK/notes.txt      # problems seen, printed at the end
 BUSY=$WORK/busy.txt        # runs that started while another rustc or wrk was running
+# wasmtrace caches compiled modules on disk (by sha256). A private cache makes every run start
+# alike, whatever ~/.cache holds: prime_module_cache compiles into it once, before the rounds,
+# so no measured process pays for (or keeps the memory of) compilation.
+export WASMTRACE_MODULE_CACHE=$WORK/module-cache
 : >"$RESULTS"
 : >"$BUSY"
 : >"$MEMORY"
@@ -565,20 +569,52 @@ measure_row() { # ID ROUND
   return 0
 }
 
-# Idle RSS of the chain with 1 and 2 workers: each worker owns its VMs of every plugin and its
-# pools, so the difference is what one more worker costs. Readiness from the admin API's /ready,
-# so no request has gone through a worker.
-measure_worker_memory() {
-  local workers logfile pid
-  for workers in 1 2; do
-    logfile=$WORK/chain.idle-$workers.log
-    start_bg "$logfile" "$BIN" run --config "${ROW_CONF[chain]}" --workers "$workers" --drain-timeout-secs 2
+# One start of the configs with modules, before the rounds: each module is compiled once, into
+# the private cache, and every measured process loads machine code. The chain goes first so its
+# start is the one that compiles all three of its modules: that RSS is the "cold start" row.
+prime_module_cache() {
+  local id logfile pid
+  for id in chain reader trace; do
+    selected "$id" || continue
+    [[ $id == trace ]] && selected chain && continue # chain compiled trace-filter already
+    logfile=$WORK/$id.prime.log
+    start_bg "$logfile" "$BIN" run --config "${ROW_CONF[$id]}" --workers "$PROXY_WORKERS" --drain-timeout-secs 2
     pid=$STARTED_PID
-    wait_ready "$pid" "http://127.0.0.1:${ROW_ADMIN[chain]}/ready" "$logfile"
-    sleep 1 # let start-up settle (VM instantiation, the first timer ticks)
-    printf '%s\t%s\t%s\n' "gallery chain, --workers $workers, idle (no request served)" "$(rss_kb "$pid")" "$(hwm_kb "$pid")" >>"$MEMORY"
+    wait_ready "$pid" "http://127.0.0.1:${ROW_ADMIN[$id]}/ready" "$logfile"
+    if [[ $id == chain ]]; then
+      printf '%s\t%s\t%s\n' "gallery chain, --workers $PROXY_WORKERS, first start: modules compiled (cache empty), idle" "$(rss_kb "$pid")" "$(hwm_kb "$pid")" >>"$MEMORY"
+    fi
     stop_pid "$pid"
   done
+}
+
+# Idle RSS of the chain with 1 and 2 workers: each worker owns its VMs of every plugin and its
+# pools, so the difference is what one more worker costs. Readiness from the admin API's /ready,
+# so no request has gone through a worker. Three alternating starts per count, the median kept:
+# one start's RSS varies by a few MiB (allocator and thread-stack timing).
+measure_worker_memory() {
+  local workers logfile pid rep
+  declare -A rss hwm
+  for rep in 1 2 3; do
+    for workers in 1 2; do
+      logfile=$WORK/chain.idle-$workers.$rep.log
+      start_bg "$logfile" "$BIN" run --config "${ROW_CONF[chain]}" --workers "$workers" --drain-timeout-secs 2
+      pid=$STARTED_PID
+      wait_ready "$pid" "http://127.0.0.1:${ROW_ADMIN[chain]}/ready" "$logfile"
+      sleep 1 # let start-up settle (VM instantiation, the first timer ticks)
+      rss[$workers]+="$(rss_kb "$pid") "
+      hwm[$workers]+="$(hwm_kb "$pid") "
+      stop_pid "$pid"
+    done
+  done
+  for workers in 1 2; do
+    printf '%s\t%s\t%s\n' "gallery chain, --workers $workers, idle (no request served; median of 3 starts)" \
+      "$(median "${rss[$workers]}")" "$(median "${hwm[$workers]}")" >>"$MEMORY"
+  done
+}
+
+median() { # "N N N ...": prints the median (the lower middle for an even count)
+  tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -667,6 +703,7 @@ main() {
   local round id any=''
   for id in "${ROW_IDS[@]}"; do selected "$id" && any=yes; done
   [[ -n $any ]] || die "BENCH_ONLY='$ONLY' matches no row (ids: ${ROW_IDS[*]})"
+  prime_module_cache
   for ((round = 1; round <= ROUNDS; round++)); do
     for id in "${ROW_IDS[@]}"; do
       selected "$id" || continue
