@@ -3,6 +3,7 @@
 
 mod admin_client;
 mod demo;
+mod runtime_flags;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +74,8 @@ enum Command {
         /// limit, which is raised to its hard limit at start).
         #[arg(long)]
         max_connections: Option<usize>,
+        #[command(flatten)]
+        runtime: runtime_flags::RuntimeFlags,
     },
     /// The whole system on this machine: builds the filters, starts the trace collector and
     /// viewer and the three gallery services each behind its own wasmtrace sidecar, seeds images,
@@ -182,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_watch,
             admin_token_file,
             max_connections,
+            runtime,
         } => {
             let bootstrap = Bootstrap::from_file(&config)?;
             let mut options = ProxyOptions {
@@ -191,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 watch_config: (!no_watch).then(|| config.clone()),
                 admin_token_file,
                 max_connections_per_listener: max_connections,
+                runtime: runtime.options(),
                 ..ProxyOptions::default()
             };
             if let Some(workers) = workers {

@@ -50,7 +50,7 @@ use tokio::sync::{mpsc, watch};
 use wasmtrace_config::Bootstrap;
 use wasmtrace_runtime::{
     CalloutCompletion, CalloutDispatcher, CalloutRequest, DispatchError, HostServices, LogLevel, NodeInfo,
-    PluginInstance, Runtime, VmLimits,
+    PluginInstance, Runtime, RuntimeOptions, VmLimits,
 };
 
 use crate::admin::AdminState;
@@ -154,6 +154,9 @@ pub struct ProxyOptions {
     /// A file holding the bearer token admin changes must carry; required when the admin API
     /// is bound off loopback.
     pub admin_token_file: Option<PathBuf>,
+    /// How the Wasm runtime is set up: the on-disk module cache (none by default) and the
+    /// profiler.
+    pub runtime: RuntimeOptions,
 }
 
 impl Default for ProxyOptions {
@@ -168,6 +171,7 @@ impl Default for ProxyOptions {
             watch_config: None,
             max_connections_per_listener: None,
             admin_token_file: None,
+            runtime: RuntimeOptions::default(),
         }
     }
 }
@@ -247,7 +251,8 @@ fn runtime_for(bootstrap: &Bootstrap, options: &ProxyOptions) -> Result<Arc<Runt
         cluster: bootstrap.node.cluster.clone(),
         metadata: bootstrap.node.metadata.clone(),
     };
-    Runtime::with_services(HostServices::new(node, options.log_level)).map_err(|e| ProxyError::Runtime(e.to_string()))
+    Runtime::with_options(HostServices::new(node, options.log_level), &options.runtime)
+        .map_err(|e| ProxyError::Runtime(e.to_string()))
 }
 
 /// Callouts during `wasmtrace check`: clusters exist, nothing is sent.

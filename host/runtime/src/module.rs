@@ -7,11 +7,14 @@
 //! import nothing but the world's interfaces and WASI 0.2, and export the world's `handler`
 //! with the world's types (see [`crate::component`]).
 
+use std::time::Instant;
+
 use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, ValType};
 
 use crate::abi::ProvidedImports;
 use crate::component::{self, CompiledComponent};
 use crate::error::LoadError;
+use crate::module_cache::{self, Artifact, ArtifactKind, DiskCache, Lookup};
 use crate::state::VmState;
 
 /// The proxy-wasm ABI version a module declares.
@@ -38,12 +41,41 @@ pub(crate) enum CompiledCode {
     Component(CompiledComponent),
 }
 
+/// Where a module's machine code came from when it was loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleSource {
+    /// Compiled from the WebAssembly by Cranelift.
+    Compiled,
+    /// Read back from the on-disk module cache: not compiled.
+    DiskCache,
+}
+
+impl ModuleSource {
+    /// A short label for logs and stats: `compiled` or `disk cache`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Compiled => "compiled",
+            Self::DiskCache => "disk cache",
+        }
+    }
+}
+
 /// A module compiled once and shared by every VM that runs it.
 pub struct PluginModule {
     code: CompiledCode,
     sha256: String,
     form: FilterForm,
     size: usize,
+    source: ModuleSource,
+}
+
+/// What the runtime needs to compile or link a module: the engine, the two linkers and the
+/// imports the host provides.
+pub(crate) struct Toolchain<'a> {
+    pub(crate) engine: &'a Engine,
+    pub(crate) linker: &'a Linker<VmState>,
+    pub(crate) component_linker: &'a wasmtime::component::Linker<VmState>,
+    pub(crate) provided: &'a ProvidedImports,
 }
 
 /// Callbacks and their signatures, as `(params, results)` of i32s; the host calls only these.
@@ -69,32 +101,71 @@ const CALLBACK_SIGNATURES: &[(&str, usize, usize)] = &[
 ];
 
 impl PluginModule {
-    pub(crate) fn compile(
-        engine: &Engine,
-        linkers: (&Linker<VmState>, &wasmtime::component::Linker<VmState>),
-        provided: &ProvidedImports,
+    /// Compiles and validates `bytes`, or, when `disk` holds a verified entry for them, loads
+    /// the compiled code from there instead of compiling. Validation and linking run either way
+    /// (they are cheap); only a module that passes them is written to `disk`.
+    pub(crate) fn load(
+        tools: &Toolchain<'_>,
         bytes: &[u8],
         sha256: String,
+        disk: Option<&DiskCache>,
     ) -> Result<Self, LoadError> {
-        if component::is_component(bytes) {
-            let compiled = component::compile(engine, linkers.1, bytes)?;
-            return Ok(Self {
-                code: CompiledCode::Component(compiled),
-                sha256,
-                form: FilterForm::Component,
-                size: bytes.len(),
-            });
+        let started = Instant::now();
+        let kind = if component::is_component(bytes) { ArtifactKind::Component } else { ArtifactKind::Module };
+        let cached = disk.and_then(|disk| match disk.load(tools.engine, &sha256, kind) {
+            Lookup::Hit(artifact) => Some(artifact),
+            Lookup::Miss => None,
+            Lookup::Rejected(e) => {
+                tracing::warn!(sha256 = %sha256, "module cache entry refused, compiling again: {e}");
+                None
+            }
+        });
+        let source = if cached.is_some() { ModuleSource::DiskCache } else { ModuleSource::Compiled };
+        let (code, form, serialized) = match (kind, cached) {
+            (ArtifactKind::Component, cached) => {
+                let component = match cached {
+                    Some(Artifact::Component(component)) => component,
+                    _ => component::compile_only(tools.engine, bytes)?,
+                };
+                let serialized = (disk.is_some() && source == ModuleSource::Compiled)
+                    .then(|| module_cache::serialize_component(&component));
+                let compiled = component::link(tools.component_linker, &component)?;
+                (CompiledCode::Component(compiled), FilterForm::Component, serialized)
+            }
+            (ArtifactKind::Module, cached) => {
+                let module = match cached {
+                    Some(Artifact::Module(module)) => module,
+                    _ => Module::new(tools.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?,
+                };
+                check_imports(&module, tools.provided)?;
+                let abi = check_exports(&module)?;
+                let pre = tools.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+                let serialized = (disk.is_some() && source == ModuleSource::Compiled)
+                    .then(|| module_cache::serialize_module(&module));
+                (CompiledCode::Core { module, pre }, FilterForm::ProxyWasm(abi), serialized)
+            }
+        };
+        // Rounded to 0.1 ms: a log field, not a measurement.
+        let loaded_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+        if let (Some(disk), Some(serialized)) = (disk, serialized) {
+            // A cache that cannot be written costs the next start a compile, nothing more.
+            if let Err(e) = serialized.and_then(|artifact| disk.store(&sha256, kind, &artifact)) {
+                tracing::warn!(sha256 = %sha256, "module not written to the module cache: {e}");
+            }
         }
-        let module = Module::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        check_imports(&module, provided)?;
-        let abi = check_exports(&module)?;
-        let pre = linkers.0.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        Ok(Self {
-            code: CompiledCode::Core { module, pre },
-            sha256,
-            form: FilterForm::ProxyWasm(abi),
-            size: bytes.len(),
-        })
+        tracing::info!(
+            sha256 = %sha256,
+            compiled = source == ModuleSource::Compiled,
+            source = source.label(),
+            elapsed_ms = loaded_ms,
+            "module loaded"
+        );
+        Ok(Self { code, sha256, form, size: bytes.len(), source })
+    }
+
+    /// Where the module's machine code came from: compiled now, or read from the disk cache.
+    pub fn source(&self) -> ModuleSource {
+        self.source
     }
 
     /// Lower-case hex sha256 of the module bytes.

@@ -1,21 +1,25 @@
 //! The process-wide runtime: one wasmtime [`Engine`] with epoch interruption, the linker holding
-//! every host function (built once), the compiled-module cache and the [`HostServices`].
+//! every host function (built once), the compiled-module cache (in memory, and optionally on
+//! disk: see [`crate::module_cache`]) and the [`HostServices`].
 //!
 //! Workers share one `Runtime` through an `Arc`; each worker instantiates its own VMs from the
 //! cached [`PluginModule`]s (see [`crate::PluginInstance`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, Linker, OptLevel};
+use wasmtime::{Config, Engine, Linker, OptLevel, ProfilingStrategy};
 
 use crate::abi;
 use crate::error::LoadError;
-use crate::module::PluginModule;
+use crate::module::{ModuleSource, PluginModule, Toolchain};
+use crate::module_cache::{CacheLimits, DiskCache};
 use crate::services::HostServices;
 use crate::state::VmState;
 
@@ -54,6 +58,74 @@ impl ModuleCache {
     }
 }
 
+/// Which profiler wasmtime feeds with the guests' compiled functions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Profiler {
+    /// No profiler (the default).
+    #[default]
+    None,
+    /// Linux `perf` map: wasmtime appends every compiled guest function's address range and
+    /// name to `/tmp/perf-<pid>.map`, which `perf report` reads to name JIT code. Profile a
+    /// running sidecar with `perf record -g -p <pid>` (or `perf record -g -- wasmtrace run ...`),
+    /// then `perf report`: guest frames show as their Wasm function names instead of raw
+    /// addresses. Enabled by `wasmtrace run --profile perfmap` or `WASMTRACE_PROFILE=perfmap`.
+    /// The map only grows (one set of lines per module loaded), so use it while profiling, not
+    /// permanently.
+    PerfMap,
+}
+
+/// An unknown profiler name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown profiler `{0}` (known: none, perfmap)")]
+pub struct UnknownProfiler(String);
+
+impl FromStr for Profiler {
+    type Err = UnknownProfiler;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "" | "none" => Ok(Self::None),
+            "perfmap" => Ok(Self::PerfMap),
+            other => Err(UnknownProfiler(other.to_owned())),
+        }
+    }
+}
+
+/// How a [`Runtime`] is set up beyond its host services. The default caches nothing on disk
+/// and profiles nothing, so tests and library users never write outside their own paths.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeOptions {
+    /// The directory of the on-disk cache of compiled modules (created 0700 if absent), so a
+    /// restart or a swap to a module compiled before by any process of this user does not
+    /// compile it again. `None`: compiled modules are only kept in memory. The CLI defaults it
+    /// to [`crate::default_module_cache_dir`].
+    pub module_cache: Option<PathBuf>,
+    /// How large the disk cache may grow.
+    pub module_cache_limits: CacheLimits,
+    /// The profiler wasmtime reports compiled guest code to.
+    pub profiler: Profiler,
+}
+
+/// How the runtime's modules were obtained since it started, for stats and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModuleLoadStats {
+    /// Modules compiled from WebAssembly (`wasmtrace_module_compilations_total`).
+    pub compiled: u64,
+    /// Modules read from the disk cache instead of compiled.
+    pub from_disk_cache: u64,
+    /// Disk cache entries refused (corrupt, truncated, foreign) and compiled again.
+    pub disk_cache_rejected: u64,
+    /// Loads answered by a module already compiled in this process.
+    pub from_memory: u64,
+}
+
+#[derive(Default)]
+struct LoadCounters {
+    compiled: AtomicU64,
+    from_disk_cache: AtomicU64,
+    from_memory: AtomicU64,
+}
+
 /// The process-wide Wasm runtime.
 pub struct Runtime {
     engine: Engine,
@@ -62,6 +134,8 @@ pub struct Runtime {
     provided_imports: abi::ProvidedImports,
     services: Arc<HostServices>,
     modules: Mutex<ModuleCache>,
+    disk_cache: Option<DiskCache>,
+    loads: LoadCounters,
     ticker: EpochTicker,
 }
 
@@ -71,15 +145,38 @@ impl Runtime {
         Self::with_services(HostServices::default())
     }
 
-    /// A runtime sharing the given host services.
+    /// A runtime sharing the given host services, with default [`RuntimeOptions`] (no disk
+    /// cache, no profiler).
     pub fn with_services(services: HostServices) -> Result<Arc<Self>, LoadError> {
+        Self::with_options(services, &RuntimeOptions::default())
+    }
+
+    /// A runtime sharing the given host services, set up as `options` say. A module cache
+    /// directory that cannot be used (not creatable, or not private to this user) is logged
+    /// and the runtime runs without it: the cache saves time, it is never needed.
+    pub fn with_options(services: HostServices, options: &RuntimeOptions) -> Result<Arc<Self>, LoadError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.cranelift_opt_level(OptLevel::Speed);
+        if options.profiler == Profiler::PerfMap {
+            config.profiler(ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         let provided_imports = abi::add_to_linker(&mut linker).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let component_linker = crate::component::linker(&engine).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let disk_cache = options.module_cache.as_deref().and_then(|dir| {
+            match DiskCache::open(dir, &engine, options.module_cache_limits) {
+                Ok(cache) => {
+                    tracing::debug!(dir = %cache.dir().display(), "module cache in use");
+                    Some(cache)
+                }
+                Err(e) => {
+                    tracing::warn!("module cache disabled: {e}");
+                    None
+                }
+            }
+        });
         let ticker = EpochTicker::start(engine.clone());
         Ok(Arc::new(Self {
             engine,
@@ -88,8 +185,26 @@ impl Runtime {
             provided_imports,
             services: Arc::new(services),
             modules: Mutex::new(ModuleCache::default()),
+            disk_cache,
+            loads: LoadCounters::default(),
             ticker,
         }))
+    }
+
+    /// The on-disk module cache's directory, if one is in use.
+    pub fn module_cache_dir(&self) -> Option<&std::path::Path> {
+        self.disk_cache.as_ref().map(DiskCache::dir)
+    }
+
+    /// How many modules were compiled, read from the disk cache, or found compiled in memory.
+    pub fn module_load_stats(&self) -> ModuleLoadStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ModuleLoadStats {
+            compiled: get(&self.loads.compiled),
+            from_disk_cache: get(&self.loads.from_disk_cache),
+            disk_cache_rejected: self.disk_cache.as_ref().map_or(0, DiskCache::rejected),
+            from_memory: get(&self.loads.from_memory),
+        }
     }
 
     /// The wasmtime engine.
@@ -103,19 +218,26 @@ impl Runtime {
     }
 
     /// Compiles and validates a module, or returns the already compiled one with the same
-    /// sha256. Compilation is the expensive step: do it off the request path.
+    /// sha256 (in memory, else from the disk cache when one is configured). Compilation is the
+    /// expensive step: do it off the request path.
     pub fn compile(&self, bytes: &[u8]) -> Result<Arc<PluginModule>, LoadError> {
         let sha256 = hex_sha256(bytes);
         if let Some(module) = self.cached(&sha256) {
+            self.loads.from_memory.fetch_add(1, Ordering::Relaxed);
             return Ok(module);
         }
-        let module = Arc::new(PluginModule::compile(
-            &self.engine,
-            (&self.linker, &self.component_linker),
-            &self.provided_imports,
-            bytes,
-            sha256.clone(),
-        )?);
+        let tools = Toolchain {
+            engine: &self.engine,
+            linker: &self.linker,
+            component_linker: &self.component_linker,
+            provided: &self.provided_imports,
+        };
+        let module = Arc::new(PluginModule::load(&tools, bytes, sha256.clone(), self.disk_cache.as_ref())?);
+        let counter = match module.source() {
+            ModuleSource::Compiled => &self.loads.compiled,
+            ModuleSource::DiskCache => &self.loads.from_disk_cache,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.modules.lock().unwrap_or_else(|p| p.into_inner()).insert(sha256, &module);
         Ok(module)
     }

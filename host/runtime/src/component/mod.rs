@@ -60,11 +60,16 @@ pub(crate) struct CompiledComponent {
     pub(crate) pre: HttpFilterPre<VmState>,
 }
 
-/// Compiles and links `bytes`; the error says which import the host lacks or which export is
-/// missing or has the wrong type.
-pub(crate) fn compile(engine: &Engine, linker: &Linker<VmState>, bytes: &[u8]) -> Result<CompiledComponent, LoadError> {
-    let component = Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-    let pre = linker.instantiate_pre(&component).map_err(|e| {
+/// Compiles `bytes`, not yet linked: the module cache stores this, and [`link`] checks it
+/// (compiled now or read from the cache) against the world.
+pub(crate) fn compile_only(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> {
+    Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))
+}
+
+/// Links a compiled component against the world; the error says which import the host lacks or
+/// which export is missing or has the wrong type.
+pub(crate) fn link(linker: &Linker<VmState>, component: &Component) -> Result<CompiledComponent, LoadError> {
+    let pre = linker.instantiate_pre(component).map_err(|e| {
         LoadError::Link(format!(
             "the component needs an import this host does not provide ({WORLD} and WASI 0.2 are provided): {e:#}"
         ))
