@@ -1,7 +1,7 @@
 //! Zipkin B3 propagation: the single `b3` header and the `X-B3-*` headers, including debug
 //! (`d`, `X-B3-Flags: 1`) and deferred sampling (no decision sent).
 
-use crate::ids::parse_any_hex;
+use crate::ids::{StackText, parse_any_hex};
 use crate::{SpanContext, SpanId, TraceId};
 
 fn trace_id(text: &str) -> Option<TraceId> {
@@ -77,14 +77,31 @@ pub fn parse_multi(trace: Option<&str>, span: Option<&str>, sampled: Option<&str
     }
 }
 
-/// The single `b3` header for a span.
-pub fn format_single(trace_id: &TraceId, span_id: &SpanId, sampled: bool, parent: Option<&SpanId>) -> String {
-    let mut value = format!("{}-{}-{}", trace_id.to_hex(), span_id.to_hex(), if sampled { "1" } else { "0" });
+/// Longest single `b3` value: `{trace}-{span}-{sampled}-{parent}`.
+pub const SINGLE_MAX_LEN: usize = 32 + 1 + 16 + 2 + 1 + 16;
+
+/// The single `b3` header for a span, on the stack.
+pub fn single(
+    trace_id: &TraceId,
+    span_id: &SpanId,
+    sampled: bool,
+    parent: Option<&SpanId>,
+) -> StackText<SINGLE_MAX_LEN> {
+    let mut value = StackText::new();
+    value.push(&trace_id.hex());
+    value.push(b"-");
+    value.push(&span_id.hex());
+    value.push(if sampled { b"-1" } else { b"-0" });
     if let Some(parent) = parent {
-        value.push('-');
-        value.push_str(&parent.to_hex());
+        value.push(b"-");
+        value.push(&parent.hex());
     }
     value
+}
+
+/// The single `b3` header for a span.
+pub fn format_single(trace_id: &TraceId, span_id: &SpanId, sampled: bool, parent: Option<&SpanId>) -> String {
+    single(trace_id, span_id, sampled, parent).as_str().to_owned()
 }
 
 /// The `X-B3-*` headers for a span.
@@ -121,6 +138,9 @@ mod tests {
         assert_eq!(c.trace_id.to_hex(), "000000000000000064fe8b2a57d3eff7", "64-bit ids are left-padded");
         assert_eq!(parse_single("d"), Some(B3::DecisionOnly(true)));
         assert_eq!(parse_single("0"), Some(B3::DecisionOnly(false)));
+        let (trace, span) = (c.trace_id, c.span_id);
+        assert_eq!(format_single(&trace, &span, true, Some(&span)), format!("{trace:?}-{span:?}-1-{span:?}"));
+        assert_eq!(format_single(&trace, &span, false, None), format!("{trace:?}-{span:?}-0"));
         for bad in [
             "",
             "x",

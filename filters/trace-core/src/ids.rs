@@ -47,20 +47,88 @@ pub(crate) fn parse_lower_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 
 /// Parses hex digits of either case (B3 and Jaeger accept upper case), left-padding short ids.
 pub(crate) fn parse_any_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.is_empty() || text.len() > 2 * N {
+    let digits = text.as_bytes();
+    if digits.is_empty() || digits.len() > 2 * N {
         return None;
     }
-    let padded = format!("{:0>width$}", text.to_ascii_lowercase(), width = 2 * N);
-    parse_lower_hex(&padded)
+    let value = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    // Right-aligned: the missing leading digits are zeros.
+    let pad = 2 * N - digits.len();
+    let mut out = [0u8; N];
+    for (i, &c) in digits.iter().enumerate() {
+        let nibble = pad + i;
+        let v = value(c)?;
+        out[nibble / 2] |= if nibble.is_multiple_of(2) { v << 4 } else { v };
+    }
+    Some(out)
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `bytes` as lower-case hex into `out`, which must be exactly twice as long: the
+/// allocation-free form ids take on the wire (headers, JSON) on the request path.
+pub fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    debug_assert_eq!(out.len(), bytes.len() * 2);
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+/// Lower-case hex of `N` bytes in `2 * N` bytes, on the stack (`M` must be `2 * N`).
+fn hex_array<const N: usize, const M: usize>(bytes: &[u8; N]) -> [u8; M] {
+    let mut out = [0u8; M];
+    write_hex(bytes, &mut out);
+    out
+}
+
+/// The hex digits as text (they are ASCII, so this cannot fail).
+pub(crate) fn ascii(digits: &[u8]) -> &str {
+    std::str::from_utf8(digits).unwrap_or_default()
+}
+
+/// ASCII text of at most `N` bytes, on the stack: a propagation header's value, which a filter
+/// makes on every request and hands straight to the host.
+#[derive(Clone, Copy)]
+pub struct StackText<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackText<N> {
+    pub(crate) fn new() -> Self {
+        Self { bytes: [0; N], len: 0 }
+    }
+
+    /// Appends `bytes`; callers size `N` for the longest value they make, and anything beyond it
+    /// is cut (never reached: the values are ids and fixed separators).
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(N);
+        let taken = end - self.len;
+        self.bytes[self.len..end].copy_from_slice(&bytes[..taken]);
+        self.len = end;
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The text (only ASCII is ever pushed).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
-    }
-    out
+    let mut out = vec![0u8; bytes.len() * 2];
+    write_hex(bytes, &mut out);
+    ascii(&out).to_owned()
 }
 
 impl TraceId {
@@ -72,6 +140,11 @@ impl TraceId {
     /// Lower-case hex.
     pub fn to_hex(&self) -> String {
         hex(&self.0)
+    }
+
+    /// Lower-case hex, on the stack.
+    pub fn hex(&self) -> [u8; 32] {
+        hex_array(&self.0)
     }
 
     /// True for the invalid all-zero id.
@@ -98,6 +171,11 @@ impl SpanId {
         hex(&self.0)
     }
 
+    /// Lower-case hex, on the stack.
+    pub fn hex(&self) -> [u8; 16] {
+        hex_array(&self.0)
+    }
+
     /// True for the invalid all-zero id.
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 8]
@@ -106,13 +184,13 @@ impl SpanId {
 
 impl fmt::Debug for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(ascii(&self.hex()))
     }
 }
 
 impl fmt::Debug for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(ascii(&self.hex()))
     }
 }
 
@@ -138,5 +216,11 @@ mod tests {
         assert_eq!(parse_lower_hex::<2>("ab0"), None);
         assert_eq!(parse_lower_hex::<2>("zz01"), None);
         assert_eq!(parse_any_hex::<2>("AB1"), Some([0x0a, 0xb1]));
+        assert_eq!(parse_any_hex::<2>("aB01"), Some([0xab, 0x01]));
+        assert_eq!(parse_any_hex::<2>("1"), Some([0x00, 0x01]));
+        assert_eq!(parse_any_hex::<2>(""), None);
+        assert_eq!(parse_any_hex::<2>("12345"), None);
+        assert_eq!(parse_any_hex::<2>("\u{e9}"), None, "non-ASCII");
+        assert_eq!(parse_any_hex::<2>("0x1"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! Jaeger propagation: `uber-trace-id: {trace}:{span}:{parent}:{flags}` (hex, possibly
 //! URL-encoded) and `uberctx-{key}` baggage headers.
 
-use crate::ids::parse_any_hex;
+use crate::ids::{StackText, parse_any_hex};
 use crate::{SpanContext, SpanId, TraceId};
 
 /// Jaeger's sampled flag.
@@ -31,9 +31,22 @@ pub fn parse(value: &str) -> Option<SpanContext> {
     })
 }
 
+/// Length of the `uber-trace-id` values [`header`] makes.
+pub const HEADER_LEN: usize = 32 + 1 + 16 + 4;
+
+/// An `uber-trace-id` value (parent 0, as current Jaeger clients send), on the stack.
+pub fn header(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> StackText<HEADER_LEN> {
+    let mut value = StackText::new();
+    value.push(&trace_id.hex());
+    value.push(b":");
+    value.push(&span_id.hex());
+    value.push(if sampled { b":0:1" } else { b":0:0" });
+    value
+}
+
 /// Formats an `uber-trace-id` value (parent 0, as current Jaeger clients send).
 pub fn format(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> String {
-    format!("{}:{}:0:{}", trace_id.to_hex(), span_id.to_hex(), u8::from(sampled))
+    header(trace_id, span_id, sampled).as_str().to_owned()
 }
 
 /// The baggage items among `headers` (`uberctx-key: value`).
@@ -63,6 +76,7 @@ mod tests {
         for bad in ["", "abc:def:0", "0:def:0:1", "abc:0:0:1", "xyz:def:0:1", "abc:def:0:zz"] {
             assert!(parse(bad).is_none(), "accepted {bad:?}");
         }
+        assert_eq!(format(&c.trace_id, &c.span_id, false), "7e39a6fb2ba1e3a9c1d1ff69fe7a40ad:1b7f2f3a9a1b2c3d:0:0");
         let round = parse(&format(&c.trace_id, &c.span_id, true)).expect("round trip");
         assert_eq!(round.trace_id, c.trace_id);
     }

@@ -2,7 +2,7 @@
 //! exactly — any invalid `traceparent` restarts the trace (and discards `tracestate`); an invalid
 //! `tracestate` is dropped whole; multiple `tracestate` headers are combined in order.
 
-use crate::ids::parse_lower_hex;
+use crate::ids::{ascii, parse_lower_hex, write_hex};
 use crate::{SpanContext, SpanId, TraceId};
 
 /// `sampled` trace flag.
@@ -101,10 +101,24 @@ pub fn extract(traceparent: &[&str], tracestate: &[&str]) -> Option<SpanContext>
     })
 }
 
+/// Length of a version-00 `traceparent`.
+pub const TRACEPARENT_LEN: usize = 55;
+
+/// The `traceparent` for a span (version 00), on the stack: what a filter writes on every
+/// request, so it is made without an allocation.
+pub fn traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool, random: bool) -> [u8; TRACEPARENT_LEN] {
+    let flags = (if sampled { FLAG_SAMPLED } else { 0 }) | (if random { FLAG_RANDOM } else { 0 });
+    let mut out = [b'-'; TRACEPARENT_LEN];
+    out[..2].copy_from_slice(b"00");
+    write_hex(&trace_id.0, &mut out[3..35]);
+    write_hex(&span_id.0, &mut out[36..52]);
+    write_hex(&[flags], &mut out[53..55]);
+    out
+}
+
 /// The `traceparent` for a span (version 00).
 pub fn format_traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool, random: bool) -> String {
-    let flags = (if sampled { FLAG_SAMPLED } else { 0 }) | (if random { FLAG_RANDOM } else { 0 });
-    format!("00-{}-{}-{flags:02x}", trace_id.to_hex(), span_id.to_hex())
+    ascii(&traceparent(trace_id, span_id, sampled, random)).to_owned()
 }
 
 /// The `tracestate` header value, or `None` when there is nothing to send.
@@ -112,7 +126,65 @@ pub fn format_tracestate(members: &[(String, String)]) -> Option<String> {
     if members.is_empty() {
         return None;
     }
-    Some(members.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+    let mut out = String::with_capacity(members.iter().map(|(k, v)| k.len() + v.len() + 2).sum());
+    for (k, v) in members {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    }
+    Some(out)
+}
+
+/// Whether the `tracestate` list `members` (as [`normalize_tracestate`] writes it) has `key`.
+fn has_member(members: &str, key: &str) -> bool {
+    members.split(',').any(|member| member.split_once('=').is_some_and(|(k, _)| k == key))
+}
+
+/// The `tracestate` to send on for the received header values, written into `out` (cleared
+/// first): exactly `format_tracestate(&parse_tracestate(values)?)`, without building the
+/// members. Returns false, with `out` empty, when the combined value is invalid (it is then
+/// dropped whole); true otherwise (`out` is empty when there is nothing to send).
+pub fn normalize_tracestate<S: AsRef<str>>(values: impl IntoIterator<Item = S>, out: &mut String) -> bool {
+    out.clear();
+    let mut members = 0;
+    for value in values {
+        if !normalize_value(value.as_ref(), out, &mut members) {
+            out.clear();
+            return false;
+        }
+    }
+    if members > MAX_TRACESTATE_MEMBERS {
+        out.clear();
+        return false;
+    }
+    true
+}
+
+/// Appends the members of one `tracestate` value to `out`; false when one is invalid.
+fn normalize_value(value: &str, out: &mut String, members: &mut usize) -> bool {
+    for member in value.split(',') {
+        let member = trim_ows(member);
+        if member.is_empty() {
+            continue;
+        }
+        let valid = member.split_once('=').filter(|(key, value)| valid_key(key) && valid_value(value));
+        let Some((key, value)) = valid else { return false };
+        // Keys and values cannot hold `,` or `=`, so the list written so far splits back into
+        // its members.
+        if !has_member(out, key) {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(key);
+            out.push('=');
+            out.push_str(value);
+            *members += 1;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -181,6 +253,28 @@ mod tests {
         let long_value = "v".repeat(256);
         assert!(parse_tracestate(&[&format!("k={long_value}")]).is_some());
         assert!(parse_tracestate(&[&format!("k={long_value}v")]).is_none());
+    }
+
+    #[test]
+    fn normalizing_is_parsing_then_formatting() {
+        let cases: [&[&str]; 7] = [
+            &["foo=1 , ", " bar=2,,baz@tenant=3"],
+            &["foo=1,foo=2", "foo=3"],
+            &["Foo=1"],
+            &[],
+            &["", " , "],
+            &["a=1", "b=2,a=3", "c=4"],
+            &["foo=bar=baz"],
+        ];
+        let mut out = String::from("stale");
+        for values in cases {
+            let expected = parse_tracestate(values).map(|m| format_tracestate(&m).unwrap_or_default());
+            let valid = normalize_tracestate(values.iter().copied(), &mut out);
+            assert_eq!(valid.then(|| out.clone()), expected, "{values:?}");
+        }
+        let too_many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        assert!(!normalize_tracestate([too_many.join(",").as_str()], &mut out));
+        assert!(out.is_empty());
     }
 
     #[test]

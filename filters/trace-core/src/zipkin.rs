@@ -3,17 +3,17 @@
 
 use serde_json::{Map, Value as Json, json};
 
-use crate::span::{Resource, Span, SpanKind, StatusCode, Value};
+use crate::span::{Resource, Span, SpanKind, StatusCode, ValueRef};
 
 /// Content type of the encoding.
 pub const CONTENT_TYPE: &str = "application/json";
 
-fn text(value: &Value) -> String {
+fn text(value: ValueRef<'_>) -> String {
     match value {
-        Value::String(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
-        Value::Double(d) => d.to_string(),
-        Value::Bool(b) => b.to_string(),
+        ValueRef::String(s) => s.to_owned(),
+        ValueRef::Int(i) => i.to_string(),
+        ValueRef::Double(d) => d.to_string(),
+        ValueRef::Bool(b) => b.to_string(),
     }
 }
 
@@ -27,7 +27,7 @@ pub fn encode_json(resource: &Resource, spans: &[Span]) -> Vec<u8> {
 /// [`encode_items`].
 pub fn encode_span(resource: &Resource, span: &Span) -> Vec<u8> {
     let service =
-        resource.attributes.iter().find(|(k, _)| k == "service.name").map(|(_, v)| text(v)).unwrap_or_default();
+        resource.attributes.iter().find(|(k, _)| k == "service.name").map(|(_, v)| text(v.into())).unwrap_or_default();
     zipkin_span(&service, span).to_string().into_bytes()
 }
 
@@ -47,8 +47,8 @@ pub fn is_span(item: &[u8]) -> bool {
 
 fn zipkin_span(service: &str, span: &Span) -> Json {
     let mut tags = Map::new();
-    for (key, value) in &span.attributes {
-        tags.insert(key.clone(), Json::String(text(value)));
+    for (key, value) in span.attributes.iter() {
+        tags.insert(key.to_owned(), Json::String(text(value)));
     }
     if span.status == StatusCode::Error {
         let error = span.get("error.type").map(text).unwrap_or_else(|| span.status_message.clone());
@@ -82,7 +82,7 @@ fn zipkin_span(service: &str, span: &Span) -> Json {
             "serviceName"
         };
         endpoint.insert(key.into(), Json::String(peer));
-        if let Some(Value::Int(port)) = span.get("network.peer.port").or_else(|| span.get("server.port")) {
+        if let Some(ValueRef::Int(port)) = span.get("network.peer.port").or_else(|| span.get("server.port")) {
             endpoint.insert("port".into(), json!(port));
         }
         object["remoteEndpoint"] = Json::Object(endpoint);
@@ -108,7 +108,7 @@ mod tests {
             kind: SpanKind::Server,
             start_unix_nanos: 1_700_000_000_000_000_000,
             end_unix_nanos: 1_700_000_000_002_500_000,
-            attributes: vec![],
+            attributes: Default::default(),
             status: StatusCode::Error,
             status_message: String::new(),
         };
@@ -141,7 +141,7 @@ mod tests {
             kind: SpanKind::Client,
             start_unix_nanos: 1_000,
             end_unix_nanos: 2_000,
-            attributes: vec![],
+            attributes: Default::default(),
             status: StatusCode::Unset,
             status_message: String::new(),
         };

@@ -2,7 +2,13 @@
 //! accept re-formats to something they accept again with the same meaning.
 
 use proptest::prelude::*;
-use wasmtrace_trace_core::{SpanId, TraceId, b3, baggage, jaeger, w3c};
+use wasmtrace_trace_core::span::{Resource, Span, SpanKind, StatusCode, ValueRef};
+use wasmtrace_trace_core::{SpanId, TraceId, b3, baggage, jaeger, otlp, w3c};
+
+/// An attribute value of any kind.
+fn value() -> impl Strategy<Value = (u8, String, i64, f64)> {
+    (0u8..4, "\\PC{0,40}", any::<i64>(), any::<f64>())
+}
 
 proptest! {
     #[test]
@@ -36,6 +42,53 @@ proptest! {
                 prop_assert_eq!(w3c::parse_tracestate(&[&formatted]), Some(members));
             }
         }
+    }
+
+    #[test]
+    fn normalized_tracestate_is_parsed_then_formatted(values in proptest::collection::vec("[a-z0-9=,@ _*/-]{0,40}", 0..4)) {
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        let expected = w3c::parse_tracestate(&refs).map(|m| w3c::format_tracestate(&m).unwrap_or_default());
+        let mut out = String::new();
+        let valid = w3c::normalize_tracestate(refs.iter().copied(), &mut out);
+        prop_assert_eq!(valid.then_some(out), expected);
+    }
+
+    #[test]
+    fn a_span_encodes_to_the_bytes_prost_gives(
+        attributes in proptest::collection::vec(("[a-z._]{0,12}", value()), 0..10),
+        name in "\\PC{0,30}",
+        trace_state in "[a-z0-9=,]{0,20}",
+        message in "\\PC{0,20}",
+        (start, end) in (any::<u64>(), any::<u64>()),
+        parent in proptest::option::of(any::<[u8; 8]>()),
+        (kind, status, remote) in (0u8..3, 0u8..3, any::<bool>()),
+    ) {
+        let mut span = Span {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: parent.map(SpanId),
+            parent_is_remote: remote,
+            trace_state,
+            name,
+            kind: [SpanKind::Internal, SpanKind::Server, SpanKind::Client][usize::from(kind)],
+            start_unix_nanos: start,
+            end_unix_nanos: end,
+            attributes: Default::default(),
+            status: [StatusCode::Unset, StatusCode::Ok, StatusCode::Error][usize::from(status)],
+            status_message: message,
+        };
+        for (key, (which, text, int, double)) in &attributes {
+            let value = match which {
+                0 => ValueRef::String(text),
+                1 => ValueRef::Int(*int),
+                2 => ValueRef::Double(*double),
+                _ => ValueRef::Bool(int % 2 == 0),
+            };
+            span.set(key, value);
+        }
+        let resource = Resource::default();
+        let by_hand = otlp::encode_protobuf_items(&resource, &[otlp::encode_span_protobuf(&span)]);
+        prop_assert_eq!(by_hand, otlp::encode_protobuf(&resource, std::slice::from_ref(&span)));
     }
 
     #[test]

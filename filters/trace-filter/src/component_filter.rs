@@ -7,10 +7,12 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use crate::headers::Headers;
 use crate::spool::SpoolHost;
-use crate::tracer::{ExportResponse, Exporter, RootHost, Severity, StreamHost, StreamTracer};
+use crate::tracer::{ExportResponse, Exporter, Property, RootHost, Severity, StreamHost, StreamTracer};
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -112,6 +114,24 @@ impl RootHost for WorldHost {
     }
 }
 
+/// The path of `property` as the world's `list<string>`, built once: the import takes owned
+/// strings, which would otherwise be allocated on every read.
+fn property_path(property: Property) -> &'static [String] {
+    const ALL: [Property; 7] = [
+        Property::SourceAddress,
+        Property::ListenerDirection,
+        Property::ResponseCode,
+        Property::RouteName,
+        Property::RequestSize,
+        Property::ResponseSize,
+        Property::SpanAttributes,
+    ];
+    static PATHS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
+    let paths = PATHS
+        .get_or_init(|| ALL.iter().map(|p| p.path().iter().map(|segment| (*segment).to_owned()).collect()).collect());
+    ALL.iter().position(|p| *p == property).and_then(|i| paths.get(i)).map_or(&[], Vec::as_slice)
+}
+
 /// One stream, during its callback.
 struct WorldStream<'a>(&'a HttpStream);
 
@@ -143,13 +163,13 @@ impl StreamHost for WorldStream<'_> {
         now()
     }
 
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
-        self.0.headers(HeaderPart::RequestHeaders)
+    fn request_headers(&self) -> Headers {
+        Headers::Fields(self.0.headers(HeaderPart::RequestHeaders))
     }
 
-    fn set_request_header(&self, name: &str, value: Option<&str>) {
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
         match value {
-            Some(value) => self.0.set_header(HeaderPart::RequestHeaders, name, value.as_bytes()),
+            Some(value) => self.0.set_header(HeaderPart::RequestHeaders, name, value),
             None => self.0.remove_header(HeaderPart::RequestHeaders, name),
         }
     }
@@ -158,9 +178,8 @@ impl StreamHost for WorldStream<'_> {
         self.0.header(HeaderPart::ResponseHeaders, name)
     }
 
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
-        host::get_property(&path)
+    fn property(&self, property: Property) -> Option<Vec<u8>> {
+        host::get_property(property_path(property))
     }
 
     fn increment(&self, counter: u32, delta: i64) {

@@ -174,6 +174,11 @@ impl Format {
 }
 
 impl TraceConfig {
+    /// How many configured attributes a span can get beyond the built-in ones: room to reserve.
+    pub fn attribute_count(&self) -> usize {
+        self.request_header_attributes.len() + self.response_header_attributes.len() + self.static_attributes.len()
+    }
+
     /// Parses and validates; the error names the field.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| format!("invalid configuration: {e}"))?;

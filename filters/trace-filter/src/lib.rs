@@ -15,6 +15,8 @@
 #![allow(missing_docs, reason = "the front doors' macros define undocumented exports")]
 
 pub mod config;
+pub mod handoff;
+pub mod headers;
 pub mod naming;
 pub mod spool;
 pub mod tracer;

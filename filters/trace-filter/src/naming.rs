@@ -25,10 +25,20 @@ fn looks_like_an_id(segment: &str) -> bool {
 /// A path with its id-like segments (numbers, UUIDs, long hex) replaced by `{id}`, so span names
 /// stay few: `/v0/images/42` → `/v0/images/{id}`.
 pub fn path_template(path: &str) -> String {
-    path.split('/')
-        .map(|segment| if looks_like_an_id(segment) { "{id}" } else { segment })
-        .collect::<Vec<_>>()
-        .join("/")
+    let mut out = String::with_capacity(path.len());
+    push_path_template(path, &mut out);
+    out
+}
+
+/// Appends [`path_template`] of `path` to `out` (a span name being built, without a string of
+/// its own).
+pub fn push_path_template(path: &str, out: &mut String) {
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(if looks_like_an_id(segment) { "{id}" } else { segment });
+    }
 }
 
 #[cfg(test)]

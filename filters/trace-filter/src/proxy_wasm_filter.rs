@@ -3,8 +3,8 @@
 //!
 //! Nothing a client, an upstream, a collector or another filter sends can make this code panic:
 //! header values are read as bytes (the SDK's `String` calls unwrap a UTF-8 conversion), and the
-//! request's header map is read with [`header_pairs`], because even the SDK's `_bytes` map call
-//! unwraps the names.
+//! request's header map is taken as the host serialised it and read in place ([`Headers`]),
+//! because even the SDK's `_bytes` map call unwraps the names (and copies every pair).
 
 use std::time::{Duration, SystemTime};
 
@@ -12,29 +12,46 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
+use crate::headers::Headers;
 use crate::spool::SpoolHost;
-use crate::tracer::{ExportResponse, Exporter, RootHost, Severity, StreamHost, StreamTracer};
+use crate::tracer::{ExportResponse, Exporter, Property, RootHost, Severity, StreamHost, StreamTracer};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(TraceRoot::default()) });
 }}
 
-/// A header map, names and values as bytes, straight from `proxy_get_header_map_pairs`.
-///
-/// The SDK's `get_map_bytes` unwraps `String::from_utf8` on every name. Names from a client
-/// are tokens (the proxy's codec refuses anything else), but a filter earlier in the chain can
-/// set any bytes as a name, so the names are decoded here without trusting them either.
-#[allow(unsafe_code, reason = "the one raw host call: the SDK's version panics on a non-UTF-8 name")]
+/// The two raw host calls whose SDK wrappers cost more than they must on every request.
+#[allow(unsafe_code, reason = "raw host calls: the SDK's versions panic on a non-UTF-8 name, or copy")]
 mod raw {
     use proxy_wasm::types::MapType;
 
     #[link(wasm_import_module = "env")]
     unsafe extern "C" {
-        // The SDK declares the same import with its `Status` enum as the result; a plain u32
+        // The SDK declares the same imports with its `Status` enum as the result; a plain u32
         // cannot hold a value that is not a variant, whatever the host answers.
         #[allow(clashing_extern_declarations, reason = "same import and ABI as the SDK's, result as u32")]
         fn proxy_get_header_map_pairs(map_type: MapType, ret_data: *mut *mut u8, ret_size: *mut usize) -> u32;
+        #[allow(clashing_extern_declarations, reason = "same import and ABI as the SDK's, result as u32")]
+        fn proxy_get_property(
+            path_data: *const u8,
+            path_size: usize,
+            ret_data: *mut *mut u8,
+            ret_size: *mut usize,
+        ) -> u32;
+    }
+
+    /// Takes ownership of what the host handed over: `size` bytes at `data` allocated with this
+    /// module's `proxy_on_memory_allocate` (`None` for a null pointer).
+    ///
+    /// # Safety
+    /// `data` is null or came from the host on an OK status with exactly `size` bytes.
+    unsafe fn owned(data: *mut u8, size: usize) -> Option<Vec<u8>> {
+        // SAFETY: on OK the host handed over `size` bytes it allocated with this module's
+        // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes, the SDK's allocator),
+        // so the buffer is ours to own and free as a Vec of that length and capacity, exactly as
+        // the SDK itself takes it.
+        (!data.is_null()).then(|| unsafe { Vec::from_raw_parts(data, size, size) })
     }
 
     /// The serialised map, owned (empty when the host has none or refuses).
@@ -44,43 +61,27 @@ mod raw {
         // SAFETY: both out-pointers point at locals that live across the call; the host writes
         // a pointer and a length there and nothing else.
         let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
-        if status != 0 || data.is_null() {
+        if status != 0 {
             return Vec::new();
         }
-        // SAFETY: on OK the host handed over `size` bytes it allocated with this module's
-        // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes, the SDK's allocator),
-        // so the buffer is ours to own and free as a Vec of that length and capacity, exactly as
-        // the SDK itself takes it.
-        unsafe { Vec::from_raw_parts(data, size, size) }
+        // SAFETY: an OK status: the host's buffer of `size` bytes, or null.
+        unsafe { owned(data, size) }.unwrap_or_default()
     }
-}
 
-/// Reads the proxy-wasm serialised map (u32 count, count × (u32 name length, u32 value length),
-/// then each `name \0 value \0`), bounds-checked: a map that does not add up yields the pairs
-/// that do. Names become text with U+FFFD for what is not UTF-8 (they are compared with ASCII
-/// names only, so such a name matches nothing).
-fn decode_pairs(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let word = |at: usize| -> Option<usize> {
-        let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
-        usize::try_from(u32::from_le_bytes(raw)).ok()
-    };
-    let Some(count) = word(0) else { return Vec::new() };
-    let Some(mut at) = count.checked_mul(8).and_then(|n| n.checked_add(4)).filter(|end| *end <= bytes.len()) else {
-        return Vec::new();
-    };
-    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
-    for i in 0..count {
-        let (Some(name_len), Some(value_len)) = (word(4 + i * 8), word(8 + i * 8)) else { break };
-        let mut field = |len: usize| -> Option<&[u8]> {
-            let end = at.checked_add(len)?;
-            let field = bytes.get(at..end)?;
-            at = end.checked_add(1)?; // the NUL after it
-            Some(field)
-        };
-        let (Some(name), Some(value)) = (field(name_len), field(value_len)) else { break };
-        pairs.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+    /// A property by its serialised path (the SDK's `get_property` serialises the path into a
+    /// new vector on every call). `None` when absent, empty, or refused, as the SDK reads it.
+    pub fn property(path: &[u8]) -> Option<Vec<u8>> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the path is a live slice for the call's duration; both out-pointers point at
+        // locals, where the host writes a pointer and a length and nothing else.
+        let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+        if status != 0 {
+            return None;
+        }
+        // SAFETY: an OK status: the host's buffer of `size` bytes, or null.
+        unsafe { owned(data, size) }
     }
-    pairs
 }
 
 /// The host as proxy-wasm calls reach it (the acting context decides which stream).
@@ -153,20 +154,20 @@ impl StreamHost for ProxyWasmHost {
         RootHost::now(self)
     }
 
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
-        decode_pairs(&raw::serialized_map(MapType::HttpRequestHeaders))
+    fn request_headers(&self) -> Headers {
+        Headers::serialized(raw::serialized_map(MapType::HttpRequestHeaders))
     }
 
-    fn set_request_header(&self, name: &str, value: Option<&str>) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value);
     }
 
     fn response_header(&self, name: &str) -> Option<Vec<u8>> {
         hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
     }
 
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        hostcalls::get_property(path.to_vec()).ok().flatten()
+    fn property(&self, property: Property) -> Option<Vec<u8>> {
+        raw::property(property.serialized())
     }
 
     fn increment(&self, counter: u32, delta: i64) {
@@ -241,56 +242,5 @@ impl HttpContext for TraceStream {
 
     fn on_log(&mut self) {
         self.tracer.on_stream_done(&ProxyWasmHost);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::decode_pairs;
-
-    /// The proxy-wasm serialisation of `pairs` (the layout of the SDK's `SERIALIZED_MAP`).
-    fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let len = |b: &[u8]| u32::try_from(b.len()).expect("short").to_le_bytes();
-        let mut out = len(&vec![0; pairs.len()]).to_vec();
-        for (name, value) in pairs {
-            out.extend(len(name));
-            out.extend(len(value));
-        }
-        for (name, value) in pairs {
-            out.extend([*name, b"\0", *value, b"\0"].concat());
-        }
-        out
-    }
-
-    #[test]
-    fn the_sdk_example_map_decodes() {
-        let pairs: [(&[u8], &[u8]); 4] = [
-            (b":method", b"GET"),
-            (b":path", b"/bytes/1"),
-            (b":authority", b"httpbin.org"),
-            (b"Powered-By", b"proxy-wasm"),
-        ];
-        let map = serialize(&pairs);
-        assert_eq!(&map[..12], &[4, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0], "the SDK vector's first bytes");
-        let decoded = decode_pairs(&map);
-        assert_eq!(decoded.len(), 4);
-        assert_eq!(decoded[1], (":path".to_owned(), b"/bytes/1".to_vec()));
-        assert_eq!(decoded[3], ("Powered-By".to_owned(), b"proxy-wasm".to_vec()));
-    }
-
-    #[test]
-    fn bytes_that_are_not_utf8_or_do_not_add_up_never_panic() {
-        let pairs: [(&[u8], &[u8]); 2] = [(b"\xff\xfe", b"\x80\xff"), (b"user-agent", b"caf\xe9")];
-        let map = serialize(&pairs);
-        assert_eq!(
-            decode_pairs(&map),
-            vec![("\u{fffd}\u{fffd}".to_owned(), vec![0x80, 0xff]), ("user-agent".to_owned(), b"caf\xe9".to_vec())]
-        );
-        // The last value ends one byte before the map (its NUL).
-        for cut in 0..map.len() - 1 {
-            assert!(decode_pairs(&map[..cut]).len() < 2, "a truncated map yields only whole pairs");
-        }
-        assert!(decode_pairs(&[0xff, 0xff, 0xff, 0xff]).is_empty(), "a count the bytes cannot hold");
-        assert!(decode_pairs(&[]).is_empty());
     }
 }

@@ -189,10 +189,19 @@ fn is_item(format: ExportFormat, item: &[u8]) -> bool {
 
 /// A finished span as a spool item: encoded once, when it ends, for the configured format.
 pub fn encode(format: ExportFormat, resource: &Resource, span: &Span) -> Vec<u8> {
+    let mut item = Vec::new();
+    encode_into(format, resource, span, &mut item);
+    item
+}
+
+/// [`encode`] into `out` (cleared first): the item is copied into the queue by the host, so a
+/// VM encodes every span into the same buffer.
+pub fn encode_into(format: ExportFormat, resource: &Resource, span: &Span, out: &mut Vec<u8>) {
+    out.clear();
     match format {
-        ExportFormat::OtlpProto => otlp::encode_span_protobuf(span),
-        ExportFormat::OtlpJson => otlp::encode_span_json(span),
-        ExportFormat::ZipkinJson => zipkin::encode_span(resource, span),
+        ExportFormat::OtlpProto => otlp::encode_span_protobuf_into(span, out),
+        ExportFormat::OtlpJson => out.extend_from_slice(&otlp::encode_span_json(span)),
+        ExportFormat::ZipkinJson => out.extend_from_slice(&zipkin::encode_span(resource, span)),
     }
 }
 

@@ -10,21 +10,27 @@
 //! fit is dropped and counted.
 //!
 //! Header values are bytes (HTTP allows obs-text, bytes ≥ 0x80, in them), never assumed to be
-//! UTF-8: see [`Headers`].
+//! UTF-8: see [`crate::headers`].
+//!
+//! A request's work is done without allocating what it need not: headers are read in place from
+//! the buffer the host filled, ids and propagation headers are formatted on the stack, the
+//! attributes go into one pre-sized buffer per span ([`Attributes`]), the span is encoded straight
+//! into a buffer the VM reuses, and properties are read by paths serialised once.
 //!
 //! Both front doors drive this: the proxy-wasm filter (`proxy_wasm_filter`, what Envoy loads) and
 //! the `wasmtrace:filter` component (`component_filter`). Each implements [`RootHost`] and
 //! [`StreamHost`] over its own calls, so the spans are the same whichever form runs.
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use wasmtrace_trace_core::span::{Resource, Span, SpanKind, StatusCode, Value};
+use wasmtrace_trace_core::span::{Attributes, Resource, Span, SpanKind, StatusCode, Value, ValueRef};
 use wasmtrace_trace_core::{SpanContext, SpanId, TraceId, b3, jaeger, otlp, w3c, zipkin};
 
 use crate::config::{ExportFormat, Format, TraceConfig};
+use crate::handoff;
+use crate::headers::{Headers, text};
 use crate::naming;
 use crate::spool::{self, Spool, SpoolHost};
 
@@ -63,18 +69,66 @@ pub trait RootHost: SpoolHost {
     fn set_tick_period(&self, period: Duration);
 }
 
+/// The properties a stream reads, each at most once per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Property {
+    /// `source.address`: the client's `ip:port`.
+    SourceAddress,
+    /// `xds.listener_direction`: 1 inbound, 2 outbound (only without a configured `span_kind`).
+    ListenerDirection,
+    /// `response.code`.
+    ResponseCode,
+    /// `xds.route_name`.
+    RouteName,
+    /// `request.size`: request body bytes.
+    RequestSize,
+    /// `response.size`: response body bytes.
+    ResponseSize,
+    /// The tagging filters' hand-off ([`SPAN_ATTRIBUTES_PROPERTY`]).
+    SpanAttributes,
+}
+
+impl Property {
+    /// The path's segments.
+    pub fn path(self) -> &'static [&'static str] {
+        match self {
+            Self::SourceAddress => &["source", "address"],
+            Self::ListenerDirection => &["xds", "listener_direction"],
+            Self::ResponseCode => &["response", "code"],
+            Self::RouteName => &["xds", "route_name"],
+            Self::RequestSize => &["request", "size"],
+            Self::ResponseSize => &["response", "size"],
+            Self::SpanAttributes => &[SPAN_ATTRIBUTES_PROPERTY],
+        }
+    }
+
+    /// The path in proxy-wasm's serialisation (segments joined by NUL), made at compile time so
+    /// a read serialises nothing.
+    pub fn serialized(self) -> &'static [u8] {
+        match self {
+            Self::SourceAddress => b"source\0address",
+            Self::ListenerDirection => b"xds\0listener_direction",
+            Self::ResponseCode => b"response\0code",
+            Self::RouteName => b"xds\0route_name",
+            Self::RequestSize => b"request\0size",
+            Self::ResponseSize => b"response\0size",
+            Self::SpanAttributes => b"wasmtrace_span_attributes",
+        }
+    }
+}
+
 /// What a stream needs from the proxy (during that stream's callbacks).
 pub trait StreamHost: SpoolHost {
     /// Wall-clock time.
     fn now(&self) -> SystemTime;
     /// The request headers, values as the client sent them.
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
+    fn request_headers(&self) -> Headers;
     /// Sets (or with `None` removes) a request header.
-    fn set_request_header(&self, name: &str, value: Option<&str>);
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>);
     /// A response header's value.
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
-    /// A property by path, in proxy-wasm's encoding.
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// A property, in proxy-wasm's encoding.
+    fn property(&self, property: Property) -> Option<Vec<u8>>;
     /// Adds to a counter.
     fn increment(&self, counter: u32, delta: i64);
 }
@@ -123,6 +177,9 @@ struct Shared {
     resource: Resource,
     spool: Spool,
     counters: Counters,
+    /// The encoding of the span being queued: the host copies it, so one buffer serves every
+    /// span of the VM.
+    scratch: Vec<u8>,
 }
 
 /// The root side: configuration, the spool and its export.
@@ -168,6 +225,7 @@ impl Exporter {
             resource,
             spool,
             counters: Counters::define(host),
+            scratch: Vec::new(),
         })));
         host.set_tick_period(TICK);
         Ok(())
@@ -317,63 +375,79 @@ impl Exporter {
     }
 }
 
-/// A stream's request headers. Values are bytes: HTTP/1.1 allows obs-text (bytes ≥ 0x80) in a
-/// field value, so nothing here assumes UTF-8. Text is made with U+FFFD for what is not UTF-8,
-/// which decides per header what such bytes mean:
-/// - a propagation header (`traceparent`, `tracestate`, `b3`, `x-b3-*`, `uber-trace-id`) is
-///   ASCII by its grammar and U+FFFD is outside every one of them, so the value is simply
-///   invalid, as those bytes make it (an invalid `traceparent` starts a new trace; an invalid
-///   `tracestate` is dropped whole);
-/// - a header recorded on the span (`user-agent`, `x-request-id`, configured attributes) is
-///   recorded as it came, with U+FFFD where a byte was not UTF-8 (attributes are strings).
-pub struct Headers(Vec<(String, Vec<u8>)>);
+/// Room for a span's attributes: the dozen or so the tracer sets, and their text (keys and
+/// values) for ordinary requests; more grows the buffers.
+const ATTRIBUTES: usize = 24;
+const ATTRIBUTE_TEXT: usize = 640;
 
-impl Headers {
-    /// Every value of `name`, in order.
-    fn all(&self, name: &str) -> Vec<Cow<'_, str>> {
-        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v)).collect()
-    }
+/// A context extracted from the request, with the `tracestate` it carried (W3C only) as it will
+/// be sent on.
+struct Parent {
+    context: SpanContext,
+    tracestate: String,
+}
 
-    /// The first value of `name`.
-    fn first(&self, name: &str) -> Option<Cow<'_, str>> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v))
-    }
+/// The W3C context: exactly [`w3c::extract`], with the `tracestate` normalised straight into
+/// the string that is sent on and recorded.
+fn extract_w3c(headers: &Headers) -> Option<Parent> {
+    let mut parents = headers.all("traceparent");
+    let (trace_id, span_id, flags) = match (parents.next(), parents.next()) {
+        (Some(only), None) => w3c::parse_traceparent(&[&text(only)])?,
+        // None, or more than one: invalid.
+        _ => return None,
+    };
+    let mut tracestate = String::new();
+    // An invalid tracestate is dropped whole (left empty).
+    w3c::normalize_tracestate(headers.all("tracestate").map(text), &mut tracestate);
+    let context = SpanContext {
+        trace_id,
+        span_id,
+        sampled: Some(flags & w3c::FLAG_SAMPLED != 0),
+        random: flags & w3c::FLAG_RANDOM != 0,
+        tracestate: Vec::new(),
+    };
+    Some(Parent { context, tracestate })
 }
 
 /// The first valid context among the configured formats.
-fn extract(formats: &[Format], headers: &Headers) -> Option<SpanContext> {
-    let one = |name: &str| headers.first(name);
+fn extract(formats: &[Format], headers: &Headers) -> Option<Parent> {
+    let one = |name: &str| headers.first_text(name);
+    let context = |b3: b3::B3| match b3 {
+        b3::B3::Context(context) => Some(Parent { context, tracestate: String::new() }),
+        b3::B3::DecisionOnly(_) => None,
+    };
     formats.iter().find_map(|format| match format {
-        Format::W3c => {
-            let (parents, states) = (headers.all("traceparent"), headers.all("tracestate"));
-            let parents: Vec<&str> = parents.iter().map(|v| v.as_ref()).collect();
-            let states: Vec<&str> = states.iter().map(|v| v.as_ref()).collect();
-            w3c::extract(&parents, &states)
-        }
-        Format::B3 => match b3::parse_single(&one("b3")?)? {
-            b3::B3::Context(c) => Some(c),
-            b3::B3::DecisionOnly(_) => None,
-        },
+        Format::W3c => extract_w3c(headers),
+        Format::B3 => context(b3::parse_single(&one("b3")?)?),
         Format::B3multi => {
             let (trace, span) = (one("x-b3-traceid"), one("x-b3-spanid"));
             let (sampled, flags) = (one("x-b3-sampled"), one("x-b3-flags"));
-            match b3::parse_multi(trace.as_deref(), span.as_deref(), sampled.as_deref(), flags.as_deref())? {
-                b3::B3::Context(c) => Some(c),
-                b3::B3::DecisionOnly(_) => None,
-            }
+            context(b3::parse_multi(trace.as_deref(), span.as_deref(), sampled.as_deref(), flags.as_deref())?)
         }
-        Format::Jaeger => jaeger::parse(&one("uber-trace-id")?),
+        Format::Jaeger => {
+            jaeger::parse(&one("uber-trace-id")?).map(|context| Parent { context, tracestate: String::new() })
+        }
     })
 }
 
-fn property_text(host: &dyn StreamHost, path: &[&str]) -> Option<String> {
-    host.property(path).and_then(|b| String::from_utf8(b).ok())
+fn property_text(host: &dyn StreamHost, property: Property) -> Option<String> {
+    host.property(property).and_then(|b| String::from_utf8(b).ok())
 }
 
-fn property_int(host: &dyn StreamHost, path: &[&str]) -> Option<i64> {
-    let bytes = host.property(path)?;
+fn property_int(host: &dyn StreamHost, property: Property) -> Option<i64> {
+    let bytes = host.property(property)?;
     let word: [u8; 8] = bytes.as_slice().try_into().ok()?;
     Some(i64::from_le_bytes(word))
+}
+
+/// The outgoing context, as [`StreamTracer::inject`] writes it.
+struct Outgoing<'a> {
+    trace_id: TraceId,
+    span_id: SpanId,
+    sampled: bool,
+    random: bool,
+    tracestate: &'a str,
+    parent: Option<SpanId>,
 }
 
 /// One stream's span, from request headers to the stream's end.
@@ -384,9 +458,9 @@ pub struct StreamTracer {
 
 impl StreamTracer {
     /// Writes the configured propagation headers for `outgoing` (the new span's context).
-    fn inject(host: &dyn StreamHost, config: &TraceConfig, outgoing: &SpanContext, parent: Option<&SpanId>) {
-        let (trace_id, span_id, tracestate) = (&outgoing.trace_id, &outgoing.span_id, &outgoing.tracestate);
-        let (sampled, random) = (outgoing.sampled == Some(true), outgoing.random);
+    fn inject(host: &dyn StreamHost, config: &TraceConfig, outgoing: &Outgoing<'_>) {
+        let Outgoing { trace_id, span_id, sampled, random, tracestate, parent } = outgoing;
+        let (sampled, parent) = (*sampled, parent.as_ref());
         if config.strip_uninjected {
             for format in config.extract.iter().filter(|f| !config.inject.contains(f)) {
                 for name in format.headers() {
@@ -399,22 +473,25 @@ impl StreamTracer {
                 Format::W3c => {
                     host.set_request_header(
                         "traceparent",
-                        Some(&w3c::format_traceparent(trace_id, span_id, sampled, random)),
+                        Some(&w3c::traceparent(trace_id, span_id, sampled, *random)),
                     );
-                    host.set_request_header("tracestate", w3c::format_tracestate(tracestate).as_deref());
+                    host.set_request_header("tracestate", Some(tracestate.as_bytes()).filter(|t| !t.is_empty()));
                 }
                 Format::B3 => {
-                    host.set_request_header("b3", Some(&b3::format_single(trace_id, span_id, sampled, parent)))
+                    host.set_request_header("b3", Some(b3::single(trace_id, span_id, sampled, parent).as_bytes()))
                 }
-                Format::Jaeger => {
-                    host.set_request_header("uber-trace-id", Some(&jaeger::format(trace_id, span_id, sampled)))
-                }
+                Format::Jaeger => host
+                    .set_request_header("uber-trace-id", Some(jaeger::header(trace_id, span_id, sampled).as_bytes())),
                 Format::B3multi => {
                     for name in Format::B3multi.headers() {
                         host.set_request_header(name, None);
                     }
-                    for (name, value) in b3::format_multi(trace_id, span_id, sampled, parent) {
-                        host.set_request_header(name, Some(&value));
+                    // What `b3::format_multi` gives, formatted on the stack.
+                    host.set_request_header("x-b3-traceid", Some(&trace_id.hex()));
+                    host.set_request_header("x-b3-spanid", Some(&span_id.hex()));
+                    host.set_request_header("x-b3-sampled", Some(if sampled { b"1" } else { b"0" }));
+                    if let Some(parent) = parent {
+                        host.set_request_header("x-b3-parentspanid", Some(&parent.hex()));
                     }
                 }
             }
@@ -424,7 +501,7 @@ impl StreamTracer {
     /// CLIENT on an outbound listener, SERVER otherwise (`xds.listener_direction`: 1 inbound,
     /// 2 outbound, as Envoy and Istio set it), for configurations that leave `span_kind` out.
     fn listener_span_kind(host: &dyn StreamHost) -> SpanKind {
-        match property_int(host, &["xds", "listener_direction"]) {
+        match property_int(host, Property::ListenerDirection) {
             Some(2) => SpanKind::Client,
             _ => SpanKind::Server,
         }
@@ -432,147 +509,149 @@ impl StreamTracer {
 
     /// Request headers: extract, sample, inject, start the span.
     pub fn on_request_headers(&mut self, host: &dyn StreamHost) {
-        let config = self.shared.borrow().config.clone();
-        let headers = Headers(host.request_headers());
+        let shared = self.shared.borrow();
+        let config = &*shared.config;
+        let headers = host.request_headers();
         let parent = extract(&config.extract, &headers);
         let (trace_id, random) = match &parent {
-            Some(p) => (p.trace_id, p.random),
+            Some(p) => (p.context.trace_id, p.context.random),
             None => (TraceId::random(), true),
         };
-        let sampled = config.sampler.should_sample(parent.as_ref(), &trace_id);
+        let sampled = config.sampler.should_sample(parent.as_ref().map(|p| &p.context), &trace_id);
         let span_id = SpanId::random();
-        let tracestate = parent.as_ref().map(|p| p.tracestate.clone()).unwrap_or_default();
-        let parent_span = parent.as_ref().map(|p| p.span_id);
-        let outgoing =
-            SpanContext { trace_id, span_id, sampled: Some(sampled), random, tracestate: tracestate.clone() };
-        Self::inject(host, &config, &outgoing, parent_span.as_ref());
+        let parent_span = parent.as_ref().map(|p| p.context.span_id);
+        let tracestate = parent.map(|p| p.tracestate).unwrap_or_default();
+        let outgoing = Outgoing { trace_id, span_id, sampled, random, tracestate: &tracestate, parent: parent_span };
+        Self::inject(host, config, &outgoing);
         if !sampled {
             return;
         }
-        let header = |name: &str| headers.first(name).map(Cow::into_owned);
-        let method = header(":method").unwrap_or_else(|| "GET".into());
-        let full_path = header(":path").unwrap_or_else(|| "/".into());
-        let (path, query) = full_path.split_once('?').map_or((full_path.as_str(), None), |(p, q)| (p, Some(q)));
+        let header = |name: &str| headers.first_text(name);
+        let method = header(":method");
+        let method = method.as_deref().unwrap_or("GET");
+        let full_path = header(":path");
+        let full_path = full_path.as_deref().unwrap_or("/");
+        let (path, query) = full_path.split_once('?').map_or((full_path, None), |(p, q)| (p, Some(q)));
         let mut span = Span {
             trace_id,
             span_id,
             parent_span_id: parent_span,
-            parent_is_remote: parent.is_some(),
-            trace_state: w3c::format_tracestate(&tracestate).unwrap_or_default(),
-            name: method.clone(),
+            parent_is_remote: parent_span.is_some(),
+            trace_state: tracestate,
+            // Named at the stream's end, when the attributes are complete.
+            name: String::new(),
             kind: config.span_kind.unwrap_or_else(|| Self::listener_span_kind(host)),
             start_unix_nanos: now_nanos(host.now()),
             end_unix_nanos: 0,
-            attributes: Vec::new(),
+            attributes: Attributes::with_capacity(ATTRIBUTES + config.attribute_count(), ATTRIBUTE_TEXT),
             status: StatusCode::Unset,
             status_message: String::new(),
         };
-        span.set("http.request.method", method.as_str());
-        span.set("url.path", path);
-        span.set("url.scheme", header(":scheme").unwrap_or_else(|| "http".into()));
+        // The span's own attributes first, each once: added without looking for them.
+        span.attributes.push_new("http.request.method", method);
+        span.attributes.push_new("url.path", path);
+        span.attributes.push_new("url.scheme", header(":scheme").as_deref().unwrap_or("http"));
         if config.record_query
             && let Some(query) = query
         {
-            span.set("url.query", query);
+            span.attributes.push_new("url.query", query);
         }
         if let Some(authority) = header(":authority") {
             let (host, port) = naming::split_authority(&authority);
-            span.set("server.address", host);
+            span.attributes.push_new("server.address", host);
             if let Some(port) = port {
-                span.set("server.port", i64::from(port));
+                span.attributes.push_new("server.port", i64::from(port));
             }
         }
         if let Some(agent) = header("user-agent") {
-            span.set("user_agent.original", agent);
+            span.attributes.push_new("user_agent.original", &agent);
         }
         if let Some(id) = header("x-request-id") {
-            span.set("http.request.header.x-request-id", id);
+            span.attributes.push_new("http.request.header.x-request-id", &id);
         }
-        if let Some(source) = property_text(host, &["source", "address"]) {
+        if let Some(source) = property_text(host, Property::SourceAddress) {
             let (ip, port) = naming::split_authority(&source);
-            span.set("client.address", ip);
-            span.set("network.peer.address", ip);
+            span.attributes.push_new("client.address", ip);
+            span.attributes.push_new("network.peer.address", ip);
             if let Some(port) = port {
-                span.set("network.peer.port", i64::from(port));
+                span.attributes.push_new("network.peer.port", i64::from(port));
             }
         }
         for (name, attribute) in &config.request_header_attributes {
             if let Some(value) = header(name) {
-                span.set(attribute, value);
+                span.set(attribute, &value);
             }
         }
         for (key, value) in &config.static_attributes {
-            span.set(key, value.as_str());
+            span.set(key, value);
         }
+        drop(shared);
         self.span = Some(span);
     }
 
     /// Response headers: the configured response-header attributes.
     pub fn on_response_headers(&mut self, host: &dyn StreamHost) {
-        if self.span.is_none() {
-            return;
-        }
-        let config = self.shared.borrow().config.clone();
-        let mut attributes = Vec::new();
-        for (name, attribute) in &config.response_header_attributes {
+        let Some(span) = self.span.as_mut() else { return };
+        let shared = self.shared.borrow();
+        for (name, attribute) in &shared.config.response_header_attributes {
             if let Some(value) = host.response_header(name) {
                 // Recorded as it came, U+FFFD for bytes that are not UTF-8 (see [`Headers`]).
-                attributes.push((attribute.clone(), String::from_utf8_lossy(&value).into_owned()));
+                span.set(attribute, &text(&value));
             }
         }
-        if let Some(span) = self.span.as_mut() {
-            for (key, value) in attributes {
-                span.set(&key, value);
+    }
+
+    /// The span's name, from its attributes as they ended up (a tagging filter may have set
+    /// some): `{method} {server.address}` for a client, `{method} {path template}` otherwise.
+    fn name(span: &Span) -> String {
+        let method = match span.get("http.request.method") {
+            Some(ValueRef::String(m)) => m,
+            _ => "GET",
+        };
+        let target = match span.kind {
+            SpanKind::Client => match span.get("server.address") {
+                Some(ValueRef::String(host)) => Some(host),
+                _ => None,
+            },
+            _ => Some(match span.get("url.path") {
+                Some(ValueRef::String(p)) => p,
+                _ => "/",
+            }),
+        };
+        let mut name = String::with_capacity(method.len() + 1 + target.map_or(0, str::len));
+        name.push_str(method);
+        match (span.kind, target) {
+            (SpanKind::Client, Some(host)) => {
+                name.push(' ');
+                name.push_str(host);
+            }
+            (SpanKind::Client, None) => {}
+            (_, path) => {
+                name.push(' ');
+                naming::push_path_template(path.unwrap_or("/"), &mut name);
             }
         }
+        name
     }
 
     /// The stream's end: status, sizes, route, hand-off attributes, name; then the queue.
     pub fn on_stream_done(&mut self, host: &dyn StreamHost) {
         let Some(mut span) = self.span.take() else { return };
         span.end_unix_nanos = now_nanos(host.now());
-        let code = property_int(host, &["response", "code"]).filter(|c| *c > 0);
-        let route = property_text(host, &["xds", "route_name"]).filter(|r| !r.is_empty());
-        if let Some(size) = property_int(host, &["request", "size"]).filter(|s| *s > 0) {
+        let code = property_int(host, Property::ResponseCode).filter(|c| *c > 0);
+        let route = property_text(host, Property::RouteName).filter(|r| !r.is_empty());
+        if let Some(size) = property_int(host, Property::RequestSize).filter(|s| *s > 0) {
             span.set("http.request.body.size", size);
         }
-        if let Some(size) = property_int(host, &["response", "size"]).filter(|s| *s > 0) {
+        if let Some(size) = property_int(host, Property::ResponseSize).filter(|s| *s > 0) {
             span.set("http.response.body.size", size);
         }
-        if let Some(tags) = property_text(host, &[SPAN_ATTRIBUTES_PROPERTY])
-            && let Ok(serde_json::Value::Object(tags)) = serde_json::from_str(&tags)
-        {
-            for (key, value) in tags {
-                match value {
-                    serde_json::Value::String(s) => span.set(&key, s),
-                    serde_json::Value::Bool(b) => span.set(&key, Value::Bool(b)),
-                    serde_json::Value::Number(n) => match n.as_i64() {
-                        Some(i) => span.set(&key, i),
-                        None => span.set(&key, Value::Double(n.as_f64().unwrap_or(0.0))),
-                    },
-                    other => span.set(&key, other.to_string()),
-                }
-            }
+        if let Some(tags) = host.property(Property::SpanAttributes) {
+            handoff::apply(&tags, &mut span);
         }
-        let method = match span.get("http.request.method") {
-            Some(Value::String(m)) => m.clone(),
-            _ => "GET".into(),
-        };
-        span.name = match span.kind {
-            SpanKind::Client => match span.get("server.address") {
-                Some(Value::String(host)) => format!("{method} {host}"),
-                _ => method,
-            },
-            _ => {
-                let path = match span.get("url.path") {
-                    Some(Value::String(p)) => p.clone(),
-                    _ => "/".into(),
-                };
-                format!("{method} {}", naming::path_template(&path))
-            }
-        };
+        span.name = Self::name(&span);
         if let Some(route) = route {
-            span.set("wasmtrace.route_name", route);
+            span.set("wasmtrace.route_name", &route);
         }
         match code {
             Some(code) => {
@@ -580,7 +659,7 @@ impl StreamTracer {
                 let error_from = if span.kind == SpanKind::Client { 400 } else { 500 };
                 if code >= error_from {
                     span.status = StatusCode::Error;
-                    span.set("error.type", code.to_string());
+                    span.set("error.type", code.to_string().as_str());
                 }
             }
             None => {
@@ -590,13 +669,29 @@ impl StreamTracer {
             }
         }
         let mut shared = self.shared.borrow_mut();
-        let item = spool::encode(shared.config.exporter.format, &shared.resource, &span);
+        let Shared { config, resource, spool, counters, scratch } = &mut *shared;
+        spool::encode_into(config.exporter.format, resource, &span, scratch);
         // Full (the collector is slow or down) or gone (the host lost the queue): either way
         // the span is dropped and counted, never held in this VM.
-        if shared.spool.push(host, &item).is_err()
-            && let Some(dropped) = shared.counters.dropped
+        if spool.push(host, scratch).is_err()
+            && let Some(dropped) = counters.dropped
         {
             host.increment(dropped, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialized_property_paths_are_the_segments_joined_by_nul() {
+        use Property::*;
+        for property in
+            [SourceAddress, ListenerDirection, ResponseCode, RouteName, RequestSize, ResponseSize, SpanAttributes]
+        {
+            assert_eq!(property.serialized(), property.path().join("\0").as_bytes(), "{property:?}");
         }
     }
 }

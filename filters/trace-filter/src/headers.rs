@@ -1,0 +1,222 @@
+//! A stream's request headers as a front door hands them over, read in place: names and values
+//! are borrowed from the one buffer the host filled, never copied into pairs of their own.
+//!
+//! Values are bytes (HTTP/1.1 allows obs-text, bytes ≥ 0x80, in a field value), so nothing here
+//! assumes UTF-8; [`text`] makes text of them, borrowing when they are UTF-8 (nearly always) and
+//! with U+FFFD for what is not, which decides per header what such bytes mean:
+//! - a propagation header (`traceparent`, `tracestate`, `b3`, `x-b3-*`, `uber-trace-id`) is
+//!   ASCII by its grammar and U+FFFD is outside every one of them, so the value is simply
+//!   invalid, as those bytes make it (an invalid `traceparent` starts a new trace; an invalid
+//!   `tracestate` is dropped whole);
+//! - a header recorded on the span (`user-agent`, `x-request-id`, configured attributes) is
+//!   recorded as it came, with U+FFFD where a byte was not UTF-8 (attributes are strings).
+//!
+//! Names are compared as bytes with the lower-case ASCII names the tracer asks for (hosts hand
+//! names over lower-cased): a name that is not UTF-8, which a filter earlier in the chain may have
+//! set, matches nothing and cannot make anything here panic.
+
+use std::borrow::Cow;
+
+/// Text of a header value: borrowed when it is UTF-8, U+FFFD for the bytes that are not.
+pub fn text(value: &[u8]) -> Cow<'_, str> {
+    // Validating is cheaper than the lossy conversion's chunking, and nearly every value passes.
+    match std::str::from_utf8(value) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(value),
+    }
+}
+
+/// The request headers of one stream.
+pub enum Headers {
+    /// proxy-wasm's serialised map, straight from `proxy_get_header_map_pairs`: u32 count,
+    /// count × (u32 name length, u32 value length), then each `name \0 value \0`, little-endian;
+    /// with where each pair is in it, found once (the tracer looks up a dozen names).
+    Serialized {
+        /// The host's buffer.
+        bytes: Vec<u8>,
+        /// `(name start, name length, value length)` of each whole pair.
+        pairs: Vec<(usize, usize, usize)>,
+    },
+    /// The `wasmtrace:filter` world's `header-fields`.
+    Fields(Vec<(String, Vec<u8>)>),
+}
+
+/// The pairs of a serialised map, bounds-checked: a map that does not add up yields the pairs
+/// that do, and nothing after them.
+struct SerializedPairs<'a> {
+    bytes: &'a [u8],
+    /// The next pair's index and where its name starts.
+    index: usize,
+    at: usize,
+    count: usize,
+}
+
+impl<'a> SerializedPairs<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        let count = word(bytes, 0).unwrap_or(0);
+        let start = count.checked_mul(8).and_then(|n| n.checked_add(4)).filter(|end| *end <= bytes.len());
+        match start {
+            Some(at) => Self { bytes, index: 0, at, count },
+            // A count the bytes cannot hold: no pairs at all.
+            None => Self { bytes, index: 0, at: 0, count: 0 },
+        }
+    }
+}
+
+fn word(bytes: &[u8], at: usize) -> Option<usize> {
+    let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(raw)).ok()
+}
+
+impl Iterator for SerializedPairs<'_> {
+    /// `(name start, name length, value length)`.
+    type Item = (usize, usize, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index >= self.count {
+            return None;
+        }
+        let lengths = 4 + self.index * 8;
+        let whole = (|| {
+            let (name_len, value_len) = (word(self.bytes, lengths)?, word(self.bytes, lengths + 4)?);
+            let name_at = self.at;
+            let value_at = name_at.checked_add(name_len)?.checked_add(1)?;
+            let end = value_at.checked_add(value_len)?;
+            // Both fields are there (the NUL after the last value is not needed).
+            (end <= self.bytes.len()).then_some((name_at, name_len, value_len, end + 1))
+        })();
+        match whole {
+            Some((name_at, name_len, value_len, next)) => {
+                self.index += 1;
+                self.at = next;
+                Some((name_at, name_len, value_len))
+            }
+            None => {
+                self.count = 0;
+                None
+            }
+        }
+    }
+}
+
+/// Either form's pairs.
+#[derive(Clone)]
+enum Pairs<'a> {
+    Serialized(&'a [u8], std::slice::Iter<'a, (usize, usize, usize)>),
+    Fields(std::slice::Iter<'a, (String, Vec<u8>)>),
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Serialized(bytes, pairs) => {
+                let &(at, name_len, value_len) = pairs.next()?;
+                let name = bytes.get(at..at + name_len)?;
+                let value = bytes.get(at + name_len + 1..at + name_len + 1 + value_len)?;
+                Some((name, value))
+            }
+            Self::Fields(fields) => fields.next().map(|(name, value)| (name.as_bytes(), value.as_slice())),
+        }
+    }
+}
+
+impl Headers {
+    /// The headers of a serialised map (see [`Headers::Serialized`]).
+    pub fn serialized(bytes: Vec<u8>) -> Self {
+        let pairs = SerializedPairs::new(&bytes).collect();
+        Self::Serialized { bytes, pairs }
+    }
+
+    /// Every `(name, value)` in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        match self {
+            Self::Serialized { bytes, pairs } => Pairs::Serialized(bytes, pairs.iter()),
+            Self::Fields(fields) => Pairs::Fields(fields.iter()),
+        }
+    }
+
+    /// Every value of `name`, in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + Clone {
+        self.iter().filter(move |(k, _)| *k == name.as_bytes()).map(|(_, v)| v)
+    }
+
+    /// The first value of `name`.
+    pub fn first(&self, name: &str) -> Option<&[u8]> {
+        self.iter().find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| v)
+    }
+
+    /// The first value of `name` as text (see [`text`]).
+    pub fn first_text(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.first(name).map(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The proxy-wasm serialisation of `pairs` (the layout of the SDK's `SERIALIZED_MAP`).
+    fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let len = |b: &[u8]| u32::try_from(b.len()).expect("short").to_le_bytes();
+        let mut out = len(&vec![0; pairs.len()]).to_vec();
+        for (name, value) in pairs {
+            out.extend(len(name));
+            out.extend(len(value));
+        }
+        for (name, value) in pairs {
+            out.extend([*name, b"\0", *value, b"\0"].concat());
+        }
+        out
+    }
+
+    #[test]
+    fn the_sdk_example_map_decodes() {
+        let pairs: [(&[u8], &[u8]); 4] = [
+            (b":method", b"GET"),
+            (b":path", b"/bytes/1"),
+            (b":authority", b"httpbin.org"),
+            (b"Powered-By", b"proxy-wasm"),
+        ];
+        let map = serialize(&pairs);
+        assert_eq!(&map[..12], &[4, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0], "the SDK vector's first bytes");
+        let headers = Headers::serialized(map);
+        assert_eq!(headers.iter().collect::<Vec<_>>(), pairs);
+        assert_eq!(headers.first(":path"), Some(&b"/bytes/1"[..]));
+        assert_eq!(headers.first("powered-by"), None, "names are compared as the host hands them over");
+    }
+
+    #[test]
+    fn repeated_headers_come_in_order_in_both_forms() {
+        let pairs: [(&[u8], &[u8]); 3] = [(b"tracestate", b"a=1"), (b"x", b"y"), (b"tracestate", b"b=2")];
+        let serialized = Headers::serialized(serialize(&pairs));
+        let fields =
+            Headers::Fields(pairs.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec())).collect());
+        for headers in [serialized, fields] {
+            assert_eq!(headers.all("tracestate").collect::<Vec<_>>(), [&b"a=1"[..], b"b=2"]);
+            assert_eq!(headers.first_text("x").as_deref(), Some("y"));
+            assert_eq!(headers.first("missing"), None);
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_or_do_not_add_up_never_panic() {
+        let pairs: [(&[u8], &[u8]); 2] = [(b"\xff\xfe", b"\x80\xff"), (b"user-agent", b"caf\xe9")];
+        let map = serialize(&pairs);
+        let headers = Headers::serialized(map.clone());
+        assert_eq!(headers.iter().count(), 2);
+        assert_eq!(headers.first_text("user-agent").as_deref(), Some("caf\u{fffd}"));
+        // The last value ends one byte before the map (its NUL).
+        for cut in 0..map.len() - 1 {
+            let truncated = Headers::serialized(map[..cut].to_vec());
+            assert!(truncated.iter().count() < 2, "a truncated map yields only whole pairs");
+        }
+        assert_eq!(
+            Headers::serialized(vec![0xff, 0xff, 0xff, 0xff]).iter().count(),
+            0,
+            "a count the bytes cannot hold"
+        );
+        assert_eq!(Headers::serialized(Vec::new()).iter().count(), 0);
+    }
+}
