@@ -6,6 +6,14 @@
 //! one request header, a header-reading filter (all request headers + `:status`), the shape of a
 //! tracing filter, and the trace filter itself — built as a proxy-wasm module and as a
 //! `wasmtrace:filter` component, side by side.
+//!
+//! Each row has the wall-clock time per request and, on Linux, the CPU time the benchmark's
+//! thread got for it (`/proc/thread-self/schedstat`): on a machine that is busy with other work
+//! the wall clock also counts the time the thread waited for a core, the CPU time does not.
+//!
+//! `WASMTRACE_BENCH_ONLY=<text>` runs only the rows whose name contains the text, and
+//! `WASMTRACE_BENCH_ITERATIONS=<n>` measures `n` requests instead of 50,000: for a profiler run
+//! of one filter, long enough that compiling it is not most of the profile.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -19,7 +27,12 @@ use wasmtrace_runtime::{
 };
 
 const WARMUP: usize = 2_000;
-const ITERATIONS: usize = 50_000;
+const DEFAULT_ITERATIONS: usize = 50_000;
+
+/// Requests measured per row.
+fn iterations() -> usize {
+    std::env::var("WASMTRACE_BENCH_ITERATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_ITERATIONS)
+}
 
 fn request_headers() -> HeaderMap {
     HeaderMap::from_pairs([
@@ -61,18 +74,35 @@ fn module(name: &str, form: FilterForm) -> Vec<u8> {
     std::fs::read(built.wasm_path).unwrap_or_else(|e| panic!("reading {name}: {e}"))
 }
 
-fn time_per_request(mut one_request: impl FnMut()) -> Duration {
+/// Nanoseconds this thread has run on a CPU, if the kernel says (Linux's schedstat).
+fn thread_cpu_nanos() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
+/// Wall-clock and CPU time per request.
+#[derive(Clone, Copy)]
+struct Cost {
+    wall: Duration,
+    cpu: Option<Duration>,
+}
+
+fn time_per_request(mut one_request: impl FnMut()) -> Cost {
     for _ in 0..WARMUP {
         one_request();
     }
+    let iterations = u32::try_from(iterations()).unwrap_or(u32::MAX);
+    let cpu_start = thread_cpu_nanos();
     let start = Instant::now();
-    for _ in 0..ITERATIONS {
+    for _ in 0..iterations {
         one_request();
     }
-    start.elapsed() / u32::try_from(ITERATIONS).unwrap_or(u32::MAX)
+    let wall = start.elapsed() / iterations;
+    let cpu = cpu_start.zip(thread_cpu_nanos()).map(|(a, b)| Duration::from_nanos(b.saturating_sub(a)) / iterations);
+    Cost { wall, cpu }
 }
 
-fn filter_sequence(runtime: &Runtime, name: &str, form: FilterForm, configuration: &str) -> (Duration, usize) {
+fn filter_sequence(runtime: &Runtime, name: &str, form: FilterForm, configuration: &str) -> (Cost, usize) {
     let bytes = module(name, form);
     let size = bytes.len();
     let compiled = runtime.compile(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -105,33 +135,37 @@ fn main() {
     // The trace filter exports from its tick, which this loop never runs: this is the cost a
     // request pays (extract, sample, inject, tag, queue), not the export's.
     let trace_config = r#"{"service_name": "bench", "exporter": {"cluster": "otel", "max_queued_spans": 100000000, "batch_size": 128}}"#;
-    let rows = [
-        ("host only: exchange + header maps, no VM", (baseline, 0)),
-        (
-            "hostile (benign path): reads 1 header, adds 1",
-            filter_sequence(&runtime, "hostile", FilterForm::ProxyWasm, ""),
-        ),
-        (
-            "header-reader: all request headers + :status",
-            filter_sequence(&runtime, "header-reader", FilterForm::ProxyWasm, ""),
-        ),
-        (
-            "trace-filter, proxy-wasm module",
-            filter_sequence(&runtime, "trace-filter", FilterForm::ProxyWasm, trace_config),
-        ),
-        (
-            "trace-filter, wasmtrace:filter component",
-            filter_sequence(&runtime, "trace-filter", FilterForm::Component, trace_config),
-        ),
+    type Row<'a> = (&'a str, &'a dyn Fn() -> (Cost, usize));
+    let rows: [Row<'_>; 5] = [
+        ("host only: exchange + header maps, no VM", &|| (baseline, 0)),
+        ("hostile (benign path): reads 1 header, adds 1", &|| {
+            filter_sequence(&runtime, "hostile", FilterForm::ProxyWasm, "")
+        }),
+        ("header-reader: all request headers + :status", &|| {
+            filter_sequence(&runtime, "header-reader", FilterForm::ProxyWasm, "")
+        }),
+        ("trace-filter, proxy-wasm module", &|| {
+            filter_sequence(&runtime, "trace-filter", FilterForm::ProxyWasm, trace_config)
+        }),
+        ("trace-filter, wasmtrace:filter component", &|| {
+            filter_sequence(&runtime, "trace-filter", FilterForm::Component, trace_config)
+        }),
     ];
+    let only = std::env::var("WASMTRACE_BENCH_ONLY").unwrap_or_default();
+    let measured: Vec<(&str, (Cost, usize))> =
+        rows.iter().filter(|(name, _)| name.contains(only.as_str())).map(|(name, run)| (*name, run())).collect();
     println!();
     println!("per-request callback sequence (create, request headers, response headers, log, done, delete)");
-    println!("{ITERATIONS} requests each, 10 request headers, after {WARMUP} warm-up requests");
+    println!("{} requests each, 10 request headers, after {WARMUP} warm-up requests", iterations());
     println!();
-    println!("| {:<48} | {:>12} | {:>14} | {:>12} |", "case", "µs/request", "requests/s", "module bytes");
-    println!("|{:-<50}|{:->14}|{:->16}|{:->14}|", "", "", "", "");
-    for (name, (per_request, size)) in rows {
-        let micros = per_request.as_secs_f64() * 1e6;
-        println!("| {name:<48} | {micros:>12.2} | {:>14.0} | {size:>12} |", 1.0 / per_request.as_secs_f64());
+    println!(
+        "| {:<48} | {:>12} | {:>12} | {:>14} | {:>12} |",
+        "case", "µs/request", "CPU µs/req", "requests/s", "module bytes"
+    );
+    println!("|{:-<50}|{:->14}|{:->14}|{:->16}|{:->14}|", "", "", "", "", "");
+    for (name, (cost, size)) in measured {
+        let micros = cost.wall.as_secs_f64() * 1e6;
+        let cpu = cost.cpu.map_or_else(|| "-".to_owned(), |cpu| format!("{:.2}", cpu.as_secs_f64() * 1e6));
+        println!("| {name:<48} | {micros:>12.2} | {cpu:>12} | {:>14.0} | {size:>12} |", 1.0 / cost.wall.as_secs_f64());
     }
 }

@@ -19,9 +19,48 @@ pub const MAX_SERIALIZED_BYTES: usize = 1 << 20;
 ///
 /// Names are stored lower-cased (as Envoy's `LowerCaseString` does) so lookups are
 /// case-insensitive; values are raw bytes because HTTP allows non-UTF-8 octets in them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// The map is kept in the SDK wire form's two parts: the length table and the data section
+/// (`name \0 value \0`, pair after pair). Building a map costs two allocations however many
+/// headers it has, and handing it to a guest is copying those parts ([`encode_into`]), not
+/// serialising pair by pair: every filter of a chain reads the request's headers.
+///
+/// [`encode_into`]: Self::encode_into
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct HeaderMap {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `(name length, value length)` per pair, in order.
+    lengths: Vec<(usize, usize)>,
+    /// Every pair's `name \0 value \0`, in order.
+    data: Vec<u8>,
+}
+
+/// The pairs of a [`HeaderMap`], in order.
+#[derive(Clone)]
+pub struct Iter<'a> {
+    lengths: std::slice::Iter<'a, (usize, usize)>,
+    data: &'a [u8],
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let &(name_len, value_len) = self.lengths.next()?;
+        let (name, rest) = self.data.split_at_checked(name_len)?;
+        let value = rest.get(1..1 + value_len)?;
+        self.data = rest.get(value_len + 2..).unwrap_or_default();
+        Some((name, value))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.lengths.size_hint()
+    }
+}
+
+impl std::fmt::Debug for HeaderMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderMap").field("pairs", &self.iter().collect::<Vec<_>>()).finish()
+    }
 }
 
 /// Why a serialised header map from a guest was refused.
@@ -77,7 +116,8 @@ impl HeaderMap {
 
     /// Builds a map from pairs, lower-casing the names.
     pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        let mut map = Self::new();
+        let pairs = pairs.into_iter();
+        let mut map = Self { lengths: Vec::with_capacity(pairs.size_hint().0), data: Vec::new() };
         for (k, v) in pairs {
             map.add(k.as_ref(), v.as_ref());
         }
@@ -86,22 +126,22 @@ impl HeaderMap {
 
     /// Number of entries (a repeated header counts once per value).
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.lengths.len()
     }
 
     /// True when there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.lengths.is_empty()
     }
 
     /// The entries in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
-        self.pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    pub fn iter(&self) -> Iter<'_> {
+        Iter { lengths: self.lengths.iter(), data: &self.data }
     }
 
     /// The first value of `name` (case-insensitive), like Envoy's `get_header_map_value`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// The first value of `name` as UTF-8, if it is valid UTF-8.
@@ -111,8 +151,8 @@ impl HeaderMap {
 
     /// All values of `name` joined with `,` — the form of Envoy's `request.headers` attribute.
     pub fn get_joined(&self, name: &[u8]) -> Option<Vec<u8>> {
-        let mut values = self.pairs.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
-        let mut joined = values.next()?.1.clone();
+        let mut values = self.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
+        let mut joined = values.next()?.1.to_vec();
         for (_, v) in values {
             joined.push(b',');
             joined.extend_from_slice(v);
@@ -122,24 +162,78 @@ impl HeaderMap {
 
     /// Appends an entry (the name is lower-cased).
     pub fn add(&mut self, name: &[u8], value: &[u8]) {
-        self.pairs.push((name.to_ascii_lowercase(), value.to_vec()));
+        self.lengths.push((name.len(), value.len()));
+        self.data.reserve(name.len() + value.len() + 2);
+        let start = self.data.len();
+        self.data.extend_from_slice(name);
+        self.data[start..].make_ascii_lowercase();
+        self.data.push(0);
+        self.data.extend_from_slice(value);
+        self.data.push(0);
     }
 
     /// Replaces every value of `name` by one entry, or adds it when absent.
     pub fn replace(&mut self, name: &[u8], value: &[u8]) {
-        let lower = name.to_ascii_lowercase();
-        match self.pairs.iter().position(|(k, _)| *k == lower) {
-            Some(first) => {
-                self.pairs[first].1 = value.to_vec();
-                let mut index = 0;
-                self.pairs.retain(|(k, _)| {
-                    let keep = index <= first || *k != lower;
-                    index += 1;
-                    keep
-                });
+        // In place: the first entry of `name` takes the value, later ones go.
+        let mut replaced = false;
+        let (mut index, mut at) = (0, 0);
+        while let Some(&(name_len, value_len)) = self.lengths.get(index) {
+            let size = name_len + value_len + 2;
+            let matches = self.data.get(at..at + name_len).is_some_and(|k| k.eq_ignore_ascii_case(name));
+            if !matches {
+                (index, at) = (index + 1, at + size);
+            } else if replaced {
+                self.data.drain(at..(at + size).min(self.data.len()));
+                self.lengths.remove(index);
+            } else {
+                let value_at = (at + name_len + 1).min(self.data.len());
+                let value_end = (value_at + value_len).min(self.data.len());
+                self.splice(value_at..value_end, value);
+                self.lengths[index].1 = value.len();
+                replaced = true;
+                (index, at) = (index + 1, at + name_len + value.len() + 2);
             }
-            None => self.pairs.push((lower, value.to_vec())),
         }
+        if !replaced {
+            self.add(name, value);
+        }
+    }
+
+    /// Replaces `range` of the data section by `bytes`, moving what follows (a value of the same
+    /// length, as a rewritten `traceparent` is, is just copied over).
+    fn splice(&mut self, range: std::ops::Range<usize>, bytes: &[u8]) {
+        let (start, end, len) = (range.start, range.end, self.data.len());
+        let new_end = start + bytes.len();
+        if bytes.len() > end - start {
+            self.data.resize(len + bytes.len() - (end - start), 0);
+            self.data.copy_within(end..len, new_end);
+        } else if bytes.len() < end - start {
+            self.data.copy_within(end..len, new_end);
+            self.data.truncate(len - (end - start - bytes.len()));
+        }
+        self.data[start..new_end].copy_from_slice(bytes);
+    }
+
+    /// Keeps the entries `keep` approves of, in order; returns how many went.
+    fn retain(&mut self, mut keep: impl FnMut(&[u8], &[u8]) -> bool) -> usize {
+        let (mut read, mut write, mut kept) = (0, 0, 0);
+        for index in 0..self.lengths.len() {
+            let (name_len, value_len) = self.lengths[index];
+            let size = name_len + value_len + 2;
+            let Some(pair) = self.data.get(read..read + size) else { break };
+            let (name, value) = (&pair[..name_len], &pair[name_len + 1..name_len + 1 + value_len]);
+            if keep(name, value) {
+                self.data.copy_within(read..read + size, write);
+                self.lengths[kept] = (name_len, value_len);
+                kept += 1;
+                write += size;
+            }
+            read += size;
+        }
+        self.data.truncate(write);
+        let removed = self.lengths.len() - kept;
+        self.lengths.truncate(kept);
+        removed
     }
 
     /// Drops every entry that is not valid HTTP — a name that is not a token (`:`-prefixed
@@ -147,31 +241,66 @@ impl HeaderMap {
     /// write any bytes; what they write must not reach the wire, nor trap the filters after them
     /// (SDKs turn names into strings without checking).
     pub fn retain_valid(&mut self) -> usize {
-        let before = self.pairs.len();
-        self.pairs.retain(|(name, value)| is_valid_name(name) && is_valid_value(value));
-        before - self.pairs.len()
+        self.retain(|name, value| is_valid_name(name) && is_valid_value(value))
     }
 
     /// Removes every value of `name`.
     pub fn remove(&mut self, name: &[u8]) {
-        self.pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.retain(|k, _| !k.eq_ignore_ascii_case(name));
     }
 
     /// Sum of name and value lengths: Envoy's `byteSize()`, the answer of `proxy_get_header_map_size`.
     pub fn byte_size(&self) -> usize {
-        self.pairs.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.lengths.iter().map(|(k, v)| k + v).sum()
+    }
+
+    /// The length of [`encode`](Self::encode)'s bytes.
+    pub fn encoded_len(&self) -> usize {
+        if self.is_empty() { 0 } else { 4 + self.lengths.len() * 8 + self.data.len() }
+    }
+
+    /// Writes the SDK wire form into `out`, which must be [`encoded_len`](Self::encoded_len)
+    /// bytes long (a buffer in a guest's memory, say): the count, the length table, then the
+    /// data section as it is kept. False, with nothing written, when `out` is not that long.
+    pub fn encode_into(&self, out: &mut [u8]) -> bool {
+        if out.len() != self.encoded_len() {
+            return false;
+        }
+        if self.is_empty() {
+            return true;
+        }
+        let (table, data) = out.split_at_mut(4 + self.lengths.len() * 8);
+        table[..4].copy_from_slice(&wire_u32(self.lengths.len()).to_le_bytes());
+        for (lengths, entry) in self.lengths.iter().zip(table[4..].chunks_exact_mut(8)) {
+            entry[..4].copy_from_slice(&wire_u32(lengths.0).to_le_bytes());
+            entry[4..].copy_from_slice(&wire_u32(lengths.1).to_le_bytes());
+        }
+        data.copy_from_slice(&self.data);
+        true
     }
 
     /// Serialises the map in the SDK wire form. An empty map serialises to no bytes at all
     /// (the host then hands the guest a null pointer, as Envoy does).
     pub fn encode(&self) -> Vec<u8> {
-        encode_pairs(self.iter())
+        let mut out = vec![0; self.encoded_len()];
+        self.encode_into(&mut out);
+        out
     }
 
     /// Parses the SDK wire form strictly.
     pub fn decode(bytes: &[u8]) -> Result<Self, HeaderMapDecodeError> {
-        let pairs = decode_pairs(bytes)?;
-        Ok(Self::from_pairs(pairs))
+        let mut map = Self::new();
+        walk_pairs(bytes, |k, v| map.add(k, v))?;
+        Ok(map)
+    }
+}
+
+impl<'a> IntoIterator for &'a HeaderMap {
+    type Item = (&'a [u8], &'a [u8]);
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
     }
 }
 
@@ -205,8 +334,16 @@ fn wire_u32(n: usize) -> u32 {
 /// Parses the SDK wire form into raw pairs. Empty input (and the single zero byte the spec allows)
 /// is the empty map.
 pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<RawPair>, HeaderMapDecodeError> {
+    let mut pairs = Vec::new();
+    walk_pairs(bytes, |k, v| pairs.push((k.to_vec(), v.to_vec())))?;
+    Ok(pairs)
+}
+
+/// Checks the SDK wire form strictly and hands each pair to `each`, borrowed from `bytes`. On
+/// an error some pairs may have been handed over already: callers discard what they built.
+fn walk_pairs<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a [u8], &'a [u8])) -> Result<(), HeaderMapDecodeError> {
     if bytes.is_empty() || bytes == [0] {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let read_u32 = |at: usize| -> Result<usize, HeaderMapDecodeError> {
         let slice =
@@ -219,13 +356,16 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<RawPair>, HeaderMapDecodeError> 
     if count > MAX_PAIRS || bytes.len() > MAX_SERIALIZED_BYTES {
         return Err(HeaderMapDecodeError::TooLarge { pairs: count, bytes: bytes.len() });
     }
-    let mut lengths = Vec::with_capacity(count);
-    for i in 0..count {
-        lengths.push((read_u32(4 + i * 8)?, read_u32(8 + i * 8)?));
+    // The whole length table first: a table cut short is refused for its first missing word,
+    // before any pair is looked at.
+    let table_end = 4 + count * 8;
+    if table_end > bytes.len() {
+        let first_missing = (4..table_end).step_by(4).find(|at| at + 4 > bytes.len()).unwrap_or(4);
+        return Err(HeaderMapDecodeError::Truncated { needed: first_missing + 4, actual: bytes.len() });
     }
-    let mut pos = 4 + count * 8;
-    let mut pairs = Vec::with_capacity(count);
-    for (i, (klen, vlen)) in lengths.into_iter().enumerate() {
+    let mut pos = table_end;
+    for i in 0..count {
+        let (klen, vlen) = (read_u32(4 + i * 8)?, read_u32(8 + i * 8)?);
         let needed = pos + klen + 1 + vlen + 1;
         if needed > bytes.len() {
             return Err(HeaderMapDecodeError::Truncated { needed, actual: bytes.len() });
@@ -239,13 +379,13 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<RawPair>, HeaderMapDecodeError> 
         if bytes[vstart + vlen] != 0 {
             return Err(HeaderMapDecodeError::MissingNul(i));
         }
-        pairs.push((key.to_vec(), value.to_vec()));
+        each(key, value);
         pos = needed;
     }
     if pos != bytes.len() {
         return Err(HeaderMapDecodeError::TrailingBytes(bytes.len() - pos));
     }
-    Ok(pairs)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -332,6 +472,49 @@ mod tests {
         assert!(matches!(decode_pairs(&huge), Err(HeaderMapDecodeError::TooLarge { .. })));
         // A count that promises more length words than exist.
         assert!(matches!(decode_pairs(&[2, 0, 0, 0, 1, 0]), Err(HeaderMapDecodeError::Truncated { .. })));
+    }
+
+    /// The map as plain pairs: what the kept wire form must always describe.
+    fn pairs(map: &HeaderMap) -> Vec<(Vec<u8>, Vec<u8>)> {
+        map.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    }
+
+    #[test]
+    fn edits_in_place_keep_the_wire_form_whole() {
+        let mut map = HeaderMap::from_pairs([("a", "1"), ("B", "22"), ("a", "333"), ("c", ""), ("A", "4")]);
+        map.replace(b"A", b"longer value");
+        assert_eq!(
+            pairs(&map),
+            [(b"a".to_vec(), b"longer value".to_vec()), (b"b".to_vec(), b"22".to_vec()), (b"c".to_vec(), vec![])]
+        );
+        map.replace(b"b", b"");
+        map.replace(b"d", b"new");
+        map.remove(b"C");
+        assert_eq!(
+            pairs(&map),
+            [(b"a".to_vec(), b"longer value".to_vec()), (b"b".to_vec(), vec![]), (b"d".to_vec(), b"new".to_vec())]
+        );
+        assert_eq!(HeaderMap::decode(&map.encode()), Ok(map.clone()), "the wire form decodes to the same map");
+        assert_eq!(map.encode(), encode_pairs(map.iter()), "and is what pair-by-pair serialisation gives");
+        assert_eq!(map.encoded_len(), map.encode().len());
+        assert_eq!(map, HeaderMap::from_pairs(map.iter()), "equal maps compare equal whatever their history");
+        assert_eq!(format!("{:?}", HeaderMap::from_pairs([("x", "1")])), "HeaderMap { pairs: [([120], [49])] }");
+        map.remove(b"a");
+        map.remove(b"b");
+        map.remove(b"d");
+        assert!(map.is_empty());
+        assert_eq!(map, HeaderMap::new());
+        assert!(map.encode().is_empty());
+    }
+
+    #[test]
+    fn a_truncated_length_table_is_refused_for_its_first_missing_word() {
+        for len in 4..12 {
+            let mut bytes = vec![0u8; len];
+            bytes[0] = 1;
+            let needed = if len < 8 { 8 } else { 12 };
+            assert_eq!(decode_pairs(&bytes), Err(HeaderMapDecodeError::Truncated { needed, actual: len }), "{len}");
+        }
     }
 
     #[test]

@@ -49,6 +49,57 @@ impl PropertyValue {
             Self::Map(pairs) => encode_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))),
         }
     }
+
+    /// The bytes the guest receives, owned: the value's own buffer when it has one, instead of
+    /// a copy of it.
+    pub fn into_encoded(self) -> Vec<u8> {
+        match self {
+            Self::Bytes(b) => b,
+            other => other.encode(),
+        }
+    }
+
+    /// Writes [`encode`](Self::encode)'s bytes into `out` (the guest's buffer) when that is
+    /// their length; false otherwise.
+    pub fn encode_into(&self, out: &mut [u8]) -> bool {
+        let word: [u8; 8] = match self {
+            Self::Int(i) => i.to_le_bytes(),
+            Self::UInt(u) => u.to_le_bytes(),
+            Self::Double(d) => d.to_le_bytes(),
+            Self::Bool(b) if out.len() == 1 => {
+                out[0] = u8::from(*b);
+                return true;
+            }
+            Self::Bytes(b) if out.len() == b.len() => {
+                out.copy_from_slice(b);
+                return true;
+            }
+            Self::Map(_) => {
+                let encoded = self.encode();
+                if encoded.len() != out.len() {
+                    return false;
+                }
+                out.copy_from_slice(&encoded);
+                return true;
+            }
+            Self::Bool(_) | Self::Bytes(_) => return false,
+        };
+        if out.len() != word.len() {
+            return false;
+        }
+        out.copy_from_slice(&word);
+        true
+    }
+
+    /// The length of [`encode`](Self::encode)'s bytes.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Self::Bytes(b) => b.len(),
+            Self::Int(_) | Self::UInt(_) | Self::Double(_) => 8,
+            Self::Bool(_) => 1,
+            Self::Map(_) => self.encode().len(),
+        }
+    }
 }
 
 /// What a property lookup can see.
@@ -61,8 +112,37 @@ pub(crate) struct PropertyScope<'a> {
 
 /// Key under which `proxy_set_property(path)` stores filter state (Envoy's `wasm.` prefix).
 pub fn filter_state_key(path: &[&[u8]]) -> String {
-    let joined: Vec<String> = path.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
-    format!("wasm.{}", joined.join("."))
+    let mut key = String::with_capacity(5 + path.iter().map(|p| p.len() + 1).sum::<usize>());
+    key.push_str("wasm");
+    for segment in path {
+        key.push('.');
+        key.push_str(&String::from_utf8_lossy(segment));
+    }
+    key
+}
+
+/// Longest filter-state key looked up without an allocation.
+const KEY_ON_STACK: usize = 128;
+
+/// The filter state under `path`'s key ([`filter_state_key`]), looked up with the key built on
+/// the stack when it is short and UTF-8 (a lookup on every request).
+fn filter_state<'a>(state: &'a std::collections::BTreeMap<String, Vec<u8>>, path: &[&[u8]]) -> Option<&'a Vec<u8>> {
+    let mut stack = [0u8; KEY_ON_STACK];
+    let mut len = 4;
+    stack[..4].copy_from_slice(b"wasm");
+    for segment in path {
+        let end = len + 1 + segment.len();
+        if end > KEY_ON_STACK {
+            return state.get(&filter_state_key(path));
+        }
+        stack[len] = b'.';
+        stack[len + 1..end].copy_from_slice(segment);
+        len = end;
+    }
+    match std::str::from_utf8(&stack[..len]) {
+        Ok(key) => state.get(key),
+        Err(_) => state.get(&filter_state_key(path)),
+    }
 }
 
 fn nanos_since_epoch(at: SystemTime) -> i64 {
@@ -233,10 +313,9 @@ pub(crate) fn resolve(path: &[&[u8]], scope: &PropertyScope<'_>) -> Option<Prope
         }
         _ => {
             // Anything else may be filter state a filter set with proxy_set_property.
-            let key = filter_state_key(path);
             let value = match exchange {
-                Some(e) => e.info.filter_state.get(&key),
-                None => scope.root_filter_state.get(&key),
+                Some(e) => filter_state(&e.info.filter_state, path),
+                None => scope.root_filter_state.get(&filter_state_key(path)),
             };
             value.cloned().map(PropertyValue::Bytes)
         }

@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +38,29 @@ pub(crate) struct StreamContext {
     pub signals: Rc<RefCell<StreamSignals>>,
     /// A component filter has been told the stream is done (`on-stream-done` runs once).
     pub done_delivered: bool,
+}
+
+/// Hashes context ids for the stream table, which every host call of a stream looks into: the
+/// ids are the host's own (counted up per VM), so a guest cannot pick colliding ones, and
+/// SipHash's protection is not needed.
+#[derive(Default)]
+pub(crate) struct ContextIdHasher(u64);
+
+impl Hasher for ContextIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        // Fibonacci hashing: consecutive ids spread over the table's buckets.
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// The root context's tick timer (one per root context, re-armed after each tick as in Envoy).
@@ -76,9 +100,12 @@ pub struct VmState {
     pub(crate) services: Arc<HostServices>,
     pub(crate) memory_cap: MemoryCap,
     pub(crate) memory: Option<Memory>,
-    pub(crate) allocator: Option<TypedFunc<u32, u32>>,
+    /// Shared, because a host function calls it with the store it is borrowed from: cloning
+    /// the typed function itself clones its type's registration (several atomic counts) on
+    /// every buffer handed to the guest.
+    pub(crate) allocator: Option<Arc<TypedFunc<u32, u32>>>,
     pub(crate) root_context_id: u32,
-    pub(crate) streams: SendWrapper<HashMap<u32, StreamContext>>,
+    pub(crate) streams: SendWrapper<HashMap<u32, StreamContext, BuildHasherDefault<ContextIdHasher>>>,
     /// The context of the callback in progress.
     pub(crate) active_context: u32,
     /// Set by `proxy_set_effective_context` for the rest of the callback.
@@ -125,7 +152,7 @@ impl VmState {
             memory: None,
             allocator: None,
             root_context_id: 0,
-            streams: SendWrapper::new(HashMap::new()),
+            streams: SendWrapper::new(HashMap::default()),
             active_context: 0,
             effective_context: None,
             callout_response: None,

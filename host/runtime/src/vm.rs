@@ -237,7 +237,7 @@ impl PluginVm {
         };
         let state = store.data_mut();
         state.memory = memory;
-        state.allocator = allocator;
+        state.allocator = allocator.map(Arc::new);
         state.root_context_id = ROOT_CONTEXT_ID;
         let vm = Rc::new(Self {
             inner: RefCell::new(VmInner { store, callbacks }),

@@ -32,10 +32,15 @@ pub(crate) fn emit(state: &VmState, level: LogLevel, message: &str) {
 }
 
 fn log(caller: Caller<'_, VmState>, level: u32, ptr: u32, len: u32) -> wasmtime::Result<i32> {
-    let message = memory::read(&caller, "proxy_log", ptr, len)?;
+    const CALL: &str = "proxy_log";
     // The Rust SDK accepts only OK from proxy_log: an unknown level is logged at info.
     let level = LogLevel::from_raw(level).unwrap_or(LogLevel::Info);
-    emit(caller.data(), level, &String::from_utf8_lossy(&message));
+    // Read in place (and checked even when the level is off, as a bad pointer is a bad pointer).
+    let (data, state) = memory::view(&caller, CALL)?;
+    let message = memory::slice(data, CALL, ptr, len)?;
+    if level >= state.services.log_level() {
+        emit(state, level, &String::from_utf8_lossy(message));
+    }
     Ok(Status::Ok.code())
 }
 

@@ -22,6 +22,35 @@ fn range(call: &'static str, ptr: u32, len: u32, size: usize) -> wasmtime::Resul
     Ok(start..end)
 }
 
+/// The guest's memory and the store data, both borrowed: arguments are read in place with
+/// [`slice`] while the host looks things up, without copying them out first.
+pub(crate) fn view<'a>(
+    caller: &'a Caller<'_, VmState>,
+    call: &'static str,
+) -> wasmtime::Result<(&'a [u8], &'a VmState)> {
+    let memory = memory(caller, call)?;
+    Ok((memory.data(caller), caller.data()))
+}
+
+/// The `len` bytes at `ptr` of `data` (a [`view`]'s memory), bounds-checked.
+pub(crate) fn slice<'a>(data: &'a [u8], call: &'static str, ptr: u32, len: u32) -> wasmtime::Result<&'a [u8]> {
+    let range = range(call, ptr, len, data.len())?;
+    Ok(&data[range])
+}
+
+/// The `len` bytes at `ptr` of guest memory, to write in place.
+pub(crate) fn slice_mut<'a>(
+    caller: &'a mut Caller<'_, VmState>,
+    call: &'static str,
+    ptr: u32,
+    len: u32,
+) -> wasmtime::Result<&'a mut [u8]> {
+    let memory = memory(caller, call)?;
+    let data = memory.data_mut(caller);
+    let range = range(call, ptr, len, data.len())?;
+    Ok(&mut data[range])
+}
+
 /// Copies `len` bytes at `ptr` out of guest memory.
 pub(crate) fn read(caller: &Caller<'_, VmState>, call: &'static str, ptr: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
     let memory = memory(caller, call)?;
@@ -97,14 +126,32 @@ pub(crate) fn hand_over(
     ret_ptr: u32,
     ret_len: u32,
 ) -> wasmtime::Result<()> {
-    let len = u32::try_from(bytes.len()).map_err(|_| GuestFault::trap(call, "value larger than 4 GiB"))?;
-    let ptr = if bytes.is_empty() {
-        0
-    } else {
-        let ptr = allocate(caller, call, len)?;
-        write(caller, call, ptr, bytes)?;
-        ptr
-    };
-    write_u32(caller, call, ret_ptr, ptr)?;
-    write_u32(caller, call, ret_len, len)
+    hand_over_with(caller, call, bytes.len(), ret_ptr, ret_len, |out, _| out.copy_from_slice(bytes))
+}
+
+/// Like [`hand_over`] for `len` bytes that `fill` writes straight into the guest's buffer, so
+/// the host builds no copy of its own first (a header map, a property). `fill` gets the store
+/// data too: the allocator ran guest code in between, so what it writes is looked up then.
+pub(crate) fn hand_over_with(
+    caller: &mut Caller<'_, VmState>,
+    call: &'static str,
+    len: usize,
+    ret_ptr: u32,
+    ret_len: u32,
+    fill: impl FnOnce(&mut [u8], &VmState),
+) -> wasmtime::Result<()> {
+    let len = u32::try_from(len).map_err(|_| GuestFault::trap(call, "value larger than 4 GiB"))?;
+    let ptr = if len == 0 { 0 } else { allocate(caller, call, len)? };
+    let memory = memory(caller, call)?;
+    // One view of memory for the data and both out-parameters.
+    let (data, state) = memory.data_and_store_mut(&mut *caller);
+    if len > 0 {
+        let range = range(call, ptr, len, data.len())?;
+        fill(&mut data[range], state);
+    }
+    for (at, word) in [(ret_ptr, ptr), (ret_len, len)] {
+        let range = range(call, at, 4, data.len())?;
+        data[range].copy_from_slice(&word.to_le_bytes());
+    }
+    Ok(())
 }

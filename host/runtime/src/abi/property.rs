@@ -6,7 +6,7 @@ use wasmtime::Caller;
 use super::Registrar;
 use super::memory;
 use super::types::Status;
-use crate::properties::{PropertyScope, filter_state_key, resolve};
+use crate::properties::{PropertyScope, PropertyValue, filter_state_key, resolve};
 use crate::state::VmState;
 
 pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
@@ -21,6 +21,25 @@ pub(crate) fn segments(path: &[u8]) -> Vec<&[u8]> {
     path.split(|b| *b == 0).collect()
 }
 
+/// Most segments split onto the stack; longer paths (none that resolve to anything) go to the
+/// heap.
+const SEGMENTS_ON_STACK: usize = 8;
+
+/// Runs `f` on the segments of `path` ([`segments`]), split onto the stack when there are few.
+pub(crate) fn with_segments<R>(path: &[u8], f: impl FnOnce(&[&[u8]]) -> R) -> R {
+    let trimmed = path.strip_suffix(b"\0").unwrap_or(path);
+    let mut stack: [&[u8]; SEGMENTS_ON_STACK] = [&[]; SEGMENTS_ON_STACK];
+    let mut count = 0;
+    for segment in trimmed.split(|b| *b == 0) {
+        if count == SEGMENTS_ON_STACK {
+            return f(&segments(path));
+        }
+        stack[count] = segment;
+        count += 1;
+    }
+    f(&stack[..count])
+}
+
 fn get_property(
     mut caller: Caller<'_, VmState>,
     path_ptr: u32,
@@ -29,16 +48,25 @@ fn get_property(
     ret_len: u32,
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_get_property";
-    let path = memory::read(&caller, CALL, path_ptr, path_len)?;
-    let Some(value) = read_property(caller.data(), &segments(&path)) else {
+    // The path is read in place; the value is resolved once and written into the guest's buffer.
+    let value = {
+        let (data, state) = memory::view(&caller, CALL)?;
+        let path = memory::slice(data, CALL, path_ptr, path_len)?;
+        with_segments(path, |segments| resolve_property(state, segments))
+    };
+    let Some(value) = value else {
         return Ok(Status::NotFound.code());
     };
-    memory::hand_over(&mut caller, CALL, &value, ret_ptr, ret_len)?;
+    memory::hand_over_with(&mut caller, CALL, value.encoded_len(), ret_ptr, ret_len, |out, _| {
+        if !value.encode_into(out) {
+            out.fill(0);
+        }
+    })?;
     Ok(Status::Ok.code())
 }
 
-/// A property for the acting context, encoded as proxy-wasm hands it over.
-pub(crate) fn read_property(state: &VmState, path: &[&[u8]]) -> Option<Vec<u8>> {
+/// A property for the acting context, resolved.
+fn resolve_property(state: &VmState, path: &[&[u8]]) -> Option<PropertyValue> {
     let exchange = state.acting_stream().map(|s| s.exchange.borrow());
     let scope = PropertyScope {
         plugin: &state.plugin,
@@ -46,20 +74,17 @@ pub(crate) fn read_property(state: &VmState, path: &[&[u8]]) -> Option<Vec<u8>> 
         exchange: exchange.as_deref(),
         root_filter_state: &state.root_filter_state,
     };
-    resolve(path, &scope).map(|value| value.encode())
+    resolve(path, &scope)
+}
+
+/// A property for the acting context, encoded as proxy-wasm hands it over.
+pub(crate) fn read_property(state: &VmState, path: &[&[u8]]) -> Option<Vec<u8>> {
+    resolve_property(state, path).map(PropertyValue::into_encoded)
 }
 
 /// Sets filter state under `path`: on the acting stream, else on the root context.
 pub(crate) fn write_property(state: &mut VmState, path: &[&[u8]], value: Vec<u8>) {
-    let key = filter_state_key(path);
-    match state.acting_stream() {
-        Some(stream) => {
-            stream.exchange.borrow_mut().info.filter_state.insert(key, value);
-        }
-        None => {
-            state.root_filter_state.insert(key, value);
-        }
-    }
+    write_filter_state(state, filter_state_key(path), value);
 }
 
 fn set_property(
@@ -70,8 +95,43 @@ fn set_property(
     value_len: u32,
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_set_property";
-    let path = memory::read(&caller, CALL, path_ptr, path_len)?;
-    let value = memory::read(&caller, CALL, value_ptr, value_len)?;
-    write_property(caller.data_mut(), &segments(&path), value);
+    let (data, _) = memory::view(&caller, CALL)?;
+    let path = memory::slice(data, CALL, path_ptr, path_len)?;
+    let key = with_segments(path, filter_state_key);
+    let value = memory::slice(data, CALL, value_ptr, value_len)?.to_vec();
+    write_filter_state(caller.data_mut(), key, value);
     Ok(Status::Ok.code())
+}
+
+/// Stores filter state under `key`: on the acting stream, else on the root context.
+pub(crate) fn write_filter_state(state: &mut VmState, key: String, value: Vec<u8>) {
+    match state.acting_stream() {
+        Some(stream) => {
+            stream.exchange.borrow_mut().info.filter_state.insert(key, value);
+        }
+        None => {
+            state.root_filter_state.insert(key, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_split_the_same_on_the_stack_and_on_the_heap() {
+        let paths: [&[u8]; 6] = [
+            b"",
+            b"a",
+            b"a\0b\0",
+            b"a\0\0b",
+            b"1\x002\x003\x004\x005\x006\x007\x008",
+            b"1\x002\x003\x004\x005\x006\x007\x008\x009",
+        ];
+        for path in paths {
+            let owned = |segments: &[&[u8]]| segments.iter().map(|s| s.to_vec()).collect::<Vec<_>>();
+            assert_eq!(with_segments(path, owned), owned(&segments(path)), "{path:?}");
+        }
+    }
 }

@@ -28,9 +28,9 @@ fn get_shared_data(
     ret_cas: u32,
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_get_shared_data";
-    let key = memory::read(&caller, CALL, key_ptr, key_len)?;
-    let state = caller.data();
-    let Some(entry) = state.services.shared_data.get(&state.plugin.vm_id, &key) else {
+    let (data, state) = memory::view(&caller, CALL)?;
+    let key = memory::slice(data, CALL, key_ptr, key_len)?;
+    let Some(entry) = state.services.shared_data.get(&state.plugin.vm_id, key) else {
         return Ok(Status::NotFound.code());
     };
     memory::hand_over(&mut caller, CALL, &entry.value, ret_ptr, ret_len)?;
@@ -47,10 +47,10 @@ fn set_shared_data(
     cas: u32,
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_set_shared_data";
-    let key = memory::read(&caller, CALL, key_ptr, key_len)?;
-    let value = memory::read(&caller, CALL, value_ptr, value_len)?;
-    let state = caller.data();
-    Ok(match state.services.shared_data.set(&state.plugin.vm_id, &key, &value, cas) {
+    let (data, state) = memory::view(&caller, CALL)?;
+    let key = memory::slice(data, CALL, key_ptr, key_len)?;
+    let value = memory::slice(data, CALL, value_ptr, value_len)?;
+    Ok(match state.services.shared_data.set(&state.plugin.vm_id, key, value, cas) {
         Ok(_) => Status::Ok,
         Err(SharedDataError::CasMismatch) => Status::CasMismatch,
     }
@@ -98,8 +98,11 @@ fn enqueue_shared_queue(
     value_ptr: u32,
     value_len: u32,
 ) -> wasmtime::Result<i32> {
-    let value = memory::read(&caller, "proxy_enqueue_shared_queue", value_ptr, value_len)?;
-    Ok(match caller.data().services.queues.enqueue(queue_id, &value) {
+    const CALL: &str = "proxy_enqueue_shared_queue";
+    // Read in place: the queue keeps its own copy.
+    let (data, state) = memory::view(&caller, CALL)?;
+    let value = memory::slice(data, CALL, value_ptr, value_len)?;
+    Ok(match state.services.queues.enqueue(queue_id, value) {
         Ok(()) => Status::Ok,
         Err(_) => Status::NotFound,
     }

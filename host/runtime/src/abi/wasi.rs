@@ -201,11 +201,11 @@ fn random_get(mut caller: Caller<'_, VmState>, buf: u32, len: u32) -> wasmtime::
     if len > MAX_RANDOM_BYTES {
         return Ok(EINVAL);
     }
-    let mut bytes = vec![0u8; len as usize];
-    if getrandom::fill(&mut bytes).is_err() {
+    // Straight into the guest's buffer (ids on every request come from here).
+    let out = memory::slice_mut(&mut caller, "random_get", buf, len)?;
+    if getrandom::fill(out).is_err() {
         return Ok(ENOSYS);
     }
-    memory::write(&mut caller, "random_get", buf, &bytes)?;
     Ok(SUCCESS)
 }
 

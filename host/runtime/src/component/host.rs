@@ -13,16 +13,17 @@ use super::bindings::wasmtrace::filter::types::{
     LogLevel as WitLogLevel, MetricError, MetricKind, QueueError, SharedDataError,
 };
 use crate::abi::buffer::{read_buffer, splice_body};
-use crate::abi::header_map::{read_map, write_map};
+use crate::abi::header_map::{Edit, read_map, write_map};
 use crate::abi::http_call::{CalloutRefusal, start_callout};
 use crate::abi::log::emit;
 use crate::abi::metric::metric;
-use crate::abi::property::{read_property, write_property};
+use crate::abi::property::{read_property, write_filter_state, write_property};
 use crate::abi::stream_control::signal;
 use crate::abi::timer::{set_tick_period, unix_nanos};
 use crate::abi::types::{BufferType, LogLevel, MapType, MetricType};
 use crate::error::GuestFault;
 use crate::header_map::HeaderMap;
+use crate::properties::filter_state_key;
 use crate::shared_data::SharedDataError as HostSharedDataError;
 use crate::shared_queue::QueueError as HostQueueError;
 use crate::state::VmState;
@@ -31,6 +32,23 @@ use crate::stream::LocalResponse;
 /// The property the trace filter reads span attributes from (a JSON object), shared with
 /// proxy-wasm filters that set it with `proxy_set_property`.
 const SPAN_ATTRIBUTES_PROPERTY: &str = "wasmtrace_span_attributes";
+
+/// Most path segments passed on the stack; longer paths (which resolve to nothing) use the heap.
+const SEGMENTS_ON_STACK: usize = 8;
+
+/// Runs `f` on `path`'s segments as bytes, without collecting them into a vector when they are
+/// few (a property read on every request).
+fn with_segments<R>(path: &[String], f: impl FnOnce(&[&[u8]]) -> R) -> R {
+    if path.len() > SEGMENTS_ON_STACK {
+        let segments: Vec<&[u8]> = path.iter().map(String::as_bytes).collect();
+        return f(&segments);
+    }
+    let mut stack: [&[u8]; SEGMENTS_ON_STACK] = [&[]; SEGMENTS_ON_STACK];
+    for (slot, segment) in stack.iter_mut().zip(path) {
+        *slot = segment.as_bytes();
+    }
+    f(&stack[..path.len()])
+}
 
 /// A header map as the world's `header-fields`.
 pub(super) fn fields(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
@@ -83,7 +101,7 @@ impl VmState {
         call: &'static str,
         handle: &Resource<HttpStream>,
         part: HeaderPart,
-        edit: impl FnOnce(&mut HeaderMap),
+        edit: Edit<'_>,
     ) -> wasmtime::Result<()> {
         self.checked_stream(call, handle)?;
         write_map(self, call, map_type(part), edit);
@@ -121,13 +139,12 @@ impl host::Host for VmState {
     }
 
     fn get_property(&mut self, path: Vec<String>) -> wasmtime::Result<Option<Vec<u8>>> {
-        let segments: Vec<&[u8]> = path.iter().map(String::as_bytes).collect();
-        Ok(read_property(self, &segments))
+        Ok(with_segments(&path, |segments| read_property(self, segments)))
     }
 
     fn set_property(&mut self, path: Vec<String>, value: Vec<u8>) -> wasmtime::Result<()> {
-        let segments: Vec<&[u8]> = path.iter().map(String::as_bytes).collect();
-        write_property(self, &segments, value);
+        let key = with_segments(&path, filter_state_key);
+        write_filter_state(self, key, value);
         Ok(())
     }
 
@@ -282,7 +299,7 @@ impl exchange::HostHttpStream for VmState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<()> {
-        self.edit_headers("http-stream.set-header", &handle, part, |map| map.replace(name.as_bytes(), &value))
+        self.edit_headers("http-stream.set-header", &handle, part, Edit::Replace(name.as_bytes(), &value))
     }
 
     fn add_header(
@@ -292,11 +309,11 @@ impl exchange::HostHttpStream for VmState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<()> {
-        self.edit_headers("http-stream.add-header", &handle, part, |map| map.add(name.as_bytes(), &value))
+        self.edit_headers("http-stream.add-header", &handle, part, Edit::Add(name.as_bytes(), &value))
     }
 
     fn remove_header(&mut self, handle: Resource<HttpStream>, part: HeaderPart, name: String) -> wasmtime::Result<()> {
-        self.edit_headers("http-stream.remove-header", &handle, part, |map| map.remove(name.as_bytes()))
+        self.edit_headers("http-stream.remove-header", &handle, part, Edit::Remove(name.as_bytes()))
     }
 
     fn set_headers(
@@ -306,7 +323,7 @@ impl exchange::HostHttpStream for VmState {
         new_fields: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<()> {
         let new_map = HeaderMap::from_pairs(new_fields.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())));
-        self.edit_headers("http-stream.set-headers", &handle, part, |map| *map = new_map)
+        self.edit_headers("http-stream.set-headers", &handle, part, Edit::Set(new_map))
     }
 
     fn body(
