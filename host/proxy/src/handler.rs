@@ -234,7 +234,9 @@ impl Stream {
                     wasmtrace_config::PathMatch::Exact(p) => Some(p.as_str()),
                 };
                 let rewrite = prefix_rewrite.as_deref().zip(prefix);
-                self.forward(cluster, *timeout, rewrite, body, end_of_stream).await
+                // Boxed: the upstream call's future is most of the stream's size, and an
+                // inline one is copied into every future that awaits it.
+                Box::pin(self.forward(cluster, *timeout, rewrite, body, end_of_stream)).await
             }
         }
     }
