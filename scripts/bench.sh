@@ -126,10 +126,14 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() { # prints a loopback port nobody listens on (bash's /dev/tcp: a refused connect means free)
+# The kernel's ephemeral range, where client sockets (wrk's, the proxies' upstream connections)
+# get their local ports: a listener port picked there can be taken by one before it is bound.
+EPHEMERAL_LOW=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+
+free_port() { # prints a loopback port below the ephemeral range nobody listens on (bash's /dev/tcp: a refused connect means free)
   local port
   while true; do
-    port=$((20000 + RANDOM % 40000))
+    port=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       # not one we handed out already in this run either (configs are written before processes start)
       if ! grep -qx "$port" "$WORK/ports" 2>/dev/null; then
