@@ -1,7 +1,8 @@
 //! Hot-swap benchmark (not a pass/fail test): how long a swap takes from the admin request to
 //! publication — configuration only, a module already compiled, a module never seen — and what
 //! swapping every 100 ms does to request latency, against the same proxy without swaps, in one
-//! run on this machine.
+//! run on this machine. First, what a (re)start pays to load the trace filter: a compile, or a
+//! read from a warm on-disk module cache.
 //!
 //! `cargo bench -p wasmtrace-proxy --bench swap [-- CONNECTIONS SECONDS]`
 
@@ -48,7 +49,8 @@ async fn swap(admin: SocketAddr, body: serde_json::Value) -> (f64, f64) {
         .unwrap_or_else(|e| panic!("admin: {e}"));
     tokio::spawn(connection);
     let request = http::Request::post("/plugins/filter/swap")
-        .header("host", "admin")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap_or_else(|e| panic!("{e}"));
     let response = sender.send_request(request).await.unwrap_or_else(|e| panic!("admin: {e}"));
@@ -91,6 +93,45 @@ async fn swap_in_turn(admin: SocketAddr, bodies: Vec<serde_json::Value>) -> Vec<
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     out
+}
+
+/// Median and max milliseconds a fresh runtime takes to load `module` (a new runtime per round,
+/// as after a restart), with the disk cache at `cache` (warmed by a first, unmeasured load).
+fn startup_load(module: &Path, cache: Option<&Path>) -> (f64, f64) {
+    use wasmtrace_runtime::{HostServices, ModuleSource, Runtime, RuntimeOptions};
+    let bytes = std::fs::read(module).unwrap_or_else(|e| panic!("{e}"));
+    let options = RuntimeOptions { module_cache: cache.map(Path::to_path_buf), ..RuntimeOptions::default() };
+    let runtime = || Runtime::with_options(HostServices::default(), &options).unwrap_or_else(|e| panic!("{e}"));
+    if cache.is_some() {
+        runtime().compile(&bytes).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let rounds = (0..5)
+        .map(|_| {
+            let runtime = runtime();
+            let started = Instant::now();
+            let loaded = runtime.compile(&bytes).unwrap_or_else(|e| panic!("{e}"));
+            let elapsed = started.elapsed().as_secs_f64() * 1e3;
+            let expected = if cache.is_some() { ModuleSource::DiskCache } else { ModuleSource::Compiled };
+            assert_eq!(loaded.source(), expected);
+            elapsed
+        })
+        .collect();
+    median_and_max(rounds)
+}
+
+fn print_startup(module: &Path) {
+    let cache = std::env::temp_dir().join(format!("wasmtrace-swap-bench-cache-{}", std::process::id()));
+    let compiled = startup_load(module, None);
+    let warm = startup_load(module, Some(&cache));
+    let _ = std::fs::remove_dir_all(&cache);
+    println!();
+    println!("Start-up: loading the trace filter in a new runtime (5 rounds)");
+    println!();
+    println!("| {:<38} | {:>14} | {:>14} |", "load", "p50", "max");
+    println!("|{:-<40}|{:->16}|{:->16}|", "", "", "");
+    for (name, (p50, max)) in [("compile (no module cache)", compiled), ("warm disk module cache", warm)] {
+        println!("| {name:<38} | {p50:>11.1} ms | {max:>11.1} ms |");
+    }
 }
 
 fn main() {
@@ -157,6 +198,7 @@ fn main() {
     });
     running.shutdown();
 
+    print_startup(&trace);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!();
     println!("Swap latency: admin request to published on every worker ({cores} cores)");
