@@ -13,7 +13,8 @@
 //!
 //! `WASMTRACE_BENCH_ONLY=<text>` runs only the rows whose name contains the text, and
 //! `WASMTRACE_BENCH_ITERATIONS=<n>` measures `n` requests instead of 50,000: for a profiler run
-//! of one filter, long enough that compiling it is not most of the profile.
+//! of one filter, long enough that compiling it is not most of the profile. With
+//! `WASMTRACE_PROFILE=perfmap` wasmtime names the guests' compiled functions for `perf report`.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -23,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use wasmtrace_build::{BuildOptions, FilterForm, build_filter};
 use wasmtrace_runtime::{
-    HeaderMap, HostServices, HttpExchange, LogLevel, NoClusters, NodeInfo, PluginConfig, PluginInstance, Runtime,
+    HeaderMap, HostServices, HttpExchange, LogLevel, NoClusters, NodeInfo, PluginConfig, PluginInstance, Profiler,
+    Runtime, RuntimeOptions,
 };
 
 const WARMUP: usize = 2_000;
@@ -123,7 +125,13 @@ fn filter_sequence(runtime: &Runtime, name: &str, form: FilterForm, configuratio
 }
 
 fn main() {
-    let runtime = match Runtime::with_services(HostServices::new(NodeInfo::default(), LogLevel::Warn)) {
+    // `WASMTRACE_PROFILE=perfmap` names the guests' compiled functions for `perf report`.
+    let profiler = match std::env::var("WASMTRACE_PROFILE") {
+        Ok(name) => name.parse::<Profiler>().unwrap_or_else(|e| panic!("{e}")),
+        Err(_) => Profiler::default(),
+    };
+    let options = RuntimeOptions { profiler, ..RuntimeOptions::default() };
+    let runtime = match Runtime::with_options(HostServices::new(NodeInfo::default(), LogLevel::Warn), &options) {
         Ok(runtime) => runtime,
         Err(e) => panic!("runtime: {e}"),
     };
