@@ -3,8 +3,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The binary, with its compiled-module cache in the build's scratch space rather than the
+/// user's `~/.cache` (tests never write outside `target/`).
 fn wasmtrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wasmtrace"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmtrace"));
+    command.env("WASMTRACE_MODULE_CACHE", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("module-cache"));
+    command
 }
 
 fn workspace_root() -> PathBuf {
@@ -287,6 +291,7 @@ fn run_survives_running_out_of_file_descriptors() {
         .arg(env!("CARGO_BIN_EXE_wasmtrace"))
         .arg(&config)
         .env("RUST_LOG", "warn")
+        .env("WASMTRACE_MODULE_CACHE", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("module-cache"))
         .stdout(std::process::Stdio::piped())
         .stderr(stderr)
         .spawn()

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmtrace_runtime::HostServices;
+use wasmtrace_runtime::Runtime;
 
 use crate::plugins::PluginSlot;
 use wasmtrace_runtime::metrics::{HISTOGRAM_BUCKETS, MetricValue};
@@ -126,7 +126,8 @@ fn label(value: &str) -> String {
 
 impl ProxyStats {
     /// The Prometheus text exposition of everything.
-    pub fn render_prometheus(&self, services: &HostServices, slots: &[Arc<PluginSlot>]) -> String {
+    pub fn render_prometheus(&self, runtime: &Runtime, slots: &[Arc<PluginSlot>]) -> String {
+        let services = runtime.services();
         let mut out = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.push_str("# TYPE wasmtrace_http_requests_total counter\n");
@@ -182,6 +183,19 @@ impl ProxyStats {
                 writeln!(out, "wasmtrace_wasm_vm_restarts_total{{plugin=\"{}\"}} {}", label(plugin), stats.vm_restarts);
         }
         render_plugin_generations(&mut out, slots);
+        // How modules were loaded: a restart with a warm disk cache shows no compilation.
+        let loads = runtime.module_load_stats();
+        for (name, help, value) in [
+            ("wasmtrace_module_compilations_total", "modules compiled from WebAssembly", loads.compiled),
+            ("wasmtrace_module_cache_loads_total", "modules loaded from the disk cache", loads.from_disk_cache),
+            (
+                "wasmtrace_module_cache_rejected_total",
+                "disk cache entries refused and recompiled",
+                loads.disk_cache_rejected,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
         for metric in services.metrics.all() {
             let name = metric_name(metric.name());
             match metric.value() {

@@ -186,7 +186,7 @@ fn read_only(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
         "/stats/prometheus" => text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            state.stats.render_prometheus(state.runtime.services(), state.coordinator.slots()),
+            state.stats.render_prometheus(&state.runtime, state.coordinator.slots()),
         ),
         "/config_dump" => {
             let dump =
