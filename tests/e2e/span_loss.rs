@@ -203,3 +203,53 @@ async fn a_trace_filter_vm_that_fails_loses_no_span_it_had_finished() {
 async fn a_trace_filter_component_that_fails_loses_no_span_it_had_finished() {
     a_vm_restart_loses_no_finished_span(&component_module("trace-filter")).await;
 }
+
+/// Requests the export-throughput test sends, over [`LOAD_CONNECTIONS`] connections at once.
+const LOAD_REQUESTS: usize = 2_000;
+const LOAD_CONNECTIONS: usize = 16;
+
+/// Spans finished faster than one batch a tick are exported as fast as the collector answers,
+/// not dropped: with batches of 16 and room for 512 spans, exporting one batch per 50 ms tick
+/// per VM would keep up with 640 spans a second for two workers and drop the rest of this load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_faster_than_one_batch_a_tick_loses_no_span() {
+    let upstream = Upstream::start();
+    let collector = Collector::start();
+    let config = r#"{"service_name": "export-rate", "exporter": {"cluster": "otel", "flush_interval_ms": 200, "batch_size": 16, "max_queued_spans": 512}}"#;
+    let yaml = bootstrap_yaml(
+        &[wasm_filter_yaml("trace", &filter_module("trace-filter"), config, true, "trace")],
+        &route("/", "service", "5s"),
+        &[cluster("service", upstream.addr, ""), cluster("otel", collector.addr, "")],
+    );
+    let bootstrap = Bootstrap::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let options = ProxyOptions { workers: 2, drain_timeout: Duration::from_secs(5), ..ProxyOptions::default() };
+    let proxy = wasmtrace_proxy::start(bootstrap, options).unwrap_or_else(|e| panic!("proxy start: {e}"));
+    let addr = ingress(&proxy);
+
+    let senders: Vec<_> = (0..LOAD_CONNECTIONS)
+        .map(|connection| {
+            tokio::spawn(async move {
+                let client = client(false);
+                for i in (connection..LOAD_REQUESTS).step_by(LOAD_CONNECTIONS) {
+                    let reply = send(&client, addr, "GET", "/echo", &[("traceparent", &traceparent(i))], "").await;
+                    assert_eq!(reply.status, StatusCode::OK, "request {i}: {}", reply.text());
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+
+    let spans = collector.wait_for(LOAD_REQUESTS).await;
+    let admin = proxy.admin_address().expect("admin");
+    let metrics = get(admin, "/stats/prometheus", &[]).await.text();
+    let dropped = metrics.lines().find_map(|l| l.strip_prefix("wasmtrace_trace_spans_dropped_total "));
+    let export: Vec<&str> =
+        metrics.lines().filter(|l| l.starts_with("wasmtrace_trace_") || l.starts_with("wasmtrace_upstream")).collect();
+    assert!(dropped.is_none_or(|d| d == "0"), "spans dropped under load: {export:#?}");
+    let count = by_trace(&spans);
+    let missing = (0..LOAD_REQUESTS).filter(|i| !count.contains_key(&trace_id(*i))).count();
+    assert_eq!(missing, 0, "{missing} of {LOAD_REQUESTS} spans never reached the collector");
+    tokio::task::spawn_blocking(move || proxy.shutdown()).await.expect("shutdown");
+}

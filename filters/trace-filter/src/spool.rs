@@ -116,7 +116,12 @@ impl Spool {
     /// Adds a span (encoded with [`encode`]).
     pub fn push(&mut self, host: &dyn SpoolHost, item: &[u8]) -> Result<(), Refused> {
         if self.queued() >= self.max {
-            return Err(Refused::Full);
+            // This VM's view of the count may be a tick old while other VMs drained the queue:
+            // look again (two host calls, only when the spool seems full) before refusing.
+            self.fold(host);
+            if self.queued() >= self.max {
+                return Err(Refused::Full);
+            }
         }
         if !host.enqueue(self.queue, item) {
             return Err(Refused::Gone);

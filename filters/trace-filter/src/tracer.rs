@@ -277,11 +277,18 @@ impl Exporter {
         let status = response.status.unwrap_or(0);
         let retryable = response.status.is_none() || matches!(status, 429 | 502 | 503 | 504);
         let sent = items.len();
+        // Spans still waiting once this batch is in: the collector keeps up, so the next batch
+        // goes at once rather than at the next tick (one batch a tick per VM would cap export
+        // at a few thousand spans a second, and drop the rest).
+        let mut backlog = false;
         let batch = {
             let mut shared = shared.borrow_mut();
             let counters = shared.counters;
             if (200..300).contains(&status) {
                 add(host, counters.exported, sent);
+                // The last take filled its batch without finding the queue empty: there may be
+                // more (the count would not say: other workers' spans are in it a tick late).
+                backlog = !self.drained;
             } else if retryable {
                 // Back into the spool, outside this VM: whichever VM exports next (this one, a
                 // worker's, the next generation's) sends them, once the collector's wait is over.
@@ -302,7 +309,12 @@ impl Exporter {
             }
             shared.config.exporter.batch_size
         };
-        let Some(budget) = self.finishing else { return false };
+        let Some(budget) = self.finishing else {
+            if backlog {
+                self.flush(host, now, batch);
+            }
+            return false;
+        };
         let budget = budget.saturating_sub(sent);
         self.finishing = Some(budget);
         if budget > 0 && !self.drained {
