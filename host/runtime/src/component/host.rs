@@ -133,9 +133,8 @@ impl host::Host for VmState {
     }
 
     fn random_u64(&mut self) -> wasmtime::Result<u64> {
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).map_err(|e| wasmtime::Error::msg(format!("no randomness: {e}")))?;
-        Ok(u64::from_le_bytes(bytes))
+        // The worker thread's CSPRNG, as `random_get` (see there).
+        Ok(rand::RngCore::next_u64(&mut rand::rng()))
     }
 
     fn get_property(&mut self, path: Vec<String>) -> wasmtime::Result<Option<Vec<u8>>> {
