@@ -18,6 +18,7 @@ pub mod baggage;
 pub mod ids;
 pub mod jaeger;
 pub mod otlp;
+mod protobuf_check;
 pub mod sampler;
 pub mod span;
 pub mod w3c;

@@ -396,7 +396,7 @@ mod wire {
 /// Whether `item` decodes as a protobuf `Span` (what [`encode_span_protobuf`] makes): items come
 /// back from a queue other code can write to, and one bad item must not spoil a whole request.
 pub fn is_protobuf_span(item: &[u8]) -> bool {
-    proto::Span::decode(item).is_ok()
+    crate::protobuf_check::is_span(item)
 }
 
 /// Appends field `tag` holding `payload` (a length-delimited field, as protobuf encodes

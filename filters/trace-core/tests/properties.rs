@@ -87,8 +87,45 @@ proptest! {
             span.set(key, value);
         }
         let resource = Resource::default();
-        let by_hand = otlp::encode_protobuf_items(&resource, &[otlp::encode_span_protobuf(&span)]);
+        let item = otlp::encode_span_protobuf(&span);
+        prop_assert!(otlp::is_protobuf_span(&item), "what we encode passes the spool's check");
+        let by_hand = otlp::encode_protobuf_items(&resource, &[item]);
         prop_assert_eq!(by_hand, otlp::encode_protobuf(&resource, std::slice::from_ref(&span)));
+    }
+
+    /// The spool's check never passes what prost (and so the collector) would refuse, over
+    /// arbitrary bytes and over real spans with a byte changed or cut short.
+    #[test]
+    fn the_protobuf_span_check_passes_only_what_prost_decodes(
+        noise in proptest::collection::vec(any::<u8>(), 0..64),
+        name in "\\PC{0,12}",
+        (at, byte, cut) in (any::<usize>(), any::<u8>(), any::<usize>()),
+    ) {
+        use prost::Message as _;
+        let decodes = |bytes: &[u8]| otlp::proto::Span::decode(bytes).is_ok();
+        prop_assert!(!otlp::is_protobuf_span(&noise) || decodes(&noise), "noise {:?}", noise);
+        let mut span = Span {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: Some(SpanId::random()),
+            parent_is_remote: true,
+            trace_state: "k=v".into(),
+            name,
+            kind: SpanKind::Server,
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            attributes: Default::default(),
+            status: StatusCode::Error,
+            status_message: "boom".into(),
+        };
+        span.set("http.request.method", ValueRef::String("GET"));
+        span.set("http.response.status_code", ValueRef::Int(200));
+        let mut item = otlp::encode_span_protobuf(&span);
+        let at = at % item.len();
+        item[at] = byte;
+        prop_assert!(!otlp::is_protobuf_span(&item) || decodes(&item), "changed {:?}", item);
+        item.truncate(cut % (item.len() + 1));
+        prop_assert!(!otlp::is_protobuf_span(&item) || decodes(&item), "cut {:?}", item);
     }
 
     #[test]
