@@ -83,10 +83,15 @@ pub fn parse_tracestate(values: &[&str]) -> Option<Vec<(String, String)>> {
             return None;
         }
         if !members.iter().any(|(k, _)| k == key) {
+            // Past the limit the whole list is invalid: stop here, so a header of thousands of
+            // members costs no more than 33 (the duplicate check is quadratic in the members).
+            if members.len() == MAX_TRACESTATE_MEMBERS {
+                return None;
+            }
             members.push((key.to_owned(), value.to_owned()));
         }
     }
-    (members.len() <= MAX_TRACESTATE_MEMBERS).then_some(members)
+    Some(members)
 }
 
 /// Extracts a context from the `traceparent` and `tracestate` header values.
@@ -182,6 +187,11 @@ fn normalize_value(value: &str, out: &mut String, members: &mut usize) -> bool {
             out.push('=');
             out.push_str(value);
             *members += 1;
+            // Past the limit the whole list is invalid: stop at once, so a client's header of
+            // thousands of members costs no more than 33 (`has_member` scans what is written).
+            if *members > MAX_TRACESTATE_MEMBERS {
+                return false;
+            }
         }
     }
     true
@@ -275,6 +285,14 @@ mod tests {
         let too_many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
         assert!(!normalize_tracestate([too_many.join(",").as_str()], &mut out));
         assert!(out.is_empty());
+        // A client's header of thousands of members (refused at the 33rd, so its cost stays
+        // that of 33), and thousands of repeats of one (kept once).
+        let flood: Vec<String> = (0..20_000).map(|i| format!("k{i}=v")).collect();
+        assert!(!normalize_tracestate([flood.join(",").as_str()], &mut out));
+        assert_eq!(parse_tracestate(&[&flood.join(",")]), None);
+        let repeats = vec!["k=v"; 20_000].join(",");
+        assert!(normalize_tracestate([repeats.as_str()], &mut out));
+        assert_eq!(out, "k=v");
     }
 
     #[test]

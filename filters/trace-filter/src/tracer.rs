@@ -288,7 +288,8 @@ impl Exporter {
                 add(host, counters.exported, sent);
                 // The last take filled its batch without finding the queue empty: there may be
                 // more (the count would not say: other workers' spans are in it a tick late).
-                backlog = !self.drained;
+                // Unless a collector asked every VM of the spool to wait (a 429 to another).
+                backlog = !self.drained && shared.spool.retry_at(host).is_none_or(|at| now_nanos(now) >= at);
             } else if retryable {
                 // Back into the spool, outside this VM: whichever VM exports next (this one, a
                 // worker's, the next generation's) sends them, once the collector's wait is over.

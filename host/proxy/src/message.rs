@@ -129,13 +129,20 @@ impl crate::route::RouteInput for UnfilteredRequest<'_> {
     fn joined(&self, name: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
         use std::borrow::Cow;
         let parts = self.0;
-        let pseudo = match name {
-            b":authority" => Some(self.authority_bytes().unwrap_or_default()),
-            b":path" => Some(self.path().as_bytes()),
-            b":method" => Some(parts.method.as_str().as_bytes()),
-            b":scheme" => Some(parts.uri.scheme_str().unwrap_or("http").as_bytes()),
-            _ if name.first() == Some(&b':') => return None,
-            _ => None,
+        // Names compare ignoring case, as in the filters' map.
+        let is = |pseudo: &[u8]| name.eq_ignore_ascii_case(pseudo);
+        let pseudo = if is(b":authority") {
+            Some(self.authority_bytes().unwrap_or_default())
+        } else if is(b":path") {
+            Some(self.path().as_bytes())
+        } else if is(b":method") {
+            Some(parts.method.as_str().as_bytes())
+        } else if is(b":scheme") {
+            Some(parts.uri.scheme_str().unwrap_or("http").as_bytes())
+        } else if name.first() == Some(&b':') {
+            return None;
+        } else {
+            None
         };
         if let Some(value) = pseudo {
             return Some(Cow::Borrowed(value));

@@ -35,6 +35,7 @@ mod module;
 mod module_cache;
 mod plugin;
 pub mod properties;
+mod randomness;
 mod runtime;
 mod services;
 pub mod shared_data;

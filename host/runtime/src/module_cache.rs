@@ -267,9 +267,13 @@ impl DiskCache {
             Ok(Some(artifact)) => Lookup::Hit(artifact),
             Err(e) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
-                // Deleted so the recompiled module's entry replaces it; a file we may not
-                // delete (not ours) stays refused on every lookup.
-                let _ = std::fs::remove_file(&path);
+                // An entry that failed its checks is deleted so the recompiled module's entry
+                // replaces it (a file we may not delete, not ours, stays refused on every
+                // lookup). A failure to read it (out of descriptors, interrupted) says nothing
+                // about the entry: it stays for the next start.
+                if !matches!(e, ModuleCacheError::Io { .. }) {
+                    let _ = std::fs::remove_file(&path);
+                }
                 Lookup::Rejected(e)
             }
         }
@@ -395,11 +399,13 @@ impl DiskCache {
                 continue;
             }
             let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            if name.starts_with(TEMP_PREFIX) {
+            // Only names this cache makes are ever touched: the directory may be one the
+            // operator also keeps other files in.
+            if is_temp_name(name) {
                 if now.duration_since(modified).is_ok_and(|age| age > STALE_TEMP) {
                     let _ = std::fs::remove_file(item.path());
                 }
-            } else if name.ends_with(ENTRY_SUFFIX) {
+            } else if is_entry_name(name) {
                 entries.push((modified, meta.len(), item.path()));
             }
         }
@@ -413,6 +419,22 @@ impl DiskCache {
             }
         }
     }
+}
+
+/// `<64 hex: module sha256>-<32 hex: fingerprint>.cwasm`, the names of [`DiskCache::entry_path`].
+fn is_entry_name(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(ENTRY_SUFFIX) else { return false };
+    let Some((module, fingerprint)) = stem.split_once('-') else { return false };
+    let lower_hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    lower_hex(module, 64) && lower_hex(fingerprint, 32)
+}
+
+/// `.tmp-<pid>-<nanos>-<counter>`, the names of [`create_temp`].
+fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX).is_some_and(|rest| {
+        let parts: Vec<&str> = rest.split('-').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// A new private (0600) temporary file in `dir`, never an existing one.
@@ -470,4 +492,22 @@ pub(crate) fn serialize_module(module: &wasmtime::Module) -> Result<Vec<u8>, Mod
 /// Serializes a compiled component for [`DiskCache::store`].
 pub(crate) fn serialize_component(component: &Component) -> Result<Vec<u8>, ModuleCacheError> {
     component.serialize().map_err(|e| ModuleCacheError::Serialize(format!("{e:#}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_entry_name, is_temp_name};
+
+    #[test]
+    fn only_names_the_cache_makes_are_its_own() {
+        let entry = format!("{}-{}.cwasm", "a".repeat(64), "0".repeat(32));
+        assert!(is_entry_name(&entry));
+        for other in ["app.cwasm", "x-y.cwasm", &format!("{}-{}.cwasm", "A".repeat(64), "0".repeat(32))] {
+            assert!(!is_entry_name(other), "{other}");
+        }
+        assert!(is_temp_name(".tmp-123-456-7"));
+        for other in [".tmp-notes", ".tmp-1-2", ".tmp-1-2-x", ".tmp--1-2"] {
+            assert!(!is_temp_name(other), "{other}");
+        }
+    }
 }

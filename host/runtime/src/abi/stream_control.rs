@@ -76,7 +76,10 @@ fn send_local_response(
     let details = memory::read(&caller, CALL, details_ptr, details_len)?;
     let body = memory::read(&caller, CALL, body_ptr, body_len)?;
     let headers = memory::read(&caller, CALL, headers_ptr, headers_len)?;
-    let headers = HeaderMap::decode(&headers).map_err(|e| GuestFault::trap(CALL, format!("headers: {e}")))?;
+    let mut headers = HeaderMap::decode(&headers).map_err(|e| GuestFault::trap(CALL, format!("headers: {e}")))?;
+    // These become the response map the next filters read and edit: only valid HTTP goes in
+    // (header edits check just what they write, trusting the map they edit).
+    headers.retain_valid();
     let status = u16::try_from(status_code)
         .ok()
         .filter(|s| (100..=999).contains(s))

@@ -201,12 +201,9 @@ fn random_get(mut caller: Caller<'_, VmState>, buf: u32, len: u32) -> wasmtime::
     if len > MAX_RANDOM_BYTES {
         return Ok(EINVAL);
     }
-    // Straight into the guest's buffer (ids on every request come from here), from the
-    // worker thread's CSPRNG (ChaCha, seeded and reseeded from the OS): a `getrandom` system
-    // call per request was 3 % of the trace filter's cost.
+    // Straight into the guest's buffer (ids on every request come from here).
     let out = memory::slice_mut(&mut caller, "random_get", buf, len)?;
-    rand::RngCore::fill_bytes(&mut rand::rng(), out);
-    Ok(SUCCESS)
+    Ok(if crate::randomness::fill(out) { SUCCESS } else { ENOSYS })
 }
 
 fn poll_oneoff(

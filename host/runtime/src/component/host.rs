@@ -133,8 +133,11 @@ impl host::Host for VmState {
     }
 
     fn random_u64(&mut self) -> wasmtime::Result<u64> {
-        // The worker thread's CSPRNG, as `random_get` (see there).
-        Ok(rand::RngCore::next_u64(&mut rand::rng()))
+        let mut bytes = [0u8; 8];
+        if !crate::randomness::fill(&mut bytes) {
+            return Err(wasmtime::Error::msg("no randomness: the OS gave no seed"));
+        }
+        Ok(u64::from_le_bytes(bytes))
     }
 
     fn get_property(&mut self, path: Vec<String>) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -370,10 +373,13 @@ impl exchange::HostHttpStream for VmState {
         if !(100..=999).contains(&response.status) {
             return Err(GuestFault::trap(CALL, format!("{} is not an HTTP status code", response.status)));
         }
+        let mut headers = HeaderMap::from_pairs(response.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+        // As in `proxy_send_local_response`: only valid HTTP enters the map later filters edit.
+        headers.retain_valid();
         let local = LocalResponse {
             status: response.status,
             body: response.body,
-            headers: HeaderMap::from_pairs(response.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()))),
+            headers,
             details: response.details,
             grpc_status: None,
         };
