@@ -105,10 +105,24 @@ fn serve_one_request(runtime: &Runtime, module: Arc<wasmtrace_runtime::PluginMod
     assert!(probe.is_some(), "the filter ran and set x-probe");
 }
 
-/// Log lines emitted on this thread while the guard lives.
-struct Logs {
-    lines: Arc<Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
+/// Every log line of this test process. One process-wide subscriber, set once: a thread-local
+/// one (`set_default`) misses events whose callsite another test's thread registered at the
+/// same moment (tracing caches each callsite's interest), so a test reading the log would fail
+/// now and then. Tests find their own lines by what only they log (a module's sha256).
+fn process_log() -> &'static Mutex<Vec<u8>> {
+    static LINES: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LINES.get_or_init(|| {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        lines
+    })
 }
 
 struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -124,28 +138,19 @@ impl Write for Sink {
     }
 }
 
-impl Logs {
-    fn capture() -> Self {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .without_time()
-            .with_writer(move || Sink(sink.clone()))
-            .finish();
-        Self { lines, _guard: tracing::subscriber::set_default(subscriber) }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.lines.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    }
+/// The log lines so far that mention `needle`.
+fn logged(needle: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&process_log().lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    text.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
 }
 
 #[test]
 fn a_restart_with_a_warm_disk_cache_serves_its_first_request_without_compiling() {
     let dir = fresh_dir("restart");
-    let bytes = probe_module();
+    process_log();
+    // A module of this test's own (another sha256), so the log lines it looks for are its own.
+    let bytes = variant(&probe_module(), b'r');
+    let sha256 = wasmtrace_runtime::hex_sha256(&bytes);
 
     let first = runtime_on(&dir);
     let module = first.compile(&bytes).expect("compiles");
@@ -160,17 +165,17 @@ fn a_restart_with_a_warm_disk_cache_serves_its_first_request_without_compiling()
     assert_eq!(mode(&dir), 0o700, "the cache directory is private");
     assert_eq!(mode(&entry), 0o600, "entries are private");
 
-    let logs = Logs::capture();
     let restarted = runtime_on(&dir);
     let module = restarted.compile(&bytes).expect("loads");
     assert_eq!(module.source(), ModuleSource::DiskCache, "loaded, not compiled");
     serve_one_request(&restarted, module);
     let stats = restarted.module_load_stats();
     assert_eq!((stats.compiled, stats.from_disk_cache, stats.disk_cache_rejected), (0, 1, 0), "{stats:?}");
-    let text = logs.text();
+    let lines = logged(&sha256);
     assert!(
-        text.lines().any(|l| l.contains("module loaded") && l.contains("compiled=false") && l.contains("disk cache")),
-        "the load is logged as not compiled:\n{text}"
+        lines.iter().any(|l| l.contains("module loaded") && l.contains("compiled=false") && l.contains("disk cache")),
+        "the load is logged as not compiled:\n{}",
+        lines.join("\n")
     );
 }
 
