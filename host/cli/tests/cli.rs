@@ -1,7 +1,11 @@
 //! The `wasmtrace` binary as a user runs it.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
+
+use common::workspace_root;
 
 /// The binary, with its compiled-module cache in the build's scratch space rather than the
 /// user's `~/.cache` (tests never write outside `target/`).
@@ -9,10 +13,6 @@ fn wasmtrace() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wasmtrace"));
     command.env("WASMTRACE_MODULE_CACHE", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("module-cache"));
     command
-}
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 #[test]
@@ -60,73 +60,11 @@ fn inspect_refuses_a_file_that_is_not_a_proxy_wasm_module() {
     assert!(stderr.contains("is not a loadable filter"), "{stderr}");
 }
 
-/// A configuration serving `/` with a direct response through the header-reader filter, on a
-/// free port, with `extra` spliced into the HTTP connection manager.
+/// A configuration serving `/` with a direct response through the filter at `module`, with an
+/// admin API, on free ports, with `extra` spliced into the HTTP connection manager.
 fn config_with(module: &std::path::Path, extra: &str, configuration: &str) -> String {
-    format!(
-        r#"
-admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-static_resources:
-  listeners:
-    - name: ingress
-      address:
-        socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: ingress{extra}
-                route_config:
-                  virtual_hosts:
-                    - name: all
-                      domains: ["*"]
-                      routes:
-                        - match: {{ prefix: "/" }}
-                          direct_response: {{ status: 200, body: {{ inline_string: "served by wasmtrace run\n" }} }}
-                http_filters:
-                  - name: envoy.filters.http.wasm
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                      config:
-                        name: reader
-                        configuration:
-                          "@type": type.googleapis.com/google.protobuf.StringValue
-                          value: "{configuration}"
-                        vm_config:
-                          runtime: envoy.wasm.runtime.v8
-                          code: {{ local: {{ filename: {module} }} }}
-                  - name: envoy.filters.http.router
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#,
-        module = module.display()
-    )
-}
-
-/// Test filter `name` built once per test process through the `build` command.
-fn built_module(name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
-        return path.clone();
-    }
-    let root = workspace_root();
-    let out = root.join(format!("target/cli-test/{name}.wasm"));
-    let status = wasmtrace()
-        .arg("build")
-        .arg(root.join("filters/test-filters").join(name))
-        .arg("-o")
-        .arg(&out)
-        .arg("--target-dir")
-        .arg(root.join("target/wasm-filters"))
-        .output()
-        .expect("run wasmtrace build");
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    built.push((name.to_owned(), out.clone()));
-    out
+    let admin = "\nadmin:\n  address:\n    socket_address: { address: 127.0.0.1, port_value: 0 }";
+    format!("{admin}{}", common::one_filter_config(module, "served by wasmtrace run\n", extra, configuration))
 }
 
 fn write_config(name: &str, text: &str) -> PathBuf {
@@ -138,7 +76,7 @@ fn write_config(name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn check_accepts_a_valid_configuration_after_starting_its_plugins() {
-    let config = write_config("valid.yaml", &config_with(&built_module("header-reader"), "", ""));
+    let config = write_config("valid.yaml", &config_with(&common::built_test_filter("header-reader"), "", ""));
     let output = wasmtrace().arg("check").arg(&config).output().expect("run");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -150,7 +88,7 @@ fn check_accepts_a_valid_configuration_after_starting_its_plugins() {
 fn check_names_an_unsupported_field_by_its_yaml_path() {
     let config = write_config(
         "unsupported.yaml",
-        &config_with(&built_module("header-reader"), "\n                tracing: { provider: {} }", ""),
+        &config_with(&common::built_test_filter("header-reader"), "\n                tracing: { provider: {} }", ""),
     );
     let output = wasmtrace().arg("check").arg(&config).output().expect("run");
     assert_eq!(output.status.code(), Some(1));
@@ -163,7 +101,8 @@ fn check_names_an_unsupported_field_by_its_yaml_path() {
 
 #[test]
 fn check_refuses_a_plugin_that_will_not_configure() {
-    let config = write_config("refusing.yaml", &config_with(&built_module("hostile"), "", "refuse-configure"));
+    let config =
+        write_config("refusing.yaml", &config_with(&common::built_test_filter("hostile"), "", "refuse-configure"));
     let output = wasmtrace().arg("check").arg(&config).output().expect("run");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -173,7 +112,7 @@ fn check_refuses_a_plugin_that_will_not_configure() {
 #[test]
 fn run_serves_until_sigterm_then_exits_cleanly() {
     use std::io::{BufRead, BufReader, Read, Write};
-    let config = write_config("run.yaml", &config_with(&built_module("header-reader"), "", ""));
+    let config = write_config("run.yaml", &config_with(&common::built_test_filter("header-reader"), "", ""));
     let mut child = wasmtrace()
         .args(["run", "--workers", "1", "--drain-timeout-secs", "2", "-c"])
         .arg(&config)
@@ -219,8 +158,8 @@ impl Drop for Running {
 #[test]
 fn swap_replaces_a_running_plugin_reports_refusals_and_rolls_back() {
     use std::io::{BufRead, BufReader};
-    let config = write_config("swap.yaml", &config_with(&built_module("header-reader"), "", ""));
-    let hostile = built_module("hostile");
+    let config = write_config("swap.yaml", &config_with(&common::built_test_filter("header-reader"), "", ""));
+    let hostile = common::built_test_filter("hostile");
     let mut child = Running(
         wasmtrace()
             .args(["run", "--workers", "2", "--drain-timeout-secs", "2", "--no-watch", "-c"])
@@ -281,7 +220,7 @@ fn run_survives_running_out_of_file_descriptors() {
     use std::time::{Duration, Instant};
     let config = write_config(
         "fd-exhaustion.yaml",
-        &config_with(&built_module("header-reader"), "\n                request_headers_timeout: 2s", ""),
+        &config_with(&common::built_test_filter("header-reader"), "\n                request_headers_timeout: 2s", ""),
     );
     let stderr_path = workspace_root().join("target/cli-test/fd-exhaustion.stderr");
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");

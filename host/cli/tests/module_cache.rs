@@ -2,78 +2,20 @@
 //! without compiling the filter (its log says `compiled=false source="disk cache"`), and
 //! `--no-module-cache` writes nothing.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn scratch() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-module-cache")
 }
 
-/// The header-reader test filter, built by `wasmtrace build` once per test process.
-fn header_reader() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(build_header_reader).clone()
-}
-
-fn build_header_reader() -> PathBuf {
-    std::fs::create_dir_all(scratch()).expect("scratch dir");
-    let root = workspace_root();
-    let out = scratch().join("header-reader.wasm");
-    let output = Command::new(env!("CARGO_BIN_EXE_wasmtrace"))
-        .arg("build")
-        .arg(root.join("filters/test-filters/header-reader"))
-        .arg("-o")
-        .arg(&out)
-        .arg("--target-dir")
-        .arg(root.join("target/wasm-filters"))
-        .output()
-        .expect("run wasmtrace build");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    out
-}
-
 /// A listener on a free port answering `/` directly, through the filter at `module`.
 fn config(module: &Path, name: &str) -> PathBuf {
-    let text = format!(
-        r#"
-static_resources:
-  listeners:
-    - name: ingress
-      address:
-        socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: ingress
-                route_config:
-                  virtual_hosts:
-                    - name: all
-                      domains: ["*"]
-                      routes:
-                        - match: {{ prefix: "/" }}
-                          direct_response: {{ status: 200, body: {{ inline_string: "cached\n" }} }}
-                http_filters:
-                  - name: envoy.filters.http.wasm
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                      config:
-                        name: reader
-                        vm_config:
-                          runtime: envoy.wasm.runtime.v8
-                          code: {{ local: {{ filename: {module} }} }}
-                  - name: envoy.filters.http.router
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#,
-        module = module.display()
-    );
+    let text = common::one_filter_config(module, "cached\n", "", "");
+    std::fs::create_dir_all(scratch()).expect("scratch dir");
     let path = scratch().join(name);
     std::fs::write(&path, text).expect("write config");
     path
@@ -118,7 +60,7 @@ fn load_line(log: &str) -> &str {
 
 #[test]
 fn a_restart_with_a_warm_module_cache_serves_its_first_request_without_compiling() {
-    let config = config(&header_reader(), "warm-cache.yaml");
+    let config = config(&common::built_test_filter("header-reader"), "warm-cache.yaml");
     let cache = scratch().join("modules");
     let _ = std::fs::remove_dir_all(&cache);
     let cache_flag = cache.to_str().expect("utf-8 path");
@@ -133,7 +75,7 @@ fn a_restart_with_a_warm_module_cache_serves_its_first_request_without_compiling
 
 #[test]
 fn no_module_cache_compiles_and_writes_nothing() {
-    let config = config(&header_reader(), "no-cache.yaml");
+    let config = config(&common::built_test_filter("header-reader"), "no-cache.yaml");
     let default_dir = scratch().join("home/.cache/wasmtrace/modules");
     let _ = std::fs::remove_dir_all(&default_dir);
     let log = run_once(&config, &["--no-module-cache"]);

@@ -341,7 +341,9 @@ impl DiskCache {
         }
         // Least recently used goes first: a hit counts as a use.
         let _ = file.set_modified(SystemTime::now());
-        Ok(Some(bytes.split_off(HEADER_LEN)))
+        // The header goes in place: no second buffer the size of the artifact.
+        bytes.drain(..HEADER_LEN);
+        Ok(Some(bytes))
     }
 
     /// Writes the entry for `module_sha256` atomically (temporary file, then rename), then trims
