@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use wasmtrace_config::{HttpConnectionManager, Listener, RouteAction, TrafficDirection};
 use wasmtrace_runtime::{Direction, HeaderMap, HttpExchange, LocalResponse, StreamInfo};
 
-use crate::body::{ChannelBody, FrameSender, ProxyBody, boxed, full};
+use crate::body::{ChannelBody, FrameSink, FrameSlot, ProxyBody, PumpedBody, ResponseBody, boxed, full, response_body};
 use crate::chain::{self, DataVerdict, FilterChain, SharedChain, Verdict};
 use crate::cluster::ClusterClient;
 use crate::message::{
@@ -67,7 +67,7 @@ pub async fn serve(
     ctx: Rc<ListenerContext>,
     conn: Rc<ConnectionInfo>,
     request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, StreamReset> {
+) -> Result<Response<ResponseBody>, StreamReset> {
     ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
@@ -197,7 +197,7 @@ impl Stream {
         plain(400, "downstream_protocol_error", "the request body is malformed or cut short\n")
     }
 
-    async fn run(self, body: DownstreamBody) -> Result<Response<ProxyBody>, StreamReset> {
+    async fn run(self, body: DownstreamBody) -> Result<Response<ResponseBody>, StreamReset> {
         let end_of_stream = body.is_end_stream();
         match chain::request_headers(&self.chain, end_of_stream).await {
             Verdict::Local(response, index) => return self.local_reply(response, index + 1).await,
@@ -249,7 +249,7 @@ impl Stream {
         rewrite: Option<(&str, &str)>,
         body: DownstreamBody,
         end_of_stream: bool,
-    ) -> Result<Response<ProxyBody>, StreamReset> {
+    ) -> Result<Response<ResponseBody>, StreamReset> {
         let all = self.filter_count();
         // Borrowed from the listener's context (cloning a pooled client costs several Arcs).
         let ctx = self.ctx.clone();
@@ -332,7 +332,7 @@ impl Stream {
     }
 
     /// The upstream's response through the response filters.
-    async fn respond(self, response: Response<Incoming>) -> Result<Response<ProxyBody>, StreamReset> {
+    async fn respond(self, response: Response<Incoming>) -> Result<Response<ResponseBody>, StreamReset> {
         if self.downstream_failed.load(Ordering::Relaxed) {
             // The upstream answered a request whose body broke off: that answer is about a
             // request the client never sent whole.
@@ -343,7 +343,7 @@ impl Stream {
         strip_hop_by_hop(&mut parts.headers);
         let all = self.filter_count();
         if all == 0 {
-            return Ok(Response::from_parts(parts, boxed(body)));
+            return Ok(Response::from_parts(parts, response_body(body)));
         }
         {
             let mut exchange = self.exchange.borrow_mut();
@@ -370,18 +370,19 @@ impl Stream {
             self.finish();
             return Ok(response);
         }
-        let (tx, channel) = ChannelBody::new();
-        tokio::task::spawn_local(pump_response(self.chain.clone(), self.exchange.clone(), body, tx));
+        let slot = Rc::<FrameSlot>::default();
+        let end = StreamEnd { chain: self.chain.clone(), exchange: self.exchange.clone() };
+        let pumped = PumpedBody::new(slot.clone(), pump_response(end, body, slot));
         // The response pump owns the end of the stream from here.
         self.handed_off.set(true);
-        let mut response = Response::new(boxed(channel));
+        let mut response: Response<ResponseBody> = Response::new(Box::pin(pumped));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         Ok(response)
     }
 
     /// A response the proxy or a filter produced, through the response filters `0..upto`.
-    async fn local_reply(self, response: LocalResponse, upto: usize) -> Result<Response<ProxyBody>, StreamReset> {
+    async fn local_reply(self, response: LocalResponse, upto: usize) -> Result<Response<ResponseBody>, StreamReset> {
         {
             let mut exchange = self.exchange.borrow_mut();
             let mut map = HeaderMap::from_pairs([(":status", response.status.to_string())]);
@@ -421,7 +422,7 @@ impl Stream {
     }
 
     /// A local response sent as is (from a response-phase filter), ending the stream.
-    fn finish_local(self, response: LocalResponse) -> Response<ProxyBody> {
+    fn finish_local(self, response: LocalResponse) -> Response<ResponseBody> {
         let mut reply = Response::new(full(response.body));
         *reply.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         *reply.headers_mut() = http_headers(&response.headers);
@@ -433,7 +434,7 @@ impl Stream {
         reply
     }
 
-    fn close(self) -> Result<Response<ProxyBody>, StreamReset> {
+    fn close(self) -> Result<Response<ResponseBody>, StreamReset> {
         self.finish();
         Err(StreamReset)
     }
@@ -579,7 +580,7 @@ fn origin_form(path: &str) -> Option<http::uri::PathAndQuery> {
 fn refuse_before_filters(
     limits: &wasmtrace_config::ConnectionLimits,
     parts: &http::request::Parts,
-) -> Option<(DownstreamError, Response<ProxyBody>)> {
+) -> Option<(DownstreamError, Response<ResponseBody>)> {
     let refuse = |error, status: StatusCode, body: &'static str| {
         let mut response = Response::new(full(body));
         *response.status_mut() = status;
@@ -707,10 +708,10 @@ enum Pumped {
 }
 
 /// Sends what the filters forward.
-async fn deliver(tx: &FrameSender, verdict: DataVerdict) -> Pumped {
+async fn deliver(tx: &impl FrameSink, verdict: DataVerdict) -> Pumped {
     match verdict {
         DataVerdict::Forward(bytes) if bytes.is_empty() => Pumped::Go,
-        DataVerdict::Forward(bytes) => match tx.send(Ok(Frame::data(Bytes::from(bytes)))).await {
+        DataVerdict::Forward(bytes) => match tx.deliver(Ok(Frame::data(Bytes::from(bytes)))).await {
             Ok(()) => Pumped::Go,
             Err(_) => Pumped::Gone,
         },
@@ -725,7 +726,7 @@ async fn pump<B>(
     chain: &SharedChain,
     exchange: &Rc<RefCell<HttpExchange>>,
     mut body: B,
-    tx: &FrameSender,
+    tx: &impl FrameSink,
     direction: Direction,
 ) -> Pumped
 where
@@ -738,7 +739,7 @@ where
         let frame = match frame {
             Ok(frame) => frame,
             Err(error) => {
-                let _ = tx.send(Err(Box::new(error))).await;
+                let _ = tx.deliver(Err(Box::new(error))).await;
                 break Pumped::Gone;
             }
         };
@@ -782,7 +783,7 @@ where
                 match chain::trailers(chain, direction).await {
                     Verdict::Continue => {
                         let map = slot(&mut exchange.borrow_mut(), direction).clone().unwrap_or_default();
-                        let _ = tx.send(Ok(Frame::trailers(http_headers(&map)))).await;
+                        let _ = tx.deliver(Ok(Frame::trailers(http_headers(&map)))).await;
                         break Pumped::Go;
                     }
                     verdict => break Pumped::Stop(verdict),
@@ -802,21 +803,33 @@ async fn pump_request(
     chain: SharedChain,
     exchange: Rc<RefCell<HttpExchange>>,
     body: DownstreamBody,
-    tx: FrameSender,
+    tx: crate::body::FrameSender,
     abort: oneshot::Sender<Verdict>,
 ) {
     if let Pumped::Stop(verdict) = pump(&chain, &exchange, body, &tx, Direction::Request).await {
         let _ = abort.send(verdict);
         // The upstream must not take a cut-short body for a complete one.
-        let _ = tx.send(Err("request reset by a filter".into())).await;
+        let _ = tx.deliver(Err("request reset by a filter".into())).await;
     }
 }
 
-/// Streams the upstream response body to the downstream, then runs the access-log point.
-async fn pump_response(chain: SharedChain, exchange: Rc<RefCell<HttpExchange>>, body: Incoming, tx: FrameSender) {
-    if let Pumped::Stop(_) = pump(&chain, &exchange, body, &tx, Direction::Response).await {
-        let _ = tx.send(Err("a filter reset the response".into())).await;
+/// The end of a stream whose response body is being pumped: the access-log point runs when the
+/// pump is done, or when it is dropped unfinished (the client went away mid-body).
+struct StreamEnd {
+    chain: SharedChain,
+    exchange: Rc<RefCell<HttpExchange>>,
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        finish_stream(&self.chain, &self.exchange);
     }
-    drop(tx);
-    finish_stream(&chain, &exchange);
+}
+
+/// Streams the upstream response body to the downstream through the filters; the stream ends
+/// (access log) when the pump is dropped, finished or not.
+async fn pump_response(end: StreamEnd, body: Incoming, tx: Rc<FrameSlot>) {
+    if let Pumped::Stop(_) = pump(&end.chain, &end.exchange, body, &tx, Direction::Response).await {
+        let _ = tx.deliver(Err("a filter reset the response".into())).await;
+    }
 }
