@@ -16,7 +16,8 @@ use wasmtrace_proxy::{ProxyOptions, RunningProxy};
 use crate::fixture::client::{Reply, client, get, send};
 use crate::fixture::collector::{Collector, Received, string};
 use crate::fixture::proxy::{
-    bootstrap_yaml, cluster, component_module, filter_module, ingress, route, start, wasm_filter_yaml, workspace_root,
+    bootstrap_yaml, cluster, component_module, filter_module, ingress, route, start, start_with, wasm_filter_yaml,
+    workspace_root,
 };
 use crate::fixture::upstream::Upstream;
 
@@ -209,6 +210,57 @@ async fn module_and_configuration_swaps_under_load_fail_no_request_and_lose_no_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_swap_serves_quick_code_then_the_optimised_code_failing_no_request_and_losing_no_span() {
+    let upstream = Upstream::start();
+    let collector = Collector::start();
+    let module_a = filter_module("trace-filter");
+    let yaml = trace_proxy_yaml(&module_a, &trace_config("1", 60_000), upstream.addr, collector.addr);
+    let options = ProxyOptions {
+        workers: 2,
+        runtime: wasmtrace_runtime::RuntimeOptions { tiered_swaps: true, ..Default::default() },
+        ..ProxyOptions::default()
+    };
+    let proxy = start_with(&yaml, options);
+    let admin = proxy.admin_address().expect("admin");
+    let original = get(admin, "/plugins", &[]).await.json()["plugins"][0]["sha256"].clone();
+    // A module this process never compiled (new bytes), so the quick tier compiles it.
+    let never_seen = module_variant(&module_a, "tiered");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(ingress(&proxy), 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let body = serde_json::json!({ "module_path": never_seen.display().to_string(), "configuration": trace_config("2", 60_000) });
+    let reply = post(admin, "/plugins/trace/swap", body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let outcome = reply.json();
+    assert_eq!(outcome["optimising"], true, "{outcome}");
+    assert_eq!(outcome["swapped"][0]["generation"], 2, "{outcome}");
+    let swapped_sha = outcome["swapped"][0]["sha256"].clone();
+    let source_of = |plugin: &serde_json::Value, generation: u64| {
+        let generations = plugin["generations"].as_array().cloned().unwrap_or_default();
+        generations.into_iter().find(|g| g["generation"] == generation).map(|g| g["module_source"].clone())
+    };
+    assert_eq!(outcome["swapped"][0]["module_source"], "quick compile", "{outcome}");
+    // The optimised code follows as generation 3: same module, same configuration.
+    let optimised = wait_for_plugin(admin, "the optimised generation", |p| p["generation"] == 3).await;
+    assert_eq!(source_of(&optimised, 3), Some("compiled".into()), "{optimised}");
+    assert_eq!(optimised["sha256"], swapped_sha, "{optimised}");
+    assert_eq!(optimised["swaps"], 2, "{optimised}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = stop_load(&stop, tasks).await;
+
+    // The rollback target is what served before the swap, not the quick code.
+    let rolled = post(admin, "/plugins/trace/rollback", serde_json::json!({})).await;
+    assert_eq!(rolled.status, StatusCode::OK, "{}", rolled.text());
+    assert_eq!(rolled.json()["swapped"][0]["sha256"], original, "{}", rolled.text());
+
+    let spans = spans_after_shutdown(proxy, &collector, sent.len()).await;
+    let each = exactly_one_span_each(&sent, &spans);
+    let after_swap = sent.iter().zip(each).filter(|(_, span)| string(&span.span, "swap.generation") == "2").count();
+    assert!(after_swap > 0, "requests served by the swapped configuration");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaps_between_the_proxy_wasm_and_the_component_build_under_load_fail_no_request_and_lose_no_span() {
     let (_upstream, collector, proxy) = trace_proxy("1", 60_000);
     let (proxy_wasm, component) = (filter_module("trace-filter"), component_module("trace-filter"));
@@ -350,7 +402,7 @@ fn replace_atomically(path: &Path, bytes: &[u8]) {
 }
 
 async fn wait_for_plugin(admin: SocketAddr, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let plugins = get(admin, "/plugins", &[]).await.json();
         let trace = plugins["plugins"][0].clone();

@@ -1,4 +1,5 @@
-//! `wasmtrace run`'s flags for the Wasm runtime: the on-disk module cache and the profiler.
+//! `wasmtrace run`'s flags for the Wasm runtime: the on-disk module cache, the profiler and
+//! tiered swaps.
 
 use std::path::PathBuf;
 
@@ -20,6 +21,11 @@ pub struct RuntimeFlags {
     /// `perf record -g -p PID` then `perf report` name the Wasm functions.
     #[arg(long, value_name = "PROFILER", env = "WASMTRACE_PROFILE", default_value = "none")]
     profile: Profiler,
+    /// A swap to a module never compiled before publishes quickly compiled (unoptimised) code
+    /// first, then the optimised code as the next generation once it is compiled in the
+    /// background (the root context starts twice).
+    #[arg(long, env = "WASMTRACE_TIERED_SWAPS")]
+    tiered_swaps: bool,
 }
 
 impl RuntimeFlags {
@@ -33,6 +39,11 @@ impl RuntimeFlags {
         } else {
             self.module_cache.clone().or_else(wasmtrace_runtime::default_module_cache_dir)
         };
-        RuntimeOptions { module_cache, profiler: self.profile, ..RuntimeOptions::default() }
+        RuntimeOptions {
+            module_cache,
+            profiler: self.profile,
+            tiered_swaps: self.tiered_swaps,
+            ..RuntimeOptions::default()
+        }
     }
 }

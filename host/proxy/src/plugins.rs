@@ -57,6 +57,7 @@ impl LoadedPlugin {
             "generation": self.generation,
             "state": state,
             "sha256": self.module.sha256(),
+            "module_source": self.module.source().label(),
             "module_path": self.filter.module_path,
             "vms_alive": self.vms_alive.load(Ordering::Relaxed),
             "since_unix_ms": unix_ms(self.loaded_at),

@@ -48,6 +48,10 @@ pub enum ModuleSource {
     Compiled,
     /// Read back from the on-disk module cache: not compiled.
     DiskCache,
+    /// Compiled by the quick tier (no optimisation, single-pass register allocation) so a swap
+    /// to a module never seen publishes in a fraction of the time; replaced by the optimised
+    /// code once that is compiled (see [`crate::RuntimeOptions::tiered_swaps`]).
+    QuickCompiled,
 }
 
 impl ModuleSource {
@@ -56,6 +60,7 @@ impl ModuleSource {
         match self {
             Self::Compiled => "compiled",
             Self::DiskCache => "disk cache",
+            Self::QuickCompiled => "quick compile",
         }
     }
 }
@@ -76,6 +81,8 @@ pub(crate) struct Toolchain<'a> {
     pub(crate) linker: &'a Linker<VmState>,
     pub(crate) component_linker: &'a wasmtime::component::Linker<VmState>,
     pub(crate) provided: &'a ProvidedImports,
+    /// The quick tier's tools: what they compile is never written to the disk cache.
+    pub(crate) quick: bool,
 }
 
 /// Callbacks and their signatures, as `(params, results)` of i32s; the host calls only these.
@@ -120,7 +127,11 @@ impl PluginModule {
                 None
             }
         });
-        let source = if cached.is_some() { ModuleSource::DiskCache } else { ModuleSource::Compiled };
+        let source = match (&cached, tools.quick) {
+            (Some(_), _) => ModuleSource::DiskCache,
+            (None, true) => ModuleSource::QuickCompiled,
+            (None, false) => ModuleSource::Compiled,
+        };
         let (code, form, serialized) = match (kind, cached) {
             (ArtifactKind::Component, cached) => {
                 let component = match cached {
@@ -155,7 +166,7 @@ impl PluginModule {
         }
         tracing::info!(
             sha256 = %sha256,
-            compiled = source == ModuleSource::Compiled,
+            compiled = source != ModuleSource::DiskCache,
             source = source.label(),
             elapsed_ms = loaded_ms,
             "module loaded"

@@ -255,6 +255,12 @@ impl DiskCache {
         self.dir.join(format!("{module_sha256}-{}{ENTRY_SUFFIX}", hex(&self.fingerprint[..16])))
     }
 
+    /// Whether an entry for the module with this sha256 exists (unverified: [`Self::load`]
+    /// checks it). A quick-tier compile is not worth it when the full code is a read away.
+    pub(crate) fn contains(&self, module_sha256: &str) -> bool {
+        self.entry_path(module_sha256).is_file()
+    }
+
     /// The compiled artifact of the module with this sha256, if a verified entry exists. A
     /// refused entry is deleted, so the recompiled module replaces it.
     pub(crate) fn load(&self, engine: &Engine, module_sha256: &str, kind: ArtifactKind) -> Lookup {

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, Linker, OptLevel, ProfilingStrategy};
+use wasmtime::{Config, Engine, Linker, OptLevel, ProfilingStrategy, RegallocAlgorithm};
 
 use crate::abi;
 use crate::error::LoadError;
@@ -104,6 +104,13 @@ pub struct RuntimeOptions {
     pub module_cache_limits: CacheLimits,
     /// The profiler wasmtime reports compiled guest code to.
     pub profiler: Profiler,
+    /// A swap to a module compiled neither in memory nor on disk publishes the module compiled
+    /// by a quick tier (Cranelift without optimisation, single-pass register allocation: about
+    /// a quarter of the compile time, slower code), then compiles it fully in the background and
+    /// publishes that as the next generation. The price: the filter runs slower code for the
+    /// seconds of the full compile, and its root context starts twice (as after a configuration
+    /// swap). Off by default; `wasmtrace run --tiered-swaps`.
+    pub tiered_swaps: bool,
 }
 
 /// How the runtime's modules were obtained since it started, for stats and tests.
@@ -126,12 +133,51 @@ struct LoadCounters {
     from_memory: AtomicU64,
 }
 
-/// The process-wide Wasm runtime.
-pub struct Runtime {
+/// An engine and what links modules compiled by it: the optimising tier, or the quick one.
+struct Tier {
     engine: Engine,
     linker: Linker<VmState>,
     component_linker: wasmtime::component::Linker<VmState>,
     provided_imports: abi::ProvidedImports,
+}
+
+impl Tier {
+    fn new(options: &RuntimeOptions, quick: bool) -> Result<Self, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        if quick {
+            config.cranelift_opt_level(OptLevel::None);
+            config.cranelift_regalloc_algorithm(RegallocAlgorithm::SinglePass);
+        } else {
+            config.cranelift_opt_level(OptLevel::Speed);
+        }
+        if options.profiler == Profiler::PerfMap {
+            config.profiler(ProfilingStrategy::PerfMap);
+        }
+        let engine = Engine::new(&config).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        let provided_imports = abi::add_to_linker(&mut linker).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let component_linker = crate::component::linker(&engine).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        Ok(Self { engine, linker, component_linker, provided_imports })
+    }
+
+    fn toolchain(&self, quick: bool) -> Toolchain<'_> {
+        Toolchain {
+            engine: &self.engine,
+            linker: &self.linker,
+            component_linker: &self.component_linker,
+            provided: &self.provided_imports,
+            quick,
+        }
+    }
+}
+
+/// The process-wide Wasm runtime.
+pub struct Runtime {
+    engine: Engine,
+    optimised: Tier,
+    /// The quick tier, with [`RuntimeOptions::tiered_swaps`].
+    quick: Option<Tier>,
     services: Arc<HostServices>,
     modules: Mutex<ModuleCache>,
     disk_cache: Option<DiskCache>,
@@ -155,16 +201,9 @@ impl Runtime {
     /// directory that cannot be used (not creatable, or not private to this user) is logged
     /// and the runtime runs without it: the cache saves time, it is never needed.
     pub fn with_options(services: HostServices, options: &RuntimeOptions) -> Result<Arc<Self>, LoadError> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.cranelift_opt_level(OptLevel::Speed);
-        if options.profiler == Profiler::PerfMap {
-            config.profiler(ProfilingStrategy::PerfMap);
-        }
-        let engine = Engine::new(&config).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let mut linker = Linker::new(&engine);
-        let provided_imports = abi::add_to_linker(&mut linker).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let component_linker = crate::component::linker(&engine).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let optimised = Tier::new(options, false)?;
+        let quick = if options.tiered_swaps { Some(Tier::new(options, true)?) } else { None };
+        let engine = optimised.engine.clone();
         let disk_cache = options.module_cache.as_deref().and_then(|dir| {
             match DiskCache::open(dir, &engine, options.module_cache_limits) {
                 Ok(cache) => {
@@ -177,12 +216,13 @@ impl Runtime {
                 }
             }
         });
-        let ticker = EpochTicker::start(engine.clone());
+        let mut engines = vec![engine.clone()];
+        engines.extend(quick.as_ref().map(|tier| tier.engine.clone()));
+        let ticker = EpochTicker::start(engines);
         Ok(Arc::new(Self {
             engine,
-            linker,
-            component_linker,
-            provided_imports,
+            optimised,
+            quick,
             services: Arc::new(services),
             modules: Mutex::new(ModuleCache::default()),
             disk_cache,
@@ -226,20 +266,30 @@ impl Runtime {
             self.loads.from_memory.fetch_add(1, Ordering::Relaxed);
             return Ok(module);
         }
-        let tools = Toolchain {
-            engine: &self.engine,
-            linker: &self.linker,
-            component_linker: &self.component_linker,
-            provided: &self.provided_imports,
-        };
+        let tools = self.optimised.toolchain(false);
         let module = Arc::new(PluginModule::load(&tools, bytes, sha256.clone(), self.disk_cache.as_ref())?);
         let counter = match module.source() {
-            ModuleSource::Compiled => &self.loads.compiled,
+            ModuleSource::Compiled | ModuleSource::QuickCompiled => &self.loads.compiled,
             ModuleSource::DiskCache => &self.loads.from_disk_cache,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.modules.lock().unwrap_or_else(|p| p.into_inner()).insert(sha256, &module);
         Ok(module)
+    }
+
+    /// With [`RuntimeOptions::tiered_swaps`], a module that is neither compiled in memory nor in
+    /// the disk cache, compiled by the quick tier (`Ok(None)` otherwise: [`Self::compile`] it).
+    /// The quick code is never cached, in memory or on disk: the optimised code is what
+    /// [`Self::compile`] then makes and keeps.
+    pub fn compile_quick(&self, bytes: &[u8]) -> Result<Option<Arc<PluginModule>>, LoadError> {
+        let Some(quick) = &self.quick else { return Ok(None) };
+        let sha256 = hex_sha256(bytes);
+        if self.cached(&sha256).is_some() || self.disk_cache.as_ref().is_some_and(|disk| disk.contains(&sha256)) {
+            return Ok(None);
+        }
+        let module = PluginModule::load(&quick.toolchain(true), bytes, sha256, None)?;
+        self.loads.compiled.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Arc::new(module)))
     }
 
     /// The compiled module with this sha256, if one is in use or among the recently compiled (a
@@ -280,7 +330,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engines: Vec<Engine>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -288,7 +338,7 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    engines.iter().for_each(Engine::increment_epoch);
                 }
             })
             .ok();

@@ -71,6 +71,8 @@ pub struct Swapped {
     pub sha256: String,
     /// The module changed (not only the configuration).
     pub module_changed: bool,
+    /// Where the serving module's code came from (`compiled`, `disk cache`, `quick compile`).
+    pub module_source: &'static str,
 }
 
 /// What a swap did.
@@ -84,6 +86,9 @@ pub struct SwapOutcome {
     pub published_after_ms: f64,
     /// The module came from the compiled-module cache.
     pub module_cached: bool,
+    /// The published code is the quick tier's (`--tiered-swaps`): the optimised code follows
+    /// as the next generation once it is compiled.
+    pub optimising: bool,
 }
 
 /// Why a swap did not happen. In every case the serving generation keeps serving.
@@ -99,6 +104,24 @@ pub enum SwapError {
     /// start or configure.
     #[error("swap refused: {0}")]
     Refused(String),
+}
+
+/// A swap's module, compiled.
+struct Compiled {
+    module: Arc<PluginModule>,
+    /// It was compiled before (in memory).
+    cached: bool,
+    /// The quick tier compiled it: these bytes are compiled fully next.
+    optimise_later: Option<Vec<u8>>,
+}
+
+/// What a publication is to the plugin's history.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publication {
+    /// A swap or rollback: the generation it replaces becomes the one to roll back to.
+    NewGeneration,
+    /// The optimised code of a tiered swap replacing its quick code: the rollback target stays.
+    TierUp,
 }
 
 /// Serialises swaps and carries them out across the workers.
@@ -144,7 +167,7 @@ impl SwapCoordinator {
     }
 
     /// Replaces a plugin's module and/or configuration on every worker.
-    pub async fn swap(&self, request: SwapRequest) -> Result<SwapOutcome, SwapError> {
+    pub async fn swap(self: &Arc<Self>, request: SwapRequest) -> Result<SwapOutcome, SwapError> {
         let count_refusal = |slots: &[Arc<PluginSlot>]| {
             slots.iter().for_each(|s| {
                 s.counters.refusals.fetch_add(1, Ordering::Relaxed);
@@ -165,12 +188,12 @@ impl SwapCoordinator {
         let _serialised = self.one_at_a_time.lock().await;
         let started = Instant::now();
         let slots = self.select(&request.plugin, request.listener.as_deref())?;
-        let (module, module_cached) = match module_bytes {
+        let (module, module_cached, optimise_later) = match module_bytes {
             Some((bytes, origin)) => {
-                let (module, cached) = self.compile(bytes, origin).await.inspect_err(|_| count_refusal(&slots))?;
-                (Some(module), cached)
+                let compiled = self.compile(bytes, origin).await.inspect_err(|_| count_refusal(&slots))?;
+                (Some(compiled.module), compiled.cached, compiled.optimise_later)
             }
-            None => (None, true),
+            None => (None, true, None),
         };
         let mut next = Vec::new();
         let mut unchanged = Vec::new();
@@ -196,9 +219,49 @@ impl SwapCoordinator {
             }
             next.push((slot.clone(), filter, module));
         }
-        let swapped = self.stage_and_publish(next).await?;
+        let swapped = self.stage_and_publish(next, Publication::NewGeneration).await?;
         let published_after_ms = started.elapsed().as_secs_f64() * 1e3;
-        Ok(SwapOutcome { swapped, unchanged, published_after_ms, module_cached })
+        let optimising = optimise_later.is_some() && !swapped.is_empty();
+        if let Some(bytes) = optimise_later.filter(|_| optimising) {
+            let published: Vec<(Arc<PluginSlot>, u64)> = swapped
+                .iter()
+                .filter_map(|s| {
+                    let slot = self.slots.iter().find(|slot| slot.listener == s.listener && slot.name == s.plugin)?;
+                    Some((slot.clone(), s.generation))
+                })
+                .collect();
+            let coordinator = self.clone();
+            tokio::spawn(async move { coordinator.publish_optimised(bytes, published).await });
+        }
+        Ok(SwapOutcome { swapped, unchanged, published_after_ms, module_cached, optimising })
+    }
+
+    /// The second half of a tiered swap: compiles `bytes` fully (off the async threads) and
+    /// publishes the optimised code on every slot still serving the quick generation it
+    /// replaces, with the same configuration. A slot swapped again meanwhile is left alone; a
+    /// failure leaves the quick code serving (it is correct, only slower) and is logged.
+    async fn publish_optimised(&self, bytes: Vec<u8>, published: Vec<(Arc<PluginSlot>, u64)>) {
+        let runtime = self.runtime.clone();
+        let compiled = tokio::task::spawn_blocking(move || runtime.compile(&bytes)).await;
+        let module = match compiled {
+            Ok(Ok(module)) => module,
+            Ok(Err(e)) => return tracing::warn!("tiered swap: the optimised compile failed, quick code stays: {e}"),
+            Err(e) => return tracing::warn!("tiered swap: the optimised compile did not finish: {e}"),
+        };
+        let _serialised = self.one_at_a_time.lock().await;
+        let next: Vec<_> = published
+            .into_iter()
+            .filter_map(|(slot, generation)| {
+                let active = slot.active();
+                (active.generation == generation).then(|| (slot.clone(), active.filter.clone(), module.clone()))
+            })
+            .collect();
+        match self.stage_and_publish(next, Publication::TierUp).await {
+            Ok(swapped) => swapped.iter().for_each(|s| {
+                tracing::info!(listener = %s.listener, plugin = %s.plugin, generation = s.generation, "tiered swap: optimised code published")
+            }),
+            Err(e) => tracing::warn!("tiered swap: the optimised code was not published, quick code stays: {e}"),
+        }
     }
 
     /// Returns a plugin to the generation it ran before the last swap (as a new generation).
@@ -214,18 +277,24 @@ impl SwapCoordinator {
             };
             next.push((slot.clone(), previous.filter.clone(), previous.module.clone()));
         }
-        let swapped = self.stage_and_publish(next).await?;
+        let swapped = self.stage_and_publish(next, Publication::NewGeneration).await?;
         let published_after_ms = started.elapsed().as_secs_f64() * 1e3;
-        Ok(SwapOutcome { swapped, unchanged: Vec::new(), published_after_ms, module_cached: true })
+        Ok(SwapOutcome { swapped, unchanged: Vec::new(), published_after_ms, module_cached: true, optimising: false })
     }
 
-    /// Compiles off the async threads; a module compiled before (same sha256) is reused.
-    async fn compile(&self, bytes: Vec<u8>, origin: String) -> Result<(Arc<PluginModule>, bool), SwapError> {
+    /// Compiles off the async threads; a module compiled before (same sha256) is reused. With
+    /// tiered swaps, a module never compiled is compiled by the quick tier, and its bytes come
+    /// back for the optimised compile.
+    async fn compile(&self, bytes: Vec<u8>, origin: String) -> Result<Compiled, SwapError> {
         let runtime = self.runtime.clone();
         let compiled = tokio::task::spawn_blocking(move || {
             let cached = runtime.cached(&hex_sha256(&bytes)).is_some();
-            let module = runtime.compile(&bytes).map_err(|e| format!("{origin} does not load: {e}"))?;
-            Ok::<_, String>((module, cached))
+            let fail = |e: wasmtrace_runtime::LoadError| format!("{origin} does not load: {e}");
+            if let Some(module) = runtime.compile_quick(&bytes).map_err(fail)? {
+                return Ok(Compiled { module, cached: false, optimise_later: Some(bytes) });
+            }
+            let module = runtime.compile(&bytes).map_err(fail)?;
+            Ok::<_, String>(Compiled { module, cached, optimise_later: None })
         })
         .await
         .map_err(|e| SwapError::Refused(format!("compilation did not finish: {e}")))?;
@@ -235,6 +304,7 @@ impl SwapCoordinator {
     async fn stage_and_publish(
         &self,
         next: Vec<(Arc<PluginSlot>, wasmtrace_config::WasmFilter, Arc<PluginModule>)>,
+        publication: Publication,
     ) -> Result<Vec<Swapped>, SwapError> {
         if next.is_empty() {
             return Ok(Vec::new());
@@ -268,7 +338,11 @@ impl SwapCoordinator {
                 let old = std::mem::replace(&mut generations.active, plugin.clone());
                 generations.replaced.retain(|g| g.vms_alive.load(Ordering::Relaxed) > 0);
                 generations.replaced.push(old.clone());
-                generations.previous = Some(old.clone());
+                // A tier-up replaces the quick code of the same swap: a rollback still goes to
+                // what served before that swap.
+                if publication == Publication::NewGeneration {
+                    generations.previous = Some(old.clone());
+                }
                 old
             };
             slot.published.store(plugin.generation, Ordering::Release);
@@ -293,6 +367,7 @@ impl SwapCoordinator {
                 old_sha256: old.module.sha256().to_owned(),
                 sha256: plugin.module.sha256().to_owned(),
                 module_changed: old.module.sha256() != plugin.module.sha256(),
+                module_source: plugin.module.source().label(),
             });
         }
         Ok(swapped)
