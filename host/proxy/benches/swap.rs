@@ -8,6 +8,10 @@
 
 mod harness;
 
+/// The allocator of the `wasmtrace` binary: compile times depend on it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use harness::{drive, module, percentile, print_load_table, proxy_with_admin, start_server};
+use harness::{drive, module, percentile, print_load_table, proxy_with_admin, proxy_with_options, start_server};
 
 fn trace_config(tag: usize) -> String {
     format!(
@@ -59,6 +63,64 @@ async fn swap(admin: SocketAddr, body: serde_json::Value) -> (f64, f64) {
     let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_else(|e| panic!("{e}"));
     assert!(status.is_success() && reply["outcome"] == "swapped", "swap failed: {status} {reply}");
     (reply["published_after_ms"].as_f64().unwrap_or(f64::NAN), started.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Swaps to modules never seen on a proxy with `--tiered-swaps`: the quick tier's code is what is
+/// published; each swap waits for the optimised generation to follow before the next.
+fn tiered_swaps(
+    runtime: &tokio::runtime::Runtime,
+    upstream: SocketAddr,
+    collector: SocketAddr,
+    trace: &Path,
+    config: &str,
+) -> SwapRow {
+    let options = wasmtrace_proxy::ProxyOptions {
+        runtime: wasmtrace_runtime::RuntimeOptions { tiered_swaps: true, ..Default::default() },
+        ..Default::default()
+    };
+    let trace = trace.to_path_buf();
+    let running = proxy_with_options(upstream, Some((&trace, config)), collector, true, options);
+    let admin = running.admin_address().unwrap_or_else(|| panic!("admin"));
+    let mut published = Vec::new();
+    let mut round_trip = Vec::new();
+    for i in 11..=15 {
+        let body = serde_json::json!({ "module_path": variant(&trace, i).display().to_string() });
+        let (at, rt) = runtime.block_on(swap(admin, body));
+        published.push(at);
+        round_trip.push(rt);
+        runtime.block_on(optimised_generation_published(admin));
+    }
+    running.shutdown();
+    SwapRow {
+        name: "module, never seen, --tiered-swaps",
+        count: published.len(),
+        published: median_and_max(published),
+        round_trip: median_and_max(round_trip),
+    }
+}
+
+/// Waits until the plugin's serving code is no longer the quick tier's.
+async fn optimised_generation_published(admin: SocketAddr) {
+    for _ in 0..600 {
+        let stream = tokio::net::TcpStream::connect(admin).await.unwrap_or_else(|e| panic!("admin: {e}"));
+        let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap_or_else(|e| panic!("admin: {e}"));
+        tokio::spawn(connection);
+        let request = http::Request::get("/plugins")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let response = sender.send_request(request).await.unwrap_or_else(|e| panic!("admin: {e}"));
+        let reply = response.into_body().collect().await.unwrap_or_else(|e| panic!("{e}")).to_bytes();
+        let plugins: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_else(|e| panic!("{e}"));
+        let active = &plugins["plugins"][0]["generations"][0];
+        if active["state"] == "active" && active["module_source"] != "quick compile" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the optimised code was not published within 30 s");
 }
 
 fn median_and_max(mut values: Vec<f64>) -> (f64, f64) {
@@ -161,6 +223,7 @@ fn main() {
     rows.push(measure_swaps(&runtime, admin, "module, compiled before (cached)", cached));
     let uncached: Vec<_> = (1..=5).map(|i| serde_json::json!({ "module_path": path(&variant(&trace, i)) })).collect();
     rows.push(measure_swaps(&runtime, admin, "module, never seen (full compile)", uncached));
+    rows.push(tiered_swaps(&runtime, upstream, collector, &trace, &config));
 
     // Load: steady state, then the same load while swapping every 100 ms (configuration, and
     // every other time the module, between the two compiled above).

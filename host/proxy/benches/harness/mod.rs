@@ -79,6 +79,17 @@ pub fn proxy_with_admin(
     collector: SocketAddr,
     admin: bool,
 ) -> RunningProxy {
+    proxy_with_options(upstream, filter, collector, admin, ProxyOptions::default())
+}
+
+/// [`proxy_with_admin`] with `options`.
+pub fn proxy_with_options(
+    upstream: SocketAddr,
+    filter: FilterUnderTest<'_>,
+    collector: SocketAddr,
+    admin: bool,
+    options: ProxyOptions,
+) -> RunningProxy {
     let filter = filter.map_or(String::new(), |(module, configuration)| {
         format!(
             r#"
@@ -130,7 +141,7 @@ static_resources:
         collector_port = collector.port()
     );
     let bootstrap = Bootstrap::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
-    wasmtrace_proxy::start(bootstrap, ProxyOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+    wasmtrace_proxy::start(bootstrap, options).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One load run: requests completed after warm-up, errors, duration, sorted latencies.
