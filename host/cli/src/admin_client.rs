@@ -112,6 +112,9 @@ fn print_outcome(reply: &serde_json::Value) {
             reply["published_after_ms"].as_f64().unwrap_or(0.0),
         );
     }
+    if reply["optimising"] == true {
+        println!("serving quickly compiled code; the optimised code follows as the next generation (--tiered-swaps)");
+    }
     for unchanged in reply["unchanged"].as_array().into_iter().flatten() {
         println!("unchanged {}: it already runs this module and configuration", unchanged.as_str().unwrap_or("?"));
     }
