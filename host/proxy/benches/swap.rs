@@ -44,23 +44,28 @@ fn variant(module: &Path, tag: usize) -> PathBuf {
     path
 }
 
-/// One admin call; the coordinator's own `published_after_ms` and the client's round trip.
-async fn swap(admin: SocketAddr, body: serde_json::Value) -> (f64, f64) {
-    let started = Instant::now();
+/// One request to the admin API: its status and JSON answer.
+async fn admin_call(admin: SocketAddr, request: http::Request<Full<Bytes>>) -> (http::StatusCode, serde_json::Value) {
     let stream = tokio::net::TcpStream::connect(admin).await.unwrap_or_else(|e| panic!("admin: {e}"));
     let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
         .await
         .unwrap_or_else(|e| panic!("admin: {e}"));
     tokio::spawn(connection);
+    let response = sender.send_request(request).await.unwrap_or_else(|e| panic!("admin: {e}"));
+    let status = response.status();
+    let reply = response.into_body().collect().await.unwrap_or_else(|e| panic!("{e}")).to_bytes();
+    (status, serde_json::from_slice(&reply).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// One swap; the coordinator's own `published_after_ms` and the client's round trip.
+async fn swap(admin: SocketAddr, body: serde_json::Value) -> (f64, f64) {
+    let started = Instant::now();
     let request = http::Request::post("/plugins/filter/swap")
         .header("host", "localhost")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap_or_else(|e| panic!("{e}"));
-    let response = sender.send_request(request).await.unwrap_or_else(|e| panic!("admin: {e}"));
-    let status = response.status();
-    let reply = response.into_body().collect().await.unwrap_or_else(|e| panic!("{e}")).to_bytes();
-    let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_else(|e| panic!("{e}"));
+    let (status, reply) = admin_call(admin, request).await;
     assert!(status.is_success() && reply["outcome"] == "swapped", "swap failed: {status} {reply}");
     (reply["published_after_ms"].as_f64().unwrap_or(f64::NAN), started.elapsed().as_secs_f64() * 1e3)
 }
@@ -102,18 +107,11 @@ fn tiered_swaps(
 /// Waits until the plugin's serving code is no longer the quick tier's.
 async fn optimised_generation_published(admin: SocketAddr) {
     for _ in 0..600 {
-        let stream = tokio::net::TcpStream::connect(admin).await.unwrap_or_else(|e| panic!("admin: {e}"));
-        let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-            .await
-            .unwrap_or_else(|e| panic!("admin: {e}"));
-        tokio::spawn(connection);
         let request = http::Request::get("/plugins")
             .header("host", "localhost")
             .body(Full::new(Bytes::new()))
             .unwrap_or_else(|e| panic!("{e}"));
-        let response = sender.send_request(request).await.unwrap_or_else(|e| panic!("admin: {e}"));
-        let reply = response.into_body().collect().await.unwrap_or_else(|e| panic!("{e}")).to_bytes();
-        let plugins: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_else(|e| panic!("{e}"));
+        let (_, plugins) = admin_call(admin, request).await;
         let active = &plugins["plugins"][0]["generations"][0];
         if active["state"] == "active" && active["module_source"] != "quick compile" {
             return;
