@@ -3,7 +3,8 @@
 //!
 //! Validation happens before any guest code runs. A core module: every import must be one the
 //! host provides, the ABI marker, memory, allocator and context-create exports must exist, and
-//! every callback the module does export must have the ABI's signature. A component: it must
+//! every callback and WASI entry point (`_initialize`, `main`, `__main_void`, `_start`) the module
+//! does export and the host would call must have the signature the host calls it with. A component: it must
 //! import nothing but the world's interfaces and WASI 0.2, and export the world's `handler`
 //! with the world's types (see [`crate::component`]).
 
@@ -106,6 +107,14 @@ const CALLBACK_SIGNATURES: &[(&str, usize, usize)] = &[
     ("proxy_on_memory_allocate", 1, 1),
     ("malloc", 1, 1),
 ];
+
+/// A WASI reactor's (a module exporting `_initialize`) entry points and their signatures, as
+/// `(params, results)` of i32s: `_initialize`, then `main(argc, argv)` or else `__main_void`.
+const REACTOR_ENTRY_SIGNATURES: &[(&str, usize, usize)] =
+    &[("_initialize", 0, 0), ("main", 2, 1), ("__main_void", 0, 1)];
+
+/// A WASI command's (no `_initialize`) entry point: `_start`.
+const COMMAND_ENTRY_SIGNATURES: &[(&str, usize, usize)] = &[("_start", 0, 0)];
 
 impl PluginModule {
     /// Compiles and validates `bytes`, or, when `disk` holds a verified entry for them, loads
@@ -279,7 +288,11 @@ fn check_exports(module: &Module) -> Result<AbiVersion, LoadError> {
             why: "every root and stream context starts with it",
         });
     }
-    for &(name, params, results) in CALLBACK_SIGNATURES {
+    // Start-up calls the WASI entry points with fixed signatures. One exported with another is
+    // refused, as Envoy's default runtime (V8 in proxy-wasm-cpp-host) refuses it ("Bad function
+    // signature"); only the exports this module's form makes start-up call are checked.
+    let start_up = if has("_initialize") { REACTOR_ENTRY_SIGNATURES } else { COMMAND_ENTRY_SIGNATURES };
+    for &(name, params, results) in CALLBACK_SIGNATURES.iter().chain(start_up) {
         let Some(ty) = module.get_export(name) else {
             continue;
         };

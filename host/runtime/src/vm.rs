@@ -32,11 +32,91 @@ type Decision2 = TypedFunc<(u32, u32), u32>;
 type Decision3 = TypedFunc<(u32, u32, u32), u32>;
 type CalloutCallback = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
-/// The guest exports the host calls, looked up once per instance.
-pub(crate) struct Callbacks {
+/// The WASI entry points a core module's start-up runs, resolved as proxy-wasm-cpp-host's
+/// `WasmBase::getFunctions` resolves them: `main` and `__main_void` are looked for only in a
+/// reactor (a module exporting `_initialize`), `_start` only in a command (one that does not).
+#[derive(Default)]
+struct WasiEntries {
     initialize: Option<TypedFunc<(), ()>>,
     main: Option<TypedFunc<(u32, u32), u32>>,
+    main_void: Option<TypedFunc<(), u32>>,
     start: Option<TypedFunc<(), ()>>,
+}
+
+/// One start-up call into a WASI entry point.
+#[derive(Clone, Copy)]
+enum WasiEntry {
+    Initialize,
+    Main,
+    MainVoid,
+    Start,
+}
+
+impl WasiEntry {
+    /// The export's name, which is also the callback a failure names.
+    fn export(self) -> &'static str {
+        match self {
+            Self::Initialize => "_initialize",
+            Self::Main => "main",
+            Self::MainVoid => "__main_void",
+            Self::Start => "_start",
+        }
+    }
+}
+
+impl WasiEntries {
+    fn resolve(store: &mut Store<VmState>, instance: &wasmtime::Instance) -> Self {
+        let initialize = lookup(store, instance, "_initialize");
+        if initialize.is_some() {
+            Self {
+                initialize,
+                main: lookup(store, instance, "main"),
+                main_void: lookup(store, instance, "__main_void"),
+                start: None,
+            }
+        } else {
+            Self { start: lookup(store, instance, "_start"), ..Self::default() }
+        }
+    }
+
+    /// The calls start-up makes, in order (cpp-host's `WasmBase::startVm`): a reactor gets
+    /// `_initialize`, then `main(0, 0)` if exported, else `__main_void` if exported (what a Rust
+    /// `bin` built as a reactor exports instead of `main`); a command gets `_start`.
+    fn sequence(&self) -> [Option<WasiEntry>; 2] {
+        if self.initialize.is_some() {
+            let main = if self.main.is_some() {
+                Some(WasiEntry::Main)
+            } else {
+                self.main_void.as_ref().map(|_| WasiEntry::MainVoid)
+            };
+            [Some(WasiEntry::Initialize), main]
+        } else {
+            [self.start.as_ref().map(|_| WasiEntry::Start), None]
+        }
+    }
+
+    /// Calls `entry`; what `main` and `__main_void` return is ignored, as in cpp-host.
+    fn run(&self, entry: WasiEntry, store: &mut Store<VmState>) -> wasmtime::Result<()> {
+        match entry {
+            WasiEntry::Initialize => self.initialize.as_ref().map_or(Ok(()), |f| f.call(store, ())),
+            WasiEntry::Main => self.main.as_ref().map_or(Ok(()), |f| f.call(store, (0, 0)).map(drop)),
+            WasiEntry::MainVoid => self.main_void.as_ref().map_or(Ok(()), |f| f.call(store, ()).map(drop)),
+            WasiEntry::Start => self.start.as_ref().map_or(Ok(()), |f| f.call(store, ())),
+        }
+    }
+}
+
+/// Whether `callback` is a start-up step, which runs under the start deadline.
+fn is_start_up(callback: &str) -> bool {
+    matches!(
+        callback,
+        "_initialize" | "main" | "__main_void" | "_start" | "proxy_on_vm_start" | "proxy_on_configure" | "configure"
+    )
+}
+
+/// The guest exports the host calls, looked up once per instance.
+pub(crate) struct Callbacks {
+    wasi: WasiEntries,
     context_create: Callback2,
     vm_start: Option<Decision2>,
     configure: Option<Decision2>,
@@ -184,9 +264,10 @@ where
 }
 
 impl PluginVm {
-    /// Instantiates `module` and runs the start-up sequence Envoy runs: `_initialize` (then
-    /// `main(0, 0)` if exported) or `_start`; root context create; `proxy_on_vm_start`;
-    /// `proxy_on_configure`. Fails if any step traps or returns false.
+    /// Instantiates `module` and runs the start-up sequence Envoy runs: `_initialize` then
+    /// `main(0, 0)` or else `__main_void` (a WASI reactor), or `_start` (a WASI command); root
+    /// context create; `proxy_on_vm_start`; `proxy_on_configure`. Fails if any step traps, runs
+    /// past the start deadline or returns false.
     pub fn start(
         module: Arc<PluginModule>,
         plugin: Arc<PluginConfig>,
@@ -213,9 +294,7 @@ impl PluginVm {
                 let context_create = lookup(&mut store, &instance, "proxy_on_context_create")
                     .ok_or_else(|| instantiate_error("proxy_on_context_create has the wrong signature".into()))?;
                 let callbacks = Callbacks {
-                    initialize: lookup(&mut store, &instance, "_initialize"),
-                    main: lookup(&mut store, &instance, "main"),
-                    start: lookup(&mut store, &instance, "_start"),
+                    wasi: WasiEntries::resolve(&mut store, &instance),
                     context_create,
                     vm_start: lookup(&mut store, &instance, "proxy_on_vm_start"),
                     configure: lookup(&mut store, &instance, "proxy_on_configure"),
@@ -275,18 +354,19 @@ impl PluginVm {
                 failure
             });
         }
-        self.call("_initialize", 0, deadline, |store, cb| {
-            let Guest::Core(cb) = cb else { return Ok(()) };
-            if let Some(init) = &cb.initialize {
-                init.call(&mut *store, ())?;
-                if let Some(main) = &cb.main {
-                    main.call(&mut *store, (0, 0))?;
-                }
-            } else if let Some(start) = &cb.start {
-                start.call(&mut *store, ())?;
-            }
-            Ok(())
-        })?;
+        // Each entry point is its own guarded call: a trap names the export that trapped, and
+        // each gets the start deadline afresh (cpp-host arms the deadline per call too).
+        let sequence = match &self.inner.borrow().callbacks {
+            Guest::Core(cb) => cb.wasi.sequence(),
+            Guest::Component(_) => [None, None],
+        };
+        for entry in sequence.into_iter().flatten() {
+            // Context 0 is the VM itself, the context cpp-host runs these in.
+            self.call(entry.export(), 0, deadline, |store, guest| match guest {
+                Guest::Core(cb) => cb.wasi.run(entry, store),
+                Guest::Component(_) => Ok(()),
+            })?;
+        }
         self.call("proxy_on_context_create", root, deadline, |store, cb| match cb {
             Guest::Core(cb) => cb.context_create.call(store, (root, 0)),
             Guest::Component(_) => Ok(()),
@@ -426,11 +506,7 @@ impl PluginVm {
         let detail = match kind {
             FailureKind::DeadlineExceeded => format!(
                 "callback exceeded its deadline of {:?} and was interrupted",
-                if callback.starts_with("proxy_on_vm_start")
-                    || callback == "proxy_on_configure"
-                    || callback == "configure"
-                    || callback == "_initialize"
-                {
+                if is_start_up(callback) {
                     self.plugin.limits.start_deadline
                 } else {
                     self.plugin.limits.callback_deadline

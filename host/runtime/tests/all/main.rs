@@ -12,3 +12,4 @@ mod loading;
 mod properties;
 mod safety;
 mod shared_state;
+mod start_up;
