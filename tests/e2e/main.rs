@@ -8,6 +8,7 @@ mod callouts;
 mod collector_limits;
 mod demo;
 mod deploy;
+mod envoy_compat;
 mod filters;
 mod gallery_api;
 mod gallery_content_types;

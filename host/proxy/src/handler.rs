@@ -395,6 +395,13 @@ impl Stream {
             if let Some(grpc) = response.grpc_status {
                 map.add(b"grpc-status", grpc.to_string().as_bytes());
             }
+            // The response filters see the length Envoy's local reply carries
+            // (`Utility::prepareLocalReply`): the body's, over any the reply's maker set, and
+            // none at all for an empty body.
+            map.remove(b"content-length");
+            if !response.body.is_empty() {
+                map.add(b"content-length", response.body.len().to_string().as_bytes());
+            }
             exchange.response_headers = Some(map);
             exchange.info.response_code_details = Some(response.details.clone());
         }
@@ -413,19 +420,22 @@ impl Stream {
             }
         };
         let map = self.exchange.borrow().response_headers.clone().unwrap_or_default();
+        let mut headers = http_headers(&map);
+        keep_length_only_if_true(&mut headers, body.len());
         let mut reply = Response::new(full(body));
         *reply.status_mut() = status_of(&map);
-        *reply.headers_mut() = http_headers(&map);
-        reply.headers_mut().remove(CONTENT_LENGTH);
+        *reply.headers_mut() = headers;
         self.finish();
         Ok(reply)
     }
 
     /// A local response sent as is (from a response-phase filter), ending the stream.
     fn finish_local(self, response: LocalResponse) -> Response<ResponseBody> {
+        let mut headers = http_headers(&response.headers);
+        keep_length_only_if_true(&mut headers, response.body.len());
         let mut reply = Response::new(full(response.body));
         *reply.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        *reply.headers_mut() = http_headers(&response.headers);
+        *reply.headers_mut() = headers;
         if !reply.headers().contains_key(CONTENT_TYPE) {
             reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
@@ -449,6 +459,24 @@ impl Stream {
 fn finish_stream(chain: &SharedChain, exchange: &Rc<RefCell<HttpExchange>>) {
     exchange.borrow_mut().info.end_time.get_or_insert_with(SystemTime::now);
     chain.borrow_mut().log();
+}
+
+/// Keeps `content-length` on a proxy-made response only when it is exactly one value, the
+/// length of the body being sent; otherwise removes it, and hyper writes the length of the body
+/// it is handed. Envoy sends whatever length the filters left, so a filter that rewrote a local
+/// reply's body without fixing the header would put a wrong length on the wire there (a client
+/// reads too little or waits for more); here the wire always agrees with the body.
+fn keep_length_only_if_true(headers: &mut http::HeaderMap, body_len: usize) {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let agrees = match (values.next(), values.next()) {
+        // Compared as written: `+5` or `05` parse as 5 but are not a valid content-length.
+        (Some(value), None) => value.as_bytes() == body_len.to_string().as_bytes(),
+        (None, None) => true,
+        _ => false,
+    };
+    if !agrees {
+        headers.remove(CONTENT_LENGTH);
+    }
 }
 
 /// A plain-text local response.

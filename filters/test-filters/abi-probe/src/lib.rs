@@ -1,5 +1,6 @@
 //! A filter that exercises the proxy-wasm host functions and makes every result observable, for
-//! the wasmtrace runtime's conformance tests. Behaviour is chosen by the request path.
+//! the wasmtrace runtime's conformance tests. Behaviour is chosen by the request path; every
+//! response carries `x-probe-saw-content-length`, the `content-length` (or `none`) the probe saw.
 
 #![allow(missing_docs, reason = "proxy_wasm::main! defines the undocumented `_initialize` export")]
 
@@ -297,6 +298,9 @@ impl HttpContext for Probe {
             log::info_line(&format!("#{} <- {name}: {value}", self.context_id));
         }
         self.add_http_response_header("x-probe-response", "yes");
+        // What this filter was told the body's length is, for the client to read.
+        let length = self.get_http_response_header("content-length").unwrap_or_else(|| "none".to_owned());
+        self.add_http_response_header("x-probe-saw-content-length", &length);
         if self.path == "/redact" {
             self.set_http_response_header("content-length", None);
         }
@@ -304,6 +308,14 @@ impl HttpContext for Probe {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.path == "/rewrite-keep-length" {
+            // A careless rewrite: a longer body, and `content-length` left as it was.
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            self.set_http_response_body(0, body_size, b"rewritten by the probe, content-length left alone\n");
+            return Action::Continue;
+        }
         if self.path != "/redact" {
             return Action::Continue;
         }
