@@ -188,6 +188,11 @@ impl PluginModule {
         self.source
     }
 
+    /// Whether this is the quick tier's code (a tiered swap's first half).
+    pub fn is_quick(&self) -> bool {
+        self.source == ModuleSource::QuickCompiled
+    }
+
     /// Lower-case hex sha256 of the module bytes.
     pub fn sha256(&self) -> &str {
         &self.sha256

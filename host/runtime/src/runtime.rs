@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, Linker, OptLevel, ProfilingStrategy, RegallocAlgorithm};
+use wasmtime::{Config, Engine, Linker, OptLevel, ProfilingStrategy};
 
 use crate::abi;
 use crate::error::LoadError;
@@ -105,8 +105,7 @@ pub struct RuntimeOptions {
     /// The profiler wasmtime reports compiled guest code to.
     pub profiler: Profiler,
     /// A swap to a module compiled neither in memory nor on disk publishes the module compiled
-    /// by a quick tier (Cranelift without optimisation, single-pass register allocation: about
-    /// a quarter of the compile time, slower code), then compiles it fully in the background and
+    /// by a quick tier (Cranelift without optimisation: less compile time, slower code), then compiles it fully in the background and
     /// publishes that as the next generation. The price: the filter runs slower code for the
     /// seconds of the full compile, and its root context starts twice (as after a configuration
     /// swap). Off by default; `wasmtrace run --tiered-swaps`.
@@ -146,8 +145,10 @@ impl Tier {
         let mut config = Config::new();
         config.epoch_interruption(true);
         if quick {
+            // Only the optimisation level: wasmtime does not support the single-pass register
+            // allocator for production (nor treat it as security-relevant), and guest code is
+            // untrusted.
             config.cranelift_opt_level(OptLevel::None);
-            config.cranelift_regalloc_algorithm(RegallocAlgorithm::SinglePass);
         } else {
             config.cranelift_opt_level(OptLevel::Speed);
         }

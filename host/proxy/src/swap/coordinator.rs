@@ -106,6 +106,11 @@ pub enum SwapError {
     Refused(String),
 }
 
+/// The quick module one of `slots` now serves, if any (what a tier-up replaces).
+fn next_quick_module(slots: &[Arc<PluginSlot>]) -> Option<Arc<PluginModule>> {
+    slots.iter().map(|slot| slot.active().module.clone()).find(|module| module.is_quick())
+}
+
 /// A swap's module, compiled.
 struct Compiled {
     module: Arc<PluginModule>,
@@ -131,6 +136,8 @@ pub struct SwapCoordinator {
     workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
     limits: VmLimits,
     one_at_a_time: Mutex<()>,
+    /// Held by the one tier-up compiling (tiered swaps): background compiles never pile up.
+    tier_ups: Mutex<()>,
 }
 
 impl SwapCoordinator {
@@ -141,7 +148,7 @@ impl SwapCoordinator {
         workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
         limits: VmLimits,
     ) -> Self {
-        Self { runtime, slots, workers, limits, one_at_a_time: Mutex::new(()) }
+        Self { runtime, slots, workers, limits, one_at_a_time: Mutex::new(()), tier_ups: Mutex::new(()) }
     }
 
     /// Every configured plugin.
@@ -188,7 +195,7 @@ impl SwapCoordinator {
         let _serialised = self.one_at_a_time.lock().await;
         let started = Instant::now();
         let slots = self.select(&request.plugin, request.listener.as_deref())?;
-        let (module, module_cached, optimise_later) = match module_bytes {
+        let (module, module_cached, mut optimise_later) = match module_bytes {
             Some((bytes, origin)) => {
                 let compiled = self.compile(bytes, origin).await.inspect_err(|_| count_refusal(&slots))?;
                 (Some(compiled.module), compiled.cached, compiled.optimise_later)
@@ -209,8 +216,11 @@ impl SwapCoordinator {
             if let Some(vm_configuration) = &request.vm_configuration {
                 filter.vm_configuration = vm_configuration.clone();
             }
-            let module = module.clone().unwrap_or_else(|| active.module.clone());
-            if module.sha256() == active.module.sha256()
+            let module = self.optimised(module.as_ref().unwrap_or(&active.module));
+            // Quick code is not the same as the optimised code of the same module: swapping
+            // from one to the other is a change (it is how a stuck quick generation is fixed).
+            let same_code = module.sha256() == active.module.sha256() && module.is_quick() == active.module.is_quick();
+            if same_code
                 && filter.plugin_configuration == active.filter.plugin_configuration
                 && filter.vm_configuration == active.filter.vm_configuration
             {
@@ -219,48 +229,87 @@ impl SwapCoordinator {
             }
             next.push((slot.clone(), filter, module));
         }
-        let swapped = self.stage_and_publish(next, Publication::NewGeneration).await?;
+        let quick_first = optimise_later.is_some();
+        let swapped = match self.stage_and_publish(next.clone(), Publication::NewGeneration, quick_first).await {
+            Err(SwapError::Refused(reason)) if quick_first => {
+                // Unoptimised code may miss a start-up deadline the optimised code meets: the
+                // quick tier is a shortcut, never a reason to refuse a module.
+                tracing::info!("tiered swap: the quick code did not start ({reason}); compiling fully");
+                let bytes = optimise_later.take().unwrap_or_default();
+                let full = self.compile_fully(bytes).await.inspect_err(|_| count_refusal(&slots))?;
+                let next = next.into_iter().map(|(slot, filter, _)| (slot, filter, full.clone())).collect();
+                self.stage_and_publish(next, Publication::NewGeneration, false).await?
+            }
+            other => other?,
+        };
         let published_after_ms = started.elapsed().as_secs_f64() * 1e3;
-        let optimising = optimise_later.is_some() && !swapped.is_empty();
-        if let Some(bytes) = optimise_later.filter(|_| optimising) {
-            let published: Vec<(Arc<PluginSlot>, u64)> = swapped
-                .iter()
-                .filter_map(|s| {
-                    let slot = self.slots.iter().find(|slot| slot.listener == s.listener && slot.name == s.plugin)?;
-                    Some((slot.clone(), s.generation))
-                })
-                .collect();
+        let quick = next_quick_module(&slots);
+        let optimising = optimise_later.is_some() && quick.is_some();
+        if let (Some(bytes), Some(quick)) = (optimise_later, quick) {
             let coordinator = self.clone();
-            tokio::spawn(async move { coordinator.publish_optimised(bytes, published).await });
+            tokio::spawn(async move { coordinator.publish_optimised(bytes, quick).await });
         }
         Ok(SwapOutcome { swapped, unchanged, published_after_ms, module_cached, optimising })
     }
 
-    /// The second half of a tiered swap: compiles `bytes` fully (off the async threads) and
-    /// publishes the optimised code on every slot still serving the quick generation it
-    /// replaces, with the same configuration. A slot swapped again meanwhile is left alone; a
-    /// failure leaves the quick code serving (it is correct, only slower) and is logged.
-    async fn publish_optimised(&self, bytes: Vec<u8>, published: Vec<(Arc<PluginSlot>, u64)>) {
-        let runtime = self.runtime.clone();
-        let compiled = tokio::task::spawn_blocking(move || runtime.compile(&bytes)).await;
-        let module = match compiled {
-            Ok(Ok(module)) => module,
-            Ok(Err(e)) => return tracing::warn!("tiered swap: the optimised compile failed, quick code stays: {e}"),
-            Err(e) => return tracing::warn!("tiered swap: the optimised compile did not finish: {e}"),
+    /// `module`, or its optimised code when `module` is quick code whose full compile is done.
+    fn optimised(&self, module: &Arc<PluginModule>) -> Arc<PluginModule> {
+        if module.is_quick() {
+            if let Some(full) = self.runtime.cached(module.sha256()) {
+                return full;
+            }
+        }
+        module.clone()
+    }
+
+    /// The second half of a tiered swap: compiles `bytes` fully and publishes the optimised code
+    /// on every slot whose serving generation runs `quick`, with that generation's
+    /// configuration (a configuration swap meanwhile kept the quick module; it is tiered up
+    /// too). One tier-up compiles at a time, and one whose quick code no longer serves anywhere
+    /// is skipped before it compiles. A failure leaves the quick code serving (it is correct,
+    /// only slower) and is logged.
+    async fn publish_optimised(&self, bytes: Vec<u8>, quick: Arc<PluginModule>) {
+        let _one_compile = self.tier_ups.lock().await;
+        if !self.slots.iter().any(|slot| Arc::ptr_eq(&slot.active().module, &quick)) {
+            return tracing::debug!(sha256 = %quick.sha256(), "tiered swap: quick code no longer serves; not compiling");
+        }
+        let module = match self.compile_fully(bytes).await {
+            Ok(module) => module,
+            Err(e) => return tracing::warn!("tiered swap: the optimised compile failed, quick code stays: {e}"),
         };
         let _serialised = self.one_at_a_time.lock().await;
-        let next: Vec<_> = published
-            .into_iter()
-            .filter_map(|(slot, generation)| {
+        let next: Vec<_> = self
+            .slots
+            .iter()
+            .filter_map(|slot| {
                 let active = slot.active();
-                (active.generation == generation).then(|| (slot.clone(), active.filter.clone(), module.clone()))
+                Arc::ptr_eq(&active.module, &quick).then(|| (slot.clone(), active.filter.clone(), module.clone()))
             })
             .collect();
-        match self.stage_and_publish(next, Publication::TierUp).await {
+        match self.stage_and_publish(next, Publication::TierUp, false).await {
             Ok(swapped) => swapped.iter().for_each(|s| {
                 tracing::info!(listener = %s.listener, plugin = %s.plugin, generation = s.generation, "tiered swap: optimised code published")
             }),
             Err(e) => tracing::warn!("tiered swap: the optimised code was not published, quick code stays: {e}"),
+        }
+    }
+
+    /// Compiles `bytes` with the optimising tier on a thread of its own, so a shutdown never
+    /// waits for a compile nobody will use (a blocking-pool task would hold the control runtime's
+    /// drop until it ends).
+    async fn compile_fully(&self, bytes: Vec<u8>) -> Result<Arc<PluginModule>, SwapError> {
+        let runtime = self.runtime.clone();
+        let (done, compiled) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("wasm-compile".into())
+            .spawn(move || {
+                let _ = done.send(runtime.compile(&bytes));
+            })
+            .map_err(|e| SwapError::Refused(format!("cannot start the compile: {e}")))?;
+        match compiled.await {
+            Ok(Ok(module)) => Ok(module),
+            Ok(Err(e)) => Err(SwapError::Refused(format!("the module does not load: {e}"))),
+            Err(_) => Err(SwapError::Refused("the compile did not finish".into())),
         }
     }
 
@@ -275,9 +324,9 @@ impl SwapCoordinator {
             let Some(previous) = previous else {
                 return Err(SwapError::NoPrevious(format!("{}/{}", slot.listener, slot.name)));
             };
-            next.push((slot.clone(), previous.filter.clone(), previous.module.clone()));
+            next.push((slot.clone(), previous.filter.clone(), self.optimised(&previous.module)));
         }
-        let swapped = self.stage_and_publish(next, Publication::NewGeneration).await?;
+        let swapped = self.stage_and_publish(next, Publication::NewGeneration, false).await?;
         let published_after_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(SwapOutcome { swapped, unchanged: Vec::new(), published_after_ms, module_cached: true, optimising: false })
     }
@@ -305,6 +354,7 @@ impl SwapCoordinator {
         &self,
         next: Vec<(Arc<PluginSlot>, wasmtrace_config::WasmFilter, Arc<PluginModule>)>,
         publication: Publication,
+        retry_on_refusal: bool,
     ) -> Result<Vec<Swapped>, SwapError> {
         if next.is_empty() {
             return Ok(Vec::new());
@@ -322,13 +372,20 @@ impl SwapCoordinator {
             })
             .collect();
         if let Err(reason) = self.stage_everywhere(&staged).await {
+            // A refusal the caller retries (quick code, then the full compile) and a refused
+            // tier-up are not the user's swap refused: they count nothing.
+            let counted = publication == Publication::NewGeneration && !retry_on_refusal;
             for (slot, plugin) in &staged {
-                slot.counters.refusals.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    slot.counters.refusals.fetch_add(1, Ordering::Relaxed);
+                }
                 for worker in &self.workers {
                     let _ = worker.send(WorkerCommand::Discard { slot: slot.index, generation: plugin.generation });
                 }
             }
-            tracing::warn!(plugin = %staged[0].0.name, "hot swap refused: {reason}; the serving generation stays");
+            if counted {
+                tracing::warn!(plugin = %staged[0].0.name, "hot swap refused: {reason}; the serving generation stays");
+            }
             return Err(SwapError::Refused(reason));
         }
         let mut swapped = Vec::new();
@@ -346,7 +403,10 @@ impl SwapCoordinator {
                 old
             };
             slot.published.store(plugin.generation, Ordering::Release);
-            slot.counters.swaps.fetch_add(1, Ordering::Relaxed);
+            // A tier-up is the second half of a swap already counted.
+            if publication == Publication::NewGeneration {
+                slot.counters.swaps.fetch_add(1, Ordering::Relaxed);
+            }
             for worker in &self.workers {
                 let _ = worker.send(WorkerCommand::Publish { slot: slot.index });
             }
