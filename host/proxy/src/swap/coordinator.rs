@@ -254,10 +254,10 @@ impl SwapCoordinator {
 
     /// `module`, or its optimised code when `module` is quick code whose full compile is done.
     fn optimised(&self, module: &Arc<PluginModule>) -> Arc<PluginModule> {
-        if module.is_quick() {
-            if let Some(full) = self.runtime.cached(module.sha256()) {
-                return full;
-            }
+        if module.is_quick()
+            && let Some(full) = self.runtime.cached(module.sha256())
+        {
+            return full;
         }
         module.clone()
     }
