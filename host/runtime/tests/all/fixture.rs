@@ -119,16 +119,31 @@ pub fn request_header(exchange: &Rc<RefCell<HttpExchange>>, name: &str) -> Optio
 }
 
 /// Collects the log lines emitted on this thread while the guard lives.
+///
+/// One subscriber serves the whole test process (installed by the first capture) and writes
+/// each event into the buffer of the thread that emitted it. A thread-local subscriber per
+/// test (`set_default`) missed events now and then: tracing caches, per call site, whether
+/// anyone is interested, and that cache races with other threads creating and dropping their
+/// subscribers.
 pub struct LogCapture {
-    lines: Arc<Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
+    /// Not `Send`: the capture belongs to the thread that started it.
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// This thread's captured log text, while a [`LogCapture`] lives.
+    static CAPTURED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+struct CaptureWriter;
 
 impl Write for CaptureWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        CAPTURED.with(|captured| {
+            if let Some(lines) = captured.borrow_mut().as_mut() {
+                lines.extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
 
@@ -137,21 +152,30 @@ impl Write for CaptureWriter {
     }
 }
 
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        CAPTURED.with(|captured| *captured.borrow_mut() = None);
+    }
+}
+
 impl LogCapture {
     pub fn start() -> Self {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .without_time()
-            .with_writer(move || CaptureWriter(sink.clone()))
-            .finish();
-        Self { lines, _guard: tracing::subscriber::set_default(subscriber) }
+        static INSTALLED: OnceLock<()> = OnceLock::new();
+        INSTALLED.get_or_init(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .without_time()
+                .with_writer(|| CaptureWriter)
+                .finish();
+            let _ = tracing::subscriber::set_global_default(subscriber);
+        });
+        CAPTURED.with(|captured| *captured.borrow_mut() = Some(Vec::new()));
+        Self { _thread: std::marker::PhantomData }
     }
 
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.lines.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        CAPTURED.with(|captured| String::from_utf8_lossy(captured.borrow().as_deref().unwrap_or_default()).into_owned())
     }
 
     /// Asserts that some line contains `needle`.
