@@ -51,6 +51,7 @@ async fn response_filters_see_a_direct_responses_body_length_and_none_for_an_emp
         "Envoy removes content-length from an empty local reply before the filters see it"
     );
     assert_eq!(empty.header("content-length"), Some("0"), "HTTP/1.1 frames the empty body");
+    assert_eq!(empty.header("content-type"), None, "Envoy gives an empty local reply no content type");
     proxy.shutdown();
 }
 

@@ -481,13 +481,11 @@ fn keep_length_only_if_true(headers: &mut http::HeaderMap, body_len: usize) {
 
 /// A plain-text local response.
 fn plain(status: u16, details: &str, body: &str) -> LocalResponse {
-    LocalResponse {
-        status,
-        body: body.as_bytes().to_vec(),
-        headers: HeaderMap::from_pairs([("content-type", "text/plain")]),
-        details: details.to_owned(),
-        grpc_status: None,
-    }
+    // Envoy's local replies carry a content type only with a body (an empty `direct_response`
+    // has neither `content-type` nor `content-length`).
+    let headers =
+        if body.is_empty() { HeaderMap::new() } else { HeaderMap::from_pairs([("content-type", "text/plain")]) };
+    LocalResponse { status, body: body.as_bytes().to_vec(), headers, details: details.to_owned(), grpc_status: None }
 }
 
 /// Why a request cannot be sent upstream after the request filters ran.
