@@ -1,4 +1,5 @@
-//! Envoy compatibility a filter can observe: the `content-length` of local and direct replies,
+//! Envoy compatibility a filter can observe: the route resolved before the request filters run
+//! (and again after them), the route and listener attributes, the `content-length` of local and direct replies,
 //! as Envoy sets it before the response filters run (the body's length; none for an empty body),
 //! and a wire length that always matches the body sent, whatever a response filter did to it.
 
@@ -92,5 +93,54 @@ async fn a_local_reply_whose_body_a_filter_rewrites_reaches_the_client_with_its_
         let length = redacted.body.len().to_string();
         assert_eq!(redacted.header("content-length"), Some(length.as_str()), "http2: {http2}");
     }
+    proxy.shutdown();
+}
+
+/// The abi-probe in front of named routes: `/props` and `/api` to `service`, `/reroute` answered
+/// directly (unless a filter moves the request elsewhere).
+fn routed_proxy(upstream: &Upstream) -> RunningProxy {
+    let routes = r#"                        - name: props-route
+                          match: { prefix: "/props" }
+                          route: { cluster: service, timeout: 5s }
+                        - name: moved-route
+                          match: { path: "/reroute" }
+                          direct_response: { status: 418, body: { inline_string: "not moved\n" } }
+                        - name: api-route
+                          match: { prefix: "/api" }
+                          route: { cluster: service, timeout: 5s }
+"#;
+    start(&bootstrap_yaml(
+        &[wasm_filter("probe", "abi-probe", "", false)],
+        routes,
+        &[cluster("service", upstream.addr, "")],
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_filters_read_the_route_cluster_and_listener_direction_before_routing() {
+    let upstream = Upstream::start();
+    let proxy = routed_proxy(&upstream);
+    let reply = get(ingress(&proxy), "/props", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    for (header, expected) in [
+        ("x-prop-route-name", "props-route"),
+        ("x-prop-xds-route-name", "props-route"),
+        ("x-prop-cluster-name", "service"),
+        ("x-prop-xds-cluster-name", "service"),
+        ("x-prop-listener-direction", "1"),
+    ] {
+        assert_eq!(reply.upstream_saw(header).as_deref(), Some(expected), "{header}");
+    }
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_filter_that_changes_the_path_is_routed_by_the_new_path() {
+    let upstream = Upstream::start();
+    let proxy = routed_proxy(&upstream);
+    let reply = get(ingress(&proxy), "/reroute", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "routed to the service, not the direct reply: {}", reply.text());
+    assert_eq!(reply.upstream_saw("x-probe-route-before").as_deref(), Some("moved-route"));
+    assert_eq!(reply.json()["path"], "/api/rerouted");
     proxy.shutdown();
 }

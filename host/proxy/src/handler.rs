@@ -197,8 +197,32 @@ impl Stream {
         plain(400, "downstream_protocol_error", "the request body is malformed or cut short\n")
     }
 
+    /// Records the route `request headers` select now in the stream's attributes (`route_name`,
+    /// `cluster_name`, `xds.*`), for the filters to read.
+    fn note_route(&self, selected: Option<(&wasmtrace_config::VirtualHost, &wasmtrace_config::Route)>) {
+        let mut exchange = self.exchange.borrow_mut();
+        let info = &mut exchange.info;
+        info.route_name = selected.map(|(_, route)| route.name.clone());
+        info.virtual_host_name = selected.map(|(virtual_host, _)| virtual_host.name.clone());
+        info.cluster_name = selected.and_then(|(_, route)| match &route.action {
+            RouteAction::Cluster { cluster, .. } => Some(cluster.clone()),
+            RouteAction::Direct { .. } => None,
+        });
+    }
+
     async fn run(self, body: DownstreamBody) -> Result<Response<ResponseBody>, StreamReset> {
         let end_of_stream = body.is_end_stream();
+        if self.filter_count() > 0 {
+            // As in Envoy, the route is resolved before the request filters run, so they can read
+            // it; it is resolved again after them (Envoy clears its route cache when a Wasm filter
+            // changes request headers, and re-resolving unchanged headers picks the same route).
+            let ctx = self.ctx.clone();
+            let selected = match self.exchange.borrow().request_headers.as_ref() {
+                Some(headers) => route::pick(&ctx.listener.http.virtual_hosts, headers),
+                None => None,
+            };
+            self.note_route(selected);
+        }
         match chain::request_headers(&self.chain, end_of_stream).await {
             Verdict::Local(response, index) => return self.local_reply(response, index + 1).await,
             Verdict::Close => return self.close(),
@@ -216,13 +240,14 @@ impl Stream {
             },
         };
         let Some((virtual_host, route)) = selected else {
+            if all > 0 {
+                self.note_route(None);
+            }
             let response = plain(404, "route_not_found", "no route matches this request\n");
             return self.local_reply(response, all).await;
         };
         if all > 0 {
-            let mut exchange = self.exchange.borrow_mut();
-            exchange.info.route_name = Some(route.name.clone());
-            exchange.info.virtual_host_name = Some(virtual_host.name.clone());
+            self.note_route(Some((virtual_host, route)));
         }
         match &route.action {
             RouteAction::Direct { status, body } => {

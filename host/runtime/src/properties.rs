@@ -275,6 +275,19 @@ fn node_property(node: &NodeInfo, rest: &[&[u8]]) -> Option<PropertyValue> {
     }
 }
 
+/// What the stream's route and listener say: `route_name`, `cluster_name`,
+/// `virtual_host_name`, `listener_direction` (Envoy's `TrafficDirection` number). The route is
+/// known from before the request filters run (see the data plane's routing).
+fn stream_route_property(info: &crate::StreamInfo, attr: &[u8]) -> Option<PropertyValue> {
+    match attr {
+        b"route_name" => info.route_name.clone().map(PropertyValue::text),
+        b"cluster_name" => info.cluster_name.clone().map(PropertyValue::text),
+        b"virtual_host_name" => info.virtual_host_name.clone().map(PropertyValue::text),
+        b"listener_direction" => Some(PropertyValue::Int(i64::from(info.listener_direction))),
+        _ => None,
+    }
+}
+
 /// Resolves `path` (segments as the guest sent them, split at NUL).
 pub(crate) fn resolve(path: &[&[u8]], scope: &PropertyScope<'_>) -> Option<PropertyValue> {
     let (first, rest) = path.split_first()?;
@@ -293,15 +306,10 @@ pub(crate) fn resolve(path: &[&[u8]], scope: &PropertyScope<'_>) -> Option<Prope
         (b"upstream", [attr, tail @ ..]) => address_property(exchange?.info.upstream, attr, tail),
         (b"connection_id", []) | (b"connection", [b"id"]) => Some(PropertyValue::UInt(exchange?.info.connection_id)),
         (b"connection", [b"mtls"]) => Some(PropertyValue::Bool(false)),
-        (b"xds", [attr]) => {
-            let info = &exchange?.info;
-            match *attr {
-                b"route_name" => info.route_name.clone().map(PropertyValue::text),
-                b"cluster_name" => info.cluster_name.clone().map(PropertyValue::text),
-                b"virtual_host_name" => info.virtual_host_name.clone().map(PropertyValue::text),
-                b"listener_direction" => Some(PropertyValue::Int(i64::from(info.listener_direction))),
-                _ => None,
-            }
+        // Envoy's top-level attributes of the route and listener, and their `xds.*` spellings.
+        (b"xds", [attr]) => stream_route_property(&exchange?.info, attr),
+        (attr @ (b"route_name" | b"cluster_name" | b"listener_direction"), []) => {
+            stream_route_property(&exchange?.info, attr)
         }
         (b"filter_state", [key]) => {
             let key = String::from_utf8_lossy(key);

@@ -141,6 +141,11 @@ impl Probe {
             ("x-prop-node-id", self.property_text(vec!["node", "id"])),
             ("x-prop-missing", self.property_text(vec!["no", "such", "thing"])),
             ("x-prop-roundtrip", self.property_text(vec!["probe_state"])),
+            ("x-prop-route-name", self.property_text(vec!["route_name"])),
+            ("x-prop-xds-route-name", self.property_text(vec!["xds", "route_name"])),
+            ("x-prop-cluster-name", self.property_text(vec!["cluster_name"])),
+            ("x-prop-xds-cluster-name", self.property_text(vec!["xds", "cluster_name"])),
+            ("x-prop-listener-direction", self.property_int(vec!["listener_direction"])),
         ];
         for (name, value) in reports {
             self.add_http_request_header(name, &value);
@@ -245,6 +250,13 @@ impl HttpContext for Probe {
             }
             "/props" => {
                 self.report_properties();
+                Action::Continue
+            }
+            "/reroute" => {
+                // The route as resolved before this filter ran, then a path another route serves.
+                let before = self.property_text(vec!["route_name"]);
+                self.add_http_request_header("x-probe-route-before", &before);
+                self.set_http_request_header(":path", Some("/api/rerouted"));
                 Action::Continue
             }
             "/close" => {
