@@ -85,7 +85,10 @@ impl StreamSignals {
 enum Phase {
     /// Callbacks go to the guest.
     Active,
-    /// The filter is out of the stream (failed, or closed it).
+    /// The filter closed the stream: no more stream callbacks, but the access-log point still
+    /// reaches it (Envoy calls `on_log` for every stream, closed or not).
+    Closed,
+    /// The filter failed: nothing more reaches it.
     Bypassed,
 }
 
@@ -155,7 +158,7 @@ impl HttpStream {
 
     /// True once the filter is out of the stream (after a failure or a close).
     pub fn is_bypassed(&self) -> bool {
-        self.phase.get() == Phase::Bypassed
+        self.phase.get() != Phase::Active
     }
 
     fn header_count(map: Option<&HeaderMap>) -> u32 {
@@ -221,7 +224,7 @@ impl HttpStream {
     /// `proxy_on_log`: the access-log point, after the response is complete. Headers, trailers
     /// and `response.*` properties are readable.
     pub fn on_log(&mut self) {
-        if let (Phase::Active, Some(vm)) = (self.phase.get(), &self.vm)
+        if let (Phase::Active | Phase::Closed, Some(vm)) = (self.phase.get(), &self.vm)
             && self.startup_failure.borrow().is_none()
         {
             let _ = vm.log_stream(self.context_id);
@@ -234,7 +237,7 @@ impl HttpStream {
         callback: &'static str,
         invoke: impl FnOnce(&PluginVm, u32, std::time::Duration) -> Result<u32, GuestFailure>,
     ) -> Action {
-        if self.phase.get() == Phase::Bypassed {
+        if self.phase.get() != Phase::Active {
             return Action::Continue;
         }
         if let Some(failure) = self.startup_failure.borrow_mut().take() {
@@ -267,7 +270,7 @@ impl HttpStream {
             return Action::LocalResponse(response);
         }
         if signals.close {
-            self.phase.set(Phase::Bypassed);
+            self.phase.set(Phase::Closed);
             return Action::Close;
         }
         if code == action::CONTINUE as u32 { Action::Continue } else { Action::Pause }
@@ -300,7 +303,7 @@ impl HttpStream {
             return Poll::Ready(Action::LocalResponse(response));
         }
         if signals.close {
-            self.phase.set(Phase::Bypassed);
+            self.phase.set(Phase::Closed);
             return Poll::Ready(Action::Close);
         }
         if signals.vm_failed && self.phase.get() == Phase::Active {
@@ -317,7 +320,7 @@ impl HttpStream {
             Direction::Request => std::mem::take(&mut signals.resume_request),
             Direction::Response => std::mem::take(&mut signals.resume_response),
         };
-        if resumed || self.phase.get() == Phase::Bypassed {
+        if resumed || self.phase.get() != Phase::Active {
             return Poll::Ready(Action::Continue);
         }
         let slot = match direction {

@@ -48,11 +48,16 @@ fn a_local_response_stops_the_stream_with_status_body_and_headers() {
 }
 
 #[test]
-fn closing_the_stream_asks_the_data_plane_to_reset_it() {
+fn closing_the_stream_asks_the_data_plane_to_reset_it_and_the_filter_still_logs_it() {
+    let logs = LogCapture::start();
     let runtime = runtime();
     let probe = instance(&runtime, "abi-probe", plugin("probe", "", ""), Rc::default());
     let mut stream = probe.new_stream(request("/close", &[]));
     assert_eq!(stream.on_request_headers(true), Action::Close);
+    assert_eq!(stream.on_response_headers(true), Action::Continue, "no stream callback after the close");
+    stream.on_log();
+    // As in Envoy, the access-log point reaches a filter that closed its stream.
+    logs.assert_line("completed with");
 }
 
 #[test]
