@@ -6,6 +6,7 @@
 //!   with a SERVER span per request, and tells the client its trace id.
 //! - [`operation_span`]: CLIENT spans around database and storage calls.
 //! - [`upstream`]: calls to another service, with a CLIENT span and the context injected.
+//! - [`request_id`]: the caller's `x-request-id`, passed on to the services a request calls.
 //! - [`api_error`]: the `{"message": ...}` error body every endpoint answers with.
 //! - [`media`]: the image types all three accept (one allow-list) and the headers images are
 //!   served with.
@@ -16,6 +17,7 @@
 pub mod api_error;
 pub mod media;
 pub mod operation_span;
+pub mod request_id;
 pub mod serve;
 pub mod server_span;
 pub mod telemetry;
@@ -23,6 +25,7 @@ pub mod upstream;
 
 pub use api_error::ApiError;
 pub use operation_span::ClientOperation;
+pub use request_id::RequestId;
 pub use serve::RunningService;
 pub use telemetry::Telemetry;
 pub use upstream::UpstreamClient;

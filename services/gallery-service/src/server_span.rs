@@ -1,7 +1,7 @@
 //! The SERVER span of every request a service answers (unless a sidecar makes it: see
 //! [`crate::telemetry::TelemetryConfig::http_spans`]): the child of the context the caller sent, named after the matched route, tagged with the HTTP
 //! semantic conventions, and made current for the handler so database, storage and outgoing
-//! calls nest under it. The response tells the client its trace (`traceresponse`, and
+//! calls nest under it (and carry the caller's `x-request-id` on). The response tells the client its trace (`traceresponse`, and
 //! `server-timing` for browsers' developer tools).
 
 use std::sync::Arc;
@@ -13,11 +13,12 @@ use http::HeaderValue;
 use opentelemetry::trace::{FutureExt, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
+use crate::request_id::RequestId;
 use crate::telemetry::{Telemetry, attribute};
 
 /// Middleware (install with `route_layer`, so the matched route is known).
 pub async fn trace_requests(State(telemetry): State<Arc<Telemetry>>, request: Request, next: Next) -> Response {
-    let parent = telemetry.extract(request.headers());
+    let parent = RequestId::carried_in(telemetry.extract(request.headers()), request.headers());
     if !telemetry.http_spans() {
         // The sidecar's SERVER span is the request's span: work under it, answer with it.
         let mut response = next.run(request).with_context(parent.clone()).await;

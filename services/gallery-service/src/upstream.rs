@@ -1,5 +1,6 @@
 //! Calls from one gallery service to another: a CLIENT span per call (HTTP semantic
-//! conventions), the span's context injected into the request, and a timeout. In a deployment
+//! conventions), the span's context and the served request's `x-request-id` injected into the
+//! request, and a timeout. In a deployment
 //! the base URL is the caller's outbound sidecar and `Host` names the service behind it.
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
 use crate::api_error::ApiError;
+use crate::request_id::RequestId;
 use crate::telemetry::{Telemetry, attribute};
 
 /// A service this one calls.
@@ -97,6 +99,7 @@ impl UpstreamClient {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let uri: Uri = format!("{}{}", self.base, path).parse().map_err(|e| UpstreamError::Url(format!("{e}")))?;
         let parent = Context::current();
+        RequestId::pass_on(&parent, &mut headers);
         if !self.telemetry.http_spans() {
             // The outbound sidecar makes the CLIENT span; pass the current context to it.
             self.telemetry.inject(&parent, &mut headers);
