@@ -309,6 +309,11 @@ async fn broken_swaps_are_refused_under_load_and_the_old_generation_keeps_servin
             "proxy_on_configure",
         ),
         (serde_json::json!({ "configuration": "{\"service_name\": 7}" }), "proxy_on_configure"),
+        // The answer carries what the filter logged while refusing, not only that it refused.
+        (
+            serde_json::json!({ "configuration": "{\"service_name\": \"x\", \"attributes\": {}, \"exporter\": {\"cluster\": \"otel\"}}" }),
+            "unknown field `attributes`",
+        ),
         (serde_json::json!({ "module_path": "/nonexistent/filter.wasm" }), "cannot open the module"),
     ];
     for (body, reason) in &refusals {

@@ -122,6 +122,9 @@ pub struct VmState {
     pub(crate) root_filter_state: HashMap<String, Vec<u8>>,
     /// The root context's `proxy_on_done` returned false and `proxy_done` has not come yet.
     pub(crate) done_pending: bool,
+    /// While the VM starts: what the guest logs, so a refused start can say why (see
+    /// [`StartupLog`]).
+    pub(crate) startup_log: std::sync::Mutex<Option<StartupLog>>,
     /// A component filter's callouts in flight, and whether it still holds their handle (a
     /// dropped handle means the answer is not delivered).
     pub(crate) component_callouts: HashMap<u32, bool>,
@@ -164,6 +167,7 @@ impl VmState {
             metric_cache: HashMap::new(),
             root_filter_state: HashMap::new(),
             done_pending: false,
+            startup_log: std::sync::Mutex::new(None),
             component_callouts: HashMap::new(),
             wasi: WasiCtx::builder().stdout(guest_output.clone()).stderr(guest_output.clone()).build(),
             guest_output,
@@ -201,5 +205,49 @@ impl VmState {
 impl WasiView for VmState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The guest's log lines (info and above, whatever the log level) while its VM starts, bounded:
+/// the first [`StartupLog::LINES`] lines of at most [`StartupLog::LINE_BYTES`] bytes each. A
+/// start-up that fails or refuses reports them with its error, so a refused swap tells the admin
+/// caller why (the caller supplied the module and configuration; the lines are the guest's own
+/// words, never host internals).
+#[derive(Debug, Default)]
+pub(crate) struct StartupLog {
+    lines: Vec<String>,
+    dropped: usize,
+}
+
+impl StartupLog {
+    /// Lines kept.
+    pub(crate) const LINES: usize = 16;
+    /// Bytes kept of one line.
+    pub(crate) const LINE_BYTES: usize = 512;
+
+    pub(crate) fn push(&mut self, message: &str) {
+        if self.lines.len() >= Self::LINES {
+            self.dropped += 1;
+            return;
+        }
+        let mut end = message.len().min(Self::LINE_BYTES);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut line: String = message[..end].chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        if end < message.len() {
+            line.push('…');
+        }
+        self.lines.push(line);
+    }
+
+    /// `; it logged: "…"; "…"` for an error message, or nothing when it logged nothing.
+    pub(crate) fn summary(&self) -> String {
+        if self.lines.is_empty() {
+            return String::new();
+        }
+        let quoted: Vec<String> = self.lines.iter().map(|line| format!("{line:?}")).collect();
+        let more = if self.dropped > 0 { format!(" (and {} more lines)", self.dropped) } else { String::new() };
+        format!("; it logged: {}{more}", quoted.join("; "))
     }
 }

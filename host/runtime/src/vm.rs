@@ -23,7 +23,7 @@ use crate::plugin::PluginConfig;
 use crate::runtime::Runtime;
 use crate::services::HostServices;
 use crate::shared_queue::QueueInbox;
-use crate::state::{StreamContext, VmState};
+use crate::state::{StartupLog, StreamContext, VmState};
 use crate::stream::StreamSignals;
 
 type Callback1 = TypedFunc<u32, ()>;
@@ -329,7 +329,14 @@ impl PluginVm {
             started_at: Instant::now(),
         });
         vm.inner.borrow_mut().store.data_mut().self_ref = send_wrapper::SendWrapper::new(Rc::downgrade(&vm));
-        vm.run_start_sequence()?;
+        vm.set_startup_log(Some(StartupLog::default()));
+        let started = vm.run_start_sequence();
+        let log = vm.set_startup_log(None);
+        started.map_err(|mut failure| {
+            // What the guest said while starting is usually why it refused.
+            failure.detail.push_str(&log.map(|log| log.summary()).unwrap_or_default());
+            failure
+        })?;
         Ok(vm)
     }
 
@@ -390,12 +397,19 @@ impl PluginVm {
         Ok(())
     }
 
+    /// Replaces the start-up log (`Some` starts keeping lines), returning the one it had.
+    fn set_startup_log(&self, log: Option<StartupLog>) -> Option<StartupLog> {
+        let mut inner = self.inner.borrow_mut();
+        let mut slot = inner.store.data_mut().startup_log.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *slot, log)
+    }
+
     fn refuse(&self, callback: &'static str) -> GuestFailure {
         let failure = GuestFailure {
             plugin: self.plugin.name.clone(),
             callback,
             kind: FailureKind::Refused,
-            detail: "the plugin returned false (see its log lines for why)".into(),
+            detail: "the plugin returned false".into(),
         };
         self.fail(failure.clone());
         failure

@@ -16,8 +16,14 @@ pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// Emits one guest log line at `level` for the plugin of `state`.
+/// Emits one guest log line at `level` for the plugin of `state`; while the VM starts, lines
+/// at info and above are also kept for the start-up's error (see [`crate::state::StartupLog`]).
 pub(crate) fn emit(state: &VmState, level: LogLevel, message: &str) {
+    if level >= LogLevel::Info
+        && let Some(log) = state.startup_log.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+    {
+        log.push(message);
+    }
     if level < state.services.log_level() {
         return;
     }
@@ -38,9 +44,7 @@ fn log(caller: Caller<'_, VmState>, level: u32, ptr: u32, len: u32) -> wasmtime:
     // Read in place (and checked even when the level is off, as a bad pointer is a bad pointer).
     let (data, state) = memory::view(&caller, CALL)?;
     let message = memory::slice(data, CALL, ptr, len)?;
-    if level >= state.services.log_level() {
-        emit(state, level, &String::from_utf8_lossy(message));
-    }
+    emit(state, level, &String::from_utf8_lossy(message));
     Ok(Status::Ok.code())
 }
 
