@@ -168,7 +168,42 @@ async fn one_request_gives_one_linked_trace(format: &str, content_type: &str) {
     assert_eq!(string(api_server, "client.address"), "127.0.0.1");
     assert_eq!(int(api_server, "http.response.status_code"), 200);
     assert_eq!(string(api_client, "server.address"), "catalog.local");
+    assert_eq!(int(api_client, "server.port"), 80, "the scheme's port when the authority has none");
+    assert_eq!(string(api_client, "url.full"), "http://catalog.local/v0/images/42");
+    assert_eq!(string(api_client, "network.peer.address"), "127.0.0.1", "the upstream, not the local app");
+    assert!(attribute(api_client, "client.address").is_none(), "a CLIENT span has no client.address");
+    assert_eq!(string(api_server, "network.protocol.version"), "1.1");
     assert_eq!(int(catalog_server, "http.response.status_code"), 200);
+    // OpenTelemetry's stable HTTP conventions: every required attribute (and every recommended
+    // one a proxy can know) on each kind; conditionally required ones where they apply
+    // (`user_agent.original` when the client sent one: checked above).
+    let has = |span: &Span, keys: &[&str]| -> Vec<String> {
+        keys.iter().filter(|key| attribute(span, key).is_none()).map(|key| (*key).to_owned()).collect()
+    };
+    let server = [
+        "http.request.method",
+        "url.path",
+        "url.scheme",
+        "http.response.status_code",
+        "server.address",
+        "client.address",
+        "network.peer.address",
+        "network.peer.port",
+        "network.protocol.version",
+    ];
+    let client = [
+        "http.request.method",
+        "server.address",
+        "server.port",
+        "url.full",
+        "http.response.status_code",
+        "network.peer.address",
+        "network.peer.port",
+        "network.protocol.version",
+    ];
+    for (span, expected) in [(api_server, &server[..]), (catalog_server, &server[..]), (api_client, &client[..])] {
+        assert_eq!(has(span, expected), Vec::<String>::new(), "missing on {} (kind {})", span.name, span.kind);
+    }
     for span in [api_server, api_client, catalog_server] {
         assert_eq!(span.status.as_ref().map(|s| s.code), Some(0), "2xx leaves the status unset");
         assert!(span.end_time_unix_nano >= span.start_time_unix_nano);

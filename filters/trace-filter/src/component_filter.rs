@@ -117,7 +117,7 @@ impl RootHost for WorldHost {
 /// The path of `property` as the world's `list<string>`, built once: the import takes owned
 /// strings, which would otherwise be allocated on every read.
 fn property_path(property: Property) -> &'static [String] {
-    const ALL: [Property; 7] = [
+    const ALL: [Property; 9] = [
         Property::SourceAddress,
         Property::ListenerDirection,
         Property::ResponseCode,
@@ -125,6 +125,8 @@ fn property_path(property: Property) -> &'static [String] {
         Property::RequestSize,
         Property::ResponseSize,
         Property::SpanAttributes,
+        Property::UpstreamAddress,
+        Property::RequestProtocol,
     ];
     static PATHS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
     let paths = PATHS

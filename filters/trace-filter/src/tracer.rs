@@ -86,6 +86,10 @@ pub enum Property {
     ResponseSize,
     /// The tagging filters' hand-off ([`SPAN_ATTRIBUTES_PROPERTY`]).
     SpanAttributes,
+    /// `upstream.address`: the upstream host's `ip:port` (the peer of a CLIENT span).
+    UpstreamAddress,
+    /// `request.protocol`: `HTTP/1.1`, `HTTP/2`...
+    RequestProtocol,
 }
 
 impl Property {
@@ -99,6 +103,8 @@ impl Property {
             Self::RequestSize => &["request", "size"],
             Self::ResponseSize => &["response", "size"],
             Self::SpanAttributes => &[SPAN_ATTRIBUTES_PROPERTY],
+            Self::UpstreamAddress => &["upstream", "address"],
+            Self::RequestProtocol => &["request", "protocol"],
         }
     }
 
@@ -113,6 +119,8 @@ impl Property {
             Self::RequestSize => b"request\0size",
             Self::ResponseSize => b"response\0size",
             Self::SpanAttributes => b"wasmtrace_span_attributes",
+            Self::UpstreamAddress => b"upstream\0address",
+            Self::RequestProtocol => b"request\0protocol",
         }
     }
 }
@@ -569,20 +577,45 @@ impl StreamTracer {
         {
             span.attributes.push_new("url.query", query);
         }
+        let client = span.kind == SpanKind::Client;
+        let scheme = header(":scheme");
+        let scheme = scheme.as_deref().unwrap_or("http");
         if let Some(authority) = header(":authority") {
             let (host, port) = naming::split_authority(&authority);
             span.attributes.push_new("server.address", host);
-            if let Some(port) = port {
-                span.attributes.push_new("server.port", i64::from(port));
+            // A CLIENT span must name the port it calls (the scheme's when the authority has
+            // none); a SERVER span records it only when the client sent one.
+            let default_port = if scheme == "https" { 443 } else { 80 };
+            match (port, client) {
+                (Some(port), _) => span.attributes.push_new("server.port", i64::from(port)),
+                (None, true) => span.attributes.push_new("server.port", default_port),
+                (None, false) => {}
+            }
+            if client {
+                // `url.full` carries the query only where the configuration records queries.
+                let target = if config.record_query { full_path } else { path };
+                let mut full = String::with_capacity(scheme.len() + 3 + authority.len() + target.len());
+                full.push_str(scheme);
+                full.push_str("://");
+                full.push_str(&authority);
+                full.push_str(target);
+                span.attributes.push_new("url.full", &full);
             }
         }
         if let Some(agent) = header("user-agent") {
             span.attributes.push_new("user_agent.original", &agent);
         }
+        if let Some(protocol) = property_text(host, Property::RequestProtocol)
+            && let Some(version) = protocol.strip_prefix("HTTP/").filter(|v| !v.is_empty())
+        {
+            span.attributes.push_new("network.protocol.version", version);
+        }
         if let Some(id) = header("x-request-id") {
             span.attributes.push_new("http.request.header.x-request-id", &id);
         }
-        if let Some(source) = property_text(host, Property::SourceAddress) {
+        // A SERVER span's peer is the client; a CLIENT span's is the upstream, known once the
+        // request went out (see `on_stream_done`): the local application is not its peer.
+        if !client && let Some(source) = property_text(host, Property::SourceAddress) {
             let (ip, port) = naming::split_authority(&source);
             span.attributes.push_new("client.address", ip);
             span.attributes.push_new("network.peer.address", ip);
@@ -658,6 +691,15 @@ impl StreamTracer {
         }
         if let Some(size) = property_int(host, Property::ResponseSize).filter(|s| *s > 0) {
             span.set("http.response.body.size", size);
+        }
+        if span.kind == SpanKind::Client
+            && let Some(upstream) = property_text(host, Property::UpstreamAddress)
+        {
+            let (ip, port) = naming::split_authority(&upstream);
+            span.set("network.peer.address", ip);
+            if let Some(port) = port {
+                span.set("network.peer.port", i64::from(port));
+            }
         }
         if let Some(tags) = host.property(Property::SpanAttributes) {
             handoff::apply(&tags, &mut span);
