@@ -65,7 +65,9 @@ fn parse_bootstrap(root: &Node<'_>, errors: &mut Errors) -> Bootstrap {
     });
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
-    if let Some(resources) = root.require("static_resources", errors) {
+    // Envoy needs no `static_resources` (an admin-only bootstrap, or one whose resources come
+    // later): neither do we.
+    if let Some(resources) = root.get("static_resources") {
         resources.expect_fields(errors, &["listeners", "clusters"], "only static listeners and clusters are supported");
         for l in resources.get("listeners").map(|l| l.items(errors)).unwrap_or_default() {
             if let Some(parsed) = listener::parse_listener(&l, errors) {

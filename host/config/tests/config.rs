@@ -137,3 +137,11 @@ fn every_configuration_under_deploy_parses() {
     }
     assert!(parsed >= 8, "deploy/ holds the bootstraps");
 }
+
+#[test]
+fn a_bootstrap_without_static_resources_loads_as_envoy_loads_it() {
+    let yaml = "admin:\n  address:\n    socket_address: { address: 127.0.0.1, port_value: 9901 }\n";
+    let bootstrap = Bootstrap::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert!(bootstrap.listeners.is_empty() && bootstrap.clusters.is_empty());
+    assert!(bootstrap.admin.is_some());
+}
