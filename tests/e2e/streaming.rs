@@ -104,3 +104,54 @@ async fn fifty_mebibytes_stream_both_ways_through_a_filter_that_does_not_buffer(
     download_streams(ingress(&proxy), &upstream, true).await;
     proxy.shutdown();
 }
+
+/// A filter holds the first chunk of a request body until its callout answers, then resumes:
+/// the chunk goes on at once. In a bidirectional stream the client sends the next chunk only
+/// after the echo of the first, so waiting for more data before flushing would stall forever.
+async fn a_resumed_filter_releases_what_it_held_without_waiting_for_more(http2: bool) {
+    let upstream = Upstream::start();
+    let proxy = start(&bootstrap_yaml(
+        &[wasm_filter("probe", "abi-probe", "", false)],
+        &route("/", "service", "10s"),
+        &[cluster("service", upstream.addr, ""), cluster("auth", upstream.addr, "")],
+    ));
+    let client = streaming_client(http2);
+    let (tx, body) = ChannelBody::new();
+    let request =
+        Request::post(format!("http://{}/stream-echo/paused", ingress(&proxy))).body(boxed(body)).expect("request");
+    let response = tokio::spawn(client.request(request));
+    let mut echoed = Vec::new();
+    tx.send(Ok(Frame::data(bytes::Bytes::from_static(b"first ")))).await.expect("send");
+    let response =
+        tokio::time::timeout(PATIENCE, response).await.expect("headers in time").expect("task").expect("response");
+    let mut body = response.into_body();
+    for (chunk, expected) in [(&b"second "[..], &b"first "[..]), (b"third", b"first second ")] {
+        // The echo of everything sent so far arrives before the client sends more.
+        while echoed.len() < expected.len() {
+            let frame = tokio::time::timeout(PATIENCE, body.frame())
+                .await
+                .expect("the echo of what was sent arrives without more data being sent")
+                .expect("the stream goes on")
+                .expect("frame");
+            echoed.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
+        }
+        assert_eq!(echoed, expected);
+        tx.send(Ok(Frame::data(bytes::Bytes::from_static(chunk)))).await.expect("send");
+    }
+    drop(tx);
+    while let Some(frame) = tokio::time::timeout(PATIENCE, body.frame()).await.expect("the end arrives") {
+        echoed.extend_from_slice(frame.expect("frame").data_ref().map_or(&[][..], |d| &d[..]));
+    }
+    assert_eq!(echoed, b"first second third");
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_resuming_a_paused_body_does_not_stall_a_bidirectional_stream() {
+    a_resumed_filter_releases_what_it_held_without_waiting_for_more(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_resuming_a_paused_body_does_not_stall_a_bidirectional_h2_stream() {
+    a_resumed_filter_releases_what_it_held_without_waiting_for_more(true).await;
+}

@@ -171,9 +171,84 @@ pub async fn data(
     end_of_stream: bool,
     upto: usize,
 ) -> DataVerdict {
+    data_after(chain, direction, chunk, end_of_stream, upto, None).await
+}
+
+/// Whether a filter of `direction` holds back body bytes (paused before the end of the body).
+pub fn holds_body(chain: &SharedChain, direction: Direction) -> bool {
+    let chain = chain.borrow();
+    let buffers = match direction {
+        Direction::Request => &chain.request_buffers,
+        Direction::Response => &chain.response_buffers,
+    };
+    buffers.iter().any(Option::is_some)
+}
+
+/// Waits until a filter holding back body bytes of `direction` resumes (or answers, closes or
+/// fails), and returns its index and what it decided.
+pub async fn held_body_resumed(chain: &SharedChain, direction: Direction) -> (usize, Action) {
+    std::future::poll_fn(|cx| {
+        let chain = chain.borrow();
+        let buffers = match direction {
+            Direction::Request => &chain.request_buffers,
+            Direction::Response => &chain.response_buffers,
+        };
+        for (index, buffer) in buffers.iter().enumerate() {
+            if buffer.is_some()
+                && let std::task::Poll::Ready(action) = chain.streams[index].poll_resume(cx, direction)
+            {
+                return std::task::Poll::Ready((index, action));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// What filter `index` held back, now that it resumed with `action`: passed on through the
+/// filters after it (as Envoy continues a stream: the resuming filter is not called again with
+/// the bytes it released), or the stream's end if it answered or closed instead.
+pub async fn release_held_body(
+    chain: &SharedChain,
+    direction: Direction,
+    index: usize,
+    action: Action,
+    upto: usize,
+) -> DataVerdict {
+    let held = {
+        let mut chain = chain.borrow_mut();
+        let buffer = match direction {
+            Direction::Request => &mut chain.request_buffers[index],
+            Direction::Response => &mut chain.response_buffers[index],
+        };
+        buffer.take().unwrap_or_default()
+    };
+    match action {
+        Action::LocalResponse(response) => DataVerdict::Stop(Verdict::Local(response, index)),
+        Action::Close => DataVerdict::Stop(Verdict::Close),
+        Action::Continue | Action::Pause => data_after(chain, direction, held, false, upto, Some(index)).await,
+    }
+}
+
+/// [`data`] through the filters that come after filter `after` in `direction`'s order (all of
+/// them when `None`).
+async fn data_after(
+    chain: &SharedChain,
+    direction: Direction,
+    chunk: Vec<u8>,
+    end_of_stream: bool,
+    upto: usize,
+    after: Option<usize>,
+) -> DataVerdict {
     let len = chain.borrow().len().min(upto);
     let mut data = Some(chunk);
-    for i in order(len, direction) {
+    let mut filters = order(len, direction).peekable();
+    if let Some(after) = after {
+        // Skip up to and including `after`.
+        while filters.next_if(|&i| i != after).is_some() {}
+        filters.next();
+    }
+    for i in filters {
         let Some(bytes) = data.take() else { break };
         let action = {
             let mut chain_ref = chain.borrow_mut();

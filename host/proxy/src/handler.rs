@@ -786,7 +786,24 @@ where
     let all = chain.borrow().len();
     let mut ended = false;
     let outcome = loop {
-        let Some(frame) = body.frame().await else { break Pumped::Go };
+        let next = if chain::holds_body(chain, direction) {
+            // A filter holds back bytes until it resumes (after a callout, say): what it releases
+            // goes on at once, not with the next frame, which in a bidirectional stream may only
+            // come as an answer to those very bytes.
+            tokio::select! {
+                frame = body.frame() => frame,
+                (index, action) = chain::held_body_resumed(chain, direction) => {
+                    let verdict = chain::release_held_body(chain, direction, index, action, all).await;
+                    match deliver(tx, verdict).await {
+                        Pumped::Go => continue,
+                        other => break other,
+                    }
+                }
+            }
+        } else {
+            body.frame().await
+        };
+        let Some(frame) = next else { break Pumped::Go };
         let frame = match frame {
             Ok(frame) => frame,
             Err(error) => {

@@ -88,7 +88,7 @@ impl RootContext for ProbeRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Probe { context_id, path: String::new() }))
+        Some(Box::new(Probe { context_id, path: String::new(), body_paused: false }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -99,6 +99,8 @@ impl RootContext for ProbeRoot {
 struct Probe {
     context_id: u32,
     path: String,
+    /// `/stream-echo/paused`: the first request body chunk was held for a callout.
+    body_paused: bool,
 }
 
 /// Logging through the SDK's `proxy_log` wrapper.
@@ -280,6 +282,15 @@ impl HttpContext for Probe {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.path == "/stream-echo/paused" && !end_of_stream && !self.body_paused {
+            // Hold the first chunk until a callout answers; the answer resumes the request.
+            self.body_paused = true;
+            let headers = vec![(":method", "POST"), (":path", "/check"), (":authority", "auth.local")];
+            return match self.dispatch_http_call("auth", headers, Some(b"ping"), vec![], Duration::from_secs(1)) {
+                Ok(_token) => Action::Pause,
+                Err(_) => Action::Continue,
+            };
+        }
         if self.path != "/body" {
             return Action::Continue;
         }
