@@ -14,6 +14,7 @@ mod gallery_api;
 mod gallery_content_types;
 mod gallery_page;
 mod gallery_spans;
+mod grpc_callouts;
 mod hardening;
 mod hostile_headers;
 mod hot_swap;

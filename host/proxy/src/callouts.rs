@@ -11,6 +11,7 @@ use http::{Request, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use wasmtrace_runtime::{
     CalloutCompletion, CalloutDispatcher, CalloutFailure, CalloutRequest, CalloutResponse, DispatchError,
+    GrpcCallControl, GrpcCallRequest, GrpcEvents,
 };
 
 use crate::body::boxed;
@@ -54,6 +55,20 @@ impl CalloutDispatcher for WorkerCallouts {
             completion.complete(outcome.map_err(|f| CalloutFailure { reason: f.reason_text }));
         });
         Ok(())
+    }
+
+    fn dispatch_grpc(
+        &self,
+        request: GrpcCallRequest,
+        events: GrpcEvents,
+    ) -> Result<Box<dyn GrpcCallControl>, DispatchError> {
+        let client = self
+            .clusters
+            .get(&request.cluster)
+            .cloned()
+            .ok_or_else(|| DispatchError::UnknownCluster(request.cluster.clone()))?;
+        let stats = self.stats.get(&request.cluster).cloned();
+        crate::grpc_callouts::dispatch(client, stats, request, events)
     }
 }
 

@@ -25,6 +25,7 @@ pub mod callouts;
 pub mod chain;
 pub mod cluster;
 pub mod connection;
+pub mod grpc_callouts;
 pub mod handler;
 pub mod message;
 pub mod module_file;

@@ -9,6 +9,7 @@
 use std::rc::Weak;
 use std::time::Duration;
 
+use crate::grpc_callout::{GrpcCallControl, GrpcCallRequest, GrpcEvents};
 use crate::header_map::HeaderMap;
 use crate::vm::PluginVm;
 
@@ -53,6 +54,9 @@ pub struct CalloutFailure {
 pub enum DispatchError {
     /// No cluster by that name.
     UnknownCluster(String),
+    /// The cluster exists but cannot carry this callout (e.g. gRPC to a cluster without
+    /// HTTP/2); the reason is logged for the filter's operator.
+    Refused(String),
 }
 
 /// Sends callouts for a VM. Implemented by the data plane (pooled clients per cluster).
@@ -61,6 +65,17 @@ pub trait CalloutDispatcher {
     fn has_cluster(&self, cluster: &str) -> bool;
     /// Starts sending `request`; must not call back into the VM before returning.
     fn dispatch(&self, request: CalloutRequest, completion: CalloutCompletion) -> Result<(), DispatchError>;
+
+    /// Starts a gRPC call or stream; must not call back into the VM before returning. The
+    /// returned control is how the guest sends, half-closes and cancels; dropping it cancels.
+    /// A host without gRPC refuses every call.
+    fn dispatch_grpc(
+        &self,
+        request: GrpcCallRequest,
+        _events: GrpcEvents,
+    ) -> Result<Box<dyn GrpcCallControl>, DispatchError> {
+        Err(DispatchError::Refused(format!("this host sends no gRPC callouts (cluster `{}`)", request.cluster)))
+    }
 }
 
 /// A dispatcher for a host without clusters: every callout is refused as an unknown cluster.

@@ -26,6 +26,7 @@ mod callout;
 pub mod component;
 mod error;
 mod exchange;
+mod grpc_callout;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod header_map;
@@ -50,6 +51,9 @@ pub use callout::{
 };
 pub use error::{FailureKind, GuestFailure, LoadError, StartError};
 pub use exchange::{HttpExchange, StreamInfo};
+pub use grpc_callout::{
+    GrpcCallControl, GrpcCallKind, GrpcCallRequest, GrpcEvent, GrpcEvents, GrpcSendError, status as grpc_status,
+};
 pub use header_map::HeaderMap;
 pub use instance::PluginInstance;
 pub use module::{AbiVersion, FilterForm, ModuleSource, PluginModule};

@@ -25,6 +25,7 @@ pub(crate) const GUEST_OUTPUT_LIMIT: usize = 64 << 10;
 
 use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
 use crate::exchange::HttpExchange;
+use crate::grpc_callout::{GrpcCallControl, GrpcEvent};
 use crate::metrics::Metric;
 use crate::plugin::PluginConfig;
 use crate::services::HostServices;
@@ -60,6 +61,21 @@ impl Hasher for ContextIdHasher {
     fn write_u32(&mut self, id: u32) {
         // Fibonacci hashing: consecutive ids spread over the table's buckets.
         self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A gRPC call or stream in flight (see [`crate::GrpcCallControl`]).
+pub(crate) struct GrpcCall {
+    pub control: Box<dyn GrpcCallControl>,
+    /// A stream (`proxy_grpc_stream`), not a unary call.
+    pub stream: bool,
+    /// The guest half-closed it: it sends nothing more.
+    pub local_closed: bool,
+}
+
+impl GrpcCall {
+    pub(crate) fn new(control: Box<dyn GrpcCallControl>, stream: bool) -> Self {
+        Self { control, stream, local_closed: false }
     }
 }
 
@@ -113,6 +129,10 @@ pub struct VmState {
     /// The callout response being delivered, during `proxy_on_http_call_response`.
     pub(crate) callout_response: Option<Result<CalloutResponse, CalloutFailure>>,
     pub(crate) callout_tokens: u32,
+    /// gRPC calls and streams in flight, by token.
+    pub(crate) grpc_calls: SendWrapper<HashMap<u32, GrpcCall>>,
+    /// The gRPC event being delivered, during a `proxy_on_grpc_*` callback.
+    pub(crate) grpc_event: Option<GrpcEvent>,
     pub(crate) dispatcher: SendWrapper<Rc<dyn CalloutDispatcher>>,
     pub(crate) self_ref: SendWrapper<Weak<PluginVm>>,
     pub(crate) tick: TickTimer,
@@ -160,6 +180,8 @@ impl VmState {
             effective_context: None,
             callout_response: None,
             callout_tokens: 0,
+            grpc_calls: SendWrapper::new(HashMap::new()),
+            grpc_event: None,
             dispatcher: SendWrapper::new(dispatcher),
             self_ref: SendWrapper::new(Weak::new()),
             tick: TickTimer::default(),

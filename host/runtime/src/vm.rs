@@ -18,6 +18,7 @@ use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
 use crate::component::ComponentExports;
 use crate::error::{FailureKind, GuestFailure, GuestFault, StartError};
 use crate::exchange::HttpExchange;
+use crate::grpc_callout::GrpcEvent;
 use crate::module::{CompiledCode, PluginModule};
 use crate::plugin::PluginConfig;
 use crate::runtime::Runtime;
@@ -28,6 +29,7 @@ use crate::stream::StreamSignals;
 
 type Callback1 = TypedFunc<u32, ()>;
 type Callback2 = TypedFunc<(u32, u32), ()>;
+type Callback3 = TypedFunc<(u32, u32, u32), ()>;
 type Decision2 = TypedFunc<(u32, u32), u32>;
 type Decision3 = TypedFunc<(u32, u32, u32), u32>;
 type CalloutCallback = TypedFunc<(u32, u32, u32, u32, u32), ()>;
@@ -132,6 +134,44 @@ pub(crate) struct Callbacks {
     delete: Option<Callback1>,
     http_call_response: Option<CalloutCallback>,
     queue_ready: Option<Callback2>,
+    grpc: GrpcCallbacks,
+}
+
+/// The gRPC callbacks, `(context_id, token, count/size/status)` each.
+struct GrpcCallbacks {
+    initial_metadata: Option<Callback3>,
+    message: Option<Callback3>,
+    trailing_metadata: Option<Callback3>,
+    close: Option<Callback3>,
+}
+
+impl GrpcCallbacks {
+    /// No callbacks: names events for failure reports.
+    const NAMES: Self = Self { initial_metadata: None, message: None, trailing_metadata: None, close: None };
+
+    fn resolve(store: &mut Store<VmState>, instance: &wasmtime::Instance) -> Self {
+        Self {
+            initial_metadata: lookup(store, instance, "proxy_on_grpc_receive_initial_metadata"),
+            message: lookup(store, instance, "proxy_on_grpc_receive"),
+            trailing_metadata: lookup(store, instance, "proxy_on_grpc_receive_trailing_metadata"),
+            close: lookup(store, instance, "proxy_on_grpc_close"),
+        }
+    }
+
+    /// The export for `event` and its third argument.
+    fn for_event(&self, event: &GrpcEvent) -> (&'static str, Option<&Callback3>, u32) {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        match event {
+            GrpcEvent::InitialMetadata(map) => {
+                ("proxy_on_grpc_receive_initial_metadata", self.initial_metadata.as_ref(), count(map.len()))
+            }
+            GrpcEvent::Message(message) => ("proxy_on_grpc_receive", self.message.as_ref(), count(message.len())),
+            GrpcEvent::TrailingMetadata(map) => {
+                ("proxy_on_grpc_receive_trailing_metadata", self.trailing_metadata.as_ref(), count(map.len()))
+            }
+            GrpcEvent::Close { status, .. } => ("proxy_on_grpc_close", self.close.as_ref(), *status),
+        }
+    }
 }
 
 /// The guest's side, per form: proxy-wasm exports looked up by name, or the component world's
@@ -310,6 +350,7 @@ impl PluginVm {
                     delete: lookup(&mut store, &instance, "proxy_on_delete"),
                     http_call_response: lookup(&mut store, &instance, "proxy_on_http_call_response"),
                     queue_ready: lookup(&mut store, &instance, "proxy_on_queue_ready"),
+                    grpc: GrpcCallbacks::resolve(&mut store, &instance),
                 };
                 (Guest::Core(callbacks), memory, allocator)
             }
@@ -692,6 +733,48 @@ impl PluginVm {
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
             inner.store.data_mut().callout_response = None;
         }
+    }
+
+    /// Delivers a gRPC event to the root context (the matching `proxy_on_grpc_*`), for a call
+    /// the guest still holds. A unary call's message or any close ends the call. Returns
+    /// whether the call is still live for the guest afterwards.
+    pub(crate) fn deliver_grpc(&self, token: u32, event: GrpcEvent) -> bool {
+        let (callback_name, _, _) = GrpcCallbacks::NAMES.for_event(&event);
+        let ends = match &event {
+            GrpcEvent::Close { .. } => true,
+            GrpcEvent::Message(_) => self
+                .inner
+                .try_borrow()
+                .is_ok_and(|inner| inner.store.data().grpc_calls.get(&token).is_some_and(|c| !c.stream)),
+            GrpcEvent::InitialMetadata(_) | GrpcEvent::TrailingMetadata(_) => false,
+        };
+        let finished = {
+            let Ok(mut inner) = self.inner.try_borrow_mut() else {
+                return false;
+            };
+            let state = inner.store.data_mut();
+            if !state.grpc_calls.contains_key(&token) {
+                return false;
+            }
+            // The call leaves the table before the guest hears of its end, so the guest may
+            // start another from the callback; the control drops after the callback.
+            let finished = if ends { state.grpc_calls.remove(&token) } else { None };
+            state.grpc_event = Some(event);
+            finished
+        };
+        let _ = self.call(callback_name, ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| {
+            let Guest::Core(callbacks) = cb else { return Ok(()) };
+            let Some(event) = store.data().grpc_event.as_ref() else { return Ok(()) };
+            match callbacks.grpc.for_event(event) {
+                (_, Some(f), argument) => f.call(store, (ROOT_CONTEXT_ID, token, argument)),
+                (_, None, _) => Ok(()),
+            }
+        });
+        if let Ok(mut inner) = self.inner.try_borrow_mut() {
+            inner.store.data_mut().grpc_event = None;
+        }
+        drop(finished);
+        !ends
     }
 
     /// Asks the root context to finish (`proxy_on_done`). Returns true when it is done now; false

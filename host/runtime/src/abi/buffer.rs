@@ -10,6 +10,7 @@ use super::log::emit;
 use super::memory;
 use super::types::{BufferType, LogLevel, Status};
 use crate::error::GuestFault;
+use crate::grpc_callout::GrpcEvent;
 use crate::state::VmState;
 
 pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
@@ -29,12 +30,13 @@ pub(crate) fn read_buffer<R>(state: &VmState, buffer: BufferType, f: impl FnOnce
         BufferType::HttpRequestBody => Some(f(&state.acting_stream()?.exchange.borrow().request_body)),
         BufferType::HttpResponseBody => Some(f(&state.acting_stream()?.exchange.borrow().response_body)),
         BufferType::HttpCallResponseBody => Some(f(&state.callout_response.as_ref()?.as_ref().ok()?.body)),
+        BufferType::GrpcReceiveBuffer => match &state.grpc_event {
+            Some(GrpcEvent::Message(message)) => Some(f(message)),
+            _ => None,
+        },
         BufferType::VmConfiguration => Some(f(&state.plugin.vm_configuration)),
         BufferType::PluginConfiguration => Some(f(&state.plugin.plugin_configuration)),
-        BufferType::DownstreamData
-        | BufferType::UpstreamData
-        | BufferType::GrpcReceiveBuffer
-        | BufferType::CallData => None,
+        BufferType::DownstreamData | BufferType::UpstreamData | BufferType::CallData => None,
     }
 }
 

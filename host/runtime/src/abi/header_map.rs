@@ -13,6 +13,7 @@ use super::log::emit;
 use super::memory;
 use super::types::{LogLevel, MapType, Status};
 use crate::error::GuestFault;
+use crate::grpc_callout::GrpcEvent;
 use crate::header_map::{HeaderMap, is_valid_name, is_valid_value};
 use crate::state::VmState;
 
@@ -38,7 +39,14 @@ pub(crate) fn read_map<R>(state: &VmState, map: MapType, f: impl FnOnce(&HeaderM
             let response = state.callout_response.as_ref()?.as_ref().ok()?;
             Some(f(if map == MapType::HttpCallResponseHeaders { &response.headers } else { &response.trailers }))
         }
-        MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => None,
+        MapType::GrpcReceiveInitialMetadata => match &state.grpc_event {
+            Some(GrpcEvent::InitialMetadata(metadata)) => Some(f(metadata)),
+            _ => None,
+        },
+        MapType::GrpcReceiveTrailingMetadata => match &state.grpc_event {
+            Some(GrpcEvent::TrailingMetadata(metadata)) => Some(f(metadata)),
+            _ => None,
+        },
         _ => {
             let exchange = state.acting_stream()?.exchange.borrow();
             let map = match map {

@@ -1,5 +1,5 @@
-//! Callouts: `proxy_http_call`, `proxy_get_status`, and the gRPC calls (not supported: refused
-//! with the statuses the Rust SDK accepts, so a filter can handle it).
+//! HTTP callouts: `proxy_http_call`, and `proxy_get_status` (which also reports a gRPC call's
+//! close status).
 
 use std::rc::{Rc, Weak};
 use std::time::Duration;
@@ -12,6 +12,7 @@ use super::memory;
 use super::types::{LogLevel, Status};
 use crate::callout::{CalloutCompletion, CalloutRequest};
 use crate::error::GuestFault;
+use crate::grpc_callout::GrpcEvent;
 use crate::header_map::HeaderMap;
 use crate::state::VmState;
 
@@ -21,42 +22,7 @@ pub(crate) const BROKEN_CONNECTION: u32 = 11;
 pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
     r.env("proxy_http_call", http_call)?;
     r.env("proxy_get_status", get_status)?;
-    r.env(
-        "proxy_grpc_call",
-        |caller: Caller<'_, VmState>,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32| { grpc_unsupported(&caller, "proxy_grpc_call") },
-    )?;
-    r.env(
-        "proxy_grpc_stream",
-        |caller: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| {
-            grpc_unsupported(&caller, "proxy_grpc_stream")
-        },
-    )?;
-    // No gRPC call can exist, so every token is unknown.
-    r.env("proxy_grpc_send", |_: u32, _: u32, _: u32, _: u32| Status::NotFound.code())?;
-    r.env("proxy_grpc_cancel", |_: u32| Status::NotFound.code())?;
-    r.env("proxy_grpc_close", |_: u32| Status::NotFound.code())?;
     Ok(())
-}
-
-fn grpc_unsupported(caller: &Caller<'_, VmState>, call: &str) -> wasmtime::Result<i32> {
-    emit(
-        caller.data(),
-        LogLevel::Warn,
-        &format!("{call} refused: gRPC callouts are not supported by the wasmtrace host; use proxy_http_call"),
-    );
-    Ok(Status::InternalFailure.code())
 }
 
 #[allow(clippy::too_many_arguments, reason = "the ABI's signature")]
@@ -151,8 +117,10 @@ fn get_status(
     ret_msg_len: u32,
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_get_status";
-    let (code, message) = match &caller.data().callout_response {
-        Some(Err(failure)) => (BROKEN_CONNECTION, failure.reason.clone().into_bytes()),
+    let state = caller.data();
+    let (code, message) = match (&state.grpc_event, &state.callout_response) {
+        (Some(GrpcEvent::Close { status, message }), _) => (*status, message.clone().into_bytes()),
+        (_, Some(Err(failure))) => (BROKEN_CONNECTION, failure.reason.clone().into_bytes()),
         _ => (0, Vec::new()),
     };
     memory::write_u32(&mut caller, CALL, ret_code, code)?;

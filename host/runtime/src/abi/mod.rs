@@ -6,6 +6,7 @@
 //! Host functions are named after the ABI call without the `proxy_` prefix.
 
 pub(crate) mod buffer;
+pub(crate) mod grpc_call;
 pub(crate) mod header_map;
 pub(crate) mod http_call;
 pub(crate) mod log;
@@ -90,6 +91,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<VmState>) -> wasmtime::Result<Pr
     buffer::add_to_linker(&mut registrar)?;
     property::add_to_linker(&mut registrar)?;
     http_call::add_to_linker(&mut registrar)?;
+    grpc_call::add_to_linker(&mut registrar)?;
     stream_control::add_to_linker(&mut registrar)?;
     metric::add_to_linker(&mut registrar)?;
     shared::add_to_linker(&mut registrar)?;

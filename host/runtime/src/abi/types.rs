@@ -81,9 +81,9 @@ pub enum MapType {
     HttpResponseHeaders = 2,
     /// Response trailers of the current stream.
     HttpResponseTrailers = 3,
-    /// gRPC initial metadata (no gRPC support: always empty).
+    /// Initial metadata of the gRPC stream being delivered.
     GrpcReceiveInitialMetadata = 4,
-    /// gRPC trailing metadata (no gRPC support: always empty).
+    /// Trailing metadata of the gRPC stream being delivered.
     GrpcReceiveTrailingMetadata = 5,
     /// Headers of the HTTP callout response being delivered.
     HttpCallResponseHeaders = 6,
@@ -122,7 +122,7 @@ pub enum BufferType {
     UpstreamData = 3,
     /// Body of the HTTP callout response being delivered.
     HttpCallResponseBody = 4,
-    /// gRPC message (no gRPC support: never available).
+    /// The gRPC message being delivered.
     GrpcReceiveBuffer = 5,
     /// The VM configuration (`vm_config.configuration`).
     VmConfiguration = 6,

@@ -1,0 +1,136 @@
+//! gRPC callouts from a filter built with the proxy-wasm Rust SDK (`filters/test-filters/
+//! grpc-caller`) to a real tonic server over HTTP/2: unary calls (answer, error status,
+//! timeout, unimplemented method, dead and unknown clusters), a bidirectional stream with
+//! initial and trailing metadata, and cancellation of calls the server is working on.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::fixture::client::{Reply, get};
+use crate::fixture::grpc::{EchoLog, GrpcServer, echo_server};
+use crate::fixture::proxy::{bootstrap_yaml, cluster, ingress, route, start, wasm_filter};
+use crate::fixture::upstream::{Upstream, closed_port};
+
+/// `http2_protocol_options` for a cluster (indented as [`cluster`]'s fields).
+const HTTP2: &str = "      http2_protocol_options: {}";
+
+struct Setup {
+    proxy: wasmtrace_proxy::RunningProxy,
+    log: std::sync::Arc<EchoLog>,
+    _grpc: GrpcServer,
+    _service: Upstream,
+}
+
+fn setup() -> Setup {
+    let service = Upstream::start();
+    let (grpc, log) = echo_server();
+    let yaml = bootstrap_yaml(
+        &[wasm_filter("grpc", "grpc-caller", "", false)],
+        &route("/", "service", "5s"),
+        &[
+            cluster("service", service.addr, ""),
+            cluster("grpc", grpc.addr, HTTP2),
+            cluster("plain", grpc.addr, ""),
+            cluster("dead", closed_port(), HTTP2),
+        ],
+    );
+    Setup { proxy: start(&yaml), log, _grpc: grpc, _service: service }
+}
+
+async fn call(setup: &Setup, headers: &[(&str, &str)]) -> Reply {
+    get(ingress(&setup.proxy), "/", headers).await
+}
+
+fn grpc_status(reply: &Reply) -> (Option<&str>, Option<&str>) {
+    (reply.header("x-grpc-status"), reply.header("x-grpc-message"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_call_delivers_the_answer_and_sends_the_filters_metadata() {
+    let setup = setup();
+    for _ in 0..3 {
+        let reply = call(&setup, &[("x-grpc", "unary"), ("x-grpc-message", "ping")]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(grpc_status(&reply), (Some("0"), Some("")));
+        assert_eq!(reply.text(), "echo:ping md:from-filter");
+    }
+    setup.proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_call_delivers_its_status_and_message_at_close() {
+    let setup = setup();
+    let reply = call(&setup, &[("x-grpc", "unary"), ("x-grpc-method", "Fail")]).await;
+    assert_eq!(grpc_status(&reply), (Some("7"), Some("not allowed: \\u{2713}")), "PERMISSION_DENIED, decoded");
+    assert_eq!(reply.text(), "", "a failed call has no message");
+
+    let reply = call(&setup, &[("x-grpc", "unary"), ("x-grpc-method", "Nope")]).await;
+    assert_eq!(grpc_status(&reply).0, Some("12"), "UNIMPLEMENTED from a trailers-only answer");
+
+    let reply = call(&setup, &[("x-grpc", "unary"), ("x-grpc-method", "Slow"), ("x-grpc-timeout-ms", "50")]).await;
+    assert_eq!(grpc_status(&reply).0, Some("4"), "DEADLINE_EXCEEDED: {:?}", grpc_status(&reply));
+
+    let reply = call(&setup, &[("x-grpc", "unary"), ("x-grpc-cluster", "dead")]).await;
+    assert_eq!(grpc_status(&reply).0, Some("14"), "UNAVAILABLE: {:?}", grpc_status(&reply));
+    assert!(grpc_status(&reply).1.is_some_and(|m| m.contains("connection")), "{:?}", grpc_status(&reply));
+    setup.proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_the_host_cannot_make_are_refused_up_front_as_the_sdk_expects() {
+    let setup = setup();
+    let reply = call(&setup, &[("x-grpc", "unary"), ("x-grpc-cluster", "nowhere")]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.text(), "the call refused: ParseFailure", "Envoy's answer for an unknown cluster");
+    let reply = call(&setup, &[("x-grpc", "stream"), ("x-grpc-cluster", "plain"), ("x-grpc-message", "a")]).await;
+    assert_eq!(reply.text(), "the stream refused: InternalFailure", "a cluster without HTTP/2 carries no gRPC");
+    // The filter is still healthy after both refusals.
+    let reply = call(&setup, &[("x-grpc", "unary"), ("x-grpc-message", "again")]).await;
+    assert_eq!(reply.text(), "echo:again md:from-filter");
+    setup.proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidirectional_stream_delivers_metadata_messages_trailers_and_close_in_order() {
+    let setup = setup();
+    let reply = call(&setup, &[("x-grpc", "stream"), ("x-grpc-message", "a,b,c")]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let lines: Vec<String> = reply.text().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    assert!(lines[0].starts_with("initial (") && lines[0].ends_with("): hi"), "{lines:#?}");
+    assert_eq!(lines[1..4], ["message: echo:a", "message: echo:b", "message: echo:c"], "ping-pong, in order");
+    assert!(lines[4].starts_with("trailing (") && lines[4].ends_with("): bye"), "{lines:#?}");
+    assert_eq!(lines[5].trim_end(), "close: 0", "{lines:#?}");
+    assert_eq!(grpc_status(&reply).0, Some("0"));
+    setup.proxy.shutdown();
+}
+
+/// Waits until the server has counted `count` cancelled calls.
+async fn wait_for_cancelled(setup: &Setup, count: usize) -> usize {
+    for _ in 0..50 {
+        let seen = setup.log.cancelled.load(Ordering::SeqCst);
+        if seen >= count {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    setup.log.cancelled.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_is_reset_at_the_server_and_delivers_nothing_more() {
+    let setup = setup();
+    let reply = call(&setup, &[("x-grpc", "cancel-unary")]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.text(), "slow:timer", "the call that outlived the cancelled one answered");
+    assert_eq!(reply.header("x-late-callbacks"), Some("0"), "no callback for the cancelled call");
+    assert_eq!(wait_for_cancelled(&setup, 1).await, 1, "the server saw the slow call abandoned");
+
+    let reply = call(&setup, &[("x-grpc", "cancel-stream")]).await;
+    assert_eq!(reply.text(), "slow:timer");
+    assert_eq!(reply.header("x-late-callbacks"), Some("0"), "no trailers or close for the cancelled stream");
+    assert_eq!(wait_for_cancelled(&setup, 2).await, 2, "the server saw the stream reset");
+    setup.proxy.shutdown();
+}
