@@ -1,12 +1,21 @@
-//! W3C Trace Context Level 2 conformance through the wasmtrace host: the repo's `w3c-callback`
-//! service (the official test suite's service interface) runs behind a sidecar with the trace
-//! filter on its inbound and outbound listeners; each case of the official suite is replayed and
-//! the callbacks' headers are checked as the suite checks them.
+//! W3C Trace Context Level 2 conformance, twice over the same cases and assertions:
+//!
+//! - through the wasmtrace host: the repo's `w3c-callback` service (the official test suite's
+//!   service interface) runs behind a sidecar with the trace filter on its inbound and outbound
+//!   listeners;
+//! - in a gallery service in standalone mode (no sidecar): the same interface made of the
+//!   gallery's own middleware and client (`gallery_service::w3c_suite_service`), propagating
+//!   with the gallery's `W3cPropagator`.
+//!
+//! Each case of the official suite is replayed and the callbacks' headers are checked as the
+//! suite checks them.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use gallery_service::RunningService;
+use gallery_service::telemetry::TelemetryConfig;
 use http::Request;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -71,13 +80,24 @@ fn listener(name: &str, kind: &str, cluster: &str) -> String {
     listener_yaml(name, "UNSPECIFIED", &trace_filter(kind), cluster)
 }
 
+/// What the cases run against.
+enum Target {
+    /// `w3c-callback` behind a sidecar.
+    Sidecar(RunningProxy),
+    /// The gallery's suite service, alone.
+    Standalone(RunningService),
+}
+
 struct Setup {
-    proxy: RunningProxy,
+    target: Target,
+    /// Where the test requests go.
+    service: SocketAddr,
     harness: SocketAddr,
     seen: Seen,
 }
 
-fn setup() -> Setup {
+/// `w3c-callback` behind a sidecar with the trace filter on both listeners.
+fn sidecar_setup() -> Setup {
     let (harness, seen) = start_harness();
     // The service, which needs the sidecar's outbound address, starts after the sidecar: its
     // listener is bound first so the sidecar's cluster can point at it.
@@ -96,7 +116,25 @@ fn setup() -> Setup {
             w3c_callback::serve(listener, outbound).await;
         });
     });
-    Setup { proxy, harness, seen }
+    let service = proxy.listener_address("inbound").expect("inbound");
+    Setup { target: Target::Sidecar(proxy), service, harness, seen }
+}
+
+/// The gallery's suite service on its own (it makes its own SERVER and CLIENT spans), calling
+/// the harness directly.
+fn standalone_setup() -> Setup {
+    let (harness, seen) = start_harness();
+    let telemetry = TelemetryConfig {
+        service_name: "w3c".into(),
+        enabled: false,
+        traces_endpoint: None,
+        batch_delay: None,
+        http_spans: true,
+    };
+    let running = gallery_service::w3c_suite_service::start(SocketAddr::from(([127, 0, 0, 1], 0)), &telemetry)
+        .expect("the suite service starts");
+    let service = running.addr;
+    Setup { target: Target::Standalone(running), service, harness, seen }
 }
 
 impl Setup {
@@ -109,8 +147,7 @@ impl Setup {
             .collect();
         let body = format!("[{}]", urls.join(","));
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let mut request =
-            Request::post(format!("http://{}/test", self.proxy.listener_address("inbound").expect("inbound")));
+        let mut request = Request::post(format!("http://{}/test", self.service));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -120,6 +157,14 @@ impl Setup {
             .expect("service answers");
         assert_eq!(response.status(), 200);
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops the sidecar or the service.
+    fn stop(self) {
+        match self.target {
+            Target::Sidecar(proxy) => proxy.shutdown(),
+            Target::Standalone(service) => service.stop(),
+        }
     }
 }
 
@@ -143,9 +188,7 @@ fn valid(flags: &str) -> String {
     format!("00-{TRACE}-{PARENT}-{flags}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_w3c_suites_traceparent_cases_pass() {
-    let setup = setup();
+async fn traceparent_cases(setup: Setup) {
     // Continued: same trace id, new parent id.
     let continued = [
         ("valid", vec![("traceparent", valid("01"))]),
@@ -207,12 +250,10 @@ async fn the_w3c_suites_traceparent_cases_pass() {
         assert_ne!(trace, "1".repeat(32), "{case}: the trace restarts");
         assert!(header(&seen[0], "tracestate").is_empty(), "{case}: no tracestate on a restarted trace");
     }
-    setup.proxy.shutdown();
+    setup.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_w3c_suites_tracestate_cases_pass() {
-    let setup = setup();
+async fn tracestate_cases(setup: Setup) {
     let tp = valid("01");
     let members = |n: usize| (0..n).map(|i| format!("bar{i:02}=foo{i:02}")).collect::<Vec<_>>().join(",");
     let long_key = format!("{}=foo", "z".repeat(256));
@@ -251,12 +292,10 @@ async fn the_w3c_suites_tracestate_cases_pass() {
             None => assert!(sent.is_empty(), "{case}: sent {sent:?}"),
         }
     }
-    setup.proxy.shutdown();
+    setup.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_w3c_suites_advanced_and_level_2_cases_pass() {
-    let setup = setup();
+async fn advanced_and_level_2_cases(setup: Setup) {
     // Three callbacks: one trace, three distinct parent ids.
     let tp = valid("01");
     let seen = setup.run(&[("traceparent", tp.as_str())], 3).await;
@@ -278,5 +317,39 @@ async fn the_w3c_suites_advanced_and_level_2_cases_pass() {
     let unsampled = valid("00");
     let seen = setup.run(&[("traceparent", unsampled.as_str())], 1).await;
     assert_eq!(traceparent(&seen[0]).2 & 0x01, 0, "not sampled stays not sampled");
-    setup.proxy.shutdown();
+    setup.stop();
+}
+
+// === through the sidecar ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_w3c_suites_traceparent_cases_pass() {
+    traceparent_cases(sidecar_setup()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_w3c_suites_tracestate_cases_pass() {
+    tracestate_cases(sidecar_setup()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_w3c_suites_advanced_and_level_2_cases_pass() {
+    advanced_and_level_2_cases(sidecar_setup()).await;
+}
+
+// === in a standalone gallery service ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_gallery_service_passes_the_w3c_suites_traceparent_cases() {
+    traceparent_cases(standalone_setup()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_gallery_service_passes_the_w3c_suites_tracestate_cases() {
+    tracestate_cases(standalone_setup()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_gallery_service_passes_the_w3c_suites_advanced_and_level_2_cases() {
+    advanced_and_level_2_cases(standalone_setup()).await;
 }

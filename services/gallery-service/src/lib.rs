@@ -2,6 +2,8 @@
 //!
 //! - [`telemetry`]: an OpenTelemetry tracer provider per service, configured by the standard
 //!   `OTEL_*` environment variables, exporting OTLP/HTTP.
+//! - [`w3c_propagator`]: W3C Trace Context Level 2 for the SDK over `wasmtrace-trace-core`'s
+//!   parser, so a service run alone passes the W3C test suite as a sidecar does.
 //! - [`server_span`]: the axum middleware that continues the caller's trace (the sidecar's span)
 //!   with a SERVER span per request, and tells the client its trace id.
 //! - [`operation_span`]: CLIENT spans around database and storage calls.
@@ -11,6 +13,8 @@
 //! - [`media`]: the image types all three accept (one allow-list) and the headers images are
 //!   served with.
 //! - [`serve`]: serving a router until shutdown, in a process or in a test.
+//! - [`w3c_suite_service`]: the W3C trace-context test suite's service interface, made of the
+//!   gallery's middleware and client, to run the suite against the gallery standalone.
 
 #![deny(missing_docs)]
 
@@ -22,6 +26,8 @@ pub mod serve;
 pub mod server_span;
 pub mod telemetry;
 pub mod upstream;
+pub mod w3c_propagator;
+pub mod w3c_suite_service;
 
 pub use api_error::ApiError;
 pub use operation_span::ClientOperation;

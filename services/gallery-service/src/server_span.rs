@@ -15,6 +15,7 @@ use opentelemetry::{Context, KeyValue};
 
 use crate::request_id::RequestId;
 use crate::telemetry::{Telemetry, attribute};
+use crate::w3c_propagator;
 
 /// Middleware (install with `route_layer`, so the matched route is known).
 pub async fn trace_requests(State(telemetry): State<Arc<Telemetry>>, request: Request, next: Next) -> Response {
@@ -89,11 +90,8 @@ fn finish(cx: &Context, response: &mut Response) {
 
 /// Tells the client the request's trace: `traceresponse`, and `server-timing` for browsers.
 fn trace_response(cx: &Context, response: &mut Response) {
-    let span = cx.span();
-    let context = span.span_context();
-    if context.is_valid() {
-        let traceparent =
-            format!("00-{}-{}-{:02x}", context.trace_id(), context.span_id(), context.trace_flags().to_u8());
+    // The flags as the next hop gets them (the random flag of a trace started here included).
+    if let Some(traceparent) = w3c_propagator::traceparent(cx) {
         let headers = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(&traceparent) {
             headers.insert("traceresponse", value);

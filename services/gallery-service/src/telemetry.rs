@@ -2,6 +2,9 @@
 //! `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
 //! `OTEL_BSP_*`, `OTEL_SDK_DISABLED` and `OTEL_TRACES_EXPORTER=none`.
 //!
+//! Trace context travels as W3C Trace Context Level 2 through [`W3cPropagator`]
+//! (`wasmtrace-trace-core`'s parser, the sidecar's), not the SDK's `TraceContextPropagator`.
+//!
 //! The provider is not installed globally: each service holds its own, so three services in one
 //! test process still export under their own `service.name`.
 
@@ -11,11 +14,12 @@ use http::HeaderMap;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderInjector;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
+
+use crate::w3c_propagator::{HeaderValues, W3cPropagator};
 
 /// How a service exports its spans.
 #[derive(Clone, Debug)]
@@ -57,7 +61,7 @@ impl TelemetryConfig {
 pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
-    propagator: TraceContextPropagator,
+    propagator: W3cPropagator,
     service_name: String,
     http_spans: bool,
 }
@@ -90,7 +94,7 @@ impl Telemetry {
         Self {
             provider,
             tracer,
-            propagator: TraceContextPropagator::new(),
+            propagator: W3cPropagator::new(),
             service_name: config.service_name.clone(),
             http_spans: config.http_spans,
         }
@@ -112,13 +116,18 @@ impl Telemetry {
         &self.service_name
     }
 
-    /// The context an incoming request carries (W3C `traceparent`/`tracestate`).
+    /// The context an incoming request carries (W3C `traceparent`/`tracestate`, every value of
+    /// each: see [`crate::w3c_propagator`]).
     pub fn extract(&self, headers: &HeaderMap) -> Context {
-        self.propagator.extract(&HeaderExtractor(headers))
+        self.propagator.extract(&HeaderValues(headers))
     }
 
-    /// Writes `cx` into outgoing request headers.
+    /// Writes `cx` into outgoing request headers, replacing any trace context they had (a
+    /// `tracestate` is only sent when there is one).
     pub fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
+        for field in self.propagator.fields() {
+            headers.remove(field);
+        }
         self.propagator.inject_context(cx, &mut HeaderInjector(headers));
     }
 
