@@ -119,8 +119,10 @@ fn parse_hcm(config: &Node<'_>, errors: &mut Errors) -> Option<HttpConnectionMan
             "request_headers_timeout",
             "stream_idle_timeout",
             "max_request_headers_kb",
+            "upgrade_configs",
+            "http_protocol_options",
         ],
-        "the HTTP connection manager takes routes, HTTP filters, timeouts and header limits",
+        "the HTTP connection manager takes routes, HTTP filters, timeouts, header limits, upgrades and HTTP/1 options",
     );
     let stat_prefix = config.require("stat_prefix", errors).and_then(|s| s.string(errors)).unwrap_or_default();
     let codec = match config.get("codec_type").and_then(|c| c.enumeration(errors, &["AUTO", "HTTP1", "HTTP2"])) {
@@ -148,7 +150,108 @@ fn parse_hcm(config: &Node<'_>, errors: &mut Errors) -> Option<HttpConnectionMan
         generate_request_id: config.get("generate_request_id").and_then(|g| g.boolean(errors)).unwrap_or(true),
         use_remote_address: config.get("use_remote_address").and_then(|u| u.boolean(errors)).unwrap_or(false),
         limits: parse_connection_limits(config, errors),
+        upgrade_configs: parse_upgrade_configs(config, errors),
+        http1_trailers: parse_http1_options(config, errors),
     })
+}
+
+/// `http_protocol_options` (HTTP/1): only `enable_trailers` (default false).
+fn parse_http1_options(config: &Node<'_>, errors: &mut Errors) -> bool {
+    let Some(options) = config.get("http_protocol_options") else { return false };
+    options.expect_fields(errors, &["enable_trailers"], "supported here: enable_trailers");
+    options.get("enable_trailers").and_then(|e| e.boolean(errors)).unwrap_or(false)
+}
+
+/// A `google.protobuf.BoolValue` written bare (`enabled: false`) or wrapped
+/// (`enabled: { value: false }`); `default` when absent.
+fn bool_value(node: Option<Node<'_>>, errors: &mut Errors, default: bool) -> bool {
+    let Some(node) = node else { return default };
+    if node.value().is_object() {
+        node.expect_fields(errors, &["value"], "a BoolValue is { value: true | false }");
+        return node.get("value").and_then(|v| v.boolean(errors)).unwrap_or(false);
+    }
+    node.boolean(errors).unwrap_or(default)
+}
+
+/// An `upgrade_type`, lower-cased; `CONNECT` is refused (this proxy does not tunnel CONNECT).
+fn upgrade_type(config: &Node<'_>, errors: &mut Errors) -> Option<String> {
+    let name = config.require("upgrade_type", errors)?.string(errors)?;
+    if name.eq_ignore_ascii_case("connect") {
+        config.error(
+            errors,
+            "CONNECT upgrades are not supported",
+            Some("CONNECT is answered 403, as Envoy does without it"),
+        );
+        return None;
+    }
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+        config.error(errors, format!("`{name}` is not an upgrade protocol name"), Some("for example websocket"));
+        return None;
+    }
+    Some(name.to_ascii_lowercase())
+}
+
+/// The connection manager's `upgrade_configs`.
+fn parse_upgrade_configs(config: &Node<'_>, errors: &mut Errors) -> Vec<UpgradeConfig> {
+    let Some(list) = config.get("upgrade_configs") else { return Vec::new() };
+    let mut upgrades: Vec<UpgradeConfig> = Vec::new();
+    for item in list.items(errors) {
+        item.expect_fields(
+            errors,
+            &["upgrade_type", "enabled", "filters"],
+            "an upgrade config is an upgrade_type, enabled and filters",
+        );
+        let Some(upgrade_type) = upgrade_type(&item, errors) else { continue };
+        if upgrades.iter().any(|u| u.upgrade_type == upgrade_type) {
+            item.error(errors, format!("upgrade `{upgrade_type}` is configured twice"), None);
+            continue;
+        }
+        let enabled = bool_value(item.get("enabled"), errors, true);
+        let filters = item.get("filters").map(|f| parse_upgrade_filters(&f, errors)).unwrap_or_default();
+        upgrades.push(UpgradeConfig { upgrade_type, enabled, filters });
+    }
+    upgrades
+}
+
+/// An upgrade's own `filters`: none (the listener's chain) or the router alone.
+fn parse_upgrade_filters(filters: &Node<'_>, errors: &mut Errors) -> UpgradeFilters {
+    let items = filters.items(errors);
+    let is_router = |filter: &Node<'_>| {
+        let name = filter.get("name").and_then(|n| n.value().as_str().map(str::to_owned)).unwrap_or_default();
+        name == ROUTER_NAME || filter.get("typed_config").as_ref().and_then(Node::type_url) == Some(ROUTER_TYPE)
+    };
+    match items.as_slice() {
+        [] => UpgradeFilters::Listener,
+        [router] if is_router(router) => UpgradeFilters::RouterOnly,
+        _ => {
+            filters.error(
+                errors,
+                "an upgrade's own filter chain may hold only the router",
+                Some("omit `filters` to run the listener's Wasm filters on upgrades, or list only envoy.filters.http.router to run none"),
+            );
+            UpgradeFilters::Listener
+        }
+    }
+}
+
+/// A route's `upgrade_configs`.
+fn parse_route_upgrades(list: &Node<'_>, errors: &mut Errors) -> Vec<RouteUpgrade> {
+    let mut upgrades: Vec<RouteUpgrade> = Vec::new();
+    for item in list.items(errors) {
+        item.expect_fields(
+            errors,
+            &["upgrade_type", "enabled"],
+            "a route upgrade config is an upgrade_type and enabled",
+        );
+        let Some(upgrade_type) = upgrade_type(&item, errors) else { continue };
+        if upgrades.iter().any(|u| u.upgrade_type == upgrade_type) {
+            item.error(errors, format!("upgrade `{upgrade_type}` is configured twice"), None);
+            continue;
+        }
+        let enabled = bool_value(item.get("enabled"), errors, true);
+        upgrades.push(RouteUpgrade { upgrade_type, enabled });
+    }
+    upgrades
 }
 
 /// Largest `max_request_headers_kb` Envoy accepts.
@@ -343,14 +446,19 @@ fn parse_header_matcher(header: &Node<'_>, errors: &mut Errors) -> Option<Header
 }
 
 fn parse_forward(forward: &Node<'_>, errors: &mut Errors) -> Option<RouteAction> {
-    forward.expect_fields(errors, &["cluster", "timeout", "prefix_rewrite"], "a route forwards to one cluster");
+    forward.expect_fields(
+        errors,
+        &["cluster", "timeout", "prefix_rewrite", "upgrade_configs"],
+        "a route forwards to one cluster",
+    );
     let cluster = forward.require("cluster", errors)?.string(errors)?;
     let timeout = match forward.get("timeout") {
         Some(t) => t.duration(errors).filter(|d| !d.is_zero()),
         None => Some(DEFAULT_ROUTE_TIMEOUT),
     };
     let prefix_rewrite = forward.get("prefix_rewrite").and_then(|p| p.string(errors));
-    Some(RouteAction::Cluster { cluster, timeout, prefix_rewrite })
+    let upgrades = forward.get("upgrade_configs").map(|u| parse_route_upgrades(&u, errors)).unwrap_or_default();
+    Some(RouteAction::Cluster { cluster, timeout, prefix_rewrite, upgrades })
 }
 
 fn parse_direct(direct: &Node<'_>, errors: &mut Errors) -> Option<RouteAction> {
@@ -368,4 +476,105 @@ fn parse_direct(direct: &Node<'_>, errors: &mut Errors) -> Option<RouteAction> {
         None => String::new(),
     };
     Some(RouteAction::Direct { status: u16::try_from(status).ok()?, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Bootstrap, RouteAction, RouteUpgrade, UpgradeConfig, UpgradeFilters};
+
+    fn bootstrap(hcm: &str, route: &str) -> Result<Bootstrap, String> {
+        let yaml = format!(
+            r#"
+static_resources:
+  listeners:
+    - name: ingress
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+{hcm}
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: service{route} }} }}]
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+    - name: service
+      type: STATIC
+      load_assignment:
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 1 }} }} }} }}] }}]
+"#
+        );
+        Bootstrap::from_yaml(&yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn upgrade_configs_and_enable_trailers_are_read_as_envoy_writes_them() {
+        let hcm = r#"                upgrade_configs:
+                  - upgrade_type: WebSocket
+                  - upgrade_type: spdy/3.1
+                    enabled: { value: false }
+                  - upgrade_type: custom
+                    enabled: false
+                    filters:
+                      - name: envoy.filters.http.router
+                        typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+                http_protocol_options: { enable_trailers: true }"#;
+        let route = r#", upgrade_configs: [{ upgrade_type: websocket, enabled: false }, { upgrade_type: custom }]"#;
+        let config = bootstrap(hcm, route).expect("loads");
+        let http = &config.listeners[0].http;
+        assert!(http.http1_trailers);
+        assert_eq!(
+            http.upgrade_configs,
+            [
+                UpgradeConfig { upgrade_type: "websocket".into(), enabled: true, filters: UpgradeFilters::Listener },
+                UpgradeConfig { upgrade_type: "spdy/3.1".into(), enabled: false, filters: UpgradeFilters::Listener },
+                UpgradeConfig { upgrade_type: "custom".into(), enabled: false, filters: UpgradeFilters::RouterOnly },
+            ]
+        );
+        let RouteAction::Cluster { upgrades, .. } = &http.virtual_hosts[0].routes[0].action else {
+            panic!("a cluster route")
+        };
+        assert_eq!(
+            upgrades,
+            &[
+                RouteUpgrade { upgrade_type: "websocket".into(), enabled: false },
+                RouteUpgrade { upgrade_type: "custom".into(), enabled: true },
+            ]
+        );
+    }
+
+    #[test]
+    fn without_them_no_upgrade_is_configured_and_http1_trailers_are_off() {
+        let config = bootstrap("", "").expect("loads");
+        assert!(config.listeners[0].http.upgrade_configs.is_empty());
+        assert!(!config.listeners[0].http.http1_trailers, "Envoy's default");
+    }
+
+    #[test]
+    fn connect_wasm_filters_in_an_upgrade_chain_and_unknown_http1_options_are_refused() {
+        let error = bootstrap(
+            r#"                upgrade_configs:
+                  - upgrade_type: CONNECT
+                  - upgrade_type: websocket
+                    filters:
+                      - name: envoy.filters.http.wasm
+                        typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm }
+                      - name: envoy.filters.http.router
+                  - upgrade_type: websocket
+                http_protocol_options: { accept_http_10: true }"#,
+            "",
+        )
+        .expect_err("refused");
+        assert!(error.contains("CONNECT upgrades are not supported"), "{error}");
+        assert!(error.contains("may hold only the router"), "{error}");
+        assert!(error.contains("configured twice"), "{error}");
+        assert!(error.contains("accept_http_10"), "{error}");
+    }
 }

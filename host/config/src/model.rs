@@ -87,6 +87,45 @@ pub struct HttpConnectionManager {
     pub use_remote_address: bool,
     /// Timeouts and size limits of the downstream connections and their streams.
     pub limits: ConnectionLimits,
+    /// `upgrade_configs`: the upgrades (`websocket`, ...) this listener tunnels, and whether each
+    /// is on by default (routes may turn it on or off). An upgrade listed nowhere is refused 403.
+    pub upgrade_configs: Vec<UpgradeConfig>,
+    /// `http_protocol_options.enable_trailers` (default false, as Envoy): HTTP/1 trailers are
+    /// proxied. Off, the HTTP/1 codec drops them: trailers a client sends over HTTP/1 never
+    /// reach the filters or the upstream, and trailers are not written to an HTTP/1 client.
+    /// The upstream HTTP/1 hop follows the same setting (Envoy reads the cluster's own
+    /// `enable_trailers` there).
+    pub http1_trailers: bool,
+}
+
+/// `upgrade_configs[]` of the HTTP connection manager.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UpgradeConfig {
+    /// `upgrade_type`, lower-cased (the `Upgrade` header's value, compared ignoring case).
+    pub upgrade_type: String,
+    /// `enabled` (default true): whether the upgrade is allowed where a route does not say.
+    pub enabled: bool,
+    /// `filters`: which HTTP filters an upgraded stream runs.
+    pub filters: UpgradeFilters,
+}
+
+/// The HTTP filters an upgraded stream runs (`UpgradeConfig.filters`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum UpgradeFilters {
+    /// No `filters` (or an empty list): the listener's own filter chain.
+    #[default]
+    Listener,
+    /// `filters` holding only the router: no Wasm filter sees the upgrade.
+    RouterOnly,
+}
+
+/// `route.upgrade_configs[]`: a route turning an upgrade on or off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RouteUpgrade {
+    /// `upgrade_type`, lower-cased.
+    pub upgrade_type: String,
+    /// `enabled` (default true).
+    pub enabled: bool,
 }
 
 /// How long a downstream connection or stream may stay quiet, and how large request headers may
@@ -206,6 +245,9 @@ pub enum RouteAction {
         timeout: Option<Duration>,
         /// `route.prefix_rewrite`: replaces the matched prefix.
         prefix_rewrite: Option<String>,
+        /// `route.upgrade_configs`: upgrades this route turns on or off, overriding the
+        /// connection manager's `enabled`.
+        upgrades: Vec<RouteUpgrade>,
     },
     /// `direct_response`: answer without an upstream.
     Direct {

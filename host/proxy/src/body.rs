@@ -134,6 +134,48 @@ impl Body for PumpedBody {
     }
 }
 
+/// A body whose trailers pass or are dropped: Envoy's HTTP/1 codec drops trailers, reading and
+/// writing, unless `http_protocol_options.enable_trailers` is on. Dropped trailers end the body
+/// (the other side sees the end of the data, no trailers).
+pub struct TrailerGate<B> {
+    inner: B,
+    keep: bool,
+    ended: bool,
+}
+
+impl<B> TrailerGate<B> {
+    /// `inner`, with its trailers kept when `keep`.
+    pub fn new(inner: B, keep: bool) -> Self {
+        Self { inner, keep, ended: false }
+    }
+}
+
+impl<B: Body + Unpin> Body for TrailerGate<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() && !self.keep => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            polled => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A complete response body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
     Box::pin(Full::new(bytes.into()).map_err(|never| match never {}))

@@ -1,6 +1,12 @@
 //! One HTTP stream from request to response: Envoy's defaults on the request, the request
 //! filters, routing, the upstream call (or a direct/local response), the response filters, and
-//! the body pumps that stream data through the filters in both directions.
+//! the body pumps that stream data through the filters in both directions (or, for an upgrade the
+//! upstream accepted, the tunnel of [`crate::upgrade`]).
+//!
+//! HTTP/1 trailers pass only with the connection manager's `http_protocol_options.enable_trailers`
+//! (Envoy's HTTP/1 codec drops them otherwise), on each HTTP/1 side: trailers a client sends over
+//! HTTP/1 never reach the filters, trailers never reach an HTTP/1 client or upstream. HTTP/2 carries
+//! trailers always.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -10,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
@@ -18,20 +24,23 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 use tokio::sync::oneshot;
-use wasmtrace_config::{HttpConnectionManager, Listener, RouteAction, TrafficDirection};
+use wasmtrace_config::{HttpConnectionManager, Listener, RouteAction, TrafficDirection, UpgradeFilters};
 use wasmtrace_runtime::{Direction, HeaderMap, HttpExchange, LocalResponse, StreamInfo};
 
-use crate::body::{ChannelBody, FrameSink, FrameSlot, ProxyBody, PumpedBody, ResponseBody, boxed, full, response_body};
+use crate::body::{
+    ChannelBody, FrameSink, FrameSlot, ProxyBody, PumpedBody, ResponseBody, TrailerGate, boxed, full, response_body,
+};
 use crate::chain::{self, DataVerdict, FilterChain, SharedChain, Verdict};
 use crate::cluster::ClusterClient;
 use crate::message::{
-    UnfilteredRequest, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, http_headers, protocol_name,
+    Hop, UnfilteredRequest, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, http_headers, is_upgrade, protocol_name,
     request_header_map, response_header_map, status_of, strip_hop_by_hop, trailer_map,
 };
 use crate::rescue::UpstreamFailure;
 use crate::route;
 use crate::stats::{ClusterStats, DownstreamError, ListenerStats};
 use crate::swap::WorkerPlugin;
+use crate::upgrade::{self, PendingUpgrade};
 
 /// A stream a filter closed: hyper resets it (HTTP/2 `RST_STREAM`, HTTP/1 connection close).
 #[derive(Debug, thiserror::Error)]
@@ -71,14 +80,29 @@ pub async fn serve(
     ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    let requested_upgrade = upgrade::requested(&parts);
+    strip_hop_by_hop(&mut parts.headers, if requested_upgrade.is_some() { Hop::Upgrade } else { Hop::Request });
     if let Some((error, response)) = refuse_before_filters(&ctx.listener.http.limits, &parts) {
         ctx.stats.downstream_error(error);
         ctx.stats.response(response.status().as_u16());
         tracing::debug!(target: "wasmtrace::access", listener = %ctx.listener.name, refused = error.label(), "request");
         return Ok(response);
     }
-    let body = DownstreamBody::new(body);
+    let downstream_h1 = parts.version != Version::HTTP_2;
+    let trailers = ctx.listener.http.http1_trailers;
+    // Envoy's HTTP/1 codec drops the trailers it reads without `enable_trailers`.
+    let body = DownstreamBody::new(body, trailers || !downstream_h1);
+    let (upgrade, filters) = match requested_upgrade {
+        Some(kind) => match decide_upgrade(&ctx, &mut parts, &kind, &body) {
+            Ok(decided) => decided,
+            Err((error, response)) => {
+                ctx.stats.downstream_error(error);
+                ctx.stats.response(response.status().as_u16());
+                return Ok(response);
+            }
+        },
+        None => (UpgradeDecision::None, ctx.filters.as_slice()),
+    };
     apply_envoy_defaults(&ctx.listener.http, &conn, &mut parts.headers);
     let info = StreamInfo {
         protocol: protocol_name(parts.version).to_owned(),
@@ -96,13 +120,13 @@ pub async fn serve(
         .then(|| (parts.method.clone(), parts.uri.clone()));
     // Without filters nothing can read or change the request: it goes upstream as hyper parsed
     // it, never converted to the filters' header map and back.
-    let (request_headers, head) = if ctx.filters.is_empty() {
+    let (request_headers, head) = if filters.is_empty() {
         (None, Some(parts))
     } else {
         (Some(request_header_map(&parts.method, &parts.uri, &parts.headers)), None)
     };
     let exchange = Rc::new(RefCell::new(HttpExchange { request_headers, info, ..HttpExchange::default() }));
-    let chain = FilterChain::open(&ctx.filters, exchange.clone());
+    let chain = FilterChain::open(filters, exchange.clone());
     let stream = Stream {
         ctx: ctx.clone(),
         chain,
@@ -110,6 +134,9 @@ pub async fn serve(
         head,
         handed_off: std::cell::Cell::new(false),
         downstream_failed: body.failed.clone(),
+        upgrade,
+        downstream_h1,
+        trailers,
     };
     let result = stream.run(body).await;
     if let Ok(response) = &result {
@@ -156,6 +183,62 @@ fn apply_envoy_defaults(http: &HttpConnectionManager, conn: &ConnectionInfo, hea
     }
 }
 
+/// What becomes of a request's upgrade (decided before the filters, as Envoy chooses the filter
+/// chain by it).
+enum UpgradeDecision {
+    /// A plain request.
+    None,
+    /// Allowed: tunnelled if the upstream switches protocols.
+    Tunnel(PendingUpgrade),
+    /// Refused on the route the request has: answered 403 `upgrade_failed` through the response
+    /// filters, and the connection closed (no upgraded bytes may be read as a request).
+    Refused,
+}
+
+/// Whether the upgrade `kind` goes on (and through which filters), by the route the request has
+/// before the filters. A refused upgrade with no route goes on as a plain request (its upgrade
+/// headers dropped): it is answered 404 unless a filter routes it. An upgrade request that also
+/// carries a body is refused 400 (the filters would see its end before the upgraded bytes).
+#[allow(clippy::type_complexity, reason = "a private helper's result, destructured once")]
+fn decide_upgrade<'a>(
+    ctx: &'a ListenerContext,
+    parts: &mut http::request::Parts,
+    kind: &str,
+    body: &DownstreamBody,
+) -> Result<(UpgradeDecision, &'a [Rc<WorkerPlugin>]), (DownstreamError, Response<ResponseBody>)> {
+    let http = &ctx.listener.http;
+    let selected = route::pick(&http.virtual_hosts, &UnfilteredRequest(parts));
+    let on_route = match selected.map(|(_, route)| &route.action) {
+        Some(RouteAction::Cluster { upgrades, .. }) => upgrades.as_slice(),
+        _ => &[],
+    };
+    let Some(chosen) = upgrade::allowed(http, on_route, kind) else {
+        if selected.is_some() {
+            return Ok((UpgradeDecision::Refused, ctx.filters.as_slice()));
+        }
+        strip_hop_by_hop(&mut parts.headers, Hop::Request);
+        return Ok((UpgradeDecision::None, ctx.filters.as_slice()));
+    };
+    if !body.is_end_stream() {
+        let mut response = Response::new(full("an upgrade request cannot carry a body here\n"));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        return Err((DownstreamError::UpgradeFailed, response));
+    }
+    let Some(downstream) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        // hyper hands every HTTP/1.1 request with `Upgrade` its connection; without it there is
+        // nothing to switch.
+        strip_hop_by_hop(&mut parts.headers, Hop::Request);
+        return Ok((UpgradeDecision::None, ctx.filters.as_slice()));
+    };
+    let filters = match chosen {
+        UpgradeFilters::Listener => ctx.filters.as_slice(),
+        UpgradeFilters::RouterOnly => &[],
+    };
+    Ok((UpgradeDecision::Tunnel(PendingUpgrade { downstream }), filters))
+}
+
 async fn within<F: std::future::Future>(timeout: Option<Duration>, future: F) -> Option<F::Output> {
     match timeout {
         Some(t) => tokio::time::timeout(t, future).await.ok(),
@@ -174,6 +257,12 @@ struct Stream {
     handed_off: std::cell::Cell<bool>,
     /// The client's request body broke its framing (set by [`DownstreamBody`]).
     downstream_failed: Arc<AtomicBool>,
+    /// The request's upgrade, if it asked for one.
+    upgrade: UpgradeDecision,
+    /// The client speaks HTTP/1 (trailers to it need `enable_trailers`).
+    downstream_h1: bool,
+    /// `http_protocol_options.enable_trailers`: HTTP/1 trailers pass.
+    trailers: bool,
 }
 
 impl Drop for Stream {
@@ -211,7 +300,12 @@ impl Stream {
     }
 
     async fn run(self, body: DownstreamBody) -> Result<Response<ResponseBody>, StreamReset> {
-        let end_of_stream = body.is_end_stream();
+        let body_ended = body.is_end_stream();
+        // An upgrade's stream goes on after its (empty) body: the upgraded bytes follow.
+        let end_of_stream = body_ended && matches!(self.upgrade, UpgradeDecision::None);
+        if matches!(self.upgrade, UpgradeDecision::Refused) {
+            return self.refuse_upgrade().await;
+        }
         if self.filter_count() > 0 {
             // As in Envoy, the route is resolved before the request filters run, so they can read
             // it; it is resolved again after them (Envoy clears its route cache when a Wasm filter
@@ -253,7 +347,7 @@ impl Stream {
             RouteAction::Direct { status, body } => {
                 self.local_reply(plain(*status, "direct_response", body), all).await
             }
-            RouteAction::Cluster { cluster, timeout, prefix_rewrite } => {
+            RouteAction::Cluster { cluster, timeout, prefix_rewrite, .. } => {
                 let prefix = match &route.matcher.path {
                     wasmtrace_config::PathMatch::Prefix(p) => Some(p.as_str()),
                     wasmtrace_config::PathMatch::Exact(p) => Some(p.as_str()),
@@ -261,9 +355,31 @@ impl Stream {
                 let rewrite = prefix_rewrite.as_deref().zip(prefix);
                 // Boxed: the upstream call's future is most of the stream's size, and an
                 // inline one is copied into every future that awaits it.
-                Box::pin(self.forward(cluster, *timeout, rewrite, body, end_of_stream)).await
+                Box::pin(self.forward(cluster, *timeout, rewrite, body, body_ended)).await
             }
         }
+    }
+
+    /// The answer to an upgrade neither the connection manager nor the route allows: Envoy's
+    /// empty 403 `upgrade_failed`, through the response filters (which never saw the request
+    /// headers), and the connection closed after it.
+    async fn refuse_upgrade(self) -> Result<Response<ResponseBody>, StreamReset> {
+        self.ctx.stats.downstream_error(DownstreamError::UpgradeFailed);
+        let all = self.filter_count();
+        if all > 0 {
+            let ctx = self.ctx.clone();
+            let selected = match &self.head {
+                Some(head) => route::pick(&ctx.listener.http.virtual_hosts, &UnfilteredRequest(head)),
+                None => match self.exchange.borrow().request_headers.as_ref() {
+                    Some(headers) => route::pick(&ctx.listener.http.virtual_hosts, headers),
+                    None => None,
+                },
+            };
+            self.note_route(selected);
+        }
+        let mut response = self.local_reply(plain(403, "upgrade_failed", ""), all).await?;
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        Ok(response)
     }
 
     /// Sends the request to `cluster` and the response back through the filters.
@@ -284,6 +400,13 @@ impl Stream {
                 .await;
         };
         let http2 = client.cluster.http2;
+        if http2 && matches!(self.upgrade, UpgradeDecision::Tunnel(_)) {
+            // Envoy would send an extended CONNECT (RFC 8441); hyper's client has none.
+            let text = format!("cluster `{cluster}` speaks HTTP/2, which cannot carry an HTTP/1.1 upgrade here\n");
+            return self.local_reply(plain(502, "upgrade_failed", &text), all).await;
+        }
+        // The HTTP/1 upstream codec drops the request's trailers without `enable_trailers`.
+        let keep_trailers = self.trailers || http2;
         let request = match self.head.take() {
             Some(head) => unfiltered_upstream_request(head, rewrite, http2, cluster),
             None => {
@@ -306,14 +429,14 @@ impl Stream {
         let (upstream_body, mut aborted): (ProxyBody, Option<oneshot::Receiver<Verdict>>) = if end_of_stream {
             (boxed(Empty::<Bytes>::new().map_err(|never| match never {})), None)
         } else if all == 0 {
-            (boxed(body), None)
+            (boxed(TrailerGate::new(body, keep_trailers)), None)
         } else {
             let (tx, channel) = ChannelBody::new();
             let (abort_tx, abort_rx) = oneshot::channel();
             let pump =
                 tokio::task::spawn_local(pump_request(self.chain.clone(), self.exchange.clone(), body, tx, abort_tx));
             self.chain.borrow_mut().set_request_pump(pump.abort_handle());
-            (boxed(channel), Some(abort_rx))
+            (boxed(TrailerGate::new(channel, keep_trailers)), Some(abort_rx))
         };
         let stats = self.ctx.cluster_stats.get(cluster).cloned();
         if let Some(stats) = &stats {
@@ -345,7 +468,7 @@ impl Stream {
                 return self.local_reply(response, all).await;
             }
             Some(Err(error)) => UpstreamFailure::from_client_error(&error),
-            Some(Ok(response)) => return self.respond(response).await,
+            Some(Ok(response)) => return self.respond(response, http2).await,
         };
         if let Some(stats) = &stats {
             stats.failure(failure.kind());
@@ -356,19 +479,41 @@ impl Stream {
         self.local_reply(plain(status.as_u16(), details, &text), all).await
     }
 
-    /// The upstream's response through the response filters.
-    async fn respond(self, response: Response<Incoming>) -> Result<Response<ResponseBody>, StreamReset> {
+    /// The upstream's response through the response filters (`http2`: the upstream's protocol).
+    async fn respond(
+        mut self,
+        response: Response<Incoming>,
+        http2: bool,
+    ) -> Result<Response<ResponseBody>, StreamReset> {
         if self.downstream_failed.load(Ordering::Relaxed) {
             // The upstream answered a request whose body broke off: that answer is about a
             // request the client never sent whole.
             let (response, all) = (self.malformed_body(), self.filter_count());
             return self.local_reply(response, all).await;
         }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let pending = std::mem::replace(&mut self.upgrade, UpgradeDecision::None);
+            return match pending {
+                UpgradeDecision::Tunnel(pending) if is_upgrade(response.headers()) => {
+                    self.switch_protocols(response, pending).await
+                }
+                _ => {
+                    let all = self.filter_count();
+                    let text = "the upstream switched protocols without an upgrade this proxy tunnels\n";
+                    self.local_reply(plain(502, "upstream_reset_before_response_started{protocol_error}", text), all)
+                        .await
+                }
+            };
+        }
         let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        strip_hop_by_hop(&mut parts.headers, Hop::Response);
+        // Trailers pass an HTTP/1 hop only with `enable_trailers`: the upstream codec drops what
+        // it reads (the filters never see them), the downstream one what it would write.
+        let body = TrailerGate::new(body, self.trailers || http2);
+        let to_client = self.trailers || !self.downstream_h1;
         let all = self.filter_count();
         if all == 0 {
-            return Ok(Response::from_parts(parts, response_body(body)));
+            return Ok(Response::from_parts(parts, response_body(TrailerGate::new(body, to_client))));
         }
         {
             let mut exchange = self.exchange.borrow_mut();
@@ -400,10 +545,57 @@ impl Stream {
         let pumped = PumpedBody::new(slot.clone(), pump_response(end, body, slot));
         // The response pump owns the end of the stream from here.
         self.handed_off.set(true);
-        let mut response: Response<ResponseBody> = Response::new(Box::pin(pumped));
+        let mut response: Response<ResponseBody> = Response::new(Box::pin(TrailerGate::new(pumped, to_client)));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         Ok(response)
+    }
+
+    /// The upstream's `101` to an upgrade: through the response filters (not the end of the
+    /// stream), to the client, and then the tunnel, which owns the end of the stream.
+    async fn switch_protocols(
+        self,
+        mut response: Response<Incoming>,
+        pending: PendingUpgrade,
+    ) -> Result<Response<ResponseBody>, StreamReset> {
+        let upstream = hyper::upgrade::on(&mut response);
+        let (mut parts, _empty) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, Hop::Upgrade);
+        let all = self.filter_count();
+        let mut reply = Response::new(full(Bytes::new()));
+        if all == 0 {
+            *reply.status_mut() = parts.status;
+            *reply.headers_mut() = parts.headers;
+        } else {
+            {
+                let mut exchange = self.exchange.borrow_mut();
+                exchange.response_headers = Some(response_header_map(parts.status, &parts.headers));
+                exchange.info.response_code_details = Some("via_upstream".into());
+                exchange.info.upstream = parts.extensions.get::<HttpInfo>().map(HttpInfo::remote_addr);
+            }
+            match chain::response_headers(&self.chain, false, all).await {
+                Verdict::Local(response, _) => return Ok(self.finish_local(response)),
+                Verdict::Close => return self.close(),
+                Verdict::Continue => {}
+            }
+            let mut exchange = self.exchange.borrow_mut();
+            exchange.info.response_headers_sent = true;
+            let map = exchange.response_headers.clone().unwrap_or_default();
+            *reply.status_mut() = status_of(&map);
+            *reply.headers_mut() = http_headers(&map);
+        }
+        let Ok(upstream) = upstream.await else {
+            let text = "the upstream connection was lost as it switched protocols\n";
+            return self
+                .local_reply(plain(502, "upstream_reset_before_response_started{connection_termination}", text), all)
+                .await;
+        };
+        let end = StreamEnd { chain: self.chain.clone(), exchange: self.exchange.clone() };
+        let idle = self.ctx.listener.http.limits.stream_idle_timeout;
+        tokio::task::spawn_local(upgrade::tunnel(end, pending.downstream, upstream, idle, self.ctx.stats.clone()));
+        // The tunnel owns the end of the stream from here.
+        self.handed_off.set(true);
+        Ok(reply)
     }
 
     /// A response the proxy or a filter produced, through the response filters `0..upto`.
@@ -691,6 +883,8 @@ fn refuse_before_filters(
 pub struct DownstreamBody {
     inner: Option<Incoming>,
     failed: Arc<AtomicBool>,
+    /// Trailers pass (HTTP/2, or HTTP/1 with `enable_trailers`); otherwise they end the body.
+    keep_trailers: bool,
 }
 
 /// Most of an unwanted request body read and discarded after the answer.
@@ -699,8 +893,8 @@ const DISCARD_BYTES: u64 = 64 << 20;
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 
 impl DownstreamBody {
-    fn new(inner: Incoming) -> Self {
-        Self { inner: Some(inner), failed: Arc::new(AtomicBool::new(false)) }
+    fn new(inner: Incoming, keep_trailers: bool) -> Self {
+        Self { inner: Some(inner), failed: Arc::new(AtomicBool::new(false)), keep_trailers }
     }
 }
 
@@ -733,8 +927,14 @@ impl Body for DownstreamBody {
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let Some(inner) = self.inner.as_mut() else { return std::task::Poll::Ready(None) };
         let polled = std::pin::Pin::new(inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
-            self.failed.store(true, Ordering::Relaxed);
+        match &polled {
+            std::task::Poll::Ready(Some(Err(_))) => self.failed.store(true, Ordering::Relaxed),
+            std::task::Poll::Ready(Some(Ok(frame))) if frame.is_trailers() && !self.keep_trailers => {
+                // Dropped as Envoy's HTTP/1 codec drops them: the body just ends.
+                self.inner = None;
+                return std::task::Poll::Ready(None);
+            }
+            _ => {}
         }
         polled
     }
@@ -781,7 +981,8 @@ async fn pump<B>(
     direction: Direction,
 ) -> Pumped
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<crate::BoxError>,
 {
     let all = chain.borrow().len();
     let mut ended = false;
@@ -807,7 +1008,7 @@ where
         let frame = match frame {
             Ok(frame) => frame,
             Err(error) => {
-                let _ = tx.deliver(Err(Box::new(error))).await;
+                let _ = tx.deliver(Err(error.into())).await;
                 break Pumped::Gone;
             }
         };
@@ -881,9 +1082,20 @@ async fn pump_request(
     }
 }
 
-/// The end of a stream whose response body is being pumped: the access-log point runs when the
-/// pump is done, or when it is dropped unfinished (the client went away mid-body).
-struct StreamEnd {
+/// One direction of an upgraded stream through the filters of `direction` into `tx`: true when
+/// it ended cleanly, false when a side failed or a filter stopped the stream.
+pub(crate) async fn pump_upgraded<B>(end: &StreamEnd, body: B, tx: &impl FrameSink, direction: Direction) -> bool
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<crate::BoxError>,
+{
+    matches!(pump(&end.chain, &end.exchange, body, tx, direction).await, Pumped::Go)
+}
+
+/// The end of a stream whose response body is being pumped (or whose upgrade is tunnelled): the
+/// access-log point runs when the pump is done, or when it is dropped unfinished (the client went
+/// away mid-body).
+pub(crate) struct StreamEnd {
     chain: SharedChain,
     exchange: Rc<RefCell<HttpExchange>>,
 }
@@ -896,7 +1108,7 @@ impl Drop for StreamEnd {
 
 /// Streams the upstream response body to the downstream through the filters; the stream ends
 /// (access log) when the pump is dropped, finished or not.
-async fn pump_response(end: StreamEnd, body: Incoming, tx: Rc<FrameSlot>) {
+async fn pump_response(end: StreamEnd, body: TrailerGate<Incoming>, tx: Rc<FrameSlot>) {
     if let Pumped::Stop(_) = pump(&end.chain, &end.exchange, body, &tx, Direction::Response).await {
         let _ = tx.deliver(Err("a filter reset the response".into())).await;
     }

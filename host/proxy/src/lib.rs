@@ -8,7 +8,8 @@
 //! - A connection is served by hyper (HTTP/1.1 or h2c). Each request goes through
 //!   [`handler::serve`]: Envoy's request defaults, the Wasm [`chain`], routing ([`route`]), the
 //!   upstream call through the cluster's pooled client ([`cluster`]), and the response filters;
-//!   bodies stream through the filters frame by frame ([`body`]).
+//!   bodies stream through the filters frame by frame ([`body`]); an HTTP/1.1 upgrade
+//!   (WebSocket) is tunnelled through the filters' body callbacks ([`upgrade`]).
 //! - Upstream failures become 503/504/502 in one place ([`rescue`]); callouts go through the same
 //!   clients ([`callouts`]); ticks and queues run beside the streams ([`timers`]).
 //! - The [`admin`] API reads the [`stats`], the runtime's counters and the plugins' status, and
@@ -35,6 +36,7 @@ pub mod route;
 pub mod stats;
 pub mod swap;
 pub mod timers;
+pub mod upgrade;
 pub mod worker;
 
 use std::collections::BTreeMap;

@@ -2,10 +2,12 @@
 //!
 //! Filters see HTTP/2-style pseudo-headers whatever the wire protocol: `:method`, `:path`,
 //! `:authority`, `:scheme` on requests and `:status` on responses, as Envoy presents them.
-//! Hop-by-hop headers never reach filters or the other side.
+//! Hop-by-hop headers never reach filters or the other side, with Envoy's exceptions: `TE` keeps
+//! `trailers` (the only value that means anything end to end), an upgrade keeps its `Connection`
+//! and `Upgrade`, and `Trailer` (an end-to-end header, RFC 9110 §6.6.2) passes.
 
 use http::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, TE, TRAILER,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, TE,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap as HttpHeaders, Method, StatusCode, Uri, Version};
@@ -19,15 +21,16 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// legacy ones proxies drop. Constants, so removing them never parses a name.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// legacy ones proxies drop. Constants, so removing them never parses a name. (`Trailer` is not
+/// one: it announces the message's trailers, and hyper writes HTTP/1 trailers only when it is
+/// there.)
+const HOP_BY_HOP: [HeaderName; 7] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     TRANSFER_ENCODING,
     UPGRADE,
     TE,
-    TRAILER,
     PROXY_AUTHENTICATE,
 ];
 
@@ -37,14 +40,26 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const END_TO_END: [HeaderName; 6] =
     [HOST, CONTENT_LENGTH, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, AUTHORIZATION];
 
+/// Which message [`strip_hop_by_hop`] cleans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hop {
+    /// A request: `TE` keeps `trailers` if it lists it (Envoy's `sanitize_te`).
+    Request,
+    /// A response.
+    Response,
+    /// The two halves of an upgrade (a request the proxy tunnels, its `101` answer): as Envoy,
+    /// `Connection` and `Upgrade` go on verbatim, and so does a request's `TE`.
+    Upgrade,
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names (except
-/// those in [`END_TO_END`]).
+/// those in [`END_TO_END`], and `TE`, which is cleaned instead), with the exceptions of `hop`.
 ///
 /// A message that came with `Transfer-Encoding` was framed by it (RFC 9112 §6.3: it overrides
 /// `Content-Length`), so its `Content-Length` describes nothing and goes too; the other side
 /// gets the body re-framed by hyper. Keeping it would let a sender make the proxy announce a
 /// length the body does not have (a truncated response, or a smuggled request).
-pub fn strip_hop_by_hop(headers: &mut HttpHeaders) {
+pub fn strip_hop_by_hop(headers: &mut HttpHeaders, hop: Hop) {
     // Most messages have none: one pass over the (few) names instead of a lookup per name.
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
@@ -52,6 +67,10 @@ pub fn strip_hop_by_hop(headers: &mut HttpHeaders) {
     if headers.contains_key(TRANSFER_ENCODING) {
         headers.remove(CONTENT_LENGTH);
     }
+    let keep = |name: &HeaderName| match hop {
+        Hop::Upgrade => *name == CONNECTION || *name == UPGRADE || *name == TE,
+        Hop::Request | Hop::Response => false,
+    };
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -59,12 +78,39 @@ pub fn strip_hop_by_hop(headers: &mut HttpHeaders) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().filter(|name| !END_TO_END.contains(name)) {
+    for name in named.iter().filter(|name| !END_TO_END.contains(name) && **name != TE && !keep(name)) {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
+    let trailers = hop == Hop::Request && te_lists_trailers(headers);
+    for name in HOP_BY_HOP.iter().filter(|name| !keep(name)) {
         headers.remove(name);
     }
+    if trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a `TE` header lists `trailers` (RFC 9110 §10.1.4: `trailers` is a bare token, the
+/// other codings may carry a weight).
+fn te_lists_trailers(headers: &HttpHeaders) -> bool {
+    headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
+}
+
+/// Whether a message asks for (or, a `101`, agrees to) an upgrade as Envoy's `isUpgrade`
+/// reads it: a `Connection` header with the `upgrade` token and an `Upgrade` header.
+pub fn is_upgrade(headers: &HttpHeaders) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// The protocol name of `request.protocol`.
@@ -216,9 +262,54 @@ mod tests {
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("te", HeaderValue::from_static("trailers"));
         headers.insert("x-end-to-end", HeaderValue::from_static("kept"));
-        strip_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers, Hop::Response);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn te_keeps_only_trailers_on_a_request_even_when_connection_names_it() {
+        let te = |value: &'static str, hop: Hop| {
+            let mut headers = HttpHeaders::new();
+            headers.insert(CONNECTION, HeaderValue::from_static("TE"));
+            headers.insert(TE, HeaderValue::from_static(value));
+            strip_hop_by_hop(&mut headers, hop);
+            headers.get(TE).map(|v| v.to_str().unwrap_or_default().to_owned())
+        };
+        assert_eq!(te("trailers", Hop::Request).as_deref(), Some("trailers"));
+        assert_eq!(te("gzip;q=0.5, Trailers", Hop::Request).as_deref(), Some("trailers"));
+        assert_eq!(te("gzip", Hop::Request), None);
+        assert_eq!(te("trailers", Hop::Response), None);
+        assert_eq!(te("gzip, trailers", Hop::Upgrade).as_deref(), Some("gzip, trailers"));
+    }
+
+    #[test]
+    fn an_upgrade_keeps_connection_and_upgrade_and_trailer_always_passes() {
+        let mut headers = HttpHeaders::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(http::header::TRAILER, HeaderValue::from_static("x-checksum"));
+        assert!(is_upgrade(&headers));
+        let mut upgrade = headers.clone();
+        strip_hop_by_hop(&mut upgrade, Hop::Upgrade);
+        assert_eq!(upgrade.get(UPGRADE).map(HeaderValue::as_bytes), Some(&b"websocket"[..]));
+        assert_eq!(upgrade.get(CONNECTION).map(HeaderValue::as_bytes), Some(&b"keep-alive, Upgrade"[..]));
+        assert!(!upgrade.contains_key("keep-alive"));
+        strip_hop_by_hop(&mut headers, Hop::Request);
+        assert!(!headers.contains_key(UPGRADE) && !headers.contains_key(CONNECTION));
+        assert!(headers.contains_key(http::header::TRAILER), "Trailer is end to end");
+    }
+
+    #[test]
+    fn only_connection_upgrade_with_an_upgrade_header_is_an_upgrade() {
+        let mut headers = HttpHeaders::new();
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!is_upgrade(&headers));
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        assert!(!is_upgrade(&headers));
+        headers.append(CONNECTION, HeaderValue::from_static("upgrade"));
+        assert!(is_upgrade(&headers));
     }
 
     #[test]
@@ -227,7 +318,7 @@ mod tests {
         headers.insert(CONNECTION, HeaderValue::from_static("host, x-forwarded-for"));
         headers.insert(HOST, HeaderValue::from_static("internal.local"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        strip_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers, Hop::Request);
         assert_eq!(headers.len(), 2);
     }
 
@@ -236,7 +327,7 @@ mod tests {
         let mut headers = HttpHeaders::new();
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        strip_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers, Hop::Response);
         assert!(headers.is_empty());
     }
 

@@ -28,7 +28,12 @@ pub struct ListenerStats {
     /// stream idle, max duration.
     pub connection_timeouts: [AtomicU64; 4],
     /// Requests refused for what the client sent, by [`DownstreamError`].
-    pub downstream_errors: [AtomicU64; 4],
+    pub downstream_errors: [AtomicU64; 5],
+    /// Upgraded streams (WebSocket and others) tunnelled so far (Envoy's
+    /// `downstream_cx_upgrades_total`).
+    pub upgrades_total: AtomicU64,
+    /// Upgraded streams open now (`downstream_cx_upgrades_active`).
+    pub upgrades_active: AtomicU64,
 }
 
 /// Why a request was refused before it reached the filters or the upstream.
@@ -42,10 +47,14 @@ pub enum DownstreamError {
     HeadersTooLarge,
     /// A method the listener does not proxy (`CONNECT`).
     MethodNotAllowed,
+    /// An upgrade neither the connection manager nor the route allows (Envoy's
+    /// `downstream_rq_ws_on_non_ws_route`).
+    UpgradeFailed,
 }
 
 impl DownstreamError {
-    const ALL: [Self; 4] = [Self::InvalidAuthority, Self::Framing, Self::HeadersTooLarge, Self::MethodNotAllowed];
+    const ALL: [Self; 5] =
+        [Self::InvalidAuthority, Self::Framing, Self::HeadersTooLarge, Self::MethodNotAllowed, Self::UpgradeFailed];
 
     /// The stats label.
     pub fn label(self) -> &'static str {
@@ -54,6 +63,7 @@ impl DownstreamError {
             Self::Framing => "framing",
             Self::HeadersTooLarge => "headers_too_large",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::UpgradeFailed => "upgrade_failed",
         }
     }
 }
@@ -230,10 +240,12 @@ type ListenerKinds<'a> = (&'static str, &'a [&'static str], fn(&ListenerStats) -
 /// Downstream connection and refusal counters per listener.
 fn render_connections(out: &mut String, listeners: &BTreeMap<String, Arc<ListenerStats>>) {
     use crate::connection::Expiry;
-    let samples: [ListenerSample; 3] = [
+    let samples: [ListenerSample; 5] = [
         ("wasmtrace_downstream_connections", "gauge", |s| &s.connections_active),
         ("wasmtrace_downstream_connections_total", "counter", |s| &s.connections_total),
         ("wasmtrace_downstream_connections_overflow_total", "counter", |s| &s.connections_overflow),
+        ("wasmtrace_downstream_upgrades_total", "counter", |s| &s.upgrades_total),
+        ("wasmtrace_downstream_upgrades_active", "gauge", |s| &s.upgrades_active),
     ];
     for (name, kind, counter) in samples {
         let _ = writeln!(out, "# TYPE {name} {kind}");

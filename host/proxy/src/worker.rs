@@ -343,7 +343,9 @@ async fn serve_connection(
         let served = Box::pin(handler::serve(listener_ctx.clone(), conn.clone(), request));
         async move { served.await.map(|response| response.map(|body| GuardedBody::new(body, guard))) }
     });
-    let connection = builder.serve_connection(TokioIo::new(ActivityIo::new(stream, activity.clone())), service);
+    // With upgrades: a `101` hands the connection to the stream's tunnel (`crate::upgrade`).
+    let connection =
+        builder.serve_connection_with_upgrades(TokioIo::new(ActivityIo::new(stream, activity.clone())), service);
     tokio::pin!(connection);
     let mut draining = false;
     let mut close_at: Option<tokio::time::Instant> = None;
