@@ -1,7 +1,8 @@
 //! gRPC callouts from a filter built with the proxy-wasm Rust SDK (`filters/test-filters/
 //! grpc-caller`) to a real tonic server over HTTP/2: unary calls (answer, error status,
 //! timeout, unimplemented method, dead and unknown clusters), a bidirectional stream with
-//! initial and trailing metadata, and cancellation of calls the server is working on.
+//! initial and trailing metadata, and cancellation of calls the server is working on; and the
+//! trace filter's OTLP/gRPC exporter against a receiver built on the official protos.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -9,8 +10,10 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::fixture::client::{Reply, get};
-use crate::fixture::grpc::{EchoLog, GrpcServer, echo_server};
-use crate::fixture::proxy::{bootstrap_yaml, cluster, ingress, route, start, wasm_filter};
+use crate::fixture::grpc::{EchoLog, GrpcServer, echo_server, otlp_receiver};
+use crate::fixture::proxy::{
+    bootstrap_yaml, cluster, filter_module, ingress, route, start, wasm_filter, wasm_filter_yaml,
+};
 use crate::fixture::upstream::{Upstream, closed_port};
 
 /// `http2_protocol_options` for a cluster (indented as [`cluster`]'s fields).
@@ -133,4 +136,58 @@ async fn a_cancelled_call_is_reset_at_the_server_and_delivers_nothing_more() {
     assert_eq!(reply.header("x-late-callbacks"), Some("0"), "no trailers or close for the cancelled stream");
     assert_eq!(wait_for_cancelled(&setup, 2).await, 2, "the server saw the stream reset");
     setup.proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_filter_exports_over_otlp_grpc_to_a_receiver_decoding_the_official_protos() {
+    let service = Upstream::start();
+    let (grpc, receiver) = otlp_receiver();
+    let configuration = r#"{"service_name": "grpc-exported", "span_kind": "server", "exporter": {"cluster": "otel", "authority": "collector.example", "format": "otlp_grpc", "flush_interval_ms": 50}}"#;
+    let yaml = bootstrap_yaml(
+        &[wasm_filter_yaml("trace", &filter_module("trace-filter"), configuration, false, "trace")],
+        &route("/", "service", "5s"),
+        &[cluster("service", service.addr, ""), cluster("otel", grpc.addr, HTTP2)],
+    );
+    let proxy = start(&yaml);
+    for i in 0..3 {
+        let reply = get(ingress(&proxy), &format!("/exported/{i}"), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let mut spans = Vec::new();
+    for _ in 0..100 {
+        spans = receiver
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|request| &request.resource_spans)
+            .flat_map(|resource| {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.as_ref())
+                    .map(|v| format!("{:?}", v.value));
+                resource
+                    .scope_spans
+                    .iter()
+                    .flat_map(|scope| &scope.spans)
+                    .map(move |span| (service.clone(), span.clone()))
+            })
+            .collect::<Vec<_>>();
+        if spans.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(spans.len(), 3, "one SERVER span per request, decoded by the official protos");
+    for (service, span) in &spans {
+        assert!(service.as_deref().is_some_and(|s| s.contains("grpc-exported")), "{service:?}");
+        assert_eq!(span.kind, 2, "SPAN_KIND_SERVER");
+        assert_eq!(span.trace_id.len(), 16);
+        assert!(span.name.starts_with("GET"), "{}", span.name);
+    }
+    proxy.shutdown();
+    drop(grpc);
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::headers::Headers;
 use crate::spool::SpoolHost;
-use crate::tracer::{ExportResponse, Exporter, Property, RootHost, Severity, StreamHost, StreamTracer};
+use crate::tracer::{ExportResponse, ExportStatus, Exporter, Property, RootHost, Severity, StreamHost, StreamTracer};
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -107,6 +107,14 @@ impl RootHost for WorldHost {
         let id = callout.id();
         CALLOUTS.with(|c| c.borrow_mut().insert(id, callout));
         Ok(id)
+    }
+
+    fn grpc_call(&self, _: &[u8], _: &str, _: &str, _: &[u8], _: Duration) -> Result<u32, String> {
+        Err("the component world has no gRPC callouts".into())
+    }
+
+    fn has_grpc(&self) -> bool {
+        false
     }
 
     fn set_tick_period(&self, period: Duration) {
@@ -254,9 +262,9 @@ impl Guest for TraceFilter {
                     .iter()
                     .find(|(name, _)| name == "retry-after")
                     .and_then(|(_, value)| String::from_utf8(value.clone()).ok());
-                (Some(response.status), retry_after)
+                (ExportStatus::Http(response.status), retry_after)
             }
-            Err(_) => (None, None),
+            Err(_) => (ExportStatus::NoAnswer, None),
         };
         let response = ExportResponse { status, retry_after: retry_after.as_deref() };
         let finished = FILTER.with(|f| f.borrow_mut().exporter.on_response(&WorldHost, callout, &response));

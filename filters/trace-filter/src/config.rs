@@ -32,6 +32,15 @@ pub enum ExportFormat {
     OtlpJson,
     /// Zipkin v2 JSON.
     ZipkinJson,
+    /// OTLP/gRPC (`TraceService/Export`, protobuf), the collectors' port 4317.
+    OtlpGrpc,
+}
+
+impl ExportFormat {
+    /// Whether spans are encoded as OTLP protobuf (over HTTP or gRPC).
+    pub fn is_otlp_protobuf(self) -> bool {
+        matches!(self, Self::OtlpProto | Self::OtlpGrpc)
+    }
 }
 
 #[derive(Deserialize)]
@@ -129,6 +138,34 @@ pub struct Exporter {
     pub max_queued_spans: usize,
     /// Export request timeout.
     pub timeout: Duration,
+    /// For `otlp_grpc`: where the call goes, as proxy-wasm's `proxy_grpc_call` takes it: the
+    /// cluster name, or a serialized `GrpcService` naming cluster and authority when the
+    /// authority differs (Envoy reads both).
+    pub grpc_service: Vec<u8>,
+}
+
+/// A serialized `envoy.config.core.v3.GrpcService` with `envoy_grpc { cluster_name, authority }`
+/// (fields 1 and 2 of field 1, all length-delimited).
+fn grpc_service(cluster: &str, authority: &str) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+        out.push(tag << 3 | 2);
+        let mut len = bytes.len();
+        while len >= 0x80 {
+            out.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
+        out.extend_from_slice(bytes);
+    }
+    if cluster == authority {
+        return cluster.as_bytes().to_vec();
+    }
+    let mut envoy_grpc = Vec::new();
+    field(&mut envoy_grpc, 1, cluster.as_bytes());
+    field(&mut envoy_grpc, 2, authority.as_bytes());
+    let mut service = Vec::new();
+    field(&mut service, 1, &envoy_grpc);
+    service
 }
 
 /// The validated configuration.
@@ -214,6 +251,9 @@ impl TraceConfig {
         if e.batch_size == 0 || e.max_queued_spans < e.batch_size {
             return Err("field `exporter.batch_size`: must be at least 1 and at most `max_queued_spans`".into());
         }
+        if e.format == ExportFormat::OtlpGrpc && e.path.is_some() {
+            return Err("field `exporter.path`: `otlp_grpc` calls `TraceService/Export`, not a path".into());
+        }
         let path = e.path.unwrap_or_else(|| match e.format {
             ExportFormat::ZipkinJson => "/api/v2/spans".into(),
             _ => "/v1/traces".into(),
@@ -235,6 +275,7 @@ impl TraceConfig {
             record_query: raw.record_query,
             strip_uninjected: raw.strip_uninjected,
             exporter: Exporter {
+                grpc_service: grpc_service(&e.cluster, e.authority.as_deref().unwrap_or(&e.cluster)),
                 authority: e.authority.unwrap_or_else(|| e.cluster.clone()),
                 cluster: e.cluster,
                 path,
@@ -251,6 +292,25 @@ impl TraceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn otlp_grpc_names_its_cluster_and_authority_as_envoy_reads_them() {
+        let config =
+            TraceConfig::parse(br#"{"service_name": "api", "exporter": {"cluster": "otel", "format": "otlp_grpc"}}"#)
+                .expect("valid");
+        assert_eq!(config.exporter.grpc_service, b"otel", "the cluster name, as the Rust SDK passes it");
+        let config = TraceConfig::parse(
+            br#"{"service_name": "api", "exporter": {"cluster": "otel", "authority": "c.example", "format": "otlp_grpc"}}"#,
+        )
+        .expect("valid");
+        let inner = [&[0x0a, 4][..], b"otel", &[0x12, 9], b"c.example"].concat();
+        assert_eq!(config.exporter.grpc_service, [&[0x0a, inner.len() as u8][..], &inner].concat());
+        let err = TraceConfig::parse(
+            br#"{"service_name": "api", "exporter": {"cluster": "otel", "path": "/x", "format": "otlp_grpc"}}"#,
+        )
+        .expect_err("no path for gRPC");
+        assert!(err.contains("exporter.path"), "{err}");
+    }
 
     #[test]
     fn a_minimal_configuration_gets_the_defaults() {

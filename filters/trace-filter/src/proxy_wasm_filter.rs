@@ -14,7 +14,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::headers::Headers;
 use crate::spool::SpoolHost;
-use crate::tracer::{ExportResponse, Exporter, Property, RootHost, Severity, StreamHost, StreamTracer};
+use crate::tracer::{ExportResponse, ExportStatus, Exporter, Property, RootHost, Severity, StreamHost, StreamTracer};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -144,6 +144,22 @@ impl RootHost for ProxyWasmHost {
             .map_err(|status| format!("{status:?}"))
     }
 
+    fn grpc_call(
+        &self,
+        service: &[u8],
+        service_name: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        // The SDK takes the service as text: a serialized GrpcService is, while its names are
+        // shorter than 128 bytes (their length prefixes stay single ASCII bytes).
+        let service = std::str::from_utf8(service)
+            .map_err(|_| "the exporter's cluster and authority names are too long for a gRPC call".to_owned())?;
+        hostcalls::dispatch_grpc_call(service, service_name, method, vec![], Some(message), timeout)
+            .map_err(|status| format!("{status:?}"))
+    }
+
     fn set_tick_period(&self, period: Duration) {
         let _ = hostcalls::set_tick_period(period);
     }
@@ -190,9 +206,22 @@ impl Context for TraceRoot {
                 .flatten()
                 .and_then(|v| String::from_utf8(v).ok())
         };
-        let status = (num_headers > 0).then(|| header(":status").and_then(|s| s.parse().ok()).unwrap_or(0));
+        let status = if num_headers > 0 {
+            ExportStatus::Http(header(":status").and_then(|s| s.parse().ok()).unwrap_or(0))
+        } else {
+            ExportStatus::NoAnswer
+        };
         let retry_after = header("retry-after");
         let response = ExportResponse { status, retry_after: retry_after.as_deref() };
+        if self.exporter.on_response(&ProxyWasmHost, token_id, &response) {
+            let _ = hostcalls::done();
+        }
+    }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
+        // The answer's message (ExportTraceServiceResponse) may carry a partial success; its
+        // rejected spans are not told apart from the accepted ones.
+        let response = ExportResponse { status: ExportStatus::Grpc(status_code), retry_after: None };
         if self.exporter.on_response(&ProxyWasmHost, token_id, &response) {
             let _ = hostcalls::done();
         }

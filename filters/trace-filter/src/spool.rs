@@ -186,7 +186,7 @@ impl Spool {
 /// it, and one bad item must not make the collector refuse a whole request.
 fn is_item(format: ExportFormat, item: &[u8]) -> bool {
     match format {
-        ExportFormat::OtlpProto => otlp::is_protobuf_span(item),
+        ExportFormat::OtlpProto | ExportFormat::OtlpGrpc => otlp::is_protobuf_span(item),
         ExportFormat::OtlpJson => otlp::is_json_span(item),
         ExportFormat::ZipkinJson => zipkin::is_span(item),
     }
@@ -204,7 +204,7 @@ pub fn encode(format: ExportFormat, resource: &Resource, span: &Span) -> Vec<u8>
 pub fn encode_into(format: ExportFormat, resource: &Resource, span: &Span, out: &mut Vec<u8>) {
     out.clear();
     match format {
-        ExportFormat::OtlpProto => otlp::encode_span_protobuf_into(span, out),
+        ExportFormat::OtlpProto | ExportFormat::OtlpGrpc => otlp::encode_span_protobuf_into(span, out),
         ExportFormat::OtlpJson => out.extend_from_slice(&otlp::encode_span_json(span)),
         ExportFormat::ZipkinJson => out.extend_from_slice(&zipkin::encode_span(resource, span)),
     }
@@ -213,7 +213,8 @@ pub fn encode_into(format: ExportFormat, resource: &Resource, span: &Span, out: 
 /// The export request body for items taken from the spool.
 pub fn body(format: ExportFormat, resource: &Resource, items: &[Vec<u8>]) -> Vec<u8> {
     match format {
-        ExportFormat::OtlpProto => otlp::encode_protobuf_items(resource, items),
+        // The gRPC message is the same ExportTraceServiceRequest as the OTLP/HTTP body.
+        ExportFormat::OtlpProto | ExportFormat::OtlpGrpc => otlp::encode_protobuf_items(resource, items),
         ExportFormat::OtlpJson => otlp::encode_json_items(resource, items),
         ExportFormat::ZipkinJson => zipkin::encode_items(items),
     }

@@ -37,6 +37,9 @@ use crate::spool::{self, Spool, SpoolHost};
 /// The property a tagging filter sets (a JSON object of attribute names to values) for the trace
 /// filter to add to the span.
 pub const SPAN_ATTRIBUTES_PROPERTY: &str = "wasmtrace_span_attributes";
+/// The OTLP/gRPC trace service.
+const OTLP_TRACE_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
+
 /// How often the root looks at the queue.
 pub const TICK: Duration = Duration::from_millis(50);
 /// Wait before retrying a batch the collector could not take, unless it said `Retry-After`.
@@ -65,6 +68,21 @@ pub trait RootHost: SpoolHost {
     /// the returned token.
     fn http_call(&self, cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout: Duration)
     -> Result<u32, String>;
+    /// Starts a unary gRPC call (`service` as `proxy_grpc_call` takes it: a cluster name or a
+    /// serialized `GrpcService`); the answer comes to [`Exporter::on_response`] with the token.
+    fn grpc_call(
+        &self,
+        service: &[u8],
+        service_name: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, String>;
+    /// Whether [`grpc_call`](Self::grpc_call) can work in this build (the component world has no
+    /// gRPC callouts): an `otlp_grpc` configuration is refused up front where it cannot.
+    fn has_grpc(&self) -> bool {
+        true
+    }
     /// Arms the tick.
     fn set_tick_period(&self, period: Duration);
 }
@@ -141,11 +159,55 @@ pub trait StreamHost: SpoolHost {
     fn increment(&self, counter: u32, delta: i64);
 }
 
+/// How an export was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportStatus {
+    /// No answer at all (no connection, reset, timeout of an HTTP callout).
+    NoAnswer,
+    /// An OTLP/HTTP answer's status.
+    Http(u16),
+    /// An OTLP/gRPC call's status code.
+    Grpc(u32),
+}
+
+impl ExportStatus {
+    /// The collector took the spans.
+    fn accepted(self) -> bool {
+        match self {
+            Self::Http(status) => (200..300).contains(&status),
+            Self::Grpc(code) => code == 0,
+            Self::NoAnswer => false,
+        }
+    }
+
+    /// Worth sending again later, as OTLP says: HTTP 429/502/503/504, and the gRPC codes
+    /// CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, OUT_OF_RANGE, UNAVAILABLE and
+    /// DATA_LOSS (RESOURCE_EXHAUSTED only with a retry hint in the spec; taken as retryable here,
+    /// like HTTP's 429, since a collector says it when it is overloaded).
+    fn retryable(self) -> bool {
+        match self {
+            Self::NoAnswer => true,
+            Self::Http(status) => matches!(status, 429 | 502 | 503 | 504),
+            Self::Grpc(code) => matches!(code, 1 | 4 | 8 | 10 | 11 | 14 | 15),
+        }
+    }
+}
+
+impl std::fmt::Display for ExportStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoAnswer => f.write_str("no answer"),
+            Self::Http(status) => write!(f, "status {status}"),
+            Self::Grpc(code) => write!(f, "gRPC status {code}"),
+        }
+    }
+}
+
 /// A callout's answer as the exporter needs it.
 pub struct ExportResponse<'a> {
-    /// The HTTP status (`None`: no response at all).
-    pub status: Option<u16>,
-    /// The `Retry-After` header.
+    /// How it was answered.
+    pub status: ExportStatus,
+    /// The `Retry-After` header (OTLP/HTTP).
     pub retry_after: Option<&'a str>,
 }
 
@@ -220,6 +282,9 @@ impl Exporter {
             message
         };
         let config = TraceConfig::parse(bytes).map_err(refuse)?;
+        if config.exporter.format == ExportFormat::OtlpGrpc && !host.has_grpc() {
+            return Err(refuse("`otlp_grpc` needs gRPC callouts, which this build of the filter has not: use the proxy-wasm module, or `otlp_proto`".into()));
+        }
         let spool = Spool::open(host, bytes, config.exporter.max_queued_spans)
             .ok_or_else(|| refuse("the proxy has no shared queue for the spans".into()))?;
         let mut resource =
@@ -282,8 +347,8 @@ impl Exporter {
         }
         let Some(shared) = self.shared.clone() else { return false };
         let now = host.now();
-        let status = response.status.unwrap_or(0);
-        let retryable = response.status.is_none() || matches!(status, 429 | 502 | 503 | 504);
+        let status = response.status;
+        let retryable = status.retryable();
         let sent = items.len();
         // Spans still waiting once this batch is in: the collector keeps up, so the next batch
         // goes at once rather than at the next tick (one batch a tick per VM would cap export
@@ -292,7 +357,7 @@ impl Exporter {
         let batch = {
             let mut shared = shared.borrow_mut();
             let counters = shared.counters;
-            if (200..300).contains(&status) {
+            if status.accepted() {
                 add(host, counters.exported, sent);
                 // The last take filled its batch without finding the queue empty: there may be
                 // more (the count would not say: other workers' spans are in it a tick late).
@@ -313,7 +378,7 @@ impl Exporter {
                     self.finishing = Some(0);
                 }
             } else {
-                host.log(Severity::Warn, &format!("span export failed with status {status}; {sent} spans lost"));
+                host.log(Severity::Warn, &format!("span export failed with {status}; {sent} spans lost"));
                 add(host, counters.failed, sent);
             }
             shared.config.exporter.batch_size
@@ -378,6 +443,7 @@ impl Exporter {
             ExportFormat::OtlpProto => otlp::PROTOBUF_CONTENT_TYPE,
             ExportFormat::OtlpJson => otlp::JSON_CONTENT_TYPE,
             ExportFormat::ZipkinJson => zipkin::CONTENT_TYPE,
+            ExportFormat::OtlpGrpc => "application/grpc",
         };
         let headers = [
             (":method", "POST"),
@@ -386,7 +452,13 @@ impl Exporter {
             ("content-type", content_type),
         ];
         self.last_flush = Some(now);
-        match host.http_call(&exporter.cluster, &headers, &body, exporter.timeout) {
+        let sent = match exporter.format {
+            ExportFormat::OtlpGrpc => {
+                host.grpc_call(&exporter.grpc_service, OTLP_TRACE_SERVICE, "Export", &body, exporter.timeout)
+            }
+            _ => host.http_call(&exporter.cluster, &headers, &body, exporter.timeout),
+        };
+        match sent {
             Ok(token) => self.in_flight = Some((token, items)),
             Err(why) => {
                 host.log(Severity::Warn, &format!("cannot export to cluster `{}`: {why}", exporter.cluster));
