@@ -62,6 +62,80 @@ fn the_envoy_schema_check_refuses_unknown_fields_wrong_types_and_unknown_types()
     }
 }
 
+/// The bootstraps written in the forms Envoy's YAML loader reads beyond plain proto3 JSON
+/// (single mappings for lists, camelCase names, duration forms), as the proxy-wasm SDK examples
+/// write them.
+fn envoy_style_bootstraps() -> [PathBuf; 3] {
+    let root = workspace_root();
+    [
+        root.join("deploy/examples/sdk-style.yaml"),
+        root.join("host/config/tests/fixtures/envoy-json-forms.yaml"),
+        root.join("host/config/tests/fixtures/sdk-http-headers.yaml"),
+    ]
+}
+
+#[test]
+fn an_sdk_style_bootstrap_passes_wasmtrace_check_and_the_envoy_schema_check() {
+    // `wasmtrace check -c deploy/examples/sdk-style.yaml`, from the repository root: the
+    // bootstrap loads and its plugin starts and configures.
+    deployed_filters();
+    let example = &envoy_style_bootstraps()[0];
+    let mut bootstrap = Bootstrap::from_file(example).unwrap_or_else(|e| panic!("{e}"));
+    bootstrap.anchor_module_paths(&workspace_root());
+    let report = wasmtrace_proxy::check(&bootstrap, &wasmtrace_proxy::ProxyOptions::default())
+        .unwrap_or_else(|e| panic!("wasmtrace check: {e}"));
+    assert!(
+        report.iter().any(|line| line.contains("plugin `request_id`") && line.contains("starts and configures")),
+        "{report:?}"
+    );
+
+    let Some(tools) = deploy_tools() else { return };
+    let files = envoy_style_bootstraps();
+    let run = tools.check("envoy_schema.py", &files);
+    assert!(run.success, "{}", run.output);
+    assert_eq!(run.output.matches("valid envoy.config.bootstrap.v3.Bootstrap").count(), files.len(), "{}", run.output);
+}
+
+#[test]
+fn the_envoy_schema_check_reads_yaml_as_envoy_does_and_refuses_what_envoy_refuses() {
+    let Some(tools) = deploy_tools() else { return };
+    let original = std::fs::read_to_string(&envoy_style_bootstraps()[1]).expect("fixture");
+    let dir = scratch_dir("envoy-forms");
+    let write = |name: &str, from: &str, to: &str| {
+        assert!(original.contains(from), "{from}");
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, original.replacen(from, to, 1)).expect("write");
+        path
+    };
+    // Read by Envoy's parser, refused by protobuf's strict Python parser without the rewriting.
+    let accepted = [
+        write("nested-lists", "domains: \"*\"", "domains: [[\"*\"], [a.example]]"),
+        write("enum-number", "type: strict_dns", "type: \"1\""),
+        write("wrapper-message", "maxHeadersCount: \"50\"", "maxHeadersCount: { value: 50 }"),
+        write("negative-zero", "connectTimeout: 0.25s", "connectTimeout: -0s"),
+    ];
+    let run = tools.check("envoy_schema.py", &accepted);
+    assert!(run.success, "{}", run.output);
+    // Refused by Envoy's parser; Python's parser alone takes the first four.
+    let refused = [
+        ("plus-sign", "connectTimeout: 0.25s", "connectTimeout: +1s", "'+1s' is not a duration Envoy reads"),
+        ("empty-fraction", "connectTimeout: 0.25s", "connectTimeout: 1.s", "'1.s' is not a duration Envoy reads"),
+        ("ten-decimals", "connectTimeout: 0.25s", "connectTimeout: 1.0123456789s", "is not a duration Envoy reads"),
+        ("underscore", "connectTimeout: 0.25s", "connectTimeout: 1_0s", "'1_0s' is not a duration Envoy reads"),
+        ("milliseconds", "connectTimeout: 0.25s", "connectTimeout: 1000ms", "'1000ms' is not a duration Envoy reads"),
+        ("bare-number", "connectTimeout: 0.25s", "connectTimeout: 5", "Duration JSON value not a string"),
+        ("bad-nanos", "nanos: 500000000", "nanos: 1500000000", "is not a valid duration"),
+        ("typed-struct-typo", "rootId: headers_root", "rootIdd: headers_root", "no field named \"rootIdd\""),
+        ("bad-bool", "failOpen: \"true\"", "failOpen: \"maybe\"", "failOpen"),
+        ("bad-enum", "type: strict_dns", "type: strict_dnss", "strict_dnss"),
+    ];
+    for (name, from, to, reported) in refused {
+        let run = tools.check("envoy_schema.py", &[write(name, from, to)]);
+        assert!(!run.success, "{name} passed:\n{}", run.output);
+        assert!(run.output.contains(reported), "{name}: {}", run.output);
+    }
+}
+
 /// A bootstrap with everything a placement may change (addresses, discovery, module
 /// directories, header comments aside) removed.
 fn placement_free(bootstrap: &Bootstrap) -> Value {

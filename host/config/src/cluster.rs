@@ -41,8 +41,18 @@ pub(crate) fn parse_cluster(cluster: &Node<'_>, errors: &mut Errors) -> Option<C
     if let Some(family) = cluster.get("dns_lookup_family") {
         family.enumeration(errors, &["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"]);
     }
-    let connect_timeout =
-        cluster.get("connect_timeout").and_then(|t| t.duration(errors)).unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let connect_timeout = match cluster.get("connect_timeout") {
+        Some(node) => match node.duration(errors) {
+            // Envoy's rule for this field (`duration.gt: {}`).
+            Some(zero) if zero.is_zero() => {
+                node.error(errors, "must be longer than 0s", Some("Envoy's default is 5s"));
+                DEFAULT_CONNECT_TIMEOUT
+            }
+            Some(timeout) => timeout,
+            None => DEFAULT_CONNECT_TIMEOUT,
+        },
+        None => DEFAULT_CONNECT_TIMEOUT,
+    };
     let mut http2 = cluster.get("http2_protocol_options").is_some();
     if let Some(typed) = cluster.get("typed_extension_protocol_options") {
         typed.expect_fields(errors, &[HTTP_OPTIONS_KEY], "only HTTP protocol options are supported");

@@ -3,13 +3,19 @@
 //!
 //! [`Bootstrap::from_yaml`] parses YAML (or JSON) into plain, documented data ([`model`]). Every
 //! field outside the subset is refused with its YAML path and a one-line hint, and every bad field
-//! is reported, not just the first. Field names are accepted in proto3 JSON's two spellings
-//! (`stat_prefix` and `statPrefix`), as Envoy does.
+//! is reported, not just the first.
+//!
+//! Values are read by Envoy's rules for YAML, which are protobuf's JSON parser's in its legacy
+//! mode, applied in one place (the tree walker) to every field: either spelling of a field name
+//! (`stat_prefix`, `statPrefix`); a single value for a repeated field (`listeners:` holding one
+//! mapping, as the proxy-wasm SDK examples write it); `google.protobuf.Duration` as `"0.25s"` or
+//! `{seconds, nanos}`, with Envoy's refusals (`"1000ms"`, negative); enum names in any case.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod cluster;
+mod duration;
 mod listener;
 pub mod model;
 mod placement;

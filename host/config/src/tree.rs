@@ -1,11 +1,28 @@
 //! Walking the parsed document with the YAML path of every value at hand, and collecting every
 //! error with that path.
+//!
+//! The walker reads values the way Envoy's loader does. Envoy turns YAML into JSON and parses it
+//! with protobuf's JSON parser in its legacy mode (`MessageUtil::loadFromYaml` →
+//! `JsonStringToMessage`, which always sets `allow_legacy_syntax`, with
+//! `case_insensitive_enum_parsing`), so in one place here, for every field:
+//!
+//! - a field is named by its proto name or its JSON name (`stat_prefix` or `statPrefix`);
+//!   giving both in one mapping is refused ([`Node::get`], [`Node::expect_fields`]);
+//! - a repeated field takes a single value for a one-element list, as the proxy-wasm SDK
+//!   examples write `listeners:` with one mapping, and a list nested in the list is spliced into
+//!   it ([`Node::items`]);
+//! - durations take the proto3 string and the `{seconds, nanos}` form, with Envoy's refusals
+//!   ([`crate::duration`]);
+//! - enum names match in any letter case; booleans also come as the strings protobuf reads;
+//!   integers as whole numbers, in strings too.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde_json::Value;
 use thiserror::Error;
+
+use crate::duration::{DurationError, ProtoDuration};
 
 /// One problem in a configuration: where, what, and what to do instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,18 +74,48 @@ impl Errors {
     }
 }
 
-/// proto3 JSON accepts `lowerCamelCase` as well as the proto field name.
-fn snake_case(key: &str) -> String {
-    let mut out = String::with_capacity(key.len() + 4);
-    for c in key.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('_');
-            out.push(c.to_ascii_lowercase());
+/// The JSON name protoc gives the proto field `field`: each `_` dropped and the character after
+/// it upper-cased (`stat_prefix` → `statPrefix`, `http2_protocol_options` →
+/// `http2ProtocolOptions`). A name without `_` (a map key such as a type name) is its own JSON
+/// name.
+fn json_name(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut upper = false;
+    for c in field.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Whether `key` names the proto field `field` in either spelling.
+fn names(key: &str, field: &str) -> bool {
+    key == field || key == json_name(field)
+}
+
+/// A whole number as protobuf's JSON parser reads one into an integer field: a JSON integer, a
+/// JSON number without a fractional part (within 2^53), or a string holding an integer (no
+/// spaces).
+fn integer(value: &Value) -> Option<i128> {
+    // The largest integer a double holds exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Some(i128::from(i)),
+            (None, Some(u), _) => Some(i128::from(u)),
+            #[allow(clippy::cast_possible_truncation, reason = "whole and within 2^53, so exact")]
+            (None, None, Some(f)) if f.fract() == 0.0 && f.abs() <= EXACT => Some(f as i128),
+            _ => None,
+        },
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
 }
 
 /// A value in the document and its path.
@@ -101,12 +148,13 @@ impl<'a> Node<'a> {
         errors.push(path, message.into(), hint.map(str::to_owned));
     }
 
-    /// The field `key` (either spelling), if present and not null.
+    /// The field `key` (its proto name or its JSON name), if present and not null.
     pub fn get(&self, key: &str) -> Option<Node<'a>> {
         let object = self.value.as_object()?;
+        let camel = json_name(key);
         object
             .iter()
-            .find(|(k, v)| snake_case(k) == key && !v.is_null())
+            .find(|(k, v)| (k.as_str() == key || **k == camel) && !v.is_null())
             .map(|(k, v)| Node { value: v, path: self.child_path(k) })
     }
 
@@ -119,15 +167,16 @@ impl<'a> Node<'a> {
         found
     }
 
-    /// Checks this is a mapping whose keys are all in `allowed`; reports each other key.
+    /// Checks this is a mapping whose keys are all in `allowed` (in either spelling); reports
+    /// each other key, and each field given in both spellings (Envoy would keep one of them,
+    /// whichever its map order puts last).
     pub fn expect_fields(&self, errors: &mut Errors, allowed: &[&str], hint: &str) {
         let Some(object) = self.value.as_object() else {
             self.error(errors, "expected a mapping", None);
             return;
         };
         for key in object.keys() {
-            let normal = snake_case(key);
-            if normal == "@type" || allowed.contains(&normal.as_str()) {
+            if key == "@type" || allowed.iter().any(|field| names(key, field)) {
                 continue;
             }
             errors.push(
@@ -136,17 +185,38 @@ impl<'a> Node<'a> {
                 Some(format!("{hint}; supported here: {}", allowed.join(", "))),
             );
         }
+        for field in allowed {
+            let camel = json_name(field);
+            if camel != *field && object.contains_key(*field) && object.contains_key(&camel) {
+                errors.push(
+                    self.child_path(&camel),
+                    format!("is `{field}` again, in its JSON spelling"),
+                    Some("give each field once, as `snake_case` or as `camelCase`".into()),
+                );
+            }
+        }
     }
 
-    /// The elements of a sequence.
+    /// The elements of a repeated field, as Envoy's parser reads them: a list's items, with a
+    /// list nested in it spliced in (`[[a, b], c]` is `[a, b, c]`), or a single value standing
+    /// for a one-element list (`listeners:` holding one mapping). A null item is refused: Envoy
+    /// would read it as an empty item.
     pub fn items(&self, errors: &mut Errors) -> Vec<Node<'a>> {
-        match self.value.as_array() {
-            Some(items) => {
-                items.iter().enumerate().map(|(i, v)| Node { value: v, path: format!("{}[{i}]", self.path) }).collect()
-            }
-            None => {
-                self.error(errors, "expected a list", None);
-                Vec::new()
+        let mut found = Vec::new();
+        match self.value {
+            Value::Array(_) => self.splice_into(&mut found, errors),
+            _ => found.push(self.clone()),
+        }
+        found
+    }
+
+    fn splice_into(&self, found: &mut Vec<Node<'a>>, errors: &mut Errors) {
+        for (i, value) in self.value.as_array().into_iter().flatten().enumerate() {
+            let item = Node { value, path: format!("{}[{i}]", self.path) };
+            match value {
+                Value::Array(_) => item.splice_into(found, errors),
+                Value::Null => item.error(errors, "is null", Some("remove it, or write the item")),
+                _ => found.push(item),
             }
         }
     }
@@ -166,10 +236,17 @@ impl<'a> Node<'a> {
         self.value.as_object()?.get("@type")?.as_str()
     }
 
+    /// A `bool`: `true`/`false`, or a string protobuf's parser reads as one (`"true"`, `"yes"`,
+    /// `"1"`, ... in any case), or YAML 1.1's `on`/`off`, which Envoy's YAML parser reads as
+    /// booleans.
     pub fn boolean(&self, errors: &mut Errors) -> Option<bool> {
+        const TRUE: [&str; 6] = ["true", "t", "yes", "y", "1", "on"];
+        const FALSE: [&str; 6] = ["false", "f", "no", "n", "0", "off"];
+        let word = |s: &str, words: &[&str]| words.iter().any(|w| w.eq_ignore_ascii_case(s));
         match self.value {
             Value::Bool(b) => Some(*b),
-            Value::String(s) if s == "true" || s == "false" => Some(s == "true"),
+            Value::String(s) if word(s, &TRUE) => Some(true),
+            Value::String(s) if word(s, &FALSE) => Some(false),
             _ => {
                 self.error(errors, "expected true or false", None);
                 None
@@ -177,14 +254,10 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// An unsigned integer up to `max`: a whole number, also in a string (proto3 JSON writes
+    /// 64-bit integers as strings) or written `80.0`.
     pub fn unsigned(&self, errors: &mut Errors, max: u64) -> Option<u64> {
-        let parsed = match self.value {
-            Value::Number(n) => n.as_u64(),
-            // proto3 JSON writes 64-bit integers as strings.
-            Value::String(s) => s.parse().ok(),
-            _ => None,
-        };
-        match parsed.filter(|n| *n <= max) {
+        match integer(self.value).and_then(|n| u64::try_from(n).ok()).filter(|n| *n <= max) {
             Some(n) => Some(n),
             None => {
                 self.error(errors, format!("expected a whole number from 0 to {max}"), None);
@@ -193,40 +266,48 @@ impl<'a> Node<'a> {
         }
     }
 
-    /// A `google.protobuf.Duration`: `"1.5s"` or `{seconds, nanos}`.
+    /// A `google.protobuf.Duration` Envoy accepts: `"1.5s"` or `{seconds, nanos}` (see
+    /// [`crate::duration`]).
     pub fn duration(&self, errors: &mut Errors) -> Option<Duration> {
         let parsed = match self.value {
-            Value::String(s) => s
-                .strip_suffix('s')
-                .and_then(|secs| secs.trim().parse::<f64>().ok())
-                .and_then(|secs| Duration::try_from_secs_f64(secs).ok()),
-            Value::Object(o) => {
-                let seconds = o.get("seconds").and_then(|s| s.as_u64().or_else(|| s.as_str()?.parse().ok()));
-                let nanos = o.get("nanos").and_then(Value::as_u64).unwrap_or(0);
-                seconds.and_then(|s| Duration::from_secs(s).checked_add(Duration::from_nanos(nanos)))
-            }
-            _ => None,
+            Value::String(s) => ProtoDuration::parse(s),
+            Value::Object(_) => Ok(self.duration_parts(errors)?),
+            Value::Number(_) => Err(DurationError::BareNumber),
+            _ => Err(DurationError::NotADuration),
         };
-        // google.protobuf.Duration's own range: about 10,000 years.
-        const MAX_SECONDS: u64 = 315_576_000_000;
-        match parsed {
-            Some(d) if d.as_secs() <= MAX_SECONDS => Some(d),
-            Some(_) => {
-                self.error(errors, "is longer than a google.protobuf.Duration can be (315576000000s)", None);
-                None
-            }
-            None => {
-                self.error(errors, "expected a duration such as \"0.25s\"", None);
+        match parsed.and_then(ProtoDuration::to_std) {
+            Ok(duration) => Some(duration),
+            Err(e) => {
+                self.error(errors, e.to_string(), e.hint());
                 None
             }
         }
     }
 
-    /// One of `allowed` enum names.
+    /// The `{seconds, nanos}` form: `seconds` an int64, `nanos` an int32.
+    fn duration_parts(&self, errors: &mut Errors) -> Option<ProtoDuration> {
+        self.expect_fields(errors, &["seconds", "nanos"], "a google.protobuf.Duration is seconds and nanos");
+        let part = |key: &str, in_range: fn(i128) -> Option<i64>, kind: &str, errors: &mut Errors| match self.get(key) {
+            None => Some(0),
+            Some(node) => {
+                let parsed = integer(node.value).and_then(in_range);
+                if parsed.is_none() {
+                    node.error(errors, format!("expected a whole number ({kind})"), None);
+                }
+                parsed
+            }
+        };
+        let seconds = part("seconds", |n| i64::try_from(n).ok(), "an int64", errors);
+        let nanos = part("nanos", |n| i32::try_from(n).ok().map(i64::from), "an int32", errors);
+        Some(ProtoDuration { seconds: seconds?, nanos: nanos? })
+    }
+
+    /// One of `allowed` enum names, matched in any letter case (Envoy parses enums with
+    /// `case_insensitive_enum_parsing`), returned as written in `allowed`.
     pub fn enumeration(&self, errors: &mut Errors, allowed: &[&str]) -> Option<String> {
         let value = self.string(errors)?;
-        if allowed.contains(&value.as_str()) {
-            Some(value)
+        if let Some(name) = allowed.iter().find(|name| name.eq_ignore_ascii_case(&value)) {
+            Some((*name).to_owned())
         } else {
             self.error(
                 errors,
@@ -239,31 +320,4 @@ impl<'a> Node<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn camel_case_keys_match_snake_case_names() {
-        let value: Value = serde_json::json!({"statPrefix": "x", "route_config": {}});
-        let root = Node::root(&value);
-        assert_eq!(root.get("stat_prefix").map(|n| n.path().to_owned()), Some("statPrefix".into()));
-        let mut errors = Errors::default();
-        root.expect_fields(&mut errors, &["stat_prefix", "route_config"], "");
-        assert!(errors.0.is_empty());
-    }
-
-    #[test]
-    fn durations_take_both_json_forms() {
-        let mut errors = Errors::default();
-        for (json, expected) in [
-            (serde_json::json!("0.25s"), Duration::from_millis(250)),
-            (serde_json::json!("5s"), Duration::from_secs(5)),
-            (serde_json::json!({"seconds": 2, "nanos": 500000000}), Duration::from_millis(2500)),
-        ] {
-            assert_eq!(Node::root(&json).duration(&mut errors), Some(expected));
-        }
-        let bad = serde_json::json!("5 minutes");
-        assert_eq!(Node::root(&bad).duration(&mut errors), None);
-        assert_eq!(errors.0.len(), 1);
-    }
-}
+mod tests;

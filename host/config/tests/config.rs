@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wasmtrace_config::{Bootstrap, DiscoveryType, FailurePolicy, HeaderRule, PathMatch, RouteAction};
+use wasmtrace_config::{
+    Bootstrap, CodecType, DiscoveryType, FailurePolicy, HeaderRule, PathMatch, RouteAction, TrafficDirection,
+};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -144,4 +146,83 @@ fn a_bootstrap_without_static_resources_loads_as_envoy_loads_it() {
     let bootstrap = Bootstrap::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"));
     assert!(bootstrap.listeners.is_empty() && bootstrap.clusters.is_empty());
     assert!(bootstrap.admin.is_some());
+}
+
+fn forms(original: &str, replacement: &str) -> String {
+    let text = std::fs::read_to_string(fixture("envoy-json-forms.yaml")).expect("fixture");
+    assert!(text.contains(original), "fixture lacks {original:?}");
+    text.replacen(original, replacement, 1)
+}
+
+#[test]
+fn envoy_yaml_forms_load_as_envoy_reads_them() {
+    let config = Bootstrap::from_file(&fixture("envoy-json-forms.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    // Single mappings for listeners, filter_chains, filters, virtual_hosts, domains, clusters,
+    // endpoints and lb_endpoints; camelCase names throughout.
+    let listener = &config.listeners[0];
+    assert_eq!((listener.name.as_str(), listener.address), ("main", "127.0.0.1:10000".parse().expect("addr")));
+    // Enum names in lower case.
+    assert_eq!(listener.direction, TrafficDirection::Inbound);
+    assert_eq!(listener.http.codec, CodecType::Http1);
+    assert_eq!(listener.http.stat_prefix, "ingress_http");
+    // Durations as strings and as {seconds, nanos}; a uint32 in a string.
+    let limits = &listener.http.limits;
+    assert_eq!(limits.stream_idle_timeout, Some(Duration::from_millis(1500)));
+    assert_eq!(limits.request_headers_timeout, Some(Duration::from_millis(2500)));
+    assert_eq!(limits.idle_timeout, Some(Duration::from_millis(250)));
+    assert_eq!(limits.max_headers_count, 50);
+    let host = &listener.http.virtual_hosts[0];
+    assert_eq!(host.domains, ["*"]);
+    assert!(matches!(&host.routes[0].action,
+        RouteAction::Cluster { cluster, timeout: Some(t), prefix_rewrite: Some(p), .. }
+            if cluster == "backend" && *t == Duration::from_secs(3) && p == "/"));
+    assert!(matches!(&host.routes[1].action, RouteAction::Direct { status: 200, body } if body == "hello"));
+    // Inside the TypedStruct too, and a bool in a string.
+    let filter = &listener.http.wasm_filters[0];
+    assert_eq!(
+        (filter.name.as_str(), filter.root_id.as_str(), filter.vm_id.as_str()),
+        ("headers", "headers_root", "headers")
+    );
+    assert_eq!(filter.failure_policy, FailurePolicy::FailOpen);
+    assert_eq!(filter.environment, [("MODE".to_owned(), "demo".to_owned())]);
+    let cluster = config.cluster("backend").expect("cluster");
+    assert_eq!(cluster.discovery, DiscoveryType::StrictDns);
+    assert_eq!(cluster.connect_timeout, Duration::from_millis(250));
+    // typed_extension_protocol_options is keyed by a type name, matched exactly.
+    assert!(cluster.http2);
+    assert_eq!((cluster.endpoints[0].host.as_str(), cluster.endpoints[0].port), ("backend.local", 8080));
+}
+
+#[test]
+fn durations_envoy_refuses_are_refused_with_their_path() {
+    for (written, reported) in [
+        ("1000ms", "staticResources.clusters.connectTimeout: expected a duration such as \"0.25s\", found `1000ms`"),
+        ("1m", "staticResources.clusters.connectTimeout: expected a duration such as \"0.25s\", found `1m`"),
+        ("+1s", "staticResources.clusters.connectTimeout: expected a duration such as \"0.25s\", found `+1s`"),
+        ("5", "staticResources.clusters.connectTimeout: expected a duration such as \"5s\", found a bare number"),
+        ("-1s", "staticResources.clusters.connectTimeout: is a negative duration (Envoy refuses negative durations)"),
+        ("0s", "staticResources.clusters.connectTimeout: must be longer than 0s"),
+    ] {
+        let text = refusal(&forms("connectTimeout: 0.25s", &format!("connectTimeout: {written}")));
+        assert!(text.contains(reported), "{written}: {text}");
+        assert!(text.starts_with("1 configuration error"), "{written}: {text}");
+    }
+}
+
+#[test]
+fn a_field_in_both_spellings_and_a_null_list_item_are_refused() {
+    let text = refusal(&forms("statPrefix: ingress_http", "statPrefix: ingress_http\n          stat_prefix: other"));
+    assert!(
+        text.contains("staticResources.listeners.filterChains.filters.typedConfig.statPrefix: is `stat_prefix` again"),
+        "{text}"
+    );
+    let text = refusal(&forms("domains: \"*\"", "domains: [\"*\", null]"));
+    assert!(text.contains("virtualHosts.domains[1]: is null"), "{text}");
+}
+
+#[test]
+fn a_list_nested_in_a_list_is_read_as_envoy_splices_it() {
+    let config = Bootstrap::from_yaml(&forms("domains: \"*\"", "domains: [[a.example, b.example], c.example]"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.listeners[0].http.virtual_hosts[0].domains, ["a.example", "b.example", "c.example"]);
 }
