@@ -26,5 +26,6 @@ mod streaming;
 mod trace_collector;
 mod trace_viewer;
 mod tracing;
+mod upgrades_and_trailers;
 mod upstream_failures;
 mod w3c_conformance;

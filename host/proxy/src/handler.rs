@@ -93,16 +93,18 @@ pub async fn serve(
     // Envoy's HTTP/1 codec drops the trailers it reads without `enable_trailers`.
     let body = DownstreamBody::new(body, trailers || !downstream_h1);
     let (upgrade, filters) = match requested_upgrade {
-        Some(kind) => match decide_upgrade(&ctx, &mut parts, &kind, &body) {
-            Ok(decided) => decided,
-            Err((error, response)) => {
-                ctx.stats.downstream_error(error);
-                ctx.stats.response(response.status().as_u16());
-                return Ok(response);
-            }
-        },
+        Some(kind) => decide_upgrade(&ctx, &mut parts, &kind, &body),
         None => (UpgradeDecision::None, ctx.filters.as_slice()),
     };
+    if matches!(upgrade, UpgradeDecision::WithBody) {
+        ctx.stats.downstream_error(DownstreamError::UpgradeFailed);
+        ctx.stats.response(400);
+        let mut response = Response::new(full("an upgrade request cannot carry a body here\n"));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
+    }
     apply_envoy_defaults(&ctx.listener.http, &conn, &mut parts.headers);
     let info = StreamInfo {
         protocol: protocol_name(parts.version).to_owned(),
@@ -193,19 +195,21 @@ enum UpgradeDecision {
     /// Refused on the route the request has: answered 403 `upgrade_failed` through the response
     /// filters, and the connection closed (no upgraded bytes may be read as a request).
     Refused,
+    /// Allowed, but the request carries a body: refused 400 before the filters (they would see
+    /// the body's end before the upgraded bytes).
+    WithBody,
 }
 
 /// Whether the upgrade `kind` goes on (and through which filters), by the route the request has
 /// before the filters. A refused upgrade with no route goes on as a plain request (its upgrade
 /// headers dropped): it is answered 404 unless a filter routes it. An upgrade request that also
 /// carries a body is refused 400 (the filters would see its end before the upgraded bytes).
-#[allow(clippy::type_complexity, reason = "a private helper's result, destructured once")]
 fn decide_upgrade<'a>(
     ctx: &'a ListenerContext,
     parts: &mut http::request::Parts,
     kind: &str,
     body: &DownstreamBody,
-) -> Result<(UpgradeDecision, &'a [Rc<WorkerPlugin>]), (DownstreamError, Response<ResponseBody>)> {
+) -> (UpgradeDecision, &'a [Rc<WorkerPlugin>]) {
     let http = &ctx.listener.http;
     let selected = route::pick(&http.virtual_hosts, &UnfilteredRequest(parts));
     let on_route = match selected.map(|(_, route)| &route.action) {
@@ -214,29 +218,25 @@ fn decide_upgrade<'a>(
     };
     let Some(chosen) = upgrade::allowed(http, on_route, kind) else {
         if selected.is_some() {
-            return Ok((UpgradeDecision::Refused, ctx.filters.as_slice()));
+            return (UpgradeDecision::Refused, ctx.filters.as_slice());
         }
         strip_hop_by_hop(&mut parts.headers, Hop::Request);
-        return Ok((UpgradeDecision::None, ctx.filters.as_slice()));
+        return (UpgradeDecision::None, ctx.filters.as_slice());
     };
     if !body.is_end_stream() {
-        let mut response = Response::new(full("an upgrade request cannot carry a body here\n"));
-        *response.status_mut() = StatusCode::BAD_REQUEST;
-        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-        return Err((DownstreamError::UpgradeFailed, response));
+        return (UpgradeDecision::WithBody, ctx.filters.as_slice());
     }
     let Some(downstream) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         // hyper hands every HTTP/1.1 request with `Upgrade` its connection; without it there is
         // nothing to switch.
         strip_hop_by_hop(&mut parts.headers, Hop::Request);
-        return Ok((UpgradeDecision::None, ctx.filters.as_slice()));
+        return (UpgradeDecision::None, ctx.filters.as_slice());
     };
     let filters = match chosen {
         UpgradeFilters::Listener => ctx.filters.as_slice(),
         UpgradeFilters::RouterOnly => &[],
     };
-    Ok((UpgradeDecision::Tunnel(PendingUpgrade { downstream }), filters))
+    (UpgradeDecision::Tunnel(PendingUpgrade { downstream }), filters)
 }
 
 async fn within<F: std::future::Future>(timeout: Option<Duration>, future: F) -> Option<F::Output> {

@@ -11,8 +11,10 @@
 //!   and the upstream's `101`. Once both sides switched, [`tunnel`] carries the bytes each way as
 //!   body data through the filters' body callbacks (request body client → upstream, response
 //!   body upstream → client), as Envoy does; a side that closes ends that direction's body. The
-//!   stream ends (`on_log`) when both directions ended, a side failed, a filter stopped it, or
-//!   nothing moved for the listener's `stream_idle_timeout`.
+//!   stream ends (`on_log`) when the response ended (the upstream closed: as Envoy resets a stream
+//!   whose response completed before its request, the client's connection is closed too; a client
+//!   that closes first only ends the request body, and the upstream decides), a side failed, a
+//!   filter stopped it, or nothing moved for the listener's `stream_idle_timeout`.
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -179,10 +181,11 @@ impl Drop for ActiveUpgrade {
     }
 }
 
-/// Carries an upgraded stream once the client has its `101`: both directions at once, until
-/// both ended (each side's half-close passed on), one failed or a filter stopped it, or nothing
-/// moved for `idle` (`stream_idle_timeout`). The stream ends with `end` (dropped last, whatever
-/// happened: `on_log` runs once).
+/// Carries an upgraded stream once the client has its `101`: both directions at once, until the
+/// response ended (the upstream's close passed on to the client, whose connection then closes),
+/// a direction failed or a filter stopped it, or nothing moved for `idle`
+/// (`stream_idle_timeout`). The client's close is passed on and the upstream's answer awaited.
+/// The stream ends with `end` (dropped last, whatever happened: `on_log` runs once).
 pub(crate) async fn tunnel(
     end: StreamEnd,
     downstream: OnUpgrade,
@@ -199,17 +202,15 @@ pub(crate) async fn tunnel(
     let requests = carry(&end, Direction::Request, client_read, upstream_write, activity.clone());
     let responses = carry(&end, Direction::Response, upstream_read, client_write, activity.clone());
     tokio::pin!(requests, responses);
-    let (mut requests_done, mut responses_done) = (false, false);
-    while !(requests_done && responses_done) {
+    let mut requests_done = false;
+    loop {
         tokio::select! {
             carried = &mut requests, if !requests_done => match carried {
                 Ok(()) => requests_done = true,
                 Err(()) => break,
             },
-            carried = &mut responses, if !responses_done => match carried {
-                Ok(()) => responses_done = true,
-                Err(()) => break,
-            },
+            // The response's end is the stream's end, whether or not the client finished.
+            _ = &mut responses => break,
             () = idle_for(&activity, idle) => {
                 tracing::debug!("closing an upgraded stream idle for its stream_idle_timeout");
                 break;
