@@ -141,11 +141,14 @@ async fn a_websocket_echoes_through_the_sidecar_and_its_filters_see_the_handshak
     proxy.shutdown();
 }
 
-/// Sends a WebSocket handshake by hand and reads until the proxy closes the connection.
-async fn raw_handshake(proxy: SocketAddr) -> String {
+/// Sends a WebSocket handshake by hand (with `extra` header lines and body) and reads until the
+/// proxy closes the connection.
+async fn raw_handshake_with(proxy: SocketAddr, extra: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(proxy).await.expect("connect");
-    let request = "GET /chat HTTP/1.1\r\nHost: ws.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nHost: ws.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}"
+    );
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut answer = Vec::new();
     tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
@@ -153,6 +156,11 @@ async fn raw_handshake(proxy: SocketAddr) -> String {
         .expect("the proxy closes the connection after refusing the upgrade")
         .expect("read");
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// [`raw_handshake_with`] nothing more.
+async fn raw_handshake(proxy: SocketAddr) -> String {
+    raw_handshake_with(proxy, "\r\n").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,6 +195,9 @@ async fn an_upgrade_nothing_allows_is_refused_403_and_the_connection_closed() {
     socket.send(Message::text("routed")).await.expect("send");
     let echoed = tokio::time::timeout(PATIENCE, socket.next()).await.expect("in time").expect("open").expect("frame");
     assert_eq!(echoed.to_text().expect("text"), "routed");
+    // An allowed upgrade that carries a body is refused before the filters.
+    let answer = raw_handshake_with(ingress(&proxy), "Content-Length: 5\r\n\r\nhello").await;
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
     proxy.shutdown();
 }
 

@@ -92,6 +92,9 @@ pub async fn serve(
     let trailers = ctx.listener.http.http1_trailers;
     // Envoy's HTTP/1 codec drops the trailers it reads without `enable_trailers`.
     let body = DownstreamBody::new(body, trailers || !downstream_h1);
+    apply_envoy_defaults(&ctx.listener.http, &conn, &mut parts.headers);
+    // The upgrade is decided on the route of the request as the connection manager left it, before
+    // the filters (Envoy picks the filter chain by it).
     let (upgrade, filters) = match requested_upgrade {
         Some(kind) => decide_upgrade(&ctx, &mut parts, &kind, &body),
         None => (UpgradeDecision::None, ctx.filters.as_slice()),
@@ -105,7 +108,6 @@ pub async fn serve(
         response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         return Ok(response);
     }
-    apply_envoy_defaults(&ctx.listener.http, &conn, &mut parts.headers);
     let info = StreamInfo {
         protocol: protocol_name(parts.version).to_owned(),
         source: Some(conn.peer),
