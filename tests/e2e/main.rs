@@ -29,3 +29,4 @@ mod tracing;
 mod upgrades_and_trailers;
 mod upstream_failures;
 mod w3c_conformance;
+mod wasm_services;

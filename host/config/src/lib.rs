@@ -21,6 +21,7 @@ pub mod model;
 mod placement;
 mod tree;
 mod wasm;
+mod wasm_service;
 mod yaml;
 
 pub use model::*;
@@ -61,8 +62,8 @@ impl Bootstrap {
 fn parse_bootstrap(root: &Node<'_>, errors: &mut Errors) -> Bootstrap {
     root.expect_fields(
         errors,
-        &["node", "admin", "static_resources"],
-        "a bootstrap holds node, admin and static_resources",
+        &["node", "admin", "static_resources", "bootstrap_extensions"],
+        "a bootstrap holds node, admin, static_resources and bootstrap_extensions",
     );
     let node = root.get("node").map(|n| parse_node(&n, errors)).unwrap_or_default();
     let admin = root.get("admin").and_then(|a| {
@@ -86,7 +87,11 @@ fn parse_bootstrap(root: &Node<'_>, errors: &mut Errors) -> Bootstrap {
             }
         }
     }
-    let bootstrap = Bootstrap { node, admin, listeners, clusters };
+    let wasm_services = root
+        .get("bootstrap_extensions")
+        .map(|e| wasm_service::parse_bootstrap_extensions(&e, errors))
+        .unwrap_or_default();
+    let bootstrap = Bootstrap { node, admin, listeners, clusters, wasm_services };
     check_references(&bootstrap, root, errors);
     bootstrap
 }
@@ -118,6 +123,25 @@ fn check_references(bootstrap: &Bootstrap, root: &Node<'_>, errors: &mut Errors)
                     );
                 }
             }
+        }
+    }
+    let mut services = std::collections::HashSet::new();
+    for (i, service) in bootstrap.wasm_services.iter().enumerate() {
+        if !services.insert(&service.filter.name) {
+            errors.push(
+                path(&format!("bootstrap_extensions[{i}].typed_config.config.name")),
+                format!("duplicate Wasm service name `{}`", service.filter.name),
+                Some("each service is swapped and reported by its name".into()),
+            );
+        }
+    }
+    for (i, listener) in bootstrap.listeners.iter().enumerate() {
+        if listener.name == SERVICE_SCOPE {
+            errors.push(
+                path(&format!("static_resources.listeners[{i}].name")),
+                format!("`{SERVICE_SCOPE}` names where Wasm services are reported"),
+                Some("give the listener another name".into()),
+            );
         }
     }
     let mut seen = std::collections::HashSet::new();

@@ -18,7 +18,23 @@ pub struct Bootstrap {
     pub listeners: Vec<Listener>,
     /// `static_resources.clusters`.
     pub clusters: Vec<Cluster>,
+    /// `bootstrap_extensions` with `envoy.bootstrap.wasm`.
+    pub wasm_services: Vec<WasmService>,
 }
+
+/// A Wasm service (`envoy.extensions.wasm.v3.WasmService`): a plugin with a root context and no
+/// HTTP stream. Its `PluginConfig` is a filter's (`failure_policy` has nothing to fail).
+#[derive(Clone, Debug, Serialize)]
+pub struct WasmService {
+    /// `config`.
+    pub filter: WasmFilter,
+    /// `singleton`: one VM for the process (Envoy's main thread); otherwise one per worker.
+    pub singleton: bool,
+}
+
+/// The name under which Wasm services appear where a filter's listener would (`/plugins`,
+/// metrics labels, `wasmtrace swap --listener`): where they are configured.
+pub const SERVICE_SCOPE: &str = "bootstrap_extensions";
 
 /// `node`.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -39,7 +39,11 @@ pub(crate) fn parse_wasm_filter(typed: &Node<'_>, errors: &mut Errors) -> Option
             return None;
         }
     };
-    let config = wasm.require("config", errors)?;
+    parse_plugin_config(&wasm.require("config", errors)?, errors)
+}
+
+/// Envoy's `envoy.extensions.wasm.v3.PluginConfig` (a filter's or a Wasm service's `config`).
+pub(crate) fn parse_plugin_config(config: &Node<'_>, errors: &mut Errors) -> Option<WasmFilter> {
     config.expect_fields(
         errors,
         &["name", "root_id", "vm_config", "configuration", "fail_open", "failure_policy"],

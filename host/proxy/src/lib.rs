@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
-use wasmtrace_config::Bootstrap;
+use wasmtrace_config::{Bootstrap, SERVICE_SCOPE};
 use wasmtrace_runtime::{
     CalloutCompletion, CalloutDispatcher, CalloutRequest, DispatchError, HostServices, LogLevel, NodeInfo,
     PluginInstance, Runtime, RuntimeOptions, VmLimits,
@@ -279,14 +279,20 @@ pub fn check(bootstrap: &Bootstrap, options: &ProxyOptions) -> Result<Vec<String
     let runtime = runtime_for(bootstrap, options)?;
     let slots = plugins::load_plugins(&runtime, bootstrap, &options.limits)?;
     let mut report = Vec::new();
-    for plugin in slots.iter().map(|slot| slot.active()) {
+    for slot in &slots {
+        let plugin = slot.active();
         let dispatcher: Rc<dyn CalloutDispatcher> =
             Rc::new(CheckOnly { clusters: bootstrap.clusters.iter().map(|c| c.name.clone()).collect() });
+        let (scope, what) = match slot.role {
+            plugins::SlotRole::Filter { .. } => {
+                (format!("listener `{}`", plugin.listener), format!("listener `{}`: plugin", plugin.listener))
+            }
+            plugins::SlotRole::Service { .. } => (SERVICE_SCOPE.to_owned(), "Wasm service".to_owned()),
+        };
         PluginInstance::start(&runtime, plugin.module.clone(), plugin.config.clone(), dispatcher)
-            .map_err(|e| ProxyError::PluginStart(format!("listener `{}`: {e}", plugin.listener)))?;
+            .map_err(|e| ProxyError::PluginStart(format!("{scope}: {e}")))?;
         report.push(format!(
-            "listener `{}`: plugin `{}` ({}, sha256 {}) starts and configures",
-            plugin.listener,
+            "{what} `{}` ({}, sha256 {}) starts and configures",
             plugin.filter.name,
             plugin.filter.module_path.display(),
             plugin.module.sha256()

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
-use wasmtrace_config::{Bootstrap, FailurePolicy as ConfigFailurePolicy, WasmFilter};
+use wasmtrace_config::{Bootstrap, FailurePolicy as ConfigFailurePolicy, SERVICE_SCOPE, WasmFilter};
 use wasmtrace_runtime::{FailurePolicy, PluginConfig, PluginModule, Runtime, VmLimits};
 
 use crate::ProxyError;
@@ -102,16 +102,39 @@ pub struct SlotGenerations {
     pub last_generation: u64,
 }
 
-/// One configured filter of one listener across its hot-swap generations.
+/// Where a slot's plugin runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotRole {
+    /// A filter in the chain of the listener at this position of the bootstrap.
+    Filter {
+        /// The listener's position.
+        listener_index: usize,
+    },
+    /// A Wasm service (`bootstrap_extensions`): a root context with no streams.
+    Service {
+        /// One VM for the process, on the first worker (Envoy runs it on its main thread);
+        /// otherwise one per worker.
+        singleton: bool,
+    },
+}
+
+impl SlotRole {
+    /// Whether worker `worker` runs a VM of this slot.
+    pub fn runs_on(self, worker: usize) -> bool {
+        !matches!(self, Self::Service { singleton: true }) || worker == 0
+    }
+}
+
+/// One configured filter of one listener (or one Wasm service) across its hot-swap generations.
 ///
 /// Workers read [`PluginSlot::published`] when they open a stream: a swap is published for the
 /// whole process by one atomic store, after every worker has started the new generation.
 pub struct PluginSlot {
     /// Position in the process-wide slot list (workers index their instances by it).
     pub index: usize,
-    /// The listener's position in the bootstrap.
-    pub listener_index: usize,
-    /// Listener name.
+    /// A filter of which listener, or a service.
+    pub role: SlotRole,
+    /// Listener name ([`wasmtrace_config::SERVICE_SCOPE`] for a service).
     pub listener: String,
     /// Plugin name (`config.name`).
     pub name: String,
@@ -123,10 +146,10 @@ pub struct PluginSlot {
 }
 
 impl PluginSlot {
-    fn new(index: usize, listener_index: usize, plugin: Arc<LoadedPlugin>) -> Self {
+    fn new(index: usize, role: SlotRole, plugin: Arc<LoadedPlugin>) -> Self {
         Self {
             index,
-            listener_index,
+            role,
             listener: plugin.listener.clone(),
             name: plugin.filter.name.clone(),
             published: AtomicU64::new(plugin.generation),
@@ -164,9 +187,15 @@ impl PluginSlot {
                 .map(|g| g.describe("draining")),
         );
         let counters = &self.counters;
+        let (kind, singleton) = match self.role {
+            SlotRole::Filter { .. } => ("filter", None),
+            SlotRole::Service { singleton } => ("service", Some(singleton)),
+        };
         json!({
             "listener": self.listener,
             "name": self.name,
+            "kind": kind,
+            "singleton": singleton,
             "root_id": active.filter.root_id,
             "vm_id": active.filter.vm_id,
             "runtime": active.filter.runtime,
@@ -211,27 +240,32 @@ pub fn compile_file(runtime: &Runtime, path: &Path) -> Result<Arc<PluginModule>,
     runtime.compile(&bytes).map_err(|e| format!("{} does not load: {e}", path.display()))
 }
 
-/// Reads and compiles every filter's module: one slot per filter, listener by listener.
+/// Reads and compiles every plugin's module: one slot per filter, listener by listener, then
+/// one per Wasm service.
 pub fn load_plugins(
     runtime: &Runtime,
     bootstrap: &Bootstrap,
     limits: &VmLimits,
 ) -> Result<Vec<Arc<PluginSlot>>, ProxyError> {
+    let filters = bootstrap.listeners.iter().enumerate().flat_map(|(listener_index, listener)| {
+        listener.http.wasm_filters.iter().map(move |f| (listener.name.as_str(), SlotRole::Filter { listener_index }, f))
+    });
+    let services = bootstrap
+        .wasm_services
+        .iter()
+        .map(|s| (SERVICE_SCOPE, SlotRole::Service { singleton: s.singleton }, &s.filter));
     let mut slots = Vec::new();
-    for (listener_index, listener) in bootstrap.listeners.iter().enumerate() {
-        for filter in &listener.http.wasm_filters {
-            let module = compile_file(runtime, &filter.module_path).map_err(|reason| ProxyError::Module {
-                plugin: format!(
-                    "listener `{}`, filter `{}` ({})",
-                    listener.name,
-                    filter.name,
-                    PathBuf::from(&filter.module_path).display()
-                ),
-                reason,
-            })?;
-            let plugin = Arc::new(LoadedPlugin::new(&listener.name, filter.clone(), module, limits, 1));
-            slots.push(Arc::new(PluginSlot::new(slots.len(), listener_index, plugin)));
-        }
+    for (scope, role, filter) in filters.chain(services) {
+        let what = match role {
+            SlotRole::Filter { .. } => format!("listener `{scope}`, filter"),
+            SlotRole::Service { .. } => "Wasm service".to_owned(),
+        };
+        let module = compile_file(runtime, &filter.module_path).map_err(|reason| ProxyError::Module {
+            plugin: format!("{what} `{}` ({})", filter.name, PathBuf::from(&filter.module_path).display()),
+            reason,
+        })?;
+        let plugin = Arc::new(LoadedPlugin::new(scope, filter.clone(), module, limits, 1));
+        slots.push(Arc::new(PluginSlot::new(slots.len(), role, plugin)));
     }
     Ok(slots)
 }

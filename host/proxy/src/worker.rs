@@ -21,6 +21,7 @@ use crate::callouts::WorkerCallouts;
 use crate::cluster::ClusterClient;
 use crate::connection::{Activity, ActivityIo, CLOSE_GRACE, DRAIN_GRACE, GuardedBody};
 use crate::handler::{self, ConnectionInfo, ListenerContext};
+use crate::plugins::SlotRole;
 use crate::stats::ListenerStats;
 use crate::swap::{WorkerCommand, WorkerEnv, WorkerPlugin};
 
@@ -90,10 +91,15 @@ async fn serve(
         Rc::new(shared.bootstrap.clusters.iter().map(|c| (c.name.clone(), ClusterClient::new(c))).collect());
     let callouts = Rc::new(WorkerCallouts { clusters: clusters.clone(), stats: shared.cluster_stats.clone() });
     let env = Rc::new(WorkerEnv::new(shared.runtime.clone(), callouts, stop.clone(), shared.options.drain_timeout));
-    let mut plugins = Vec::new();
+    // By slot index; `None` for a singleton service another worker runs.
+    let mut plugins: Vec<Option<Rc<WorkerPlugin>>> = Vec::new();
     for slot in &shared.slots {
+        if !slot.role.runs_on(index) {
+            plugins.push(None);
+            continue;
+        }
         match WorkerPlugin::start(slot.clone(), env.clone()) {
-            Ok(plugin) => plugins.push(Rc::new(plugin)),
+            Ok(plugin) => plugins.push(Some(Rc::new(plugin))),
             Err(e) => {
                 let _ = ready.send(Err(format!("worker {index}: {e}")));
                 return;
@@ -105,8 +111,8 @@ async fn serve(
         let filters = shared
             .slots
             .iter()
-            .filter(|slot| slot.listener_index == listener_index)
-            .map(|slot| plugins[slot.index].clone())
+            .filter(|slot| slot.role == SlotRole::Filter { listener_index })
+            .filter_map(|slot| plugins[slot.index].clone())
             .collect();
         contexts.push(Rc::new(ListenerContext {
             listener: Arc::new(listener.clone()),
@@ -152,23 +158,28 @@ async fn serve(
     // generation still draining after a hot swap. Flushing gets its own budget, so streams that
     // used up the drain timeout do not cost the filters their buffered telemetry.
     let flush_deadline = Instant::now() + shared.options.drain_timeout.min(FLUSH_BUDGET);
-    for plugin in &plugins {
+    for plugin in plugins.iter().flatten() {
         plugin.finish(flush_deadline).await;
     }
     env.retirements_done(flush_deadline).await;
 }
 
 /// Carries out the swap coordinator's commands on this worker.
-async fn follow_commands(plugins: Vec<Rc<WorkerPlugin>>, mut commands: mpsc::UnboundedReceiver<WorkerCommand>) {
+async fn follow_commands(plugins: Vec<Option<Rc<WorkerPlugin>>>, mut commands: mpsc::UnboundedReceiver<WorkerCommand>) {
     while let Some(command) = commands.recv().await {
         let slot = match &command {
             WorkerCommand::Stage { slot, .. }
             | WorkerCommand::Publish { slot }
             | WorkerCommand::Discard { slot, .. } => *slot,
         };
-        match plugins.get(slot) {
-            Some(plugin) => plugin.apply(command),
-            None => tracing::error!(slot, "swap command for a plugin this worker does not have"),
+        match (plugins.get(slot), command) {
+            (Some(Some(plugin)), command) => plugin.apply(command),
+            // A singleton service another worker runs: nothing to stage here.
+            (Some(None), WorkerCommand::Stage { reply, .. }) => {
+                let _ = reply.send(Ok(()));
+            }
+            (Some(None), _) => {}
+            (None, _) => tracing::error!(slot, "swap command for a plugin this worker does not have"),
         }
     }
 }

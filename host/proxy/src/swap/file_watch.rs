@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
-use wasmtrace_config::Bootstrap;
+use wasmtrace_config::{Bootstrap, SERVICE_SCOPE};
 
 use super::coordinator::{ModuleSource, SwapCoordinator, SwapError, SwapRequest};
 
@@ -194,16 +194,19 @@ impl WatchState {
             );
         }
         let mut requests = Vec::new();
-        for listener in &bootstrap.listeners {
-            for filter in &listener.http.wasm_filters {
-                requests.push(SwapRequest {
-                    plugin: filter.name.clone(),
-                    listener: Some(listener.name.clone()),
-                    module: Some(ModuleSource::Path(filter.module_path.clone())),
-                    configuration: Some(filter.plugin_configuration.clone()),
-                    vm_configuration: Some(filter.vm_configuration.clone()),
-                });
-            }
+        let filters = bootstrap
+            .listeners
+            .iter()
+            .flat_map(|l| l.http.wasm_filters.iter().map(move |f| (l.name.as_str(), f)))
+            .chain(bootstrap.wasm_services.iter().map(|s| (SERVICE_SCOPE, &s.filter)));
+        for (scope, filter) in filters {
+            requests.push(SwapRequest {
+                plugin: filter.name.clone(),
+                listener: Some(scope.to_owned()),
+                module: Some(ModuleSource::Path(filter.module_path.clone())),
+                configuration: Some(filter.plugin_configuration.clone()),
+                vm_configuration: Some(filter.vm_configuration.clone()),
+            });
         }
         self.bootstrap = Arc::new(bootstrap);
         requests
@@ -213,17 +216,21 @@ impl WatchState {
 /// The configuration with what a hot swap can change blanked out.
 fn without_plugin_code(bootstrap: &Bootstrap) -> serde_json::Value {
     let mut value = serde_json::to_value(bootstrap).unwrap_or_default();
+    let blank = |filter: &mut serde_json::Value| {
+        if let Some(filter) = filter.as_object_mut() {
+            for field in ["module_path", "plugin_configuration", "vm_configuration"] {
+                filter.remove(field);
+            }
+        }
+    };
     if let Some(listeners) = value.get_mut("listeners").and_then(|l| l.as_array_mut()) {
         for listener in listeners {
             let filters = listener.pointer_mut("/http/wasm_filters").and_then(|f| f.as_array_mut());
-            for filter in filters.into_iter().flatten() {
-                if let Some(filter) = filter.as_object_mut() {
-                    for field in ["module_path", "plugin_configuration", "vm_configuration"] {
-                        filter.remove(field);
-                    }
-                }
-            }
+            filters.into_iter().flatten().for_each(blank);
         }
+    }
+    if let Some(services) = value.get_mut("wasm_services").and_then(|s| s.as_array_mut()) {
+        services.iter_mut().filter_map(|s| s.get_mut("filter")).for_each(blank);
     }
     value
 }
