@@ -1,9 +1,10 @@
-//! Clusters: static or DNS endpoints, round-robin, HTTP/1.1 or HTTP/2.
+//! Clusters: static or DNS endpoints, round-robin, HTTP/1.1 or HTTP/2, and their metadata.
 
 use std::time::Duration;
 
 use crate::listener::host_and_port;
-use crate::model::{Cluster, DiscoveryType, Endpoint};
+use crate::listener::metadata::metadata_of;
+use crate::model::{Cluster, DiscoveryType, Endpoint, Metadata};
 use crate::tree::{Errors, Node};
 
 /// Envoy's default connect timeout.
@@ -22,6 +23,8 @@ pub(crate) fn parse_cluster(cluster: &Node<'_>, errors: &mut Errors) -> Option<C
             "http2_protocol_options",
             "typed_extension_protocol_options",
             "dns_lookup_family",
+            "metadata",
+            "http_protocol_options",
         ],
         "a cluster is a name, a type, endpoints and timeouts",
     );
@@ -54,6 +57,8 @@ pub(crate) fn parse_cluster(cluster: &Node<'_>, errors: &mut Errors) -> Option<C
         None => DEFAULT_CONNECT_TIMEOUT,
     };
     let mut http2 = cluster.get("http2_protocol_options").is_some();
+    // The legacy `http_protocol_options` (HTTP/1), which the typed options replace.
+    let mut http1_trailers = enable_trailers(cluster.get("http_protocol_options"), errors);
     if let Some(typed) = cluster.get("typed_extension_protocol_options") {
         typed.expect_fields(errors, &[HTTP_OPTIONS_KEY], "only HTTP protocol options are supported");
         if let Some(options) = typed.get(HTTP_OPTIONS_KEY) {
@@ -69,10 +74,14 @@ pub(crate) fn parse_cluster(cluster: &Node<'_>, errors: &mut Errors) -> Option<C
                     "choose HTTP/1.1 or HTTP/2",
                 );
                 http2 = explicit.get("http2_protocol_options").is_some();
+                if let Some(options) = explicit.get("http_protocol_options") {
+                    http1_trailers = enable_trailers(Some(options), errors);
+                }
             }
         }
     }
-    let endpoints = cluster.require("load_assignment", errors).map(|a| endpoints(&a, errors)).unwrap_or_default();
+    let (endpoints, endpoint_metadata) =
+        cluster.require("load_assignment", errors).map(|a| endpoints(&a, errors)).unwrap_or_default();
     if endpoints.is_empty() {
         cluster.error(
             errors,
@@ -91,22 +100,33 @@ pub(crate) fn parse_cluster(cluster: &Node<'_>, errors: &mut Errors) -> Option<C
             }
         }
     }
-    Some(Cluster { name, discovery, connect_timeout, endpoints, http2 })
+    let metadata = metadata_of(cluster, errors);
+    Some(Cluster { name, discovery, connect_timeout, endpoints, endpoint_metadata, metadata, http2, http1_trailers })
 }
 
-fn endpoints(assignment: &Node<'_>, errors: &mut Errors) -> Vec<Endpoint> {
+/// `enable_trailers` of an `Http1ProtocolOptions` (default false, as Envoy).
+fn enable_trailers(options: Option<Node<'_>>, errors: &mut Errors) -> bool {
+    let Some(options) = options else { return false };
+    options.expect_fields(errors, &["enable_trailers"], "supported here: enable_trailers");
+    options.get("enable_trailers").and_then(|e| e.boolean(errors)).unwrap_or(false)
+}
+
+/// The endpoints of a load assignment and, entry for entry, their `lb_endpoints[].metadata`.
+fn endpoints(assignment: &Node<'_>, errors: &mut Errors) -> (Vec<Endpoint>, Vec<Metadata>) {
     assignment.expect_fields(errors, &["cluster_name", "endpoints"], "a load assignment lists endpoints");
-    let mut found = Vec::new();
+    let (mut found, mut metadata) = (Vec::new(), Vec::new());
     for locality in assignment.get("endpoints").map(|e| e.items(errors)).unwrap_or_default() {
         locality.expect_fields(errors, &["lb_endpoints"], "endpoints are grouped in lb_endpoints");
         for lb in locality.get("lb_endpoints").map(|e| e.items(errors)).unwrap_or_default() {
-            lb.expect_fields(errors, &["endpoint"], "an lb_endpoint holds an endpoint");
+            lb.expect_fields(errors, &["endpoint", "metadata"], "an lb_endpoint holds an endpoint and its metadata");
             let Some(endpoint) = lb.require("endpoint", errors) else { continue };
             endpoint.expect_fields(errors, &["address"], "an endpoint is an address");
+            let lb_metadata = metadata_of(&lb, errors);
             if let Some((host, port)) = endpoint.require("address", errors).and_then(|a| host_and_port(&a, errors)) {
                 found.push(Endpoint { host, port });
+                metadata.push(lb_metadata);
             }
         }
     }
-    found
+    (found, metadata)
 }

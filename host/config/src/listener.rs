@@ -7,6 +7,12 @@ use crate::model::*;
 use crate::tree::{Errors, Node};
 use crate::wasm;
 
+// The crate root lists its modules; this one is declared here, next to its first user.
+#[path = "metadata.rs"]
+pub(crate) mod metadata;
+
+use metadata::metadata_of;
+
 const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
 const HCM_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -51,7 +57,7 @@ pub(crate) fn host_and_port(address: &Node<'_>, errors: &mut Errors) -> Option<(
 pub(crate) fn parse_listener(listener: &Node<'_>, errors: &mut Errors) -> Option<Listener> {
     listener.expect_fields(
         errors,
-        &["name", "address", "filter_chains", "traffic_direction"],
+        &["name", "address", "filter_chains", "traffic_direction", "metadata"],
         "a listener is an address and one filter chain with the HTTP connection manager",
     );
     let name = listener.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
@@ -72,9 +78,12 @@ pub(crate) fn parse_listener(listener: &Node<'_>, errors: &mut Errors) -> Option
             Some("exactly one filter chain is supported"),
         );
     }
+    let metadata = metadata_of(listener, errors);
     let mut http = None;
+    let mut filter_chain_name = String::new();
     for chain in &chains {
         chain.expect_fields(errors, &["filters", "name"], "a filter chain holds filters");
+        filter_chain_name = chain.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
         let filters = chain.require("filters", errors).map(|f| f.items(errors)).unwrap_or_default();
         if filters.len() != 1 {
             chain.error(
@@ -99,7 +108,7 @@ pub(crate) fn parse_listener(listener: &Node<'_>, errors: &mut Errors) -> Option
             }
         }
     }
-    Some(Listener { name, address: address?, direction, http: http? })
+    Some(Listener { name, address: address?, direction, metadata, filter_chain_name, http: http? })
 }
 
 fn parse_hcm(config: &Node<'_>, errors: &mut Errors) -> Option<HttpConnectionManager> {
@@ -338,7 +347,7 @@ fn parse_http_filters(config: &Node<'_>, errors: &mut Errors) -> Vec<WasmFilter>
 }
 
 fn parse_virtual_host(host: &Node<'_>, errors: &mut Errors) -> Option<VirtualHost> {
-    host.expect_fields(errors, &["name", "domains", "routes"], "a virtual host is domains and routes");
+    host.expect_fields(errors, &["name", "domains", "routes", "metadata"], "a virtual host is domains and routes");
     let name = host.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
     let domains: Vec<String> = host
         .require("domains", errors)
@@ -354,13 +363,14 @@ fn parse_virtual_host(host: &Node<'_>, errors: &mut Errors) -> Option<VirtualHos
         .iter()
         .filter_map(|r| parse_route(r, errors))
         .collect();
-    Some(VirtualHost { name, domains, routes })
+    let metadata = metadata_of(host, errors);
+    Some(VirtualHost { name, domains, routes, metadata })
 }
 
 fn parse_route(route: &Node<'_>, errors: &mut Errors) -> Option<Route> {
     route.expect_fields(
         errors,
-        &["name", "match", "route", "direct_response"],
+        &["name", "match", "route", "direct_response", "metadata"],
         "a route is a match and a route or a direct_response",
     );
     let name = route.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
@@ -373,7 +383,8 @@ fn parse_route(route: &Node<'_>, errors: &mut Errors) -> Option<Route> {
             None
         }
     };
-    Some(Route { name, matcher: matcher?, action: action? })
+    let metadata = metadata_of(route, errors);
+    Some(Route { name, matcher: matcher?, action: action?, metadata })
 }
 
 fn parse_match(matcher: &Node<'_>, errors: &mut Errors) -> Option<RouteMatch> {

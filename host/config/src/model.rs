@@ -3,9 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// A whole bootstrap: what `wasmtrace run -c FILE` serves.
 #[derive(Clone, Debug, Serialize)]
@@ -59,6 +60,25 @@ pub enum TrafficDirection {
     Outbound,
 }
 
+/// `metadata` (`envoy.config.core.v3.Metadata`) of a listener, virtual host, route, cluster or
+/// endpoint: what filters read as `xds.listener_metadata`, `xds.route_metadata`, ... Only
+/// `filter_metadata` is supported (a non-empty `typed_filter_metadata` is refused).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metadata {
+    /// `filter_metadata`: namespace → its `google.protobuf.Struct`, as a JSON object. Shared, so a
+    /// stream holds it without a copy.
+    pub filter_metadata: Arc<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Serialize for Metadata {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("Metadata", 1)?;
+        out.serialize_field("filter_metadata", &*self.filter_metadata)?;
+        out.end()
+    }
+}
+
 /// A listener with one HTTP connection manager.
 #[derive(Clone, Debug, Serialize)]
 pub struct Listener {
@@ -68,6 +88,10 @@ pub struct Listener {
     pub address: SocketAddr,
     /// `traffic_direction`.
     pub direction: TrafficDirection,
+    /// `metadata` (`xds.listener_metadata`).
+    pub metadata: Metadata,
+    /// The filter chain's `name` (`xds.filter_chain_name`; empty when it has none).
+    pub filter_chain_name: String,
     /// The `envoy.filters.network.http_connection_manager`.
     pub http: HttpConnectionManager,
 }
@@ -107,10 +131,10 @@ pub struct HttpConnectionManager {
     /// is on by default (routes may turn it on or off). An upgrade listed nowhere is refused 403.
     pub upgrade_configs: Vec<UpgradeConfig>,
     /// `http_protocol_options.enable_trailers` (default false, as Envoy): HTTP/1 trailers are
-    /// proxied. Off, the HTTP/1 codec drops them: trailers a client sends over HTTP/1 never
-    /// reach the filters or the upstream, and trailers are not written to an HTTP/1 client.
-    /// The upstream HTTP/1 hop follows the same setting (Envoy reads the cluster's own
-    /// `enable_trailers` there).
+    /// proxied on the downstream side. Off, the downstream HTTP/1 codec drops them: trailers a
+    /// client sends over HTTP/1 never reach the filters, and trailers are not written to an
+    /// HTTP/1 client. The upstream HTTP/1 hop follows the cluster's own setting
+    /// ([`Cluster::http1_trailers`]).
     pub http1_trailers: bool,
 }
 
@@ -193,6 +217,8 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     /// `routes`, first match wins.
     pub routes: Vec<Route>,
+    /// `metadata` (`xds.virtual_host_metadata`).
+    pub metadata: Metadata,
 }
 
 /// `routes[]`.
@@ -204,6 +230,8 @@ pub struct Route {
     pub matcher: RouteMatch,
     /// `route` or `direct_response`.
     pub action: RouteAction,
+    /// `metadata` (`xds.route_metadata`).
+    pub metadata: Metadata,
 }
 
 /// How a route's path is matched.
@@ -338,6 +366,28 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// `load_assignment.endpoints[].lb_endpoints[].endpoint.address`, round-robin.
     pub endpoints: Vec<Endpoint>,
+    /// `load_assignment.endpoints[].lb_endpoints[].metadata` (`xds.upstream_host_metadata`):
+    /// entry `i` belongs to `endpoints[i]`. When the endpoints were replaced (a
+    /// [`crate::Placement`]) and the lengths differ, no endpoint has metadata.
+    pub endpoint_metadata: Vec<Metadata>,
+    /// `metadata` (`xds.cluster_metadata`).
+    pub metadata: Metadata,
     /// HTTP/2 to the upstream (`http2_protocol_options` or `explicit_http_config.http2_protocol_options`).
     pub http2: bool,
+    /// HTTP/1 trailers on the upstream hop (`enable_trailers` of the cluster's
+    /// `explicit_http_config.http_protocol_options`, or of its legacy `http_protocol_options`;
+    /// default false, as Envoy): off, request trailers are not written to an HTTP/1 upstream and
+    /// the trailers it sends are dropped before the filters.
+    pub http1_trailers: bool,
+}
+
+impl Cluster {
+    /// The metadata of endpoint `index`; `None` when there is no such endpoint or the endpoints
+    /// were replaced after the configuration was read.
+    pub fn endpoint_metadata(&self, index: usize) -> Option<&Metadata> {
+        if self.endpoint_metadata.len() != self.endpoints.len() {
+            return None;
+        }
+        self.endpoint_metadata.get(index)
+    }
 }

@@ -226,3 +226,47 @@ fn a_list_nested_in_a_list_is_read_as_envoy_splices_it() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.listeners[0].http.virtual_hosts[0].domains, ["a.example", "b.example", "c.example"]);
 }
+
+#[test]
+fn a_clusters_http1_trailers_follow_its_own_enable_trailers_in_either_form() {
+    let cluster = |extra: &str| {
+        let yaml = with("      lb_policy: ROUND_ROBIN", &format!("      lb_policy: ROUND_ROBIN\n{extra}"));
+        Bootstrap::from_yaml(&yaml).map(|config| config.clusters[0].http1_trailers)
+    };
+    assert_eq!(cluster(""), Ok(false), "Envoy's default");
+    assert_eq!(cluster("      http_protocol_options: { enable_trailers: true }"), Ok(true), "the legacy field");
+    let typed = |options: &str| {
+        format!(
+            "      typed_extension_protocol_options:\n        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n          \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n          explicit_http_config: {{ {options} }}"
+        )
+    };
+    assert_eq!(cluster(&typed("http_protocol_options: { enable_trailers: true }")), Ok(true));
+    assert_eq!(cluster(&typed("http_protocol_options: {}")), Ok(false));
+    assert_eq!(cluster(&typed("http2_protocol_options: {}")), Ok(false), "HTTP/2 carries trailers anyway");
+    let text = refusal(&with(
+        "      lb_policy: ROUND_ROBIN",
+        "      lb_policy: ROUND_ROBIN\n      http_protocol_options: { accept_http_10: true }",
+    ));
+    assert!(text.contains("clusters[0].http_protocol_options.accept_http_10: is not supported"), "{text}");
+    // The listener's setting is its own: it does not turn on the cluster's.
+    let config = Bootstrap::from_yaml(&with(
+        "                codec_type: AUTO",
+        "                codec_type: AUTO\n                http_protocol_options: { enable_trailers: true }",
+    ))
+    .expect("loads");
+    assert!(config.listeners[0].http.http1_trailers);
+    assert!(!config.clusters[0].http1_trailers);
+}
+
+#[test]
+fn a_clusters_metadata_and_its_endpoints_load_from_a_file() {
+    let yaml = with(
+        "      lb_policy: ROUND_ROBIN",
+        "      lb_policy: ROUND_ROBIN\n      metadata:\n        filter_metadata:\n          com.acme: { shard: 7 }",
+    );
+    let config = Bootstrap::from_yaml(&yaml).expect("loads");
+    let cluster = &config.clusters[0];
+    assert_eq!(cluster.metadata.filter_metadata["com.acme"]["shard"], 7);
+    assert_eq!(cluster.endpoint_metadata(0).map(|m| m.filter_metadata.is_empty()), Some(true));
+    assert_eq!(cluster.endpoint_metadata(1), None, "no second endpoint");
+}

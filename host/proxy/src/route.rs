@@ -105,6 +105,7 @@ mod tests {
             name: name.into(),
             matcher: RouteMatch { path, headers },
             action: RouteAction::Direct { status: 200, body: String::new() },
+            metadata: Default::default(),
         }
     }
 
@@ -114,6 +115,7 @@ mod tests {
             name: name.into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
             routes: vec![],
+            metadata: Default::default(),
         };
         let hosts = [host("any", &["*"]), host("wild", &["*.gallery.local"]), host("exact", &["api.gallery.local"])];
         assert_eq!(virtual_host(&hosts, "api.gallery.local:8080").map(|v| v.name.as_str()), Some("exact"));
@@ -135,6 +137,7 @@ mod tests {
                 route("exact", PathMatch::Exact("/v0/healthz".into()), vec![]),
                 route("api", PathMatch::Prefix("/v0".into()), vec![]),
             ],
+            metadata: Default::default(),
         };
         let request = |path: &str, extra: &[(&str, &str)]| {
             let mut map = HeaderMap::from_pairs([(":path", path)]);
