@@ -82,6 +82,53 @@ async fn a_failing_call_delivers_its_status_and_message_at_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_no_grpc_server_gives_close_the_call_as_envoys_grpc_client_does() {
+    let setup = setup();
+    for (method, expected, why) in [
+        ("Http503", "1", "a non-200 answer is CANCELLED, as Envoy and the Google client have it"),
+        ("NoTrailers", "2", "a stream that ends without trailers is UNKNOWN"),
+        ("Compressed", "13", "a compressed message nobody offered is INTERNAL"),
+    ] {
+        let reply = call(&setup, &[("x-grpc", "unary"), ("x-grpc-method", method)]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{method}: {}", reply.text());
+        assert_eq!(grpc_status(&reply).0, Some(expected), "{method}: {why}: {:?}", grpc_status(&reply));
+    }
+    // On a stream the same failure first delivers empty trailing metadata (Envoy's streamError).
+    let reply = call(&setup, &[("x-grpc", "stream"), ("x-grpc-method", "Http503"), ("x-grpc-message", "a")]).await;
+    let lines: Vec<String> = reply.text().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(lines[0].starts_with("initial ("), "{lines:#?}");
+    assert_eq!(lines[1], "trailing (0): ", "{lines:#?}");
+    assert!(lines[2].starts_with("close: 1 "), "{lines:#?}");
+    setup.proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_may_send_and_close_after_the_server_closed_as_envoy_answers_ok() {
+    let setup = setup();
+    // The SDK unwraps send and close: a status other than OK would fail the filter (503).
+    for _ in 0..2 {
+        let reply = call(&setup, &[("x-grpc", "stream-hangup"), ("x-grpc-message", "x")]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let lines: Vec<String> = reply.text().lines().map(str::to_owned).collect();
+        assert_eq!(lines[1], "message: echo:x", "{lines:#?}");
+        assert!(lines[2].ends_with("): bye"), "{lines:#?}");
+        assert_eq!(lines[3].trim_end(), "close: 0", "{lines:#?}");
+        assert_eq!(lines[4], "closed our side", "{lines:#?}");
+    }
+    setup.proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_left_open_by_a_request_is_reset_when_the_request_ends() {
+    let setup = setup();
+    let reply = call(&setup, &[("x-grpc", "abandon")]).await;
+    assert_eq!(reply.status, StatusCode::OK, "the request went on upstream: {}", reply.text());
+    assert_eq!(wait_for_cancelled(&setup, 1).await, 1, "the stream died with the context that opened it");
+    setup.proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_the_host_cannot_make_are_refused_up_front_as_the_sdk_expects() {
     let setup = setup();
     let reply = call(&setup, &[("x-grpc", "unary"), ("x-grpc-cluster", "nowhere")]).await;
@@ -141,7 +188,9 @@ async fn a_cancelled_call_is_reset_at_the_server_and_delivers_nothing_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trace_filter_exports_over_otlp_grpc_to_a_receiver_decoding_the_official_protos() {
     let service = Upstream::start();
-    let (grpc, receiver) = otlp_receiver();
+    // The receiver refuses the first export as a collector still starting would: the batch is
+    // sent again (OTLP's retryable UNAVAILABLE) and no span is lost.
+    let (grpc, receiver) = otlp_receiver(1);
     let configuration = r#"{"service_name": "grpc-exported", "span_kind": "server", "exporter": {"cluster": "otel", "authority": "collector.example", "format": "otlp_grpc", "flush_interval_ms": 50}}"#;
     let yaml = bootstrap_yaml(
         &[wasm_filter_yaml("trace", &filter_module("trace-filter"), configuration, false, "trace")],
@@ -154,7 +203,7 @@ async fn the_trace_filter_exports_over_otlp_grpc_to_a_receiver_decoding_the_offi
         assert_eq!(reply.status, StatusCode::OK);
     }
     let mut spans = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..200 {
         spans = receiver
             .received
             .lock()
@@ -188,6 +237,12 @@ async fn the_trace_filter_exports_over_otlp_grpc_to_a_receiver_decoding_the_offi
         assert_eq!(span.trace_id.len(), 16);
         assert!(span.name.starts_with("GET"), "{}", span.name);
     }
+    assert_eq!(receiver.refused.load(Ordering::SeqCst), 1, "the first export was refused, then retried");
+    let authorities = receiver.authorities.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(
+        !authorities.is_empty() && authorities.iter().all(|a| a == "collector.example"),
+        "the configured authority: {authorities:?}"
+    );
     proxy.shutdown();
     drop(grpc);
 }

@@ -254,6 +254,15 @@ impl TraceConfig {
         if e.format == ExportFormat::OtlpGrpc && e.path.is_some() {
             return Err("field `exporter.path`: `otlp_grpc` calls `TraceService/Export`, not a path".into());
         }
+        let grpc_service = grpc_service(&e.cluster, e.authority.as_deref().unwrap_or(&e.cluster));
+        // The SDK passes the service as text: a serialized GrpcService is text while its length
+        // prefixes stay below 128.
+        if e.format == ExportFormat::OtlpGrpc && std::str::from_utf8(&grpc_service).is_err() {
+            return Err(
+                "field `exporter.authority`: with `cluster`, too long for `otlp_grpc` (cluster and authority together under 124 bytes)"
+                    .into(),
+            );
+        }
         let path = e.path.unwrap_or_else(|| match e.format {
             ExportFormat::ZipkinJson => "/api/v2/spans".into(),
             _ => "/v1/traces".into(),
@@ -275,7 +284,7 @@ impl TraceConfig {
             record_query: raw.record_query,
             strip_uninjected: raw.strip_uninjected,
             exporter: Exporter {
-                grpc_service: grpc_service(&e.cluster, e.authority.as_deref().unwrap_or(&e.cluster)),
+                grpc_service,
                 authority: e.authority.unwrap_or_else(|| e.cluster.clone()),
                 cluster: e.cluster,
                 path,
@@ -283,7 +292,8 @@ impl TraceConfig {
                 batch_size: e.batch_size,
                 flush_interval: Duration::from_millis(e.flush_interval_ms.max(1)),
                 max_queued_spans: e.max_queued_spans,
-                timeout: Duration::from_millis(e.timeout_ms.max(1)),
+                // The proxy-wasm calls take u32 milliseconds (0 would mean no deadline).
+                timeout: Duration::from_millis(e.timeout_ms.clamp(1, u64::from(u32::MAX))),
             },
         })
     }
@@ -310,6 +320,12 @@ mod tests {
         )
         .expect_err("no path for gRPC");
         assert!(err.contains("exporter.path"), "{err}");
+        let long = "a".repeat(70);
+        let config = format!(
+            r#"{{"service_name": "api", "exporter": {{"cluster": "{long}", "authority": "{long}.example", "format": "otlp_grpc"}}}}"#
+        );
+        let err = TraceConfig::parse(config.as_bytes()).expect_err("too long to pass as text");
+        assert!(err.contains("exporter.authority"), "{err}");
     }
 
     #[test]

@@ -152,8 +152,7 @@ impl RootHost for ProxyWasmHost {
         message: &[u8],
         timeout: Duration,
     ) -> Result<u32, String> {
-        // The SDK takes the service as text: a serialized GrpcService is, while its names are
-        // shorter than 128 bytes (their length prefixes stay single ASCII bytes).
+        // The SDK takes the service as text; the configuration refused a GrpcService that is not.
         let service = std::str::from_utf8(service)
             .map_err(|_| "the exporter's cluster and authority names are too long for a gRPC call".to_owned())?;
         hostcalls::dispatch_grpc_call(service, service_name, method, vec![], Some(message), timeout)

@@ -1,50 +1,74 @@
 //! gRPC callouts on a worker (`proxy_grpc_call`, `proxy_grpc_stream`): an HTTP/2 request to the
 //! named cluster through the worker's pooled client, length-prefixed messages both ways, and
-//! what arrives delivered to the VM on the same thread as Envoy's Wasm host delivers it.
+//! what arrives delivered to the VM on the same thread as Envoy's Wasm host (its gRPC async
+//! client) delivers it.
 //!
-//! Envoy's behaviour, which this follows: a unary call reports only its end, as the one message
-//! (status OK) or as a close with the status; a stream reports the response headers as initial
-//! metadata (empty for a trailers-only answer), each message, the trailers, then the close. A
-//! non-200 answer closes with the status the gRPC spec maps it to (`grpc-status` wins in a
-//! trailers-only answer); a timeout closes with `DEADLINE_EXCEEDED`; no connection with
-//! `UNAVAILABLE`; a reset with `INTERNAL`.
+//! Envoy's behaviour, which this follows: a unary call reports only its end, as its (last)
+//! message on `OK` or as a close with the status; a stream reports the response headers as
+//! initial metadata (empty for a trailers-only answer), each message, the trailers, then the
+//! close. A non-200 answer closes with `CANCELLED` (as Envoy and the Google gRPC client do; the
+//! `grpc-status` of a trailers-only answer wins); a broken frame with `INTERNAL`; a stream that
+//! ends without trailers with `UNKNOWN`; a reset with `INTERNAL`; and each of those errors on a
+//! stream first delivers empty trailing metadata, as Envoy's `streamError`. No connection closes
+//! with `UNAVAILABLE` and a timeout with `DEADLINE_EXCEEDED`, what Envoy's gRPC-ified local
+//! replies say.
+//!
+//! Bounds: what a VM's calls hold on the host (send backlogs, partly received messages, unary
+//! request bodies) is charged to the VM's [`GrpcBudget`]; one message is at most
+//! [`MAX_GRPC_MESSAGE`]. A cancelled or dropped call is reset (`RST_STREAM`), never half-closed.
 
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use wasmtrace_runtime::{
-    DispatchError, GrpcCallControl, GrpcCallKind, GrpcCallRequest, GrpcEvent, GrpcEvents, GrpcSendError, HeaderMap,
-    grpc_status as status,
+    DispatchError, GrpcBudget, GrpcCallControl, GrpcCallKind, GrpcCallRequest, GrpcEvent, GrpcEvents, GrpcSendError,
+    HeaderMap, grpc_status as status,
 };
 
 use crate::BoxError;
 use crate::body::boxed;
-use crate::callouts::MAX_CALLOUT_BODY;
-use crate::cluster::ClusterClient;
+use crate::cluster::{ClusterClient, UpstreamBody};
 use crate::message::{http_headers, response_header_map, trailer_map};
 use crate::rescue::UpstreamFailure;
 use crate::stats::ClusterStats;
 
-/// Largest message delivered to a filter; a larger one closes the call with
-/// `RESOURCE_EXHAUSTED`.
-pub const MAX_GRPC_MESSAGE: usize = MAX_CALLOUT_BODY;
+/// Largest message delivered to a filter (gRPC's default receive limit); a larger one closes
+/// the call with `RESOURCE_EXHAUSTED`.
+pub const MAX_GRPC_MESSAGE: usize = 4 << 20;
 
-/// Most bytes a stream keeps waiting to be sent while the upstream does not read; a send past
-/// it is refused (`BAD_ARGUMENT`), so a guest cannot fill the worker's memory.
+/// Most bytes one stream keeps waiting to be sent while the upstream does not read; past it (or
+/// past the VM's budget) the stream is reset and closes with `RESOURCE_EXHAUSTED`.
 pub const MAX_SEND_BACKLOG: usize = 16 << 20;
 
 /// Most bytes of `grpc-message` delivered to a filter.
 const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// Messages delivered in a row before the worker's other tasks get a turn (a server can have a
+/// whole flow-control window of tiny messages ready at once).
+const MESSAGES_PER_TURN: usize = 32;
+
+/// Bytes charged to a budget, given back when dropped.
+struct Charge {
+    budget: GrpcBudget,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
 
 /// Starts `request` on `client`; what arrives goes to `events`.
 pub(crate) fn dispatch(
@@ -59,60 +83,98 @@ pub(crate) fn dispatch(
             client.cluster.name
         )));
     }
-    let backlog = Arc::new(AtomicUsize::new(0));
-    let (body, sender, timeout, unary) = match &request.kind {
+    let shared = Arc::new(Shared::default());
+    let budget = request.budget.clone();
+    let (body, sender, timeout, unary, charge) = match &request.kind {
         GrpcCallKind::Unary { message, timeout } => {
-            (boxed(Full::new(frame(message)).map_err(|never| match never {})), None, *timeout, true)
+            let bytes = message.len() + 5;
+            if !budget.charge(bytes) {
+                return Err(DispatchError::Refused(format!(
+                    "the VM's gRPC calls already hold {} bytes; a {bytes}-byte request does not fit",
+                    budget.used()
+                )));
+            }
+            let charge = Charge { budget: budget.clone(), bytes };
+            (boxed(Full::new(frame(message)).map_err(|never| match never {})), None, *timeout, true, Some(charge))
         }
         GrpcCallKind::Stream => {
             let (sender, receiver) = mpsc::unbounded_channel();
-            let body = Outbound { receiver, backlog: Arc::clone(&backlog) };
-            (boxed(body), Some(sender), None, false)
+            let body = Outbound { receiver, shared: Arc::clone(&shared), budget: budget.clone() };
+            (boxed(body), Some(sender), None, false, None)
         }
     };
     let upstream = upstream_request(&request, body, timeout)
         .map_err(|why| DispatchError::Refused(format!("the gRPC request cannot be built: {why}")))?;
+    let overflowed = Arc::clone(&shared);
     let task = tokio::task::spawn_local(async move {
+        let _charge = charge;
         if let Some(stats) = &stats {
             stats.requests.fetch_add(1, Ordering::Relaxed);
         }
-        let ending = match timeout {
-            Some(limit) => tokio::time::timeout(limit, exchange(&client, upstream, &events, unary))
+        let exchange = exchange(&client, upstream, &events, unary, budget);
+        let mut ending = match timeout {
+            Some(limit) => tokio::time::timeout(limit, exchange)
                 .await
                 .unwrap_or_else(|_| Ending::Close(status::DEADLINE_EXCEEDED, format!("timeout after {limit:?}"))),
-            None => exchange(&client, upstream, &events, unary).await,
+            None => exchange.await,
         };
-        if let (Ending::Close(code, _), Some(stats)) = (&ending, &stats)
-            && *code != status::OK
-        {
+        if overflowed.overflowed.load(Ordering::Acquire) {
+            let why = "the upstream did not read what the filter sent; the stream was reset".to_owned();
+            ending = Ending::Error(status::RESOURCE_EXHAUSTED, why);
+        }
+        if let (Ending::Close(code, _) | Ending::Error(code, _), Some(stats)) = (&ending, &stats) {
             stats.failure(if *code == status::DEADLINE_EXCEEDED { "timeout" } else { "grpc_status" });
         }
         match ending {
-            Ending::Message(message) => events.deliver(GrpcEvent::Message(message)),
-            Ending::Close(code, message) => events.deliver(GrpcEvent::Close { status: code, message }),
-            Ending::Delivered => false,
-        };
+            Ending::Message(message) => {
+                events.deliver(GrpcEvent::Message(message));
+            }
+            Ending::Error(code, message) => {
+                if unary || events.deliver(GrpcEvent::TrailingMetadata(HeaderMap::new())) {
+                    events.deliver(GrpcEvent::Close { status: code, message });
+                }
+            }
+            Ending::Close(code, message) => {
+                events.deliver(GrpcEvent::Close { status: code, message });
+            }
+            Ending::Delivered => {}
+        }
     });
-    Ok(Box::new(Control { sender: RefCell::new(sender), unary, backlog, task: task.abort_handle() }))
+    Ok(Box::new(Control {
+        sender: RefCell::new(sender),
+        unary,
+        shared,
+        budget: request.budget,
+        task: task.abort_handle(),
+    }))
 }
 
-/// How a call ends, for the last event.
+/// How a call ends, for its last events.
 enum Ending {
     /// A unary call's answer.
     Message(Vec<u8>),
-    /// The status the call closes with.
+    /// The call closes with this status; its trailers (if any) were delivered.
     Close(u32, String),
+    /// The call failed: a stream first hears empty trailing metadata (Envoy's `streamError`).
+    Error(u32, String),
     /// Everything was delivered already (or the guest stopped listening).
     Delivered,
 }
 
 fn upstream_request(
     request: &GrpcCallRequest,
-    body: crate::cluster::UpstreamBody,
+    body: UpstreamBody,
     timeout: Option<Duration>,
-) -> Result<Request<crate::cluster::UpstreamBody>, http::Error> {
-    let uri: Uri = format!("http://{}/{}/{}", request.authority, request.service, request.method).parse()?;
-    let mut upstream = Request::builder().method("POST").uri(uri).version(Version::HTTP_2).body(body)?;
+) -> Result<Request<UpstreamBody>, String> {
+    // Built from checked parts: an authority with a path or query in it cannot change the path.
+    let authority: Authority =
+        request.authority.parse().map_err(|e| format!("authority {:?}: {e}", request.authority))?;
+    let path: PathAndQuery =
+        format!("/{}/{}", request.service, request.method).parse().map_err(|e| format!("path: {e}"))?;
+    let uri =
+        Uri::builder().scheme("http").authority(authority).path_and_query(path).build().map_err(|e| e.to_string())?;
+    let mut upstream =
+        Request::builder().method("POST").uri(uri).version(Version::HTTP_2).body(body).map_err(|e| e.to_string())?;
     let headers = upstream.headers_mut();
     *headers = http_headers(&request.initial_metadata);
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -143,9 +205,10 @@ fn frame(message: &[u8]) -> Bytes {
 
 async fn exchange(
     client: &ClusterClient,
-    upstream: Request<crate::cluster::UpstreamBody>,
+    upstream: Request<UpstreamBody>,
     events: &GrpcEvents,
     unary: bool,
+    budget: GrpcBudget,
 ) -> Ending {
     let response = match client.client.request(upstream).await {
         Ok(response) => response,
@@ -155,7 +218,11 @@ async fn exchange(
                 UpstreamFailure::Timeout(after) => (status::DEADLINE_EXCEEDED, format!("timeout after {after:?}")),
                 UpstreamFailure::Reset(why) => (status::UNAVAILABLE, format!("reset: {why}")),
             };
-            return Ending::Close(code, why);
+            // Envoy answers with a trailers-only local reply: empty initial metadata first.
+            if !unary && !events.deliver(GrpcEvent::InitialMetadata(HeaderMap::new())) {
+                return Ending::Delivered;
+            }
+            return Ending::Error(code, why);
         }
     };
     let (parts, mut body) = response.into_parts();
@@ -166,39 +233,39 @@ async fn exchange(
             return Ending::Delivered;
         }
     }
-    let headers_as_trailers = || trailer_map(&parts.headers);
+    if trailers_only && (parts.status == StatusCode::OK || parts.headers.contains_key("grpc-status")) {
+        return finish(events, unary, None, trailer_map(&parts.headers));
+    }
     if parts.status != StatusCode::OK {
-        if trailers_only && parts.headers.contains_key("grpc-status") {
-            return finish(events, unary, None, headers_as_trailers());
-        }
-        return Ending::Close(
-            http_to_grpc(parts.status),
-            format!("the upstream answered HTTP {} instead of gRPC", parts.status.as_u16()),
-        );
+        let why = format!("the upstream answered HTTP {} instead of gRPC", parts.status.as_u16());
+        return Ending::Error(status::CANCELLED, why);
     }
-    if trailers_only {
-        return finish(events, unary, None, headers_as_trailers());
-    }
-    let mut decoder = MessageDecoder::default();
+    let mut decoder = MessageDecoder::new(budget);
     let mut answer = None;
+    let mut in_a_row = 0;
     loop {
         let frame = match body.frame().await {
-            None => return Ending::Close(status::INTERNAL, "the upstream ended the stream without trailers".into()),
-            Some(Err(e)) => return Ending::Close(status::INTERNAL, format!("the stream was reset: {e}")),
+            None => return Ending::Error(status::UNKNOWN, "the upstream ended the stream without trailers".into()),
+            Some(Err(e)) => return Ending::Error(status::INTERNAL, format!("the stream was reset: {e}")),
             Some(Ok(frame)) => frame,
         };
         let frame = match frame.into_data() {
             Ok(data) => {
-                decoder.buffer.extend_from_slice(&data);
+                if let Err(failed) = decoder.push(&data) {
+                    return failed;
+                }
                 while let Some(message) = decoder.next() {
                     match message {
-                        Err((code, why)) => return Ending::Close(code, why),
-                        Ok(message) if unary => {
-                            answer.get_or_insert(message);
-                        }
+                        Err(failed) => return failed,
+                        // Envoy keeps a unary call's last message.
+                        Ok(message) if unary => answer = Some(message),
                         Ok(message) => {
                             if !events.deliver(GrpcEvent::Message(message)) {
                                 return Ending::Delivered;
+                            }
+                            in_a_row += 1;
+                            if in_a_row % MESSAGES_PER_TURN == 0 {
+                                tokio::task::yield_now().await;
                             }
                         }
                     }
@@ -221,7 +288,7 @@ fn finish(events: &GrpcEvents, unary: bool, answer: Option<Vec<u8>>, trailers: H
     if unary {
         return match (code, answer) {
             (status::OK, Some(answer)) => Ending::Message(answer),
-            (status::OK, None) => Ending::Close(status::INTERNAL, "the answer carried no message".into()),
+            (status::OK, None) => Ending::Close(status::INTERNAL, String::new()),
             (code, _) => Ending::Close(code, message),
         };
     }
@@ -231,27 +298,13 @@ fn finish(events: &GrpcEvents, unary: bool, answer: Option<Vec<u8>>, trailers: H
     Ending::Close(code, message)
 }
 
-/// The gRPC status for an HTTP status (gRPC's `http-grpc-status-mapping`).
-fn http_to_grpc(http: StatusCode) -> u32 {
-    match http.as_u16() {
-        400 => status::INTERNAL,
-        401 => status::UNAUTHENTICATED,
-        403 => status::PERMISSION_DENIED,
-        404 => status::UNIMPLEMENTED,
-        429 | 502 | 503 | 504 => status::UNAVAILABLE,
-        _ => status::UNKNOWN,
-    }
-}
-
-/// `grpc-message` is percent-encoded UTF-8; what is not valid comes out lossily, bounded.
+/// `grpc-message` is percent-encoded UTF-8; what is not valid comes out lossily, cut at a
+/// character boundary.
 fn percent_decode(raw: &[u8]) -> String {
-    let mut out = Vec::with_capacity(raw.len().min(MAX_STATUS_MESSAGE));
+    let mut out = Vec::with_capacity(raw.len());
     let mut rest = raw;
+    let hex = |b: u8| char::from(b).to_digit(16);
     while let Some((&first, tail)) = rest.split_first() {
-        if out.len() >= MAX_STATUS_MESSAGE {
-            break;
-        }
-        let hex = |b: u8| char::from(b).to_digit(16);
         match (first, tail) {
             (b'%', [high, low, more @ ..]) if hex(*high).is_some() && hex(*low).is_some() => {
                 out.push((hex(*high).unwrap_or(0) * 16 + hex(*low).unwrap_or(0)) as u8);
@@ -263,35 +316,78 @@ fn percent_decode(raw: &[u8]) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    if text.len() > MAX_STATUS_MESSAGE {
+        let mut end = MAX_STATUS_MESSAGE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
-/// Splits a response body into messages.
-#[derive(Default)]
+/// Splits a response body into messages; what it holds is charged to the VM's budget.
 struct MessageDecoder {
     buffer: BytesMut,
+    budget: GrpcBudget,
 }
 
 impl MessageDecoder {
-    /// The next whole message, or the status a malformed one closes the call with.
-    fn next(&mut self) -> Option<Result<Vec<u8>, (u32, String)>> {
+    fn new(budget: GrpcBudget) -> Self {
+        Self { buffer: BytesMut::new(), budget }
+    }
+
+    /// Takes received bytes, if the budget has room for them.
+    fn push(&mut self, data: &[u8]) -> Result<(), Ending> {
+        if !self.budget.charge(data.len()) {
+            return Err(Ending::Error(
+                status::RESOURCE_EXHAUSTED,
+                format!("the VM's gRPC calls already hold {} bytes", self.budget.used()),
+            ));
+        }
+        self.buffer.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The next whole message, or how a malformed one ends the call.
+    fn next(&mut self) -> Option<Result<Vec<u8>, Ending>> {
         let header: [u8; 5] = self.buffer.get(..5)?.try_into().ok()?;
         let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        if header[0] & 1 == 1 {
-            return Some(Err((status::INTERNAL, "a compressed message, though no compression was offered".into())));
+        // Envoy refuses any flag on a non-empty message: no compression was offered.
+        if length > 0 && header[0] != 0 {
+            let why = format!("a message with flags {:#04x}, though no compression was offered", header[0]);
+            return Some(Err(Ending::Error(status::INTERNAL, why)));
         }
         if length > MAX_GRPC_MESSAGE {
-            return Some(Err((
-                status::RESOURCE_EXHAUSTED,
-                format!("a message of {length} bytes; the most delivered is {MAX_GRPC_MESSAGE}"),
-            )));
+            let why = format!("a message of {length} bytes; the most delivered is {MAX_GRPC_MESSAGE}");
+            return Some(Err(Ending::Error(status::RESOURCE_EXHAUSTED, why)));
         }
         if self.buffer.len() < 5 + length {
             return None;
         }
         self.buffer.advance(5);
-        Some(Ok(self.buffer.split_to(length).to_vec()))
+        let message = self.buffer.split_to(length).to_vec();
+        self.budget.release(5 + length);
+        Some(Ok(message))
     }
+}
+
+impl Drop for MessageDecoder {
+    fn drop(&mut self) {
+        self.budget.release(self.buffer.len());
+    }
+}
+
+/// What a call's control and its request body share.
+#[derive(Default)]
+struct Shared {
+    /// Bytes sent and not yet taken by the connection.
+    backlog: AtomicUsize,
+    /// Cancelled or dropped: the request body ends in an error, so the stream is reset.
+    reset: AtomicBool,
+    /// Reset because the upstream did not read: the call closes with `RESOURCE_EXHAUSTED`.
+    overflowed: AtomicBool,
 }
 
 /// The guest's hold on a call: sends go into the request body's channel.
@@ -299,27 +395,40 @@ struct Control {
     /// `None` once half-closed, and always for a unary call.
     sender: RefCell<Option<mpsc::UnboundedSender<Bytes>>>,
     unary: bool,
-    /// Bytes sent and not yet taken by the connection (shared with [`Outbound`]).
-    backlog: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+    budget: GrpcBudget,
     task: AbortHandle,
 }
 
+impl Control {
+    /// Ends the request body in an error (hyper resets the stream).
+    fn reset(&self) {
+        self.shared.reset.store(true, Ordering::Release);
+        self.sender.borrow_mut().take();
+    }
+}
+
 impl GrpcCallControl for Control {
-    fn send(&self, message: Vec<u8>, end_stream: bool) -> Result<(), GrpcSendError> {
-        let mut sender = self.sender.borrow_mut();
-        let Some(channel) = sender.as_ref() else {
+    fn send(&self, message: &[u8], end_stream: bool) -> Result<(), GrpcSendError> {
+        let Some(channel) = self.sender.borrow().clone() else {
             return Err(if self.unary { GrpcSendError::Unary } else { GrpcSendError::Closed });
         };
-        let queued = self.backlog.load(Ordering::Relaxed);
-        if queued.saturating_add(message.len()) > MAX_SEND_BACKLOG {
-            return Err(GrpcSendError::Backlog { queued, limit: MAX_SEND_BACKLOG });
+        let size = message.len() + 5;
+        let queued = self.shared.backlog.load(Ordering::Acquire);
+        if queued.saturating_add(size) > MAX_SEND_BACKLOG || !self.budget.charge(size) {
+            // The task sees the flag when the reset ends its exchange, and closes the call.
+            self.shared.overflowed.store(true, Ordering::Release);
+            self.reset();
+            return Err(GrpcSendError::Backlog { queued });
         }
-        let framed = frame(&message);
-        let size = framed.len();
-        channel.send(framed).map_err(|_| GrpcSendError::Closed)?;
-        self.backlog.fetch_add(size, Ordering::Relaxed);
+        self.shared.backlog.fetch_add(size, Ordering::AcqRel);
+        if channel.send(frame(message)).is_err() {
+            self.shared.backlog.fetch_sub(size, Ordering::AcqRel);
+            self.budget.release(size);
+            return Err(GrpcSendError::Closed);
+        }
         if end_stream {
-            *sender = None;
+            self.sender.borrow_mut().take();
         }
         Ok(())
     }
@@ -329,20 +438,24 @@ impl GrpcCallControl for Control {
     }
 
     fn cancel(&self) {
+        self.reset();
         self.task.abort();
     }
 }
 
 impl Drop for Control {
     fn drop(&mut self) {
+        self.reset();
         self.task.abort();
     }
 }
 
-/// A stream's request body: the messages the guest sends, ended when it half-closes.
+/// A stream's request body: the messages the guest sends, ended when it half-closes, failed
+/// (so the stream is reset) when the call is cancelled.
 struct Outbound {
     receiver: mpsc::UnboundedReceiver<Bytes>,
-    backlog: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+    budget: GrpcBudget,
 }
 
 impl Body for Outbound {
@@ -350,12 +463,28 @@ impl Body for Outbound {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.receiver.poll_recv(cx).map(|message| {
-            message.map(|message| {
-                self.backlog.fetch_sub(message.len(), Ordering::Relaxed);
-                Ok(Frame::data(message))
-            })
-        })
+        match self.receiver.poll_recv(cx) {
+            Poll::Ready(Some(message)) => {
+                self.shared.backlog.fetch_sub(message.len(), Ordering::AcqRel);
+                self.budget.release(message.len());
+                Poll::Ready(Some(Ok(Frame::data(message))))
+            }
+            Poll::Ready(None) if self.shared.reset.load(Ordering::Acquire) => {
+                Poll::Ready(Some(Err("the gRPC call was cancelled".into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        // What was sent and never taken goes back to the budget.
+        self.receiver.close();
+        while let Ok(message) = self.receiver.try_recv() {
+            self.budget.release(message.len());
+        }
     }
 }
 
@@ -363,28 +492,45 @@ impl Body for Outbound {
 mod tests {
     use super::*;
 
+    fn code(ending: Option<Result<Vec<u8>, Ending>>) -> Option<u32> {
+        match ending {
+            Some(Err(Ending::Error(code, _))) => Some(code),
+            _ => None,
+        }
+    }
+
     #[test]
-    fn messages_split_across_frames_come_out_whole() {
-        let mut decoder = MessageDecoder::default();
+    fn messages_split_across_frames_come_out_whole_and_give_their_budget_back() {
+        let budget = GrpcBudget::new(1024);
+        let mut decoder = MessageDecoder::new(budget.clone());
         let wire = [frame(b"first"), frame(b""), frame(b"third")].concat();
         let mut got = Vec::new();
         for chunk in wire.chunks(3) {
-            decoder.buffer.extend_from_slice(chunk);
+            assert!(decoder.push(chunk).is_ok());
             while let Some(message) = decoder.next() {
                 got.push(message.ok());
             }
         }
         assert_eq!(got, [Some(b"first".to_vec()), Some(Vec::new()), Some(b"third".to_vec())]);
+        assert_eq!(budget.used(), 0);
+        assert!(decoder.push(&[0, 0, 0]).is_ok());
+        drop(decoder);
+        assert_eq!(budget.used(), 0, "a partial message goes back when the call ends");
     }
 
     #[test]
-    fn a_huge_or_compressed_message_closes_the_call() {
-        let mut decoder = MessageDecoder::default();
-        decoder.buffer.extend_from_slice(&[0, 0xff, 0xff, 0xff, 0xff]);
-        assert!(matches!(decoder.next(), Some(Err((status::RESOURCE_EXHAUSTED, _)))));
-        let mut decoder = MessageDecoder::default();
-        decoder.buffer.extend_from_slice(&[1, 0, 0, 0, 1, 7]);
-        assert!(matches!(decoder.next(), Some(Err((status::INTERNAL, _)))));
+    fn a_huge_or_flagged_message_or_a_full_budget_ends_the_call() {
+        let mut decoder = MessageDecoder::new(GrpcBudget::new(1024));
+        assert!(decoder.push(&[0, 0xff, 0xff, 0xff, 0xff]).is_ok());
+        assert_eq!(code(decoder.next()), Some(status::RESOURCE_EXHAUSTED));
+        let mut decoder = MessageDecoder::new(GrpcBudget::new(1024));
+        assert!(decoder.push(&[1, 0, 0, 0, 1, 7]).is_ok());
+        assert_eq!(code(decoder.next()), Some(status::INTERNAL), "compressed, though not offered");
+        let mut decoder = MessageDecoder::new(GrpcBudget::new(1024));
+        assert!(decoder.push(&[1, 0, 0, 0, 0]).is_ok());
+        assert_eq!(decoder.next().and_then(Result::ok), Some(Vec::new()), "an empty message's flags, as Envoy");
+        let mut decoder = MessageDecoder::new(GrpcBudget::new(4));
+        assert!(matches!(decoder.push(&[0; 5]), Err(Ending::Error(status::RESOURCE_EXHAUSTED, _))));
     }
 
     #[test]
@@ -392,18 +538,13 @@ mod tests {
         assert_eq!(percent_decode(b"not%20allowed%3A%20%E2%9C%93"), "not allowed: \u{2713}");
         assert_eq!(percent_decode(b"100%"), "100%");
         assert_eq!(percent_decode(&[b'a'; 5000]).len(), MAX_STATUS_MESSAGE);
+        let long = "\u{2713}".repeat(600);
+        assert!(percent_decode(long.as_bytes()).chars().all(|c| c == '\u{2713}'), "cut at a character boundary");
     }
 
     #[test]
     fn timeouts_fit_eight_digits() {
         assert_eq!(grpc_timeout(Duration::from_millis(250)), "250m");
         assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
-    }
-
-    #[test]
-    fn http_statuses_map_as_grpc_says() {
-        assert_eq!(http_to_grpc(StatusCode::NOT_FOUND), status::UNIMPLEMENTED);
-        assert_eq!(http_to_grpc(StatusCode::SERVICE_UNAVAILABLE), status::UNAVAILABLE);
-        assert_eq!(http_to_grpc(StatusCode::IM_A_TEAPOT), status::UNKNOWN);
     }
 }

@@ -12,6 +12,8 @@
 //! trailing metadata and the close. A cancelled call delivers nothing more.
 
 use std::rc::Weak;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -42,6 +44,44 @@ pub mod status {
     pub const UNAVAILABLE: u32 = 14;
     /// `UNAUTHENTICATED`.
     pub const UNAUTHENTICATED: u32 = 16;
+}
+
+/// The bytes one VM's gRPC calls may hold on the host together (what waits to be sent, what is
+/// partly received), outside the guest's own memory cap: charged before bytes are held, so a
+/// guest or a server cannot make the host hold more.
+#[derive(Clone, Debug)]
+pub struct GrpcBudget {
+    used: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl GrpcBudget {
+    /// The bound per VM.
+    pub const PER_VM: usize = 64 << 20;
+
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self { used: Arc::new(AtomicUsize::new(0)), limit }
+    }
+
+    /// Takes `bytes` from the budget; false (and nothing taken) when that would pass the bound.
+    pub fn charge(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `bytes` taken with [`charge`](Self::charge).
+    pub fn release(&self, bytes: usize) {
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(bytes)));
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
 }
 
 /// What kind of call, with what only that kind has.
@@ -76,6 +116,8 @@ pub struct GrpcCallRequest {
     pub initial_metadata: HeaderMap,
     /// Unary or streaming.
     pub kind: GrpcCallKind,
+    /// The VM's budget for what its calls hold on the host.
+    pub budget: GrpcBudget,
 }
 
 /// Something that arrived for a call.
@@ -97,19 +139,18 @@ pub enum GrpcEvent {
     },
 }
 
-/// Why a message could not be sent on a stream.
+/// Why a message was not sent on a stream.
 #[derive(Debug, Error)]
 pub enum GrpcSendError {
     /// The stream was closed for sending (half-closed by the guest, or ended).
     #[error("the stream is closed for sending")]
     Closed,
-    /// Too many bytes are waiting to be sent (the upstream does not read fast enough).
-    #[error("{queued} bytes are already waiting to be sent; the most is {limit}")]
+    /// Too many bytes wait to be sent (the upstream does not read fast enough): the stream has
+    /// been reset and closes with `RESOURCE_EXHAUSTED`.
+    #[error("{queued} bytes were already waiting to be sent; the stream was reset")]
     Backlog {
         /// Bytes waiting.
         queued: usize,
-        /// The bound.
-        limit: usize,
     },
     /// A unary call takes no further messages.
     #[error("a unary call sends no further messages")]
@@ -119,8 +160,9 @@ pub enum GrpcSendError {
 /// What the guest can do to a call in flight; implemented by the data plane. Dropping it
 /// cancels the call (the VM went away, or the call ended).
 pub trait GrpcCallControl {
-    /// Sends one message (framed by the data plane); `end_stream` half-closes after it.
-    fn send(&self, message: Vec<u8>, end_stream: bool) -> Result<(), GrpcSendError>;
+    /// Sends one message (framed by the data plane); `end_stream` half-closes after it. Past
+    /// the send backlog bound the stream is reset and will close with `RESOURCE_EXHAUSTED`.
+    fn send(&self, message: &[u8], end_stream: bool) -> Result<(), GrpcSendError>;
     /// Half-closes the stream: no more messages from the guest; the server may still answer.
     fn close(&self);
     /// Abandons the call: the request is reset and no further event is delivered.

@@ -26,9 +26,9 @@ mod callout;
 pub mod component;
 mod error;
 mod exchange;
-mod grpc_callout;
 #[doc(hidden)]
 pub mod fuzzing;
+mod grpc_callout;
 pub mod header_map;
 mod instance;
 pub mod metrics;
@@ -52,7 +52,8 @@ pub use callout::{
 pub use error::{FailureKind, GuestFailure, LoadError, StartError};
 pub use exchange::{HttpExchange, StreamInfo};
 pub use grpc_callout::{
-    GrpcCallControl, GrpcCallKind, GrpcCallRequest, GrpcEvent, GrpcEvents, GrpcSendError, status as grpc_status,
+    GrpcBudget, GrpcCallControl, GrpcCallKind, GrpcCallRequest, GrpcEvent, GrpcEvents, GrpcSendError,
+    status as grpc_status,
 };
 pub use header_map::HeaderMap;
 pub use instance::PluginInstance;

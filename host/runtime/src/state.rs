@@ -25,7 +25,7 @@ pub(crate) const GUEST_OUTPUT_LIMIT: usize = 64 << 10;
 
 use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
 use crate::exchange::HttpExchange;
-use crate::grpc_callout::{GrpcCallControl, GrpcEvent};
+use crate::grpc_callout::{GrpcBudget, GrpcCallControl, GrpcEvent};
 use crate::metrics::Metric;
 use crate::plugin::PluginConfig;
 use crate::services::HostServices;
@@ -64,18 +64,28 @@ impl Hasher for ContextIdHasher {
     }
 }
 
-/// A gRPC call or stream in flight (see [`crate::GrpcCallControl`]).
+/// A gRPC call or stream the guest holds (see [`crate::GrpcCallControl`]).
 pub(crate) struct GrpcCall {
-    pub control: Box<dyn GrpcCallControl>,
+    /// `None` once the server closed the stream: the entry stays, as in Envoy, until the guest
+    /// closes or cancels it too (the SDK unwraps those calls, so they must find it).
+    pub control: Option<Box<dyn GrpcCallControl>>,
     /// A stream (`proxy_grpc_stream`), not a unary call.
     pub stream: bool,
     /// The guest half-closed it: it sends nothing more.
     pub local_closed: bool,
+    /// The context that made the call: its end cancels the call, as Envoy's context teardown
+    /// does.
+    pub owner: u32,
 }
 
 impl GrpcCall {
-    pub(crate) fn new(control: Box<dyn GrpcCallControl>, stream: bool) -> Self {
-        Self { control, stream, local_closed: false }
+    pub(crate) fn new(control: Box<dyn GrpcCallControl>, stream: bool, owner: u32) -> Self {
+        Self { control: Some(control), stream, local_closed: false, owner }
+    }
+
+    /// Still open at the server.
+    pub(crate) fn is_open(&self) -> bool {
+        self.control.is_some()
     }
 }
 
@@ -129,8 +139,13 @@ pub struct VmState {
     /// The callout response being delivered, during `proxy_on_http_call_response`.
     pub(crate) callout_response: Option<Result<CalloutResponse, CalloutFailure>>,
     pub(crate) callout_tokens: u32,
-    /// gRPC calls and streams in flight, by token.
+    /// gRPC calls and streams the guest holds, by token.
     pub(crate) grpc_calls: SendWrapper<HashMap<u32, GrpcCall>>,
+    /// Streams the server closed and the guest has not, oldest first: kept for the guest's
+    /// close, up to a bound (see [`crate::abi::grpc_call`]).
+    pub(crate) grpc_closed: std::collections::VecDeque<u32>,
+    /// Bytes this VM's gRPC calls hold on the host (send backlogs, partly received messages).
+    pub(crate) grpc_budget: GrpcBudget,
     /// The gRPC event being delivered, during a `proxy_on_grpc_*` callback.
     pub(crate) grpc_event: Option<GrpcEvent>,
     pub(crate) dispatcher: SendWrapper<Rc<dyn CalloutDispatcher>>,
@@ -181,6 +196,8 @@ impl VmState {
             callout_response: None,
             callout_tokens: 0,
             grpc_calls: SendWrapper::new(HashMap::new()),
+            grpc_closed: std::collections::VecDeque::new(),
+            grpc_budget: GrpcBudget::new(GrpcBudget::PER_VM),
             grpc_event: None,
             dispatcher: SendWrapper::new(dispatcher),
             self_ref: SendWrapper::new(Weak::new()),

@@ -24,7 +24,7 @@ use crate::plugin::PluginConfig;
 use crate::runtime::Runtime;
 use crate::services::HostServices;
 use crate::shared_queue::QueueInbox;
-use crate::state::{StartupLog, StreamContext, VmState};
+use crate::state::{GrpcCall, StartupLog, StreamContext, VmState};
 use crate::stream::StreamSignals;
 
 type Callback1 = TypedFunc<u32, ()>;
@@ -597,6 +597,8 @@ impl PluginVm {
                 signals.wake();
             }
         }
+        // A failed VM hears nothing more: its calls are reset rather than left reading.
+        self.drop_grpc_calls(None);
     }
 
     /// Creates a stream context (`proxy_on_context_create(id, root)`) over `exchange`.
@@ -639,6 +641,7 @@ impl PluginVm {
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
             inner.store.data_mut().streams.remove(&id);
         }
+        self.drop_grpc_calls(Some(id));
     }
 
     /// `proxy_on_log` for a stream.
@@ -736,32 +739,26 @@ impl PluginVm {
     }
 
     /// Delivers a gRPC event to the root context (the matching `proxy_on_grpc_*`), for a call
-    /// the guest still holds. A unary call's message or any close ends the call. Returns
-    /// whether the call is still live for the guest afterwards.
+    /// the guest still holds, as Envoy does: the call stays the guest's during the callback (it
+    /// may close or cancel it there); afterwards a unary call's answer or close ends it, and a
+    /// stream's close ends it if the guest half-closed, else leaves it for the guest to close.
+    /// Returns whether the call still takes events.
     pub(crate) fn deliver_grpc(&self, token: u32, event: GrpcEvent) -> bool {
+        if self.is_failed() {
+            return false;
+        }
         let (callback_name, _, _) = GrpcCallbacks::NAMES.for_event(&event);
-        let ends = match &event {
-            GrpcEvent::Close { .. } => true,
-            GrpcEvent::Message(_) => self
-                .inner
-                .try_borrow()
-                .is_ok_and(|inner| inner.store.data().grpc_calls.get(&token).is_some_and(|c| !c.stream)),
-            GrpcEvent::InitialMetadata(_) | GrpcEvent::TrailingMetadata(_) => false,
-        };
-        let finished = {
+        let closes = matches!(event, GrpcEvent::Close { .. });
+        {
             let Ok(mut inner) = self.inner.try_borrow_mut() else {
                 return false;
             };
             let state = inner.store.data_mut();
-            if !state.grpc_calls.contains_key(&token) {
+            if !state.grpc_calls.get(&token).is_some_and(GrpcCall::is_open) {
                 return false;
             }
-            // The call leaves the table before the guest hears of its end, so the guest may
-            // start another from the callback; the control drops after the callback.
-            let finished = if ends { state.grpc_calls.remove(&token) } else { None };
             state.grpc_event = Some(event);
-            finished
-        };
+        }
         let _ = self.call(callback_name, ROOT_CONTEXT_ID, self.plugin.limits.callback_deadline, |store, cb| {
             let Guest::Core(callbacks) = cb else { return Ok(()) };
             let Some(event) = store.data().grpc_event.as_ref() else { return Ok(()) };
@@ -770,11 +767,53 @@ impl PluginVm {
                 (_, None, _) => Ok(()),
             }
         });
-        if let Ok(mut inner) = self.inner.try_borrow_mut() {
-            inner.store.data_mut().grpc_event = None;
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            return false;
+        };
+        let state = inner.store.data_mut();
+        let delivered = state.grpc_event.take();
+        let Some(call) = state.grpc_calls.get_mut(&token) else {
+            // Cancelled or closed by the guest in the callback.
+            return false;
+        };
+        let unary_answered = !call.stream && matches!(delivered, Some(GrpcEvent::Message(_)));
+        if !(closes || unary_answered) {
+            return !self.is_failed();
         }
+        // The control drops after the store is released (it may abort the task running this).
+        let finished = if call.stream && !call.local_closed {
+            state.grpc_closed.push_back(token);
+            let control = call.control.take();
+            let mut evicted = Vec::new();
+            while state.grpc_closed.len() > crate::abi::grpc_call::MAX_CLOSED_STREAMS {
+                if let Some(oldest) = state.grpc_closed.pop_front()
+                    && state.grpc_calls.get(&oldest).is_some_and(|c| !c.is_open())
+                {
+                    evicted.extend(state.grpc_calls.remove(&oldest));
+                }
+            }
+            (control, evicted)
+        } else {
+            (state.grpc_calls.remove(&token).and_then(|call| call.control), Vec::new())
+        };
+        drop(inner);
         drop(finished);
-        !ends
+        false
+    }
+
+    /// Drops every gRPC call `owner` made (the context ended): each is reset, as Envoy's
+    /// context teardown cancels them. `None`: every call (the VM failed).
+    fn drop_grpc_calls(&self, owner: Option<u32>) {
+        let dropped: Vec<GrpcCall> = match self.inner.try_borrow_mut() {
+            Ok(mut inner) => {
+                let calls = &mut inner.store.data_mut().grpc_calls;
+                let tokens: Vec<u32> =
+                    calls.iter().filter(|(_, c)| owner.is_none_or(|o| c.owner == o)).map(|(t, _)| *t).collect();
+                tokens.into_iter().filter_map(|t| calls.remove(&t)).collect()
+            }
+            Err(_) => return,
+        };
+        drop(dropped);
     }
 
     /// Asks the root context to finish (`proxy_on_done`). Returns true when it is done now; false

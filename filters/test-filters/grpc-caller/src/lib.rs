@@ -12,6 +12,11 @@
 //!   outlives it; answers with `x-late-callbacks`, the callbacks that arrived for the cancelled
 //!   call (none, in Envoy).
 //! - `cancel-stream`: the same with a `Chat` stream, cancelled when its first answer arrives.
+//! - `stream-hangup`: a `Hangup` stream, which the server ends after its first answer; from the
+//!   close callback the filter sends once more and closes its side (both `OK` in Envoy: the SDK
+//!   unwraps them), then answers as `stream` does.
+//! - `abandon`: opens a `Chat` stream, sends one message and lets the request go on upstream
+//!   without closing the stream: the request's end must reset it.
 //!
 //! A status message goes into `x-grpc-message` escaped (`\u{..}` for non-ASCII).
 //!
@@ -53,6 +58,8 @@ struct Caller {
     cancel_when_answered: Option<(u32, u32)>,
     /// A `cancel-stream` stream, cancelled at its first message.
     cancel_at_first_message: Option<u32>,
+    /// `stream-hangup`: the server ends the stream; the filter neither sends nor closes first.
+    wait_for_server: bool,
     /// Messages still to send on the stream, in order.
     outbox: Vec<String>,
     /// One line per event, the body of the answer.
@@ -143,6 +150,9 @@ impl Context for Caller {
         }
         let message = self.get_grpc_stream_message(0, size).unwrap_or_default();
         self.lines.push(format!("message: {}", String::from_utf8_lossy(&message)));
+        if self.wait_for_server {
+            return;
+        }
         if self.outbox.is_empty() {
             self.close_grpc_stream(token);
         } else {
@@ -166,6 +176,12 @@ impl Context for Caller {
         let (_, message) = self.get_grpc_status();
         let message = message.unwrap_or_default();
         self.lines.push(format!("close: {status} {message}"));
+        if self.wait_for_server {
+            // The server is done; our side is not: both calls answer OK, as in Envoy.
+            self.send_grpc_stream_message(token, Some(b"after the close"), false);
+            self.close_grpc_stream(token);
+            self.lines.push("closed our side".into());
+        }
         let body = self.lines.join("\n");
         self.answer(status, &message, body.as_bytes());
     }
@@ -195,8 +211,10 @@ impl HttpContext for Caller {
                     Err(status) => self.refuse("the call", status),
                 }
             }
-            "stream" => {
-                let method = self.header("x-grpc-method", "Chat");
+            "stream" | "stream-hangup" => {
+                self.wait_for_server = mode == "stream-hangup";
+                let default = if self.wait_for_server { "Hangup" } else { "Chat" };
+                let method = self.header("x-grpc-method", default);
                 self.outbox = message.split(',').map(str::to_owned).collect();
                 match self.open_grpc_stream(&cluster, SERVICE, &method, vec![METADATA]) {
                     Ok(token) => {
@@ -231,6 +249,13 @@ impl HttpContext for Caller {
                     self.send_grpc_stream_message(token, Some(b"doomed"), false);
                     self.cancel_at_first_message = Some(token);
                     Action::Pause
+                }
+                Err(status) => self.refuse("the stream", status),
+            },
+            "abandon" => match self.open_grpc_stream(&cluster, SERVICE, "Chat", vec![METADATA]) {
+                Ok(token) => {
+                    self.send_grpc_stream_message(token, Some(b"held"), false);
+                    Action::Continue
                 }
                 Err(status) => self.refuse("the stream", status),
             },

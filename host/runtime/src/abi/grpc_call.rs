@@ -15,7 +15,7 @@ use super::log::emit;
 use super::memory;
 use super::types::{LogLevel, Status};
 use crate::error::GuestFault;
-use crate::grpc_callout::{GrpcCallKind, GrpcCallRequest, GrpcEvents, GrpcSendError, grpc_target};
+use crate::grpc_callout::{GrpcCallKind, GrpcCallRequest, GrpcEvents, grpc_target};
 use crate::header_map::HeaderMap;
 use crate::state::{GrpcCall, VmState};
 
@@ -145,11 +145,17 @@ fn start(
     if !state.dispatcher.has_cluster(&cluster) {
         return refuse(caller, Status::ParseFailure, format!("no cluster named `{cluster}`"));
     }
-    if state.grpc_calls.len() >= MAX_GRPC_CALLS {
+    if state.grpc_calls.values().filter(|call| call.is_open()).count() >= MAX_GRPC_CALLS {
         return refuse(caller, Status::InternalFailure, format!("{MAX_GRPC_CALLS} gRPC calls are already in flight"));
     }
-    state.callout_tokens = state.callout_tokens.wrapping_add(1).max(1);
-    let token = state.callout_tokens;
+    // One counter for HTTP and gRPC callouts; a token the guest still holds is skipped (after
+    // the counter wraps), as Envoy's token allocation does.
+    let token = loop {
+        state.callout_tokens = state.callout_tokens.wrapping_add(1).max(1);
+        if !state.grpc_calls.contains_key(&state.callout_tokens) {
+            break state.callout_tokens;
+        }
+    };
     let stream = matches!(kind, GrpcCallKind::Stream);
     let request = GrpcCallRequest {
         token,
@@ -159,12 +165,14 @@ fn start(
         method: target.method,
         initial_metadata: target.metadata,
         kind,
+        budget: state.grpc_budget.clone(),
     };
+    let owner = state.acting_context();
     let events = GrpcEvents { vm: Weak::clone(&state.self_ref), token };
     let dispatcher = Rc::clone(&state.dispatcher);
     match dispatcher.dispatch_grpc(request, events) {
         Ok(control) => {
-            caller.data_mut().grpc_calls.insert(token, GrpcCall::new(control, stream));
+            caller.data_mut().grpc_calls.insert(token, GrpcCall::new(control, stream, owner));
             memory::write_u32(caller, call, ret_token, token)?;
             Ok(Status::Ok.code())
         }
@@ -172,6 +180,9 @@ fn start(
     }
 }
 
+/// Sends on a stream. Envoy answers `OK` for a stream that is closed either way (the message
+/// goes nowhere), and the SDK unwraps anything else; a unary call's token is `NOT_FOUND`
+/// (Envoy looks only among streams).
 fn grpc_send(
     mut caller: Caller<'_, VmState>,
     token: u32,
@@ -180,32 +191,38 @@ fn grpc_send(
     end_stream: u32,
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_grpc_send";
-    let message = memory::read(&caller, CALL, ptr, len)?;
-    let state = caller.data_mut();
-    let Some(call) = state.grpc_calls.get_mut(&token) else {
-        return Ok(Status::NotFound.code());
+    // The call is looked up before the message is read: a guest looping on a dead token costs
+    // no copies.
+    let sendable = match caller.data().grpc_calls.get(&token) {
+        Some(call) if call.stream => call.is_open() && !call.local_closed,
+        _ => return Ok(Status::NotFound.code()),
     };
-    if call.local_closed {
-        return Ok(Status::BadArgument.code());
+    let (memory_data, state) = memory::view(&caller, CALL)?;
+    let message = memory::slice(memory_data, CALL, ptr, len)?;
+    if !sendable {
+        return Ok(Status::Ok.code());
     }
     let end_stream = end_stream != 0;
-    match call.control.send(message, end_stream) {
-        Ok(()) => {
-            call.local_closed = end_stream;
-            Ok(Status::Ok.code())
-        }
-        Err(refused @ (GrpcSendError::Backlog { .. } | GrpcSendError::Unary | GrpcSendError::Closed)) => {
-            emit(caller.data(), LogLevel::Warn, &format!("{CALL} refused: {refused}"));
-            Ok(Status::BadArgument.code())
-        }
+    let outcome = match state.grpc_calls.get(&token).and_then(|call| call.control.as_ref()) {
+        Some(control) => control.send(message, end_stream),
+        None => Ok(()),
+    };
+    if let Err(refused) = outcome {
+        emit(caller.data(), LogLevel::Warn, &format!("{CALL}: {refused}"));
     }
+    if let Some(call) = caller.data_mut().grpc_calls.get_mut(&token) {
+        call.local_closed |= end_stream;
+    }
+    Ok(Status::Ok.code())
 }
 
 /// Abandons a call or stream: nothing more is delivered for it.
 fn grpc_cancel(mut caller: Caller<'_, VmState>, token: u32) -> i32 {
     match caller.data_mut().grpc_calls.remove(&token) {
         Some(call) => {
-            call.control.cancel();
+            if let Some(control) = call.control {
+                control.cancel();
+            }
             Status::Ok.code()
         }
         None => Status::NotFound.code(),
@@ -213,18 +230,27 @@ fn grpc_cancel(mut caller: Caller<'_, VmState>, token: u32) -> i32 {
 }
 
 /// Half-closes a stream (the server may still answer); a unary call is cancelled, as in Envoy.
-/// A call the server has closed is gone already (`NOT_FOUND`, which the SDK returns to the
-/// filter; Envoy keeps it until the filter closes it too, which leaks when it never does).
+/// A stream the server closed already is let go.
 fn grpc_close(mut caller: Caller<'_, VmState>, token: u32) -> i32 {
     let calls = &mut caller.data_mut().grpc_calls;
     let Some(call) = calls.get_mut(&token) else {
         return Status::NotFound.code();
     };
-    if call.stream {
-        call.control.close();
-        call.local_closed = true;
-    } else if let Some(call) = calls.remove(&token) {
-        call.control.cancel();
+    match (&call.control, call.stream) {
+        (Some(control), true) => {
+            control.close();
+            call.local_closed = true;
+        }
+        (control, _) => {
+            if let Some(control) = control {
+                control.cancel();
+            }
+            calls.remove(&token);
+        }
     }
     Status::Ok.code()
 }
+
+/// Most streams the server closed that a VM keeps for the guest to close too; past it the
+/// oldest are let go (a guest that never closes them then gets `NOT_FOUND` for those).
+pub(crate) const MAX_CLOSED_STREAMS: usize = 1024;
