@@ -20,6 +20,7 @@ mod hostile_headers;
 mod hot_swap;
 mod portability;
 mod protocols;
+mod reactor_build;
 mod shutdown;
 mod span_loss;
 mod streaming;
