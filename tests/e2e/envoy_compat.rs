@@ -1,12 +1,13 @@
 //! Envoy compatibility a filter can observe: the route resolved before the request filters run
-//! (and again after them), the route and listener attributes, the `content-length` of local and direct replies,
+//! (and again after them), the route and listener attributes, the configuration's metadata, the
+//! connection's and the upstream's attributes, the `content-length` of local and direct replies,
 //! as Envoy sets it before the response filters run (the body's length; none for an empty body),
 //! and a wire length that always matches the body sent, whatever a response filter did to it.
 
 use http::StatusCode;
 use wasmtrace_proxy::RunningProxy;
 
-use crate::fixture::client::{client, get, send};
+use crate::fixture::client::{Reply, client, get, send};
 use crate::fixture::proxy::{bootstrap_yaml, cluster, ingress, route, start, wasm_filter};
 use crate::fixture::upstream::Upstream;
 
@@ -123,11 +124,12 @@ async fn request_filters_read_the_route_cluster_and_listener_direction_before_ro
     let reply = get(ingress(&proxy), "/props", &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     for (header, expected) in [
-        ("x-prop-route-name", "props-route"),
         ("x-prop-xds-route-name", "props-route"),
-        ("x-prop-cluster-name", "service"),
         ("x-prop-xds-cluster-name", "service"),
-        ("x-prop-listener-direction", "1"),
+        // Envoy 1.33 removed the Wasm-only top-level spellings: only `xds.*` names the route.
+        ("x-prop-route-name", "none"),
+        ("x-prop-cluster-name", "none"),
+        ("x-prop-listener-direction", "none"),
     ] {
         assert_eq!(reply.upstream_saw(header).as_deref(), Some(expected), "{header}");
     }
@@ -142,5 +144,162 @@ async fn a_request_filter_that_changes_the_path_is_routed_by_the_new_path() {
     assert_eq!(reply.status, StatusCode::OK, "routed to the service, not the direct reply: {}", reply.text());
     assert_eq!(reply.upstream_saw("x-probe-route-before").as_deref(), Some("moved-route"));
     assert_eq!(reply.json()["path"], "/api/rerouted");
+    proxy.shutdown();
+}
+
+/// The abi-probe on a listener, virtual host, route and cluster that all carry metadata, the
+/// cluster's two endpoints too: the first refuses connections (`v-dead`), the second is
+/// `upstream` (`v-live`). `/attrs` goes to `/echo/attrs` upstream.
+fn metadata_proxy(upstream: &Upstream, dead: std::net::SocketAddr) -> RunningProxy {
+    let yaml = format!(
+        r#"
+node: {{ id: e2e-proxy, cluster: e2e }}
+static_resources:
+  listeners:
+    - name: ingress
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+      traffic_direction: INBOUND
+      metadata: {{ filter_metadata: {{ acme: {{ tier: gold }} }} }}
+      filter_chains:
+        - name: chain-a
+          filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      metadata: {{ filter_metadata: {{ acme: {{ zone: eu-1 }} }} }}
+                      routes:
+                        - name: attrs-route
+                          match: {{ prefix: "/attrs" }}
+                          route: {{ cluster: service, timeout: 5s, prefix_rewrite: "/echo/attrs" }}
+                          metadata:
+                            filter_metadata:
+                              acme:
+                                owner: team-x
+                                weight: 3
+                                canary: true
+                                tags: [a, b]
+                                nested: {{ k: v }}
+                                nothing: null
+                http_filters:{filter}
+                - name: envoy.filters.http.router
+                  typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+    - name: service
+      type: STATIC
+      connect_timeout: 1s
+      metadata: {{ filter_metadata: {{ acme: {{ shard: 7 }} }} }}
+      load_assignment:
+        endpoints:
+          - lb_endpoints:
+              - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {dead_port} }} }} }}
+                metadata: {{ filter_metadata: {{ envoy.lb: {{ version: v-dead }} }} }}
+              - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {live_port} }} }} }}
+                metadata: {{ filter_metadata: {{ envoy.lb: {{ version: v-live }} }} }}
+"#,
+        filter = wasm_filter("probe", "abi-probe", "", false),
+        dead_port = dead.port(),
+        live_port = upstream.addr.port(),
+    );
+    start(&yaml)
+}
+
+/// The `x-attr-*` response header the probe wrote in the response phase.
+fn response_attr<'a>(reply: &'a Reply, name: &str) -> &'a str {
+    reply.header(&format!("x-attr-{name}")).unwrap_or_else(|| panic!("x-attr-{name} missing"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_reads_the_configurations_metadata_and_the_connections_and_upstreams_attributes() {
+    let upstream = Upstream::start();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let proxy = metadata_proxy(&upstream, dead);
+    // Round-robin over the endpoints, per worker and per new connection: a worker's first request
+    // goes to the dead endpoint (503), its next to the live one (pooled after that). Four
+    // requests on two workers give both.
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        replies.push(get(ingress(&proxy), "/attrs", &[]).await);
+    }
+    let (live, failed): (Vec<_>, Vec<_>) = replies.iter().partition(|r| r.status == StatusCode::OK);
+    assert!(!live.is_empty() && !failed.is_empty(), "both endpoints were tried");
+
+    // Before the upstream is chosen: the configuration, the connection, no upstream yet.
+    let live_reply = live[0];
+    for (name, expected) in [
+        ("route-name", "attrs-route"),
+        ("virtual-host-name", "all"),
+        ("cluster-name", "service"),
+        ("filter-chain-name", "chain-a"),
+        ("listener-direction", "1"),
+        ("listener-tier", "gold"),
+        // envoy.config.core.v3.Metadata {filter_metadata {acme: {tier: "gold"}}} as protobuf.
+        ("listener-metadata", "0a180a0461636d6512100a0e0a047469657212061a04676f6c64"),
+        ("route-owner", "team-x"),
+        ("route-weight", "3"),
+        ("route-canary", "true"),
+        ("route-tags", "a=;b="),
+        ("route-tag-1", "b"),
+        ("route-nested", "k=v"),
+        ("route-null", "absent"),
+        ("virtual-host-zone", "eu-1"),
+        ("cluster-shard", "7"),
+        // filter_metadata as a map: acme → its Struct as a map ({shard: 7.0}).
+        ("cluster-namespaces", "acme=0x0100000005000000080000007368617264000000000000001c4000"),
+        ("host-version", "absent"),
+        ("dynamic-metadata", "empty"),
+        ("dynamic-filter-metadata", "00000000"),
+        ("connection-mtls", "false"),
+        ("connection-sni", "empty"),
+        ("connection-tls-version", "absent"),
+        ("connection-peer-subject", "absent"),
+        ("connection-termination", "absent"),
+        ("upstream-address", "absent"),
+        ("upstream-attempts", "0"),
+        ("top-route-name", "absent"),
+        ("top-cluster-metadata", "absent"),
+        ("top-node-id", "absent"),
+    ] {
+        assert_eq!(live_reply.upstream_saw(&format!("x-attr-{name}")).as_deref(), Some(expected), "{name}");
+    }
+    let connection_id = live_reply.upstream_saw("x-attr-connection-id").unwrap_or_default();
+    assert!(connection_id.parse::<u64>().is_ok(), "connection.id is a uint: {connection_id}");
+
+    // After it: the host it went to, with that endpoint's metadata.
+    let live_addr = upstream.addr.to_string();
+    let live_port = upstream.addr.port().to_string();
+    for reply in &live {
+        for (name, expected) in [
+            ("upstream-address", live_addr.as_str()),
+            ("upstream-port", live_port.as_str()),
+            ("upstream-failure", "empty"),
+            ("upstream-attempts", "1"),
+            ("upstream-tls-version", "absent"),
+            ("upstream-locality", "empty"),
+            ("host-version", "v-live"),
+            ("host-metadata", "0a210a08656e766f792e6c6212150a130a0776657273696f6e12081a06762d6c697665"),
+        ] {
+            assert_eq!(response_attr(reply, name), expected, "{name}");
+        }
+        assert!(response_attr(reply, "upstream-local-address").starts_with("127.0.0.1:"));
+    }
+    // A refused connect still chose a host, as Envoy's pool failure does.
+    let dead_addr = dead.to_string();
+    for reply in &failed {
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+        for (name, expected) in [
+            ("upstream-address", dead_addr.as_str()),
+            ("upstream-failure", "delayed connect error: Connection refused"),
+            ("upstream-local-address", "absent"),
+            ("upstream-attempts", "1"),
+            ("host-version", "v-dead"),
+        ] {
+            assert_eq!(response_attr(reply, name), expected, "{name}");
+        }
+    }
     proxy.shutdown();
 }

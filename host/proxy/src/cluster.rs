@@ -3,7 +3,9 @@
 //!
 //! The client pool is keyed by the request's authority, which is the original `:authority`
 //! (the upstream sees the Host the client sent, as through Envoy); the connector ignores it and
-//! connects to the cluster's next endpoint.
+//! connects to the cluster's next endpoint. Every response on a connection carries which
+//! configured endpoint the connection went to ([`ChosenEndpoint`]), as a failed connect does
+//! ([`ConnectError::endpoint`]): its metadata is `xds.upstream_host_metadata`.
 
 use std::future::Future;
 use std::io;
@@ -43,20 +45,55 @@ pub enum ConnectError {
     /// The TCP connect failed.
     #[error("connecting to {addr}: {source}")]
     Connect {
-        /// The endpoint.
+        /// The endpoint's address.
         addr: SocketAddr,
+        /// Which of the cluster's configured endpoints it is.
+        endpoint: usize,
         /// The OS error.
         source: io::Error,
     },
     /// The TCP connect took longer than `connect_timeout`.
     #[error("connecting to {addr} timed out after {timeout:?}")]
     Timeout {
-        /// The endpoint.
+        /// The endpoint's address.
         addr: SocketAddr,
+        /// Which of the cluster's configured endpoints it is.
+        endpoint: usize,
         /// The cluster's connect timeout.
         timeout: Duration,
     },
 }
+
+impl ConnectError {
+    /// The host the connect went to, when one was chosen: its address and its index among the
+    /// cluster's configured endpoints.
+    pub fn endpoint(&self) -> Option<(SocketAddr, usize)> {
+        match self {
+            Self::Resolve { .. } => None,
+            Self::Connect { addr, endpoint, .. } | Self::Timeout { addr, endpoint, .. } => Some((*addr, *endpoint)),
+        }
+    }
+
+    /// Envoy's `upstream.transport_failure_reason` for this failure: `delayed connect error: `
+    /// and the OS's description of a refused or failed connect; empty for a timeout or a name
+    /// that did not resolve.
+    pub fn transport_failure_reason(&self) -> String {
+        match self {
+            Self::Connect { source, .. } => {
+                let text = source.to_string();
+                // Rust appends ` (os error N)` to the OS's strerror text; Envoy prints the text.
+                let text = text.split(" (os error").next().unwrap_or_default();
+                format!("delayed connect error: {text}")
+            }
+            Self::Resolve { .. } | Self::Timeout { .. } => String::new(),
+        }
+    }
+}
+
+/// Which of a cluster's configured endpoints (`load_assignment` order) a connection went to: in
+/// the extensions of every response on that connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChosenEndpoint(pub usize);
 
 struct Endpoints {
     cluster: Cluster,
@@ -64,11 +101,13 @@ struct Endpoints {
 }
 
 impl Endpoints {
-    async fn resolve_next(&self) -> Result<SocketAddr, ConnectError> {
+    /// The next endpoint in turn: its address and its index in the configuration.
+    async fn resolve_next(&self) -> Result<(SocketAddr, usize), ConnectError> {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        let endpoint = &self.cluster.endpoints[turn % self.cluster.endpoints.len().max(1)];
+        let index = turn % self.cluster.endpoints.len().max(1);
+        let endpoint = &self.cluster.endpoints[index];
         if let Ok(ip) = endpoint.host.parse() {
-            return Ok(SocketAddr::new(ip, endpoint.port));
+            return Ok((SocketAddr::new(ip, endpoint.port), index));
         }
         let resolve_error = |reason: String| ConnectError::Resolve { host: endpoint.host.clone(), reason };
         let addresses: Vec<SocketAddr> = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
@@ -83,7 +122,7 @@ impl Endpoints {
             // LOGICAL_DNS (and a name in STATIC, refused by the config): the first address.
             _ => addresses.first(),
         };
-        chosen.copied().ok_or_else(|| resolve_error("no addresses".into()))
+        chosen.map(|addr| (*addr, index)).ok_or_else(|| resolve_error("no addresses".into()))
     }
 }
 
@@ -101,6 +140,8 @@ pub struct ClusterConnector {
 pub struct UpstreamIo {
     inner: TokioIo<TcpStream>,
     write_side_closed: bool,
+    /// The configured endpoint this connection went to.
+    endpoint: ChosenEndpoint,
 }
 
 impl UpstreamIo {
@@ -170,7 +211,7 @@ impl hyper::rt::Write for UpstreamIo {
 
 impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
-        self.inner.connected()
+        self.inner.connected().extra(self.endpoint)
     }
 }
 
@@ -186,14 +227,14 @@ impl tower_service::Service<Uri> for ClusterConnector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let endpoints = self.endpoints.clone();
         Box::pin(async move {
-            let addr = endpoints.resolve_next().await?;
+            let (addr, endpoint) = endpoints.resolve_next().await?;
             let timeout = endpoints.cluster.connect_timeout;
             let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
                 .await
-                .map_err(|_| ConnectError::Timeout { addr, timeout })?
-                .map_err(|source| ConnectError::Connect { addr, source })?;
+                .map_err(|_| ConnectError::Timeout { addr, endpoint, timeout })?
+                .map_err(|source| ConnectError::Connect { addr, endpoint, source })?;
             let _ = stream.set_nodelay(true);
-            Ok(UpstreamIo { inner: TokioIo::new(stream), write_side_closed: false })
+            Ok(UpstreamIo { inner: TokioIo::new(stream), write_side_closed: false, endpoint: ChosenEndpoint(endpoint) })
         })
     }
 }

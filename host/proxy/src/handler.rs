@@ -24,14 +24,15 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 use tokio::sync::oneshot;
-use wasmtrace_config::{HttpConnectionManager, Listener, RouteAction, TrafficDirection, UpgradeFilters};
+use wasmtrace_config::{Cluster, HttpConnectionManager, Listener, RouteAction, TrafficDirection, UpgradeFilters};
+use wasmtrace_runtime::properties::Metadata;
 use wasmtrace_runtime::{Direction, HeaderMap, HttpExchange, LocalResponse, StreamInfo};
 
 use crate::body::{
     ChannelBody, FrameSink, FrameSlot, ProxyBody, PumpedBody, ResponseBody, TrailerGate, boxed, full, response_body,
 };
 use crate::chain::{self, DataVerdict, FilterChain, SharedChain, Verdict};
-use crate::cluster::ClusterClient;
+use crate::cluster::{ChosenEndpoint, ClusterClient, ConnectError};
 use crate::message::{
     Hop, UnfilteredRequest, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, http_headers, is_upgrade, protocol_name,
     request_header_map, response_header_map, status_of, strip_hop_by_hop, trailer_map,
@@ -118,6 +119,8 @@ pub async fn serve(
             TrafficDirection::Inbound => 1,
             TrafficDirection::Outbound => 2,
         },
+        listener_metadata: runtime_metadata(&ctx.listener.metadata),
+        filter_chain_name: ctx.listener.filter_chain_name.clone(),
         ..StreamInfo::default()
     };
     let access_log = tracing::enabled!(target: "wasmtrace::access", tracing::Level::DEBUG)
@@ -288,17 +291,43 @@ impl Stream {
         plain(400, "downstream_protocol_error", "the request body is malformed or cut short\n")
     }
 
-    /// Records the route `request headers` select now in the stream's attributes (`route_name`,
-    /// `cluster_name`, `xds.*`), for the filters to read.
+    /// Records the route `request headers` select now in the stream's attributes
+    /// (`xds.route_name`, `xds.cluster_name`, `xds.virtual_host_name` and their metadata), for
+    /// the filters to read.
     fn note_route(&self, selected: Option<(&wasmtrace_config::VirtualHost, &wasmtrace_config::Route)>) {
+        let cluster = selected.and_then(|(_, route)| match &route.action {
+            RouteAction::Cluster { cluster, .. } => Some(cluster.as_str()),
+            RouteAction::Direct { .. } => None,
+        });
         let mut exchange = self.exchange.borrow_mut();
         let info = &mut exchange.info;
         info.route_name = selected.map(|(_, route)| route.name.clone());
+        info.route_metadata = selected.map(|(_, route)| runtime_metadata(&route.metadata));
         info.virtual_host_name = selected.map(|(virtual_host, _)| virtual_host.name.clone());
-        info.cluster_name = selected.and_then(|(_, route)| match &route.action {
-            RouteAction::Cluster { cluster, .. } => Some(cluster.clone()),
-            RouteAction::Direct { .. } => None,
-        });
+        info.virtual_host_metadata = selected.map(|(virtual_host, _)| runtime_metadata(&virtual_host.metadata));
+        info.cluster_name = cluster.map(str::to_owned);
+        info.cluster_metadata = cluster
+            .and_then(|name| self.ctx.clusters.get(name))
+            .map(|client| runtime_metadata(&client.cluster.metadata));
+    }
+
+    /// Records the upstream host a response came from (`upstream.*`,
+    /// `xds.upstream_host_metadata`): the connection's addresses and the configured endpoint it
+    /// went to.
+    fn note_upstream_host(&self, info: &mut StreamInfo, extensions: &http::Extensions) {
+        let connection = extensions.get::<HttpInfo>();
+        info.upstream = connection.map(HttpInfo::remote_addr);
+        info.upstream_local_address = connection.map(HttpInfo::local_addr);
+        info.upstream_host_metadata = match (info.cluster_name.as_deref(), extensions.get::<ChosenEndpoint>()) {
+            (Some(cluster), Some(ChosenEndpoint(index))) => self
+                .ctx
+                .clusters
+                .get(cluster)
+                .and_then(|client| client.cluster.endpoint_metadata(*index))
+                .map(runtime_metadata)
+                .unwrap_or_default(),
+            _ => Default::default(),
+        };
     }
 
     async fn run(self, body: DownstreamBody) -> Result<Response<ResponseBody>, StreamReset> {
@@ -415,6 +444,8 @@ impl Stream {
                 let mut exchange = self.exchange.borrow_mut();
                 exchange.info.cluster_name = Some(cluster.to_owned());
                 exchange.info.request_headers_sent = true;
+                // The router's first (and, without retries, only) attempt.
+                exchange.info.attempt_count = 1;
                 match exchange.request_headers.as_ref() {
                     Some(headers) => upstream_request(headers, rewrite, http2, cluster),
                     None => upstream_request(&HeaderMap::new(), rewrite, http2, cluster),
@@ -469,7 +500,12 @@ impl Stream {
                 let response = self.malformed_body();
                 return self.local_reply(response, all).await;
             }
-            Some(Err(error)) => UpstreamFailure::from_client_error(&error),
+            Some(Err(error)) => {
+                if all > 0 {
+                    note_failed_host(&mut self.exchange.borrow_mut().info, &client.cluster, &error);
+                }
+                UpstreamFailure::from_client_error(&error)
+            }
             Some(Ok(response)) => return self.respond(response, http2).await,
         };
         if let Some(stats) = &stats {
@@ -521,7 +557,7 @@ impl Stream {
             let mut exchange = self.exchange.borrow_mut();
             exchange.response_headers = Some(response_header_map(parts.status, &parts.headers));
             exchange.info.response_code_details = Some("via_upstream".into());
-            exchange.info.upstream = parts.extensions.get::<HttpInfo>().map(HttpInfo::remote_addr);
+            self.note_upstream_host(&mut exchange.info, &parts.extensions);
         }
         match chain::response_headers(&self.chain, body.is_end_stream(), all).await {
             Verdict::Local(response, _) => return Ok(self.finish_local(response)),
@@ -573,7 +609,7 @@ impl Stream {
                 let mut exchange = self.exchange.borrow_mut();
                 exchange.response_headers = Some(response_header_map(parts.status, &parts.headers));
                 exchange.info.response_code_details = Some("via_upstream".into());
-                exchange.info.upstream = parts.extensions.get::<HttpInfo>().map(HttpInfo::remote_addr);
+                self.note_upstream_host(&mut exchange.info, &parts.extensions);
             }
             match chain::response_headers(&self.chain, false, all).await {
                 Verdict::Local(response, _) => return Ok(self.finish_local(response)),
@@ -672,6 +708,28 @@ impl Stream {
     /// reference to the chain goes).
     fn finish(self) {
         finish_stream(&self.chain, &self.exchange);
+    }
+}
+
+/// A configuration's metadata as the filters read it (shared, not copied).
+fn runtime_metadata(metadata: &wasmtrace_config::Metadata) -> Metadata {
+    Metadata { filter_metadata: metadata.filter_metadata.clone() }
+}
+
+/// Records the host a failed connect went to, as Envoy does when its connection pool fails
+/// (`upstream.address`, `upstream.transport_failure_reason`, `xds.upstream_host_metadata`); a
+/// name that did not resolve chose no host.
+fn note_failed_host(info: &mut StreamInfo, cluster: &Cluster, error: &hyper_util::client::legacy::Error) {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(connect) = cause.downcast_ref::<ConnectError>() {
+            let Some((addr, endpoint)) = connect.endpoint() else { return };
+            info.upstream = Some(addr);
+            info.upstream_transport_failure_reason = connect.transport_failure_reason();
+            info.upstream_host_metadata = cluster.endpoint_metadata(endpoint).map(runtime_metadata).unwrap_or_default();
+            return;
+        }
+        source = cause.source();
     }
 }
 

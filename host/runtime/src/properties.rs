@@ -1,11 +1,25 @@
 //! Property paths (`proxy_get_property`): Envoy's attribute vocabulary resolved against a stream,
 //! the plugin and the node, and serialised the way Envoy serialises CEL values.
 //!
+//! The vocabulary is Envoy's (1.33 and later): `request.*`, `response.*`, `source.*`,
+//! `destination.*`, `connection.*`, `upstream.*`, `metadata` (dynamic metadata), `filter_state`,
+//! `xds.*` (`node`, `cluster_name`, `cluster_metadata`, `route_name`, `route_metadata`,
+//! `virtual_host_name`, `virtual_host_metadata`, `upstream_host_metadata`, `listener_direction`,
+//! `listener_metadata`, `filter_chain_name`), `plugin_name`, `plugin_root_id`, `plugin_vm_id` and
+//! `connection_id`. Any other first segment names filter state a filter set with
+//! `proxy_set_property` — the Wasm-only spellings Envoy removed in 1.33 (`node`, `route_name`,
+//! `cluster_metadata`, ... at the top level) included, as there.
+//!
 //! Serialisation: strings and bytes raw; integers, doubles, timestamps (ns since epoch) and
-//! durations (ns) as 8 little-endian bytes; booleans as one byte; maps as header-map pairs;
-//! `xds.node` as the protobuf bytes of `envoy.config.core.v3.Node` (id, cluster, metadata).
+//! durations (ns) as 8 little-endian bytes; booleans as one byte; maps as header-map pairs (a
+//! count and nothing else for an empty one), each value serialised by these rules (so a nested
+//! map is pairs inside a value); lists as pairs whose keys are the items and whose values are
+//! empty; messages (`xds.node`, `envoy.config.core.v3.Metadata`) as their protobuf bytes.
+//! A path may go on into a message: a metadata's `filter_metadata` is a map of namespaces, each a
+//! `google.protobuf.Struct`, whose fields go on as maps, lists (by index) and values.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::Value as Json;
@@ -29,8 +43,27 @@ pub enum PropertyValue {
     Double(f64),
     /// Boolean.
     Bool(bool),
-    /// A string map, serialised like a header map.
+    /// A map (or a list: items as keys, empty values), serialised as proxy-wasm pairs.
     Map(Vec<(Vec<u8>, Vec<u8>)>),
+}
+
+/// `envoy.config.core.v3.Metadata` as filters read it: `filter_metadata`, each namespace's
+/// `google.protobuf.Struct` as a JSON object. Shared with the configuration it came from, so a
+/// stream carries it without a copy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metadata {
+    /// Namespace → its `Struct` (a JSON object; anything else reads as an empty `Struct`).
+    pub filter_metadata: Arc<serde_json::Map<String, Json>>,
+}
+
+/// Envoy's serialisation of an empty map: the pair count, zero.
+const EMPTY_PAIRS: [u8; 4] = [0; 4];
+
+fn encode_map(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    if pairs.is_empty() {
+        return EMPTY_PAIRS.to_vec();
+    }
+    encode_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
 }
 
 impl PropertyValue {
@@ -46,7 +79,7 @@ impl PropertyValue {
             Self::UInt(u) => u.to_le_bytes().to_vec(),
             Self::Double(d) => d.to_le_bytes().to_vec(),
             Self::Bool(b) => vec![u8::from(*b)],
-            Self::Map(pairs) => encode_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))),
+            Self::Map(pairs) => encode_map(pairs),
         }
     }
 
@@ -242,26 +275,116 @@ fn address_property(addr: Option<std::net::SocketAddr>, attr: &[u8], rest: &[&[u
     single(rest, Some(value))
 }
 
-fn json_property(value: &Json, rest: &[&[u8]]) -> Option<PropertyValue> {
+/// `connection.*` of a plaintext downstream connection, as Envoy answers without TLS:
+/// `mtls` false, `requested_server_name` empty, the TLS attributes (`tls_version`,
+/// `subject_*`, `dns_san_*`, `uri_san_*`, `sha256_peer_certificate_digest`) absent, and
+/// `termination_details` and `transport_failure_reason` absent (nothing failed or ended).
+fn connection_property(info: &crate::StreamInfo, attr: &[u8], rest: &[&[u8]]) -> Option<PropertyValue> {
+    let value = match attr {
+        b"id" => PropertyValue::UInt(info.connection_id),
+        b"mtls" => PropertyValue::Bool(false),
+        b"requested_server_name" => PropertyValue::Bytes(Vec::new()),
+        _ => return None,
+    };
+    single(rest, Some(value))
+}
+
+/// `upstream.*`: `request_attempt_count` always (0 before the request is forwarded); the rest
+/// once an upstream host was chosen, for a plaintext connection (no TLS attributes). `locality`
+/// is an empty `envoy.config.core.v3.Locality` (this proxy reads no locality, so none is
+/// configured).
+fn upstream_property(info: &crate::StreamInfo, attr: &[u8], rest: &[&[u8]]) -> Option<PropertyValue> {
+    if attr == b"request_attempt_count" {
+        return single(rest, Some(PropertyValue::UInt(u64::from(info.attempt_count))));
+    }
+    let host = info.upstream?;
+    let value = match attr {
+        b"address" | b"port" => return address_property(Some(host), attr, rest),
+        b"local_address" => info.upstream_local_address.map(|a| PropertyValue::text(a.to_string())),
+        b"transport_failure_reason" => Some(PropertyValue::text(info.upstream_transport_failure_reason.clone())),
+        b"locality" => {
+            return match rest {
+                [] | [b"region" | b"zone" | b"sub_zone"] => Some(PropertyValue::Bytes(Vec::new())),
+                _ => None,
+            };
+        }
+        _ => None,
+    };
+    single(rest, value)
+}
+
+/// A `google.protobuf.Value` (a JSON value) as Envoy's CEL hands it over: a string raw, a number
+/// as a double, a bool, a `Struct` as a map, a `ListValue` as a list. `null` is not found
+/// (Envoy answers `SERIALIZATION_FAILURE`, on which the Rust SDK panics).
+fn value_of(value: &Json) -> Option<PropertyValue> {
+    match value {
+        Json::String(s) => Some(PropertyValue::text(s.clone())),
+        Json::Number(n) => n.as_f64().map(PropertyValue::Double),
+        Json::Bool(b) => Some(PropertyValue::Bool(*b)),
+        Json::Null => None,
+        Json::Object(fields) => Some(struct_value(fields)),
+        Json::Array(items) => Some(PropertyValue::Map(items.iter().map(|item| (nested(item), Vec::new())).collect())),
+    }
+}
+
+/// The bytes of `value` inside a map or list (`null`, which Envoy cannot serialise, as none).
+fn nested(value: &Json) -> Vec<u8> {
+    value_of(value).map(PropertyValue::into_encoded).unwrap_or_default()
+}
+
+/// A `Struct` as a map, each field's value serialised.
+fn struct_value(fields: &serde_json::Map<String, Json>) -> PropertyValue {
+    PropertyValue::Map(fields.iter().map(|(k, v)| (k.clone().into_bytes(), nested(v))).collect())
+}
+
+/// `rest` walked into a `Struct`: field names, then list indexes (decimal) and field names.
+fn struct_property(fields: &serde_json::Map<String, Json>, rest: &[&[u8]]) -> Option<PropertyValue> {
+    match rest {
+        [] => Some(struct_value(fields)),
+        [name, tail @ ..] => value_property(fields.get(std::str::from_utf8(name).ok()?)?, tail),
+    }
+}
+
+fn value_property(value: &Json, rest: &[&[u8]]) -> Option<PropertyValue> {
     match (value, rest) {
-        (Json::Object(map), [key, tail @ ..]) => json_property(map.get(std::str::from_utf8(key).ok()?)?, tail),
-        (_, [_, ..]) => None,
-        (Json::String(s), []) => Some(PropertyValue::text(s.clone())),
-        (Json::Number(n), []) => n.as_f64().map(PropertyValue::Double),
-        (Json::Bool(b), []) => Some(PropertyValue::Bool(*b)),
-        (Json::Null, []) => None,
-        (Json::Object(map), []) => Some(PropertyValue::Map(
-            map.iter()
-                .map(|(k, v)| {
-                    let text = match v {
-                        Json::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    (k.clone().into_bytes(), text.into_bytes())
-                })
-                .collect(),
+        (_, []) => value_of(value),
+        (Json::Object(fields), _) => struct_property(fields, rest),
+        (Json::Array(items), [index, tail @ ..]) => {
+            // Envoy parses the index with absl::SimpleAtoi (surrounding spaces allowed).
+            let index: usize = std::str::from_utf8(index).ok()?.trim_ascii().parse().ok()?;
+            value_property(items.get(index)?, tail)
+        }
+        _ => None,
+    }
+}
+
+/// `rest` walked into an `envoy.config.core.v3.Metadata`: the whole message as protobuf bytes,
+/// `filter_metadata` as a map of namespaces (each a `Struct`), `typed_filter_metadata` as an
+/// empty map (the configuration holds none).
+fn metadata_property(metadata: &Metadata, rest: &[&[u8]]) -> Option<PropertyValue> {
+    let namespaces = &*metadata.filter_metadata;
+    match rest {
+        [] => Some(PropertyValue::Bytes(metadata_protobuf(metadata))),
+        [b"filter_metadata"] => Some(PropertyValue::Map(
+            namespaces.iter().map(|(ns, fields)| (ns.clone().into_bytes(), struct_of(fields).into_encoded())).collect(),
         )),
-        (Json::Array(_), []) => Some(PropertyValue::text(value.to_string())),
+        [b"filter_metadata", ns, tail @ ..] => {
+            let fields = namespaces.get(std::str::from_utf8(ns).ok()?)?;
+            match fields {
+                Json::Object(fields) => struct_property(fields, tail),
+                _ => struct_property(&serde_json::Map::new(), tail),
+            }
+        }
+        [b"typed_filter_metadata"] => Some(PropertyValue::Map(Vec::new())),
+        _ => None,
+    }
+}
+
+/// A namespace's `Struct` as a map (anything but an object reads as an empty one).
+fn struct_of(fields: &Json) -> PropertyValue {
+    match fields {
+        Json::Object(fields) => struct_value(fields),
+        _ => PropertyValue::Map(Vec::new()),
     }
 }
 
@@ -270,22 +393,37 @@ fn node_property(node: &NodeInfo, rest: &[&[u8]]) -> Option<PropertyValue> {
         [] => Some(PropertyValue::Bytes(node_protobuf(node))),
         [b"id"] => Some(PropertyValue::text(node.id.clone())),
         [b"cluster"] => Some(PropertyValue::text(node.cluster.clone())),
-        [b"metadata", tail @ ..] => json_property(&Json::Object(node.metadata.clone()), tail),
+        [b"metadata", tail @ ..] => struct_property(&node.metadata, tail),
         _ => None,
     }
 }
 
-/// What the stream's route and listener say: `route_name`, `cluster_name`,
-/// `virtual_host_name`, `listener_direction` (Envoy's `TrafficDirection` number). The route is
-/// known from before the request filters run (see the data plane's routing).
-fn stream_route_property(info: &crate::StreamInfo, attr: &[u8]) -> Option<PropertyValue> {
-    match attr {
-        b"route_name" => info.route_name.clone().map(PropertyValue::text),
-        b"cluster_name" => info.cluster_name.clone().map(PropertyValue::text),
-        b"virtual_host_name" => info.virtual_host_name.clone().map(PropertyValue::text),
-        b"listener_direction" => Some(PropertyValue::Int(i64::from(info.listener_direction))),
-        _ => None,
+/// `xds.*`: the node (also from a root context), and what the stream's listener, route, cluster
+/// and upstream host say. The route (and with it the cluster) is known from before the request
+/// filters run (see the data plane's routing); the upstream host once it is chosen.
+fn xds_property(scope: &PropertyScope<'_>, attr: &[u8], rest: &[&[u8]]) -> Option<PropertyValue> {
+    if attr == b"node" {
+        return node_property(scope.node, rest);
     }
+    let info = &scope.exchange?.info;
+    let text = |value: &Option<String>| value.clone().map(PropertyValue::text);
+    let value = match attr {
+        b"route_name" => text(&info.route_name),
+        b"cluster_name" => text(&info.cluster_name),
+        b"virtual_host_name" => text(&info.virtual_host_name),
+        b"filter_chain_name" => Some(PropertyValue::text(info.filter_chain_name.clone())),
+        b"listener_direction" => Some(PropertyValue::Int(i64::from(info.listener_direction))),
+        b"listener_metadata" => return metadata_property(&info.listener_metadata, rest),
+        b"route_metadata" => return metadata_property(info.route_metadata.as_ref()?, rest),
+        b"virtual_host_metadata" => return metadata_property(info.virtual_host_metadata.as_ref()?, rest),
+        b"cluster_metadata" => return metadata_property(info.cluster_metadata.as_ref()?, rest),
+        b"upstream_host_metadata" => {
+            info.upstream?;
+            return metadata_property(&info.upstream_host_metadata, rest);
+        }
+        _ => None,
+    };
+    single(rest, value)
 }
 
 /// Resolves `path` (segments as the guest sent them, split at NUL).
@@ -297,20 +435,15 @@ pub(crate) fn resolve(path: &[&[u8]], scope: &PropertyScope<'_>) -> Option<Prope
         (b"plugin_name", []) => Some(PropertyValue::text(plugin.name.clone())),
         (b"plugin_root_id", []) => Some(PropertyValue::text(plugin.root_id.clone())),
         (b"plugin_vm_id", []) => Some(PropertyValue::text(plugin.vm_id.clone())),
-        (b"node", rest) => node_property(scope.node, rest),
-        (b"xds", [b"node", tail @ ..]) => node_property(scope.node, tail),
+        (b"xds", [attr, tail @ ..]) => xds_property(scope, attr, tail),
         (b"request", [attr, tail @ ..]) => request_property(exchange?, attr, tail),
         (b"response", [attr, tail @ ..]) => response_property(exchange?, attr, tail),
         (b"source", [attr, tail @ ..]) => address_property(exchange?.info.source, attr, tail),
         (b"destination", [attr, tail @ ..]) => address_property(exchange?.info.destination, attr, tail),
-        (b"upstream", [attr, tail @ ..]) => address_property(exchange?.info.upstream, attr, tail),
-        (b"connection_id", []) | (b"connection", [b"id"]) => Some(PropertyValue::UInt(exchange?.info.connection_id)),
-        (b"connection", [b"mtls"]) => Some(PropertyValue::Bool(false)),
-        // Envoy's top-level attributes of the route and listener, and their `xds.*` spellings.
-        (b"xds", [attr]) => stream_route_property(&exchange?.info, attr),
-        (attr @ (b"route_name" | b"cluster_name" | b"listener_direction"), []) => {
-            stream_route_property(&exchange?.info, attr)
-        }
+        (b"upstream", [attr, tail @ ..]) => upstream_property(&exchange?.info, attr, tail),
+        (b"connection", [attr, tail @ ..]) => connection_property(&exchange?.info, attr, tail),
+        (b"connection_id", []) => Some(PropertyValue::UInt(exchange?.info.connection_id)),
+        (b"metadata", rest) => metadata_property(&exchange?.info.dynamic_metadata, rest),
         (b"filter_state", [key]) => {
             let key = String::from_utf8_lossy(key);
             let value = match exchange {
@@ -330,7 +463,8 @@ pub(crate) fn resolve(path: &[&[u8]], scope: &PropertyScope<'_>) -> Option<Prope
     }
 }
 
-// === protobuf encoding of envoy.config.core.v3.Node (id = 1, cluster = 2, metadata = 3) ===
+// === protobuf encoding of envoy.config.core.v3.Node (id = 1, cluster = 2, metadata = 3),
+// envoy.config.core.v3.Metadata (filter_metadata = 1, a map of Struct) and google.protobuf.Struct ===
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -381,6 +515,19 @@ fn value_protobuf(v: &Json) -> Vec<u8> {
             }
             put_bytes(&mut out, 6, &list);
         }
+    }
+    out
+}
+
+fn metadata_protobuf(metadata: &Metadata) -> Vec<u8> {
+    let empty = serde_json::Map::new();
+    let mut out = Vec::new();
+    for (namespace, fields) in metadata.filter_metadata.iter() {
+        // A map entry: key = 1, value = 2.
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 1, namespace.as_bytes());
+        put_bytes(&mut entry, 2, &struct_protobuf(fields.as_object().unwrap_or(&empty)));
+        put_bytes(&mut out, 1, &entry);
     }
     out
 }
@@ -440,12 +587,209 @@ mod tests {
         let plugin = PluginConfig::named("p");
         let mut node = NodeInfo { id: "sidecar~1".into(), cluster: "gallery".into(), ..NodeInfo::default() };
         node.metadata.insert("region".into(), Json::String("eu".into()));
+        node.metadata.insert("weight".into(), serde_json::json!(2));
         let empty = HashMap::new();
         let exchange = HttpExchange::default();
         let scope = scope_with(&plugin, &node, &exchange, &empty);
         assert_eq!(resolve(&[b"xds", b"node", b"metadata", b"region"], &scope), Some(PropertyValue::text("eu")));
-        assert_eq!(resolve(&[b"node", b"id"], &scope), Some(PropertyValue::text("sidecar~1")));
+        assert_eq!(resolve(&[b"xds", b"node", b"id"], &scope), Some(PropertyValue::text("sidecar~1")));
         let Some(PropertyValue::Bytes(proto)) = resolve(&[b"xds", b"node"], &scope) else { panic!("node bytes") };
         assert_eq!(&proto[..11], b"\x0a\x09sidecar~1");
+        // A Struct read whole is a map whose values are serialised by type, as Envoy's.
+        assert_eq!(
+            resolve(&[b"xds", b"node", b"metadata"], &scope),
+            Some(PropertyValue::Map(vec![
+                (b"region".to_vec(), b"eu".to_vec()),
+                (b"weight".to_vec(), 2f64.to_le_bytes().to_vec()),
+            ]))
+        );
+    }
+
+    /// `{"acme": {"b": true, "l": ["x", 1], "n": 2.5, "s": {"t": "u"}, "z": null}, "empty": {}}`.
+    fn sample_metadata() -> Metadata {
+        let value = serde_json::json!({
+            "acme": {"b": true, "l": ["x", 1], "n": 2.5, "s": {"t": "u"}, "z": null},
+            "empty": {},
+        });
+        Metadata { filter_metadata: Arc::new(value.as_object().cloned().unwrap_or_default()) }
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap_or(0)).collect()
+    }
+
+    #[test]
+    fn metadata_read_whole_is_the_protobuf_of_envoy_config_core_v3_metadata() {
+        // Golden bytes: protobuf's own serialisation (deterministic: map keys in order) of the
+        // same Metadata parsed from JSON with the Envoy protos.
+        let one = Metadata {
+            filter_metadata: Arc::new(serde_json::json!({"acme": {"k": "v"}}).as_object().cloned().unwrap_or_default()),
+        };
+        assert_eq!(metadata_protobuf(&one), hex("0a120a0461636d65120a0a080a016b12031a0176"));
+        assert_eq!(
+            metadata_protobuf(&sample_metadata()),
+            hex(concat!(
+                "0a560a0461636d65124e0a070a0162120220010a170a016c121232100a031a01780a0911000000000000f03f",
+                "0a0e0a016e12091100000000000004400a110a0173120c2a0a0a080a017412031a01750a070a017a12020800",
+                "0a090a05656d7074791200"
+            ))
+        );
+        assert_eq!(metadata_protobuf(&Metadata::default()), Vec::<u8>::new(), "an empty message is no bytes");
+    }
+
+    #[test]
+    fn metadata_is_navigated_into_its_structs_as_envoy_converts_them() {
+        let metadata = sample_metadata();
+        let get = |path: &[&[u8]]| metadata_property(&metadata, path).map(PropertyValue::into_encoded);
+        let acme: &[&[u8]] = &[b"filter_metadata", b"acme"];
+        let at = |tail: &[&[u8]]| get(&[acme, tail].concat());
+        assert_eq!(at(&[b"b"]), Some(vec![1]), "a bool is one byte");
+        assert_eq!(at(&[b"n"]), Some(2.5f64.to_le_bytes().to_vec()), "a number is a double");
+        assert_eq!(at(&[b"s", b"t"]), Some(b"u".to_vec()), "a string is raw");
+        assert_eq!(at(&[b"l", b"0"]), Some(b"x".to_vec()), "a list is indexed");
+        assert_eq!(at(&[b"l", b"1"]), Some(1f64.to_le_bytes().to_vec()));
+        assert_eq!(at(&[b"l", b"2"]), None, "past the end");
+        assert_eq!(at(&[b"z"]), None, "null is not found (Envoy cannot serialise it)");
+        assert_eq!(at(&[b"missing"]), None);
+        assert_eq!(at(&[b"n", b"deeper"]), None, "a number has no fields");
+        // A list is pairs of items and empty values; a Struct is pairs of fields and values.
+        let list = encode_map(&[(b"x".to_vec(), vec![]), (1f64.to_le_bytes().to_vec(), vec![])]);
+        assert_eq!(at(&[b"l"]), Some(list.clone()));
+        let inner = encode_map(&[(b"t".to_vec(), b"u".to_vec())]);
+        assert_eq!(at(&[b"s"]), Some(inner.clone()));
+        let whole = encode_map(&[
+            (b"b".to_vec(), vec![1]),
+            (b"l".to_vec(), list),
+            (b"n".to_vec(), 2.5f64.to_le_bytes().to_vec()),
+            (b"s".to_vec(), inner),
+            (b"z".to_vec(), vec![]),
+        ]);
+        assert_eq!(at(&[]), Some(whole.clone()));
+        assert_eq!(
+            get(&[b"filter_metadata"]),
+            Some(encode_map(&[(b"acme".to_vec(), whole), (b"empty".to_vec(), EMPTY_PAIRS.to_vec())]))
+        );
+        assert_eq!(get(&[b"filter_metadata", b"empty"]), Some(EMPTY_PAIRS.to_vec()), "an empty map is a zero count");
+        assert_eq!(get(&[b"filter_metadata", b"nope"]), None);
+        assert_eq!(get(&[b"typed_filter_metadata"]), Some(EMPTY_PAIRS.to_vec()));
+        assert_eq!(get(&[b"no_such_field"]), None);
+    }
+
+    #[test]
+    fn configuration_metadata_is_there_from_the_route_on_and_the_hosts_from_the_upstream_on() {
+        let plugin = PluginConfig::named("p");
+        let node = NodeInfo::default();
+        let empty = HashMap::new();
+        let mut exchange = HttpExchange::default();
+        exchange.info.listener_metadata = sample_metadata();
+        exchange.info.upstream_host_metadata = sample_metadata();
+        let region: &[&[u8]] = &[b"filter_metadata", b"acme", b"s", b"t"];
+        let xds = |attr: &'static [u8]| [&[b"xds".as_slice(), attr][..], region].concat();
+        {
+            let scope = scope_with(&plugin, &node, &exchange, &empty);
+            let get = |path: &[&[u8]]| resolve(path, &scope);
+            assert_eq!(get(&xds(b"listener_metadata")), Some(PropertyValue::text("u")), "the listener's, always");
+            assert_eq!(get(&[b"xds", b"route_metadata"]), None, "no route yet");
+            assert_eq!(get(&[b"xds", b"cluster_metadata"]), None);
+            assert_eq!(get(&xds(b"upstream_host_metadata")), None, "no upstream host chosen yet");
+            assert_eq!(get(&[b"xds", b"filter_chain_name"]), Some(PropertyValue::text("")));
+        }
+        exchange.info.route_metadata = Some(Metadata::default());
+        exchange.info.virtual_host_metadata = Some(sample_metadata());
+        exchange.info.cluster_metadata = Some(sample_metadata());
+        exchange.info.upstream = Some("10.0.0.9:8080".parse().expect("addr"));
+        let scope = scope_with(&plugin, &node, &exchange, &empty);
+        let get = |path: &[&[u8]]| resolve(path, &scope);
+        assert_eq!(get(&[b"xds", b"route_metadata"]), Some(PropertyValue::Bytes(vec![])), "an empty Metadata");
+        assert_eq!(
+            get(&[b"xds", b"route_metadata", b"filter_metadata"]).map(|v| v.encode()),
+            Some(EMPTY_PAIRS.to_vec())
+        );
+        assert_eq!(get(&xds(b"virtual_host_metadata")), Some(PropertyValue::text("u")));
+        assert_eq!(get(&xds(b"cluster_metadata")), Some(PropertyValue::text("u")));
+        assert_eq!(get(&xds(b"upstream_host_metadata")), Some(PropertyValue::text("u")));
+        // Envoy 1.33 removed the top-level spellings: they are filter state like any other name.
+        assert_eq!(get(&[b"cluster_metadata"]), None);
+        assert_eq!(get(&[b"listener_metadata"]), None);
+    }
+
+    #[test]
+    fn a_plaintext_connection_and_its_upstream_answer_as_envoy_without_tls() {
+        let plugin = PluginConfig::named("p");
+        let node = NodeInfo::default();
+        let empty = HashMap::new();
+        let mut exchange = HttpExchange::default();
+        exchange.info.connection_id = 7;
+        {
+            let scope = scope_with(&plugin, &node, &exchange, &empty);
+            let get = |path: &[&[u8]]| resolve(path, &scope);
+            assert_eq!(get(&[b"connection", b"id"]), Some(PropertyValue::UInt(7)));
+            assert_eq!(get(&[b"connection_id"]), Some(PropertyValue::UInt(7)));
+            assert_eq!(get(&[b"connection", b"mtls"]), Some(PropertyValue::Bool(false)));
+            assert_eq!(get(&[b"connection", b"requested_server_name"]), Some(PropertyValue::Bytes(vec![])));
+            for absent in [
+                &b"tls_version"[..],
+                b"subject_local_certificate",
+                b"subject_peer_certificate",
+                b"dns_san_local_certificate",
+                b"dns_san_peer_certificate",
+                b"uri_san_local_certificate",
+                b"uri_san_peer_certificate",
+                b"sha256_peer_certificate_digest",
+                b"termination_details",
+                b"transport_failure_reason",
+            ] {
+                assert_eq!(get(&[b"connection", absent]), None, "{}", String::from_utf8_lossy(absent));
+            }
+            assert_eq!(get(&[b"upstream", b"request_attempt_count"]), Some(PropertyValue::UInt(0)));
+            for absent in [&b"address"[..], b"port", b"local_address", b"transport_failure_reason", b"locality"] {
+                assert_eq!(get(&[b"upstream", absent]), None, "no upstream yet");
+            }
+        }
+        exchange.info.upstream = Some("10.0.0.9:8080".parse().expect("addr"));
+        exchange.info.upstream_local_address = Some("10.0.0.1:40000".parse().expect("addr"));
+        exchange.info.attempt_count = 1;
+        let scope = scope_with(&plugin, &node, &exchange, &empty);
+        let get = |path: &[&[u8]]| resolve(path, &scope);
+        assert_eq!(get(&[b"upstream", b"address"]), Some(PropertyValue::text("10.0.0.9:8080")));
+        assert_eq!(get(&[b"upstream", b"port"]), Some(PropertyValue::Int(8080)));
+        assert_eq!(get(&[b"upstream", b"local_address"]), Some(PropertyValue::text("10.0.0.1:40000")));
+        assert_eq!(get(&[b"upstream", b"transport_failure_reason"]), Some(PropertyValue::text("")));
+        assert_eq!(get(&[b"upstream", b"request_attempt_count"]), Some(PropertyValue::UInt(1)));
+        assert_eq!(get(&[b"upstream", b"locality"]), Some(PropertyValue::Bytes(vec![])));
+        assert_eq!(get(&[b"upstream", b"locality", b"zone"]), Some(PropertyValue::Bytes(vec![])));
+        assert_eq!(get(&[b"upstream", b"tls_version"]), None);
+        assert_eq!(get(&[b"upstream", b"cx_pool_ready_duration"]), None, "not measured here");
+    }
+
+    #[test]
+    fn dynamic_metadata_is_an_empty_metadata_and_the_removed_names_are_filter_state() {
+        let plugin = PluginConfig::named("p");
+        let node = NodeInfo { id: "n".into(), ..NodeInfo::default() };
+        let empty = HashMap::new();
+        let mut exchange = HttpExchange::default();
+        exchange.info.route_name = Some("r".into());
+        exchange.info.cluster_name = Some("c".into());
+        {
+            let scope = scope_with(&plugin, &node, &exchange, &empty);
+            let get = |path: &[&[u8]]| resolve(path, &scope);
+            assert_eq!(get(&[b"metadata"]), Some(PropertyValue::Bytes(vec![])));
+            assert_eq!(get(&[b"metadata", b"filter_metadata"]).map(|v| v.encode()), Some(EMPTY_PAIRS.to_vec()));
+            assert_eq!(get(&[b"metadata", b"filter_metadata", b"envoy.lb"]), None);
+            assert_eq!(get(&[b"xds", b"route_name"]), Some(PropertyValue::text("r")));
+            assert_eq!(get(&[b"xds", b"cluster_name"]), Some(PropertyValue::text("c")));
+            for removed in [&b"route_name"[..], b"cluster_name", b"listener_direction", b"node"] {
+                assert_eq!(get(&[removed]), None, "{}", String::from_utf8_lossy(removed));
+            }
+            assert_eq!(get(&[b"node", b"id"]), None);
+        }
+        exchange.info.filter_state.insert("wasm.route_name".into(), b"mine".to_vec());
+        let scope = scope_with(&plugin, &node, &exchange, &empty);
+        assert_eq!(resolve(&[b"route_name"], &scope), Some(PropertyValue::text("mine")), "a filter's own property");
+        // Without a stream only the node is known.
+        let root = PropertyScope { plugin: &plugin, node: &node, exchange: None, root_filter_state: &empty };
+        assert_eq!(resolve(&[b"metadata"], &root), None);
+        assert_eq!(resolve(&[b"xds", b"listener_metadata"], &root), None);
+        assert_eq!(resolve(&[b"xds", b"node", b"id"], &root), Some(PropertyValue::text("n")));
     }
 }

@@ -103,6 +103,190 @@ struct Probe {
     body_paused: bool,
 }
 
+/// `proxy_get_property` called directly, to tell a present empty value (status `OK`, no bytes)
+/// from an absent one (`NOT_FOUND`): the SDK reports both as `None`.
+mod raw_property {
+    use std::ptr::null_mut;
+
+    #[allow(unsafe_code, reason = "the host function the SDK's get_property wraps")]
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        fn proxy_get_property(
+            path_data: *const u8,
+            path_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+    }
+
+    /// What the host answered for `path`.
+    pub enum Answer {
+        /// `OK` with these bytes (none for an empty value).
+        Value(Vec<u8>),
+        /// `NOT_FOUND`.
+        Absent,
+        /// Any other status.
+        Status(u32),
+    }
+
+    pub fn get(path: &[&str]) -> Answer {
+        let mut serialized = Vec::new();
+        for segment in path {
+            serialized.extend_from_slice(segment.as_bytes());
+            serialized.push(0);
+        }
+        serialized.pop();
+        let mut data: *mut u8 = null_mut();
+        let mut size: usize = 0;
+        #[allow(unsafe_code, reason = "the one raw host call; the SDK's wrapper hides empty values")]
+        // SAFETY: the path buffer outlives the call; the host writes the two out-parameters and,
+        // for a non-empty value, hands over a buffer it allocated with this module's allocator,
+        // which the Vec then owns (as the SDK's own wrapper does).
+        let status = unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size) };
+        match status {
+            0 if data.is_null() => Answer::Value(Vec::new()),
+            #[allow(unsafe_code, reason = "taking ownership of the host's buffer")]
+            // SAFETY: see above; `data` points at `size` initialised bytes allocated for us.
+            0 => Answer::Value(unsafe { Vec::from_raw_parts(data, size, size) }),
+            1 => Answer::Absent,
+            other => Answer::Status(other),
+        }
+    }
+}
+
+/// How `/attrs` renders an attribute of a known type into a header value.
+#[derive(Clone, Copy)]
+enum Shape {
+    Text,
+    Int,
+    UInt,
+    Double,
+    Bool,
+    /// Proxy-wasm pairs (a map or a list), rendered `key=value` joined by `;`.
+    Pairs,
+    /// Raw bytes in hex (protobuf messages).
+    Hex,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Text when it is printable ASCII, else `0x` and hex.
+fn printable(bytes: &[u8]) -> String {
+    if bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        String::from_utf8_lossy(bytes).into_owned()
+    } else {
+        format!("0x{}", hex(bytes))
+    }
+}
+
+fn word(bytes: &[u8]) -> Option<[u8; 8]> {
+    bytes.try_into().ok()
+}
+
+/// Proxy-wasm pairs: a u32 count, the lengths, then NUL-terminated keys and values.
+fn pairs(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let u32_at =
+        |at: usize| -> Option<usize> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize) };
+    let count = u32_at(0)?;
+    let mut lengths = Vec::new();
+    for i in 0..count {
+        lengths.push((u32_at(4 + i * 8)?, u32_at(8 + i * 8)?));
+    }
+    let mut at = 4 + count * 8;
+    let mut out = Vec::new();
+    for (k, v) in lengths {
+        let key = bytes.get(at..at + k)?.to_vec();
+        at += k + 1;
+        let value = bytes.get(at..at + v)?.to_vec();
+        at += v + 1;
+        out.push((key, value));
+    }
+    Some(out)
+}
+
+fn render(bytes: &[u8], shape: Shape) -> String {
+    let number = |bytes: &[u8], f: fn([u8; 8]) -> String| word(bytes).map_or_else(|| format!("bad:{}", hex(bytes)), f);
+    match shape {
+        Shape::Text => printable(bytes),
+        Shape::Int => number(bytes, |w| i64::from_le_bytes(w).to_string()),
+        Shape::UInt => number(bytes, |w| u64::from_le_bytes(w).to_string()),
+        Shape::Double => number(bytes, |w| f64::from_le_bytes(w).to_string()),
+        Shape::Bool => match bytes {
+            [0] => "false".to_owned(),
+            [1] => "true".to_owned(),
+            other => format!("bad:{}", hex(other)),
+        },
+        Shape::Pairs => match pairs(bytes) {
+            Some(entries) => {
+                entries.iter().map(|(k, v)| format!("{}={}", printable(k), printable(v))).collect::<Vec<_>>().join(";")
+            }
+            None => format!("bad:{}", hex(bytes)),
+        },
+        Shape::Hex => hex(bytes),
+    }
+}
+
+/// An attribute as `/attrs` reports it: `absent`, `empty`, `status:N` or the rendered value.
+fn attribute(path: &[&str], shape: Shape) -> String {
+    match raw_property::get(path) {
+        raw_property::Answer::Value(bytes) if bytes.is_empty() => "empty".to_owned(),
+        raw_property::Answer::Value(bytes) => render(&bytes, shape),
+        raw_property::Answer::Absent => "absent".to_owned(),
+        raw_property::Answer::Status(status) => format!("status:{status}"),
+    }
+}
+
+/// What `/attrs` reads in the request phase (`x-attr-<name>` request headers): the
+/// configuration's attributes, the connection's, and the upstream's before there is one.
+const REQUEST_ATTRIBUTES: &[(&str, &[&str], Shape)] = &[
+    ("route-name", &["xds", "route_name"], Shape::Text),
+    ("virtual-host-name", &["xds", "virtual_host_name"], Shape::Text),
+    ("cluster-name", &["xds", "cluster_name"], Shape::Text),
+    ("filter-chain-name", &["xds", "filter_chain_name"], Shape::Text),
+    ("listener-direction", &["xds", "listener_direction"], Shape::Int),
+    ("listener-tier", &["xds", "listener_metadata", "filter_metadata", "acme", "tier"], Shape::Text),
+    ("listener-metadata", &["xds", "listener_metadata"], Shape::Hex),
+    ("route-owner", &["xds", "route_metadata", "filter_metadata", "acme", "owner"], Shape::Text),
+    ("route-weight", &["xds", "route_metadata", "filter_metadata", "acme", "weight"], Shape::Double),
+    ("route-canary", &["xds", "route_metadata", "filter_metadata", "acme", "canary"], Shape::Bool),
+    ("route-tags", &["xds", "route_metadata", "filter_metadata", "acme", "tags"], Shape::Pairs),
+    ("route-tag-1", &["xds", "route_metadata", "filter_metadata", "acme", "tags", "1"], Shape::Text),
+    ("route-nested", &["xds", "route_metadata", "filter_metadata", "acme", "nested"], Shape::Pairs),
+    ("route-null", &["xds", "route_metadata", "filter_metadata", "acme", "nothing"], Shape::Text),
+    ("virtual-host-zone", &["xds", "virtual_host_metadata", "filter_metadata", "acme", "zone"], Shape::Text),
+    ("cluster-shard", &["xds", "cluster_metadata", "filter_metadata", "acme", "shard"], Shape::Double),
+    ("cluster-namespaces", &["xds", "cluster_metadata", "filter_metadata"], Shape::Pairs),
+    ("host-version", &["xds", "upstream_host_metadata", "filter_metadata", "envoy.lb", "version"], Shape::Text),
+    ("dynamic-metadata", &["metadata"], Shape::Hex),
+    ("dynamic-filter-metadata", &["metadata", "filter_metadata"], Shape::Hex),
+    ("connection-id", &["connection", "id"], Shape::UInt),
+    ("connection-mtls", &["connection", "mtls"], Shape::Bool),
+    ("connection-sni", &["connection", "requested_server_name"], Shape::Text),
+    ("connection-tls-version", &["connection", "tls_version"], Shape::Text),
+    ("connection-peer-subject", &["connection", "subject_peer_certificate"], Shape::Text),
+    ("connection-termination", &["connection", "termination_details"], Shape::Text),
+    ("upstream-address", &["upstream", "address"], Shape::Text),
+    ("upstream-attempts", &["upstream", "request_attempt_count"], Shape::UInt),
+    ("top-route-name", &["route_name"], Shape::Text),
+    ("top-cluster-metadata", &["cluster_metadata"], Shape::Hex),
+    ("top-node-id", &["node", "id"], Shape::Text),
+];
+
+/// What `/attrs` reads in the response phase (`x-attr-<name>` response headers): the upstream's.
+const RESPONSE_ATTRIBUTES: &[(&str, &[&str], Shape)] = &[
+    ("upstream-address", &["upstream", "address"], Shape::Text),
+    ("upstream-port", &["upstream", "port"], Shape::Int),
+    ("upstream-local-address", &["upstream", "local_address"], Shape::Text),
+    ("upstream-failure", &["upstream", "transport_failure_reason"], Shape::Text),
+    ("upstream-attempts", &["upstream", "request_attempt_count"], Shape::UInt),
+    ("upstream-tls-version", &["upstream", "tls_version"], Shape::Text),
+    ("upstream-locality", &["upstream", "locality"], Shape::Hex),
+    ("host-version", &["xds", "upstream_host_metadata", "filter_metadata", "envoy.lb", "version"], Shape::Text),
+    ("host-metadata", &["xds", "upstream_host_metadata"], Shape::Hex),
+];
+
 /// Logging through the SDK's `proxy_log` wrapper.
 mod log {
     pub fn info_line(message: &str) {
@@ -140,7 +324,7 @@ impl Probe {
             ("x-prop-source", self.property_text(vec!["source", "address"])),
             ("x-prop-source-port", self.property_int(vec!["source", "port"])),
             ("x-prop-region", self.property_text(vec!["xds", "node", "metadata", "region"])),
-            ("x-prop-node-id", self.property_text(vec!["node", "id"])),
+            ("x-prop-node-id", self.property_text(vec!["xds", "node", "id"])),
             ("x-prop-missing", self.property_text(vec!["no", "such", "thing"])),
             ("x-prop-roundtrip", self.property_text(vec!["probe_state"])),
             ("x-prop-route-name", self.property_text(vec!["route_name"])),
@@ -254,9 +438,15 @@ impl HttpContext for Probe {
                 self.report_properties();
                 Action::Continue
             }
+            path if path.starts_with("/attrs") => {
+                for (name, path, shape) in REQUEST_ATTRIBUTES {
+                    self.add_http_request_header(&format!("x-attr-{name}"), &attribute(path, *shape));
+                }
+                Action::Continue
+            }
             "/reroute" => {
                 // The route as resolved before this filter ran, then a path another route serves.
-                let before = self.property_text(vec!["route_name"]);
+                let before = self.property_text(vec!["xds", "route_name"]);
                 self.add_http_request_header("x-probe-route-before", &before);
                 self.set_http_request_header(":path", Some("/api/rerouted"));
                 Action::Continue
@@ -321,6 +511,11 @@ impl HttpContext for Probe {
             log::info_line(&format!("#{} <- {name}: {value}", self.context_id));
         }
         self.add_http_response_header("x-probe-response", "yes");
+        if self.path.starts_with("/attrs") {
+            for (name, path, shape) in RESPONSE_ATTRIBUTES {
+                self.add_http_response_header(&format!("x-attr-{name}"), &attribute(path, *shape));
+            }
+        }
         // What this filter was told the body's length is, for the client to read.
         let length = self.get_http_response_header("content-length").unwrap_or_else(|| "none".to_owned());
         self.add_http_response_header("x-probe-saw-content-length", &length);

@@ -55,3 +55,50 @@ fn log_level_time_foreign_functions_and_grpc_answer_like_envoy() {
     assert_eq!(request_header(&exchange, "x-foreign"), Some("Some(NotFound)".into()));
     assert_eq!(request_header(&exchange, "x-grpc"), Some("Some(InternalFailure)".into()));
 }
+
+fn metadata(value: serde_json::Value) -> wasmtrace_runtime::properties::Metadata {
+    wasmtrace_runtime::properties::Metadata {
+        filter_metadata: std::sync::Arc::new(value.as_object().cloned().unwrap_or_default()),
+    }
+}
+
+#[test]
+fn a_filter_reads_configuration_metadata_by_type_and_the_plaintext_connection_as_envoy_answers() {
+    let runtime = runtime();
+    let probe = instance(&runtime, "abi-probe", plugin("probe", "", ""), Rc::default());
+    let exchange = request("/attrs", &[]);
+    {
+        let info = &mut exchange.borrow_mut().info;
+        info.connection_id = 42;
+        info.route_name = Some("r".into());
+        info.listener_metadata = metadata(serde_json::json!({"acme": {"tier": "gold"}}));
+        info.route_metadata = Some(metadata(serde_json::json!({
+            "acme": {"owner": "team-x", "weight": 3, "canary": true, "tags": ["a", "b"], "nothing": null}
+        })));
+    }
+    let mut stream = probe.new_stream(exchange.clone());
+    assert_eq!(stream.on_request_headers(true), Action::Continue);
+    let header = |name: &str| request_header(&exchange, &format!("x-attr-{name}")).unwrap_or_else(|| panic!("{name}"));
+    for (name, expected) in [
+        ("route-name", "r"),
+        ("listener-tier", "gold"),
+        ("route-owner", "team-x"),
+        ("route-weight", "3"),
+        ("route-canary", "true"),
+        ("route-tags", "a=;b="),
+        ("route-tag-1", "b"),
+        ("route-null", "absent"),
+        ("cluster-shard", "absent"),
+        ("dynamic-metadata", "empty"),
+        ("dynamic-filter-metadata", "00000000"),
+        ("connection-id", "42"),
+        ("connection-mtls", "false"),
+        ("connection-sni", "empty"),
+        ("connection-tls-version", "absent"),
+        ("upstream-address", "absent"),
+        ("upstream-attempts", "0"),
+        ("top-route-name", "absent"),
+    ] {
+        assert_eq!(header(name), expected, "{name}");
+    }
+}
