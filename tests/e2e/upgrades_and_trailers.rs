@@ -1,9 +1,11 @@
 //! HTTP/1.1 upgrades and HTTP/1 trailers as Envoy carries them: a WebSocket echo through the
 //! sidecar and its filters (a real WebSocket server upstream, a real client), the refusals of
 //! an upgrade no `upgrade_configs` allows (403, connection closed) and a route's override of the
-//! connection manager; trailers both ways over HTTP/1 with `http_protocol_options.enable_trailers`
-//! (the filter sees them in `on_http_request_trailers` / `on_http_response_trailers`) and none
-//! without it; `TE: trailers` forwarded, other codings not.
+//! connection manager; trailers both ways over HTTP/1 with `enable_trailers` on the connection
+//! manager and the cluster (the filter sees them in `on_http_request_trailers` /
+//! `on_http_response_trailers`), none without it, and none on the upstream hop when only the
+//! connection manager enables them (each HTTP/1 hop follows its own setting, as in Envoy);
+//! `TE: trailers` forwarded, other codings not.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -312,15 +314,24 @@ impl std::io::Write for LineWriter {
     }
 }
 
-/// A sidecar with the abi-probe in front of cluster `service` at `addr`; `enable_trailers` sets
-/// `http_protocol_options.enable_trailers`.
-fn trailers_proxy(addr: SocketAddr, enable_trailers: bool) -> RunningProxy {
-    let hcm = if enable_trailers { "                http_protocol_options: { enable_trailers: true }\n" } else { "" };
+/// A sidecar with the abi-probe in front of cluster `service` at `addr`: `listener` sets the
+/// connection manager's `http_protocol_options.enable_trailers`, `cluster` the cluster's (in
+/// `explicit_http_config`, as Envoy's `HttpProtocolOptions` write it).
+fn trailers_proxy(addr: SocketAddr, listener: bool, cluster_trailers: bool) -> RunningProxy {
+    let hcm = if listener { "                http_protocol_options: { enable_trailers: true }\n" } else { "" };
+    let options = if cluster_trailers {
+        r#"      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: { http_protocol_options: { enable_trailers: true } }"#
+    } else {
+        ""
+    };
     start(&bootstrap_with_hcm(
         hcm,
         &route("/", "service", "5s"),
         &[wasm_filter("probe", "abi-probe", "", false)],
-        &[cluster("service", addr, "")],
+        &[cluster("service", addr, options)],
     ))
 }
 
@@ -354,7 +365,7 @@ async fn post_with_trailers(proxy: SocketAddr) -> Option<HeaderMap> {
 async fn with_enable_trailers_http1_trailers_go_both_ways_and_the_filter_sees_them() {
     let logs = filter_logs();
     let (upstream, seen) = trailers_upstream();
-    let proxy = trailers_proxy(upstream, true);
+    let proxy = trailers_proxy(upstream, true, true);
     let trailers = post_with_trailers(ingress(&proxy)).await.expect("the client got the response's trailers");
     assert_eq!(trailers.get("x-upstream-checksum").map(HeaderValue::as_bytes), Some(&b"up-7f3a"[..]));
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -379,7 +390,7 @@ async fn with_enable_trailers_http1_trailers_go_both_ways_and_the_filter_sees_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_enable_trailers_http1_trailers_are_dropped_both_ways_as_envoys_codec_drops_them() {
     let (upstream, seen) = trailers_upstream();
-    let proxy = trailers_proxy(upstream, false);
+    let proxy = trailers_proxy(upstream, false, false);
     let trailers = post_with_trailers(ingress(&proxy)).await;
     assert!(trailers.as_ref().is_none_or(HeaderMap::is_empty), "no trailers to the client: {trailers:?}");
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -388,9 +399,23 @@ async fn without_enable_trailers_http1_trailers_are_dropped_both_ways_as_envoys_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_enable_trailers_on_the_listener_alone_the_upstream_hop_drops_them_both_ways() {
+    let (upstream, seen) = trailers_upstream();
+    let proxy = trailers_proxy(upstream, true, false);
+    // The client's trailers reach the filter (the downstream codec keeps them) but the upstream
+    // codec does not write them; the upstream's are dropped as they are read, so the client,
+    // whose own hop would carry them, gets none.
+    let trailers = post_with_trailers(ingress(&proxy)).await;
+    assert!(trailers.as_ref().is_none_or(HeaderMap::is_empty), "no trailers to the client: {trailers:?}");
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(seen.is_empty(), "no trailers on the upstream HTTP/1 hop without the cluster's enable_trailers: {seen:?}");
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn te_trailers_is_forwarded_and_other_transfer_codings_are_not() {
     let upstream = Upstream::start();
-    let proxy = trailers_proxy(upstream.addr, false);
+    let proxy = trailers_proxy(upstream.addr, false, false);
     let addr = ingress(&proxy);
     for (te, connection, forwarded) in [
         ("trailers", None, Some("trailers")),

@@ -3,10 +3,11 @@
 //! the body pumps that stream data through the filters in both directions (or, for an upgrade the
 //! upstream accepted, the tunnel of [`crate::upgrade`]).
 //!
-//! HTTP/1 trailers pass only with the connection manager's `http_protocol_options.enable_trailers`
-//! (Envoy's HTTP/1 codec drops them otherwise), on each HTTP/1 side: trailers a client sends over
-//! HTTP/1 never reach the filters, trailers never reach an HTTP/1 client or upstream. HTTP/2 carries
-//! trailers always.
+//! HTTP/1 trailers pass an HTTP/1 hop only with that hop's `enable_trailers` (Envoy's HTTP/1
+//! codec drops them otherwise): the connection manager's `http_protocol_options` on the downstream
+//! side (trailers a client sends over HTTP/1 never reach the filters; none are written to an
+//! HTTP/1 client), the cluster's on the upstream side (none are written to an HTTP/1 upstream;
+//! those it sends never reach the filters). HTTP/2 carries trailers always.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -266,7 +267,8 @@ struct Stream {
     upgrade: UpgradeDecision,
     /// The client speaks HTTP/1 (trailers to it need `enable_trailers`).
     downstream_h1: bool,
-    /// `http_protocol_options.enable_trailers`: HTTP/1 trailers pass.
+    /// The connection manager's `http_protocol_options.enable_trailers`: HTTP/1 trailers pass
+    /// the downstream hop.
     trailers: bool,
 }
 
@@ -436,8 +438,8 @@ impl Stream {
             let text = format!("cluster `{cluster}` speaks HTTP/2, which cannot carry an HTTP/1.1 upgrade here\n");
             return self.local_reply(plain(502, "upgrade_failed", &text), all).await;
         }
-        // The HTTP/1 upstream codec drops the request's trailers without `enable_trailers`.
-        let keep_trailers = self.trailers || http2;
+        // The HTTP/1 upstream codec drops trailers without the cluster's `enable_trailers`.
+        let keep_trailers = client.cluster.http1_trailers || http2;
         let request = match self.head.take() {
             Some(head) => unfiltered_upstream_request(head, rewrite, http2, cluster),
             None => {
@@ -506,7 +508,7 @@ impl Stream {
                 }
                 UpstreamFailure::from_client_error(&error)
             }
-            Some(Ok(response)) => return self.respond(response, http2).await,
+            Some(Ok(response)) => return self.respond(response, keep_trailers).await,
         };
         if let Some(stats) = &stats {
             stats.failure(failure.kind());
@@ -517,11 +519,12 @@ impl Stream {
         self.local_reply(plain(status.as_u16(), details, &text), all).await
     }
 
-    /// The upstream's response through the response filters (`http2`: the upstream's protocol).
+    /// The upstream's response through the response filters (`upstream_trailers`: the upstream
+    /// hop carries trailers, being HTTP/2 or with the cluster's `enable_trailers`).
     async fn respond(
         mut self,
         response: Response<Incoming>,
-        http2: bool,
+        upstream_trailers: bool,
     ) -> Result<Response<ResponseBody>, StreamReset> {
         if self.downstream_failed.load(Ordering::Relaxed) {
             // The upstream answered a request whose body broke off: that answer is about a
@@ -545,9 +548,9 @@ impl Stream {
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, Hop::Response);
-        // Trailers pass an HTTP/1 hop only with `enable_trailers`: the upstream codec drops what
-        // it reads (the filters never see them), the downstream one what it would write.
-        let body = TrailerGate::new(body, self.trailers || http2);
+        // Trailers pass an HTTP/1 hop only with its `enable_trailers`: the upstream codec drops
+        // what it reads (the filters never see them), the downstream one what it would write.
+        let body = TrailerGate::new(body, upstream_trailers);
         let to_client = self.trailers || !self.downstream_h1;
         let all = self.filter_count();
         if all == 0 {
