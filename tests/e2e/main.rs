@@ -4,6 +4,7 @@
 mod fixture;
 
 mod admin;
+mod assemblyscript;
 mod callouts;
 mod collector_limits;
 mod demo;
