@@ -503,6 +503,11 @@ impl HttpContext for Probe {
         for (name, value) in self.get_http_response_trailers() {
             log::info_line(&format!("#{} <- trailer {name}: {value}", self.context_id));
         }
+        // What it saw of the upstream's checksum, for the client to read (announced in the
+        // response headers).
+        if let Some(checksum) = self.get_http_response_trailer("x-upstream-checksum") {
+            self.add_http_response_trailer("x-probe-saw-upstream-checksum", &checksum);
+        }
         Action::Continue
     }
 
@@ -521,6 +526,12 @@ impl HttpContext for Probe {
         self.add_http_response_header("x-probe-saw-content-length", &length);
         if self.path == "/redact" {
             self.set_http_response_header("content-length", None);
+        }
+        if let Some(announced) = self.get_http_response_header("trailer")
+            && announced.contains("x-upstream-checksum")
+        {
+            // The trailer on_http_response_trailers adds, announced as HTTP/1 needs.
+            self.set_http_response_header("trailer", Some(&format!("{announced}, x-probe-saw-upstream-checksum")));
         }
         Action::Continue
     }
