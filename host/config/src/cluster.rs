@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::listener::host_and_port;
-use crate::listener::metadata::metadata_of;
+use crate::metadata::metadata_of;
 use crate::model::{Cluster, DiscoveryType, Endpoint, Metadata};
 use crate::tree::{Errors, Node};
 

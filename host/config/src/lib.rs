@@ -17,6 +17,7 @@
 mod cluster;
 mod duration;
 mod listener;
+mod metadata;
 pub mod model;
 mod placement;
 mod tree;

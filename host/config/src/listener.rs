@@ -7,11 +7,7 @@ use crate::model::*;
 use crate::tree::{Errors, Node};
 use crate::wasm;
 
-// The crate root lists its modules; this one is declared here, next to its first user.
-#[path = "metadata.rs"]
-pub(crate) mod metadata;
-
-use metadata::metadata_of;
+use crate::metadata::metadata_of;
 
 const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
 const HCM_TYPE: &str =

@@ -46,6 +46,15 @@ const VOCABULARY: &[&[u8]] = &[
     b"connection_id",
     b"connection",
     b"filter_state",
+    b"metadata",
+    // Envoy's pre-1.33 top-level spellings of `xds.*`, kept as aliases.
+    b"cluster_name",
+    b"cluster_metadata",
+    b"route_name",
+    b"route_metadata",
+    b"listener_direction",
+    b"listener_metadata",
+    b"upstream_host_metadata",
 ];
 
 fn node() -> NodeInfo {

@@ -7,8 +7,14 @@
 //! `virtual_host_name`, `virtual_host_metadata`, `upstream_host_metadata`, `listener_direction`,
 //! `listener_metadata`, `filter_chain_name`), `plugin_name`, `plugin_root_id`, `plugin_vm_id` and
 //! `connection_id`. Any other first segment names filter state a filter set with
-//! `proxy_set_property` — the Wasm-only spellings Envoy removed in 1.33 (`node`, `route_name`,
-//! `cluster_metadata`, ... at the top level) included, as there.
+//! `proxy_set_property`.
+//!
+//! One deliberate extension: the Wasm-only top-level spellings of `xds.*` that Envoy served up to
+//! 1.32 and removed in 1.33 (`node`, `cluster_name`, `cluster_metadata`, `route_name`,
+//! `route_metadata`, `listener_direction`, `listener_metadata`, `upstream_host_metadata`) still
+//! answer, as aliases: filters written for those Envoys (Higress plugins read `cluster_name`,
+//! Istio's older ones `listener_direction`) keep working. When the attribute has no value yet
+//! (no route), a filter state of the same name answers, as it would in Envoy 1.33.
 //!
 //! Serialisation: strings and bytes raw; integers, doubles, timestamps (ns since epoch) and
 //! durations (ns) as 8 little-endian bytes; booleans as one byte; maps as header-map pairs (a
@@ -426,6 +432,20 @@ fn xds_property(scope: &PropertyScope<'_>, attr: &[u8], rest: &[&[u8]]) -> Optio
     single(rest, value)
 }
 
+/// The top-level spellings of `xds.*` Envoy served up to 1.32 (see the module docs).
+macro_rules! LEGACY_XDS {
+    () => {
+        b"node"
+            | b"cluster_name"
+            | b"cluster_metadata"
+            | b"route_name"
+            | b"route_metadata"
+            | b"listener_direction"
+            | b"listener_metadata"
+            | b"upstream_host_metadata"
+    };
+}
+
 /// Resolves `path` (segments as the guest sent them, split at NUL).
 pub(crate) fn resolve(path: &[&[u8]], scope: &PropertyScope<'_>) -> Option<PropertyValue> {
     let (first, rest) = path.split_first()?;
@@ -444,6 +464,9 @@ pub(crate) fn resolve(path: &[&[u8]], scope: &PropertyScope<'_>) -> Option<Prope
         (b"connection", [attr, tail @ ..]) => connection_property(&exchange?.info, attr, tail),
         (b"connection_id", []) => Some(PropertyValue::UInt(exchange?.info.connection_id)),
         (b"metadata", rest) => metadata_property(&exchange?.info.dynamic_metadata, rest),
+        (attr @ LEGACY_XDS!(), rest) => {
+            xds_property(scope, attr, rest).or_else(|| filter_state_value(exchange, scope, path))
+        }
         (b"filter_state", [key]) => {
             let key = String::from_utf8_lossy(key);
             let value = match exchange {
@@ -452,15 +475,22 @@ pub(crate) fn resolve(path: &[&[u8]], scope: &PropertyScope<'_>) -> Option<Prope
             };
             value.cloned().map(PropertyValue::Bytes)
         }
-        _ => {
-            // Anything else may be filter state a filter set with proxy_set_property.
-            let value = match exchange {
-                Some(e) => filter_state(&e.info.filter_state, path),
-                None => scope.root_filter_state.get(&filter_state_key(path)),
-            };
-            value.cloned().map(PropertyValue::Bytes)
-        }
+        // Anything else may be filter state a filter set with proxy_set_property.
+        _ => filter_state_value(exchange, scope, path),
     }
+}
+
+/// The filter state a filter set with `proxy_set_property(path)`.
+fn filter_state_value(
+    exchange: Option<&HttpExchange>,
+    scope: &PropertyScope<'_>,
+    path: &[&[u8]],
+) -> Option<PropertyValue> {
+    let value = match exchange {
+        Some(e) => filter_state(&e.info.filter_state, path),
+        None => scope.root_filter_state.get(&filter_state_key(path)),
+    };
+    value.cloned().map(PropertyValue::Bytes)
 }
 
 // === protobuf encoding of envoy.config.core.v3.Node (id = 1, cluster = 2, metadata = 3),
@@ -708,9 +738,9 @@ mod tests {
         assert_eq!(get(&xds(b"virtual_host_metadata")), Some(PropertyValue::text("u")));
         assert_eq!(get(&xds(b"cluster_metadata")), Some(PropertyValue::text("u")));
         assert_eq!(get(&xds(b"upstream_host_metadata")), Some(PropertyValue::text("u")));
-        // Envoy 1.33 removed the top-level spellings: they are filter state like any other name.
-        assert_eq!(get(&[b"cluster_metadata"]), None);
-        assert_eq!(get(&[b"listener_metadata"]), None);
+        // The top-level spellings Envoy served up to 1.32 answer the same.
+        assert_eq!(get(&[b"cluster_metadata"]), get(&xds(b"cluster_metadata")[..2]));
+        assert_eq!(get(&[b"listener_metadata"]), get(&[b"xds", b"listener_metadata"]));
     }
 
     #[test]
@@ -763,7 +793,7 @@ mod tests {
     }
 
     #[test]
-    fn dynamic_metadata_is_an_empty_metadata_and_the_removed_names_are_filter_state() {
+    fn dynamic_metadata_is_an_empty_metadata_and_the_old_spellings_are_aliases() {
         let plugin = PluginConfig::named("p");
         let node = NodeInfo { id: "n".into(), ..NodeInfo::default() };
         let empty = HashMap::new();
@@ -778,11 +808,14 @@ mod tests {
             assert_eq!(get(&[b"metadata", b"filter_metadata", b"envoy.lb"]), None);
             assert_eq!(get(&[b"xds", b"route_name"]), Some(PropertyValue::text("r")));
             assert_eq!(get(&[b"xds", b"cluster_name"]), Some(PropertyValue::text("c")));
-            for removed in [&b"route_name"[..], b"cluster_name", b"listener_direction", b"node"] {
-                assert_eq!(get(&[removed]), None, "{}", String::from_utf8_lossy(removed));
+            for old in [&b"route_name"[..], b"cluster_name", b"listener_direction", b"node"] {
+                assert_eq!(get(&[old]), get(&[b"xds", old]), "{}", String::from_utf8_lossy(old));
             }
-            assert_eq!(get(&[b"node", b"id"]), None);
+            assert_eq!(get(&[b"route_name"]), Some(PropertyValue::text("r")));
+            assert_eq!(get(&[b"node", b"id"]), Some(PropertyValue::text("n")));
         }
+        // With no route, a filter's own property of that name answers (as in Envoy 1.33).
+        exchange.info.route_name = None;
         exchange.info.filter_state.insert("wasm.route_name".into(), b"mine".to_vec());
         let scope = scope_with(&plugin, &node, &exchange, &empty);
         assert_eq!(resolve(&[b"route_name"], &scope), Some(PropertyValue::text("mine")), "a filter's own property");

@@ -270,7 +270,7 @@ const REQUEST_ATTRIBUTES: &[(&str, &[&str], Shape)] = &[
     ("upstream-address", &["upstream", "address"], Shape::Text),
     ("upstream-attempts", &["upstream", "request_attempt_count"], Shape::UInt),
     ("top-route-name", &["route_name"], Shape::Text),
-    ("top-cluster-metadata", &["cluster_metadata"], Shape::Hex),
+    ("top-cluster-shard", &["cluster_metadata", "filter_metadata", "acme", "shard"], Shape::Double),
     ("top-node-id", &["node", "id"], Shape::Text),
 ];
 
