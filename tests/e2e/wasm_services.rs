@@ -145,3 +145,11 @@ fn the_wasm_service_example_passes_wasmtrace_check_and_the_envoy_schema_check() 
     assert!(run.success, "{}", run.output);
     assert!(run.output.contains("valid envoy.config.bootstrap.v3.Bootstrap"), "{}", run.output);
 }
+
+#[test]
+fn a_service_named_like_a_filter_is_refused() {
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let yaml = bootstrap(upstream, true, "one").replace("name: ticker", "name: reporter");
+    let errors = Bootstrap::from_yaml(&yaml).expect_err("one name for a filter and a service").to_string();
+    assert!(errors.contains("a Wasm filter is named `reporter` too"), "{errors}");
+}

@@ -126,8 +126,17 @@ fn check_references(bootstrap: &Bootstrap, root: &Node<'_>, errors: &mut Errors)
             }
         }
     }
+    let filter_names: std::collections::HashSet<&String> =
+        bootstrap.listeners.iter().flat_map(|l| &l.http.wasm_filters).map(|f| &f.name).collect();
     let mut services = std::collections::HashSet::new();
     for (i, service) in bootstrap.wasm_services.iter().enumerate() {
+        if filter_names.contains(&service.filter.name) {
+            errors.push(
+                path(&format!("bootstrap_extensions[{i}].typed_config.config.name")),
+                format!("a Wasm filter is named `{}` too", service.filter.name),
+                Some("a swap by name would replace both: give the service its own name".into()),
+            );
+        }
         if !services.insert(&service.filter.name) {
             errors.push(
                 path(&format!("bootstrap_extensions[{i}].typed_config.config.name")),

@@ -119,6 +119,11 @@ pub enum SlotRole {
 }
 
 impl SlotRole {
+    /// Whether this is a Wasm service.
+    pub fn is_service(self) -> bool {
+        matches!(self, Self::Service { .. })
+    }
+
     /// Whether worker `worker` runs a VM of this slot.
     pub fn runs_on(self, worker: usize) -> bool {
         !matches!(self, Self::Service { singleton: true }) || worker == 0

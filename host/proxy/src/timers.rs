@@ -49,6 +49,9 @@ pub async fn drive(plugin: Rc<PluginInstance>, stop: impl Future<Output = ()>) {
 /// queues), keeps delivering to it until it calls `proxy_done` or `deadline` passes. Returns
 /// whether it finished in time.
 pub async fn finish(vm: &PluginVm, deadline: Instant) -> bool {
+    // What was enqueued for it until now (by filters that finished first) is delivered before it
+    // is asked to finish: a root context that says done at once would never see it.
+    let _ = vm.deliver_queue_ready();
     if vm.shutdown() {
         return true;
     }

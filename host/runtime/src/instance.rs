@@ -7,7 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::callout::CalloutDispatcher;
 use crate::error::StartError;
@@ -31,7 +31,14 @@ pub struct PluginInstance {
     backoff_until: Cell<Option<Instant>>,
     last_start_error: RefCell<Option<String>>,
     restarts: Cell<u64>,
+    /// VMs in a row that failed in their root context right after starting.
+    crash_loops: Cell<u32>,
 }
+
+/// A VM that fails in its root context within this long of starting counts as a crash loop.
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(1);
+/// The longest wait before re-creating a crash-looping VM.
+const MAX_CRASH_LOOP_BACKOFF: Duration = Duration::from_secs(30);
 
 impl PluginInstance {
     /// Starts the first VM. Fails when the module cannot start or configure: a plugin that does
@@ -53,6 +60,7 @@ impl PluginInstance {
             backoff_until: Cell::new(None),
             last_start_error: RefCell::new(None),
             restarts: Cell::new(0),
+            crash_loops: Cell::new(0),
         })
     }
 
@@ -90,6 +98,21 @@ impl PluginInstance {
         }
         if self.backoff_until.get().is_some_and(|until| Instant::now() < until) {
             return;
+        }
+        // A root context that fails again right after every re-creation (a tick that traps)
+        // would re-create at tick rate: wait, twice as long each time in a row.
+        let crash_loop = self.vm.borrow().as_ref().is_some_and(|vm| vm.failed_early_off_stream(CRASH_LOOP_WINDOW));
+        if crash_loop {
+            let loops = self.crash_loops.get().saturating_add(1);
+            self.crash_loops.set(loops);
+            let wait =
+                self.plugin.limits.restart_backoff.saturating_mul(1 << (loops - 1).min(5)).min(MAX_CRASH_LOOP_BACKOFF);
+            tracing::warn!(plugin = %self.plugin.name, ?wait, "wasm VM failed in its root context right after starting; re-created after a wait");
+            *self.vm.borrow_mut() = None;
+            self.backoff_until.set(Some(Instant::now() + wait));
+            return;
+        } else if self.vm.borrow().is_some() {
+            self.crash_loops.set(0);
         }
         match PluginVm::start(self.module.clone(), self.plugin.clone(), self.services.clone(), self.dispatcher.clone())
         {

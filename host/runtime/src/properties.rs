@@ -13,8 +13,8 @@
 //! 1.32 and removed in 1.33 (`node`, `cluster_name`, `cluster_metadata`, `route_name`,
 //! `route_metadata`, `listener_direction`, `listener_metadata`, `upstream_host_metadata`) still
 //! answer, as aliases: filters written for those Envoys (Higress plugins read `cluster_name`,
-//! Istio's older ones `listener_direction`) keep working. When the attribute has no value yet
-//! (no route), a filter state of the same name answers, as it would in Envoy 1.33.
+//! Istio's older ones `listener_direction`) keep working. They answer as Envoy 1.32 did, never
+//! from filter state: a filter cannot pose as the route or the upstream to the filters after it.
 //!
 //! Serialisation: strings and bytes raw; integers, doubles, timestamps (ns since epoch) and
 //! durations (ns) as 8 little-endian bytes; booleans as one byte; maps as header-map pairs (a
@@ -464,9 +464,8 @@ pub(crate) fn resolve(path: &[&[u8]], scope: &PropertyScope<'_>) -> Option<Prope
         (b"connection", [attr, tail @ ..]) => connection_property(&exchange?.info, attr, tail),
         (b"connection_id", []) => Some(PropertyValue::UInt(exchange?.info.connection_id)),
         (b"metadata", rest) => metadata_property(&exchange?.info.dynamic_metadata, rest),
-        (attr @ LEGACY_XDS!(), rest) => {
-            xds_property(scope, attr, rest).or_else(|| filter_state_value(exchange, scope, path))
-        }
+        // Authoritative, as in Envoy ≤ 1.32: never answered from filter state another filter set.
+        (attr @ LEGACY_XDS!(), rest) => xds_property(scope, attr, rest),
         (b"filter_state", [key]) => {
             let key = String::from_utf8_lossy(key);
             let value = match exchange {
@@ -814,11 +813,12 @@ mod tests {
             assert_eq!(get(&[b"route_name"]), Some(PropertyValue::text("r")));
             assert_eq!(get(&[b"node", b"id"]), Some(PropertyValue::text("n")));
         }
-        // With no route, a filter's own property of that name answers (as in Envoy 1.33).
+        // Not even with no route does another filter's property of that name answer.
         exchange.info.route_name = None;
-        exchange.info.filter_state.insert("wasm.route_name".into(), b"mine".to_vec());
+        exchange.info.filter_state.insert("wasm.route_name".into(), b"spoofed".to_vec());
         let scope = scope_with(&plugin, &node, &exchange, &empty);
-        assert_eq!(resolve(&[b"route_name"], &scope), Some(PropertyValue::text("mine")), "a filter's own property");
+        assert_eq!(resolve(&[b"route_name"], &scope), None, "the route's name or nothing");
+        assert_eq!(resolve(&[b"other_name"], &scope), None);
         // Without a stream only the node is known.
         let root = PropertyScope { plugin: &plugin, node: &node, exchange: None, root_filter_state: &empty };
         assert_eq!(resolve(&[b"metadata"], &root), None);

@@ -293,6 +293,8 @@ pub struct PluginVm {
     inbox: Arc<QueueInbox>,
     next_context_id: Cell<u32>,
     started_at: Instant,
+    /// The context whose callback failed the VM (the root's, or a stream's).
+    failed_context: Cell<Option<u32>>,
 }
 
 fn lookup<P, R>(store: &mut Store<VmState>, instance: &wasmtime::Instance, name: &str) -> Option<TypedFunc<P, R>>
@@ -368,6 +370,7 @@ impl PluginVm {
             inbox,
             next_context_id: Cell::new(ROOT_CONTEXT_ID + 1),
             started_at: Instant::now(),
+            failed_context: Cell::new(None),
         });
         vm.inner.borrow_mut().store.data_mut().self_ref = send_wrapper::SendWrapper::new(Rc::downgrade(&vm));
         vm.set_startup_log(Some(StartupLog::default()));
@@ -545,7 +548,19 @@ impl PluginVm {
                 failure
             })
         };
-        result.inspect_err(|failure| self.fail(failure.clone()))
+        result.inspect_err(|failure| {
+            if !self.is_failed() {
+                self.failed_context.set(Some(context));
+            }
+            self.fail(failure.clone());
+        })
+    }
+
+    /// Whether this VM failed in its root context (a tick, a queue, a callout's answer) soon
+    /// after it started: a module that does so again each time it is re-created would spin,
+    /// with no stream to stop it (a Wasm service), so its re-creation backs off.
+    pub(crate) fn failed_early_off_stream(&self, window: Duration) -> bool {
+        self.is_failed() && self.failed_context.get() == Some(ROOT_CONTEXT_ID) && self.started_at.elapsed() < window
     }
 
     fn classify(&self, callback: &'static str, error: &wasmtime::Error, memory_limit_hit: bool) -> GuestFailure {

@@ -82,7 +82,10 @@ struct WorkerGeneration {
 }
 
 impl WorkerGeneration {
-    fn start(env: &WorkerEnv, plugin: Arc<LoadedPlugin>) -> Result<Self, String> {
+    /// Starts a VM of `plugin`. A filter's timers stop with the worker (its streams drain, then
+    /// it flushes); a service's keep running through the drain, until it finishes after the
+    /// filters (they may still enqueue for it).
+    fn start(env: &WorkerEnv, plugin: Arc<LoadedPlugin>, service: bool) -> Result<Self, String> {
         let instance =
             PluginInstance::start(&env.runtime, plugin.module.clone(), plugin.config.clone(), env.callouts.clone())
                 .map_err(|e| e.to_string())?;
@@ -92,7 +95,7 @@ impl WorkerGeneration {
         let mut worker_stop = env.stop.clone();
         let until = async move {
             tokio::select! {
-                _ = worker_stop.wait_for(|stopped| *stopped) => {}
+                _ = worker_stop.wait_for(|stopped| *stopped && !service) => {}
                 _ = generation_stop.wait_for(|stopped| *stopped) => {}
             }
         };
@@ -137,7 +140,7 @@ impl WorkerPlugin {
     /// Starts the slot's active generation on this worker.
     pub fn start(slot: Arc<PluginSlot>, env: Rc<WorkerEnv>) -> Result<Self, String> {
         let plugin = slot.active();
-        let generation = WorkerGeneration::start(&env, plugin.clone())
+        let generation = WorkerGeneration::start(&env, plugin.clone(), slot.role.is_service())
             .map_err(|e| format!("listener `{}`: {e}", plugin.listener))?;
         Ok(Self {
             active_generation: Cell::new(plugin.generation),
@@ -165,7 +168,8 @@ impl WorkerPlugin {
                 let outcome = if self.stopping.get() {
                     Err("the proxy is shutting down".to_owned())
                 } else {
-                    WorkerGeneration::start(&self.env, plugin).map(|g| self.staged.borrow_mut().push(g))
+                    WorkerGeneration::start(&self.env, plugin, self.slot.role.is_service())
+                        .map(|g| self.staged.borrow_mut().push(g))
                 };
                 let _ = reply.send(outcome);
             }

@@ -159,3 +159,31 @@ fn an_entry_point_with_another_signature_is_refused_at_load_naming_it() {
     load(&[r#"(func (export "_initialize"))"#, r#"(func (export "_start") (param i32))"#].concat())
         .expect("a reactor's `_start` is not checked");
 }
+
+/// A root context that traps on every tick, 1 ms apart: without a wait between re-creations
+/// the worker would re-create it a thousand times a second.
+#[test]
+fn a_vm_failing_in_its_root_context_right_after_each_start_is_re_created_after_a_growing_wait() {
+    let wat = r#"(module
+  (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (call $tick (i32.const 1))) (i32.const 1))
+  (func (export "proxy_on_tick") (param i32) unreachable))"#;
+    let mut config = plugin("crash-loop", "", "");
+    config.limits.restart_backoff = Duration::from_millis(50);
+    let instance = start_with(&runtime(), wat, config).expect("it starts");
+    let began = std::time::Instant::now();
+    while began.elapsed() < Duration::from_millis(600) {
+        if let Some(vm) = instance.vm() {
+            let _ = vm.tick_if_due(std::time::Instant::now() + Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Waits of 50, 100, 200 ms... fit four or five re-creations in 600 ms, not hundreds.
+    let restarts = instance.restarts();
+    assert!((1..=6).contains(&restarts), "re-created {restarts} times");
+}
