@@ -57,6 +57,12 @@ fn get_property(
     let Some(value) = value else {
         return Ok(Status::NotFound.code());
     };
+    // A map is encoded once (measuring it would encode it a second time); scalars and bytes
+    // are written straight into the guest's buffer.
+    if let PropertyValue::Map(_) = value {
+        memory::hand_over(&mut caller, CALL, &value.encode(), ret_ptr, ret_len)?;
+        return Ok(Status::Ok.code());
+    }
     memory::hand_over_with(&mut caller, CALL, value.encoded_len(), ret_ptr, ret_len, |out, _| {
         if !value.encode_into(out) {
             out.fill(0);
