@@ -6,10 +6,20 @@
 //! `on_http_response_trailers`), none without it, and none on the upstream hop when only the
 //! connection manager enables them (each HTTP/1 hop follows its own setting, as in Envoy);
 //! `TE: trailers` forwarded, other codings not.
+//!
+//! The hostile side of upgrades with raw TCP clients and upstreams (bytes a library would
+//! normalise): several `Upgrade` values or an unreadable `Connection` are refused before any
+//! upstream sees them, the upstream gets a rebuilt `Connection`/`Upgrade` and no
+//! `HTTP2-Settings`, a `101` to another protocol is refused 502, a `101` a filter rewrote is not
+//! tunnelled; a tunnel counts as an open connection (`max_connections`, the drain at shutdown,
+//! `max_connection_duration`) and ends whole when the client closes; an answer to an upgrade
+//! other than its tunnel closes the connection.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -20,11 +30,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use wasmtrace_proxy::RunningProxy;
 use wasmtrace_proxy::body::{ChannelBody, ProxyBody, boxed};
+use wasmtrace_proxy::{ProxyOptions, RunningProxy};
 
 use crate::fixture::client::get;
-use crate::fixture::proxy::{bootstrap_with_hcm, cluster, ingress, route, start, wasm_filter};
+use crate::fixture::proxy::{
+    bootstrap_with_hcm, cluster, ingress, route, start, start_with, wasm_filter, wasm_filter_yaml,
+};
 use crate::fixture::upstream::Upstream;
 use crate::hardening::stat;
 
@@ -389,5 +401,477 @@ async fn te_trailers_is_forwarded_and_other_transfer_codings_are_not() {
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.upstream_saw("te").as_deref(), forwarded, "TE: {te}");
     }
+    proxy.shutdown();
+}
+
+// === Hostile upgrades, with raw clients and a raw upstream ===
+
+/// What a [`raw_upstream`] saw.
+#[derive(Clone, Default)]
+struct RawSeen {
+    /// Each request head, as text (lossy).
+    heads: Arc<Mutex<Vec<String>>>,
+    /// Connections whose other side (the proxy) closed or reset.
+    closed: Arc<AtomicUsize>,
+}
+
+impl RawSeen {
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until `n` connections were closed by the proxy.
+    async fn closed_by_proxy(&self, n: usize) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if self.closed.load(Ordering::SeqCst) >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+/// An upstream speaking raw bytes: it records each request head, answers `answer` (a `101`
+/// written by hand), then echoes what it reads. When the proxy closes its side it counts the
+/// close, and 200 ms later writes `late` (to a half-closed connection) and holds it for 5 s.
+fn raw_upstream(answer: &'static str) -> (SocketAddr, RawSeen) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let addr = listener.local_addr().expect("address");
+    let seen = RawSeen::default();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 16 << 10];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    record.heads.lock().unwrap_or_else(|p| p.into_inner()).push(String::from_utf8_lossy(&head).into());
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) => break,
+                            Err(_) => {
+                                record.closed.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(n) => {
+                                if stream.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    record.closed.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let _ = stream.write_all(b"late").await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                });
+            }
+        });
+    });
+    (addr, seen)
+}
+
+/// The `101` a WebSocket upstream answers (by hand, so the test says exactly what it sends).
+const SWITCH_TO_WEBSOCKET: &str = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+/// A handshake's request line and the headers every case shares.
+const HANDSHAKE: &str = "GET /chat HTTP/1.1\r\nHost: ws.local\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+/// Sends `request` (raw bytes) and reads until the proxy closes the connection; a proxy that
+/// keeps it open fails the test.
+async fn exchange_closing(proxy: SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("the proxy kept the connection open after: {}", String::from_utf8_lossy(&answer)))
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Opens a connection and completes a WebSocket handshake by hand (`extra` header lines), up to
+/// the end of the proxy's `101`; returns the connection and the `101`.
+async fn raw_switch(proxy: SocketAddr, extra: &str) -> (tokio::net::TcpStream, String) {
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.expect("connect");
+    let request = format!("{HANDSHAKE}Connection: Upgrade\r\nUpgrade: websocket\r\n{extra}\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut byte)).await.expect("in time").expect("read");
+        assert_eq!(read, 1, "the proxy closed before its answer ended: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    (stream, head)
+}
+
+/// Writes `bytes` into a tunnel and reads the same bytes back (the upstream echoes).
+async fn echoes(stream: &mut tokio::net::TcpStream, bytes: &[u8]) -> bool {
+    if stream.write_all(bytes).await.is_err() {
+        return false;
+    }
+    let mut back = vec![0u8; bytes.len()];
+    matches!(tokio::time::timeout(PATIENCE, stream.read_exact(&mut back)).await, Ok(Ok(_))) && back == bytes
+}
+
+/// The values of header `name` (lower-case) in a raw message head, in order.
+fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.split("\r\n")
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(field, _)| field.trim().eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.trim().to_owned())
+        .collect()
+}
+
+/// Whether a raw response head says `Connection: close`.
+fn says_close(answer: &str) -> bool {
+    let head = answer.split("\r\n\r\n").next().unwrap_or_default();
+    header_values(head, "connection").iter().any(|value| value.eq_ignore_ascii_case("close"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_upgrade_values_or_an_unreadable_connection_are_refused_before_any_upstream() {
+    let (upstream, seen) = raw_upstream(SWITCH_TO_WEBSOCKET);
+    let proxy = websocket_proxy(upstream, WEBSOCKET_ON, "");
+    let admin = proxy.admin_address().expect("admin");
+    // The attack: `websocket` first (allowed), `h2c` second (which an upstream that reads every
+    // value may pick), the h2c settings, and a `Connection` line whose `\xff` hid its tokens.
+    let attack = [
+        HANDSHAKE.as_bytes(),
+        b"Upgrade: websocket\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nConnection: HTTP2-Settings, \xff\r\n",
+        b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    ]
+    .concat();
+    let answer = exchange_closing(ingress(&proxy), &attack).await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(says_close(&answer), "{answer}");
+    for (extra, why) in [
+        ("Connection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n", "two Upgrade headers"),
+        ("Connection: Upgrade\r\nUpgrade: websocket, h2c\r\n", "a list in one Upgrade header"),
+    ] {
+        let answer = exchange_closing(ingress(&proxy), format!("{HANDSHAKE}{extra}\r\n").as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 403 "), "{why}: {answer}");
+        assert!(says_close(&answer), "{why}: {answer}");
+    }
+    assert!(seen.heads().is_empty(), "no refused upgrade reached the upstream: {:?}", seen.heads());
+    assert_eq!(stat(admin, r#"wasmtrace_downstream_errors_total{listener="ingress",kind="upgrade_failed"}"#).await, 3);
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_a_rebuilt_connection_and_upgrade_and_no_http2_settings() {
+    let (upstream, seen) = raw_upstream(SWITCH_TO_WEBSOCKET);
+    let proxy = websocket_proxy(upstream, WEBSOCKET_ON, "");
+    let mut stream = tokio::net::TcpStream::connect(ingress(&proxy)).await.expect("connect");
+    // `x-forwarded-for` named in `Connection`, which a next hop reading it verbatim would drop.
+    let request = format!(
+        "{HANDSHAKE}Connection: keep-alive, Upgrade, x-forwarded-for, HTTP2-Settings\r\nUpgrade: WebSocket\r\n\
+         HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nX-Forwarded-For: 10.9.8.7\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut answer)).await.expect("in time").expect("read");
+    assert_eq!(&answer, b"HTTP/1.1 101");
+    let heads = seen.heads();
+    let head = heads.last().expect("the upstream saw the handshake");
+    assert_eq!(header_values(head, "connection"), ["upgrade"], "{head}");
+    assert_eq!(header_values(head, "upgrade"), ["WebSocket"], "the client's spelling: {head}");
+    assert!(header_values(head, "http2-settings").is_empty(), "{head}");
+    assert!(header_values(head, "keep-alive").is_empty(), "{head}");
+    assert_eq!(header_values(head, "x-forwarded-for"), ["10.9.8.7"], "{head}");
+    assert!(!header_values(head, "x-probe").is_empty(), "the filters ran: {head}");
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_to_another_protocol_than_the_one_allowed_is_answered_502() {
+    let (upstream, seen) =
+        raw_upstream("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+    let proxy = websocket_proxy(upstream, WEBSOCKET_ON, "");
+    let request = format!("{HANDSHAKE}Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let answer = exchange_closing(ingress(&proxy), request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert!(says_close(&answer), "{answer}");
+    assert!(seen.closed_by_proxy(1).await, "the upstream's switched connection was dropped");
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_value_that_is_not_utf8_cannot_hide_the_headers_it_names() {
+    let upstream = Upstream::start();
+    let proxy = trailers_proxy(upstream.addr, false, false);
+    let request = b"GET /echo HTTP/1.1\r\nHost: svc.local\r\nConnection: x-secret, \xff\r\nConnection: close\r\n\
+                    X-Secret: 1\r\nX-Kept: 2\r\n\r\n";
+    let answer = exchange_closing(ingress(&proxy), request).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("x-kept"), "the upstream's echo of the headers: {answer}");
+    assert!(!answer.contains("x-secret"), "the header Connection named was dropped: {answer}");
+    proxy.shutdown();
+}
+
+/// A proxy-wasm filter written by hand (the WebAssembly binary format; no test filter rewrites
+/// a status): `proxy_on_response_headers` replaces `:status` with `200` and continues.
+fn status_rewriting_filter() -> PathBuf {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn vec_of(items: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        leb(items.len(), &mut out);
+        items.iter().for_each(|item| out.extend_from_slice(item));
+        out
+    }
+    fn name(text: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        leb(text.len(), &mut out);
+        out.extend_from_slice(text.as_bytes());
+        out
+    }
+    fn section(id: u8, content: Vec<u8>, out: &mut Vec<u8>) {
+        out.push(id);
+        leb(content.len(), out);
+        out.extend(content);
+    }
+    fn body(code: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        leb(code.len() + 1, &mut out);
+        out.push(0); // no locals
+        out.extend_from_slice(code);
+        out
+    }
+    const I32: u8 = 0x7f;
+    let func = |params: &[u8], results: &[u8]| {
+        [
+            &[0x60][..],
+            &vec_of(&params.iter().map(|p| vec![*p]).collect::<Vec<_>>()),
+            &vec_of(&results.iter().map(|r| vec![*r]).collect::<Vec<_>>()),
+        ]
+        .concat()
+    };
+    let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+    section(
+        1,
+        vec_of(&[
+            func(&[I32; 5], &[I32]), // 0: proxy_replace_header_map_value
+            func(&[], &[]),          // 1: the ABI marker
+            func(&[I32], &[I32]),    // 2: proxy_on_memory_allocate
+            func(&[I32; 2], &[]),    // 3: proxy_on_context_create
+            func(&[I32; 3], &[I32]), // 4: proxy_on_response_headers
+        ]),
+        &mut wasm,
+    );
+    section(2, vec_of(&[[name("env"), name("proxy_replace_header_map_value"), vec![0x00, 0]].concat()]), &mut wasm);
+    section(3, vec_of(&[vec![1], vec![2], vec![3], vec![4]]), &mut wasm);
+    section(5, vec_of(&[vec![0x00, 1]]), &mut wasm);
+    section(
+        7,
+        vec_of(&[
+            [name("memory"), vec![0x02, 0]].concat(),
+            [name("proxy_abi_version_0_2_1"), vec![0x00, 1]].concat(),
+            [name("proxy_on_memory_allocate"), vec![0x00, 2]].concat(),
+            [name("proxy_on_context_create"), vec![0x00, 3]].concat(),
+            [name("proxy_on_response_headers"), vec![0x00, 4]].concat(),
+        ]),
+        &mut wasm,
+    );
+    // Map 2 is the response headers; ":status" at 0 (7 bytes), "200" at 8 (3 bytes).
+    let replace = [0x41, 2, 0x41, 0, 0x41, 7, 0x41, 8, 0x41, 3, 0x10, 0, 0x1a, 0x41, 0, 0x0b];
+    section(10, vec_of(&[body(&[0x0b]), body(&[0x41, 0x80, 0x08, 0x0b]), body(&[0x0b]), body(&replace)]), &mut wasm);
+    section(11, vec_of(&[[vec![0x00, 0x41, 0, 0x0b], name(":status\x00200")].concat()]), &mut wasm);
+    let path = std::env::temp_dir().join(format!("wasmtrace-e2e-status-to-200-{}.wasm", std::process::id()));
+    std::fs::write(&path, wasm).expect("write the module");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_a_response_filter_rewrote_is_not_tunnelled_and_the_connection_closes() {
+    let (upstream, seen) = raw_upstream(SWITCH_TO_WEBSOCKET);
+    let filter = wasm_filter_yaml("rewriter", &status_rewriting_filter(), "", false, "rewriter_vm");
+    let proxy =
+        start(&bootstrap_with_hcm(WEBSOCKET_ON, &route("/", "ws", "5s"), &[filter], &[cluster("ws", upstream, "")]));
+    let request = format!("{HANDSHAKE}Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let answer = exchange_closing(ingress(&proxy), request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "the filter's status went out: {answer}");
+    assert!(says_close(&answer), "{answer}");
+    assert_eq!(seen.heads().len(), 1, "the upstream switched");
+    assert!(seen.closed_by_proxy(1).await, "the upstream's switched connection was dropped");
+    let admin = proxy.admin_address().expect("admin");
+    assert_eq!(stat(admin, r#"wasmtrace_downstream_upgrades_total{listener="ingress"}"#).await, 0);
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_counts_against_max_connections_until_it_ends() {
+    let (upstream, _) = raw_upstream(SWITCH_TO_WEBSOCKET);
+    let yaml = bootstrap_with_hcm(
+        WEBSOCKET_ON,
+        &route("/", "ws", "5s"),
+        &[wasm_filter("probe", "abi-probe", "", false)],
+        &[cluster("ws", upstream, "")],
+    );
+    let proxy = start_with(
+        &yaml,
+        ProxyOptions { workers: 1, max_connections_per_listener: Some(1), ..ProxyOptions::default() },
+    );
+    let admin = proxy.admin_address().expect("admin");
+    let (mut tunnel, _) = raw_switch(ingress(&proxy), "").await;
+    assert!(echoes(&mut tunnel, b"ping").await);
+    assert_eq!(stat(admin, r#"wasmtrace_downstream_connections{listener="ingress"}"#).await, 1);
+    let refused = crate::hardening::raw_exchange(ingress(&proxy), b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(refused.is_empty(), "the tunnel holds the only connection allowed: {refused}");
+    assert_eq!(stat(admin, r#"wasmtrace_downstream_connections_overflow_total{listener="ingress"}"#).await, 1);
+    assert!(echoes(&mut tunnel, b"still here").await);
+    drop(tunnel);
+    let mut active = u64::MAX;
+    for _ in 0..100 {
+        active = stat(admin, r#"wasmtrace_downstream_connections{listener="ingress"}"#).await;
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(active, 0, "the connection ended with its tunnel");
+    let (mut again, _) = raw_switch(ingress(&proxy), "").await;
+    assert!(echoes(&mut again, b"next").await, "a new connection is accepted once the tunnel ended");
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_a_tunnel_until_the_drain_timeout_then_closes_both_sides() {
+    let (upstream, seen) = raw_upstream(SWITCH_TO_WEBSOCKET);
+    let yaml = bootstrap_with_hcm(
+        WEBSOCKET_ON,
+        &route("/", "ws", "5s"),
+        &[wasm_filter("probe", "abi-probe", "", false)],
+        &[cluster("ws", upstream, "")],
+    );
+    let drain = Duration::from_secs(2);
+    let proxy = start_with(&yaml, ProxyOptions { workers: 1, drain_timeout: drain, ..ProxyOptions::default() });
+    let (mut tunnel, _) = raw_switch(ingress(&proxy), "").await;
+    assert!(echoes(&mut tunnel, b"before").await);
+    let started = Instant::now();
+    let shutdown = tokio::task::spawn_blocking(move || proxy.shutdown());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(echoes(&mut tunnel, b"while draining").await, "the tunnel is drained like any connection");
+    assert!(crate::hardening::closed_by_server(&mut tunnel).await, "closed at the drain timeout");
+    let closed_after = started.elapsed();
+    assert!(closed_after >= drain - Duration::from_millis(200), "closed after {closed_after:?}");
+    assert!(seen.closed_by_proxy(1).await, "the upstream side closed too");
+    tokio::time::timeout(PATIENCE, shutdown).await.expect("shutdown ends").expect("shutdown");
+    assert!(started.elapsed() >= closed_after, "shutdown waited for the tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_past_max_connection_duration_is_closed_after_the_drain_grace() {
+    let (upstream, seen) = raw_upstream(SWITCH_TO_WEBSOCKET);
+    let hcm =
+        format!("{WEBSOCKET_ON}                common_http_protocol_options: {{ max_connection_duration: 1s }}\n");
+    let proxy = websocket_proxy(upstream, &hcm, "");
+    let admin = proxy.admin_address().expect("admin");
+    let started = Instant::now();
+    let (mut tunnel, _) = raw_switch(ingress(&proxy), "").await;
+    assert!(echoes(&mut tunnel, b"young").await);
+    assert!(crate::hardening::closed_by_server(&mut tunnel).await, "closed past max_connection_duration");
+    // 1 s of age, then the 5 s any stream past that limit gets to finish.
+    assert!(started.elapsed() >= Duration::from_secs(5), "closed after {:?}", started.elapsed());
+    assert!(seen.closed_by_proxy(1).await, "the upstream side closed too");
+    assert_eq!(
+        stat(
+            admin,
+            r#"wasmtrace_downstream_connection_timeouts_total{listener="ingress",kind="max_connection_duration"}"#
+        )
+        .await,
+        1
+    );
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_its_side_ends_the_whole_tunnel() {
+    let (upstream, seen) = raw_upstream(SWITCH_TO_WEBSOCKET);
+    let proxy = websocket_proxy(upstream, WEBSOCKET_ON, "");
+    let (mut tunnel, _) = raw_switch(ingress(&proxy), "").await;
+    assert!(echoes(&mut tunnel, b"hello").await);
+    tunnel.shutdown().await.expect("half-close");
+    // The upstream answers the close 200 ms later with `late`: a half-closed tunnel would carry
+    // it, Envoy's connection manager (no half-close) has closed the client's connection by then.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(3), tunnel.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the proxy closed the client's side: {:?}", String::from_utf8_lossy(&rest));
+    assert!(!String::from_utf8_lossy(&rest).contains("late"), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(seen.closed_by_proxy(1).await, "the upstream's side closed");
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_with_no_route_is_answered_404_and_the_connection_closed() {
+    let (upstream, seen) = raw_upstream(SWITCH_TO_WEBSOCKET);
+    let proxy = start(&bootstrap_with_hcm(
+        WEBSOCKET_ON,
+        &route("/only", "ws", "5s"),
+        &[wasm_filter("probe", "abi-probe", "", false)],
+        &[cluster("ws", upstream, "")],
+    ));
+    // Envoy answers 403 only on a route; without one the router's 404, and the connection (its
+    // codec in upgrade mode) closes.
+    let request =
+        format!("{HANDSHAKE}Connection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /only HTTP/1.1\r\nHost: x\r\n\r\n");
+    let answer = exchange_closing(ingress(&proxy), request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    assert!(says_close(&answer), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "the bytes after the upgrade request are no request: {answer}");
+    assert!(seen.heads().is_empty());
+    proxy.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_reply_to_an_allowed_upgrade_closes_the_connection() {
+    let (upstream, seen) = raw_upstream(SWITCH_TO_WEBSOCKET);
+    let proxy = websocket_proxy(upstream, WEBSOCKET_ON, "");
+    // The probe answers /local itself.
+    let request = "GET /local HTTP/1.1\r\nHost: ws.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    let answer = exchange_closing(ingress(&proxy), request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert!(says_close(&answer), "{answer}");
+    proxy.shutdown();
+    // An HTTP/2 cluster cannot carry it: the 502 closes the connection too.
+    let proxy = start(&bootstrap_with_hcm(
+        WEBSOCKET_ON,
+        &route("/", "ws", "5s"),
+        &[],
+        &[cluster("ws", upstream, "      http2_protocol_options: {}")],
+    ));
+    let request = format!("{HANDSHAKE}Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let answer = exchange_closing(ingress(&proxy), request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert!(says_close(&answer), "{answer}");
+    assert!(seen.heads().is_empty());
     proxy.shutdown();
 }

@@ -95,6 +95,11 @@ impl Activity {
         self.last_io.store(self.since_accept(), Ordering::Relaxed);
     }
 
+    /// When this connection passes `max_connection_duration` (`None`: never).
+    pub fn max_duration_at(&self, limits: &ConnectionLimits) -> Option<Instant> {
+        limits.max_connection_duration.and_then(|limit| Self::after(self.accepted, limit))
+    }
+
     /// A stream starts; it counts until the guard is dropped (with the response body).
     pub fn stream(self: &Arc<Self>) -> StreamGuard {
         self.streams.fetch_add(1, Ordering::Relaxed);

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, UPGRADE};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
@@ -35,7 +35,7 @@ use crate::body::{
 use crate::chain::{self, DataVerdict, FilterChain, SharedChain, Verdict};
 use crate::cluster::{ChosenEndpoint, ClusterClient, ConnectError};
 use crate::message::{
-    Hop, UnfilteredRequest, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, http_headers, is_upgrade, protocol_name,
+    Hop, UnfilteredRequest, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, http_headers, protocol_name,
     request_header_map, response_header_map, status_of, strip_hop_by_hop, trailer_map,
 };
 use crate::rescue::UpstreamFailure;
@@ -71,6 +71,9 @@ pub struct ConnectionInfo {
     pub local: SocketAddr,
     /// Connection id (`connection.id`).
     pub id: u64,
+    /// Where a stream that switched protocols leaves its tunnel, for the connection's task to
+    /// carry.
+    pub tunnel: upgrade::TunnelSlot,
 }
 
 /// Serves one request.
@@ -82,8 +85,21 @@ pub async fn serve(
     ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
-    let requested_upgrade = upgrade::requested(&parts);
-    strip_hop_by_hop(&mut parts.headers, if requested_upgrade.is_some() { Hop::Upgrade } else { Hop::Request });
+    let requested_upgrade = match upgrade::requested(&parts) {
+        Ok(requested) => requested,
+        Err(upgrade::MalformedUpgrade) => {
+            ctx.stats.downstream_error(DownstreamError::UpgradeFailed);
+            ctx.stats.response(400);
+            return Ok(upgrade_refused_400("an upgrade's Connection header must be visible ASCII\n"));
+        }
+    };
+    match &requested_upgrade {
+        Some(requested) => {
+            strip_hop_by_hop(&mut parts.headers, Hop::Upgrade);
+            upgrade::set_headers(&mut parts.headers, &requested.spelled);
+        }
+        None => strip_hop_by_hop(&mut parts.headers, Hop::Request),
+    }
     if let Some((error, response)) = refuse_before_filters(&ctx.listener.http.limits, &parts) {
         ctx.stats.downstream_error(error);
         ctx.stats.response(response.status().as_u16());
@@ -97,18 +113,15 @@ pub async fn serve(
     apply_envoy_defaults(&ctx.listener.http, &conn, &mut parts.headers);
     // The upgrade is decided on the route of the request as the connection manager left it, before
     // the filters (Envoy picks the filter chain by it).
+    let asked_to_upgrade = requested_upgrade.is_some();
     let (upgrade, filters) = match requested_upgrade {
-        Some(kind) => decide_upgrade(&ctx, &mut parts, &kind, &body),
+        Some(requested) => decide_upgrade(&ctx, &mut parts, requested, &body),
         None => (UpgradeDecision::None, ctx.filters.as_slice()),
     };
     if matches!(upgrade, UpgradeDecision::WithBody) {
         ctx.stats.downstream_error(DownstreamError::UpgradeFailed);
         ctx.stats.response(400);
-        let mut response = Response::new(full("an upgrade request cannot carry a body here\n"));
-        *response.status_mut() = StatusCode::BAD_REQUEST;
-        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-        return Ok(response);
+        return Ok(upgrade_refused_400("an upgrade request cannot carry a body here\n"));
     }
     let info = StreamInfo {
         protocol: protocol_name(parts.version).to_owned(),
@@ -137,6 +150,7 @@ pub async fn serve(
     let chain = FilterChain::open(filters, exchange.clone());
     let stream = Stream {
         ctx: ctx.clone(),
+        conn: conn.clone(),
         chain,
         exchange,
         head,
@@ -146,9 +160,17 @@ pub async fn serve(
         downstream_h1,
         trailers,
     };
-    let result = stream.run(body).await;
-    if let Ok(response) = &result {
+    let mut result = stream.run(body).await;
+    if let Ok(response) = &mut result {
         ctx.stats.response(response.status().as_u16());
+        if asked_to_upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // Whatever answered an upgrade request other than its tunnel (a refusal, a local
+            // reply, the upstream's own answer, a filter's rewrite of the 101) closes the
+            // connection, as Envoy's codec, in upgrade mode since the request's headers, closes
+            // it: no byte the client sent after them is read as a request, and hyper never hands
+            // the socket to an upgrade still pending.
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     if let Some((method, uri)) = access_log {
         match &result {
@@ -165,6 +187,16 @@ pub async fn serve(
         }
     }
     result
+}
+
+/// The 400 for an upgrade request refused before the filters (a body before the switch, a
+/// `Connection` header this proxy cannot read as the next hop would), closing the connection.
+fn upgrade_refused_400(text: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(full(text));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Envoy's default request handling before filters see the request.
@@ -206,14 +238,16 @@ enum UpgradeDecision {
     WithBody,
 }
 
-/// Whether the upgrade `kind` goes on (and through which filters), by the route the request has
-/// before the filters. A refused upgrade with no route goes on as a plain request (its upgrade
-/// headers dropped): it is answered 404 unless a filter routes it. An upgrade request that also
-/// carries a body is refused 400 (the filters would see its end before the upgraded bytes).
+/// Whether the upgrade `requested` goes on (and through which filters), by the route the request
+/// has before the filters. A refused upgrade with no route goes on as a plain request (its upgrade
+/// headers dropped), as in Envoy, which answers 403 only on a route (`if (hasCachedRoute())` in
+/// `ConnectionManagerImpl::ActiveStream::decodeHeaders`): it is answered 404 unless a filter
+/// routes it, and the connection closed after the answer ([`serve`]). An upgrade request that
+/// also carries a body is refused 400 (the filters would see its end before the upgraded bytes).
 fn decide_upgrade<'a>(
     ctx: &'a ListenerContext,
     parts: &mut http::request::Parts,
-    kind: &str,
+    requested: upgrade::Requested,
     body: &DownstreamBody,
 ) -> (UpgradeDecision, &'a [Rc<WorkerPlugin>]) {
     let http = &ctx.listener.http;
@@ -222,7 +256,7 @@ fn decide_upgrade<'a>(
         Some(RouteAction::Cluster { upgrades, .. }) => upgrades.as_slice(),
         _ => &[],
     };
-    let Some(chosen) = upgrade::allowed(http, on_route, kind) else {
+    let Some(chosen) = upgrade::allowed(http, on_route, &requested.kind) else {
         if selected.is_some() {
             return (UpgradeDecision::Refused, ctx.filters.as_slice());
         }
@@ -242,7 +276,7 @@ fn decide_upgrade<'a>(
         UpgradeFilters::Listener => ctx.filters.as_slice(),
         UpgradeFilters::RouterOnly => &[],
     };
-    (UpgradeDecision::Tunnel(PendingUpgrade { downstream }), filters)
+    (UpgradeDecision::Tunnel(PendingUpgrade { downstream, requested }), filters)
 }
 
 async fn within<F: std::future::Future>(timeout: Option<Duration>, future: F) -> Option<F::Output> {
@@ -254,6 +288,8 @@ async fn within<F: std::future::Future>(timeout: Option<Duration>, future: F) ->
 
 struct Stream {
     ctx: Rc<ListenerContext>,
+    /// The connection it arrived on (where a tunnel is left for the connection's task).
+    conn: Rc<ConnectionInfo>,
     chain: SharedChain,
     exchange: Rc<RefCell<HttpExchange>>,
     /// The request head as received, on a listener without filters (`exchange` then has no
@@ -454,13 +490,19 @@ impl Stream {
                 }
             }
         };
-        let request = match request {
+        let mut request = match request {
             Ok(request) => request,
             Err(reason) => {
                 let body = format!("the request cannot be forwarded: {reason}\n");
                 return self.local_reply(plain(400, "invalid_request", &body), all).await;
             }
         };
+        if let UpgradeDecision::Tunnel(pending) = &self.upgrade {
+            // The upgrade that was allowed, whatever a filter did to the headers since: one
+            // `Connection: upgrade`, the one `Upgrade` the client asked for, nothing hop-by-hop.
+            strip_hop_by_hop(request.headers_mut(), Hop::Upgrade);
+            upgrade::set_headers(request.headers_mut(), &pending.requested.spelled);
+        }
         let (upstream_body, mut aborted): (ProxyBody, Option<oneshot::Receiver<Verdict>>) = if end_of_stream {
             (boxed(Empty::<Bytes>::new().map_err(|never| match never {})), None)
         } else if all == 0 {
@@ -535,8 +577,18 @@ impl Stream {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let pending = std::mem::replace(&mut self.upgrade, UpgradeDecision::None);
             return match pending {
-                UpgradeDecision::Tunnel(pending) if is_upgrade(response.headers()) => {
+                UpgradeDecision::Tunnel(pending) if upgrade::accepts(response.headers(), &pending.requested.kind) => {
                     self.switch_protocols(response, pending).await
+                }
+                UpgradeDecision::Tunnel(pending) => {
+                    // A `101` to another protocol (`h2c` to a WebSocket request) or none named:
+                    // its bytes would pass routing and filters as a protocol nobody allowed.
+                    let all = self.filter_count();
+                    let text = format!(
+                        "the upstream switched to a protocol other than the {} upgrade allowed\n",
+                        pending.requested.kind
+                    );
+                    self.local_reply(plain(502, "upgrade_failed", &text), all).await
                 }
                 _ => {
                     let all = self.filter_count();
@@ -593,7 +645,10 @@ impl Stream {
     }
 
     /// The upstream's `101` to an upgrade: through the response filters (not the end of the
-    /// stream), to the client, and then the tunnel, which owns the end of the stream.
+    /// stream), to the client, and then the tunnel, which owns the end of the stream. A `101` the
+    /// filters changed (another status, its upgrade headers gone or changed) is not tunnelled:
+    /// it goes to the client as they left it, the connection closes after it, and the upstream's
+    /// upgraded connection is dropped.
     async fn switch_protocols(
         self,
         mut response: Response<Incoming>,
@@ -601,7 +656,11 @@ impl Stream {
     ) -> Result<Response<ResponseBody>, StreamReset> {
         let upstream = hyper::upgrade::on(&mut response);
         let (mut parts, _empty) = response.into_parts();
+        // The upstream's own spelling of the protocol `accepts` checked, with nothing else
+        // hop-by-hop.
+        let protocol = parts.headers.get(UPGRADE).cloned().unwrap_or_else(|| pending.requested.spelled.clone());
         strip_hop_by_hop(&mut parts.headers, Hop::Upgrade);
+        upgrade::set_headers(&mut parts.headers, &protocol);
         let all = self.filter_count();
         let mut reply = Response::new(full(Bytes::new()));
         if all == 0 {
@@ -625,6 +684,18 @@ impl Stream {
             *reply.status_mut() = status_of(&map);
             *reply.headers_mut() = http_headers(&map);
         }
+        if reply.status() != StatusCode::SWITCHING_PROTOCOLS
+            || !upgrade::accepts(reply.headers(), &pending.requested.kind)
+        {
+            // Both sides' upgraded connections go with `pending` and `upstream`; `serve` closes
+            // the client's connection after this answer (here too for a `101` left without its
+            // headers).
+            tracing::debug!("a response filter changed the 101: not tunnelling the upgrade");
+            drop((pending, upstream));
+            reply.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            self.finish();
+            return Ok(reply);
+        }
         let Ok(upstream) = upstream.await else {
             let text = "the upstream connection was lost as it switched protocols\n";
             return self
@@ -633,7 +704,9 @@ impl Stream {
         };
         let end = StreamEnd { chain: self.chain.clone(), exchange: self.exchange.clone() };
         let idle = self.ctx.listener.http.limits.stream_idle_timeout;
-        tokio::task::spawn_local(upgrade::tunnel(end, pending.downstream, upstream, idle, self.ctx.stats.clone()));
+        let tunnel = upgrade::tunnel(end, pending.downstream, upstream, idle, self.ctx.stats.clone());
+        // Carried by the connection's task once hyper wrote the 101 and let go of the connection.
+        self.conn.tunnel.put(tunnel);
         // The tunnel owns the end of the stream from here.
         self.handed_off.set(true);
         Ok(reply)

@@ -3,8 +3,10 @@
 //! Filters see HTTP/2-style pseudo-headers whatever the wire protocol: `:method`, `:path`,
 //! `:authority`, `:scheme` on requests and `:status` on responses, as Envoy presents them.
 //! Hop-by-hop headers never reach filters or the other side, with Envoy's exceptions: `TE` keeps
-//! `trailers` (the only value that means anything end to end), an upgrade keeps its `Connection`
-//! and `Upgrade`, and `Trailer` (an end-to-end header, RFC 9110 §6.6.2) passes.
+//! `trailers` (the only value that means anything end to end), an upgrade's `TE` passes as sent,
+//! and `Trailer` (an end-to-end header, RFC 9110 §6.6.2) passes. An upgrade's `Connection` and
+//! `Upgrade` are rebuilt by [`crate::upgrade`], never forwarded as sent. `Connection` is read as
+//! bytes: a value that is not UTF-8 still names the headers it names.
 
 use http::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, TE,
@@ -21,10 +23,11 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// legacy ones proxies drop. Constants, so removing them never parses a name. (`Trailer` is not
-/// one: it announces the message's trailers, and hyper writes HTTP/1 trailers only when it is
-/// there.)
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// legacy ones proxies drop, and `HTTP2-Settings` (RFC 9113 §3.1: it belongs to an `h2c`
+/// upgrade of one connection; Envoy's codec strips it with the `h2c` it ignores). Constants, so
+/// removing them never parses a name. (`Trailer` is not one: it announces the message's
+/// trailers, and hyper writes HTTP/1 trailers only when it is there.)
+const HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -32,7 +35,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     UPGRADE,
     TE,
     PROXY_AUTHENTICATE,
+    HTTP2_SETTINGS,
 ];
+
+/// `HTTP2-Settings`, which only an `h2c` upgrade carries.
+pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Headers a `Connection` header may not nominate for removal: what routing, framing and the
 /// proxy's own request defaults rest on. (`Connection: host` would otherwise drop the Host and
@@ -47,13 +54,20 @@ pub enum Hop {
     Request,
     /// A response.
     Response,
-    /// The two halves of an upgrade (a request the proxy tunnels, its `101` answer): as Envoy,
-    /// `Connection` and `Upgrade` go on verbatim, and so does a request's `TE`.
+    /// The two halves of an upgrade (a request the proxy tunnels, its `101` answer): every
+    /// hop-by-hop header goes, `Connection` and `Upgrade` too (the caller sets them again from
+    /// the upgrade it allowed, [`crate::upgrade::set_headers`]); a request's `TE` passes as sent,
+    /// as in Envoy.
     Upgrade,
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names (except
 /// those in [`END_TO_END`], and `TE`, which is cleaned instead), with the exceptions of `hop`.
+///
+/// `Connection` is split as bytes: a value with bytes that are not UTF-8 (`x-secret, \xff`) still
+/// names `x-secret`, and a token that is no header name names nothing. The header itself always
+/// goes, so no other hop reads a value this one could not. (Envoy's codec accepts such bytes as
+/// `obs-text`; reading the value whole would let it hide the names before it.)
 ///
 /// A message that came with `Transfer-Encoding` was framed by it (RFC 9112 §6.3: it overrides
 /// `Content-Length`), so its `Content-Length` describes nothing and goes too; the other side
@@ -67,22 +81,14 @@ pub fn strip_hop_by_hop(headers: &mut HttpHeaders, hop: Hop) {
     if headers.contains_key(TRANSFER_ENCODING) {
         headers.remove(CONTENT_LENGTH);
     }
-    let keep = |name: &HeaderName| match hop {
-        Hop::Upgrade => *name == CONNECTION || *name == UPGRADE || *name == TE,
-        Hop::Request | Hop::Response => false,
-    };
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().filter(|name| !END_TO_END.contains(name) && **name != TE && !keep(name)) {
+    let named: Vec<HeaderName> =
+        tokens(headers, &CONNECTION).filter_map(|name| HeaderName::from_bytes(name).ok()).collect();
+    for name in named.iter().filter(|name| !END_TO_END.contains(name) && **name != TE) {
         headers.remove(name);
     }
     let trailers = hop == Hop::Request && te_lists_trailers(headers);
-    for name in HOP_BY_HOP.iter().filter(|name| !keep(name)) {
+    // An upgrade's `TE` passes as sent (Envoy sanitises `TE` only on a plain request).
+    for name in HOP_BY_HOP.iter().filter(|name| !(hop == Hop::Upgrade && **name == TE)) {
         headers.remove(name);
     }
     if trailers {
@@ -93,24 +99,24 @@ pub fn strip_hop_by_hop(headers: &mut HttpHeaders, hop: Hop) {
 /// Whether a `TE` header lists `trailers` (RFC 9110 §10.1.4: `trailers` is a bare token, the
 /// other codings may carry a weight).
 fn te_lists_trailers(headers: &HttpHeaders) -> bool {
+    tokens(headers, &TE).any(|coding| coding.eq_ignore_ascii_case(b"trailers"))
+}
+
+/// The comma-separated elements of every `name` header, as bytes, trimmed, empty ones skipped
+/// (RFC 9110 §5.6.1). Bytes, not text: a value that is not UTF-8 is still split.
+pub fn tokens<'a>(headers: &'a HttpHeaders, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
-        .get_all(TE)
+        .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
 }
 
 /// Whether a message asks for (or, a `101`, agrees to) an upgrade as Envoy's `isUpgrade`
 /// reads it: a `Connection` header with the `upgrade` token and an `Upgrade` header.
 pub fn is_upgrade(headers: &HttpHeaders) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(UPGRADE) && tokens(headers, &CONNECTION).any(|token| token.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// The protocol name of `request.protocol`.
@@ -284,21 +290,38 @@ mod tests {
     }
 
     #[test]
-    fn an_upgrade_keeps_connection_and_upgrade_and_trailer_always_passes() {
+    fn an_upgrade_loses_connection_and_upgrade_to_be_rebuilt_and_trailer_always_passes() {
         let mut headers = HttpHeaders::new();
-        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade, HTTP2-Settings"));
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(HTTP2_SETTINGS, HeaderValue::from_static("AAMAAABkAARAAAAAAAIAAAAA"));
         headers.insert(http::header::TRAILER, HeaderValue::from_static("x-checksum"));
         assert!(is_upgrade(&headers));
         let mut upgrade = headers.clone();
         strip_hop_by_hop(&mut upgrade, Hop::Upgrade);
-        assert_eq!(upgrade.get(UPGRADE).map(HeaderValue::as_bytes), Some(&b"websocket"[..]));
-        assert_eq!(upgrade.get(CONNECTION).map(HeaderValue::as_bytes), Some(&b"keep-alive, Upgrade"[..]));
-        assert!(!upgrade.contains_key("keep-alive"));
+        assert!(!upgrade.contains_key(UPGRADE) && !upgrade.contains_key(CONNECTION));
+        assert!(!upgrade.contains_key("keep-alive") && !upgrade.contains_key(HTTP2_SETTINGS));
         strip_hop_by_hop(&mut headers, Hop::Request);
         assert!(!headers.contains_key(UPGRADE) && !headers.contains_key(CONNECTION));
         assert!(headers.contains_key(http::header::TRAILER), "Trailer is end to end");
+        assert_eq!(headers.len(), 1);
+    }
+
+    #[test]
+    fn a_connection_value_that_is_not_utf8_still_names_what_it_names() {
+        let mut headers = HttpHeaders::new();
+        headers.insert(CONNECTION, HeaderValue::from_bytes(b"x-secret, \xff, HTTP2-Settings").expect("obs-text"));
+        headers.append(CONNECTION, HeaderValue::from_bytes(b"\xfe\xfd").expect("obs-text"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(HTTP2_SETTINGS, HeaderValue::from_static("AAMAAABk"));
+        headers.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut headers, Hop::Request);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), ["x-end-to-end"]);
+        let mut upgrade = HttpHeaders::new();
+        upgrade.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        upgrade.insert(CONNECTION, HeaderValue::from_bytes(b"\xff, Upgrade").expect("obs-text"));
+        assert!(is_upgrade(&upgrade), "the upgrade token is found past bytes that are not UTF-8");
     }
 
     #[test]

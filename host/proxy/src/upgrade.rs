@@ -2,21 +2,31 @@
 //! as Envoy's connection manager carries them.
 //!
 //! - [`requested`] tells an upgrade request (HTTP/1.1, `Connection: upgrade`, an `Upgrade`
-//!   header other than `h2c`) as Envoy's `isUpgrade` does; its `Connection` and `Upgrade` then go
-//!   upstream verbatim ([`crate::message::Hop::Upgrade`]).
+//!   header other than `h2c`) as Envoy's `isUpgrade` does. Several `Upgrade` values are one kind,
+//!   joined with commas as Envoy's header map joins them (`websocket,h2c`), which no
+//!   configuration names: refused. An upgrade whose `Connection` is not visible ASCII is refused
+//!   400 before the filters.
 //! - [`allowed`] decides, from the connection manager's `upgrade_configs` and the route's, whether
 //!   the upgrade goes on and through which filters (Envoy's `createUpgradeFilterChain`); a refused
 //!   upgrade on a routed request is answered 403 `upgrade_failed` and the connection closed.
+//! - What goes upstream is rebuilt, never forwarded as sent ([`set_headers`]): `Connection:
+//!   upgrade` and the one `Upgrade` value the upgrade was allowed by, as the client spelled it
+//!   (no other hop can read another protocol, or a header to drop, into them); `HTTP2-Settings`
+//!   never passes. The upstream's `101` starts a tunnel only if its `Upgrade` is that kind
+//!   ([`accepts`]): anything else is answered 502 `upgrade_failed`.
 //! - The filters see the request headers (not the end of the stream: the upgraded bytes follow)
-//!   and the upstream's `101`. Once both sides switched, [`tunnel`] carries the bytes each way as
-//!   body data through the filters' body callbacks (request body client → upstream, response
-//!   body upstream → client), as Envoy does; a side that closes ends that direction's body. The
-//!   stream ends (`on_log`) when the response ended (the upstream closed: as Envoy resets a stream
-//!   whose response completed before its request, the client's connection is closed too; a client
-//!   that closes first only ends the request body, and the upstream decides), a side failed, a
-//!   filter stopped it, or nothing moved for the listener's `stream_idle_timeout`.
+//!   and the upstream's `101`; a `101` they leave without its status or upgrade headers is not
+//!   tunnelled. Once both sides switched, [`tunnel`] carries the bytes each way as body data
+//!   through the filters' body callbacks (request body client → upstream, response body upstream
+//!   → client), as Envoy does. The tunnel runs in the connection's own task ([`TunnelSlot`]), so
+//!   it counts as an open connection, is closed by the worker at the drain timeout and by
+//!   `max_connection_duration`. The stream ends (`on_log`) when either side closes (Envoy's
+//!   connection manager does not half-close: a client's close closes the connection, and a
+//!   response that completed first resets the stream), a side failed, a filter stopped it, or
+//!   nothing moved for the listener's `stream_idle_timeout`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -25,7 +35,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::UPGRADE;
+use http::HeaderValue;
+use http::header::{CONNECTION, UPGRADE};
 use http_body::{Body, Frame};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
@@ -37,18 +48,71 @@ use wasmtrace_runtime::Direction;
 
 use crate::body::{CHANNEL_FRAMES, FrameResult};
 use crate::handler::{StreamEnd, pump_upgraded};
-use crate::message::is_upgrade;
+use crate::message::{is_upgrade, tokens};
 use crate::stats::ListenerStats;
 
-/// The upgrade a request asks for, lower-cased (`websocket`), or `None` for a plain request. An
-/// `h2c` upgrade is not one (Envoy strips it and serves the request as HTTP/1.1), and neither is
-/// anything over HTTP/2 (which has no `Upgrade`).
-pub fn requested(parts: &http::request::Parts) -> Option<String> {
+/// An upgrade a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requested {
+    /// The protocol, lower-cased, as configurations name it (`websocket`). Several `Upgrade`
+    /// values come joined with commas (`websocket,h2c`), as Envoy's header map joins them.
+    pub kind: String,
+    /// The `Upgrade` value as the client wrote it (`WebSocket`): what the upstream is sent.
+    pub spelled: HeaderValue,
+}
+
+/// An upgrade request that cannot be read: its `Connection` has bytes that are not visible
+/// ASCII, so the tokens a next hop reads in it may not be the ones this proxy read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedUpgrade;
+
+/// The upgrade a request asks for, or `None` for a plain request. An `h2c` upgrade is not one
+/// (Envoy strips it and serves the request as HTTP/1.1), and neither is anything over HTTP/2
+/// (which has no `Upgrade`).
+pub fn requested(parts: &http::request::Parts) -> Result<Option<Requested>, MalformedUpgrade> {
     if parts.version != http::Version::HTTP_11 || !is_upgrade(&parts.headers) {
-        return None;
+        return Ok(None);
     }
-    let kind = parts.headers.get(UPGRADE)?.to_str().ok()?.trim().to_ascii_lowercase();
-    (kind != "h2c" && !kind.is_empty()).then_some(kind)
+    let visible = |value: &HeaderValue| value.as_bytes().iter().all(|b| matches!(b, b'\t' | b' '..=b'~'));
+    if !parts.headers.get_all(CONNECTION).iter().all(visible) {
+        return Err(MalformedUpgrade);
+    }
+    let mut values = parts.headers.get_all(UPGRADE).iter();
+    let Some(first) = values.next() else { return Ok(None) };
+    let spelled = match values.next() {
+        None => first.clone(),
+        Some(second) => {
+            let mut joined = first.as_bytes().to_vec();
+            for value in std::iter::once(second).chain(values) {
+                joined.push(b',');
+                joined.extend_from_slice(value.as_bytes());
+            }
+            HeaderValue::from_bytes(&joined).map_err(|_| MalformedUpgrade)?
+        }
+    };
+    let kind = String::from_utf8_lossy(spelled.as_bytes().trim_ascii()).to_ascii_lowercase();
+    if kind == "h2c" || kind.is_empty() {
+        return Ok(None);
+    }
+    let spelled = HeaderValue::from_bytes(spelled.as_bytes().trim_ascii()).map_err(|_| MalformedUpgrade)?;
+    Ok(Some(Requested { kind, spelled }))
+}
+
+/// Sets an upgrade's own hop-by-hop headers on a message whose others were stripped
+/// ([`crate::message::Hop::Upgrade`]): `Connection: upgrade` and the one `Upgrade` value `spelled`.
+pub fn set_headers(headers: &mut http::HeaderMap, spelled: &HeaderValue) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, spelled.clone());
+}
+
+/// Whether a response (the upstream's `101`, or that `101` as the filters left it) switches to
+/// upgrade `kind`: `Connection: upgrade` and exactly one `Upgrade`, that protocol (compared
+/// ignoring case, as RFC 9110 §7.8 has protocol names).
+pub fn accepts(headers: &http::HeaderMap, kind: &str) -> bool {
+    let mut upgrade = tokens(headers, &UPGRADE);
+    is_upgrade(headers)
+        && upgrade.next().is_some_and(|protocol| protocol.eq_ignore_ascii_case(kind.as_bytes()))
+        && upgrade.next().is_none()
 }
 
 /// Whether upgrade `kind` goes on, and through which filters: a route that names the upgrade
@@ -56,6 +120,11 @@ pub fn requested(parts: &http::request::Parts) -> Option<String> {
 /// not list is refused). A route may enable an upgrade the connection manager does not list; it
 /// then runs the listener's filters. `None`: refused.
 pub fn allowed(http: &HttpConnectionManager, route: &[RouteUpgrade], kind: &str) -> Option<UpgradeFilters> {
+    // Several protocols at once (several `Upgrade` headers, or a list in one) is no one kind;
+    // Envoy looks the joined value up and finds nothing.
+    if kind.contains(',') {
+        return None;
+    }
     let on_route = route.iter().find(|u| u.upgrade_type == kind).map(|u| u.enabled);
     if on_route == Some(false) {
         return None;
@@ -72,6 +141,30 @@ pub fn allowed(http: &HttpConnectionManager, route: &[RouteUpgrade], kind: &str)
 pub struct PendingUpgrade {
     /// Resolves to the client's connection once its `101` is written.
     pub downstream: OnUpgrade,
+    /// The upgrade allowed: only a `101` to it is tunnelled.
+    pub requested: Requested,
+}
+
+/// A tunnel, as the connection's task drives it.
+type TunnelFuture = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Where the stream that switched protocols leaves its tunnel for the connection's task
+/// (`crate::worker`), which drives it once hyper let go of the connection: the tunnel then
+/// counts as an open connection (`max_connections`, the drain at shutdown) until it ends, and
+/// is closed by the connection's limits. An HTTP/1.1 connection has at most one.
+#[derive(Default)]
+pub struct TunnelSlot(RefCell<Option<TunnelFuture>>);
+
+impl TunnelSlot {
+    /// Leaves `tunnel` for the connection's task (replacing, and so closing, any earlier one).
+    pub(crate) fn put(&self, tunnel: impl Future<Output = ()> + 'static) {
+        self.0.replace(Some(Box::pin(tunnel)));
+    }
+
+    /// The tunnel left here, if any.
+    pub fn take(&self) -> Option<TunnelFuture> {
+        self.0.take()
+    }
 }
 
 /// Most bytes read from one side before they go through the filters as one body chunk.
@@ -181,11 +274,12 @@ impl Drop for ActiveUpgrade {
     }
 }
 
-/// Carries an upgraded stream once the client has its `101`: both directions at once, until the
-/// response ended (the upstream's close passed on to the client, whose connection then closes),
-/// a direction failed or a filter stopped it, or nothing moved for `idle`
-/// (`stream_idle_timeout`). The client's close is passed on and the upstream's answer awaited.
-/// The stream ends with `end` (dropped last, whatever happened: `on_log` runs once).
+/// Carries an upgraded stream once the client has its `101`: both directions at once, until
+/// either side closes (Envoy's connection manager does no half-close: a client's close closes
+/// its connection, and a response that completed first resets the stream), a direction failed
+/// or a filter stopped it, or nothing moved for `idle` (`stream_idle_timeout`). Both sides are
+/// closed when it returns (or when it is dropped, by the connection's limits). The stream ends
+/// with `end` (dropped last, whatever happened: `on_log` runs once).
 pub(crate) async fn tunnel(
     end: StreamEnd,
     downstream: OnUpgrade,
@@ -201,20 +295,13 @@ pub(crate) async fn tunnel(
     let activity = Rc::new(Cell::new(Instant::now()));
     let requests = carry(&end, Direction::Request, client_read, upstream_write, activity.clone());
     let responses = carry(&end, Direction::Response, upstream_read, client_write, activity.clone());
-    tokio::pin!(requests, responses);
-    let mut requests_done = false;
-    loop {
-        tokio::select! {
-            carried = &mut requests, if !requests_done => match carried {
-                Ok(()) => requests_done = true,
-                Err(()) => break,
-            },
-            // The response's end is the stream's end, whether or not the client finished.
-            _ = &mut responses => break,
-            () = idle_for(&activity, idle) => {
-                tracing::debug!("closing an upgraded stream idle for its stream_idle_timeout");
-                break;
-            }
+    tokio::select! {
+        // The client's end (its close passed on to the upstream first) is the stream's end.
+        _ = requests => {}
+        // The response's end is the stream's end, whether or not the client finished.
+        _ = responses => {}
+        () = idle_for(&activity, idle) => {
+            tracing::debug!("closing an upgraded stream idle for its stream_idle_timeout");
         }
     }
 }
@@ -274,20 +361,68 @@ static_resources:
         assert!(allowed(&on, &[], "spdy/3").is_none(), "another protocol");
     }
 
+    fn parts(version: http::Version, headers: &[(&str, &[u8])]) -> http::request::Parts {
+        let mut request = http::Request::builder().version(version);
+        for (name, value) in headers {
+            request = request.header(*name, HeaderValue::from_bytes(value).expect("value"));
+        }
+        request.body(()).expect("request").into_parts().0
+    }
+
+    fn kind(version: http::Version, connection: &'static str, upgrade: &'static str) -> Option<String> {
+        let parts = parts(version, &[("connection", connection.as_bytes()), ("upgrade", upgrade.as_bytes())]);
+        requested(&parts).expect("readable").map(|requested| requested.kind)
+    }
+
     #[test]
     fn only_an_http11_connection_upgrade_other_than_h2c_is_an_upgrade() {
-        let parts = |version, connection: &'static str, upgrade: &'static str| {
-            let request = http::Request::builder()
-                .version(version)
-                .header("connection", connection)
-                .header("upgrade", upgrade)
-                .body(())
-                .expect("request");
-            request.into_parts().0
+        assert_eq!(kind(http::Version::HTTP_11, "Upgrade", "WebSocket").as_deref(), Some("websocket"));
+        assert_eq!(kind(http::Version::HTTP_11, "Upgrade, HTTP2-Settings", "h2c"), None);
+        assert_eq!(kind(http::Version::HTTP_11, "keep-alive", "websocket"), None);
+        assert_eq!(kind(http::Version::HTTP_10, "upgrade", "websocket"), None);
+    }
+
+    #[test]
+    fn several_upgrade_values_are_one_kind_no_configuration_allows() {
+        let on = hcm(&[("websocket", true), ("h2c", true)]);
+        let two = parts(
+            http::Version::HTTP_11,
+            &[("connection", b"Upgrade"), ("upgrade", b"WebSocket"), ("upgrade", b"h2c")],
+        );
+        let requested = requested(&two).expect("readable").expect("an upgrade");
+        assert_eq!(requested.kind, "websocket,h2c");
+        assert!(allowed(&on, &[], &requested.kind).is_none());
+        let listed = kind(http::Version::HTTP_11, "upgrade", "websocket, h2c").expect("an upgrade");
+        assert!(allowed(&on, &route(&[("websocket, h2c", true)]), &listed).is_none());
+        let one = parts(http::Version::HTTP_11, &[("connection", b"Upgrade"), ("upgrade", b" WebSocket ")]);
+        assert_eq!(super::requested(&one).expect("readable").expect("an upgrade").spelled, "WebSocket");
+    }
+
+    #[test]
+    fn an_upgrade_whose_connection_is_not_visible_ascii_cannot_be_read() {
+        let hidden = parts(
+            http::Version::HTTP_11,
+            &[("connection", b"Upgrade, HTTP2-Settings, \xff"), ("upgrade", b"websocket")],
+        );
+        assert_eq!(requested(&hidden), Err(MalformedUpgrade));
+    }
+
+    #[test]
+    fn only_a_101_to_the_allowed_kind_switches() {
+        let response = |pairs: &[(&str, &'static str)]| {
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                    HeaderValue::from_static(value),
+                );
+            }
+            headers
         };
-        assert_eq!(requested(&parts(http::Version::HTTP_11, "Upgrade", "WebSocket")).as_deref(), Some("websocket"));
-        assert_eq!(requested(&parts(http::Version::HTTP_11, "Upgrade, HTTP2-Settings", "h2c")), None);
-        assert_eq!(requested(&parts(http::Version::HTTP_11, "keep-alive", "websocket")), None);
-        assert_eq!(requested(&parts(http::Version::HTTP_10, "upgrade", "websocket")), None);
+        assert!(accepts(&response(&[("connection", "Upgrade"), ("upgrade", "WebSocket")]), "websocket"));
+        assert!(!accepts(&response(&[("connection", "Upgrade"), ("upgrade", "h2c")]), "websocket"));
+        assert!(!accepts(&response(&[("connection", "Upgrade"), ("upgrade", "websocket, h2c")]), "websocket"));
+        assert!(!accepts(&response(&[("upgrade", "websocket")]), "websocket"));
+        assert!(!accepts(&response(&[("connection", "upgrade")]), "websocket"));
     }
 }

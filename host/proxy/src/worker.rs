@@ -19,7 +19,7 @@ use wasmtrace_config::{CodecType, ConnectionLimits};
 use crate::Shared;
 use crate::callouts::WorkerCallouts;
 use crate::cluster::ClusterClient;
-use crate::connection::{Activity, ActivityIo, CLOSE_GRACE, DRAIN_GRACE, GuardedBody};
+use crate::connection::{Activity, ActivityIo, CLOSE_GRACE, DRAIN_GRACE, Expiry, GuardedBody};
 use crate::handler::{self, ConnectionInfo, ListenerContext};
 use crate::plugins::SlotRole;
 use crate::stats::ListenerStats;
@@ -38,17 +38,34 @@ where
     }
 }
 
-/// Counts open connections so shutdown can wait for them to drain.
+/// Counts open connections (an upgraded one until its tunnel ends) so shutdown can wait for
+/// them to drain, and closes those still open when the drain timeout passed.
 #[derive(Default)]
 struct ConnectionTracker {
     open: Cell<usize>,
     closed: Notify,
+    /// Set at the drain timeout: every connection still open closes now.
+    closing: Cell<bool>,
+    close: Notify,
 }
 
 impl ConnectionTracker {
     async fn drained(&self) {
         while self.open.get() > 0 {
             self.closed.notified().await;
+        }
+    }
+
+    /// Tells every connection to close now.
+    fn close_all(&self) {
+        self.closing.set(true);
+        self.close.notify_waiters();
+    }
+
+    /// Resolves once [`Self::close_all`] was called.
+    async fn closing(&self) {
+        while !self.closing.get() {
+            self.close.notified().await;
         }
     }
 }
@@ -153,6 +170,10 @@ async fn serve(
     let deadline = Instant::now() + shared.options.drain_timeout;
     if tokio::time::timeout_at(deadline.into(), tracker.drained()).await.is_err() {
         tracing::warn!(worker = index, open = tracker.open.get(), "drain timeout: closing connections still open");
+        // Each connection's task drops its sockets (both sides of a tunnel) when next polled,
+        // and its streams reach their access-log point before the filters finish.
+        tracker.close_all();
+        let _ = tokio::time::timeout(CLOSE_GRACE, tracker.drained()).await;
     }
     // Every root context finishes and may flush: the serving generations and any replaced
     // generation still draining after a hot swap. Flushing gets its own budget, so streams that
@@ -328,13 +349,16 @@ async fn accept(
             peer,
             local: stream.local_addr().ok().or(local).unwrap_or(peer),
             id: ids.fetch_add(1, Ordering::Relaxed),
+            tunnel: Default::default(),
         });
         let (ctx, builder, limits, stop) = (ctx.clone(), builder.clone(), limits.clone(), stop.clone());
         tokio::task::spawn_local(serve_connection(ctx, conn, stream, builder, limits, open, stop));
     }
 }
 
-/// Serves one downstream connection until it ends, shutdown drains it, or a limit closes it.
+/// Serves one downstream connection until it ends, shutdown drains it, or a limit closes it;
+/// then carries its tunnel, if a stream switched protocols. The connection counts as open
+/// (`open`) until both are done.
 async fn serve_connection(
     ctx: Rc<ListenerContext>,
     conn: Rc<ConnectionInfo>,
@@ -347,6 +371,7 @@ async fn serve_connection(
     let activity = Activity::new();
     let stream_activity = activity.clone();
     let listener_ctx = ctx.clone();
+    let info = conn.clone();
     let service = hyper::service::service_fn(move |request| {
         let guard = stream_activity.stream();
         // Boxed where it is made: the stream's future is several KB, and hyper moves the
@@ -354,38 +379,79 @@ async fn serve_connection(
         let served = Box::pin(handler::serve(listener_ctx.clone(), conn.clone(), request));
         async move { served.await.map(|response| response.map(|body| GuardedBody::new(body, guard))) }
     });
-    // With upgrades: a `101` hands the connection to the stream's tunnel (`crate::upgrade`).
-    let connection =
-        builder.serve_connection_with_upgrades(TokioIo::new(ActivityIo::new(stream, activity.clone())), service);
-    tokio::pin!(connection);
     let mut draining = false;
     let mut close_at: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!("connection ended: {e}");
+    let ended = {
+        // With upgrades: a `101` hands the connection to the stream's tunnel (`crate::upgrade`).
+        let connection =
+            builder.serve_connection_with_upgrades(TokioIo::new(ActivityIo::new(stream, activity.clone())), service);
+        tokio::pin!(connection);
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                    break true;
                 }
-                break;
-            }
-            _ = stop.wait_for(|stopped| *stopped), if !draining => {
-                draining = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            expiry = activity.expired(&limits), if close_at.is_none() => {
-                ctx.stats.connection_timeout(expiry);
-                tracing::debug!(listener = %ctx.listener.name, limit = expiry.label(), "closing a connection past its limit");
-                if !draining {
+                _ = stop.wait_for(|stopped| *stopped), if !draining => {
                     draining = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                let grace = if expiry.drains() { DRAIN_GRACE } else { CLOSE_GRACE };
-                close_at = Some(tokio::time::Instant::now() + grace);
+                expiry = activity.expired(&limits), if close_at.is_none() => {
+                    ctx.stats.connection_timeout(expiry);
+                    tracing::debug!(listener = %ctx.listener.name, limit = expiry.label(), "closing a connection past its limit");
+                    if !draining {
+                        draining = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    let grace = if expiry.drains() { DRAIN_GRACE } else { CLOSE_GRACE };
+                    close_at = Some(tokio::time::Instant::now() + grace);
+                }
+                _ = sleep_until_some(close_at) => break false,
+                () = open.tracker.closing() => break false,
             }
-            _ = sleep_until_some(close_at) => break,
         }
+        // hyper's connection goes here: an upgrade it did not hand over (the client left before
+        // its `101` was written) fails now rather than keep the tunnel waiting.
+    };
+    // Closed by a limit or at the drain timeout: a tunnel left there is dropped unstarted.
+    if let Some(tunnel) = info.tunnel.take().filter(|_| ended) {
+        carry_tunnel(&ctx, tunnel, &activity, &limits, &open.tracker, close_at).await;
     }
     drop(open);
+}
+
+/// Carries a connection's tunnel (its stream switched protocols and hyper wrote the `101`)
+/// until it ends, the worker closes what is left at the drain timeout, or the connection's
+/// `max_connection_duration` passes: then, after the drain grace any stream past that limit
+/// gets, both sides are closed (the tunnel cannot be told to finish). `close_at`: a limit the
+/// connection passed before the switch.
+async fn carry_tunnel(
+    ctx: &ListenerContext,
+    tunnel: impl Future<Output = ()>,
+    activity: &Activity,
+    limits: &ConnectionLimits,
+    tracker: &ConnectionTracker,
+    mut close_at: Option<tokio::time::Instant>,
+) {
+    let too_old_at = activity.max_duration_at(limits);
+    tokio::pin!(tunnel);
+    loop {
+        tokio::select! {
+            () = &mut tunnel => return,
+            () = sleep_until_some(too_old_at), if close_at.is_none() => {
+                ctx.stats.connection_timeout(Expiry::MaxDuration);
+                tracing::debug!(listener = %ctx.listener.name, "closing a tunnel past max_connection_duration");
+                close_at = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+            }
+            _ = sleep_until_some(close_at) => return,
+            () = tracker.closing() => {
+                tracing::debug!(listener = %ctx.listener.name, "closing a tunnel still open at the drain timeout");
+                return;
+            }
+        }
+    }
 }
 
 /// Sleeps until `at`, or forever when there is no deadline.
