@@ -159,7 +159,7 @@ async fn a_bidirectional_stream_delivers_metadata_messages_trailers_and_close_in
 
 /// Waits until the server has counted `count` cancelled calls.
 async fn wait_for_cancelled(setup: &Setup, count: usize) -> usize {
-    for _ in 0..50 {
+    for _ in 0..250 {
         let seen = setup.log.cancelled.load(Ordering::SeqCst);
         if seen >= count {
             return seen;

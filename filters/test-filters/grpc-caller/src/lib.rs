@@ -15,8 +15,9 @@
 //! - `stream-hangup`: a `Hangup` stream, which the server ends after its first answer; from the
 //!   close callback the filter sends once more and closes its side (both `OK` in Envoy: the SDK
 //!   unwraps them), then answers as `stream` does.
-//! - `abandon`: opens a `Chat` stream, sends one message and lets the request go on upstream
-//!   without closing the stream: the request's end must reset it.
+//! - `abandon`: opens a `Chat` stream, sends one message and, once its answer shows the server
+//!   holds the stream, lets the request go on upstream without closing the stream: the request's
+//!   end must reset it.
 //!
 //! A status message goes into `x-grpc-message` escaped (`\u{..}` for non-ASCII).
 //!
@@ -60,6 +61,8 @@ struct Caller {
     cancel_at_first_message: Option<u32>,
     /// `stream-hangup`: the server ends the stream; the filter neither sends nor closes first.
     wait_for_server: bool,
+    /// `abandon`: the stream whose first answer resumes the request (and is then left open).
+    abandon: Option<u32>,
     /// Messages still to send on the stream, in order.
     outbox: Vec<String>,
     /// One line per event, the body of the answer.
@@ -146,6 +149,10 @@ impl Context for Caller {
         }
         if self.cancel_at_first_message.take() == Some(token) {
             self.cancel_then_wait(token, true);
+            return;
+        }
+        if self.abandon.take() == Some(token) {
+            self.resume_http_request();
             return;
         }
         let message = self.get_grpc_stream_message(0, size).unwrap_or_default();
@@ -255,7 +262,8 @@ impl HttpContext for Caller {
             "abandon" => match self.open_grpc_stream(&cluster, SERVICE, "Chat", vec![METADATA]) {
                 Ok(token) => {
                     self.send_grpc_stream_message(token, Some(b"held"), false);
-                    Action::Continue
+                    self.abandon = Some(token);
+                    Action::Pause
                 }
                 Err(status) => self.refuse("the stream", status),
             },
