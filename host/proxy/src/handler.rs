@@ -22,7 +22,6 @@ use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 use tokio::sync::oneshot;
 use wasmtrace_config::{Cluster, HttpConnectionManager, Listener, RouteAction, TrafficDirection, UpgradeFilters};
@@ -34,6 +33,7 @@ use crate::body::{
 };
 use crate::chain::{self, DataVerdict, FilterChain, SharedChain, Verdict};
 use crate::cluster::{ChosenEndpoint, ClusterClient, ConnectError};
+use crate::in_process::{Application, HopBody, SendError};
 use crate::message::{
     Hop, UnfilteredRequest, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, http_headers, protocol_name,
     request_header_map, response_header_map, status_of, strip_hop_by_hop, trailer_map,
@@ -65,10 +65,10 @@ pub struct ListenerContext {
 
 /// The downstream connection a stream arrived on.
 pub struct ConnectionInfo {
-    /// The client.
-    pub peer: SocketAddr,
-    /// Our address.
-    pub local: SocketAddr,
+    /// The client (in-process: when the application's server says, see [`crate::in_process`]).
+    pub peer: Option<SocketAddr>,
+    /// Our address (in-process: likewise).
+    pub local: Option<SocketAddr>,
     /// Connection id (`connection.id`).
     pub id: u64,
     /// Where a stream that switched protocols leaves its tunnel, for the connection's task to
@@ -77,14 +77,19 @@ pub struct ConnectionInfo {
 }
 
 /// Serves one request.
-pub async fn serve(
+///
+/// `application`: in-process, the service the filters wrap ([`crate::in_process`]); a route to
+/// a cluster then sends the request there instead of to the cluster.
+pub async fn serve<B: Into<HopBody>>(
     ctx: Rc<ListenerContext>,
     conn: Rc<ConnectionInfo>,
-    request: Request<Incoming>,
+    request: Request<B>,
+    application: Option<Application>,
 ) -> Result<Response<ResponseBody>, StreamReset> {
     ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
+    let body = body.into();
     let requested_upgrade = match upgrade::requested(&parts) {
         Ok(requested) => requested,
         Err(upgrade::MalformedUpgrade) => {
@@ -125,8 +130,8 @@ pub async fn serve(
     }
     let info = StreamInfo {
         protocol: protocol_name(parts.version).to_owned(),
-        source: Some(conn.peer),
-        destination: Some(conn.local),
+        source: conn.peer,
+        destination: conn.local,
         connection_id: conn.id,
         listener_direction: match ctx.listener.direction {
             TrafficDirection::Unspecified => 0,
@@ -141,6 +146,9 @@ pub async fn serve(
         .then(|| (parts.method.clone(), parts.uri.clone()));
     // Without filters nothing can read or change the request: it goes upstream as hyper parsed
     // it, never converted to the filters' header map and back.
+    // In-process, what the application's server put on the request (its connection's address,
+    // say) reaches the application as it would without the filters.
+    let application = application.map(|application| application.keeping(std::mem::take(&mut parts.extensions)));
     let (request_headers, head) = if filters.is_empty() {
         (None, Some(parts))
     } else {
@@ -154,6 +162,7 @@ pub async fn serve(
         chain,
         exchange,
         head,
+        application,
         handed_off: std::cell::Cell::new(false),
         downstream_failed: body.failed.clone(),
         upgrade,
@@ -208,8 +217,10 @@ fn apply_envoy_defaults(http: &HttpConnectionManager, conn: &ConnectionInfo, hea
     {
         headers.insert(X_REQUEST_ID, id);
     }
-    if http.use_remote_address {
-        let peer = conn.peer.ip().to_string();
+    if http.use_remote_address
+        && let Some(peer) = conn.peer
+    {
+        let peer = peer.ip().to_string();
         let forwarded = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(existing) => format!("{existing}, {peer}"),
             None => peer,
@@ -295,6 +306,8 @@ struct Stream {
     /// The request head as received, on a listener without filters (`exchange` then has no
     /// request header map); taken when the request is sent upstream.
     head: Option<http::request::Parts>,
+    /// In-process: the service the filters wrap, where a route to a cluster goes.
+    application: Option<Application>,
     /// A body pump now ends the stream; dropping this handle must not.
     handed_off: std::cell::Cell<bool>,
     /// The client's request body broke its framing (set by [`DownstreamBody`]).
@@ -463,19 +476,32 @@ impl Stream {
         let all = self.filter_count();
         // Borrowed from the listener's context (cloning a pooled client costs several Arcs).
         let ctx = self.ctx.clone();
-        let Some(client) = ctx.clusters.get(cluster) else {
+        let client = ctx.clusters.get(cluster);
+        let in_process = self.application.is_some();
+        if client.is_none() && !in_process {
             return self
                 .local_reply(plain(503, "cluster_not_found", &format!("cluster `{cluster}` does not exist\n")), all)
                 .await;
-        };
-        let http2 = client.cluster.http2;
-        if http2 && matches!(self.upgrade, UpgradeDecision::Tunnel(_)) {
-            // Envoy would send an extended CONNECT (RFC 8441); hyper's client has none.
-            let text = format!("cluster `{cluster}` speaks HTTP/2, which cannot carry an HTTP/1.1 upgrade here\n");
-            return self.local_reply(plain(502, "upgrade_failed", &text), all).await;
         }
-        // The HTTP/1 upstream codec drops trailers without the cluster's `enable_trailers`.
-        let keep_trailers = client.cluster.http1_trailers || http2;
+        let http2 = !in_process && client.is_some_and(|client| client.cluster.http2);
+        if matches!(self.upgrade, UpgradeDecision::Tunnel(_)) {
+            let text = if in_process {
+                // The application's own connection is hyper's, not the filters': nothing here
+                // could carry the upgraded bytes through them.
+                "in-process filters do not tunnel upgrades\n".to_owned()
+            } else if http2 {
+                // Envoy would send an extended CONNECT (RFC 8441); hyper's client has none.
+                format!("cluster `{cluster}` speaks HTTP/2, which cannot carry an HTTP/1.1 upgrade here\n")
+            } else {
+                String::new()
+            };
+            if !text.is_empty() {
+                return self.local_reply(plain(502, "upgrade_failed", &text), all).await;
+            }
+        }
+        // The HTTP/1 upstream codec drops trailers without the cluster's `enable_trailers`; the
+        // application takes them as its body gives them.
+        let keep_trailers = in_process || client.is_some_and(|client| client.cluster.http1_trailers) || http2;
         let request = match self.head.take() {
             Some(head) => unfiltered_upstream_request(head, rewrite, http2, cluster),
             None => {
@@ -520,7 +546,17 @@ impl Stream {
             stats.requests.fetch_add(1, Ordering::Relaxed);
         }
         let request = request.map(|()| upstream_body);
-        let sent = within(timeout, client.client.request(request));
+        let sent = within(timeout, async {
+            match (self.application.take(), client) {
+                (Some(application), _) => {
+                    application.call(request).await.map(|response| response.map(HopBody::Application)).map_err(SendError::App)
+                }
+                (None, Some(client)) => {
+                    client.client.request(request).await.map(|response| response.map(HopBody::Wire)).map_err(SendError::Client)
+                }
+                (None, None) => unreachable!("checked above"),
+            }
+        });
         let aborted_by_filter = async {
             match aborted.as_mut() {
                 Some(rx) => rx.await.ok(),
@@ -544,12 +580,15 @@ impl Stream {
                 let response = self.malformed_body();
                 return self.local_reply(response, all).await;
             }
-            Some(Err(error)) => {
-                if all > 0 {
+            Some(Err(SendError::Client(error))) => {
+                if all > 0
+                    && let Some(client) = client
+                {
                     note_failed_host(&mut self.exchange.borrow_mut().info, &client.cluster, &error);
                 }
                 UpstreamFailure::from_client_error(&error)
             }
+            Some(Err(SendError::App(error))) => UpstreamFailure::from_application_error(&*error),
             Some(Ok(response)) => return self.respond(response, keep_trailers).await,
         };
         if let Some(stats) = &stats {
@@ -565,7 +604,7 @@ impl Stream {
     /// hop carries trailers, being HTTP/2 or with the cluster's `enable_trailers`).
     async fn respond(
         mut self,
-        response: Response<Incoming>,
+        response: Response<HopBody>,
         upstream_trailers: bool,
     ) -> Result<Response<ResponseBody>, StreamReset> {
         if self.downstream_failed.load(Ordering::Relaxed) {
@@ -651,7 +690,7 @@ impl Stream {
     /// upgraded connection is dropped.
     async fn switch_protocols(
         self,
-        mut response: Response<Incoming>,
+        mut response: Response<HopBody>,
         pending: PendingUpgrade,
     ) -> Result<Response<ResponseBody>, StreamReset> {
         let upstream = hyper::upgrade::on(&mut response);
@@ -1017,7 +1056,7 @@ fn refuse_before_filters(
 /// filter replied locally — the rest is read and discarded, as Envoy does, so the client gets
 /// the answer instead of a reset while it is still sending.
 pub struct DownstreamBody {
-    inner: Option<Incoming>,
+    inner: Option<HopBody>,
     failed: Arc<AtomicBool>,
     /// Trailers pass (HTTP/2, or HTTP/1 with `enable_trailers`); otherwise they end the body.
     keep_trailers: bool,
@@ -1029,7 +1068,7 @@ const DISCARD_BYTES: u64 = 64 << 20;
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 
 impl DownstreamBody {
-    fn new(inner: Incoming, keep_trailers: bool) -> Self {
+    fn new(inner: HopBody, keep_trailers: bool) -> Self {
         Self { inner: Some(inner), failed: Arc::new(AtomicBool::new(false)), keep_trailers }
     }
 }
@@ -1055,12 +1094,12 @@ impl Drop for DownstreamBody {
 
 impl Body for DownstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, crate::BoxError>>> {
         let Some(inner) = self.inner.as_mut() else { return std::task::Poll::Ready(None) };
         let polled = std::pin::Pin::new(inner).poll_frame(cx);
         match &polled {
@@ -1076,11 +1115,11 @@ impl Body for DownstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.inner.as_ref().is_none_or(HopBody::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.as_ref().map(Incoming::size_hint).unwrap_or_default()
+        self.inner.as_ref().map(HopBody::size_hint).unwrap_or_default()
     }
 }
 
@@ -1244,7 +1283,7 @@ impl Drop for StreamEnd {
 
 /// Streams the upstream response body to the downstream through the filters; the stream ends
 /// (access log) when the pump is dropped, finished or not.
-async fn pump_response(end: StreamEnd, body: TrailerGate<Incoming>, tx: Rc<FrameSlot>) {
+async fn pump_response(end: StreamEnd, body: TrailerGate<HopBody>, tx: Rc<FrameSlot>) {
     if let Pumped::Stop(_) = pump(&end.chain, &end.exchange, body, &tx, Direction::Response).await {
         let _ = tx.deliver(Err("a filter reset the response".into())).await;
     }

@@ -28,6 +28,7 @@ pub mod cluster;
 pub mod connection;
 pub mod grpc_callouts;
 pub mod handler;
+pub mod in_process;
 pub mod message;
 pub mod module_file;
 pub mod plugins;
@@ -200,6 +201,8 @@ pub struct RunningProxy {
     workers: Vec<JoinHandle<()>>,
     control_thread: Option<JoinHandle<()>>,
     admin_state: Arc<AdminState>,
+    /// In-process: where the layers hand the workers requests.
+    inbox: Option<in_process::InProcessInbox>,
 }
 
 impl RunningProxy {
@@ -216,6 +219,16 @@ impl RunningProxy {
     /// The admin API's bound address.
     pub fn admin_address(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// Where in-process layers hand the workers requests (started with [`start_in_process`]).
+    pub fn in_process_inbox(&self) -> Option<&in_process::InProcessInbox> {
+        self.inbox.as_ref()
+    }
+
+    /// The admin API's state: what an application serves it from (in-process).
+    pub fn admin_state(&self) -> Arc<AdminState> {
+        self.admin_state.clone()
     }
 
     /// Stops accepting, lets open streams finish (up to the drain timeout), lets filters flush,
@@ -304,6 +317,26 @@ pub fn check(bootstrap: &Bootstrap, options: &ProxyOptions) -> Result<Vec<String
 
 /// Starts serving `bootstrap`.
 pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy, ProxyError> {
+    launch(bootstrap, options, Serving::Listeners)
+}
+
+/// Starts `bootstrap`'s filters to run inside this process: its listeners are not bound; their
+/// chains take requests from [`RunningProxy::in_process_inbox`] (the `wasmtrace-tower` layers).
+/// The admin API, file watch, hot swap, drain and flush are the sidecar's.
+pub fn start_in_process(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy, ProxyError> {
+    launch(bootstrap, options, Serving::InProcess)
+}
+
+/// Where the workers' requests come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    /// The listeners' sockets (the sidecar).
+    Listeners,
+    /// In-process layers, through each worker's inbox.
+    InProcess,
+}
+
+fn launch(bootstrap: Bootstrap, options: ProxyOptions, serving: Serving) -> Result<RunningProxy, ProxyError> {
     let open_files = raise_open_file_limit();
     let max_connections = options
         .max_connections_per_listener
@@ -318,7 +351,7 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
     let cluster_stats = Arc::new(stats.clusters.clone());
     let mut sockets = Vec::new();
     let mut listeners = Vec::new();
-    for listener in &bootstrap.listeners {
+    for listener in bootstrap.listeners.iter().filter(|_| serving == Serving::Listeners) {
         let bind_error = |source| ProxyError::Bind { name: listener.name.clone(), address: listener.address, source };
         let socket = std::net::TcpListener::bind(listener.address).map_err(bind_error)?;
         socket.set_nonblocking(true).map_err(bind_error)?;
@@ -340,9 +373,15 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut workers = Vec::new();
     let mut worker_commands = Vec::new();
+    let mut inboxes = Vec::new();
     for index in 0..options.workers.max(1) {
         let (commands_tx, commands) = mpsc::unbounded_channel();
         worker_commands.push(commands_tx);
+        let inbox = (serving == Serving::InProcess).then(|| {
+            let (tx, rx) = mpsc::channel(in_process::INBOX_REQUESTS);
+            inboxes.push(tx);
+            rx
+        });
         let mut worker_sockets = Vec::new();
         for (listener_index, socket) in sockets.iter().enumerate() {
             worker_sockets.push((
@@ -353,7 +392,7 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
         let (shared, stop_rx, ready_tx) = (shared.clone(), stop_rx.clone(), ready_tx.clone());
         let handle = std::thread::Builder::new()
             .name(format!("wasmtrace-worker-{index}"))
-            .spawn(move || worker::run(index, shared, worker_sockets, commands, stop_rx, ready_tx))
+            .spawn(move || worker::run(index, shared, worker_sockets, commands, inbox, stop_rx, ready_tx))
             .map_err(|e| ProxyError::Worker(e.to_string()))?;
         workers.push(handle);
     }
@@ -397,6 +436,9 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
     for (name, address) in &listeners {
         tracing::info!(listener = %name, %address, workers = workers.len(), "listening");
     }
+    if serving == Serving::InProcess {
+        tracing::info!(workers = workers.len(), "filters running in-process");
+    }
     Ok(RunningProxy {
         listeners,
         admin: control.admin,
@@ -404,6 +446,9 @@ pub fn start(bootstrap: Bootstrap, options: ProxyOptions) -> Result<RunningProxy
         workers,
         control_thread: Some(control.thread),
         admin_state,
+        inbox: (serving == Serving::InProcess).then(|| {
+            in_process::InProcessInbox::new(inboxes, bootstrap.listeners.iter().map(|l| l.name.clone()).collect())
+        }),
     })
 }
 

@@ -41,6 +41,21 @@ impl UpstreamFailure {
         Self::Reset(reason)
     }
 
+    /// Classifies the error of the service in-process filters wrap: a client's (a client layer
+    /// over hyper's pooled client) as [`Self::from_client_error`], anything else as a reset.
+    pub fn from_application_error(error: &(dyn std::error::Error + 'static)) -> Self {
+        if let Some(client) = error.downcast_ref::<hyper_util::client::legacy::Error>() {
+            return Self::from_client_error(client);
+        }
+        let mut reason = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            reason = format!("{reason}: {cause}");
+            source = cause.source();
+        }
+        Self::Reset(reason)
+    }
+
     /// Status, `response.code_details` and body for the downstream.
     pub fn response(&self, cluster: &str) -> (StatusCode, &'static str, String) {
         match self {

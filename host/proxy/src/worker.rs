@@ -21,6 +21,7 @@ use crate::callouts::WorkerCallouts;
 use crate::cluster::ClusterClient;
 use crate::connection::{Activity, ActivityIo, CLOSE_GRACE, DRAIN_GRACE, Expiry, GuardedBody};
 use crate::handler::{self, ConnectionInfo, ListenerContext};
+use crate::in_process::{self, InProcessRequest};
 use crate::plugins::SlotRole;
 use crate::stats::ListenerStats;
 use crate::swap::{WorkerCommand, WorkerEnv, WorkerPlugin};
@@ -82,6 +83,7 @@ pub fn run(
     shared: Arc<Shared>,
     sockets: WorkerSockets,
     commands: mpsc::UnboundedReceiver<WorkerCommand>,
+    inbox: Option<mpsc::Receiver<InProcessRequest>>,
     stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -93,7 +95,7 @@ pub fn run(
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(index, shared, sockets, commands, stop, ready));
+    local.block_on(&runtime, serve(index, shared, sockets, commands, inbox, stop, ready));
 }
 
 async fn serve(
@@ -101,6 +103,7 @@ async fn serve(
     shared: Arc<Shared>,
     sockets: WorkerSockets,
     commands: mpsc::UnboundedReceiver<WorkerCommand>,
+    inbox: Option<mpsc::Receiver<InProcessRequest>>,
     stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -160,6 +163,15 @@ async fn serve(
             stop.clone(),
         )));
     }
+    if let Some(inbox) = inbox {
+        accept_loops.push(tokio::task::spawn_local(take_in_process(
+            contexts.clone(),
+            inbox,
+            tracker.clone(),
+            shared.connection_ids.clone(),
+            stop.clone(),
+        )));
+    }
     let _ = ready.send(Ok(()));
 
     let mut stop_signal = stop.clone();
@@ -183,6 +195,51 @@ async fn serve(
         plugin.finish(flush_deadline).await;
     }
     env.retirements_done(flush_deadline).await;
+}
+
+/// Counts an in-process stream as open until dropped.
+struct OpenStream {
+    tracker: Rc<ConnectionTracker>,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.tracker.open.set(self.tracker.open.get() - 1);
+        self.tracker.closed.notify_waiters();
+    }
+}
+
+/// Takes the in-process layers' requests until `stop`; each is a stream of its listener's chain,
+/// counted in the drain as a connection is (`connection.id` numbers streams here: there is no
+/// connection of the filters' own).
+async fn take_in_process(
+    contexts: Vec<Rc<ListenerContext>>,
+    mut inbox: mpsc::Receiver<InProcessRequest>,
+    tracker: Rc<ConnectionTracker>,
+    ids: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let request = tokio::select! {
+            request = inbox.recv() => request,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        let Some(request) = request else { return };
+        let Some(ctx) = contexts.get(request.listener).cloned() else {
+            tracing::error!(listener = request.listener, "an in-process request for a listener this worker does not have");
+            continue;
+        };
+        tracker.open.set(tracker.open.get() + 1);
+        let open = OpenStream { tracker: tracker.clone() };
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        tokio::task::spawn_local(async move {
+            tokio::select! {
+                () = in_process::serve(ctx, request, id) => {}
+                () = open.tracker.closing() => {}
+            }
+            drop(open);
+        });
+    }
 }
 
 /// Carries out the swap coordinator's commands on this worker.
@@ -346,8 +403,8 @@ async fn accept(
         let open = OpenConnection { stats, tracker: tracker.clone() };
         let _ = stream.set_nodelay(true);
         let conn = Rc::new(ConnectionInfo {
-            peer,
-            local: stream.local_addr().ok().or(local).unwrap_or(peer),
+            peer: Some(peer),
+            local: stream.local_addr().ok().or(local),
             id: ids.fetch_add(1, Ordering::Relaxed),
             tunnel: Default::default(),
         });
@@ -376,7 +433,7 @@ async fn serve_connection(
         let guard = stream_activity.stream();
         // Boxed where it is made: the stream's future is several KB, and hyper moves the
         // service future more than once (memcpy was 5 % of a request's CPU in the profile).
-        let served = Box::pin(handler::serve(listener_ctx.clone(), conn.clone(), request));
+        let served = Box::pin(handler::serve(listener_ctx.clone(), conn.clone(), request, None));
         async move { served.await.map(|response| response.map(|body| GuardedBody::new(body, guard))) }
     });
     let mut draining = false;

@@ -148,10 +148,11 @@ fn swap_response(result: Result<SwapOutcome, SwapError>) -> Response<Full<Bytes>
 
 /// The request body as JSON; the error carries the status to answer with (413 for a body over
 /// [`MAX_SWAP_REQUEST`], 400 otherwise).
-async fn read_json<T: for<'de> Deserialize<'de>>(
-    body: Incoming,
-    empty_ok: bool,
-) -> Result<Option<T>, (StatusCode, String)> {
+async fn read_json<T: for<'de> Deserialize<'de>, B>(body: B, empty_ok: bool) -> Result<Option<T>, (StatusCode, String)>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::BoxError>,
+{
     let bytes = match Limited::new(body, MAX_SWAP_REQUEST).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {
@@ -214,7 +215,13 @@ fn read_only(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
-async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Answers one admin request (the admin listener's, or one an application routes here when the
+/// filters run in-process): the bearer-token and browser checks first, then the endpoint.
+pub async fn handle<B>(state: Arc<AdminState>, request: Request<B>) -> Response<Full<Bytes>>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::BoxError>,
+{
     if let Err(refusal) = guard::admit(request.method(), request.headers(), state.token.as_ref()) {
         let mut response = error(refusal.status, refusal.message);
         if refusal.status == StatusCode::UNAUTHORIZED {
@@ -232,7 +239,7 @@ async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Response<
             let name = name.to_owned();
             let body = request.into_body();
             if action == "swap" {
-                let request = read_json::<SwapBody>(body, false).await.and_then(|b| {
+                let request = read_json::<SwapBody, _>(body, false).await.and_then(|b| {
                     b.ok_or_else(|| "empty body".to_owned())
                         .and_then(|b| b.into_request(&name))
                         .map_err(|e| (StatusCode::BAD_REQUEST, e))
@@ -242,7 +249,7 @@ async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Response<
                     Err((status, e)) => error(status, &e),
                 }
             } else {
-                match read_json::<RollbackBody>(body, true).await {
+                match read_json::<RollbackBody, _>(body, true).await {
                     Ok(body) => {
                         let listener = body.unwrap_or_default().listener;
                         let coordinator = state.coordinator.clone();

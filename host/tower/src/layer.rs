@@ -1,0 +1,263 @@
+//! The layer and the service it makes: a request handed to a worker with the wrapped service,
+//! the answer handed back.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::sync::oneshot;
+use tower_layer::Layer;
+use tower_service::Service;
+use wasmtrace_proxy::BoxError;
+use wasmtrace_proxy::in_process::{Application, InProcessInbox, InProcessReply, InProcessRequest, ReplyBody};
+
+/// The body the wrapped service gets: the request as the filters left it (streamed through the
+/// body callbacks of filters that have them).
+pub type FilteredBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Which end of a call the filters wrap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Requests the application serves (its inbound listener's chain).
+    Server,
+    /// Requests the application sends (its outbound listener's chain).
+    Client,
+}
+
+/// The connection a request came on, for the filters' `source.*` and `destination.*`. A server
+/// may put it in the request's extensions; without it the layer reads axum's
+/// `ConnectInfo<SocketAddr>` (the client's address) and the layer's
+/// [`FilterLayer::with_local_address`].
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionAddresses {
+    /// The client.
+    pub peer: SocketAddr,
+    /// Where it connected.
+    pub local: SocketAddr,
+}
+
+/// A `tower::Layer` running one listener's Wasm filters around the service it wraps (made by
+/// [`crate::InProcessFilters::server_layer`] or [`crate::InProcessFilters::client_layer`]).
+#[derive(Clone)]
+pub struct FilterLayer {
+    inbox: InProcessInbox,
+    listener: usize,
+    side: Side,
+    local: Option<SocketAddr>,
+}
+
+impl FilterLayer {
+    pub(crate) fn new(inbox: InProcessInbox, listener: usize, side: Side) -> Self {
+        Self { inbox, listener, side, local: None }
+    }
+
+    /// The address the application's server listens on (`destination.*` for the filters, when
+    /// the request carries no [`ConnectionAddresses`]).
+    pub fn with_local_address(mut self, local: SocketAddr) -> Self {
+        self.local = Some(local);
+        self
+    }
+}
+
+impl<S> Layer<S> for FilterLayer {
+    type Service = Filtered<S>;
+
+    fn layer(&self, inner: S) -> Filtered<S> {
+        Filtered { inner, layer: self.clone() }
+    }
+}
+
+/// A service whose requests and responses pass through a listener's Wasm filters.
+#[derive(Clone)]
+pub struct Filtered<S> {
+    inner: S,
+    layer: FilterLayer,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Filtered<S>
+where
+    S: Service<Request<FilteredBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ReplyBody>;
+    /// Never fails: what goes wrong is an answer (`503` when the filters have stopped, a reset
+    /// body when a filter closed the stream).
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ReplyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The wrapped service is called on a worker later, readied there (`oneshot`): readiness
+        // here would be lost in the clone that goes.
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let inner = self.inner.clone();
+        let layer = self.layer.clone();
+        Box::pin(async move { Ok(layer.filter(inner, request).await) })
+    }
+}
+
+impl FilterLayer {
+    /// One request through the filters, `inner` answering it.
+    async fn filter<S, ReqBody, ResBody>(self, inner: S, request: Request<ReqBody>) -> Response<ReplyBody>
+    where
+        S: Service<Request<FilteredBody>, Response = Response<ResBody>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ReqBody: Body<Data = Bytes> + Send + 'static,
+        ReqBody::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = request.into_parts();
+        let addresses = parts.extensions.get::<ConnectionAddresses>().copied();
+        let peer = addresses.map(|a| a.peer).or_else(|| {
+            parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|connect| connect.0)
+        });
+        let local = addresses.map(|a| a.local).or(self.local);
+        let target = match self.side {
+            Side::Server => None,
+            Side::Client => match client_target(&mut parts) {
+                Ok(target) => Some(target),
+                Err(text) => return plain(StatusCode::BAD_REQUEST, text),
+            },
+        };
+        let request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let call: wasmtrace_proxy::in_process::ApplicationCall = Box::new(move |request| {
+            let answered = oneshot_call(inner, request);
+            Box::pin(InRuntime { runtime, future: Box::pin(answered) })
+        });
+        let (reply, answer) = oneshot::channel();
+        let request = InProcessRequest {
+            listener: self.listener,
+            request,
+            peer: if self.side == Side::Server { peer } else { None },
+            local: if self.side == Side::Server { local } else { None },
+            application: Application::new(call, target),
+            reply,
+        };
+        if self.inbox.send(request).await.is_err() {
+            return stopped();
+        }
+        match answer.await {
+            Ok(InProcessReply::Response(response)) => response,
+            Ok(InProcessReply::Reset) => {
+                // A filter closed the stream: a body that fails makes the server reset it.
+                let mut response = Response::new(ReplyBody::reset());
+                *response.status_mut() = StatusCode::BAD_GATEWAY;
+                response
+            }
+            // The worker dropped the request: it is shutting down.
+            Err(_) => stopped(),
+        }
+    }
+}
+
+/// Readies `inner` and calls it (on the worker), its answer's body boxed for the filters. A
+/// future of its own rather than an `async fn`: the compiler can then see that it is `Send`
+/// whenever the wrapped service's future is.
+enum Answer<S: Service<Request<FilteredBody>>> {
+    Readying(Box<S>, Option<Request<FilteredBody>>),
+    Calling(Pin<Box<S::Future>>),
+    Done,
+}
+
+fn oneshot_call<S>(inner: S, request: Request<FilteredBody>) -> Answer<S>
+where
+    S: Service<Request<FilteredBody>>,
+{
+    Answer::Readying(Box::new(inner), Some(request))
+}
+
+impl<S, ResBody> Future for Answer<S>
+where
+    S: Service<Request<FilteredBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Output = Result<Response<FilteredBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                Answer::Readying(inner, request) => {
+                    if let Err(e) = std::task::ready!(inner.poll_ready(cx)) {
+                        *this = Answer::Done;
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let Some(request) = request.take() else { return Poll::Ready(Err("polled after its end".into())) };
+                    *this = Answer::Calling(Box::pin(inner.call(request)));
+                }
+                Answer::Calling(future) => {
+                    let answered = std::task::ready!(future.as_mut().poll(cx));
+                    *this = Answer::Done;
+                    return Poll::Ready(
+                        answered.map(|response| response.map(|body| body.map_err(Into::into).boxed_unsync())).map_err(Into::into),
+                    );
+                }
+                Answer::Done => return Poll::Ready(Err("polled after its end".into())),
+            }
+        }
+    }
+}
+
+/// A client request's destination, taken out of its URI (which becomes origin-form, as the
+/// filters see a request off the wire); its `Host` is kept, or made from the authority.
+fn client_target(parts: &mut http::request::Parts) -> Result<(http::uri::Scheme, http::uri::Authority), &'static str> {
+    let (Some(scheme), Some(authority)) = (parts.uri.scheme().cloned(), parts.uri.authority().cloned()) else {
+        return Err("a request through the client filters needs an absolute URI (http://host/path)\n");
+    };
+    if !parts.headers.contains_key(HOST) {
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "the URI's authority is not a Host value\n")?;
+        parts.headers.insert(HOST, host);
+    }
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(path);
+    Ok((scheme, authority))
+}
+
+/// The answer once the filters have stopped: no request passes unfiltered.
+fn stopped() -> Response<ReplyBody> {
+    plain(StatusCode::SERVICE_UNAVAILABLE, "the in-process filters have stopped\n")
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<ReplyBody> {
+    let mut response = Response::new(ReplyBody::full(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// A future polled inside the application's runtime context although a worker polls it: what
+/// the wrapped service spawns, and the sockets and timers it makes, are the application's.
+struct InRuntime<F> {
+    runtime: Option<tokio::runtime::Handle>,
+    future: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for InRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let _entered = this.runtime.as_ref().map(tokio::runtime::Handle::enter);
+        this.future.as_mut().poll(cx)
+    }
+}
