@@ -24,7 +24,7 @@ use crate::fixture::upstream::Upstream;
 /// The trace filter's configuration for generation `tag`: the tag shows on every span. Spans
 /// leave a VM only when it is replaced (or shut down), unless `flush_ms` is short: the drain
 /// flush is what is under test.
-fn trace_config(tag: &str, flush_ms: u64) -> String {
+pub(crate) fn trace_config(tag: &str, flush_ms: u64) -> String {
     format!(
         r#"{{"service_name": "swapped", "static_attributes": {{"swap.generation": "{tag}"}}, "exporter": {{"cluster": "otel", "flush_interval_ms": {flush_ms}, "batch_size": 4096, "max_queued_spans": 65536}}}}"#
     )
@@ -48,7 +48,7 @@ fn trace_proxy(tag: &str, flush_ms: u64) -> (Upstream, Collector, RunningProxy) 
 }
 
 /// A copy of `module` with a custom section appended: other bytes and sha256, the same code.
-fn module_variant(module: &Path, tag: &str) -> PathBuf {
+pub(crate) fn module_variant(module: &Path, tag: &str) -> PathBuf {
     let mut bytes = std::fs::read(module).expect("module");
     let name = b"wasmtrace.variant";
     let payload = tag.as_bytes();
@@ -65,15 +65,15 @@ fn module_variant(module: &Path, tag: &str) -> PathBuf {
 }
 
 /// One request as the client saw it.
-struct Sent {
-    trace_id: String,
-    started: Instant,
-    finished: Instant,
-    status: StatusCode,
+pub(crate) struct Sent {
+    pub(crate) trace_id: String,
+    pub(crate) started: Instant,
+    pub(crate) finished: Instant,
+    pub(crate) status: StatusCode,
 }
 
 /// Client tasks sending requests with their own trace ids until `stop` is set.
-fn load(addr: SocketAddr, tasks: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Vec<Sent>>> {
+pub(crate) fn load(addr: SocketAddr, tasks: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Vec<Sent>>> {
     (0..tasks)
         .map(|task| {
             let stop = stop.clone();
@@ -93,7 +93,7 @@ fn load(addr: SocketAddr, tasks: usize, stop: Arc<AtomicBool>) -> Vec<tokio::tas
         .collect()
 }
 
-async fn stop_load(stop: &AtomicBool, tasks: Vec<tokio::task::JoinHandle<Vec<Sent>>>) -> Vec<Sent> {
+pub(crate) async fn stop_load(stop: &AtomicBool, tasks: Vec<tokio::task::JoinHandle<Vec<Sent>>>) -> Vec<Sent> {
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     for task in tasks {
@@ -102,7 +102,7 @@ async fn stop_load(stop: &AtomicBool, tasks: Vec<tokio::task::JoinHandle<Vec<Sen
     all
 }
 
-async fn post(admin: SocketAddr, path: &str, body: serde_json::Value) -> Reply {
+pub(crate) async fn post(admin: SocketAddr, path: &str, body: serde_json::Value) -> Reply {
     send(&client(false), admin, "POST", path, &[("content-type", "application/json")], &body.to_string()).await
 }
 
@@ -123,7 +123,7 @@ async fn spans_after_shutdown(
 }
 
 /// Every request succeeded and left exactly one span; returns each request's span.
-fn exactly_one_span_each<'a>(sent: &[Sent], spans: &'a HashMap<String, Vec<Received>>) -> Vec<&'a Received> {
+pub(crate) fn exactly_one_span_each<'a>(sent: &[Sent], spans: &'a HashMap<String, Vec<Received>>) -> Vec<&'a Received> {
     let failed = sent.iter().filter(|s| s.status != StatusCode::OK).count();
     assert_eq!(failed, 0, "{failed} of {} requests failed", sent.len());
     let total: usize = spans.values().map(Vec::len).sum();

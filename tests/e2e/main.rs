@@ -19,6 +19,7 @@ mod grpc_callouts;
 mod hardening;
 mod hostile_headers;
 mod hot_swap;
+mod in_process;
 mod portability;
 mod protocols;
 mod reactor_build;

@@ -548,12 +548,17 @@ impl Stream {
         let request = request.map(|()| upstream_body);
         let sent = within(timeout, async {
             match (self.application.take(), client) {
-                (Some(application), _) => {
-                    application.call(request).await.map(|response| response.map(HopBody::Application)).map_err(SendError::App)
-                }
-                (None, Some(client)) => {
-                    client.client.request(request).await.map(|response| response.map(HopBody::Wire)).map_err(SendError::Client)
-                }
+                (Some(application), _) => application
+                    .call(request)
+                    .await
+                    .map(|response| response.map(HopBody::Application))
+                    .map_err(SendError::App),
+                (None, Some(client)) => client
+                    .client
+                    .request(request)
+                    .await
+                    .map(|response| response.map(HopBody::Wire))
+                    .map_err(SendError::Client),
                 (None, None) => unreachable!("checked above"),
             }
         });

@@ -121,7 +121,9 @@ impl Application {
     pub(crate) async fn call(self, mut request: Request<ProxyBody>) -> Result<Response<ProxyBody>, BoxError> {
         let path = request.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let uri = match self.target {
-            Some((scheme, authority)) => Uri::builder().scheme(scheme).authority(authority).path_and_query(path).build(),
+            Some((scheme, authority)) => {
+                Uri::builder().scheme(scheme).authority(authority).path_and_query(path).build()
+            }
             None => Uri::builder().path_and_query(path).build(),
         };
         *request.uri_mut() = uri?;

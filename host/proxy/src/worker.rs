@@ -226,7 +226,10 @@ async fn take_in_process(
         };
         let Some(request) = request else { return };
         let Some(ctx) = contexts.get(request.listener).cloned() else {
-            tracing::error!(listener = request.listener, "an in-process request for a listener this worker does not have");
+            tracing::error!(
+                listener = request.listener,
+                "an in-process request for a listener this worker does not have"
+            );
             continue;
         };
         tracker.open.set(tracker.open.get() + 1);

@@ -125,9 +125,9 @@ impl FilterLayer {
     {
         let (mut parts, body) = request.into_parts();
         let addresses = parts.extensions.get::<ConnectionAddresses>().copied();
-        let peer = addresses.map(|a| a.peer).or_else(|| {
-            parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|connect| connect.0)
-        });
+        let peer = addresses
+            .map(|a| a.peer)
+            .or_else(|| parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|connect| connect.0));
         let local = addresses.map(|a| a.local).or(self.local);
         let target = match self.side {
             Side::Server => None,
@@ -209,7 +209,9 @@ where
                     let answered = std::task::ready!(future.as_mut().poll(cx));
                     *this = Answer::Done;
                     return Poll::Ready(
-                        answered.map(|response| response.map(|body| body.map_err(Into::into).boxed_unsync())).map_err(Into::into),
+                        answered
+                            .map(|response| response.map(|body| body.map_err(Into::into).boxed_unsync()))
+                            .map_err(Into::into),
                     );
                 }
                 Answer::Done => return Poll::Ready(Err("polled after its end".into())),
@@ -225,7 +227,8 @@ fn client_target(parts: &mut http::request::Parts) -> Result<(http::uri::Scheme,
         return Err("a request through the client filters needs an absolute URI (http://host/path)\n");
     };
     if !parts.headers.contains_key(HOST) {
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "the URI's authority is not a Host value\n")?;
+        let host =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| "the URI's authority is not a Host value\n")?;
         parts.headers.insert(HOST, host);
     }
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));

@@ -108,7 +108,8 @@ impl InProcessFilters {
         if self.inner.proxy.lock().map_or(true, |proxy| proxy.is_none()) {
             return Err(InProcessError::ShutDown);
         }
-        let index = self.inner.inbox.listener_index(listener).ok_or_else(|| InProcessError::NoListener(listener.to_owned()))?;
+        let index =
+            self.inner.inbox.listener_index(listener).ok_or_else(|| InProcessError::NoListener(listener.to_owned()))?;
         Ok(FilterLayer::new(self.inner.inbox.clone(), index, side))
     }
 

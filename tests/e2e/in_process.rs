@@ -1,0 +1,123 @@
+//! The filters in the application's own process (`wasmtrace-tower`): a hostile module fails only
+//! its stream, never the application's threads; a hot swap of the in-process trace filter under
+//! load fails no request and loses no span at a real OTLP receiver.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use crate::fixture::client::get;
+use crate::fixture::collector::{Collector, string};
+use crate::fixture::in_process::filtered_app;
+use crate::fixture::proxy::{bootstrap_yaml, cluster, filter_module, route, wasm_filter, wasm_filter_yaml};
+use crate::fixture::upstream::closed_port;
+use crate::hot_swap::{Sent, exactly_one_span_each, load, module_variant, post, stop_load, trace_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_module_in_process_fails_only_its_stream_and_never_the_applications_thread() {
+    // The route's cluster is a closed port: in-process, the application answers in its place.
+    let yaml = bootstrap_yaml(
+        &[wasm_filter("hostile", "hostile", "", false)],
+        &route("/", "app", "5s"),
+        &[cluster("app", closed_port(), "")],
+    );
+    let app = filtered_app(&yaml, 2).await;
+    let served = get(app.addr, "/echo", &[]).await;
+    assert_eq!(served.status, StatusCode::OK, "{}", served.text());
+    assert!(served.upstream_saw("x-hostile-ok").is_some(), "the filter ran before the application: {}", served.text());
+    let thread = served.json()["thread"].as_str().unwrap_or("").to_owned();
+    assert!(
+        thread.starts_with("wasmtrace-worker-"),
+        "the application's handler ran on the worker that owns the stream: {thread}"
+    );
+    let mut answered = 1;
+    for kind in ["trap", "loop", "grow"] {
+        // The application's own routes are served while a worker runs the guest's endless loop.
+        let misbehaving = tokio::spawn(async move { get(app.addr, "/echo", &[("x-hostile", kind)]).await });
+        let started = Instant::now();
+        let mut alive = 0;
+        while !misbehaving.is_finished() && started.elapsed() < Duration::from_secs(10) {
+            assert_eq!(get(app.addr, "/health", &[]).await.text(), "alive");
+            alive += 1;
+        }
+        let failed = misbehaving.await.expect("the request task");
+        assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE, "{kind}: {}", failed.text());
+        assert!(failed.text().contains("wasm plugin `hostile` failed"), "{kind}: {}", failed.text());
+        assert!(alive > 0, "{kind}: the application answered while the guest misbehaved");
+        for _ in 0..4 {
+            let next = get(app.addr, "/echo", &[]).await;
+            assert_eq!(next.status, StatusCode::OK, "{kind}: {}", next.text());
+            assert!(next.upstream_saw("x-hostile-ok").is_some(), "{kind}: a fresh VM filters the next request");
+            answered += 1;
+        }
+    }
+    // The failed streams never reached the application.
+    assert_eq!(app.calls.load(Ordering::Relaxed), answered);
+    let admin = app.filters.admin_address().expect("the bootstrap's admin API");
+    let metrics = get(admin, "/stats/prometheus", &[]).await.text();
+    assert!(
+        metrics.contains(r#"wasmtrace_wasm_vm_restarts_total{plugin="hostile"} 3"#),
+        "one VM re-created per failure: {metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_swap_of_the_in_process_trace_filter_under_load_fails_no_request_and_loses_no_span() {
+    let collector = Collector::start();
+    let module_a = filter_module("trace-filter");
+    let module_b = module_variant(&module_a, "in-process-b");
+    let yaml = bootstrap_yaml(
+        &[wasm_filter_yaml("trace", &module_a, &trace_config("1", 60_000), false, "trace")],
+        &route("/", "app", "5s"),
+        &[cluster("app", closed_port(), ""), cluster("otel", collector.addr, "")],
+    );
+    let app = filtered_app(&yaml, 2).await;
+    let admin = app.filters.admin_address().expect("the bootstrap's admin API");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(app.addr, 4, stop.clone());
+    let mut windows = Vec::new();
+    for generation in 2..=13u64 {
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let mut body = serde_json::json!({ "configuration": trace_config(&generation.to_string(), 60_000) });
+        if generation % 2 == 0 {
+            let module = if generation % 4 == 0 { &module_a } else { &module_b };
+            body["module_path"] = module.display().to_string().into();
+        }
+        let began = Instant::now();
+        let reply = post(admin, "/plugins/trace/swap", body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.json()["swapped"][0]["generation"], generation, "{}", reply.text());
+        windows.push((generation, began, Instant::now()));
+    }
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let plugins = get(admin, "/plugins", &[]).await.json();
+    assert_eq!(plugins["plugins"][0]["generation"], 13, "{plugins}");
+    assert_eq!(plugins["plugins"][0]["vms_alive"], 2, "one VM per worker: {plugins}");
+    let sent: Vec<Sent> = stop_load(&stop, tasks).await;
+    assert!(sent.len() >= 500, "only {} requests under load", sent.len());
+    let calls = app.calls.load(Ordering::Relaxed);
+    app.stop().await;
+    assert_eq!(calls, sent.len(), "every request reached the application once");
+    let spans = collector.wait_for(sent.len()).await;
+    let mut by_trace: std::collections::HashMap<String, Vec<_>> = Default::default();
+    for span in spans {
+        let id = span.span.trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        by_trace.entry(id).or_default().push(span);
+    }
+    let each = exactly_one_span_each(&sent, &by_trace);
+    // A request between two swaps ran on the generation published before it.
+    let mut checked = 0;
+    for (request, span) in sent.iter().zip(each) {
+        for (i, (generation, _, published)) in windows.iter().enumerate() {
+            let next_began = windows.get(i + 1).map(|w| w.1);
+            if request.started > *published && next_began.is_none_or(|b| request.finished < b) {
+                assert_eq!(string(&span.span, "swap.generation"), generation.to_string());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "requests between swaps");
+}
