@@ -1,7 +1,9 @@
 //! What `wasmtrace demo` runs, on ephemeral ports: the collector, the three gallery services each
-//! behind a wasmtrace sidecar. One upload's trace has the whole tree — sidecar SERVER and CLIENT
-//! spans, the catalog's database spans, the store's storage span — and with the store down the
-//! error shows on the spans that saw it.
+//! behind a wasmtrace sidecar — or (`--in-process`) each running the same filters inside itself.
+//! One upload's trace has the whole tree either way — the filters' SERVER and CLIENT spans, the
+//! catalog's database spans, the store's storage span, the same names, kinds, parents and
+//! attributes — a hot swap changes it, and with the store down the error shows on the spans that
+//! saw it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,7 +12,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::Value;
-use wasmtrace_demo::topology::{DemoConfig, Ports, start};
+use wasmtrace_demo::topology::{DemoConfig, Ports, Tracing, start};
 use wasmtrace_demo::traffic::seed_and_browse;
 
 use crate::fixture::client::{client, get, send_bytes};
@@ -65,17 +67,60 @@ impl<'a> Tree<'a> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_traces_an_upload_through_every_sidecar_and_service() {
-    let state_dir = workspace_root().join("target/e2e-demo").join(format!("{}", std::process::id()));
+async fn the_demo_traces_an_upload_through_every_sidecar_and_service_and_in_process_the_same() {
+    let sidecars = traces_an_upload(Tracing::Sidecars).await;
+    let in_process = traces_an_upload(Tracing::InProcess).await;
+    assert_eq!(in_process.len(), sidecars.len(), "span for span:\nin-process {in_process:#?}\nsidecars {sidecars:#?}");
+    for (in_process, sidecar) in in_process.iter().zip(&sidecars) {
+        assert_eq!(in_process, sidecar, "the same span in-process as behind a sidecar");
+    }
+}
+
+/// A span as both modes must make it: service, kind, name, its parent's service and name, and
+/// its attributes' keys (values such as ports and ids differ run to run).
+type SpanShape = (String, String, String, Option<(String, String)>, Vec<String>);
+
+/// The upload's trace, span by span, as [`SpanShape`]s in order.
+fn shape(trace: &Value) -> Vec<SpanShape> {
+    let tree = Tree { trace };
+    let spans = trace["spans"].as_array().cloned().unwrap_or_default();
+    let by_id: HashMap<String, &Value> =
+        spans.iter().map(|s| (s["spanID"].as_str().unwrap_or("").to_owned(), s)).collect();
+    let mut shapes: Vec<SpanShape> = spans
+        .iter()
+        .map(|span| {
+            let parent = span["references"]
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["refType"] == "CHILD_OF"))
+                .and_then(|r| by_id.get(r["spanID"].as_str().unwrap_or("")))
+                .map(|p| (tree.service(p), p["operationName"].as_str().unwrap_or("").to_owned()));
+            let mut keys: Vec<String> = span["tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["key"].as_str().map(str::to_owned))
+                .collect();
+            keys.sort();
+            let kind = Tree::tag(span, "span.kind").as_str().unwrap_or("").to_owned();
+            (tree.service(span), kind, span["operationName"].as_str().unwrap_or("").to_owned(), parent, keys)
+        })
+        .collect();
+    shapes.sort();
+    shapes
+}
+
+async fn traces_an_upload(tracing: Tracing) -> Vec<SpanShape> {
+    let state_dir = workspace_root().join("target/e2e-demo").join(format!("{}-{tracing:?}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state_dir);
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let config = DemoConfig { viewer: any, ports: Ports::Ephemeral, state_dir, workspace: workspace_root() };
+    let config = DemoConfig { tracing, viewer: any, ports: Ports::Ephemeral, state_dir, workspace: workspace_root() };
     let modules = deployed_filters();
-    let mut demo = start(&config, &|_| {}).expect("the demo starts, its sidecars from deploy/envoy/*.yaml");
+    let mut demo = start(&config, &|_| {}).expect("the demo starts, its filters from deploy/envoy/*.yaml");
+    assert_eq!(demo.sidecars.is_empty(), tracing == Tracing::InProcess);
 
-    // The sidecars serve the deploy files: the API sidecar's plugins are the file's, loading the
-    // modules from where the file (and Envoy) loads them.
-    let admin = demo.sidecar_admins()[0].1.expect("the API sidecar's admin API");
+    // The sidecars (or the services themselves) run the deploy files: the API's plugins are the
+    // file's, loading the modules from where the file (and Envoy) loads them.
+    let admin = demo.sidecar_admins()[0].1.expect("the API filters' admin API");
     let plugins = get(admin, "/plugins", &[]).await.json();
     let loaded: Vec<(String, String, String)> = plugins["plugins"]
         .as_array()
@@ -125,6 +170,7 @@ async fn the_demo_traces_an_upload_through_every_sidecar_and_service() {
     let put = tree.find("image-store", "client", Some("put local"));
     Tree::parent_of(put, store_server);
     assert_eq!(trace["spans"].as_array().map(Vec::len), Some(8));
+    let upload = shape(&trace);
 
     // Hot swap on the running demo: the API sidecar's trace filter gets a new configuration (a
     // rollout tag) and then a new module; the next traces show the tag.
@@ -163,7 +209,7 @@ async fn the_demo_traces_an_upload_through_every_sidecar_and_service() {
     let reply = upload_png(demo.gallery).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
     let failed_id = trace_id_of(&reply);
-    let failed = wait_for_trace(demo.viewer, &failed_id, 6).await;
+    let failed = wait_for_trace(demo.viewer, &failed_id, if tracing == Tracing::Sidecars { 6 } else { 5 }).await;
     let tree = Tree { trace: &failed };
     let errors: HashMap<String, bool> = failed["spans"]
         .as_array()
@@ -176,10 +222,14 @@ async fn the_demo_traces_an_upload_through_every_sidecar_and_service() {
             )
         })
         .collect();
+    // Behind sidecars the store's sidecar saw the failure (the store behind it was gone); in
+    // process the store went with its filters, and the catalog's outbound filter saw it.
+    let saw_it = if tracing == Tracing::Sidecars { "image-store " } else { "image-catalog PUT" };
     assert!(
-        errors.iter().any(|(span, error)| span.starts_with("image-store ") && *error),
-        "the store's sidecar saw the failure: {errors:?}"
+        errors.iter().any(|(span, error)| span.starts_with(saw_it) && *error),
+        "{saw_it} saw the failure: {errors:?}"
     );
     assert!(Tree::tag(tree.find("gallery-api", "server", None), "error") == true, "{errors:?}");
     demo.stop();
+    upload
 }

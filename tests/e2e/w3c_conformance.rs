@@ -130,6 +130,7 @@ fn standalone_setup() -> Setup {
         traces_endpoint: None,
         batch_delay: None,
         http_spans: true,
+        in_process: None,
     };
     let running = gallery_service::w3c_suite_service::start(SocketAddr::from(([127, 0, 0, 1], 0)), &telemetry)
         .expect("the suite service starts");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use wasmtrace_demo::terminal_waterfall::{query, render, render_list};
-use wasmtrace_demo::topology::{DemoConfig, Ports, build_filters, start};
+use wasmtrace_demo::topology::{DemoConfig, Ports, Tracing, build_filters, start};
 use wasmtrace_demo::traffic::seed_and_browse;
 
 fn step(message: &str) {
@@ -15,12 +15,13 @@ fn step(message: &str) {
 }
 
 /// Runs the demo until Ctrl-C.
-pub fn run(viewer: SocketAddr, any_ports: bool, state_dir: PathBuf) -> anyhow::Result<()> {
+pub fn run(viewer: SocketAddr, any_ports: bool, state_dir: PathBuf, in_process: bool) -> anyhow::Result<()> {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let ports = if any_ports { Ports::Ephemeral } else { Ports::AsDeployed };
     let viewer = if any_ports { SocketAddr::from(([127, 0, 0, 1], 0)) } else { viewer };
-    let config = DemoConfig { viewer, ports, state_dir, workspace };
+    let tracing = if in_process { Tracing::InProcess } else { Tracing::Sidecars };
+    let config = DemoConfig { tracing, viewer, ports, state_dir, workspace };
     build_filters(&config.workspace, &step).map_err(|e| anyhow!(e))?;
     let demo = start(&config, &step).map_err(|e| anyhow!(e))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -31,10 +32,11 @@ pub fn run(viewer: SocketAddr, any_ports: bool, state_dir: PathBuf) -> anyhow::R
     println!("  gallery  http://{}/", demo.gallery);
     println!("  traces   http://{}/", demo.viewer);
     println!("  ({} images, {} requests so far; `wasmtrace traces` lists them)", seeded.images.len(), seeded.requests);
+    let filters = if in_process { "in-process filters" } else { "sidecar" };
     for (service, admin) in demo.sidecar_admins() {
         if let Some(admin) = admin {
             println!(
-                "  {service} sidecar admin  http://{admin}/plugins  (wasmtrace swap --admin {admin} --plugin trace_inbound ...)"
+                "  {service} {filters} admin  http://{admin}/plugins  (wasmtrace swap --admin {admin} --plugin trace_inbound ...)"
             );
         }
     }
@@ -51,7 +53,8 @@ pub fn run(viewer: SocketAddr, any_ports: bool, state_dir: PathBuf) -> anyhow::R
         }
         if let Some(trace) = trace {
             println!();
-            println!("An upload, as the sidecars and services traced it (http://{}/trace/{trace_id}):", demo.viewer);
+            let by = if in_process { "the in-process filters" } else { "the sidecars" };
+            println!("An upload, as {by} and the services traced it (http://{}/trace/{trace_id}):", demo.viewer);
             print!("{}", render(&trace[0], std::io::stdout().is_terminal(), 48));
         }
     }

@@ -91,6 +91,10 @@ enum Command {
         /// Databases and images.
         #[arg(long, default_value = "gallery-state")]
         state_dir: PathBuf,
+        /// No sidecars: each service runs its sidecar file's filters inside its own process
+        /// (the `wasmtrace-tower` layers), listening where the sidecar would.
+        #[arg(long)]
+        in_process: bool,
     },
     /// Recent traces from a running collector, or one trace as a waterfall.
     Traces {
@@ -221,7 +225,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             proxy.run_until_signal()?;
             Ok(())
         }
-        Command::Demo { viewer, any_ports, state_dir } => demo::run(viewer, any_ports, state_dir),
+        Command::Demo { viewer, any_ports, state_dir, in_process } => {
+            demo::run(viewer, any_ports, state_dir, in_process)
+        }
         Command::Traces { collector, service, trace, limit } => demo::traces(&collector, service, trace, limit),
         Command::Swap { admin, plugin, listener, module, config, rollback, token_file } => {
             admin_client::swap(admin_client::SwapArgs { admin, plugin, listener, module, config, rollback, token_file })

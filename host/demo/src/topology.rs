@@ -11,13 +11,18 @@
 //!
 //! The services run with `http_spans` off: the sidecars make the HTTP spans, the services add
 //! their database and storage spans under them.
+//!
+//! With [`Tracing::InProcess`] (`wasmtrace demo --in-process`) there are no sidecars: each
+//! service runs its sidecar file's filters inside itself (`wasmtrace-tower`), listening where
+//! its sidecar's inbound listener would, and calls the next service directly through its
+//! outbound filters. The trace has the same spans.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gallery_service::RunningService;
 use gallery_service::telemetry::TelemetryConfig;
+use gallery_service::{InProcessTracing, RunningService};
 use trace_collector::{CollectorConfig, RunningCollector};
 use wasmtrace_build::{BuildOptions, build_filter};
 use wasmtrace_config::{Bootstrap, Placement};
@@ -33,9 +38,21 @@ pub enum Ports {
     Ephemeral,
 }
 
+/// Where the gallery's HTTP spans are made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tracing {
+    /// A wasmtrace sidecar in front of each service.
+    #[default]
+    Sidecars,
+    /// The same filters inside each service.
+    InProcess,
+}
+
 /// Where the demo listens and keeps its state.
 #[derive(Clone, Debug)]
 pub struct DemoConfig {
+    /// Sidecars, or the filters in-process.
+    pub tracing: Tracing,
     /// The trace viewer and Jaeger-compatible API (not part of the sidecar files).
     pub viewer: SocketAddr,
     /// Where the sidecars, services and the collector's OTLP receiver listen.
@@ -141,17 +158,24 @@ pub struct RunningDemo {
     pub collector: RunningCollector,
     /// gallery-api, image-catalog, image-store (in that order).
     pub services: Vec<RunningService>,
-    /// Their sidecars, in the same order (each with an admin API: `wasmtrace swap` works on them).
+    /// Their sidecars, in the same order (each with an admin API: `wasmtrace swap` works on
+    /// them); none with the filters in-process.
     pub sidecars: Vec<RunningProxy>,
 }
 
 impl RunningDemo {
-    /// Each sidecar's service name and admin address.
+    /// Each service's name and the admin address of its filters (its sidecar's, or its
+    /// in-process filters').
     pub fn sidecar_admins(&self) -> Vec<(&'static str, Option<SocketAddr>)> {
-        ["gallery-api", "image-catalog", "image-store"]
-            .into_iter()
-            .zip(self.sidecars.iter().map(|s| s.admin_address()))
-            .collect()
+        let admins: Vec<Option<SocketAddr>> = if self.sidecars.is_empty() {
+            self.services
+                .iter()
+                .map(|s| s.telemetry.in_process().and_then(|filters| filters.filters().admin_address()))
+                .collect()
+        } else {
+            self.sidecars.iter().map(|s| s.admin_address()).collect()
+        };
+        ["gallery-api", "image-catalog", "image-store"].into_iter().zip(admins).collect()
     }
 
     /// Stops the services, then the sidecars (flushing their spans), then the collector.
@@ -197,6 +221,9 @@ pub fn start(config: &DemoConfig, progress: &dyn Fn(&str)) -> Result<RunningDemo
         max_spans: 1_000_000,
     })?;
     let otlp = collector.otlp.addr;
+    if config.tracing == Tracing::InProcess {
+        return start_in_process(config, bootstraps, collector, progress);
+    }
 
     progress("starting the sidecars (deploy/envoy/*.yaml)");
     let mut sidecars: Vec<RunningProxy> = Vec::new();
@@ -227,14 +254,75 @@ pub fn start(config: &DemoConfig, progress: &dyn Fn(&str)) -> Result<RunningDemo
     let (catalog_outbound, api_outbound) = (outbound(1)?, outbound(2)?);
     let gallery = sidecars[2].listener_address("inbound").ok_or("the api sidecar has no inbound listener")?;
 
-    let telemetry = |name: &str| TelemetryConfig {
+    progress("starting image-store, image-catalog and gallery-api");
+    let telemetry = |name: &str| service_telemetry(name, otlp, None);
+    let services = start_services(config, &apps, &telemetry, collector.query.addr, (catalog_outbound, api_outbound))?;
+    sidecars.reverse();
+    Ok(RunningDemo { gallery, viewer: collector.query.addr, collector, services, sidecars })
+}
+
+/// How a demo service exports its spans (the HTTP spans are the filters').
+fn service_telemetry(name: &str, otlp: SocketAddr, in_process: Option<InProcessTracing>) -> TelemetryConfig {
+    TelemetryConfig {
         service_name: name.to_owned(),
         enabled: true,
         traces_endpoint: Some(format!("http://{otlp}/v1/traces")),
         batch_delay: Some(Duration::from_millis(200)),
         http_spans: false,
-    };
+        in_process,
+    }
+}
+
+/// The services without sidecars: each runs its sidecar file's filters itself, listens where
+/// that file's inbound listener would, and calls the next service there.
+fn start_in_process(
+    config: &DemoConfig,
+    bootstraps: Vec<Bootstrap>,
+    collector: RunningCollector,
+    progress: &dyn Fn(&str),
+) -> Result<RunningDemo, String> {
+    let ephemeral = config.ports == Ports::Ephemeral;
+    let otlp = collector.otlp.addr;
+    progress("starting the filters of deploy/envoy/*.yaml inside each service");
+    let mut apps = Vec::new();
+    let mut filters = Vec::new();
+    for (service, mut bootstrap) in SERVICES.into_iter().zip(bootstraps) {
+        let inbound = bootstrap.listener_address("inbound").ok_or("a sidecar file has no inbound listener")?;
+        apps.push(if ephemeral { reserve_port()? } else { inbound });
+        let mut placement = Placement::default().cluster("otel-collector", otlp);
+        if ephemeral {
+            placement = placement.admin(any_port());
+        }
+        bootstrap.place(&placement).map_err(|e| format!("deploy/envoy/{service}.yaml: {e}"))?;
+        filters.push(InProcessTracing::start(bootstrap, 1).map_err(|e| format!("{service}: {e}"))?);
+    }
     progress("starting image-store, image-catalog and gallery-api");
+    let mut filters = filters.into_iter();
+    let mut next = || filters.next();
+    let (store, catalog, api) = (next(), next(), next());
+    let telemetry = |name: &str| {
+        let in_process = match name {
+            "image-store" => store.clone(),
+            "image-catalog" => catalog.clone(),
+            _ => api.clone(),
+        };
+        service_telemetry(name, otlp, in_process)
+    };
+    let services = start_services(config, &apps, &telemetry, collector.query.addr, (apps[0], apps[1]))?;
+    Ok(RunningDemo { gallery: apps[2], viewer: collector.query.addr, collector, services, sidecars: Vec::new() })
+}
+
+/// The three services on `apps` (store, catalog, api), the catalog calling the store at
+/// `callees.0` and the api the catalog at `callees.1` (with the callee's name as `Host`, which
+/// the outbound filters route by); returned api first.
+fn start_services(
+    config: &DemoConfig,
+    apps: &[SocketAddr],
+    telemetry: &dyn Fn(&str) -> TelemetryConfig,
+    viewer: SocketAddr,
+    callees: (SocketAddr, SocketAddr),
+) -> Result<Vec<RunningService>, String> {
+    let (catalog_outbound, api_outbound) = callees;
     let store = image_store::start(
         image_store::StoreConfig {
             listen: apps[0],
@@ -254,7 +342,6 @@ pub fn start(config: &DemoConfig, progress: &dyn Fn(&str)) -> Result<RunningDemo
         },
         telemetry("image-catalog"),
     )?;
-    let viewer = collector.query.addr;
     let api = gallery_api::start(
         gallery_api::ApiConfig {
             listen: apps[2],
@@ -265,6 +352,5 @@ pub fn start(config: &DemoConfig, progress: &dyn Fn(&str)) -> Result<RunningDemo
         },
         telemetry("gallery-api"),
     )?;
-    sidecars.reverse();
-    Ok(RunningDemo { gallery, viewer, collector, services: vec![api, catalog, store], sidecars })
+    Ok(vec![api, catalog, store])
 }

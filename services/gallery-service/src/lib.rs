@@ -8,6 +8,8 @@
 //!   with a SERVER span per request, and tells the client its trace id.
 //! - [`operation_span`]: CLIENT spans around database and storage calls.
 //! - [`upstream`]: calls to another service, with a CLIENT span and the context injected.
+//! - [`in_process_tracing`]: the wasmtrace filters of the service's sidecar file, run inside the
+//!   service instead (`GALLERY_TRACING=in-process`).
 //! - [`request_id`]: the caller's `x-request-id`, passed on to the services a request calls.
 //! - [`api_error`]: the `{"message": ...}` error body every endpoint answers with.
 //! - [`media`]: the image types all three accept (one allow-list) and the headers images are
@@ -19,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod api_error;
+pub mod in_process_tracing;
 pub mod media;
 pub mod operation_span;
 pub mod request_id;
@@ -30,6 +33,7 @@ pub mod w3c_propagator;
 pub mod w3c_suite_service;
 
 pub use api_error::ApiError;
+pub use in_process_tracing::InProcessTracing;
 pub use operation_span::ClientOperation;
 pub use request_id::RequestId;
 pub use serve::RunningService;

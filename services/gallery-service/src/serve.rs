@@ -11,26 +11,44 @@ use axum::Router;
 use tokio::sync::oneshot;
 
 use crate::Telemetry;
-use crate::telemetry::{TelemetryConfig, init_logging};
+use crate::in_process_tracing::InProcessTracing;
+use crate::telemetry::{TelemetryConfig, TracingMode, init_logging};
 
 /// The whole life of a service binary: logging, telemetry from the `OTEL_*` environment (service
 /// name `name` unless `OTEL_SERVICE_NAME` says otherwise), the router from `build`, serving on
 /// `listen` until SIGINT/SIGTERM, and the last spans flushed.
+///
+/// `GALLERY_TRACING=in-process` runs the Wasm filters of the Envoy bootstrap named by
+/// `GALLERY_FILTERS_CONFIG` inside the service ([`crate::in_process_tracing`]).
 pub async fn run_binary<F, Fut>(name: &str, listen: SocketAddr, build: F) -> ExitCode
 where
     F: FnOnce(Arc<Telemetry>) -> Fut,
     Fut: Future<Output = Result<Router, String>>,
 {
     init_logging();
-    let telemetry = Arc::new(Telemetry::start(&TelemetryConfig::from_env(name)));
+    let mut config = TelemetryConfig::from_env(name);
+    let in_process = match in_process_from_env() {
+        Ok(in_process) => in_process,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    config.in_process = in_process.clone();
+    let telemetry = Arc::new(Telemetry::start(&config));
     let served = async {
         let router = build(telemetry.clone()).await?;
         let listener =
             tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!("{name} serving on http://{listen}");
-        serve_until_signal(listener, router).await.map_err(|e| e.to_string())
+        serve_until_signal(listener, with_filters(router, &telemetry, listen)).await.map_err(|e| e.to_string())
     }
     .await;
+    if let Some(in_process) = in_process {
+        // The filters flush their last spans once the server has stopped sending them requests.
+        let filters = in_process.filters().clone();
+        let _ = tokio::task::spawn_blocking(move || filters.shutdown()).await;
+    }
     telemetry.shutdown();
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,9 +59,30 @@ where
     }
 }
 
-/// Serves `router` on `listener` until SIGINT or SIGTERM, then finishes open requests.
+/// The in-process filters `GALLERY_TRACING=in-process` asks for.
+fn in_process_from_env() -> Result<Option<InProcessTracing>, String> {
+    if TracingMode::from_env()? != TracingMode::InProcess {
+        return Ok(None);
+    }
+    let config = std::env::var_os("GALLERY_FILTERS_CONFIG")
+        .ok_or("GALLERY_TRACING=in-process needs GALLERY_FILTERS_CONFIG (the sidecar file whose filters to run)")?;
+    InProcessTracing::from_file(std::path::Path::new(&config)).map(Some)
+}
+
+/// `router` behind the in-process filters' inbound layer, when the service runs them.
+fn with_filters(router: Router, telemetry: &Telemetry, listen: SocketAddr) -> Router {
+    match telemetry.in_process() {
+        Some(in_process) => router.layer(in_process.server_layer(listen)),
+        None => router,
+    }
+}
+
+/// Serves `router` on `listener` until SIGINT or SIGTERM, then finishes open requests. The
+/// client's address reaches the handlers (and in-process filters) as `ConnectInfo`.
 pub async fn serve_until_signal(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
 }
 
 async fn shutdown_signal() {
@@ -83,6 +122,7 @@ impl RunningService {
     {
         let telemetry = Arc::new(Telemetry::start(telemetry));
         let for_build = telemetry.clone();
+        let for_serve = telemetry.clone();
         let listener =
             std::net::TcpListener::bind(listen).map_err(|e| format!("{name}: cannot listen on {listen}: {e}"))?;
         listener.set_nonblocking(true).map_err(|e| format!("{name}: {e}"))?;
@@ -99,6 +139,7 @@ impl RunningService {
                         return;
                     }
                 };
+                let in_process_filters = for_serve.in_process().map(|t| t.filters().clone());
                 runtime.block_on(async move {
                     let router = match build(for_build).await {
                         Ok(router) => router,
@@ -115,12 +156,18 @@ impl RunningService {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    let _ = axum::serve(listener, router)
+                    let router = with_filters(router, &for_serve, addr);
+                    let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                         .with_graceful_shutdown(async {
                             let _ = stopped.await;
                         })
                         .await;
                 });
+                // The filters flush their last spans once the server has stopped sending them
+                // requests (outside the runtime: shutting them down blocks).
+                if let Some(filters) = in_process_filters {
+                    filters.shutdown();
+                }
             })
             .map_err(|e| format!("{name}: {e}"))?;
         match ready.recv() {

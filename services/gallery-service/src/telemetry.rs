@@ -19,6 +19,7 @@ use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
 
+use crate::in_process_tracing::InProcessTracing;
 use crate::w3c_propagator::{HeaderValues, W3cPropagator};
 
 /// How a service exports its spans.
@@ -39,6 +40,39 @@ pub struct TelemetryConfig {
     /// (`GALLERY_HTTP_SPANS=false`): the service's own spans (database, storage) then hang
     /// directly under the sidecar's SERVER span, and its calls carry that context on.
     pub http_spans: bool,
+    /// The wasmtrace filters run inside the service (they make the HTTP spans; `http_spans` is
+    /// then ignored): its router behind their inbound layer, its calls through their outbound
+    /// one.
+    pub in_process: Option<InProcessTracing>,
+}
+
+/// How a service's HTTP requests are traced (`GALLERY_TRACING`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracingMode {
+    /// The OpenTelemetry SDK makes the SERVER and CLIENT spans (`sdk`, the default alone).
+    Sdk,
+    /// Sidecars make them (`sidecar`).
+    Sidecar,
+    /// The sidecar's filters, inside the service (`in-process`, with `GALLERY_FILTERS_CONFIG`
+    /// naming the sidecar file).
+    InProcess,
+}
+
+impl TracingMode {
+    /// `GALLERY_TRACING` (`sdk`, `sidecar`, `in-process`); without it, `GALLERY_HTTP_SPANS=false`
+    /// means `sidecar`.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("GALLERY_TRACING").ok().as_deref().map(str::trim) {
+            Some("sdk") => Ok(Self::Sdk),
+            Some("sidecar") => Ok(Self::Sidecar),
+            Some("in-process") => Ok(Self::InProcess),
+            Some("") | None => {
+                let off = std::env::var("GALLERY_HTTP_SPANS").is_ok_and(|v| v.trim().eq_ignore_ascii_case("false"));
+                Ok(if off { Self::Sidecar } else { Self::Sdk })
+            }
+            Some(other) => Err(format!("GALLERY_TRACING={other}: expected sdk, sidecar or in-process")),
+        }
+    }
 }
 
 impl TelemetryConfig {
@@ -53,6 +87,7 @@ impl TelemetryConfig {
             traces_endpoint: None,
             batch_delay: None,
             http_spans: !env("GALLERY_HTTP_SPANS").is_some_and(|v| v.eq_ignore_ascii_case("false")),
+            in_process: None,
         }
     }
 }
@@ -64,6 +99,7 @@ pub struct Telemetry {
     propagator: W3cPropagator,
     service_name: String,
     http_spans: bool,
+    in_process: Option<InProcessTracing>,
 }
 
 impl Telemetry {
@@ -96,7 +132,8 @@ impl Telemetry {
             tracer,
             propagator: W3cPropagator::new(),
             service_name: config.service_name.clone(),
-            http_spans: config.http_spans,
+            http_spans: config.http_spans && config.in_process.is_none(),
+            in_process: config.in_process.clone(),
         }
     }
 
@@ -109,6 +146,11 @@ impl Telemetry {
     /// [`TelemetryConfig::http_spans`]).
     pub fn http_spans(&self) -> bool {
         self.http_spans
+    }
+
+    /// The in-process filters, when the service runs them.
+    pub fn in_process(&self) -> Option<&InProcessTracing> {
+        self.in_process.as_ref()
     }
 
     /// `service.name`.

@@ -1,7 +1,9 @@
 //! Calls from one gallery service to another: a CLIENT span per call (HTTP semantic
 //! conventions), the span's context and the served request's `x-request-id` injected into the
 //! request, and a timeout. In a deployment
-//! the base URL is the caller's outbound sidecar and `Host` names the service behind it.
+//! the base URL is the caller's outbound sidecar and `Host` names the service behind it; with the
+//! filters in-process, the base URL is the service itself and the calls go through the
+//! outbound filters' client layer (which routes by that same `Host`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +11,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
+
+use wasmtrace_tower::{Filtered, FilteredBody};
 
 use crate::api_error::ApiError;
 use crate::request_id::RequestId;
@@ -29,9 +32,20 @@ pub struct UpstreamClient {
     authority: String,
     host: Option<HeaderValue>,
     timeout: Duration,
-    client: Client<HttpConnector, Full<Bytes>>,
+    transport: Transport,
     telemetry: Arc<Telemetry>,
 }
+
+/// How a call reaches the other service: straight (or to a sidecar), or through the in-process
+/// outbound filters.
+#[derive(Clone)]
+enum Transport {
+    Direct(Client<HttpConnector, Full<Bytes>>),
+    Filtered(Filtered<Client<HttpConnector, FilteredBody>>),
+}
+
+/// The body of another service's answer.
+pub type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Why a call did not get a response.
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +97,13 @@ impl UpstreamClient {
             _ => return Err(format!("{name} URL `{base_url}`: expected http://host:port")),
         };
         let host = host.map(|h| HeaderValue::from_str(h).map_err(|e| format!("{name} host `{h}`: {e}"))).transpose()?;
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(Self { name: name.to_owned(), base, authority, host, timeout, client, telemetry })
+        let transport = match telemetry.in_process().and_then(|filters| filters.client_layer()) {
+            Some(layer) => {
+                Transport::Filtered(tower_layer_apply(layer, Client::builder(TokioExecutor::new()).build_http()))
+            }
+            None => Transport::Direct(Client::builder(TokioExecutor::new()).build_http()),
+        };
+        Ok(Self { name: name.to_owned(), base, authority, host, timeout, transport, telemetry })
     }
 
     /// Sends a request to `path` (`route` is its template, e.g. `/v0/objects/{id}`, for the span
@@ -96,7 +115,7 @@ impl UpstreamClient {
         route: &str,
         mut headers: HeaderMap,
         body: Bytes,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let uri: Uri = format!("{}{}", self.base, path).parse().map_err(|e| UpstreamError::Url(format!("{e}")))?;
         let parent = Context::current();
         RequestId::pass_on(&parent, &mut headers);
@@ -152,7 +171,7 @@ impl UpstreamClient {
         uri: Uri,
         mut headers: HeaderMap,
         body: Bytes,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if let Some(host) = &self.host {
             headers.insert(http::header::HOST, host.clone());
         }
@@ -160,9 +179,22 @@ impl UpstreamClient {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let sent = async {
+            match &self.transport {
+                Transport::Direct(client) => client
+                    .request(request)
+                    .await
+                    .map(|r| r.map(|b| b.map_err(Into::into).boxed_unsync()))
+                    .map_err(|e| e.to_string()),
+                Transport::Filtered(filtered) => {
+                    let Ok(response) = tower_service::Service::call(&mut filtered.clone(), request).await;
+                    Ok(response.map(|b| b.boxed_unsync()))
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, sent).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable { service: self.name.clone(), detail: format!("{e}") }),
+            Ok(Err(detail)) => Err(UpstreamError::Unreachable { service: self.name.clone(), detail }),
             Err(_) => Err(UpstreamError::Timeout { service: self.name.clone(), timeout: self.timeout }),
         }
     }
@@ -193,4 +225,12 @@ impl UpstreamClient {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// `layer` around `service` (`tower::Layer::layer`, named apart from the `Layer` trait import).
+fn tower_layer_apply(
+    layer: &wasmtrace_tower::FilterLayer,
+    service: Client<HttpConnector, FilteredBody>,
+) -> Filtered<Client<HttpConnector, FilteredBody>> {
+    tower_layer::Layer::layer(layer, service)
 }

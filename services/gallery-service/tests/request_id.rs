@@ -42,6 +42,7 @@ async fn caller(downstream: SocketAddr, http_spans: bool) -> SocketAddr {
         traces_endpoint: None,
         batch_delay: None,
         http_spans,
+        in_process: None,
     };
     let telemetry = Arc::new(Telemetry::start(&config));
     let client = UpstreamClient::new(

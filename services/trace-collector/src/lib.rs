@@ -341,6 +341,7 @@ pub fn start_with_limits(config: CollectorConfig, limits: Limits) -> Result<Runn
         traces_endpoint: None,
         batch_delay: None,
         http_spans: false,
+        in_process: None,
     };
     let (spans_tx, spans_rx) = std::sync::mpsc::channel::<Arc<SpanStore>>();
     let database = config.database.clone();

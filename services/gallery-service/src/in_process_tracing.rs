@@ -1,0 +1,67 @@
+//! The wasmtrace filters inside the service's own process (`GALLERY_TRACING=in-process`): the
+//! sidecar file's `inbound` listener runs around the service's router, its `outbound` listener
+//! around the calls it makes to other services — the same modules and configuration the sidecar
+//! runs, with no hop through one. The service's own database and storage spans are children of
+//! the in-process SERVER span through the `traceparent` the trace filter puts on the request
+//! the router receives, as behind a sidecar.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use wasmtrace_config::Bootstrap;
+use wasmtrace_proxy::ProxyOptions;
+use wasmtrace_tower::{FilterLayer, InProcessFilters};
+
+/// The listener whose filters wrap the service's server.
+pub const INBOUND_LISTENER: &str = "inbound";
+/// The listener whose filters wrap the service's calls, when the file has one.
+pub const OUTBOUND_LISTENER: &str = "outbound";
+
+/// A service's in-process filters and the layers it puts them in.
+#[derive(Clone)]
+pub struct InProcessTracing {
+    filters: InProcessFilters,
+    inbound: FilterLayer,
+    outbound: Option<FilterLayer>,
+}
+
+impl std::fmt::Debug for InProcessTracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessTracing").field("admin", &self.filters.admin_address()).finish_non_exhaustive()
+    }
+}
+
+impl InProcessTracing {
+    /// Starts `bootstrap`'s filters in this process (`workers` threads of VMs).
+    pub fn start(bootstrap: Bootstrap, workers: usize) -> Result<Self, String> {
+        let options = ProxyOptions { workers, drain_timeout: Duration::from_secs(5), ..ProxyOptions::default() };
+        let filters = InProcessFilters::start(bootstrap, options).map_err(|e| e.to_string())?;
+        let inbound = filters.server_layer(INBOUND_LISTENER).map_err(|e| e.to_string())?;
+        let outbound = filters.client_layer(OUTBOUND_LISTENER).ok();
+        Ok(Self { filters, inbound, outbound })
+    }
+
+    /// Starts the filters of the Envoy bootstrap at `path` (a service binary's
+    /// `GALLERY_FILTERS_CONFIG`, e.g. `deploy/envoy/gallery-api.yaml`).
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let bootstrap = Bootstrap::from_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self::start(bootstrap, workers)
+    }
+
+    /// The layer for the service's router, telling the filters where it listens.
+    pub fn server_layer(&self, listen: SocketAddr) -> FilterLayer {
+        self.inbound.clone().with_local_address(listen)
+    }
+
+    /// The layer for the service's calls to other services.
+    pub fn client_layer(&self) -> Option<&FilterLayer> {
+        self.outbound.as_ref()
+    }
+
+    /// The filters (their admin API, their shutdown).
+    pub fn filters(&self) -> &InProcessFilters {
+        &self.filters
+    }
+}
