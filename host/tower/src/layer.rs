@@ -172,7 +172,7 @@ impl FilterLayer {
 /// future of its own rather than an `async fn`: the compiler can then see that it is `Send`
 /// whenever the wrapped service's future is.
 enum Answer<S: Service<Request<FilteredBody>>> {
-    Readying(Box<S>, Option<Request<FilteredBody>>),
+    Readying(Box<(S, Option<Request<FilteredBody>>)>),
     Calling(Pin<Box<S::Future>>),
     Done,
 }
@@ -181,7 +181,7 @@ fn oneshot_call<S>(inner: S, request: Request<FilteredBody>) -> Answer<S>
 where
     S: Service<Request<FilteredBody>>,
 {
-    Answer::Readying(Box::new(inner), Some(request))
+    Answer::Readying(Box::new((inner, Some(request))))
 }
 
 impl<S, ResBody> Future for Answer<S>
@@ -197,7 +197,8 @@ where
         let this = self.get_mut();
         loop {
             match this {
-                Answer::Readying(inner, request) => {
+                Answer::Readying(readying) => {
+                    let (inner, request) = &mut **readying;
                     if let Err(e) = std::task::ready!(inner.poll_ready(cx)) {
                         *this = Answer::Done;
                         return Poll::Ready(Err(e.into()));

@@ -226,11 +226,3 @@ impl UpstreamClient {
         &self.name
     }
 }
-
-/// `layer` around `service` (`tower::Layer::layer`, named apart from the `Layer` trait import).
-fn tower_layer_apply(
-    layer: &wasmtrace_tower::FilterLayer,
-    service: Client<HttpConnector, FilteredBody>,
-) -> Filtered<Client<HttpConnector, FilteredBody>> {
-    tower_layer::Layer::layer(layer, service)
-}
