@@ -98,9 +98,7 @@ impl UpstreamClient {
         };
         let host = host.map(|h| HeaderValue::from_str(h).map_err(|e| format!("{name} host `{h}`: {e}"))).transpose()?;
         let transport = match telemetry.in_process().and_then(|filters| filters.client_layer()) {
-            Some(layer) => {
-                Transport::Filtered(tower_layer_apply(layer, Client::builder(TokioExecutor::new()).build_http()))
-            }
+            Some(layer) => Transport::Filtered(layer.layer(Client::builder(TokioExecutor::new()).build_http())),
             None => Transport::Direct(Client::builder(TokioExecutor::new()).build_http()),
         };
         Ok(Self { name: name.to_owned(), base, authority, host, timeout, transport, telemetry })
