@@ -17,6 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
+use tower_layer::Layer as _;
 use wasmtrace_tower::{Filtered, FilteredBody};
 
 use crate::api_error::ApiError;
