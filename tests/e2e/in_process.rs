@@ -1,6 +1,8 @@
-//! The filters in the application's own process (`wasmtrace-tower`): a hostile module fails only
-//! its stream, never the application's threads; a hot swap of the in-process trace filter under
-//! load fails no request and loses no span at a real OTLP receiver.
+//! The filters in the application's own process (`wasmtrace-tower`): the sidecar's stream
+//! semantics (local replies, a pause for a callout, body rewrites, attributes) around a server and
+//! around a client; a hostile module fails only its stream, never the application's threads; a
+//! hot swap of the in-process trace filter under load fails no request and loses no span at a real
+//! OTLP receiver.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use crate::fixture::client::get;
+use crate::fixture::client::{client, get, send};
 use crate::fixture::collector::{Collector, string};
 use crate::fixture::in_process::filtered_app;
 use crate::fixture::proxy::{bootstrap_yaml, cluster, filter_module, route, wasm_filter, wasm_filter_yaml};
-use crate::fixture::upstream::closed_port;
+use crate::fixture::upstream::{Upstream, closed_port};
 use crate::hot_swap::{Sent, exactly_one_span_each, load, module_variant, post, stop_load, trace_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,4 +122,77 @@ async fn a_hot_swap_of_the_in_process_trace_filter_under_load_fails_no_request_a
         }
     }
     assert!(checked > 0, "requests between swaps");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn around_a_server_the_filters_reply_pause_rewrite_and_read_attributes_as_in_the_sidecar() {
+    let auth = Upstream::start();
+    let yaml = bootstrap_yaml(
+        &[wasm_filter("probe", "abi-probe", "", false)],
+        &route("/", "app", "5s"),
+        &[cluster("app", closed_port(), ""), cluster("auth", auth.addr, "")],
+    );
+    let app = filtered_app(&yaml, 2).await;
+
+    let local = get(app.addr, "/local", &[]).await;
+    assert_eq!((local.status, local.text().as_str()), (StatusCode::FORBIDDEN, "denied by probe\n"));
+    assert_eq!(local.header("x-local"), Some("yes"));
+    assert_eq!(app.calls.load(Ordering::Relaxed), 0, "a local reply never reaches the application");
+
+    // The request waits for the filter's callout (to a cluster of the bootstrap), then goes on.
+    let paused = get(app.addr, "/callout", &[]).await;
+    assert_eq!(paused.status, StatusCode::OK, "{}", paused.text());
+    assert_eq!(paused.upstream_saw("x-callout-status").as_deref(), Some("200"));
+    assert_eq!(paused.header("x-probe-response"), Some("yes"), "the response filters ran");
+
+    let shouted = send(&client(false), app.addr, "POST", "/body", &[], "shout this please").await;
+    assert_eq!(shouted.json()["body"], "SHOUT THIS PLEASE", "the filter rewrote the body the application read");
+
+    let props = get(app.addr, "/props", &[]).await;
+    assert_eq!(props.upstream_saw("x-prop-source").as_deref(), Some("127.0.0.1"), "source.* from ConnectInfo");
+    assert_eq!(props.upstream_saw("x-prop-xds-cluster-name").as_deref(), Some("app"));
+    assert_eq!(props.upstream_saw("x-prop-region").as_deref(), Some("test-region"), "xds.node.* from the bootstrap");
+    assert_eq!(props.upstream_saw("x-prop-listener-direction").as_deref(), Some("1"));
+    assert_eq!(props.json()["path"], "/props", "the application gets an origin-form URI");
+    // HTTP/2 to the application goes through the same chain.
+    let h2 = send(&client(true), app.addr, "GET", "/props", &[], "").await;
+    assert!(h2.upstream_saw("x-probe").is_some(), "{}", h2.text());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn around_a_client_the_filters_route_by_host_and_the_request_goes_where_its_uri_says() {
+    use http_body_util::BodyExt as _;
+    use tower_service::Service as _;
+    let upstream = Upstream::start();
+    // The outbound listener routes `Host: catalog` to a cluster that is a closed port: the
+    // client sends to the URI's own authority, the upstream.
+    let yaml = bootstrap_yaml(
+        &[wasm_filter("probe", "abi-probe", "", false)],
+        &route("/", "catalog", "5s"),
+        &[cluster("catalog", closed_port(), ""), cluster("auth", upstream.addr, "")],
+    );
+    let bootstrap = wasmtrace_config::Bootstrap::from_yaml(&yaml).expect("bootstrap");
+    let options = wasmtrace_proxy::ProxyOptions { workers: 1, ..Default::default() };
+    let filters = wasmtrace_tower::InProcessFilters::start(bootstrap, options).expect("filters");
+    let hyper_client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut filtered = tower_layer::Layer::layer(&filters.client_layer("ingress").expect("listener"), hyper_client);
+    let request = http::Request::builder()
+        .uri(format!("http://{}/echo/from-client", upstream.addr))
+        .header("host", "catalog")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let Ok(response) = filtered.call(request).await;
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let reply = crate::fixture::client::Reply { status, headers: Default::default(), body };
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.upstream_saw("x-probe").is_some(), "the request filters ran: {}", reply.text());
+    assert_eq!(reply.upstream_saw("host").as_deref(), Some("catalog"), "the Host the filters routed by");
+    let relative = "http://no-authority/";
+    let Ok(refused) = filtered
+        .call(http::Request::builder().uri("/relative").body(http_body_util::Full::new(bytes::Bytes::new())).expect("request"))
+        .await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "a client request needs an absolute URI, like {relative}");
+    tokio::task::spawn_blocking(move || filters.shutdown()).await.expect("shutdown");
 }
