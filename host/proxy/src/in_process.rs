@@ -196,7 +196,11 @@ impl Body for ReplyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.rest.is_some() {
+        // Exact only for plain data: a failing frame must reach the server (which then resets the
+        // stream, not end a response whose length it was told), and HTTP/1 drops trailers after
+        // a known length.
+        let plain_data = self.ready.iter().all(|frame| frame.as_ref().is_ok_and(Frame::is_data));
+        if self.rest.is_some() || !plain_data {
             return SizeHint::default();
         }
         let length = self.ready.iter().filter_map(|f| f.as_ref().ok()?.data_ref()).map(|d| d.len() as u64).sum();
@@ -252,9 +256,14 @@ pub(crate) async fn serve(ctx: Rc<ListenerContext>, request: InProcessRequest, i
     let conn = Rc::new(ConnectionInfo { peer, local, id, tunnel: Default::default() });
     // The application stopped waiting (its client went away): the stream is dropped here, which
     // ends it as a client gone away ends a sidecar's.
+    if reply.is_closed() {
+        // Its client went away while it waited in the inbox: no filter sees it.
+        return;
+    }
     let served = tokio::select! {
-        served = handler::serve(ctx, conn, request, Some(application)) => served,
+        biased;
         () = reply.closed() => return,
+        served = handler::serve(ctx, conn, request, Some(application)) => served,
     };
     let response = match served {
         Ok(response) => response,
@@ -265,11 +274,18 @@ pub(crate) async fn serve(ctx: Rc<ListenerContext>, request: InProcessRequest, i
     };
     let (parts, mut body) = response.into_parts();
     let mut ready = VecDeque::new();
-    // Most answers are whole once their head is: sent at once, with no channel or task.
+    let mut ready_bytes = 0;
+    // Most answers are whole once their head is: sent at once, with no channel or task. Bounded:
+    // a body that is always ready (a large or endless stream) goes on through the channel, so it
+    // neither holds the worker's thread nor gathers in memory.
     let ended = loop {
+        if ready.len() >= CHANNEL_FRAMES || ready_bytes >= READY_BYTES {
+            break false;
+        }
         match body.as_mut().poll_frame(&mut Context::from_waker(std::task::Waker::noop())) {
             Poll::Ready(Some(frame)) => {
                 let failed = frame.is_err();
+                ready_bytes += frame.as_ref().ok().and_then(Frame::data_ref).map_or(0, Bytes::len);
                 ready.push_back(frame);
                 if failed {
                     break true;
@@ -286,9 +302,17 @@ pub(crate) async fn serve(ctx: Rc<ListenerContext>, request: InProcessRequest, i
     let (tx, rest) = mpsc::channel(CHANNEL_FRAMES);
     let head = Response::from_parts(parts, ReplyBody { ready, rest: Some(rest) });
     if reply.send(InProcessReply::Response(head)).is_ok() {
-        forward_body(body, &tx).await;
+        // Ends as soon as the application drops the body (its client went away), not at the next
+        // frame: an idle stream (server-sent events) would otherwise stay open until shutdown.
+        tokio::select! {
+            () = forward_body(body, &tx) => {}
+            () = tx.closed() => {}
+        }
     }
 }
+
+/// Most bytes of a response body sent with its head; the rest goes through the channel.
+const READY_BYTES: usize = 64 << 10;
 
 /// Moves `body`'s frames to the application's side until it ends or nobody reads it.
 async fn forward_body(mut body: ResponseBody, tx: &mpsc::Sender<FrameResult>) {

@@ -47,13 +47,9 @@ impl UpstreamFailure {
         if let Some(client) = error.downcast_ref::<hyper_util::client::legacy::Error>() {
             return Self::from_client_error(client);
         }
-        let mut reason = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            reason = format!("{reason}: {cause}");
-            source = cause.source();
-        }
-        Self::Reset(reason)
+        // The application's own error (a database's, say) is logged, never sent to its client.
+        tracing::debug!(error = %error, "the in-process application failed");
+        Self::Reset("the application failed to answer".into())
     }
 
     /// Status, `response.code_details` and body for the downstream.

@@ -169,6 +169,7 @@ async fn serve(
             inbox,
             tracker.clone(),
             shared.connection_ids.clone(),
+            shared.max_connections,
             stop.clone(),
         )));
     }
@@ -211,15 +212,23 @@ impl Drop for OpenStream {
 
 /// Takes the in-process layers' requests until `stop`; each is a stream of its listener's chain,
 /// counted in the drain as a connection is (`connection.id` numbers streams here: there is no
-/// connection of the filters' own).
+/// connection of the filters' own). At most `max_streams` are open at once on this worker (the
+/// listeners' connection cap): past it the inbox fills and the layers' calls wait.
 async fn take_in_process(
     contexts: Vec<Rc<ListenerContext>>,
     mut inbox: mpsc::Receiver<InProcessRequest>,
     tracker: Rc<ConnectionTracker>,
     ids: Arc<AtomicU64>,
+    max_streams: usize,
     mut stop: watch::Receiver<bool>,
 ) {
+    let streams = Arc::new(tokio::sync::Semaphore::new(max_streams.max(1)));
     loop {
+        let permit = tokio::select! {
+            permit = streams.clone().acquire_owned() => permit,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        let Ok(permit) = permit else { return };
         let request = tokio::select! {
             request = inbox.recv() => request,
             _ = stop.wait_for(|stopped| *stopped) => return,
@@ -240,7 +249,7 @@ async fn take_in_process(
                 () = in_process::serve(ctx, request, id) => {}
                 () = open.tracker.closing() => {}
             }
-            drop(open);
+            drop((open, permit));
         });
     }
 }

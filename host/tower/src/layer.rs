@@ -227,6 +227,10 @@ fn client_target(parts: &mut http::request::Parts) -> Result<(http::uri::Scheme,
     let (Some(scheme), Some(authority)) = (parts.uri.scheme().cloned(), parts.uri.authority().cloned()) else {
         return Err("a request through the client filters needs an absolute URI (http://host/path)\n");
     };
+    if authority.as_str().contains('@') {
+        // Credentials in the URI would reach the filters (and their spans) as the Host.
+        return Err("a request through the client filters cannot carry userinfo in its URI\n");
+    }
     if !parts.headers.contains_key(HOST) {
         let host =
             HeaderValue::from_str(authority.as_str()).map_err(|_| "the URI's authority is not a Host value\n")?;
