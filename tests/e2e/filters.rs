@@ -136,7 +136,7 @@ async fn a_misbehaving_component_filter_fails_only_its_request_and_the_worker_se
         let failed = get(ingress(&proxy), "/echo", &[("x-hostile", kind)]).await;
         assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE, "{kind}: {}", failed.text());
         assert!(
-            failed.text().contains("wasm plugin `hostile` failed in on-request-headers"),
+            failed.text().contains("wasm plugin `hostile` failed in proxy_on_request_headers"),
             "{kind}: {}",
             failed.text()
         );

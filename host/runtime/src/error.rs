@@ -3,6 +3,8 @@
 
 use thiserror::Error;
 
+use crate::vm::Callback;
+
 /// Why a module was refused before any of its code ran.
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -72,7 +74,7 @@ pub struct GuestFailure {
     /// Plugin name.
     pub plugin: String,
     /// The callback (or start-up step) that failed.
-    pub callback: &'static str,
+    pub callback: Callback,
     /// The failure class.
     pub kind: FailureKind,
     /// Human-readable details (the trap message and guest backtrace where available).

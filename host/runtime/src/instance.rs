@@ -18,7 +18,7 @@ use crate::plugin::PluginConfig;
 use crate::runtime::Runtime;
 use crate::services::HostServices;
 use crate::stream::HttpStream;
-use crate::vm::PluginVm;
+use crate::vm::{Callback, PluginVm};
 
 /// A plugin's VM on one worker thread.
 pub struct PluginInstance {
@@ -146,7 +146,7 @@ impl PluginInstance {
                     exchange,
                     GuestFailure {
                         plugin: self.plugin.name.clone(),
-                        callback: "proxy_on_context_create",
+                        callback: Callback::StreamContextCreate,
                         kind: FailureKind::VmFailed,
                         detail,
                     },

@@ -64,4 +64,4 @@ pub use runtime::{EPOCH_TICK, ModuleLoadStats, Profiler, Runtime, RuntimeOptions
 pub use services::{HostServices, NodeInfo, PluginFailureStats};
 pub use state::VmState;
 pub use stream::{Action, Direction, HttpStream, LocalResponse};
-pub use vm::{PluginVm, ROOT_CONTEXT_ID};
+pub use vm::{Callback, Deadline, PluginVm, ROOT_CONTEXT_ID};

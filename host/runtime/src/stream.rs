@@ -18,7 +18,7 @@ use crate::error::GuestFailure;
 use crate::exchange::HttpExchange;
 use crate::header_map::HeaderMap;
 use crate::plugin::FailurePolicy;
-use crate::vm::PluginVm;
+use crate::vm::{Callback, PluginVm};
 
 /// A response a filter (or the failure policy) produced instead of the upstream's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,52 +172,48 @@ impl HttpStream {
     /// `proxy_on_request_headers`, with `exchange.request_headers` set.
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         let count = Self::header_count(self.exchange.borrow().request_headers.as_ref());
-        self.run(Direction::Request, "proxy_on_request_headers", |vm, id, deadline| {
-            vm.call("proxy_on_request_headers", id, deadline, |store, g| {
-                g.request_headers(store, id, count, end_of_stream)
-            })
+        self.run(Direction::Request, Callback::RequestHeaders, |vm, id| {
+            vm.call(Callback::RequestHeaders, id, |store, g| g.request_headers(store, id, count, end_of_stream))
         })
     }
 
     /// `proxy_on_request_body`, with `exchange.request_body` holding the bytes to filter.
     pub fn on_request_body(&mut self, end_of_stream: bool) -> Action {
         let len = Self::body_len(&self.exchange.borrow().request_body);
-        self.run(Direction::Request, "proxy_on_request_body", |vm, id, deadline| {
-            vm.call("proxy_on_request_body", id, deadline, |store, g| g.request_body(store, id, len, end_of_stream))
+        self.run(Direction::Request, Callback::RequestBody, |vm, id| {
+            vm.call(Callback::RequestBody, id, |store, g| g.request_body(store, id, len, end_of_stream))
         })
     }
 
     /// `proxy_on_request_trailers`, with `exchange.request_trailers` set.
     pub fn on_request_trailers(&mut self) -> Action {
         let count = Self::header_count(self.exchange.borrow().request_trailers.as_ref());
-        self.run(Direction::Request, "proxy_on_request_trailers", |vm, id, deadline| {
-            vm.call("proxy_on_request_trailers", id, deadline, |store, g| g.request_trailers(store, id, count))
+        self.run(Direction::Request, Callback::RequestTrailers, |vm, id| {
+            vm.call(Callback::RequestTrailers, id, |store, g| g.request_trailers(store, id, count))
         })
     }
 
     /// `proxy_on_response_headers`, with `exchange.response_headers` set.
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
         let count = Self::header_count(self.exchange.borrow().response_headers.as_ref());
-        self.run(Direction::Response, "proxy_on_response_headers", |vm, id, deadline| {
-            vm.call("proxy_on_response_headers", id, deadline, |store, g| {
-                g.response_headers(store, id, count, end_of_stream)
-            })
+        self.run(Direction::Response, Callback::ResponseHeaders, |vm, id| {
+            vm.call(Callback::ResponseHeaders, id, |store, g| g.response_headers(store, id, count, end_of_stream))
         })
     }
 
     /// `proxy_on_response_body`, with `exchange.response_body` holding the bytes to filter.
     pub fn on_response_body(&mut self, end_of_stream: bool) -> Action {
         let len = Self::body_len(&self.exchange.borrow().response_body);
-        self.run(Direction::Response, "proxy_on_response_body", |vm, id, deadline| {
-            vm.call("proxy_on_response_body", id, deadline, |store, g| g.response_body(store, id, len, end_of_stream))
+        self.run(Direction::Response, Callback::ResponseBody, |vm, id| {
+            vm.call(Callback::ResponseBody, id, |store, g| g.response_body(store, id, len, end_of_stream))
         })
     }
 
     /// `proxy_on_response_trailers`, with `exchange.response_trailers` set.
     pub fn on_response_trailers(&mut self) -> Action {
         let count = Self::header_count(self.exchange.borrow().response_trailers.as_ref());
-        self.run(Direction::Response, "proxy_on_response_trailers", |vm, id, deadline| {
-            vm.call("proxy_on_response_trailers", id, deadline, |store, g| g.response_trailers(store, id, count))
+        self.run(Direction::Response, Callback::ResponseTrailers, |vm, id| {
+            vm.call(Callback::ResponseTrailers, id, |store, g| g.response_trailers(store, id, count))
         })
     }
 
@@ -234,8 +230,8 @@ impl HttpStream {
     fn run(
         &mut self,
         direction: Direction,
-        callback: &'static str,
-        invoke: impl FnOnce(&PluginVm, u32, std::time::Duration) -> Result<u32, GuestFailure>,
+        callback: Callback,
+        invoke: impl FnOnce(&PluginVm, u32) -> Result<u32, GuestFailure>,
     ) -> Action {
         if self.phase.get() != Phase::Active {
             return Action::Continue;
@@ -253,11 +249,10 @@ impl HttpStream {
                 Direction::Response => signals.resume_response = false,
             }
         }
-        let deadline = vm.plugin().limits.callback_deadline;
-        match invoke(&vm, self.context_id, deadline) {
+        match invoke(&vm, self.context_id) {
             Ok(code) => self.action_after_callback(code),
             Err(failure) => {
-                tracing::debug!(plugin = %self.plugin_name, callback, "stream gets the failure policy");
+                tracing::debug!(plugin = %self.plugin_name, callback = callback.name(), "stream gets the failure policy");
                 self.apply_failure_policy(&failure)
             }
         }
@@ -310,7 +305,7 @@ impl HttpStream {
             drop(signals);
             let failure = self.vm.as_ref().and_then(|vm| vm.failure()).unwrap_or_else(|| GuestFailure {
                 plugin: self.plugin_name.clone(),
-                callback: "proxy_on_http_call_response",
+                callback: Callback::HttpCallResponse,
                 kind: crate::error::FailureKind::VmFailed,
                 detail: "the VM failed while the stream was paused".into(),
             });

@@ -9,11 +9,11 @@ use std::time::Duration;
 use wasmtrace_build::{BuildOptions, FilterForm, build_filter};
 use wasmtrace_runtime::component::{WORLD, is_component};
 use wasmtrace_runtime::{
-    Action, FailureKind, FailurePolicy, FilterForm as LoadedForm, LoadError, NoClusters, PluginConfig, PluginInstance,
-    VmLimits,
+    Action, Callback, FailureKind, FailurePolicy, FilterForm as LoadedForm, LoadError, NoClusters, PluginConfig,
+    PluginInstance, VmLimits,
 };
 
-use crate::fixture::{plugin, request, request_header, respond, runtime};
+use crate::fixture::{instance, plugin, request, request_header, respond, runtime};
 
 fn component(crate_dir: &Path) -> Vec<u8> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -161,7 +161,7 @@ fn a_component_that_traps_loops_or_hoards_memory_fails_only_its_own_stream() {
         };
         assert_eq!(response.status, 503, "{kind}");
         let body = String::from_utf8_lossy(&response.body);
-        assert!(body.contains("`hostile` failed in on-request-headers"), "{kind}: {body}");
+        assert!(body.contains("`hostile` failed in proxy_on_request_headers"), "{kind}: {body}");
         assert!(stream.is_bypassed());
         let failure = hostile.current_vm().and_then(|vm| vm.failure()).expect("the VM failed");
         assert_eq!(failure.kind, expected, "{kind}: {failure}");
@@ -192,8 +192,33 @@ fn a_component_panicking_inside_a_tokio_runtime_traps_without_panicking_the_host
         // The VM that served it failed with the guest's trap, not with a host panic.
         let failure = hostile.current_vm().and_then(|vm| vm.failure()).expect("the VM failed");
         assert_eq!(failure.kind, FailureKind::Trap, "{failure}");
-        assert_eq!(failure.callback, "on-request-headers");
+        assert_eq!(failure.callback, Callback::RequestHeaders);
         assert!(!failure.detail.contains("host function panicked"), "{failure}");
         assert!(failure.detail.contains("asked to trap"), "the guest's panic message is in the report: {failure}");
     });
+}
+
+#[test]
+fn a_module_and_a_component_failing_the_same_way_are_reported_under_one_callback_name() {
+    let runtime = runtime();
+    let config = |name: &str| PluginConfig { failure_policy: FailurePolicy::FailOpen, ..plugin(name, "", "") };
+    let module = instance(&runtime, "hostile", config("hostile-module"), Rc::default());
+    let compiled = runtime.compile(&component(Path::new("filters/test-filters/hostile-component"))).expect("loads");
+    let component =
+        PluginInstance::start(&runtime, compiled, Arc::new(config("hostile-component")), Rc::new(NoClusters))
+            .expect("starts");
+
+    let mut failures = Vec::new();
+    for (name, hostile) in [("hostile-module", &module), ("hostile-component", &component)] {
+        let mut stream = hostile.new_stream(request("/", &[("x-hostile", "trap")]));
+        assert_eq!(stream.on_request_headers(true), Action::Continue, "{name}: fail-open");
+        let failure = hostile.current_vm().and_then(|vm| vm.failure()).expect("the VM failed");
+        assert_eq!(failure.kind, FailureKind::Trap, "{name}: {failure}");
+        let counted = runtime.services().failure_stats(name).callback_failures;
+        let reported = failure.to_string().contains("failed in proxy_on_request_headers");
+        failures.push((failure.callback, reported, counted));
+    }
+    let one_name = std::collections::BTreeMap::from([("proxy_on_request_headers", 1)]);
+    assert_eq!(failures[0], (Callback::RequestHeaders, true, one_name.clone()), "the module");
+    assert_eq!(failures[1], (Callback::RequestHeaders, true, one_name), "the component: the same report and metric");
 }

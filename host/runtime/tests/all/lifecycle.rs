@@ -72,7 +72,7 @@ fn a_plugin_whose_configure_returns_false_is_refused() {
     .err()
     .expect("refused");
     let StartError::Guest(failure) = &error else { panic!("{error}") };
-    assert_eq!((failure.callback, &failure.kind), ("proxy_on_configure", &FailureKind::Refused));
+    assert_eq!((failure.callback.name(), &failure.kind), ("proxy_on_configure", &FailureKind::Refused));
     assert!(error.to_string().contains("hostile"), "{error}");
 }
 
@@ -89,7 +89,7 @@ fn a_plugin_that_traps_while_starting_is_refused_with_the_trap() {
     .err()
     .expect("refused");
     let StartError::Guest(failure) = &error else { panic!("{error}") };
-    assert_eq!((failure.callback, &failure.kind), ("proxy_on_vm_start", &FailureKind::Trap));
+    assert_eq!((failure.callback.name(), &failure.kind), ("proxy_on_vm_start", &FailureKind::Trap));
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtrace_runtime::{FailureKind, LoadError, PluginConfig, PluginInstance, Runtime, StartError, VmLimits};
+use wasmtrace_runtime::{
+    Action, Callback, FailureKind, LoadError, PluginConfig, PluginInstance, Runtime, StartError, VmLimits,
+};
 
 use crate::fixture::{HeldCallouts, plugin, runtime};
 
@@ -64,7 +66,7 @@ fn refusal(result: Result<PluginInstance, StartError>) -> (&'static str, Failure
         Ok(_) => panic!("the plugin started"),
         Err(StartError::Guest(failure)) => {
             let message = StartError::Guest(failure.clone()).to_string();
-            (failure.callback, failure.kind, message)
+            (failure.callback.name(), failure.kind, message)
         }
         Err(other) => panic!("not a guest failure: {other}"),
     }
@@ -137,6 +139,48 @@ fn an_initialize_that_never_returns_is_interrupted_at_the_start_deadline() {
     let (callback, kind, message) = refusal(start_with(&runtime(), &reactor, config));
     assert_eq!((callback, kind), ("_initialize", FailureKind::DeadlineExceeded));
     assert!(message.contains("50ms"), "the start deadline, not the callback deadline: {message}");
+}
+
+/// A module whose `proxy_on_context_create` never returns for the context ids `looping_when`
+/// (a WAT condition on `$id`) picks.
+fn context_create_looping_when(looping_when: &str) -> String {
+    format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_on_context_create") (param $id i32) (param i32)
+    (if ({looping_when}) (then (loop $forever (br $forever)))))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1))"#
+    )
+}
+
+#[test]
+fn a_root_context_create_that_never_returns_is_reported_with_the_start_deadline_it_ran_under() {
+    // The two deadlines differ, so the report tells which one was armed.
+    let limits = VmLimits {
+        start_deadline: Duration::from_millis(300),
+        callback_deadline: Duration::from_millis(40),
+        ..VmLimits::default()
+    };
+    let config = PluginConfig { limits, ..plugin("start-up", "", "") };
+    let root_loops = context_create_looping_when("i32.eq (local.get $id) (i32.const 1)");
+    let (callback, kind, message) = refusal(start_with(&runtime(), &root_loops, config.clone()));
+    assert_eq!((callback, kind), ("proxy_on_context_create", FailureKind::DeadlineExceeded));
+    assert!(message.contains("300ms") && !message.contains("40ms"), "the start-up deadline: {message}");
+
+    // The same export for a stream context runs under, and is reported with, the callback deadline.
+    let stream_loops = context_create_looping_when("i32.ne (local.get $id) (i32.const 1)");
+    // Kept for the test: its epoch ticker is what interrupts the loop.
+    let runtime = runtime();
+    let instance = start_with(&runtime, &stream_loops, config).expect("the root context starts");
+    let mut stream = instance.new_stream(crate::fixture::request("/", &[]));
+    let refused = matches!(stream.on_request_headers(true), Action::LocalResponse(r) if r.status == 503);
+    assert!(refused, "fail-closed by default: the stream is answered 503");
+    let failure = instance.current_vm().and_then(|vm| vm.failure()).expect("the stream's context create failed the VM");
+    assert_eq!((failure.callback, &failure.kind), (Callback::StreamContextCreate, &FailureKind::DeadlineExceeded));
+    assert_eq!(failure.callback.name(), "proxy_on_context_create");
+    assert!(failure.detail.contains("40ms"), "the callback deadline: {failure}");
 }
 
 #[test]

@@ -1,0 +1,167 @@
+//! Events the root context hears off any stream: its timer, shared-queue notifications, the
+//! answers to its HTTP callouts and the events of its gRPC calls.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::callout::{CalloutFailure, CalloutResponse};
+use crate::error::GuestFailure;
+use crate::grpc_callout::GrpcEvent;
+use crate::shared_queue::QueueInbox;
+use crate::state::GrpcCall;
+
+use super::guest::{Callbacks, GrpcCallbacks};
+use super::{Callback, Guest, PluginVm, ROOT_CONTEXT_ID};
+
+impl PluginVm {
+    /// When the root context's timer fires next, if it is armed.
+    pub fn next_tick(&self) -> Option<Instant> {
+        self.inner.try_borrow().ok()?.store.data().tick.next
+    }
+
+    /// Runs `proxy_on_tick` if the timer is due at `now`, re-arming it first (Envoy re-arms after
+    /// each tick). Returns whether a tick ran.
+    pub fn tick_if_due(&self, now: Instant) -> Result<bool, GuestFailure> {
+        {
+            let Ok(mut inner) = self.inner.try_borrow_mut() else {
+                return Ok(false);
+            };
+            let tick = &mut inner.store.data_mut().tick;
+            match (tick.next, tick.period) {
+                (Some(next), Some(period)) if next <= now => tick.next = Some(now + period),
+                _ => return Ok(false),
+            }
+        }
+        self.call(Callback::Tick, ROOT_CONTEXT_ID, |store, cb| match cb {
+            Guest::Core(Callbacks { tick: Some(f), .. }) => f.call(store, ROOT_CONTEXT_ID),
+            Guest::Component(c) => c.tick(store),
+            Guest::Core(_) => Ok(()),
+        })?;
+        Ok(true)
+    }
+
+    /// The inbox that receives this VM's queue notifications (register a waker on it).
+    pub fn queue_inbox(&self) -> &Arc<QueueInbox> {
+        &self.inbox
+    }
+
+    /// Runs `proxy_on_queue_ready` for every queue that received items. Returns how many ran.
+    pub fn deliver_queue_ready(&self) -> Result<usize, GuestFailure> {
+        let ready = self.inbox.drain();
+        for &queue_id in &ready {
+            self.call(Callback::QueueReady, ROOT_CONTEXT_ID, |store, cb| match cb {
+                Guest::Core(Callbacks { queue_ready: Some(f), .. }) => f.call(store, (ROOT_CONTEXT_ID, queue_id)),
+                Guest::Component(c) => c.queue_ready(store, queue_id),
+                Guest::Core(_) => Ok(()),
+            })?;
+        }
+        Ok(ready.len())
+    }
+
+    /// Delivers a callout's outcome to the root context (`proxy_on_http_call_response`). A failure
+    /// is delivered as zero headers, zero body and zero trailers, as Envoy does.
+    pub(crate) fn deliver_callout(&self, token: u32, outcome: Result<CalloutResponse, CalloutFailure>) {
+        let counts = match &outcome {
+            Ok(r) => (r.headers.len(), r.body.len(), r.trailers.len()),
+            Err(_) => (0, 0, 0),
+        };
+        let [headers, body, trailers] = [counts.0, counts.1, counts.2].map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        if self.is_component() {
+            let _ = self.call(Callback::HttpCallResponse, ROOT_CONTEXT_ID, |store, cb| match cb {
+                Guest::Component(c) => c.callout_response(store, token, &outcome),
+                Guest::Core(_) => Ok(()),
+            });
+            return;
+        }
+        if let Ok(mut inner) = self.inner.try_borrow_mut() {
+            inner.store.data_mut().callout_response = Some(outcome);
+        }
+        let _ = self.call(Callback::HttpCallResponse, ROOT_CONTEXT_ID, |store, cb| match cb {
+            Guest::Core(Callbacks { http_call_response: Some(f), .. }) => {
+                f.call(store, (ROOT_CONTEXT_ID, token, headers, body, trailers))
+            }
+            _ => Ok(()),
+        });
+        if let Ok(mut inner) = self.inner.try_borrow_mut() {
+            inner.store.data_mut().callout_response = None;
+        }
+    }
+
+    /// Delivers a gRPC event to the root context (the matching `proxy_on_grpc_*`), for a call
+    /// the guest still holds, as Envoy does: the call stays the guest's during the callback (it
+    /// may close or cancel it there); afterwards a unary call's answer or close ends it, and a
+    /// stream's close ends it if the guest half-closed, else leaves it for the guest to close.
+    /// Returns whether the call still takes events.
+    pub(crate) fn deliver_grpc(&self, token: u32, event: GrpcEvent) -> bool {
+        if self.is_failed() {
+            return false;
+        }
+        let (callback, _, _) = GrpcCallbacks::NAMES.for_event(&event);
+        let closes = matches!(event, GrpcEvent::Close { .. });
+        {
+            let Ok(mut inner) = self.inner.try_borrow_mut() else {
+                return false;
+            };
+            let state = inner.store.data_mut();
+            if !state.grpc_calls.get(&token).is_some_and(GrpcCall::is_open) {
+                return false;
+            }
+            state.grpc_event = Some(event);
+        }
+        let _ = self.call(callback, ROOT_CONTEXT_ID, |store, cb| {
+            let Guest::Core(callbacks) = cb else { return Ok(()) };
+            let Some(event) = store.data().grpc_event.as_ref() else { return Ok(()) };
+            match callbacks.grpc.for_event(event) {
+                (_, Some(f), argument) => f.call(store, (ROOT_CONTEXT_ID, token, argument)),
+                (_, None, _) => Ok(()),
+            }
+        });
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            return false;
+        };
+        let state = inner.store.data_mut();
+        let delivered = state.grpc_event.take();
+        let Some(call) = state.grpc_calls.get_mut(&token) else {
+            // Cancelled or closed by the guest in the callback.
+            return false;
+        };
+        let unary_answered = !call.stream && matches!(delivered, Some(GrpcEvent::Message(_)));
+        if !(closes || unary_answered) {
+            return !self.is_failed();
+        }
+        // The control drops after the store is released (it may abort the task running this).
+        let finished = if call.stream && !call.local_closed {
+            state.grpc_closed.push_back(token);
+            let control = call.control.take();
+            let mut evicted = Vec::new();
+            while state.grpc_closed.len() > crate::abi::grpc_call::MAX_CLOSED_STREAMS {
+                if let Some(oldest) = state.grpc_closed.pop_front()
+                    && state.grpc_calls.get(&oldest).is_some_and(|c| !c.is_open())
+                {
+                    evicted.extend(state.grpc_calls.remove(&oldest));
+                }
+            }
+            (control, evicted)
+        } else {
+            (state.grpc_calls.remove(&token).and_then(|call| call.control), Vec::new())
+        };
+        drop(inner);
+        drop(finished);
+        false
+    }
+
+    /// Drops every gRPC call `owner` made (the context ended): each is reset, as Envoy's
+    /// context teardown cancels them. `None`: every call (the VM failed).
+    pub(super) fn drop_grpc_calls(&self, owner: Option<u32>) {
+        let dropped: Vec<GrpcCall> = match self.inner.try_borrow_mut() {
+            Ok(mut inner) => {
+                let calls = &mut inner.store.data_mut().grpc_calls;
+                let tokens: Vec<u32> =
+                    calls.iter().filter(|(_, c)| owner.is_none_or(|o| c.owner == o)).map(|(t, _)| *t).collect();
+                tokens.into_iter().filter_map(|t| calls.remove(&t)).collect()
+            }
+            Err(_) => return,
+        };
+        drop(dropped);
+    }
+}
