@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use wasmtrace_runtime::{Action, Direction, HttpExchange, HttpStream, LocalResponse};
 
+use crate::rescue::Rescue;
 use crate::swap::WorkerPlugin;
 
 /// Most body bytes one filter may hold back while it buffers.
@@ -112,6 +113,7 @@ async fn settle(chain: &SharedChain, index: usize, direction: Direction, action:
     match action {
         Action::Continue | Action::Pause => None,
         Action::LocalResponse(response) => Some(Verdict::Local(response, index)),
+        Action::FailClosed(failure) => Some(Verdict::Local(Rescue::FailClosed(failure).local_response(), index)),
         Action::Close => Some(Verdict::Close),
     }
 }
@@ -225,6 +227,9 @@ pub async fn release_held_body(
     };
     match action {
         Action::LocalResponse(response) => DataVerdict::Stop(Verdict::Local(response, index)),
+        Action::FailClosed(failure) => {
+            DataVerdict::Stop(Verdict::Local(Rescue::FailClosed(failure).local_response(), index))
+        }
         Action::Close => DataVerdict::Stop(Verdict::Close),
         Action::Continue | Action::Pause => data_after(chain, direction, held, false, upto, Some(index)).await,
     }
@@ -316,17 +321,7 @@ async fn data_after(
 
 fn too_large(direction: Direction, index: usize) -> Verdict {
     match direction {
-        Direction::Request => Verdict::Local(
-            LocalResponse {
-                status: 413,
-                body: format!("request body exceeds the {MAX_BUFFERED_BODY}-byte buffer of a filter that buffers it\n")
-                    .into_bytes(),
-                headers: wasmtrace_runtime::HeaderMap::from_pairs([("content-type", "text/plain")]),
-                details: "request_payload_too_large".into(),
-                grpc_status: None,
-            },
-            index,
-        ),
+        Direction::Request => Verdict::Local(Rescue::BodyTooLarge.local_response(), index),
         Direction::Response => Verdict::Close,
     }
 }

@@ -47,8 +47,8 @@ use wasmtrace_config::{HttpConnectionManager, RouteUpgrade, UpgradeFilters};
 use wasmtrace_runtime::Direction;
 
 use crate::body::{CHANNEL_FRAMES, FrameResult};
-use crate::handler::{StreamEnd, pump_upgraded};
 use crate::message::{is_upgrade, tokens};
+use crate::pump::{StreamEnd, pump_upgraded};
 use crate::stats::ListenerStats;
 
 /// An upgrade a request asks for.

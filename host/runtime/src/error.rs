@@ -68,7 +68,7 @@ pub enum FailureKind {
 }
 
 /// A guest failure: which plugin, which callback, what went wrong.
-#[derive(Clone, Debug, Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[error("wasm plugin `{plugin}` failed in {callback}: {detail}")]
 pub struct GuestFailure {
     /// Plugin name.

@@ -7,7 +7,8 @@
 //! awaits with [`HttpStream::poll_resume`].
 //!
 //! When the VM fails, the stream gets the plugin's failure policy: fail-open skips the filter for
-//! the rest of the stream; fail-closed answers 503 (`wasm_fail_stream`).
+//! the rest of the stream; fail-closed gives [`Action::FailClosed`], which the data plane answers
+//! 503 (`wasm_fail_stream`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -47,6 +48,9 @@ pub enum Action {
     LocalResponse(LocalResponse),
     /// Reset the stream (`proxy_close_stream`).
     Close,
+    /// The filter failed and its policy is fail-closed: the data plane refuses the stream
+    /// (Envoy's 503 `wasm_fail_stream`).
+    FailClosed(GuestFailure),
 }
 
 /// A direction of the stream.
@@ -275,17 +279,7 @@ impl HttpStream {
         self.phase.set(Phase::Bypassed);
         match self.policy {
             FailurePolicy::FailOpen => Action::Continue,
-            FailurePolicy::FailClosed => Action::LocalResponse(LocalResponse {
-                status: 503,
-                body: format!(
-                    "wasm plugin `{}` failed in {}; the request was refused (fail-closed)\n",
-                    failure.plugin, failure.callback
-                )
-                .into_bytes(),
-                headers: HeaderMap::from_pairs([("content-type", "text/plain")]),
-                details: "wasm_fail_stream".into(),
-                grpc_status: None,
-            }),
+            FailurePolicy::FailClosed => Action::FailClosed(failure.clone()),
         }
     }
 

@@ -17,6 +17,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use wasmtrace_proxy::BoxError;
 use wasmtrace_proxy::in_process::{Application, InProcessInbox, InProcessReply, InProcessRequest, ReplyBody};
+use wasmtrace_proxy::rescue::Rescue;
 
 /// The body the wrapped service gets: the request as the filters left it (streamed through the
 /// body callbacks of filters that have them).
@@ -133,7 +134,7 @@ impl FilterLayer {
             Side::Server => None,
             Side::Client => match client_target(&mut parts) {
                 Ok(target) => Some(target),
-                Err(text) => return plain(StatusCode::BAD_REQUEST, text),
+                Err(reason) => return rescued(&Rescue::ClientTarget(reason)),
             },
         };
         let request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
@@ -152,7 +153,7 @@ impl FilterLayer {
             reply,
         };
         if self.inbox.send(request).await.is_err() {
-            return stopped();
+            return rescued(&Rescue::FiltersStopped);
         }
         match answer.await {
             Ok(InProcessReply::Response(response)) => response,
@@ -163,7 +164,7 @@ impl FilterLayer {
                 response
             }
             // The worker dropped the request: it is shutting down.
-            Err(_) => stopped(),
+            Err(_) => rescued(&Rescue::FiltersStopped),
         }
     }
 }
@@ -241,14 +242,11 @@ fn client_target(parts: &mut http::request::Parts) -> Result<(http::uri::Scheme,
     Ok((scheme, authority))
 }
 
-/// The answer once the filters have stopped: no request passes unfiltered.
-fn stopped() -> Response<ReplyBody> {
-    plain(StatusCode::SERVICE_UNAVAILABLE, "the in-process filters have stopped\n")
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<ReplyBody> {
-    let mut response = Response::new(ReplyBody::full(Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = status;
+/// A reply the layer makes itself, from the proxy's table of them.
+fn rescued(rescue: &Rescue) -> Response<ReplyBody> {
+    let reply = rescue.reply();
+    let mut response = Response::new(ReplyBody::full(Bytes::from(reply.text.into_owned())));
+    *response.status_mut() = reply.status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
 }

@@ -5,7 +5,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use wasmtrace_runtime::{Action, FailurePolicy, PluginConfig, VmLimits};
+use wasmtrace_runtime::{Action, Callback, FailurePolicy, PluginConfig, VmLimits};
 
 use crate::fixture::{LogCapture, instance, plugin, request, request_header, runtime};
 
@@ -46,13 +46,11 @@ fn fails_only_its_own_stream(kind: &str, policy: FailurePolicy, expected_kind: &
             assert_eq!(request_header(&bad, "x-hostile-ok"), None, "the filter did not finish");
         }
         FailurePolicy::FailClosed => {
-            let Action::LocalResponse(response) = action else {
-                panic!("{kind}: fail-closed must answer locally, got {action:?}")
+            // The data plane answers it 503 `wasm_fail_stream` (the proxy's rescue table).
+            let Action::FailClosed(failure) = action else {
+                panic!("{kind}: fail-closed must refuse the stream, got {action:?}")
             };
-            assert_eq!(response.status, 503);
-            assert_eq!(response.details, "wasm_fail_stream");
-            let body = String::from_utf8_lossy(&response.body);
-            assert!(body.contains("hostile") && body.contains("proxy_on_request_headers"), "{body}");
+            assert_eq!((failure.plugin.as_str(), failure.callback), ("hostile", Callback::RequestHeaders));
         }
     }
     assert!(stream.is_bypassed(), "{kind}: the filter is out of this stream");
@@ -146,10 +144,10 @@ fn streams_in_flight_on_a_failed_vm_get_the_policy_and_new_streams_a_new_vm() {
     let mut in_flight = hostile.new_stream(survivor.clone());
     assert_eq!(in_flight.on_request_headers(true), Action::Continue);
     let mut killer = hostile.new_stream(request("/", &[("x-hostile", "trap")]));
-    assert!(matches!(killer.on_request_headers(true), Action::LocalResponse(_)));
+    assert!(matches!(killer.on_request_headers(true), Action::FailClosed(_)));
     // The in-flight stream's next callback meets the failed VM: it gets the policy, not a crash.
     survivor.borrow_mut().response_headers = Some(wasmtrace_runtime::HeaderMap::from_pairs([(":status", "200")]));
-    assert!(matches!(in_flight.on_response_headers(true), Action::LocalResponse(r) if r.status == 503));
+    assert!(matches!(in_flight.on_response_headers(true), Action::FailClosed(_)));
     let fresh = request("/", &[]);
     assert_eq!(hostile.new_stream(fresh.clone()).on_request_headers(true), Action::Continue);
     assert_eq!(request_header(&fresh, "x-hostile-ok"), Some("ctx=2".into()));

@@ -175,8 +175,8 @@ fn a_root_context_create_that_never_returns_is_reported_with_the_start_deadline_
     let runtime = runtime();
     let instance = start_with(&runtime, &stream_loops, config).expect("the root context starts");
     let mut stream = instance.new_stream(crate::fixture::request("/", &[]));
-    let refused = matches!(stream.on_request_headers(true), Action::LocalResponse(r) if r.status == 503);
-    assert!(refused, "fail-closed by default: the stream is answered 503");
+    let refused = matches!(stream.on_request_headers(true), Action::FailClosed(_));
+    assert!(refused, "fail-closed by default: the stream is refused");
     let failure = instance.current_vm().and_then(|vm| vm.failure()).expect("the stream's context create failed the VM");
     assert_eq!((failure.callback, &failure.kind), (Callback::StreamContextCreate, &FailureKind::DeadlineExceeded));
     assert_eq!(failure.callback.name(), "proxy_on_context_create");
