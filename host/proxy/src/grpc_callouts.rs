@@ -161,20 +161,31 @@ enum Ending {
     Delivered,
 }
 
+/// Why a gRPC call's request cannot be built from what the guest gave.
+#[derive(Debug, thiserror::Error)]
+enum GrpcRequestError {
+    /// The authority is not `host[:port]`.
+    #[error("the authority is not host[:port]: {0}")]
+    Authority(#[source] http::uri::InvalidUri),
+    /// Service and method do not make a request path.
+    #[error("service and method do not make a path: {0}")]
+    Path(#[source] http::uri::InvalidUri),
+    /// The request could not be assembled.
+    #[error(transparent)]
+    Http(#[from] http::Error),
+}
+
 fn upstream_request(
     request: &GrpcCallRequest,
     body: UpstreamBody,
     timeout: Option<Duration>,
-) -> Result<Request<UpstreamBody>, String> {
+) -> Result<Request<UpstreamBody>, GrpcRequestError> {
     // Built from checked parts: an authority with a path or query in it cannot change the path.
-    let authority: Authority =
-        request.authority.parse().map_err(|e| format!("authority {:?}: {e}", request.authority))?;
+    let authority: Authority = request.authority.parse().map_err(GrpcRequestError::Authority)?;
     let path: PathAndQuery =
-        format!("/{}/{}", request.service, request.method).parse().map_err(|e| format!("path: {e}"))?;
-    let uri =
-        Uri::builder().scheme("http").authority(authority).path_and_query(path).build().map_err(|e| e.to_string())?;
-    let mut upstream =
-        Request::builder().method("POST").uri(uri).version(Version::HTTP_2).body(body).map_err(|e| e.to_string())?;
+        format!("/{}/{}", request.service, request.method).parse().map_err(GrpcRequestError::Path)?;
+    let uri = Uri::builder().scheme("http").authority(authority).path_and_query(path).build()?;
+    let mut upstream = Request::builder().method("POST").uri(uri).version(Version::HTTP_2).body(body)?;
     let headers = upstream.headers_mut();
     *headers = http_headers(&request.initial_metadata);
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));

@@ -10,8 +10,11 @@
 //!   upstream call through the cluster's pooled client ([`cluster`]), and the response filters;
 //!   bodies stream through the filters frame by frame ([`body`]); an HTTP/1.1 upgrade
 //!   (WebSocket) is tunnelled through the filters' body callbacks ([`upgrade`]).
-//! - Upstream failures become 503/504/502 in one place ([`rescue`]); callouts go through the same
-//!   clients ([`callouts`]); ticks and queues run beside the streams ([`timers`]).
+//! - The control thread ([`control`]) serves the admin API and watches files.
+//! - Callouts go through the same clients ([`callouts`]); ticks and queues run beside the
+//!   streams ([`timers`]).
+//! - Upstream failures and every other reply the proxy makes itself come from one table
+//!   ([`rescue`]); errors that stop the proxy starting are in [`error`].
 //! - The [`admin`] API reads the [`stats`], the runtime's counters and the plugins' status, and
 //!   takes hot swaps; [`swap`] carries them out (also when a module or the configuration file
 //!   changes on disk).
@@ -26,7 +29,9 @@ pub mod callouts;
 pub mod chain;
 pub mod cluster;
 pub mod connection;
+mod control;
 pub mod downstream_body;
+pub mod error;
 pub mod grpc_callouts;
 pub mod handler;
 pub mod in_process;
@@ -52,7 +57,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use wasmtrace_config::{Bootstrap, SERVICE_SCOPE};
 use wasmtrace_runtime::{
@@ -61,53 +65,15 @@ use wasmtrace_runtime::{
 };
 
 use crate::admin::AdminState;
+use crate::control::start_control;
 use crate::plugins::PluginSlot;
 use crate::stats::{ClusterStats, ProxyStats};
 use crate::swap::SwapCoordinator;
 
+pub use error::{ModuleError, ProxyError, StageError, WorkerError};
+
 /// Errors crossing the crate boundary.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Why the proxy could not start (or a configuration does not check).
-#[derive(Debug, Error)]
-pub enum ProxyError {
-    /// The runtime could not be created.
-    #[error("wasm runtime: {0}")]
-    Runtime(String),
-    /// A module could not be read, compiled or validated.
-    #[error("{plugin}: {reason}")]
-    Module {
-        /// Which filter.
-        plugin: String,
-        /// Why.
-        reason: String,
-    },
-    /// A plugin did not start or configure.
-    #[error("{0}")]
-    PluginStart(String),
-    /// A socket could not be bound.
-    #[error("cannot listen on {address} ({name}): {source}")]
-    Bind {
-        /// Listener name.
-        name: String,
-        /// Address.
-        address: SocketAddr,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// A worker thread could not start.
-    #[error("worker: {0}")]
-    Worker(String),
-    /// The admin token could not be read.
-    #[error(transparent)]
-    AdminToken(#[from] admin::guard::AdminTokenError),
-    /// The admin API would be reachable off loopback with nothing guarding its changes.
-    #[error(
-        "refusing to serve the admin API on {0} without a bearer token: pass --admin-token-file FILE \
-         (or bind it to loopback)"
-    )]
-    AdminWithoutToken(SocketAddr),
-}
 
 /// File descriptors kept free of downstream connections (upstream pools, module files, logs).
 const RESERVED_FILES: u64 = 128;
@@ -270,8 +236,7 @@ fn runtime_for(bootstrap: &Bootstrap, options: &ProxyOptions) -> Result<Arc<Runt
         cluster: bootstrap.node.cluster.clone(),
         metadata: bootstrap.node.metadata.clone(),
     };
-    Runtime::with_options(HostServices::new(node, options.log_level), &options.runtime)
-        .map_err(|e| ProxyError::Runtime(e.to_string()))
+    Runtime::with_options(HostServices::new(node, options.log_level), &options.runtime).map_err(ProxyError::Runtime)
 }
 
 /// Callouts during `wasmtrace check`: clusters exist, nothing is sent.
@@ -306,7 +271,7 @@ pub fn check(bootstrap: &Bootstrap, options: &ProxyOptions) -> Result<Vec<String
             plugins::SlotRole::Service { .. } => (SERVICE_SCOPE.to_owned(), "Wasm service".to_owned()),
         };
         PluginInstance::start(&runtime, plugin.module.clone(), plugin.config.clone(), dispatcher)
-            .map_err(|e| ProxyError::PluginStart(format!("{scope}: {e}")))?;
+            .map_err(|source| ProxyError::PluginStart { scope, source })?;
         report.push(format!(
             "{what} `{}` ({}, sha256 {}) starts and configures",
             plugin.filter.name,
@@ -387,16 +352,14 @@ fn launch(bootstrap: Bootstrap, options: ProxyOptions, serving: Serving) -> Resu
         });
         let mut worker_sockets = Vec::new();
         for (listener_index, socket) in sockets.iter().enumerate() {
-            worker_sockets.push((
-                listener_index,
-                socket.try_clone().map_err(|e| ProxyError::Worker(format!("cloning a listener socket: {e}")))?,
-            ));
+            worker_sockets
+                .push((listener_index, socket.try_clone().map_err(|source| WorkerError::Socket { index, source })?));
         }
         let (shared, stop_rx, ready_tx) = (shared.clone(), stop_rx.clone(), ready_tx.clone());
         let handle = std::thread::Builder::new()
             .name(format!("wasmtrace-worker-{index}"))
             .spawn(move || worker::run(index, shared, worker_sockets, commands, inbox, stop_rx, ready_tx))
-            .map_err(|e| ProxyError::Worker(e.to_string()))?;
+            .map_err(WorkerError::Spawn)?;
         workers.push(handle);
     }
     drop(ready_tx);
@@ -405,7 +368,7 @@ fn launch(bootstrap: Bootstrap, options: ProxyOptions, serving: Serving) -> Resu
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => failure = Some(e),
-            Err(_) => failure = Some("a worker exited during start-up".into()),
+            Err(_) => failure = Some(WorkerError::Exited),
         }
     }
     let coordinator =
@@ -424,7 +387,7 @@ fn launch(bootstrap: Bootstrap, options: ProxyOptions, serving: Serving) -> Resu
         for worker in workers {
             let _ = worker.join();
         }
-        return Err(ProxyError::PluginStart(failure));
+        return Err(ProxyError::Worker(failure));
     }
     let control = match start_control(&bootstrap, &options, admin_state.clone(), stop_rx.clone()) {
         Ok(control) => control,
@@ -453,81 +416,4 @@ fn launch(bootstrap: Bootstrap, options: ProxyOptions, serving: Serving) -> Resu
             in_process::InProcessInbox::new(inboxes, bootstrap.listeners.iter().map(|l| l.name.clone()).collect())
         }),
     })
-}
-
-/// The control thread: the admin API (when configured) and the file watcher (when asked for).
-struct Control {
-    admin: Option<SocketAddr>,
-    thread: JoinHandle<()>,
-}
-
-fn start_control(
-    bootstrap: &Arc<Bootstrap>,
-    options: &ProxyOptions,
-    state: Arc<AdminState>,
-    stop: watch::Receiver<bool>,
-) -> Result<Control, ProxyError> {
-    let admin = match bootstrap.admin {
-        Some(configured) => {
-            let address = if configured.ip().is_loopback() || options.admin_any_address {
-                configured
-            } else {
-                tracing::warn!(%configured, "admin API bound to loopback instead (pass --admin-any-address to expose it)");
-                SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), configured.port())
-            };
-            if !address.ip().is_loopback() && state.token.is_none() {
-                return Err(ProxyError::AdminWithoutToken(address));
-            }
-            let bind_error = |source| ProxyError::Bind { name: "admin".into(), address, source };
-            let socket = std::net::TcpListener::bind(address).map_err(bind_error)?;
-            socket.set_nonblocking(true).map_err(bind_error)?;
-            let bound = socket.local_addr().map_err(bind_error)?;
-            Some((socket, bound))
-        }
-        None => None,
-    };
-    let bound = admin.as_ref().map(|(_, bound)| *bound);
-    let watch = (options.watch_modules || options.watch_config.is_some())
-        .then(|| (options.watch_config.clone(), options.watch_modules, bootstrap.clone()));
-    let (started_tx, started) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("wasmtrace-control".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    let _ = started_tx.send(Err(format!("control thread runtime: {e}")));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                if let Some((config, modules, bootstrap)) = watch {
-                    let coordinator = state.coordinator.clone();
-                    let watching = swap::file_watch::spawn(coordinator, config, modules, bootstrap, stop.clone());
-                    if let Err(e) = watching {
-                        let _ = started_tx.send(Err(e));
-                        return;
-                    }
-                }
-                let _ = started_tx.send(Ok(()));
-                match admin.map(|(socket, _)| tokio::net::TcpListener::from_std(socket)) {
-                    Some(Ok(listener)) => admin::serve(listener, state, stop).await,
-                    Some(Err(e)) => tracing::error!("admin API socket: {e}"),
-                    None => {
-                        let mut stop = stop;
-                        let _ = stop.wait_for(|stopped| *stopped).await;
-                    }
-                }
-            });
-        })
-        .map_err(|e| ProxyError::Worker(e.to_string()))?;
-    match started.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(ProxyError::Worker(e)),
-        Err(_) => return Err(ProxyError::Worker("the control thread exited during start-up".into())),
-    }
-    if let Some(bound) = bound {
-        tracing::info!(address = %bound, "admin API");
-    }
-    Ok(Control { admin: bound, thread })
 }

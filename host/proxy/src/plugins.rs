@@ -12,6 +12,7 @@ use wasmtrace_config::{Bootstrap, FailurePolicy as ConfigFailurePolicy, SERVICE_
 use wasmtrace_runtime::{FailurePolicy, PluginConfig, PluginModule, Runtime, VmLimits};
 
 use crate::ProxyError;
+use crate::error::ModuleError;
 
 /// One generation of one configured filter: the module and configuration its VMs run.
 pub struct LoadedPlugin {
@@ -240,9 +241,9 @@ pub fn plugin_config(filter: &WasmFilter, limits: &VmLimits) -> PluginConfig {
 }
 
 /// Reads and compiles the module at `path` (cached by sha256 in the runtime).
-pub fn compile_file(runtime: &Runtime, path: &Path) -> Result<Arc<PluginModule>, String> {
-    let bytes = crate::module_file::read_module_file(path).map_err(|e| e.to_string())?;
-    runtime.compile(&bytes).map_err(|e| format!("{} does not load: {e}", path.display()))
+pub fn compile_file(runtime: &Runtime, path: &Path) -> Result<Arc<PluginModule>, ModuleError> {
+    let bytes = crate::module_file::read_module_file(path)?;
+    runtime.compile(&bytes).map_err(|source| ModuleError::Load { path: path.display().to_string(), source })
 }
 
 /// Reads and compiles every plugin's module: one slot per filter, listener by listener, then
@@ -265,9 +266,9 @@ pub fn load_plugins(
             SlotRole::Filter { .. } => format!("listener `{scope}`, filter"),
             SlotRole::Service { .. } => "Wasm service".to_owned(),
         };
-        let module = compile_file(runtime, &filter.module_path).map_err(|reason| ProxyError::Module {
+        let module = compile_file(runtime, &filter.module_path).map_err(|source| ProxyError::Module {
             plugin: format!("{what} `{}` ({})", filter.name, PathBuf::from(&filter.module_path).display()),
-            reason,
+            source,
         })?;
         let plugin = Arc::new(LoadedPlugin::new(scope, filter.clone(), module, limits, 1));
         slots.push(Arc::new(PluginSlot::new(slots.len(), role, plugin)));

@@ -20,6 +20,7 @@ use crate::Shared;
 use crate::callouts::WorkerCallouts;
 use crate::cluster::ClusterClient;
 use crate::connection::{Activity, ActivityIo, CLOSE_GRACE, DRAIN_GRACE, Expiry, GuardedBody};
+use crate::error::WorkerError;
 use crate::handler::{self, ConnectionInfo, ListenerContext};
 use crate::in_process::{self, InProcessRequest};
 use crate::plugins::SlotRole;
@@ -85,12 +86,12 @@ pub fn run(
     commands: mpsc::UnboundedReceiver<WorkerCommand>,
     inbox: Option<mpsc::Receiver<InProcessRequest>>,
     stop: watch::Receiver<bool>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: std::sync::mpsc::Sender<Result<(), WorkerError>>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            let _ = ready.send(Err(format!("worker {index}: cannot start its runtime: {e}")));
+            let _ = ready.send(Err(WorkerError::Runtime { index, source: e }));
             return;
         }
     };
@@ -105,7 +106,7 @@ async fn serve(
     commands: mpsc::UnboundedReceiver<WorkerCommand>,
     inbox: Option<mpsc::Receiver<InProcessRequest>>,
     stop: watch::Receiver<bool>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: std::sync::mpsc::Sender<Result<(), WorkerError>>,
 ) {
     let clusters: Rc<HashMap<String, ClusterClient>> =
         Rc::new(shared.bootstrap.clusters.iter().map(|c| (c.name.clone(), ClusterClient::new(c))).collect());
@@ -121,7 +122,7 @@ async fn serve(
         match WorkerPlugin::start(slot.clone(), env.clone()) {
             Ok(plugin) => plugins.push(Some(Rc::new(plugin))),
             Err(e) => {
-                let _ = ready.send(Err(format!("worker {index}: {e}")));
+                let _ = ready.send(Err(WorkerError::Plugin { index, source: e }));
                 return;
             }
         }
@@ -149,7 +150,7 @@ async fn serve(
         let listener = match TcpListener::from_std(socket) {
             Ok(listener) => listener,
             Err(e) => {
-                let _ = ready.send(Err(format!("worker {index}: listener socket: {e}")));
+                let _ = ready.send(Err(WorkerError::Socket { index, source: e }));
                 return;
             }
         };

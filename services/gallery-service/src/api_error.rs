@@ -30,10 +30,12 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
-    /// 500, logged: the client learns that it failed, the log says why.
+    /// 500, logged: the client learns what failed (`context`, a fixed phrase such as "listing
+    /// the images"), the log says why. The error's own text (a database's message, a path) is
+    /// never sent: it can name tables, files and hosts the client has no business knowing.
     pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
         tracing::error!("{context}: {error}");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{context}: {error}"))
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{context} failed"))
     }
 
     /// 502: a service this one depends on failed.
@@ -58,5 +60,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(serde_json::json!({ "message": self.message }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_500_says_what_failed_but_not_the_error_behind_it() {
+        let error = ApiError::internal("listing the images", "no such table: images_v2 (at /srv/db.sqlite)");
+        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error.message, "listing the images failed");
     }
 }

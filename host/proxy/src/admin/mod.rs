@@ -83,15 +83,30 @@ fn configuration_bytes(value: serde_json::Value) -> Vec<u8> {
     }
 }
 
+/// Why a swap request's body is refused.
+#[derive(Debug, thiserror::Error)]
+enum SwapBodyError {
+    /// It was empty.
+    #[error("empty body")]
+    Empty,
+    /// It named neither a module nor a configuration.
+    #[error("nothing to swap: give a module (`module_path`/`module_base64`) and/or `configuration`")]
+    Nothing,
+    /// It named a module twice.
+    #[error("give `module_path` or `module_base64`, not both")]
+    TwoModules,
+    /// `module_base64` was not base64.
+    #[error("`module_base64` is not base64: {0}")]
+    NotBase64(#[source] base64::DecodeError),
+}
+
 impl SwapBody {
-    fn into_request(self, plugin: &str) -> Result<SwapRequest, String> {
+    fn into_request(self, plugin: &str) -> Result<SwapRequest, SwapBodyError> {
         let module = match (self.module_path, self.module_base64) {
-            (Some(_), Some(_)) => return Err("give `module_path` or `module_base64`, not both".into()),
+            (Some(_), Some(_)) => return Err(SwapBodyError::TwoModules),
             (Some(path), None) => Some(ModuleSource::Path(path)),
             (None, Some(encoded)) => Some(ModuleSource::Bytes(
-                base64::engine::general_purpose::STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|e| format!("`module_base64` is not base64: {e}"))?,
+                base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(SwapBodyError::NotBase64)?,
             )),
             (None, None) => None,
         };
@@ -103,7 +118,7 @@ impl SwapBody {
             vm_configuration: self.vm_configuration.map(configuration_bytes),
         };
         if request.module.is_none() && request.configuration.is_none() && request.vm_configuration.is_none() {
-            return Err("nothing to swap: give a module (`module_path`/`module_base64`) and/or `configuration`".into());
+            return Err(SwapBodyError::Nothing);
         }
         Ok(request)
     }
@@ -240,9 +255,9 @@ where
             let body = request.into_body();
             if action == "swap" {
                 let request = read_json::<SwapBody, _>(body, false).await.and_then(|b| {
-                    b.ok_or_else(|| "empty body".to_owned())
+                    b.ok_or(SwapBodyError::Empty)
                         .and_then(|b| b.into_request(&name))
-                        .map_err(|e| (StatusCode::BAD_REQUEST, e))
+                        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
                 });
                 match request {
                     Ok(swap) => swap_response(state.coordinator.swap(swap).await),

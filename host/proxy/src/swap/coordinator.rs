@@ -11,6 +11,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use wasmtrace_runtime::{PluginModule, Runtime, VmLimits, hex_sha256};
 
 use super::worker_plugin::WorkerCommand;
+use crate::error::StageError;
 use crate::module_file::{check_module_bytes, read_module_file};
 use crate::plugins::{LoadedPlugin, PluginSlot};
 
@@ -386,7 +387,7 @@ impl SwapCoordinator {
             if counted {
                 tracing::warn!(plugin = %staged[0].0.name, "hot swap refused: {reason}; the serving generation stays");
             }
-            return Err(SwapError::Refused(reason));
+            return Err(SwapError::Refused(reason.to_string()));
         }
         let mut swapped = Vec::new();
         for (slot, plugin) in staged {
@@ -434,25 +435,28 @@ impl SwapCoordinator {
     }
 
     /// Starts every new generation on every worker; the first failure is the refusal reason.
-    async fn stage_everywhere(&self, staged: &[(Arc<PluginSlot>, Arc<LoadedPlugin>)]) -> Result<(), String> {
+    async fn stage_everywhere(&self, staged: &[(Arc<PluginSlot>, Arc<LoadedPlugin>)]) -> Result<(), StageError> {
         let mut replies = Vec::new();
         for (worker_index, worker) in self.workers.iter().enumerate() {
             for (slot, plugin) in staged {
                 let (reply, answer) = oneshot::channel();
                 worker
                     .send(WorkerCommand::Stage { slot: slot.index, plugin: plugin.clone(), reply })
-                    .map_err(|_| format!("worker {worker_index} has stopped"))?;
+                    .map_err(|_| StageError::Worker { index: worker_index, what: "has stopped" })?;
                 replies.push((worker_index, slot.clone(), answer));
             }
         }
         // Start-up is bounded by the VM's start deadline; the margin covers a busy worker.
         let wait = self.limits.start_deadline + Duration::from_secs(5);
         for (worker_index, slot, answer) in replies {
+            let stopped = StageError::Worker { index: worker_index, what: "stopped while starting the plugin" };
             match tokio::time::timeout(wait, answer).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => return Err(format!("listener `{}`: {e}", slot.listener)),
-                Ok(Err(_)) => return Err(format!("worker {worker_index} stopped while starting the plugin")),
-                Err(_) => return Err(format!("worker {worker_index} did not start the plugin within {wait:?}")),
+                Ok(Ok(outcome)) => outcome?,
+                Ok(Err(_)) => return Err(stopped),
+                Err(_) => {
+                    tracing::warn!(plugin = %slot.name, ?wait, "a worker did not start the plugin in time");
+                    return Err(StageError::Worker { index: worker_index, what: "did not start the plugin in time" });
+                }
             }
         }
         Ok(())

@@ -15,6 +15,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use wasmtrace_config::{Bootstrap, SERVICE_SCOPE};
 
+use crate::error::WorkerError;
+
 use super::coordinator::{ModuleSource, SwapCoordinator, SwapError, SwapRequest};
 
 /// Quiet time after the last event before acting: a copy or a multi-step deploy is one change.
@@ -51,7 +53,7 @@ pub fn spawn(
     modules: bool,
     bootstrap: Arc<Bootstrap>,
     stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), WorkerError> {
     let (events, changes) = mpsc::unbounded_channel::<PathBuf>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
         // Reads (ours included: a swap reads the module) are not changes; acting on them
@@ -62,7 +64,7 @@ pub fn spawn(
         }),
         Err(e) => tracing::warn!("file watch: {e}"),
     })
-    .map_err(|e| format!("cannot watch files: {e}"))?;
+    .map_err(WorkerError::Watch)?;
     let mut state = WatchState {
         coordinator,
         config: config_path.as_deref().and_then(watch_key).map(|(_, file)| file),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot, watch};
 use wasmtrace_runtime::{CalloutDispatcher, PluginInstance, Runtime};
 
+use crate::error::StageError;
 use crate::plugins::{LoadedPlugin, PluginSlot};
 use crate::timers;
 
@@ -25,7 +26,7 @@ pub enum WorkerCommand {
         /// The generation.
         plugin: Arc<LoadedPlugin>,
         /// The outcome: `Err` carries the start/configure failure.
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), StageError>>,
     },
     /// The slot's published generation changed: switch now, even if no stream arrives.
     Publish {
@@ -85,10 +86,10 @@ impl WorkerGeneration {
     /// Starts a VM of `plugin`. A filter's timers stop with the worker (its streams drain, then
     /// it flushes); a service's keep running through the drain, until it finishes after the
     /// filters (they may still enqueue for it).
-    fn start(env: &WorkerEnv, plugin: Arc<LoadedPlugin>, service: bool) -> Result<Self, String> {
+    fn start(env: &WorkerEnv, plugin: Arc<LoadedPlugin>, service: bool) -> Result<Self, StageError> {
         let instance =
             PluginInstance::start(&env.runtime, plugin.module.clone(), plugin.config.clone(), env.callouts.clone())
-                .map_err(|e| e.to_string())?;
+                .map_err(|source| StageError::Start { listener: plugin.listener.clone(), source })?;
         let instance = Rc::new(instance);
         plugin.vms_alive.fetch_add(1, Ordering::Relaxed);
         let (stop_timers, mut generation_stop) = watch::channel(false);
@@ -138,10 +139,9 @@ pub struct WorkerPlugin {
 
 impl WorkerPlugin {
     /// Starts the slot's active generation on this worker.
-    pub fn start(slot: Arc<PluginSlot>, env: Rc<WorkerEnv>) -> Result<Self, String> {
+    pub fn start(slot: Arc<PluginSlot>, env: Rc<WorkerEnv>) -> Result<Self, StageError> {
         let plugin = slot.active();
-        let generation = WorkerGeneration::start(&env, plugin.clone(), slot.role.is_service())
-            .map_err(|e| format!("listener `{}`: {e}", plugin.listener))?;
+        let generation = WorkerGeneration::start(&env, plugin.clone(), slot.role.is_service())?;
         Ok(Self {
             active_generation: Cell::new(plugin.generation),
             slot,
@@ -166,7 +166,7 @@ impl WorkerPlugin {
         match command {
             WorkerCommand::Stage { plugin, reply, .. } => {
                 let outcome = if self.stopping.get() {
-                    Err("the proxy is shutting down".to_owned())
+                    Err(StageError::ShuttingDown)
                 } else {
                     WorkerGeneration::start(&self.env, plugin, self.slot.role.is_service())
                         .map(|g| self.staged.borrow_mut().push(g))

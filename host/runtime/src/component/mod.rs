@@ -99,6 +99,11 @@ fn stream(id: u32) -> Resource<HttpStream> {
     Resource::new_borrow(id)
 }
 
+/// A component's refusal of its configuration: the text its `configure` returned.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigurationRefused(pub String);
+
 impl ComponentExports {
     /// Instantiates the component in `store`.
     pub(crate) fn instantiate(compiled: &CompiledComponent, store: &mut Store<VmState>) -> wasmtime::Result<Self> {
@@ -109,14 +114,14 @@ impl ComponentExports {
         self.filter.wasmtrace_filter_handler()
     }
 
-    /// `configure`; the guest's refusal text comes back as `Err`.
+    /// `configure`; the guest's refusal comes back as `Err`.
     pub(crate) fn configure(
         &self,
         store: &mut Store<VmState>,
         configuration: &[u8],
         vm_configuration: &[u8],
-    ) -> wasmtime::Result<Result<(), String>> {
-        self.handler().call_configure(store, configuration, vm_configuration)
+    ) -> wasmtime::Result<Result<(), ConfigurationRefused>> {
+        Ok(self.handler().call_configure(store, configuration, vm_configuration)?.map_err(ConfigurationRefused))
     }
 
     pub(crate) fn request_headers(&self, store: &mut Store<VmState>, id: u32, end: bool) -> wasmtime::Result<u32> {

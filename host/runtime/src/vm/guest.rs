@@ -113,12 +113,11 @@ pub(crate) struct Callbacks {
 
 impl Callbacks {
     /// Looks up every export of a core module's `instance` (an absent one is a callback the
-    /// module does not implement). Fails only if `proxy_on_context_create`, which every
+    /// module does not implement). `None` only if `proxy_on_context_create`, which every
     /// proxy-wasm module has, has the wrong signature.
-    pub(super) fn resolve(store: &mut Store<VmState>, instance: &wasmtime::Instance) -> Result<Self, String> {
-        let context_create = lookup(store, instance, "proxy_on_context_create")
-            .ok_or_else(|| "proxy_on_context_create has the wrong signature".to_string())?;
-        Ok(Self {
+    pub(super) fn resolve(store: &mut Store<VmState>, instance: &wasmtime::Instance) -> Option<Self> {
+        let context_create = lookup(store, instance, "proxy_on_context_create")?;
+        Some(Self {
             wasi: WasiEntries::resolve(store, instance),
             context_create,
             vm_start: lookup(store, instance, "proxy_on_vm_start"),

@@ -85,7 +85,8 @@ impl PluginVm {
                 let memory = instance.get_memory(&mut store, "memory");
                 let allocator = lookup::<u32, u32>(&mut store, &instance, "malloc")
                     .or_else(|| lookup::<u32, u32>(&mut store, &instance, "proxy_on_memory_allocate"));
-                let callbacks = Callbacks::resolve(&mut store, &instance).map_err(instantiate_error)?;
+                let callbacks = Callbacks::resolve(&mut store, &instance)
+                    .ok_or_else(|| instantiate_error("proxy_on_context_create has the wrong signature".into()))?;
                 (Guest::Core(callbacks), memory, allocator)
             }
         };
