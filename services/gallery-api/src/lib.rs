@@ -27,6 +27,7 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use gallery_service::ServiceError;
 use gallery_service::server_span::trace_requests;
 use gallery_service::telemetry::TelemetryConfig;
 use gallery_service::{ApiError, Telemetry, UpstreamClient, media};
@@ -192,7 +193,7 @@ async fn openapi() -> impl IntoResponse {
 }
 
 /// The routes of the page and the public API.
-pub fn router(config: &ApiConfig, telemetry: Arc<Telemetry>) -> Result<Router, String> {
+pub fn router(config: &ApiConfig, telemetry: Arc<Telemetry>) -> Result<Router, ServiceError> {
     let catalog = UpstreamClient::new(
         "image-catalog",
         &config.catalog_url,
@@ -220,7 +221,7 @@ pub fn router(config: &ApiConfig, telemetry: Arc<Telemetry>) -> Result<Router, S
 }
 
 /// Starts the gallery API on its own thread (tests; the binary serves until a signal).
-pub fn start(config: ApiConfig, telemetry: TelemetryConfig) -> Result<gallery_service::RunningService, String> {
+pub fn start(config: ApiConfig, telemetry: TelemetryConfig) -> Result<gallery_service::RunningService, ServiceError> {
     let listen = config.listen;
     gallery_service::RunningService::start("gallery-api", listen, &telemetry, move |telemetry| async move {
         router(&config, telemetry)

@@ -13,6 +13,8 @@ use wasmtrace_config::Bootstrap;
 use wasmtrace_proxy::ProxyOptions;
 use wasmtrace_tower::{FilterLayer, InProcessFilters};
 
+use crate::{ConfigError, ServiceError};
+
 /// The listener whose filters wrap the service's server.
 pub const INBOUND_LISTENER: &str = "inbound";
 /// The listener whose filters wrap the service's calls, when the file has one.
@@ -34,18 +36,19 @@ impl std::fmt::Debug for InProcessTracing {
 
 impl InProcessTracing {
     /// Starts `bootstrap`'s filters in this process (`workers` threads of VMs).
-    pub fn start(bootstrap: Bootstrap, workers: usize) -> Result<Self, String> {
+    pub fn start(bootstrap: Bootstrap, workers: usize) -> Result<Self, ServiceError> {
         let options = ProxyOptions { workers, drain_timeout: Duration::from_secs(5), ..ProxyOptions::default() };
-        let filters = InProcessFilters::start(bootstrap, options).map_err(|e| e.to_string())?;
-        let inbound = filters.server_layer(INBOUND_LISTENER).map_err(|e| e.to_string())?;
+        let filters = InProcessFilters::start(bootstrap, options).map_err(|e| ServiceError::Filters(e.into()))?;
+        let inbound = filters.server_layer(INBOUND_LISTENER).map_err(|e| ServiceError::Filters(e.into()))?;
         let outbound = filters.client_layer(OUTBOUND_LISTENER).ok();
         Ok(Self { filters, inbound, outbound })
     }
 
     /// Starts the filters of the Envoy bootstrap at `path` (a service binary's
     /// `GALLERY_FILTERS_CONFIG`, e.g. `deploy/envoy/gallery-api.yaml`).
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let bootstrap = Bootstrap::from_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<Self, ServiceError> {
+        let bootstrap = Bootstrap::from_file(path)
+            .map_err(|source| ConfigError::FiltersConfig { path: path.display().to_string(), source })?;
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self::start(bootstrap, workers)
     }

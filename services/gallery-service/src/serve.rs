@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::Telemetry;
 use crate::in_process_tracing::InProcessTracing;
+use crate::service_error::{ConfigError, ServiceError};
 use crate::telemetry::{TelemetryConfig, TracingMode, init_logging};
 
 /// The whole life of a service binary: logging, telemetry from the `OTEL_*` environment (service
@@ -23,7 +24,7 @@ use crate::telemetry::{TelemetryConfig, TracingMode, init_logging};
 pub async fn run_binary<F, Fut>(name: &str, listen: SocketAddr, build: F) -> ExitCode
 where
     F: FnOnce(Arc<Telemetry>) -> Fut,
-    Fut: Future<Output = Result<Router, String>>,
+    Fut: Future<Output = Result<Router, ServiceError>>,
 {
     init_logging();
     let mut config = TelemetryConfig::from_env(name);
@@ -38,10 +39,11 @@ where
     let telemetry = Arc::new(Telemetry::start(&config));
     let served = async {
         let router = build(telemetry.clone()).await?;
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ServiceError::Bind { address: listen, source })?;
         tracing::info!("{name} serving on http://{listen}");
-        serve_until_signal(listener, with_filters(router, &telemetry, listen)).await.map_err(|e| e.to_string())
+        serve_until_signal(listener, with_filters(router, &telemetry, listen)).await.map_err(ServiceError::Serve)
     }
     .await;
     if let Some(in_process) = in_process {
@@ -60,12 +62,11 @@ where
 }
 
 /// The in-process filters `GALLERY_TRACING=in-process` asks for.
-fn in_process_from_env() -> Result<Option<InProcessTracing>, String> {
+fn in_process_from_env() -> Result<Option<InProcessTracing>, ServiceError> {
     if TracingMode::from_env()? != TracingMode::InProcess {
         return Ok(None);
     }
-    let config = std::env::var_os("GALLERY_FILTERS_CONFIG")
-        .ok_or("GALLERY_TRACING=in-process needs GALLERY_FILTERS_CONFIG (the sidecar file whose filters to run)")?;
+    let config = std::env::var_os("GALLERY_FILTERS_CONFIG").ok_or(ConfigError::NoFiltersConfig)?;
     InProcessTracing::from_file(std::path::Path::new(&config)).map(Some)
 }
 
@@ -115,18 +116,23 @@ impl RunningService {
     /// Starts `telemetry`, binds `listen`, builds the router with `build` (on the service's
     /// runtime: it may connect to a database), and serves. Returns once serving, or the error
     /// that prevented it.
-    pub fn start<F, Fut>(name: &str, listen: SocketAddr, telemetry: &TelemetryConfig, build: F) -> Result<Self, String>
+    pub fn start<F, Fut>(
+        name: &str,
+        listen: SocketAddr,
+        telemetry: &TelemetryConfig,
+        build: F,
+    ) -> Result<Self, ServiceError>
     where
         F: FnOnce(Arc<Telemetry>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Router, String>>,
+        Fut: Future<Output = Result<Router, ServiceError>>,
     {
         let telemetry = Arc::new(Telemetry::start(telemetry));
         let for_build = telemetry.clone();
         let for_serve = telemetry.clone();
         let listener =
-            std::net::TcpListener::bind(listen).map_err(|e| format!("{name}: cannot listen on {listen}: {e}"))?;
-        listener.set_nonblocking(true).map_err(|e| format!("{name}: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| format!("{name}: {e}"))?;
+            std::net::TcpListener::bind(listen).map_err(|source| ServiceError::Bind { address: listen, source })?;
+        listener.set_nonblocking(true).map_err(ServiceError::Socket)?;
+        let addr = listener.local_addr().map_err(ServiceError::Socket)?;
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -135,7 +141,7 @@ impl RunningService {
                 let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(format!("runtime: {e}")));
+                        let _ = ready_tx.send(Err(ServiceError::Runtime(e)));
                         return;
                     }
                 };
@@ -151,7 +157,7 @@ impl RunningService {
                     let listener = match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => listener,
                         Err(e) => {
-                            let _ = ready_tx.send(Err(e.to_string()));
+                            let _ = ready_tx.send(Err(ServiceError::Socket(e)));
                             return;
                         }
                     };
@@ -169,11 +175,11 @@ impl RunningService {
                     filters.shutdown();
                 }
             })
-            .map_err(|e| format!("{name}: {e}"))?;
+            .map_err(ServiceError::Runtime)?;
         match ready.recv() {
             Ok(Ok(())) => Ok(Self { addr, telemetry, stop: Some(stop), thread: Some(thread) }),
-            Ok(Err(e)) => Err(format!("{name}: {e}")),
-            Err(_) => Err(format!("{name}: exited during start-up")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ServiceError::Exited),
         }
     }
 

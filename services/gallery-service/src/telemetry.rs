@@ -61,7 +61,7 @@ pub enum TracingMode {
 impl TracingMode {
     /// `GALLERY_TRACING` (`sdk`, `sidecar`, `in-process`); without it, `GALLERY_HTTP_SPANS=false`
     /// means `sidecar`.
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, crate::ConfigError> {
         match std::env::var("GALLERY_TRACING").ok().as_deref().map(str::trim) {
             Some("sdk") => Ok(Self::Sdk),
             Some("sidecar") => Ok(Self::Sidecar),
@@ -70,7 +70,7 @@ impl TracingMode {
                 let off = std::env::var("GALLERY_HTTP_SPANS").is_ok_and(|v| v.trim().eq_ignore_ascii_case("false"));
                 Ok(if off { Self::Sidecar } else { Self::Sdk })
             }
-            Some(other) => Err(format!("GALLERY_TRACING={other}: expected sdk, sidecar or in-process")),
+            Some(other) => Err(crate::ConfigError::TracingMode(other.to_owned())),
         }
     }
 }

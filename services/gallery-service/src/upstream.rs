@@ -90,14 +90,19 @@ impl UpstreamClient {
         host: Option<&str>,
         timeout: Duration,
         telemetry: Arc<Telemetry>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::ConfigError> {
+        let unusable = |what, value: &str| crate::ConfigError::Upstream {
+            service: name.to_owned(),
+            what,
+            value: value.to_owned(),
+        };
         let base = base_url.trim_end_matches('/').to_owned();
-        let parsed: Uri = base.parse().map_err(|e| format!("{name} URL `{base_url}`: {e}"))?;
+        let parsed: Uri = base.parse().map_err(|_| unusable("URL", base_url))?;
         let authority = match (parsed.scheme_str(), parsed.authority(), parsed.path()) {
             (Some("http"), Some(authority), "/" | "") => authority.as_str().to_owned(),
-            _ => return Err(format!("{name} URL `{base_url}`: expected http://host:port")),
+            _ => return Err(unusable("URL", base_url)),
         };
-        let host = host.map(|h| HeaderValue::from_str(h).map_err(|e| format!("{name} host `{h}`: {e}"))).transpose()?;
+        let host = host.map(|h| HeaderValue::from_str(h).map_err(|_| unusable("host", h))).transpose()?;
         let transport = match telemetry.in_process().and_then(|filters| filters.client_layer()) {
             Some(layer) => Transport::Filtered(layer.layer(Client::builder(TokioExecutor::new()).build_http())),
             None => Transport::Direct(Client::builder(TokioExecutor::new()).build_http()),

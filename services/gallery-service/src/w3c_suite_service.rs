@@ -47,7 +47,7 @@ pub fn router(telemetry: Arc<Telemetry>) -> Router {
 }
 
 /// Serves [`router`] on `listen` on its own thread (tests; `listen` may have port 0).
-pub fn start(listen: SocketAddr, telemetry: &TelemetryConfig) -> Result<RunningService, String> {
+pub fn start(listen: SocketAddr, telemetry: &TelemetryConfig) -> Result<RunningService, crate::ServiceError> {
     RunningService::start("w3c-suite-service", listen, telemetry, |telemetry| async move { Ok(router(telemetry)) })
 }
 
@@ -57,7 +57,7 @@ async fn test(State(telemetry): State<Arc<Telemetry>>, body: Bytes) -> Result<&'
     for callback in callbacks {
         let (base, path) = split_url(&callback.url)?;
         let client = UpstreamClient::new("callback", &base, None, CALLBACK_TIMEOUT, telemetry.clone())
-            .map_err(ApiError::bad_request)?;
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         // Like the suite's reference services, any answer will do; only a failed call fails.

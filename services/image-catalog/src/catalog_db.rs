@@ -101,18 +101,44 @@ fn meta(row: &AnyRow) -> Result<ImageMeta, sqlx::Error> {
     })
 }
 
+/// Why the catalog's database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL does not parse.
+    #[error("database URL: {0}")]
+    Url(#[source] url::ParseError),
+    /// The URL names another database system.
+    #[error("database URL: `{0}` is not sqlite or postgres")]
+    Scheme(String),
+    /// A SQLite file's directory could not be created.
+    #[error("database directory {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No connection could be made.
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// The migrations did not run.
+    #[error("database migration: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
 impl CatalogDb {
     /// Connects to `url` (`sqlite://path`, created if missing; `postgres://...`) and migrates.
-    pub async fn open(url: &str, telemetry: Arc<Telemetry>) -> Result<Self, String> {
+    pub async fn open(url: &str, telemetry: Arc<Telemetry>) -> Result<Self, OpenError> {
         sqlx::any::install_default_drivers();
-        let parsed = url::Url::parse(url).map_err(|e| format!("database URL: {e}"))?;
+        let parsed = url::Url::parse(url).map_err(OpenError::Url)?;
         let (system, namespace, server, url) = match parsed.scheme() {
             "sqlite" => {
                 let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
                 let file = path.split('?').next().unwrap_or(path);
                 if let Some(parent) = std::path::Path::new(file).parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent)
-                        .map_err(|e| format!("database directory {}: {e}", parent.display()))?;
+                        .map_err(|source| OpenError::Directory { path: parent.display().to_string(), source })?;
                 }
                 let url = if url.contains("mode=") {
                     url.to_owned()
@@ -129,15 +155,15 @@ impl CatalogDb {
                 let server = parsed.host_str().map(|h| (h.to_owned(), i64::from(parsed.port().unwrap_or(5432))));
                 ("postgresql", database, server, url.to_owned())
             }
-            other => return Err(format!("database URL: `{other}` is not sqlite or postgres")),
+            other => return Err(OpenError::Scheme(other.to_owned())),
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if system == "sqlite" { 1 } else { 8 })
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(&url)
             .await
-            .map_err(|e| format!("cannot connect to the database: {e}"))?;
-        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| format!("database migration: {e}"))?;
+            .map_err(OpenError::Connect)?;
+        sqlx::migrate!("./migrations").run(&pool).await.map_err(OpenError::Migrate)?;
         Ok(Self { pool, system, namespace, server, telemetry })
     }
 

@@ -30,6 +30,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use gallery_service::ServiceError;
 use gallery_service::server_span::trace_requests;
 use gallery_service::telemetry::TelemetryConfig;
 use gallery_service::{ApiError, Telemetry, UpstreamClient, media};
@@ -277,8 +278,10 @@ async fn openapi() -> impl IntoResponse {
 
 /// Connects, migrates, sweeps once, and returns the catalog's routes (the periodic sweep runs on
 /// the current runtime).
-pub async fn build(config: &CatalogConfig, telemetry: Arc<Telemetry>) -> Result<Router, String> {
-    let db = CatalogDb::open(&config.database_url, telemetry.clone()).await?;
+pub async fn build(config: &CatalogConfig, telemetry: Arc<Telemetry>) -> Result<Router, ServiceError> {
+    let db = CatalogDb::open(&config.database_url, telemetry.clone())
+        .await
+        .map_err(|e| ServiceError::build("opening the catalog database", e))?;
     let store = UpstreamClient::new(
         "image-store",
         &config.store_url,
@@ -309,7 +312,7 @@ pub async fn build(config: &CatalogConfig, telemetry: Arc<Telemetry>) -> Result<
 }
 
 /// Starts the catalog on its own thread (tests; the binary serves until a signal).
-pub fn start(config: CatalogConfig, telemetry: TelemetryConfig) -> Result<gallery_service::RunningService, String> {
+pub fn start(config: CatalogConfig, telemetry: TelemetryConfig) -> Result<gallery_service::RunningService, ServiceError> {
     let listen = config.listen;
     gallery_service::RunningService::start("image-catalog", listen, &telemetry, move |telemetry| async move {
         build(&config, telemetry).await

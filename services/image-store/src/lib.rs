@@ -24,6 +24,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use gallery_service::ServiceError;
 use gallery_service::server_span::trace_requests;
 use gallery_service::telemetry::TelemetryConfig;
 use gallery_service::{ApiError, Telemetry, media};
@@ -146,10 +147,11 @@ pub fn router(objects: Objects, telemetry: Arc<Telemetry>, max_bytes: usize) -> 
 }
 
 /// Starts the store on its own thread (tests; the binary serves until a signal).
-pub fn start(config: StoreConfig, telemetry: TelemetryConfig) -> Result<gallery_service::RunningService, String> {
+pub fn start(config: StoreConfig, telemetry: TelemetryConfig) -> Result<gallery_service::RunningService, ServiceError> {
     let listen = config.listen;
     gallery_service::RunningService::start("image-store", listen, &telemetry, move |telemetry| async move {
-        let objects = Objects::open(&config.location, telemetry.clone())?;
+        let objects = Objects::open(&config.location, telemetry.clone())
+            .map_err(|e| ServiceError::build("opening the image store", e))?;
         Ok(router(objects, telemetry, config.max_bytes))
     })
 }

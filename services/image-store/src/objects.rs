@@ -32,19 +32,54 @@ fn error_type(error: &object_store::Error) -> String {
     .to_owned()
 }
 
+/// Why the image location could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// An object-store URL that does not parse.
+    #[error("image location `{location}`: {source}")]
+    Url {
+        /// The location given.
+        location: String,
+        /// Why.
+        #[source]
+        source: url::ParseError,
+    },
+    /// A directory that could not be created or resolved.
+    #[error("image directory `{location}`: {source}")]
+    Directory {
+        /// The location given.
+        location: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A directory that is not a valid path for a URL.
+    #[error("image directory `{0}` is not a valid path")]
+    NotAPath(String),
+    /// The object store refused the location.
+    #[error("image location `{location}`: {source}")]
+    Store {
+        /// The location given.
+        location: String,
+        /// Why.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
 impl Objects {
     /// Opens `location`: a directory path (created if missing) or an object-store URL.
-    pub fn open(location: &str, telemetry: Arc<Telemetry>) -> Result<Self, String> {
+    pub fn open(location: &str, telemetry: Arc<Telemetry>) -> Result<Self, OpenError> {
+        let directory = |source| OpenError::Directory { location: location.to_owned(), source };
         let url = if location.contains("://") {
-            url::Url::parse(location).map_err(|e| format!("image location `{location}`: {e}"))?
+            url::Url::parse(location).map_err(|source| OpenError::Url { location: location.to_owned(), source })?
         } else {
-            std::fs::create_dir_all(location).map_err(|e| format!("image directory `{location}`: {e}"))?;
-            let absolute = std::fs::canonicalize(location).map_err(|e| format!("image directory `{location}`: {e}"))?;
-            url::Url::from_directory_path(&absolute)
-                .map_err(|()| format!("image directory `{}` is not a valid path", absolute.display()))?
+            std::fs::create_dir_all(location).map_err(directory)?;
+            let absolute = std::fs::canonicalize(location).map_err(directory)?;
+            url::Url::from_directory_path(&absolute).map_err(|()| OpenError::NotAPath(absolute.display().to_string()))?
         };
         let (store, prefix) = object_store::parse_url_opts(&url, std::env::vars())
-            .map_err(|e| format!("image location `{location}`: {e}"))?;
+            .map_err(|source| OpenError::Store { location: location.to_owned(), source })?;
         let system = match url.scheme() {
             "file" => "local",
             "s3" | "s3a" => "s3",

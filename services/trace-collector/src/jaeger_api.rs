@@ -223,9 +223,14 @@ pub async fn operations(State(api): Api, Query(params): Query<HashMap<String, St
     }
 }
 
+/// A search the query string describes wrongly: the text says which parameter and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadQuery(pub String);
+
 /// The search a `/api/traces` query string asks for, within `limits` (`limit` at most
 /// [`Limits::max_traces_per_search`], at most [`MAX_SEARCH_TAGS`] tags).
-pub fn trace_query(params: &[(String, String)], limits: &Limits) -> Result<TraceQuery, String> {
+pub fn trace_query(params: &[(String, String)], limits: &Limits) -> Result<TraceQuery, BadQuery> {
     let mut query = TraceQuery { limit: DEFAULT_LIMIT.min(limits.max_traces_per_search), ..TraceQuery::default() };
     let mut lookback = None;
     for (key, value) in params {
@@ -233,19 +238,21 @@ pub fn trace_query(params: &[(String, String)], limits: &Limits) -> Result<Trace
         if value.is_empty() {
             continue;
         }
-        let micros = |v: &str| v.parse::<i64>().map_err(|_| format!("`{key}` must be microseconds since the epoch"));
-        let duration =
-            |v: &str| parse_duration(v).ok_or_else(|| format!("`{key}`: `{v}` is not a duration like 1.2ms"));
+        let micros =
+            |v: &str| v.parse::<i64>().map_err(|_| BadQuery(format!("`{key}` must be microseconds since the epoch")));
+        let duration = |v: &str| {
+            parse_duration(v).ok_or_else(|| BadQuery(format!("`{key}`: `{v}` is not a duration like 1.2ms")))
+        };
         match key.as_str() {
             "service" => query.service = Some(value.to_owned()),
             "operation" => query.operation = Some(value.to_owned()),
             "limit" => {
                 let max = limits.max_traces_per_search;
-                let limit: i64 = value.parse().map_err(|_| "`limit` must be a number".to_owned())?;
+                let limit: i64 = value.parse().map_err(|_| BadQuery("`limit` must be a number".to_owned()))?;
                 if !(1..=max).contains(&limit) {
-                    return Err(format!(
+                    return Err(BadQuery(format!(
                         "`limit` must be between 1 and {max} (asked for {limit}); narrow the search (service, operation, tags, time) to find older traces"
-                    ));
+                    )));
                 }
                 query.limit = limit;
             }
@@ -256,19 +263,19 @@ pub fn trace_query(params: &[(String, String)], limits: &Limits) -> Result<Trace
             "lookback" if value != "custom" => lookback = Some(duration(value)?),
             "tags" => {
                 let tags: Map<String, Value> =
-                    serde_json::from_str(value).map_err(|e| format!("`tags` must be a JSON object: {e}"))?;
+                    serde_json::from_str(value).map_err(|e| BadQuery(format!("`tags` must be a JSON object: {e}")))?;
                 for (k, v) in tags {
                     query.tags.push((k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)));
                 }
             }
             "tag" => {
-                let (k, v) = value.split_once(':').ok_or("`tag` must be key:value")?;
+                let (k, v) = value.split_once(':').ok_or_else(|| BadQuery("`tag` must be key:value".to_owned()))?;
                 query.tags.push((k.to_owned(), v.to_owned()));
             }
             _ => {}
         }
         if query.tags.len() > MAX_SEARCH_TAGS {
-            return Err(format!("a search may filter on at most {MAX_SEARCH_TAGS} tags"));
+            return Err(BadQuery(format!("a search may filter on at most {MAX_SEARCH_TAGS} tags")));
         }
     }
     if let (Some(lookback), None) = (lookback, query.start_us) {
@@ -281,7 +288,7 @@ pub fn trace_query(params: &[(String, String)], limits: &Limits) -> Result<Trace
 pub async fn find_traces(State(api): Api, Query(params): Query<Vec<(String, String)>>) -> Response {
     let query = match trace_query(&params, &api.limits) {
         Ok(query) => query,
-        Err(e) => return failure(StatusCode::BAD_REQUEST, &e),
+        Err(e) => return failure(StatusCode::BAD_REQUEST, &e.0),
     };
     let ids = match api.store.find_traces(&query).await {
         Ok(ids) => ids,

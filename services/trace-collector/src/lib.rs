@@ -14,6 +14,7 @@ pub mod jaeger_api;
 pub mod limits;
 pub mod span_store;
 
+use gallery_service::ServiceError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -329,12 +330,12 @@ pub struct RunningCollector {
 
 /// Starts the collector with the default [`Limits`]: ingest and query on their own listeners, one
 /// span database.
-pub fn start(config: CollectorConfig) -> Result<RunningCollector, String> {
+pub fn start(config: CollectorConfig) -> Result<RunningCollector, ServiceError> {
     start_with_limits(config, Limits::default())
 }
 
 /// Starts the collector within `limits`.
-pub fn start_with_limits(config: CollectorConfig, limits: Limits) -> Result<RunningCollector, String> {
+pub fn start_with_limits(config: CollectorConfig, limits: Limits) -> Result<RunningCollector, ServiceError> {
     let disabled = gallery_service::telemetry::TelemetryConfig {
         service_name: "trace-collector".into(),
         enabled: false,
@@ -352,13 +353,15 @@ pub fn start_with_limits(config: CollectorConfig, limits: Limits) -> Result<Runn
         config.otlp_listen,
         &disabled,
         move |_| async move {
-            let spans = Arc::new(SpanStore::open(&database).await?);
+            let spans = Arc::new(
+                SpanStore::open(&database).await.map_err(|e| ServiceError::build("opening the span database", e))?,
+            );
             tokio::spawn(enforce_retention(spans.clone(), retention, max_spans));
             let _ = spans_tx.send(spans.clone());
             Ok(ingest_router(spans, limits))
         },
     )?;
-    let spans = spans_rx.recv().map_err(|_| "the span database did not open".to_owned())?;
+    let spans = spans_rx.recv().map_err(|_| ServiceError::Exited)?;
     let query = gallery_service::RunningService::start(
         "trace-collector-query",
         config.query_listen,

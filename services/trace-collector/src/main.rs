@@ -1,6 +1,7 @@
 //! `trace-collector`: flags and environment in, serving OTLP/Zipkin ingest and Jaeger's query API
 //! until SIGINT/SIGTERM.
 
+use gallery_service::ServiceError;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +28,13 @@ async fn main() -> ExitCode {
     init_logging();
     let Args { config, limits } = Args::parse();
     let served = async {
-        let spans = Arc::new(SpanStore::open(&config.database).await?);
+        let spans = Arc::new(
+            SpanStore::open(&config.database).await.map_err(|e| ServiceError::build("opening the span database", e))?,
+        );
         let retention = Duration::from_secs(config.retention_hours.saturating_mul(3600));
         tokio::spawn(enforce_retention(spans.clone(), retention, config.max_spans));
         let bind = |address| async move {
-            tokio::net::TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))
+            tokio::net::TcpListener::bind(address).await.map_err(|source| ServiceError::Bind { address, source })
         };
         let (otlp, query) = (bind(config.otlp_listen).await?, bind(config.query_listen).await?);
         tracing::info!(otlp = %config.otlp_listen, query = %config.query_listen, database = %config.database, ?limits, "trace-collector serving");
@@ -39,7 +42,7 @@ async fn main() -> ExitCode {
             serve_until_signal(otlp, ingest_router(spans.clone(), limits)),
             serve_until_signal(query, query_router(spans, limits))
         );
-        a.and(b).map_err(|e| e.to_string())
+        a.and(b).map_err(ServiceError::Serve)
     }
     .await;
     match served {

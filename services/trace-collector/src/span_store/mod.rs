@@ -105,7 +105,7 @@ const INSERT_COLUMNS: &str = "trace_id, span_id, parent_span_id, resource_id, na
 /// Rows per `INSERT`: 13 parameters each stays far below SQLite's 32,766.
 const INSERT_CHUNK: usize = 500;
 
-async fn connect(path: &str) -> Result<SqlitePool, String> {
+async fn connect(path: &str) -> Result<SqlitePool, OpenError> {
     let options = if path == ":memory:" {
         SqliteConnectOptions::new().in_memory(true)
     } else {
@@ -116,7 +116,39 @@ async fn connect(path: &str) -> Result<SqlitePool, String> {
         .max_connections(if path == ":memory:" { 1 } else { 4 })
         .connect_with(options)
         .await
-        .map_err(|e| format!("span database {path}: {e}"))
+        .map_err(|source| OpenError::Connect { path: path.to_owned(), source })
+}
+
+/// Why the span database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Its directory could not be created.
+    #[error("span database directory: {0}")]
+    Directory(#[source] std::io::Error),
+    /// No connection could be made.
+    #[error("span database {path}: {source}")]
+    Connect {
+        /// The database file.
+        path: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A database that could not be migrated could not be moved aside either.
+    #[error("moving the span database {path} aside: {source}")]
+    MoveAside {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The migrations did not run.
+    #[error("span database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The resources of a migrated database could not be keyed.
+    #[error("span database migration: {0}")]
+    Rekey(#[source] sqlx::Error),
 }
 
 /// The newest migration already applied, if the database has any.
@@ -134,11 +166,11 @@ impl SpanStore {
     /// A database of schema 1 (resources copied into every span) is migrated in place, keeping
     /// its spans. One that cannot be migrated (damaged, or written by a newer collector) is moved
     /// aside to `PATH.unusable-SECONDS` and a new one is created; both are logged.
-    pub async fn open(path: &str) -> Result<Self, String> {
+    pub async fn open(path: &str) -> Result<Self, OpenError> {
         if path != ":memory:"
             && let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(parent).map_err(|e| format!("span database directory: {e}"))?;
+            std::fs::create_dir_all(parent).map_err(OpenError::Directory)?;
         }
         let pool = connect(path).await?;
         let migrator = sqlx::migrate!("./migrations");
@@ -169,17 +201,17 @@ impl SpanStore {
                     let from = format!("{path}{suffix}");
                     if Path::new(&from).exists() {
                         std::fs::rename(&from, format!("{aside}{suffix}"))
-                            .map_err(|e| format!("moving the span database {from} aside: {e}"))?;
+                            .map_err(|source| OpenError::MoveAside { path: from.clone(), source })?;
                     }
                 }
                 let pool = connect(path).await?;
-                migrator.run(&pool).await.map_err(|e| format!("span database migration: {e}"))?;
+                migrator.run(&pool).await?;
                 pool
             }
-            Err(e) => return Err(format!("span database migration: {e}")),
+            Err(e) => return Err(e.into()),
         };
         let store = Self { pool };
-        store.hash_migrated_resources().await.map_err(|e| format!("span database migration: {e}"))?;
+        store.hash_migrated_resources().await.map_err(OpenError::Rekey)?;
         Ok(store)
     }
 
