@@ -22,11 +22,11 @@ pub fn run(viewer: SocketAddr, any_ports: bool, state_dir: PathBuf, in_process: 
     let viewer = if any_ports { SocketAddr::from(([127, 0, 0, 1], 0)) } else { viewer };
     let tracing = if in_process { Tracing::InProcess } else { Tracing::Sidecars };
     let config = DemoConfig { tracing, viewer, ports, state_dir, workspace };
-    build_filters(&config.workspace, &step).map_err(|e| anyhow!(e))?;
-    let demo = start(&config, &step).map_err(|e| anyhow!(e))?;
+    build_filters(&config.workspace, &step).map_err(anyhow::Error::from)?;
+    let demo = start(&config, &step).map_err(anyhow::Error::from)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     step("seeding images and sending some traffic");
-    let seeded = runtime.block_on(seed_and_browse(demo.gallery)).map_err(|e| anyhow!(e))?;
+    let seeded = runtime.block_on(seed_and_browse(demo.gallery)).map_err(anyhow::Error::from)?;
     demo.flush();
     println!();
     println!("  gallery  http://{}/", demo.gallery);
@@ -75,7 +75,7 @@ pub fn traces(collector: &str, service: Option<String>, trace: Option<String>, l
     let colour = std::io::stdout().is_terminal();
     match trace {
         Some(id) => {
-            let data = runtime.block_on(query(&format!("{collector}/api/traces/{id}"))).map_err(|e| anyhow!(e))?;
+            let data = runtime.block_on(query(&format!("{collector}/api/traces/{id}"))).map_err(anyhow::Error::from)?;
             print!("{}", render(&data[0], colour, 48));
         }
         None => {
@@ -83,12 +83,12 @@ pub fn traces(collector: &str, service: Option<String>, trace: Option<String>, l
                 Some(service) => service,
                 None => {
                     let services =
-                        runtime.block_on(query(&format!("{collector}/api/services"))).map_err(|e| anyhow!(e))?;
+                        runtime.block_on(query(&format!("{collector}/api/services"))).map_err(anyhow::Error::from)?;
                     services[0].as_str().map(str::to_owned).ok_or_else(|| anyhow!("the collector has no traces yet"))?
                 }
             };
             let url = format!("{collector}/api/traces?service={service}&limit={limit}&lookback=24h");
-            let data = runtime.block_on(query(&url)).map_err(|e| anyhow!(e))?;
+            let data = runtime.block_on(query(&url)).map_err(anyhow::Error::from)?;
             print!("{}", render_list(&data, colour));
         }
     }

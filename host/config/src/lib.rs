@@ -26,7 +26,7 @@ mod wasm_service;
 mod yaml;
 
 pub use model::*;
-pub use placement::Placement;
+pub use placement::{Placement, UnknownNames};
 pub use tree::{ConfigError, ConfigErrors};
 pub use yaml::yaml_documents;
 

@@ -489,7 +489,7 @@ fn parse_direct(direct: &Node<'_>, errors: &mut Errors) -> Option<RouteAction> {
 mod tests {
     use crate::{Bootstrap, RouteAction, RouteUpgrade, UpgradeConfig, UpgradeFilters};
 
-    fn bootstrap(hcm: &str, route: &str) -> Result<Bootstrap, String> {
+    fn bootstrap(hcm: &str, route: &str) -> Result<Bootstrap, crate::ConfigErrors> {
         let yaml = format!(
             r#"
 static_resources:
@@ -518,7 +518,7 @@ static_resources:
         endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 1 }} }} }} }}] }}]
 "#
         );
-        Bootstrap::from_yaml(&yaml).map_err(|e| e.to_string())
+        Bootstrap::from_yaml(&yaml)
     }
 
     #[test]
@@ -578,7 +578,8 @@ static_resources:
                 http_protocol_options: { accept_http_10: true }"#,
             "",
         )
-        .expect_err("refused");
+        .expect_err("refused")
+        .to_string();
         assert!(error.contains("CONNECT upgrades are not supported"), "{error}");
         assert!(error.contains("may hold only the router"), "{error}");
         assert!(error.contains("configured twice"), "{error}");

@@ -69,7 +69,13 @@ mod tests {
 
     use crate::Bootstrap;
 
-    fn bootstrap(listener: &str, host: &str, route: &str, cluster: &str, endpoint: &str) -> Result<Bootstrap, String> {
+    fn bootstrap(
+        listener: &str,
+        host: &str,
+        route: &str,
+        cluster: &str,
+        endpoint: &str,
+    ) -> Result<Bootstrap, crate::ConfigErrors> {
         let yaml = format!(
             r#"
 static_resources:
@@ -108,7 +114,7 @@ static_resources:
               - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 2 }} }} }}
 "#
         );
-        Bootstrap::from_yaml(&yaml).map_err(|e| e.to_string())
+        Bootstrap::from_yaml(&yaml)
     }
 
     #[test]
@@ -146,7 +152,8 @@ static_resources:
             "      metadata: { filter_metadata: { acme: {} }, labels: {} }",
             "",
         )
-        .expect_err("refused");
+        .expect_err("refused")
+        .to_string();
         assert!(
             error.contains("listeners[0].metadata.typed_filter_metadata: typed_filter_metadata is not supported"),
             "{error}"

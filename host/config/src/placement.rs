@@ -42,9 +42,15 @@ impl Placement {
     }
 }
 
+/// The listeners and clusters a [`Placement`] names that the bootstrap lacks (`listener `x``,
+/// `cluster `y``), sorted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the bootstrap has no {}", .0.join(", no "))]
+pub struct UnknownNames(pub Vec<String>);
+
 impl Bootstrap {
     /// Applies `placement`; names it mentions that the bootstrap lacks are reported together.
-    pub fn place(&mut self, placement: &Placement) -> Result<(), String> {
+    pub fn place(&mut self, placement: &Placement) -> Result<(), UnknownNames> {
         let mut unknown = Vec::new();
         for (name, address) in &placement.listeners {
             match self.listeners.iter_mut().find(|l| &l.name == name) {
@@ -68,7 +74,7 @@ impl Bootstrap {
             Ok(())
         } else {
             unknown.sort();
-            Err(format!("the bootstrap has no {}", unknown.join(", no ")))
+            Err(UnknownNames(unknown))
         }
     }
 
@@ -140,7 +146,7 @@ static_resources:
         assert_eq!(bootstrap.admin, Some(any));
 
         let error = bootstrap.place(&Placement::default().listener("outbound", any).cluster("otel", any)).unwrap_err();
-        assert_eq!(error, "the bootstrap has no cluster `otel`, no listener `outbound`");
+        assert_eq!(error.to_string(), "the bootstrap has no cluster `otel`, no listener `outbound`");
     }
 
     #[test]

@@ -8,6 +8,9 @@
 
 #![deny(missing_docs)]
 
+pub mod demo_error;
 pub mod terminal_waterfall;
 pub mod topology;
 pub mod traffic;
+
+pub use demo_error::DemoError;

@@ -10,17 +10,20 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::DemoError;
+
 /// GETs `url` from the collector and returns Jaeger's `data`.
-pub async fn query(url: &str) -> Result<Value, String> {
+pub async fn query(url: &str) -> Result<Value, DemoError> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let response = client.get(uri).await.map_err(|e| format!("cannot reach the collector at {url}: {e}"))?;
+    let uri: http::Uri = url.parse().map_err(|e| DemoError::http(url, e))?;
+    let response = client.get(uri).await.map_err(|e| DemoError::http(url, e))?;
     let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
-    let value: Value = serde_json::from_slice(&body).map_err(|e| format!("{url} answered {status}: {e}"))?;
+    let body = response.into_body().collect().await.map_err(|e| DemoError::http(url, e))?.to_bytes();
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|source| DemoError::Json { what: format!("{url} answered {status}"), source })?;
     if !status.is_success() {
         let message = value["errors"][0]["msg"].as_str().unwrap_or("error").to_owned();
-        return Err(format!("{url}: {status}: {message}"));
+        return Err(DemoError::Collector { url: url.to_owned(), status: status.as_u16(), message });
     }
     Ok(value["data"].clone())
 }

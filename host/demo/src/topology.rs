@@ -28,6 +28,8 @@ use wasmtrace_build::{BuildOptions, build_filter};
 use wasmtrace_config::{Bootstrap, Placement};
 use wasmtrace_proxy::{ProxyOptions, RunningProxy};
 
+use crate::DemoError;
+
 /// Where the demo's sockets go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ports {
@@ -84,12 +86,12 @@ pub fn deployed_module_path(workspace: &Path, filter_crate: &str) -> PathBuf {
 /// them from; cached by cargo: fast after the first time). On a fresh machine with rustup but
 /// without the Wasm target, installs the target first: the demo is meant to be the first command
 /// a user runs.
-pub fn build_filters(workspace: &Path, progress: &dyn Fn(&str)) -> Result<FilterModules, String> {
+pub fn build_filters(workspace: &Path, progress: &dyn Fn(&str)) -> Result<FilterModules, DemoError> {
     if wasmtrace_build::detect_toolchain().is_err() {
         progress("installing the wasm32-wasip1 target (rustup target add wasm32-wasip1)");
         let _ = std::process::Command::new("rustup").args(["target", "add", "wasm32-wasip1"]).status();
         // Still none: the build error says what to install.
-        wasmtrace_build::detect_toolchain().map_err(|e| e.to_string())?;
+        wasmtrace_build::detect_toolchain().map_err(DemoError::Toolchain)?;
     }
     let build = |name: &str| {
         progress(&format!("building filters/{name}"));
@@ -101,7 +103,7 @@ pub fn build_filters(workspace: &Path, progress: &dyn Fn(&str)) -> Result<Filter
             form: Default::default(),
         })
         .map(|built| built.wasm_path)
-        .map_err(|e| format!("building filters/{name}: {e}"))
+        .map_err(|source| DemoError::Build { name: name.to_owned(), source })
     };
     Ok(FilterModules {
         trace: build("trace-filter")?,
@@ -114,21 +116,24 @@ pub fn build_filters(workspace: &Path, progress: &dyn Fn(&str)) -> Result<Filter
 const SERVICES: [&str; 3] = ["image-store", "image-catalog", "gallery-api"];
 
 /// `deploy/envoy/{service}.yaml`, read and validated, with module paths anchored at the workspace.
-pub fn sidecar_bootstrap(workspace: &Path, service: &str) -> Result<Bootstrap, String> {
+pub fn sidecar_bootstrap(workspace: &Path, service: &str) -> Result<Bootstrap, DemoError> {
     let path = workspace.join("deploy/envoy").join(format!("{service}.yaml"));
-    let mut bootstrap = Bootstrap::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bootstrap =
+        Bootstrap::from_file(&path).map_err(|source| DemoError::Config { path: path.clone(), source })?;
     bootstrap.anchor_module_paths(workspace);
     Ok(bootstrap)
 }
 
 /// The single static IP endpoint of cluster `name` (how the deploy files address local things).
-fn static_endpoint(bootstrap: &Bootstrap, name: &str) -> Result<SocketAddr, String> {
-    let cluster = bootstrap.cluster(name).ok_or_else(|| format!("the sidecar file has no cluster `{name}`"))?;
+fn static_endpoint(bootstrap: &Bootstrap, name: &str) -> Result<SocketAddr, DemoError> {
+    let topology = |text: String| DemoError::Topology(text);
+    let cluster =
+        bootstrap.cluster(name).ok_or_else(|| topology(format!("the sidecar file has no cluster `{name}`")))?;
     match cluster.endpoints.as_slice() {
         [endpoint] => format!("{}:{}", endpoint.host, endpoint.port)
             .parse()
-            .map_err(|_| format!("cluster `{name}` is not one IP address and port")),
-        _ => Err(format!("cluster `{name}` should have exactly one endpoint")),
+            .map_err(|_| topology(format!("cluster `{name}` is not one IP address and port"))),
+        _ => Err(topology(format!("cluster `{name}` should have exactly one endpoint"))),
     }
 }
 
@@ -139,13 +144,14 @@ fn any_port() -> SocketAddr {
 
 /// A free loopback port, released for a process started right after (the sidecars must know
 /// their services' ports before the services start, and the services their sidecars').
-fn reserve_port() -> Result<SocketAddr, String> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))
+fn reserve_port() -> Result<SocketAddr, DemoError> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(DemoError::Port)
 }
 
-fn start_sidecar(service: &str, bootstrap: Bootstrap) -> Result<RunningProxy, String> {
+fn start_sidecar(service: &str, bootstrap: Bootstrap) -> Result<RunningProxy, DemoError> {
     let options = ProxyOptions { workers: 1, drain_timeout: Duration::from_secs(5), ..ProxyOptions::default() };
-    wasmtrace_proxy::start(bootstrap, options).map_err(|e| format!("{service} sidecar: {e}"))
+    wasmtrace_proxy::start(bootstrap, options)
+        .map_err(|source| DemoError::Sidecar { service: service.to_owned(), source: Box::new(source) })
 }
 
 /// Everything the demo runs; dropping it (or [`stop`](Self::stop)) stops it all.
@@ -205,7 +211,7 @@ impl RunningDemo {
 }
 
 /// Starts collector, sidecars (from `deploy/envoy/`) and services; `progress` hears each step.
-pub fn start(config: &DemoConfig, progress: &dyn Fn(&str)) -> Result<RunningDemo, String> {
+pub fn start(config: &DemoConfig, progress: &dyn Fn(&str)) -> Result<RunningDemo, DemoError> {
     let ephemeral = config.ports == Ports::Ephemeral;
     let mut bootstraps = Vec::new();
     for service in SERVICES {
@@ -238,21 +244,25 @@ pub fn start(config: &DemoConfig, progress: &dyn Fn(&str)) -> Result<RunningDemo
             }
             // Each service calls the one started before it, through that one's sidecar.
             if let (Some(callee), Some(previous)) = (index.checked_sub(1).map(|i| SERVICES[i]), sidecars.last()) {
-                let inbound = previous.listener_address("inbound").ok_or("a sidecar has no inbound listener")?;
+                let inbound = previous
+                    .listener_address("inbound")
+                    .ok_or_else(|| DemoError::Topology("a sidecar has no inbound listener".into()))?;
                 placement = placement.cluster(callee, inbound);
             }
         }
-        bootstrap.place(&placement).map_err(|e| format!("deploy/envoy/{service}.yaml: {e}"))?;
+        bootstrap.place(&placement).map_err(|source| DemoError::Placement { service: service.to_string(), source })?;
         sidecars.push(start_sidecar(service, bootstrap)?);
         apps.push(app);
     }
     let outbound = |index: usize| {
         sidecars[index]
             .listener_address("outbound")
-            .ok_or_else(|| format!("the {} sidecar has no outbound listener", SERVICES[index]))
+            .ok_or_else(|| DemoError::Topology(format!("the {} sidecar has no outbound listener", SERVICES[index])))
     };
     let (catalog_outbound, api_outbound) = (outbound(1)?, outbound(2)?);
-    let gallery = sidecars[2].listener_address("inbound").ok_or("the api sidecar has no inbound listener")?;
+    let gallery = sidecars[2]
+        .listener_address("inbound")
+        .ok_or_else(|| DemoError::Topology("the api sidecar has no inbound listener".into()))?;
 
     progress("starting image-store, image-catalog and gallery-api");
     let telemetry = |name: &str| service_telemetry(name, otlp, None);
@@ -280,21 +290,23 @@ fn start_in_process(
     bootstraps: Vec<Bootstrap>,
     collector: RunningCollector,
     progress: &dyn Fn(&str),
-) -> Result<RunningDemo, String> {
+) -> Result<RunningDemo, DemoError> {
     let ephemeral = config.ports == Ports::Ephemeral;
     let otlp = collector.otlp.addr;
     progress("starting the filters of deploy/envoy/*.yaml inside each service");
     let mut apps = Vec::new();
     let mut filters = Vec::new();
     for (service, mut bootstrap) in SERVICES.into_iter().zip(bootstraps) {
-        let inbound = bootstrap.listener_address("inbound").ok_or("a sidecar file has no inbound listener")?;
+        let inbound = bootstrap
+            .listener_address("inbound")
+            .ok_or_else(|| DemoError::Topology("a sidecar file has no inbound listener".into()))?;
         apps.push(if ephemeral { reserve_port()? } else { inbound });
         let mut placement = Placement::default().cluster("otel-collector", otlp);
         if ephemeral {
             placement = placement.admin(any_port());
         }
-        bootstrap.place(&placement).map_err(|e| format!("deploy/envoy/{service}.yaml: {e}"))?;
-        filters.push(InProcessTracing::start(bootstrap, 1).map_err(|e| format!("{service}: {e}"))?);
+        bootstrap.place(&placement).map_err(|source| DemoError::Placement { service: service.to_string(), source })?;
+        filters.push(InProcessTracing::start(bootstrap, 1)?);
     }
     progress("starting image-store, image-catalog and gallery-api");
     let mut filters = filters.into_iter();
@@ -321,7 +333,7 @@ fn start_services(
     telemetry: &dyn Fn(&str) -> TelemetryConfig,
     viewer: SocketAddr,
     callees: (SocketAddr, SocketAddr),
-) -> Result<Vec<RunningService>, String> {
+) -> Result<Vec<RunningService>, DemoError> {
     let (catalog_outbound, api_outbound) = callees;
     let store = image_store::start(
         image_store::StoreConfig {

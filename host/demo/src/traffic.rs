@@ -9,6 +9,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::DemoError;
+
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
@@ -63,14 +65,14 @@ async fn request(
     url: String,
     content_type: &str,
     body: Vec<u8>,
-) -> Result<(u16, Option<String>, Bytes), String> {
+) -> Result<(u16, Option<String>, Bytes), DemoError> {
     let request = http::Request::builder()
         .method(method)
         .uri(&url)
         .header(http::header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("{url}: {e}"))?;
-    let response = client.request(request).await.map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| DemoError::http(&url, e))?;
+    let response = client.request(request).await.map_err(|e| DemoError::http(&url, e))?;
     let status = response.status().as_u16();
     let trace = response
         .headers()
@@ -78,7 +80,7 @@ async fn request(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split('-').nth(1))
         .map(str::to_owned);
-    let body = response.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
+    let body = response.into_body().collect().await.map_err(|e| DemoError::http(&url, e))?.to_bytes();
     Ok((status, trace, body))
 }
 
@@ -93,7 +95,7 @@ pub struct Seeded {
 }
 
 /// Uploads the sample images through `gallery`, then views them like a user would.
-pub async fn seed_and_browse(gallery: SocketAddr) -> Result<Seeded, String> {
+pub async fn seed_and_browse(gallery: SocketAddr) -> Result<Seeded, DemoError> {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let base = format!("http://{gallery}");
     let mut seeded = Seeded { images: Vec::new(), upload_trace: None, requests: 0 };
@@ -101,9 +103,11 @@ pub async fn seed_and_browse(gallery: SocketAddr) -> Result<Seeded, String> {
         let (status, trace, body) = request(&client, "POST", format!("{base}/v0/images"), "image/png", image).await?;
         seeded.requests += 1;
         if status != 201 {
-            return Err(format!("uploading a sample image answered {status}: {}", String::from_utf8_lossy(&body)));
+            let body = String::from_utf8_lossy(&body).chars().take(200).collect();
+            return Err(DemoError::Unexpected { what: "uploading a sample image", status, body });
         }
-        let meta: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("upload answer: {e}"))?;
+        let meta: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|source| DemoError::Json { what: "the upload's answer".into(), source })?;
         seeded.images.push(meta["id"].as_str().unwrap_or_default().to_owned());
         seeded.upload_trace = seeded.upload_trace.or(trace);
     }

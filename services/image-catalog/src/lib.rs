@@ -312,7 +312,10 @@ pub async fn build(config: &CatalogConfig, telemetry: Arc<Telemetry>) -> Result<
 }
 
 /// Starts the catalog on its own thread (tests; the binary serves until a signal).
-pub fn start(config: CatalogConfig, telemetry: TelemetryConfig) -> Result<gallery_service::RunningService, ServiceError> {
+pub fn start(
+    config: CatalogConfig,
+    telemetry: TelemetryConfig,
+) -> Result<gallery_service::RunningService, ServiceError> {
     let listen = config.listen;
     gallery_service::RunningService::start("image-catalog", listen, &telemetry, move |telemetry| async move {
         build(&config, telemetry).await

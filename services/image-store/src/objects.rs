@@ -76,7 +76,8 @@ impl Objects {
         } else {
             std::fs::create_dir_all(location).map_err(directory)?;
             let absolute = std::fs::canonicalize(location).map_err(directory)?;
-            url::Url::from_directory_path(&absolute).map_err(|()| OpenError::NotAPath(absolute.display().to_string()))?
+            url::Url::from_directory_path(&absolute)
+                .map_err(|()| OpenError::NotAPath(absolute.display().to_string()))?
         };
         let (store, prefix) = object_store::parse_url_opts(&url, std::env::vars())
             .map_err(|source| OpenError::Store { location: location.to_owned(), source })?;

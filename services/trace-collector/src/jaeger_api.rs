@@ -240,9 +240,8 @@ pub fn trace_query(params: &[(String, String)], limits: &Limits) -> Result<Trace
         }
         let micros =
             |v: &str| v.parse::<i64>().map_err(|_| BadQuery(format!("`{key}` must be microseconds since the epoch")));
-        let duration = |v: &str| {
-            parse_duration(v).ok_or_else(|| BadQuery(format!("`{key}`: `{v}` is not a duration like 1.2ms")))
-        };
+        let duration =
+            |v: &str| parse_duration(v).ok_or_else(|| BadQuery(format!("`{key}`: `{v}` is not a duration like 1.2ms")));
         match key.as_str() {
             "service" => query.service = Some(value.to_owned()),
             "operation" => query.operation = Some(value.to_owned()),
