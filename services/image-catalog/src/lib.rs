@@ -49,7 +49,7 @@ pub struct CatalogConfig {
     #[arg(long, env = "IMAGE_CATALOG_LISTEN", default_value = "127.0.0.1:8082")]
     pub listen: SocketAddr,
     /// `sqlite://path/to/file.db` (created and migrated on start) or `postgres://user:pass@host/db`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://gallery-state/catalog.db")]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://target/gallery-state/catalog.db")]
     pub database_url: String,
     /// The image store (or the outbound sidecar in front of it).
     #[arg(long, env = "IMAGE_STORE_URL", default_value = "http://127.0.0.1:8083")]

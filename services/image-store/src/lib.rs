@@ -41,7 +41,7 @@ pub struct StoreConfig {
     pub listen: SocketAddr,
     /// Where images go: a directory, or an object-store URL (s3://bucket/prefix, gs://bucket/prefix,
     /// memory://). Credentials come from the usual AWS_* / GOOGLE_* environment variables.
-    #[arg(long, env = "IMAGE_STORE_LOCATION", default_value = "gallery-state/images")]
+    #[arg(long, env = "IMAGE_STORE_LOCATION", default_value = "target/gallery-state/images")]
     pub location: String,
     /// Largest object accepted, in bytes.
     #[arg(long, env = "IMAGE_STORE_MAX_BYTES", default_value_t = 32 << 20)]

@@ -45,7 +45,7 @@ pub struct CollectorConfig {
     #[arg(long, env = "TRACE_COLLECTOR_QUERY_LISTEN", default_value = "127.0.0.1:16686")]
     pub query_listen: SocketAddr,
     /// The span database (`:memory:` for none on disk).
-    #[arg(long, env = "TRACE_COLLECTOR_DB", default_value = "gallery-state/traces.db")]
+    #[arg(long, env = "TRACE_COLLECTOR_DB", default_value = "target/gallery-state/traces.db")]
     pub database: String,
     /// Spans older than this many hours are dropped.
     #[arg(long, env = "TRACE_COLLECTOR_RETENTION_HOURS", default_value_t = 24)]
