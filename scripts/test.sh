@@ -76,7 +76,7 @@ done
 cargo clippy --target wasm32-wasip1 "${filters[@]}" -p reactor-bin-filter -- -D warnings
 
 step "lint (component filters for wasm32-wasip2)"
-cargo clippy --target wasm32-wasip2 -p trace-filter -p hello-component-filter -- -D warnings
+cargo clippy --target wasm32-wasip2 -p trace-filter -p hello-component-filter -p hostile-component-filter -p wasmtrace-filter-guest -- -D warnings
 
 step "tests"
 log=$(mktemp)

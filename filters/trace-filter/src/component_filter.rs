@@ -1,10 +1,6 @@
 //! The component front door: the `wasmtrace:filter` world's exports hand the typed calls to
 //! [`crate::tracer`], exactly as the proxy-wasm contexts do.
 
-// wit-bindgen's generated glue (canonical-ABI lifting and lowering, the export symbols) is
-// unsafe code; nothing written by hand here is.
-#![allow(unsafe_code, clippy::missing_safety_doc)]
-
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -14,16 +10,9 @@ use crate::headers::Headers;
 use crate::spool::SpoolHost;
 use crate::tracer::{ExportResponse, ExportStatus, Exporter, Property, RootHost, Severity, StreamHost, StreamTracer};
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "wasmtrace:filter/http-filter",
-});
-
-use exports::wasmtrace::filter::handler::Guest;
-use wasmtrace::filter::exchange::HttpStream;
-use wasmtrace::filter::host;
-use wasmtrace::filter::types::{
-    Action, CalloutError, CalloutRequest, CalloutResponse, HeaderPart, LogLevel, MetricKind,
+use wasmtrace_filter_guest::{
+    Action, CalloutError, CalloutRequest, CalloutResponse, Filter as ComponentFilter, HeaderPart, HttpStream, LogLevel,
+    MetricKind, host,
 };
 
 /// The filter's state in this VM (one instance, one thread).
@@ -199,7 +188,7 @@ impl StreamHost for WorldStream<'_> {
 
 struct TraceFilter;
 
-impl Guest for TraceFilter {
+impl ComponentFilter for TraceFilter {
     fn configure(configuration: Vec<u8>, _vm_configuration: Vec<u8>) -> Result<(), String> {
         FILTER.with(|f| f.borrow_mut().exporter.configure(&WorldHost, &configuration))
     }
@@ -215,28 +204,12 @@ impl Guest for TraceFilter {
         Action::Continue
     }
 
-    fn on_request_body(_stream: &HttpStream, _body_size: u32, _end_of_stream: bool) -> Action {
-        Action::Continue
-    }
-
-    fn on_request_trailers(_stream: &HttpStream) -> Action {
-        Action::Continue
-    }
-
     fn on_response_headers(stream: &HttpStream, _end_of_stream: bool) -> Action {
         FILTER.with(|f| {
             if let Some(tracer) = f.borrow_mut().streams.get_mut(&stream.id()) {
                 tracer.on_response_headers(&WorldStream(stream));
             }
         });
-        Action::Continue
-    }
-
-    fn on_response_body(_stream: &HttpStream, _body_size: u32, _end_of_stream: bool) -> Action {
-        Action::Continue
-    }
-
-    fn on_response_trailers(_stream: &HttpStream) -> Action {
         Action::Continue
     }
 
@@ -273,11 +246,9 @@ impl Guest for TraceFilter {
         }
     }
 
-    fn on_queue_ready(_queue: u32) {}
-
     fn on_shutdown() -> bool {
         FILTER.with(|f| f.borrow_mut().exporter.on_shutdown(&WorldHost))
     }
 }
 
-export!(TraceFilter);
+wasmtrace_filter_guest::export_filter!(TraceFilter);
