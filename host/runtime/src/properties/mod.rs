@@ -24,122 +24,20 @@
 //! A path may go on into a message: a metadata's `filter_metadata` is a map of namespaces, each a
 //! `google.protobuf.Struct`, whose fields go on as maps, lists (by index) and values.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::SystemTime;
+mod message;
+mod value;
 
-use serde_json::Value as Json;
+use std::collections::HashMap;
+use std::time::SystemTime;
 
 use crate::abi::unix_nanos;
 use crate::exchange::HttpExchange;
-use crate::header_map::{HeaderMap, encode_pairs};
+use crate::header_map::HeaderMap;
 use crate::plugin::PluginConfig;
 use crate::services::NodeInfo;
 
-/// A resolved property value.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PropertyValue {
-    /// String or bytes, passed raw.
-    Bytes(Vec<u8>),
-    /// Signed integer (also timestamps and durations in ns).
-    Int(i64),
-    /// Unsigned integer.
-    UInt(u64),
-    /// Double.
-    Double(f64),
-    /// Boolean.
-    Bool(bool),
-    /// A map (or a list: items as keys, empty values), serialised as proxy-wasm pairs.
-    Map(Vec<(Vec<u8>, Vec<u8>)>),
-}
-
-/// `envoy.config.core.v3.Metadata` as filters read it: `filter_metadata`, each namespace's
-/// `google.protobuf.Struct` as a JSON object. Shared with the configuration it came from, so a
-/// stream carries it without a copy.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Metadata {
-    /// Namespace → its `Struct` (a JSON object; anything else reads as an empty `Struct`).
-    pub filter_metadata: Arc<serde_json::Map<String, Json>>,
-}
-
-/// Envoy's serialisation of an empty map: the pair count, zero.
-const EMPTY_PAIRS: [u8; 4] = [0; 4];
-
-fn encode_map(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    if pairs.is_empty() {
-        return EMPTY_PAIRS.to_vec();
-    }
-    encode_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-}
-
-impl PropertyValue {
-    fn text(s: impl Into<String>) -> Self {
-        Self::Bytes(s.into().into_bytes())
-    }
-
-    /// The bytes the guest receives.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            Self::Bytes(b) => b.clone(),
-            Self::Int(i) => i.to_le_bytes().to_vec(),
-            Self::UInt(u) => u.to_le_bytes().to_vec(),
-            Self::Double(d) => d.to_le_bytes().to_vec(),
-            Self::Bool(b) => vec![u8::from(*b)],
-            Self::Map(pairs) => encode_map(pairs),
-        }
-    }
-
-    /// The bytes the guest receives, owned: the value's own buffer when it has one, instead of
-    /// a copy of it.
-    pub fn into_encoded(self) -> Vec<u8> {
-        match self {
-            Self::Bytes(b) => b,
-            other => other.encode(),
-        }
-    }
-
-    /// Writes [`encode`](Self::encode)'s bytes into `out` (the guest's buffer) when that is
-    /// their length; false otherwise.
-    pub fn encode_into(&self, out: &mut [u8]) -> bool {
-        let word: [u8; 8] = match self {
-            Self::Int(i) => i.to_le_bytes(),
-            Self::UInt(u) => u.to_le_bytes(),
-            Self::Double(d) => d.to_le_bytes(),
-            Self::Bool(b) if out.len() == 1 => {
-                out[0] = u8::from(*b);
-                return true;
-            }
-            Self::Bytes(b) if out.len() == b.len() => {
-                out.copy_from_slice(b);
-                return true;
-            }
-            Self::Map(_) => {
-                let encoded = self.encode();
-                if encoded.len() != out.len() {
-                    return false;
-                }
-                out.copy_from_slice(&encoded);
-                return true;
-            }
-            Self::Bool(_) | Self::Bytes(_) => return false,
-        };
-        if out.len() != word.len() {
-            return false;
-        }
-        out.copy_from_slice(&word);
-        true
-    }
-
-    /// The length of [`encode`](Self::encode)'s bytes.
-    pub fn encoded_len(&self) -> usize {
-        match self {
-            Self::Bytes(b) => b.len(),
-            Self::Int(_) | Self::UInt(_) | Self::Double(_) => 8,
-            Self::Bool(_) => 1,
-            Self::Map(_) => self.encode().len(),
-        }
-    }
-}
+use message::{metadata_property, node_property};
+pub use value::{Metadata, PropertyValue};
 
 /// What a property lookup can see.
 pub(crate) struct PropertyScope<'a> {
@@ -319,91 +217,6 @@ fn upstream_property(info: &crate::StreamInfo, attr: &[u8], rest: &[&[u8]]) -> O
     single(rest, value)
 }
 
-/// A `google.protobuf.Value` (a JSON value) as Envoy's CEL hands it over: a string raw, a number
-/// as a double, a bool, a `Struct` as a map, a `ListValue` as a list. `null` is not found
-/// (Envoy answers `SERIALIZATION_FAILURE`, on which the Rust SDK panics).
-fn value_of(value: &Json) -> Option<PropertyValue> {
-    match value {
-        Json::String(s) => Some(PropertyValue::text(s.clone())),
-        Json::Number(n) => n.as_f64().map(PropertyValue::Double),
-        Json::Bool(b) => Some(PropertyValue::Bool(*b)),
-        Json::Null => None,
-        Json::Object(fields) => Some(struct_value(fields)),
-        Json::Array(items) => Some(PropertyValue::Map(items.iter().map(|item| (nested(item), Vec::new())).collect())),
-    }
-}
-
-/// The bytes of `value` inside a map or list (`null`, which Envoy cannot serialise, as none).
-fn nested(value: &Json) -> Vec<u8> {
-    value_of(value).map(PropertyValue::into_encoded).unwrap_or_default()
-}
-
-/// A `Struct` as a map, each field's value serialised.
-fn struct_value(fields: &serde_json::Map<String, Json>) -> PropertyValue {
-    PropertyValue::Map(fields.iter().map(|(k, v)| (k.clone().into_bytes(), nested(v))).collect())
-}
-
-/// `rest` walked into a `Struct`: field names, then list indexes (decimal) and field names.
-fn struct_property(fields: &serde_json::Map<String, Json>, rest: &[&[u8]]) -> Option<PropertyValue> {
-    match rest {
-        [] => Some(struct_value(fields)),
-        [name, tail @ ..] => value_property(fields.get(std::str::from_utf8(name).ok()?)?, tail),
-    }
-}
-
-fn value_property(value: &Json, rest: &[&[u8]]) -> Option<PropertyValue> {
-    match (value, rest) {
-        (_, []) => value_of(value),
-        (Json::Object(fields), _) => struct_property(fields, rest),
-        (Json::Array(items), [index, tail @ ..]) => {
-            // Envoy parses the index with absl::SimpleAtoi (surrounding spaces allowed).
-            let index: usize = std::str::from_utf8(index).ok()?.trim_ascii().parse().ok()?;
-            value_property(items.get(index)?, tail)
-        }
-        _ => None,
-    }
-}
-
-/// `rest` walked into an `envoy.config.core.v3.Metadata`: the whole message as protobuf bytes,
-/// `filter_metadata` as a map of namespaces (each a `Struct`), `typed_filter_metadata` as an
-/// empty map (the configuration holds none).
-fn metadata_property(metadata: &Metadata, rest: &[&[u8]]) -> Option<PropertyValue> {
-    let namespaces = &*metadata.filter_metadata;
-    match rest {
-        [] => Some(PropertyValue::Bytes(metadata_protobuf(metadata))),
-        [b"filter_metadata"] => Some(PropertyValue::Map(
-            namespaces.iter().map(|(ns, fields)| (ns.clone().into_bytes(), struct_of(fields).into_encoded())).collect(),
-        )),
-        [b"filter_metadata", ns, tail @ ..] => {
-            let fields = namespaces.get(std::str::from_utf8(ns).ok()?)?;
-            match fields {
-                Json::Object(fields) => struct_property(fields, tail),
-                _ => struct_property(&serde_json::Map::new(), tail),
-            }
-        }
-        [b"typed_filter_metadata"] => Some(PropertyValue::Map(Vec::new())),
-        _ => None,
-    }
-}
-
-/// A namespace's `Struct` as a map (anything but an object reads as an empty one).
-fn struct_of(fields: &Json) -> PropertyValue {
-    match fields {
-        Json::Object(fields) => struct_value(fields),
-        _ => PropertyValue::Map(Vec::new()),
-    }
-}
-
-fn node_property(node: &NodeInfo, rest: &[&[u8]]) -> Option<PropertyValue> {
-    match rest {
-        [] => Some(PropertyValue::Bytes(node_protobuf(node))),
-        [b"id"] => Some(PropertyValue::text(node.id.clone())),
-        [b"cluster"] => Some(PropertyValue::text(node.cluster.clone())),
-        [b"metadata", tail @ ..] => struct_property(&node.metadata, tail),
-        _ => None,
-    }
-}
-
 /// `xds.*`: the node (also from a root context), and what the stream's listener, route, cluster
 /// and upstream host say. The route (and with it the cluster) is known from before the request
 /// filters run (see the data plane's routing); the upstream host once it is chosen.
@@ -495,88 +308,14 @@ fn filter_state_value(
 // === protobuf encoding of envoy.config.core.v3.Node (id = 1, cluster = 2, metadata = 3),
 // envoy.config.core.v3.Metadata (filter_metadata = 1, a map of Struct) and google.protobuf.Struct ===
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    put_varint(out, (field << 3) | 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-fn struct_protobuf(map: &serde_json::Map<String, Json>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in map {
-        let mut entry = Vec::new();
-        put_bytes(&mut entry, 1, k.as_bytes());
-        put_bytes(&mut entry, 2, &value_protobuf(v));
-        put_bytes(&mut out, 1, &entry);
-    }
-    out
-}
-
-fn value_protobuf(v: &Json) -> Vec<u8> {
-    let mut out = Vec::new();
-    match v {
-        Json::Null => {
-            put_varint(&mut out, 1 << 3);
-            put_varint(&mut out, 0);
-        }
-        Json::Number(n) => {
-            put_varint(&mut out, (2 << 3) | 1);
-            out.extend_from_slice(&n.as_f64().unwrap_or(0.0).to_le_bytes());
-        }
-        Json::String(s) => put_bytes(&mut out, 3, s.as_bytes()),
-        Json::Bool(b) => {
-            put_varint(&mut out, 4 << 3);
-            put_varint(&mut out, u64::from(*b));
-        }
-        Json::Object(map) => put_bytes(&mut out, 5, &struct_protobuf(map)),
-        Json::Array(items) => {
-            let mut list = Vec::new();
-            for item in items {
-                put_bytes(&mut list, 1, &value_protobuf(item));
-            }
-            put_bytes(&mut out, 6, &list);
-        }
-    }
-    out
-}
-
-fn metadata_protobuf(metadata: &Metadata) -> Vec<u8> {
-    let empty = serde_json::Map::new();
-    let mut out = Vec::new();
-    for (namespace, fields) in metadata.filter_metadata.iter() {
-        // A map entry: key = 1, value = 2.
-        let mut entry = Vec::new();
-        put_bytes(&mut entry, 1, namespace.as_bytes());
-        put_bytes(&mut entry, 2, &struct_protobuf(fields.as_object().unwrap_or(&empty)));
-        put_bytes(&mut out, 1, &entry);
-    }
-    out
-}
-
-fn node_protobuf(node: &NodeInfo) -> Vec<u8> {
-    let mut out = Vec::new();
-    if !node.id.is_empty() {
-        put_bytes(&mut out, 1, node.id.as_bytes());
-    }
-    if !node.cluster.is_empty() {
-        put_bytes(&mut out, 2, node.cluster.as_bytes());
-    }
-    if !node.metadata.is_empty() {
-        put_bytes(&mut out, 3, &struct_protobuf(&node.metadata));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use serde_json::Value as Json;
+
+    use super::message::metadata_protobuf;
+    use super::value::{EMPTY_PAIRS, encode_map};
     use super::*;
 
     fn scope_with<'a>(
