@@ -7,7 +7,6 @@
 //! official definitions (the `opentelemetry-proto` crate) to prove they match.
 
 use prost::Message;
-use serde_json::{Value as Json, json};
 
 use crate::span::{Attribute, Resource, Span, ValueRef};
 
@@ -25,114 +24,13 @@ const FLAG_HAS_IS_REMOTE: u32 = 0x100;
 const FLAG_IS_REMOTE: u32 = 0x200;
 /// W3C sampled bit.
 const FLAG_SAMPLED: u32 = 0x01;
-
 /// The protobuf messages.
-#[allow(missing_docs, reason = "fields mirror the official OTLP protos one to one")]
-pub mod proto {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportTraceServiceRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub resource_spans: Vec<ResourceSpans>,
-    }
+pub mod proto;
 
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceSpans {
-        #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
-        #[prost(message, repeated, tag = "2")]
-        pub scope_spans: Vec<ScopeSpans>,
-        #[prost(string, tag = "3")]
-        pub schema_url: String,
-    }
+mod json;
 
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Resource {
-        #[prost(message, repeated, tag = "1")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(uint32, tag = "2")]
-        pub dropped_attributes_count: u32,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeSpans {
-        #[prost(message, optional, tag = "1")]
-        pub scope: Option<InstrumentationScope>,
-        #[prost(message, repeated, tag = "2")]
-        pub spans: Vec<Span>,
-        #[prost(string, tag = "3")]
-        pub schema_url: String,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct InstrumentationScope {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub version: String,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Span {
-        #[prost(bytes = "vec", tag = "1")]
-        pub trace_id: Vec<u8>,
-        #[prost(bytes = "vec", tag = "2")]
-        pub span_id: Vec<u8>,
-        #[prost(string, tag = "3")]
-        pub trace_state: String,
-        #[prost(bytes = "vec", tag = "4")]
-        pub parent_span_id: Vec<u8>,
-        #[prost(fixed32, tag = "16")]
-        pub flags: u32,
-        #[prost(string, tag = "5")]
-        pub name: String,
-        #[prost(int32, tag = "6")]
-        pub kind: i32,
-        #[prost(fixed64, tag = "7")]
-        pub start_time_unix_nano: u64,
-        #[prost(fixed64, tag = "8")]
-        pub end_time_unix_nano: u64,
-        #[prost(message, repeated, tag = "9")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(message, optional, tag = "15")]
-        pub status: Option<Status>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Status {
-        #[prost(string, tag = "2")]
-        pub message: String,
-        #[prost(int32, tag = "3")]
-        pub code: i32,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValue {
-        #[prost(string, tag = "1")]
-        pub key: String,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<AnyValue>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AnyValue {
-        #[prost(oneof = "any_value::Value", tags = "1, 2, 3, 4")]
-        pub value: Option<any_value::Value>,
-    }
-
-    pub mod any_value {
-        #[derive(Clone, PartialEq, prost::Oneof)]
-        pub enum Value {
-            #[prost(string, tag = "1")]
-            StringValue(String),
-            #[prost(bool, tag = "2")]
-            BoolValue(bool),
-            #[prost(int64, tag = "3")]
-            IntValue(i64),
-            #[prost(double, tag = "4")]
-            DoubleValue(f64),
-        }
-    }
-}
+pub(crate) use json::join_items;
+pub use json::{encode_json, encode_json_items, encode_span_json, is_json_span};
 
 fn key_value_ref(key: &str, value: ValueRef<'_>) -> proto::KeyValue {
     use proto::any_value::Value as V;
@@ -431,84 +329,12 @@ pub fn encode_protobuf_items<I: AsRef<[u8]>>(resource: &Resource, items: &[I]) -
     body
 }
 
-fn json_value(value: ValueRef<'_>) -> Json {
-    match value {
-        ValueRef::String(s) => json!({ "stringValue": s }),
-        // int64 is a decimal string in proto3 JSON.
-        ValueRef::Int(i) => json!({ "intValue": i.to_string() }),
-        ValueRef::Double(d) => json!({ "doubleValue": d }),
-        ValueRef::Bool(b) => json!({ "boolValue": b }),
-    }
-}
-
-fn json_attributes<'a>(attributes: impl Iterator<Item = (&'a str, ValueRef<'a>)>) -> Json {
-    Json::Array(attributes.map(|(k, v)| json!({ "key": k, "value": json_value(v) })).collect())
-}
-
-fn json_span(span: &Span) -> Json {
-    let mut object = json!({
-        "traceId": span.trace_id.to_hex(),
-        "spanId": span.span_id.to_hex(),
-        "name": span.name,
-        "kind": span.kind as i32,
-        "flags": flags(span),
-        "startTimeUnixNano": span.start_unix_nanos.to_string(),
-        "endTimeUnixNano": span.end_unix_nanos.to_string(),
-        "attributes": json_attributes(span.attributes.iter()),
-        "status": { "code": span.status as i32, "message": span.status_message },
-    });
-    if let Some(parent) = span.parent_span_id {
-        object["parentSpanId"] = Json::String(parent.to_hex());
-    }
-    if !span.trace_state.is_empty() {
-        object["traceState"] = Json::String(span.trace_state.clone());
-    }
-    object
-}
-
-/// The JSON body.
-pub fn encode_json(resource: &Resource, spans: &[Span]) -> Vec<u8> {
-    let items: Vec<Vec<u8>> = spans.iter().map(encode_span_json).collect();
-    encode_json_items(resource, &items)
-}
-
-/// One span as an OTLP/JSON span object: an item for [`encode_json_items`].
-pub fn encode_span_json(span: &Span) -> Vec<u8> {
-    json_span(span).to_string().into_bytes()
-}
-
-/// Whether `item` is a JSON object (what [`encode_span_json`] makes); see [`is_protobuf_span`].
-pub fn is_json_span(item: &[u8]) -> bool {
-    serde_json::from_slice::<Json>(item).is_ok_and(|v| v.is_object())
-}
-
-/// The JSON body for spans already encoded with [`encode_span_json`], joined into the envelope
-/// as they are.
-pub fn encode_json_items<I: AsRef<[u8]>>(resource: &Resource, items: &[I]) -> Vec<u8> {
-    let resource =
-        json!({ "attributes": json_attributes(resource.attributes.iter().map(|(k, v)| (k.as_str(), v.into()))) });
-    let scope = json!({ "name": SCOPE_NAME, "version": env!("CARGO_PKG_VERSION") });
-    let mut body =
-        format!(r#"{{"resourceSpans":[{{"resource":{resource},"scopeSpans":[{{"scope":{scope},"spans":["#).into_bytes();
-    join_items(items, &mut body);
-    body.extend_from_slice(b"]}]}]}");
-    body
-}
-
-/// Appends `items` separated by commas (the inside of a JSON array).
-pub(crate) fn join_items<I: AsRef<[u8]>>(items: &[I], out: &mut Vec<u8>) {
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(item.as_ref());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest as Official;
     use opentelemetry_proto::tonic::common::v1::any_value::Value as OfficialValue;
+
+    use serde_json::Value as Json;
 
     use super::*;
     use crate::span::{SpanKind, StatusCode};
