@@ -29,8 +29,8 @@ pub(crate) fn read_buffer<R>(state: &VmState, buffer: BufferType, f: impl FnOnce
     match buffer {
         BufferType::HttpRequestBody => Some(f(&state.acting_stream()?.exchange.borrow().request_body)),
         BufferType::HttpResponseBody => Some(f(&state.acting_stream()?.exchange.borrow().response_body)),
-        BufferType::HttpCallResponseBody => Some(f(&state.callout_response.as_ref()?.as_ref().ok()?.body)),
-        BufferType::GrpcReceiveBuffer => match &state.grpc_event {
+        BufferType::HttpCallResponseBody => Some(f(&state.callouts.response.as_ref()?.as_ref().ok()?.body)),
+        BufferType::GrpcReceiveBuffer => match &state.grpc.event {
             Some(GrpcEvent::Message(message)) => Some(f(message)),
             _ => None,
         },

@@ -145,17 +145,13 @@ fn start(
     if !state.dispatcher.has_cluster(&cluster) {
         return refuse(caller, Status::ParseFailure, format!("no cluster named `{cluster}`"));
     }
-    if state.grpc_calls.values().filter(|call| call.is_open()).count() >= MAX_GRPC_CALLS {
+    if state.grpc.open_count() >= MAX_GRPC_CALLS {
         return refuse(caller, Status::InternalFailure, format!("{MAX_GRPC_CALLS} gRPC calls are already in flight"));
     }
     // One counter for HTTP and gRPC callouts; a token the guest still holds is skipped (after
     // the counter wraps), as Envoy's token allocation does.
-    let token = loop {
-        state.callout_tokens = state.callout_tokens.wrapping_add(1).max(1);
-        if !state.grpc_calls.contains_key(&state.callout_tokens) {
-            break state.callout_tokens;
-        }
-    };
+    let grpc = &state.grpc;
+    let token = state.callouts.next_token(|token| grpc.holds(token));
     let stream = matches!(kind, GrpcCallKind::Stream);
     let request = GrpcCallRequest {
         token,
@@ -165,14 +161,14 @@ fn start(
         method: target.method,
         initial_metadata: target.metadata,
         kind,
-        budget: state.grpc_budget.clone(),
+        budget: state.grpc.budget.clone(),
     };
     let owner = state.acting_context();
     let events = GrpcEvents { vm: Weak::clone(&state.self_ref), token };
     let dispatcher = Rc::clone(&state.dispatcher);
     match dispatcher.dispatch_grpc(request, events) {
         Ok(control) => {
-            caller.data_mut().grpc_calls.insert(token, GrpcCall::new(control, stream, owner));
+            caller.data_mut().grpc.calls.insert(token, GrpcCall::new(control, stream, owner));
             memory::write_u32(caller, call, ret_token, token)?;
             Ok(Status::Ok.code())
         }
@@ -193,7 +189,7 @@ fn grpc_send(
     const CALL: &str = "proxy_grpc_send";
     // The call is looked up before the message is read: a guest looping on a dead token costs
     // no copies.
-    let sendable = match caller.data().grpc_calls.get(&token) {
+    let sendable = match caller.data().grpc.calls.get(&token) {
         Some(call) if call.stream => call.is_open() && !call.local_closed,
         _ => return Ok(Status::NotFound.code()),
     };
@@ -203,14 +199,14 @@ fn grpc_send(
         return Ok(Status::Ok.code());
     }
     let end_stream = end_stream != 0;
-    let outcome = match state.grpc_calls.get(&token).and_then(|call| call.control.as_ref()) {
+    let outcome = match state.grpc.calls.get(&token).and_then(|call| call.control.as_ref()) {
         Some(control) => control.send(message, end_stream),
         None => Ok(()),
     };
     if let Err(refused) = outcome {
         emit(caller.data(), LogLevel::Warn, &format!("{CALL}: {refused}"));
     }
-    if let Some(call) = caller.data_mut().grpc_calls.get_mut(&token) {
+    if let Some(call) = caller.data_mut().grpc.calls.get_mut(&token) {
         call.local_closed |= end_stream;
     }
     Ok(Status::Ok.code())
@@ -218,7 +214,7 @@ fn grpc_send(
 
 /// Abandons a call or stream: nothing more is delivered for it.
 fn grpc_cancel(mut caller: Caller<'_, VmState>, token: u32) -> i32 {
-    match caller.data_mut().grpc_calls.remove(&token) {
+    match caller.data_mut().grpc.calls.remove(&token) {
         Some(call) => {
             if let Some(control) = call.control {
                 control.cancel();
@@ -232,7 +228,7 @@ fn grpc_cancel(mut caller: Caller<'_, VmState>, token: u32) -> i32 {
 /// Half-closes a stream (the server may still answer); a unary call is cancelled, as in Envoy.
 /// A stream the server closed already is let go.
 fn grpc_close(mut caller: Caller<'_, VmState>, token: u32) -> i32 {
-    let calls = &mut caller.data_mut().grpc_calls;
+    let calls = &mut caller.data_mut().grpc.calls;
     let Some(call) = calls.get_mut(&token) else {
         return Status::NotFound.code();
     };
@@ -250,7 +246,3 @@ fn grpc_close(mut caller: Caller<'_, VmState>, token: u32) -> i32 {
     }
     Status::Ok.code()
 }
-
-/// Most streams the server closed that a VM keeps for the guest to close too; past it the
-/// oldest are let go (a guest that never closes them then gets `NOT_FOUND` for those).
-pub(crate) const MAX_CLOSED_STREAMS: usize = 1024;

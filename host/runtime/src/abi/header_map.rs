@@ -36,14 +36,14 @@ fn map_type(call: &'static str, raw: u32) -> wasmtime::Result<MapType> {
 pub(crate) fn read_map<R>(state: &VmState, map: MapType, f: impl FnOnce(&HeaderMap) -> R) -> Option<R> {
     match map {
         MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => {
-            let response = state.callout_response.as_ref()?.as_ref().ok()?;
+            let response = state.callouts.response.as_ref()?.as_ref().ok()?;
             Some(f(if map == MapType::HttpCallResponseHeaders { &response.headers } else { &response.trailers }))
         }
-        MapType::GrpcReceiveInitialMetadata => match &state.grpc_event {
+        MapType::GrpcReceiveInitialMetadata => match &state.grpc.event {
             Some(GrpcEvent::InitialMetadata(metadata)) => Some(f(metadata)),
             _ => None,
         },
-        MapType::GrpcReceiveTrailingMetadata => match &state.grpc_event {
+        MapType::GrpcReceiveTrailingMetadata => match &state.grpc.event {
             Some(GrpcEvent::TrailingMetadata(metadata)) => Some(f(metadata)),
             _ => None,
         },

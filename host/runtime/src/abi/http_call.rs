@@ -101,8 +101,9 @@ pub(crate) fn start_callout(
     if !state.dispatcher.has_cluster(&cluster) {
         return Err(CalloutRefusal::UnknownCluster(cluster));
     }
-    state.callout_tokens = state.callout_tokens.wrapping_add(1).max(1);
-    let token = state.callout_tokens;
+    // One counter for HTTP and gRPC callouts: a token a gRPC call still holds is skipped.
+    let grpc = &state.grpc;
+    let token = state.callouts.next_token(|token| grpc.holds(token));
     let request = CalloutRequest { token, cluster, headers, body, trailers, timeout };
     let completion = CalloutCompletion { vm: Weak::clone(&state.self_ref), token };
     let dispatcher = Rc::clone(&state.dispatcher);
@@ -118,7 +119,7 @@ fn get_status(
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_get_status";
     let state = caller.data();
-    let (code, message) = match (&state.grpc_event, &state.callout_response) {
+    let (code, message) = match (&state.grpc.event, &state.callouts.response) {
         (Some(GrpcEvent::Close { status, message }), _) => (*status, message.clone().into_bytes()),
         (_, Some(Err(failure))) => (BROKEN_CONNECTION, failure.reason.clone().into_bytes()),
         _ => (0, Vec::new()),

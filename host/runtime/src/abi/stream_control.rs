@@ -98,8 +98,8 @@ fn send_local_response(
 
 fn set_effective_context(mut caller: Caller<'_, VmState>, context_id: u32) -> wasmtime::Result<i32> {
     let state = caller.data_mut();
-    if context_id == state.root_context_id || state.streams.contains_key(&context_id) {
-        state.effective_context = Some(context_id);
+    if state.contexts.exists(context_id) {
+        state.contexts.effective = Some(context_id);
         Ok(Status::Ok.code())
     } else {
         Ok(Status::BadArgument.code())

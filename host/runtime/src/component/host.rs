@@ -163,7 +163,7 @@ impl host::Host for VmState {
         let timeout = (request.timeout_ms > 0).then(|| Duration::from_millis(u64::from(request.timeout_ms)));
         match start_callout(self, request.cluster, headers, request.body, HeaderMap::new(), timeout) {
             Ok(token) => {
-                self.component_callouts.insert(token, true);
+                self.callouts.component.insert(token, true);
                 Ok(Ok(Resource::new_own(token)))
             }
             Err(refusal) => {
@@ -264,7 +264,7 @@ impl host::HostPendingCallout for VmState {
     }
 
     fn drop(&mut self, callout: Resource<PendingCallout>) -> wasmtime::Result<()> {
-        if let Some(wanted) = self.component_callouts.get_mut(&callout.rep()) {
+        if let Some(wanted) = self.callouts.component.get_mut(&callout.rep()) {
             *wanted = false;
         }
         Ok(())

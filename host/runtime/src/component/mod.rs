@@ -163,8 +163,12 @@ impl ComponentExports {
     /// `on-stream-done`, once per stream (the access-log point, or the stream's end if the
     /// data plane never reached it).
     pub(crate) fn stream_done(&self, store: &mut Store<VmState>, id: u32) -> wasmtime::Result<()> {
-        let first =
-            store.data_mut().streams.get_mut(&id).is_some_and(|s| !std::mem::replace(&mut s.done_delivered, true));
+        let first = store
+            .data_mut()
+            .contexts
+            .streams
+            .get_mut(&id)
+            .is_some_and(|s| !std::mem::replace(&mut s.done_delivered, true));
         if first { self.handler().call_on_stream_done(store, stream(id)) } else { Ok(()) }
     }
 
@@ -188,7 +192,7 @@ impl ComponentExports {
         token: u32,
         outcome: &Result<CalloutResponse, CalloutFailure>,
     ) -> wasmtime::Result<()> {
-        if store.data_mut().component_callouts.remove(&token) == Some(false) {
+        if store.data_mut().callouts.component.remove(&token) == Some(false) {
             return Ok(());
         }
         let outcome = match outcome {

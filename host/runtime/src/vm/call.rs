@@ -42,8 +42,8 @@ impl PluginVm {
             let VmInner { store, callbacks } = &mut *inner;
             store.set_epoch_deadline(Runtime::deadline_ticks(deadline));
             let state = store.data_mut();
-            let previous = (state.active_context, state.effective_context.take());
-            state.active_context = context;
+            let previous = (state.contexts.active, state.contexts.effective.take());
+            state.contexts.active = context;
             // A host function that panics (a bug, or a library asked to do what a worker must
             // not) fails this VM like a trap instead of unwinding through the worker.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(store, callbacks))).unwrap_or_else(
@@ -57,12 +57,12 @@ impl PluginVm {
                 },
             );
             let state = store.data_mut();
-            (state.active_context, state.effective_context) = previous;
+            (state.contexts.active, state.contexts.effective) = previous;
             // The guest's output is read only when it failed (its panic message): copying it after
             // every callback would put a lock and a copy on every request.
             result.map_err(|error| {
                 let mut failure = self.classify(callback, deadline, &error, state.memory_cap.hit);
-                if let Some(output) = state.take_guest_output() {
+                if let Some(output) = state.output.take() {
                     failure.detail = format!("{}; the filter wrote: {output}", failure.detail);
                 }
                 failure

@@ -93,7 +93,7 @@ impl PluginVm {
         let state = store.data_mut();
         state.memory = memory;
         state.allocator = allocator.map(Arc::new);
-        state.root_context_id = ROOT_CONTEXT_ID;
+        state.contexts.root_id = ROOT_CONTEXT_ID;
         let vm = Rc::new(Self {
             inner: RefCell::new(VmInner { store, callbacks }),
             failure: RefCell::new(None),
@@ -222,7 +222,7 @@ impl PluginVm {
 
     /// Stream contexts currently alive on this VM.
     pub fn live_streams(&self) -> usize {
-        self.inner.try_borrow().map_or(0, |inner| inner.store.data().streams.len())
+        self.inner.try_borrow().map_or(0, |inner| inner.store.data().contexts.streams.len())
     }
 
     /// Poisons the VM: logs, counts, and wakes every stream still on it.
@@ -241,7 +241,7 @@ impl PluginVm {
         });
         *self.failure.borrow_mut() = Some(failure);
         if let Ok(inner) = self.inner.try_borrow() {
-            for stream in inner.store.data().streams.values() {
+            for stream in inner.store.data().contexts.streams.values() {
                 let mut signals = stream.signals.borrow_mut();
                 signals.vm_failed = true;
                 signals.wake();
@@ -260,7 +260,12 @@ impl PluginVm {
         let id = self.next_context_id.get();
         self.next_context_id.set(id.wrapping_add(1).max(ROOT_CONTEXT_ID + 1));
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
-            inner.store.data_mut().streams.insert(id, StreamContext { exchange, signals, done_delivered: false });
+            inner
+                .store
+                .data_mut()
+                .contexts
+                .streams
+                .insert(id, StreamContext { exchange, signals, done_delivered: false });
         }
         let created = self.call(Callback::StreamContextCreate, id, |store, cb| match cb {
             Guest::Core(cb) => cb.context_create.call(store, (id, ROOT_CONTEXT_ID)),
@@ -270,7 +275,7 @@ impl PluginVm {
         if created.is_err()
             && let Ok(mut inner) = self.inner.try_borrow_mut()
         {
-            inner.store.data_mut().streams.remove(&id);
+            inner.store.data_mut().contexts.streams.remove(&id);
         }
         created.map(|()| id)
     }
@@ -287,7 +292,7 @@ impl PluginVm {
             Guest::Core(_) => Ok(()),
         });
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
-            inner.store.data_mut().streams.remove(&id);
+            inner.store.data_mut().contexts.streams.remove(&id);
         }
         self.drop_grpc_calls(Some(id));
     }

@@ -8,7 +8,7 @@ use crate::callout::{CalloutFailure, CalloutResponse};
 use crate::error::GuestFailure;
 use crate::grpc_callout::GrpcEvent;
 use crate::shared_queue::QueueInbox;
-use crate::state::GrpcCall;
+use crate::state::{GrpcCall, Settled};
 
 use super::guest::{Callbacks, GrpcCallbacks};
 use super::{Callback, Guest, PluginVm, ROOT_CONTEXT_ID};
@@ -74,7 +74,7 @@ impl PluginVm {
             return;
         }
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
-            inner.store.data_mut().callout_response = Some(outcome);
+            inner.store.data_mut().callouts.response = Some(outcome);
         }
         let _ = self.call(Callback::HttpCallResponse, ROOT_CONTEXT_ID, |store, cb| match cb {
             Guest::Core(Callbacks { http_call_response: Some(f), .. }) => {
@@ -83,7 +83,7 @@ impl PluginVm {
             _ => Ok(()),
         });
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
-            inner.store.data_mut().callout_response = None;
+            inner.store.data_mut().callouts.response = None;
         }
     }
 
@@ -103,14 +103,14 @@ impl PluginVm {
                 return false;
             };
             let state = inner.store.data_mut();
-            if !state.grpc_calls.get(&token).is_some_and(GrpcCall::is_open) {
+            if !state.grpc.is_open(token) {
                 return false;
             }
-            state.grpc_event = Some(event);
+            state.grpc.event = Some(event);
         }
         let _ = self.call(callback, ROOT_CONTEXT_ID, |store, cb| {
             let Guest::Core(callbacks) = cb else { return Ok(()) };
-            let Some(event) = store.data().grpc_event.as_ref() else { return Ok(()) };
+            let Some(event) = store.data().grpc.event.as_ref() else { return Ok(()) };
             match callbacks.grpc.for_event(event) {
                 (_, Some(f), argument) => f.call(store, (ROOT_CONTEXT_ID, token, argument)),
                 (_, None, _) => Ok(()),
@@ -119,47 +119,24 @@ impl PluginVm {
         let Ok(mut inner) = self.inner.try_borrow_mut() else {
             return false;
         };
-        let state = inner.store.data_mut();
-        let delivered = state.grpc_event.take();
-        let Some(call) = state.grpc_calls.get_mut(&token) else {
-            // Cancelled or closed by the guest in the callback.
-            return false;
-        };
-        let unary_answered = !call.stream && matches!(delivered, Some(GrpcEvent::Message(_)));
-        if !(closes || unary_answered) {
-            return !self.is_failed();
-        }
-        // The control drops after the store is released (it may abort the task running this).
-        let finished = if call.stream && !call.local_closed {
-            state.grpc_closed.push_back(token);
-            let control = call.control.take();
-            let mut evicted = Vec::new();
-            while state.grpc_closed.len() > crate::abi::grpc_call::MAX_CLOSED_STREAMS {
-                if let Some(oldest) = state.grpc_closed.pop_front()
-                    && state.grpc_calls.get(&oldest).is_some_and(|c| !c.is_open())
-                {
-                    evicted.extend(state.grpc_calls.remove(&oldest));
-                }
+        let grpc = &mut inner.store.data_mut().grpc;
+        let delivered = grpc.event.take();
+        match grpc.settle(token, closes, delivered.as_ref()) {
+            Settled::Open => !self.is_failed(),
+            Settled::Over(control, evicted) => {
+                // Dropped after the store is released: a control may abort the task running this.
+                drop(inner);
+                drop((control, evicted));
+                false
             }
-            (control, evicted)
-        } else {
-            (state.grpc_calls.remove(&token).and_then(|call| call.control), Vec::new())
-        };
-        drop(inner);
-        drop(finished);
-        false
+        }
     }
 
     /// Drops every gRPC call `owner` made (the context ended): each is reset, as Envoy's
     /// context teardown cancels them. `None`: every call (the VM failed).
     pub(super) fn drop_grpc_calls(&self, owner: Option<u32>) {
         let dropped: Vec<GrpcCall> = match self.inner.try_borrow_mut() {
-            Ok(mut inner) => {
-                let calls = &mut inner.store.data_mut().grpc_calls;
-                let tokens: Vec<u32> =
-                    calls.iter().filter(|(_, c)| owner.is_none_or(|o| c.owner == o)).map(|(t, _)| *t).collect();
-                tokens.into_iter().filter_map(|t| calls.remove(&t)).collect()
-            }
+            Ok(mut inner) => inner.store.data_mut().grpc.take_made_by(owner),
             Err(_) => return,
         };
         drop(dropped);

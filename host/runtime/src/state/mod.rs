@@ -25,13 +25,16 @@ pub(crate) const GUEST_OUTPUT_LIMIT: usize = 64 << 10;
 
 use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
 use crate::exchange::HttpExchange;
-use crate::grpc_callout::{GrpcBudget, GrpcCallControl, GrpcEvent};
 use crate::metrics::Metric;
 use crate::plugin::PluginConfig;
 use crate::services::HostServices;
 use crate::shared_queue::QueueInbox;
 use crate::stream::StreamSignals;
 use crate::vm::PluginVm;
+
+mod grpc_calls;
+
+pub(crate) use grpc_calls::{GrpcCall, GrpcCalls, Settled};
 
 /// The per-stream part of a VM's context table.
 pub(crate) struct StreamContext {
@@ -61,31 +64,6 @@ impl Hasher for ContextIdHasher {
     fn write_u32(&mut self, id: u32) {
         // Fibonacci hashing: consecutive ids spread over the table's buckets.
         self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// A gRPC call or stream the guest holds (see [`crate::GrpcCallControl`]).
-pub(crate) struct GrpcCall {
-    /// `None` once the server closed the stream: the entry stays, as in Envoy, until the guest
-    /// closes or cancels it too (the SDK unwraps those calls, so they must find it).
-    pub control: Option<Box<dyn GrpcCallControl>>,
-    /// A stream (`proxy_grpc_stream`), not a unary call.
-    pub stream: bool,
-    /// The guest half-closed it: it sends nothing more.
-    pub local_closed: bool,
-    /// The context that made the call: its end cancels the call, as Envoy's context teardown
-    /// does.
-    pub owner: u32,
-}
-
-impl GrpcCall {
-    pub(crate) fn new(control: Box<dyn GrpcCallControl>, stream: bool, owner: u32) -> Self {
-        Self { control: Some(control), stream, local_closed: false, owner }
-    }
-
-    /// Still open at the server.
-    pub(crate) fn is_open(&self) -> bool {
-        self.control.is_some()
     }
 }
 
@@ -120,7 +98,80 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// The store data of one VM.
+/// The contexts of a VM: its root, its streams, and which one a host call acts on.
+pub(crate) struct Contexts {
+    /// The root context's id.
+    pub root_id: u32,
+    /// The stream contexts, by id.
+    pub streams: SendWrapper<HashMap<u32, StreamContext, BuildHasherDefault<ContextIdHasher>>>,
+    /// The context of the callback in progress.
+    pub active: u32,
+    /// Set by `proxy_set_effective_context` for the rest of the callback.
+    pub effective: Option<u32>,
+}
+
+impl Contexts {
+    /// The effective context if one was set, else the context whose callback is running.
+    pub(crate) fn acting(&self) -> u32 {
+        self.effective.unwrap_or(self.active)
+    }
+
+    /// Whether `id` is the root or a live stream (what `proxy_set_effective_context` may pick).
+    pub(crate) fn exists(&self, id: u32) -> bool {
+        id == self.root_id || self.streams.contains_key(&id)
+    }
+}
+
+/// A VM's HTTP callouts: the token counter (shared with gRPC calls, as in Envoy), the answer
+/// being delivered, and a component's callouts in flight.
+#[derive(Default)]
+pub(crate) struct Callouts {
+    last_token: u32,
+    /// The callout response being delivered, during `proxy_on_http_call_response`.
+    pub response: Option<Result<CalloutResponse, CalloutFailure>>,
+    /// A component filter's callouts in flight, and whether it still holds their handle (a
+    /// dropped handle means the answer is not delivered).
+    pub component: HashMap<u32, bool>,
+}
+
+impl Callouts {
+    /// The next callout token (never 0), skipping those `taken` says are still held (after the
+    /// counter wraps), as Envoy's token allocation does.
+    pub(crate) fn next_token(&mut self, taken: impl Fn(u32) -> bool) -> u32 {
+        loop {
+            self.last_token = self.last_token.wrapping_add(1).max(1);
+            if !taken(self.last_token) {
+                return self.last_token;
+            }
+        }
+    }
+}
+
+/// What a component wrote to stdout and stderr (its panic message, mostly), up to
+/// [`GUEST_OUTPUT_LIMIT`] bytes per VM: attached to the report of a failing callback.
+pub(crate) struct GuestOutput {
+    pipe: MemoryOutputPipe,
+    /// How much of `pipe` has been reported.
+    seen: usize,
+}
+
+impl GuestOutput {
+    fn new() -> Self {
+        Self { pipe: MemoryOutputPipe::new(GUEST_OUTPUT_LIMIT), seen: 0 }
+    }
+
+    /// What the guest wrote since it was last asked, if anything (lossy UTF-8, trimmed).
+    pub(crate) fn take(&mut self) -> Option<String> {
+        let written = self.pipe.contents();
+        let new = written.get(self.seen..).filter(|b| !b.is_empty())?;
+        let text = String::from_utf8_lossy(new).trim().to_owned();
+        self.seen = written.len();
+        (!text.is_empty()).then_some(text)
+    }
+}
+
+/// The store data of one VM. Host-function areas reach the parts they work on through narrow
+/// views: [`Contexts`], [`Callouts`], [`GrpcCalls`], [`GuestOutput`].
 pub struct VmState {
     pub(crate) plugin: Arc<PluginConfig>,
     pub(crate) services: Arc<HostServices>,
@@ -130,24 +181,12 @@ pub struct VmState {
     /// the typed function itself clones its type's registration (several atomic counts) on
     /// every buffer handed to the guest.
     pub(crate) allocator: Option<Arc<TypedFunc<u32, u32>>>,
-    pub(crate) root_context_id: u32,
-    pub(crate) streams: SendWrapper<HashMap<u32, StreamContext, BuildHasherDefault<ContextIdHasher>>>,
-    /// The context of the callback in progress.
-    pub(crate) active_context: u32,
-    /// Set by `proxy_set_effective_context` for the rest of the callback.
-    pub(crate) effective_context: Option<u32>,
-    /// The callout response being delivered, during `proxy_on_http_call_response`.
-    pub(crate) callout_response: Option<Result<CalloutResponse, CalloutFailure>>,
-    pub(crate) callout_tokens: u32,
-    /// gRPC calls and streams the guest holds, by token.
-    pub(crate) grpc_calls: SendWrapper<HashMap<u32, GrpcCall>>,
-    /// Streams the server closed and the guest has not, oldest first: kept for the guest's
-    /// close, up to a bound (see [`crate::abi::grpc_call`]).
-    pub(crate) grpc_closed: std::collections::VecDeque<u32>,
-    /// Bytes this VM's gRPC calls hold on the host (send backlogs, partly received messages).
-    pub(crate) grpc_budget: GrpcBudget,
-    /// The gRPC event being delivered, during a `proxy_on_grpc_*` callback.
-    pub(crate) grpc_event: Option<GrpcEvent>,
+    /// The root, the streams, and the context a host call acts on.
+    pub(crate) contexts: Contexts,
+    /// HTTP callouts.
+    pub(crate) callouts: Callouts,
+    /// gRPC calls and streams the guest holds.
+    pub(crate) grpc: GrpcCalls,
     pub(crate) dispatcher: SendWrapper<Rc<dyn CalloutDispatcher>>,
     pub(crate) self_ref: SendWrapper<Weak<PluginVm>>,
     pub(crate) tick: TickTimer,
@@ -160,17 +199,11 @@ pub struct VmState {
     /// While the VM starts: what the guest logs, so a refused start can say why (see
     /// [`StartupLog`]).
     pub(crate) startup_log: std::sync::Mutex<Option<StartupLog>>,
-    /// A component filter's callouts in flight, and whether it still holds their handle (a
-    /// dropped handle means the answer is not delivered).
-    pub(crate) component_callouts: HashMap<u32, bool>,
     /// WASI for component filters: no arguments, environment, files or network; real clocks and
-    /// randomness; stdout and stderr into [`guest_output`](Self::guest_output).
+    /// randomness; stdout and stderr into [`output`](Self::output).
     pub(crate) wasi: WasiCtx,
-    /// What a component wrote to stdout and stderr (its panic message, mostly), up to
-    /// [`GUEST_OUTPUT_LIMIT`] bytes per VM: attached to the report of a failing callback.
-    pub(crate) guest_output: MemoryOutputPipe,
-    /// How much of `guest_output` has been reported.
-    pub(crate) guest_output_seen: usize,
+    /// What a component wrote to stdout and stderr.
+    pub(crate) output: GuestOutput,
     /// Component resources (WASI streams) of this VM.
     pub(crate) table: ResourceTable,
 }
@@ -182,23 +215,21 @@ impl VmState {
         dispatcher: Rc<dyn CalloutDispatcher>,
     ) -> Self {
         let max_bytes = plugin.limits.max_memory_bytes;
-        let guest_output = MemoryOutputPipe::new(GUEST_OUTPUT_LIMIT);
+        let output = GuestOutput::new();
         Self {
             plugin,
             services,
             memory_cap: MemoryCap { max_bytes, hit: false },
             memory: None,
             allocator: None,
-            root_context_id: 0,
-            streams: SendWrapper::new(HashMap::default()),
-            active_context: 0,
-            effective_context: None,
-            callout_response: None,
-            callout_tokens: 0,
-            grpc_calls: SendWrapper::new(HashMap::new()),
-            grpc_closed: std::collections::VecDeque::new(),
-            grpc_budget: GrpcBudget::new(GrpcBudget::PER_VM),
-            grpc_event: None,
+            contexts: Contexts {
+                root_id: 0,
+                streams: SendWrapper::new(HashMap::default()),
+                active: 0,
+                effective: None,
+            },
+            callouts: Callouts::default(),
+            grpc: GrpcCalls::new(),
             dispatcher: SendWrapper::new(dispatcher),
             self_ref: SendWrapper::new(Weak::new()),
             tick: TickTimer::default(),
@@ -207,10 +238,8 @@ impl VmState {
             root_filter_state: HashMap::new(),
             done_pending: false,
             startup_log: std::sync::Mutex::new(None),
-            component_callouts: HashMap::new(),
-            wasi: WasiCtx::builder().stdout(guest_output.clone()).stderr(guest_output.clone()).build(),
-            guest_output,
-            guest_output_seen: 0,
+            wasi: WasiCtx::builder().stdout(output.pipe.clone()).stderr(output.pipe.clone()).build(),
+            output,
             table: ResourceTable::new(),
         }
     }
@@ -218,26 +247,17 @@ impl VmState {
     /// The context host calls act on: the effective context if one was set, else the context
     /// whose callback is running.
     pub(crate) fn acting_context(&self) -> u32 {
-        self.effective_context.unwrap_or(self.active_context)
-    }
-
-    /// What the guest wrote since it was last asked, if anything (lossy UTF-8, trimmed).
-    pub(crate) fn take_guest_output(&mut self) -> Option<String> {
-        let written = self.guest_output.contents();
-        let new = written.get(self.guest_output_seen..).filter(|b| !b.is_empty())?;
-        let text = String::from_utf8_lossy(new).trim().to_owned();
-        self.guest_output_seen = written.len();
-        (!text.is_empty()).then_some(text)
+        self.contexts.acting()
     }
 
     /// The stream context `id`, if it is live.
     pub(crate) fn stream(&self, id: u32) -> Option<&StreamContext> {
-        self.streams.get(&id)
+        self.contexts.streams.get(&id)
     }
 
     /// The stream the acting context belongs to, if it is a stream context.
     pub(crate) fn acting_stream(&self) -> Option<&StreamContext> {
-        self.streams.get(&self.acting_context())
+        self.contexts.streams.get(&self.acting_context())
     }
 }
 
