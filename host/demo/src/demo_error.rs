@@ -10,7 +10,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// A filter could not be built.
-    #[error("building filters/{name}: {source}")]
+    #[error("building filters/{name}")]
     Build {
         /// The filter crate.
         name: String,
@@ -22,7 +22,7 @@ pub enum DemoError {
     #[error(transparent)]
     Toolchain(wasmtrace_build::BuildError),
     /// A sidecar file does not load.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Config {
         /// The file.
         path: PathBuf,
@@ -31,7 +31,7 @@ pub enum DemoError {
         source: wasmtrace_config::ConfigErrors,
     },
     /// A sidecar file lacks a listener or cluster the demo places.
-    #[error("deploy/envoy/{service}.yaml: {source}")]
+    #[error("deploy/envoy/{service}.yaml")]
     Placement {
         /// The service whose file it is.
         service: String,
@@ -43,10 +43,10 @@ pub enum DemoError {
     #[error("{0}")]
     Topology(String),
     /// No free loopback port.
-    #[error("no free port: {0}")]
+    #[error("no free port")]
     Port(#[source] std::io::Error),
     /// A sidecar (or a service's in-process filters) did not start.
-    #[error("{service} sidecar: {source}")]
+    #[error("{service} sidecar")]
     Sidecar {
         /// The service.
         service: String,
@@ -58,9 +58,18 @@ pub enum DemoError {
     #[error(transparent)]
     Service(#[from] gallery_service::ServiceError),
     /// A request to `url` failed.
-    #[error("{url}: {source}")]
+    #[error("{url}")]
     Http {
         /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The collector does not answer at `url`.
+    #[error("cannot reach the collector at {url}")]
+    Unreachable {
+        /// The query.
         url: String,
         /// Why.
         #[source]
@@ -77,7 +86,7 @@ pub enum DemoError {
         body: String,
     },
     /// An answer that is not the JSON expected.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Json {
         /// The answer (a URL or a phrase).
         what: String,

@@ -16,7 +16,8 @@ use crate::DemoError;
 pub async fn query(url: &str) -> Result<Value, DemoError> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let uri: http::Uri = url.parse().map_err(|e| DemoError::http(url, e))?;
-    let response = client.get(uri).await.map_err(|e| DemoError::http(url, e))?;
+    let response =
+        client.get(uri).await.map_err(|e| DemoError::Unreachable { url: url.to_owned(), source: e.into() })?;
     let status = response.status();
     let body = response.into_body().collect().await.map_err(|e| DemoError::http(url, e))?.to_bytes();
     let value: Value = serde_json::from_slice(&body)

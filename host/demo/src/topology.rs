@@ -306,7 +306,10 @@ fn start_in_process(
             placement = placement.admin(any_port());
         }
         bootstrap.place(&placement).map_err(|source| DemoError::Placement { service: service.to_string(), source })?;
-        filters.push(InProcessTracing::start(bootstrap, 1)?);
+        let started = InProcessTracing::start(bootstrap, 1).map_err(|source| {
+            gallery_service::ServiceError::Service { name: service.to_string(), source: Box::new(source) }
+        })?;
+        filters.push(started);
     }
     progress("starting image-store, image-catalog and gallery-api");
     let mut filters = filters.into_iter();

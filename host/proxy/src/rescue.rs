@@ -6,8 +6,9 @@
 //!
 //! A reply made before the filters goes out as [`Rescue::response`]; one made after the request
 //! filters went through the response filters as [`Rescue::local_response`]. Bodies name the
-//! cause and the configuration it involves (a cluster's name), never an error's internals: what
-//! a library or an application said is logged, not sent.
+//! cause and the configuration it involves (a cluster's name). An in-process application's own
+//! error is logged, not sent; an upstream connect failure or reset names the endpoint and the
+//! OS's reason (`connection refused`), as Envoy's `upstream connect error` body does.
 
 use std::borrow::Cow;
 use std::error::Error as _;

@@ -31,7 +31,7 @@ where
     let in_process = match in_process_from_env() {
         Ok(in_process) => in_process,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::service_error::chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -55,7 +55,7 @@ where
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::service_error::chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -117,6 +117,20 @@ impl RunningService {
     /// runtime: it may connect to a database), and serves. Returns once serving, or the error
     /// that prevented it.
     pub fn start<F, Fut>(
+        name: &str,
+        listen: SocketAddr,
+        telemetry: &TelemetryConfig,
+        build: F,
+    ) -> Result<Self, ServiceError>
+    where
+        F: FnOnce(Arc<Telemetry>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Router, ServiceError>>,
+    {
+        Self::start_named(name, listen, telemetry, build)
+            .map_err(|source| ServiceError::Service { name: name.to_owned(), source: Box::new(source) })
+    }
+
+    fn start_named<F, Fut>(
         name: &str,
         listen: SocketAddr,
         telemetry: &TelemetryConfig,

@@ -2,14 +2,26 @@
 
 use std::net::SocketAddr;
 
+pub use wasmtrace_proxy::error::chain;
+
 /// Errors crossing the crate boundary from a service's own start-up steps (a database, a store).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why a service could not start.
+/// Why a service could not start. A message says what failed; why is its source (print it with
+/// [`chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// One service of several (the demo's, the collector's two) failed: which one.
+    #[error("{name}")]
+    Service {
+        /// The service.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<ServiceError>,
+    },
     /// Its address could not be bound.
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}")]
     Bind {
         /// The address.
         address: SocketAddr,
@@ -18,10 +30,10 @@ pub enum ServiceError {
         source: std::io::Error,
     },
     /// The bound socket could not be set up for serving.
-    #[error("the listening socket: {0}")]
+    #[error("the listening socket")]
     Socket(#[source] std::io::Error),
     /// Its thread or tokio runtime could not start.
-    #[error("cannot start the service's thread or runtime: {0}")]
+    #[error("cannot start the service's thread or runtime")]
     Runtime(#[source] std::io::Error),
     /// Its thread ended before it served.
     #[error("the service exited during start-up")]
@@ -30,7 +42,7 @@ pub enum ServiceError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A step of building its router failed (opening the database or the object store).
-    #[error("{step}: {source}")]
+    #[error("{step}")]
     Build {
         /// The step (a fixed phrase, "opening the catalog database").
         step: &'static str,
@@ -39,10 +51,10 @@ pub enum ServiceError {
         source: BoxError,
     },
     /// The in-process filters did not start.
-    #[error("the in-process filters: {0}")]
+    #[error("the in-process filters")]
     Filters(#[source] BoxError),
     /// Serving failed after it started.
-    #[error("serving: {0}")]
+    #[error("serving")]
     Serve(#[source] std::io::Error),
 }
 
@@ -63,7 +75,7 @@ pub enum ConfigError {
     #[error("GALLERY_TRACING=in-process needs GALLERY_FILTERS_CONFIG (the sidecar file whose filters to run)")]
     NoFiltersConfig,
     /// The filters' bootstrap file does not load.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     FiltersConfig {
         /// The file.
         path: String,
@@ -72,12 +84,18 @@ pub enum ConfigError {
         source: wasmtrace_config::ConfigErrors,
     },
     /// An upstream service's URL or Host is not usable.
-    #[error("{service} {what} `{value}`: expected http://host:port")]
-    Upstream {
+    #[error("{service} URL `{value}`: expected http://host:port")]
+    UpstreamUrl {
         /// The upstream service.
         service: String,
-        /// `URL` or `host`.
-        what: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// The `Host` to send an upstream service is not a header value.
+    #[error("{service} host `{value}` is not a valid Host header value")]
+    UpstreamHost {
+        /// The upstream service.
+        service: String,
         /// The value given.
         value: String,
     },

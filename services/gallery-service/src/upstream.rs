@@ -91,18 +91,19 @@ impl UpstreamClient {
         timeout: Duration,
         telemetry: Arc<Telemetry>,
     ) -> Result<Self, crate::ConfigError> {
-        let unusable = |what, value: &str| crate::ConfigError::Upstream {
-            service: name.to_owned(),
-            what,
-            value: value.to_owned(),
-        };
+        let bad_url = || crate::ConfigError::UpstreamUrl { service: name.to_owned(), value: base_url.to_owned() };
         let base = base_url.trim_end_matches('/').to_owned();
-        let parsed: Uri = base.parse().map_err(|_| unusable("URL", base_url))?;
+        let parsed: Uri = base.parse().map_err(|_| bad_url())?;
         let authority = match (parsed.scheme_str(), parsed.authority(), parsed.path()) {
             (Some("http"), Some(authority), "/" | "") => authority.as_str().to_owned(),
-            _ => return Err(unusable("URL", base_url)),
+            _ => return Err(bad_url()),
         };
-        let host = host.map(|h| HeaderValue::from_str(h).map_err(|_| unusable("host", h))).transpose()?;
+        let host = host
+            .map(|h| {
+                HeaderValue::from_str(h)
+                    .map_err(|_| crate::ConfigError::UpstreamHost { service: name.to_owned(), value: h.to_owned() })
+            })
+            .transpose()?;
         let transport = match telemetry.in_process().and_then(|filters| filters.client_layer()) {
             Some(layer) => Transport::Filtered(layer.layer(Client::builder(TokioExecutor::new()).build_http())),
             None => Transport::Direct(Client::builder(TokioExecutor::new()).build_http()),

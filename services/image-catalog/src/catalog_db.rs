@@ -105,13 +105,13 @@ fn meta(row: &AnyRow) -> Result<ImageMeta, sqlx::Error> {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The URL does not parse.
-    #[error("database URL: {0}")]
+    #[error("database URL")]
     Url(#[source] url::ParseError),
     /// The URL names another database system.
     #[error("database URL: `{0}` is not sqlite or postgres")]
     Scheme(String),
     /// A SQLite file's directory could not be created.
-    #[error("database directory {path}: {source}")]
+    #[error("database directory {path}")]
     Directory {
         /// The directory.
         path: String,
@@ -120,10 +120,10 @@ pub enum OpenError {
         source: std::io::Error,
     },
     /// No connection could be made.
-    #[error("cannot connect to the database: {0}")]
+    #[error("cannot connect to the database")]
     Connect(#[source] sqlx::Error),
     /// The migrations did not run.
-    #[error("database migration: {0}")]
+    #[error("database migration")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 

@@ -36,7 +36,7 @@ fn error_type(error: &object_store::Error) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// An object-store URL that does not parse.
-    #[error("image location `{location}`: {source}")]
+    #[error("image location `{location}`")]
     Url {
         /// The location given.
         location: String,
@@ -45,7 +45,7 @@ pub enum OpenError {
         source: url::ParseError,
     },
     /// A directory that could not be created or resolved.
-    #[error("image directory `{location}`: {source}")]
+    #[error("image directory `{location}`")]
     Directory {
         /// The location given.
         location: String,
@@ -57,7 +57,7 @@ pub enum OpenError {
     #[error("image directory `{0}` is not a valid path")]
     NotAPath(String),
     /// The object store refused the location.
-    #[error("image location `{location}`: {source}")]
+    #[error("image location `{location}`")]
     Store {
         /// The location given.
         location: String,

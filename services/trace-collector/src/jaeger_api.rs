@@ -44,7 +44,8 @@ fn failure(status: StatusCode, message: &str) -> Response {
 
 fn internal(error: impl std::fmt::Display) -> Response {
     tracing::error!("span query: {error}");
-    failure(StatusCode::INTERNAL_SERVER_ERROR, &format!("span query failed: {error}"))
+    // The database's message is logged, not sent.
+    failure(StatusCode::INTERNAL_SERVER_ERROR, "span query failed")
 }
 
 /// Jaeger's name for an OTLP span kind.

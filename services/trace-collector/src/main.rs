@@ -48,7 +48,7 @@ async fn main() -> ExitCode {
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", gallery_service::service_error::chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -96,7 +96,7 @@ enum SwapBodyError {
     #[error("give `module_path` or `module_base64`, not both")]
     TwoModules,
     /// `module_base64` was not base64.
-    #[error("`module_base64` is not base64: {0}")]
+    #[error("`module_base64` is not base64")]
     NotBase64(#[source] base64::DecodeError),
 }
 
@@ -257,7 +257,7 @@ where
                 let request = read_json::<SwapBody, _>(body, false).await.and_then(|b| {
                     b.ok_or(SwapBodyError::Empty)
                         .and_then(|b| b.into_request(&name))
-                        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
+                        .map_err(|e| (StatusCode::BAD_REQUEST, crate::error::chain(&e)))
                 });
                 match request {
                     Ok(swap) => swap_response(state.coordinator.swap(swap).await),

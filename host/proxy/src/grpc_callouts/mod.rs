@@ -106,8 +106,9 @@ pub(crate) fn dispatch(
             (boxed(body), Some(sender), None, false, None)
         }
     };
-    let upstream = upstream_request(&request, body, timeout)
-        .map_err(|why| DispatchError::Refused(format!("the gRPC request cannot be built: {why}")))?;
+    let upstream = upstream_request(&request, body, timeout).map_err(|why| {
+        DispatchError::Refused(format!("the gRPC request cannot be built: {}", crate::error::chain(&why)))
+    })?;
     let overflowed = Arc::clone(&shared);
     let task = tokio::task::spawn_local(async move {
         let _charge = charge;
@@ -168,10 +169,10 @@ enum Ending {
 #[derive(Debug, thiserror::Error)]
 enum GrpcRequestError {
     /// The authority is not `host[:port]`.
-    #[error("the authority is not host[:port]: {0}")]
+    #[error("the authority is not host[:port]")]
     Authority(#[source] http::uri::InvalidUri),
     /// Service and method do not make a request path.
-    #[error("service and method do not make a path: {0}")]
+    #[error("service and method do not make a path")]
     Path(#[source] http::uri::InvalidUri),
     /// The request could not be assembled.
     #[error(transparent)]

@@ -66,7 +66,8 @@ impl Stream {
         self.chain.borrow().len()
     }
 
-    /// The answer to a request whose body broke its framing, counted as the client's error.
+    /// A reply the proxy makes itself after the request filters started ([`Rescue`]), as a
+    /// local response for the response filters; a client's error is counted as one.
     pub(super) fn rescue(&self, rescue: Rescue) -> LocalResponse {
         if let Some(error) = rescue.downstream_error() {
             self.ctx.stats.downstream_error(error);

@@ -372,7 +372,8 @@ impl SwapCoordinator {
                 (slot, plugin)
             })
             .collect();
-        if let Err(reason) = self.stage_everywhere(&staged).await {
+        if let Err(refusal) = self.stage_everywhere(&staged).await {
+            let reason = crate::error::chain(&refusal);
             // A refusal the caller retries (quick code, then the full compile) and a refused
             // tier-up are not the user's swap refused: they count nothing.
             let counted = publication == Publication::NewGeneration && !retry_on_refusal;
@@ -387,7 +388,7 @@ impl SwapCoordinator {
             if counted {
                 tracing::warn!(plugin = %staged[0].0.name, "hot swap refused: {reason}; the serving generation stays");
             }
-            return Err(SwapError::Refused(reason.to_string()));
+            return Err(SwapError::Refused(reason));
         }
         let mut swapped = Vec::new();
         for (slot, plugin) in staged {
@@ -455,7 +456,7 @@ impl SwapCoordinator {
                 Ok(Err(_)) => return Err(stopped),
                 Err(_) => {
                     tracing::warn!(plugin = %slot.name, ?wait, "a worker did not start the plugin in time");
-                    return Err(StageError::Worker { index: worker_index, what: "did not start the plugin in time" });
+                    return Err(StageError::Timeout { index: worker_index, wait });
                 }
             }
         }

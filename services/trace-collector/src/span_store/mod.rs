@@ -123,10 +123,10 @@ async fn connect(path: &str) -> Result<SqlitePool, OpenError> {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// Its directory could not be created.
-    #[error("span database directory: {0}")]
+    #[error("span database directory")]
     Directory(#[source] std::io::Error),
     /// No connection could be made.
-    #[error("span database {path}: {source}")]
+    #[error("span database {path}")]
     Connect {
         /// The database file.
         path: String,
@@ -135,7 +135,7 @@ pub enum OpenError {
         source: sqlx::Error,
     },
     /// A database that could not be migrated could not be moved aside either.
-    #[error("moving the span database {path} aside: {source}")]
+    #[error("moving the span database {path} aside")]
     MoveAside {
         /// The file.
         path: String,
@@ -144,10 +144,10 @@ pub enum OpenError {
         source: std::io::Error,
     },
     /// The migrations did not run.
-    #[error("span database migration: {0}")]
+    #[error("span database migration")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The resources of a migrated database could not be keyed.
-    #[error("span database migration: {0}")]
+    #[error("span database migration")]
     Rekey(#[source] sqlx::Error),
 }
 
