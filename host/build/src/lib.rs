@@ -95,7 +95,7 @@ pub enum BuildError {
     )]
     NoComponentToolchain,
     /// cargo could not be started.
-    #[error("could not run {program}: {source}")]
+    #[error("could not run {program}")]
     Spawn {
         /// The program.
         program: String,
@@ -116,7 +116,7 @@ pub enum BuildError {
     #[error("{0} built, but produced no .wasm: is it a `crate-type = [\"cdylib\"]` crate?")]
     NoArtifact(PathBuf),
     /// Copying the module to the output path failed.
-    #[error("could not write {path}: {source}")]
+    #[error("could not write {path}")]
     Output {
         /// The path.
         path: PathBuf,

@@ -23,7 +23,7 @@ const PSEUDO_FILE_SYSTEMS: [&str; 3] = ["/proc", "/sys", "/dev"];
 #[derive(Debug, Error)]
 pub enum ModuleFileError {
     /// It could not be found or opened.
-    #[error("cannot open the module {path}: {source}")]
+    #[error("cannot open the module {path}")]
     Open {
         /// The path as given.
         path: PathBuf,
@@ -58,7 +58,7 @@ pub enum ModuleFileError {
         origin: String,
     },
     /// Reading failed part way.
-    #[error("cannot read the module {path}: {source}")]
+    #[error("cannot read the module {path}")]
     Read {
         /// The path as given.
         path: PathBuf,

@@ -33,7 +33,7 @@ pub struct AdminToken {
 #[derive(Debug, Error)]
 pub enum AdminTokenError {
     /// The file could not be read.
-    #[error("cannot read the admin token file {path}: {source}")]
+    #[error("cannot read the admin token file {path}")]
     Read {
         /// The file.
         path: String,

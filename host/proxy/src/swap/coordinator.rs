@@ -27,7 +27,7 @@ async fn read_source(source: ModuleSource) -> Result<(Vec<u8>, String), SwapErro
     })
     .await
     .map_err(|e| SwapError::Refused(format!("reading the module did not finish: {e}")))?;
-    read.map_err(|e| SwapError::Refused(e.to_string()))
+    read.map_err(|e| SwapError::Refused(crate::error::chain(&e)))
 }
 
 /// Where a swap's new module comes from.
