@@ -178,6 +178,20 @@ async fn otlp_and_zipkin_spans_are_stored_and_served_in_jaegers_shape() {
     assert_eq!(get(query, &format!("/api/traces/{}", "0f".repeat(16)), &[]).await.status, StatusCode::NOT_FOUND);
     assert_eq!(get(query, "/api/traces/not-hex", &[]).await.status, StatusCode::BAD_REQUEST);
 
+    // Traces by id on the search endpoint (Jaeger UI's compare and trace-id lookup), as Jaeger's
+    // query service answers it: exactly those traces whatever else the query says, and an error
+    // entry for each id that is not stored.
+    let missing = "0f".repeat(16);
+    let by_id = get(query, &format!("/api/traces?service=store&traceID={trace_id}&traceID={missing}"), &[]).await;
+    assert_eq!(by_id.status, StatusCode::OK);
+    let by_id = by_id.json();
+    let ids: Vec<&str> = by_id["data"].as_array().expect("data").iter().filter_map(|t| t["traceID"].as_str()).collect();
+    assert_eq!(ids, vec![trace_id.as_str()]);
+    assert_eq!(by_id["errors"], serde_json::json!([{ "msg": "trace not found", "traceID": missing }]));
+    let one = get(query, &format!("/api/traces?traceID={}", trace_id.to_uppercase()), &[]).await.json();
+    assert_eq!((one["data"][0]["traceID"].as_str(), &one["errors"]), (Some(trace_id.as_str()), &Value::Null));
+    assert_eq!(get(query, "/api/traces?traceID=not-hex", &[]).await.status, StatusCode::BAD_REQUEST);
+
     // Search: by service, operation, tags, duration, time.
     let found = |path: String| async move {
         let reply = get(query, &path, &[]).await.json();

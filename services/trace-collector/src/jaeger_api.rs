@@ -284,8 +284,59 @@ pub fn trace_query(params: &[(String, String)], limits: &Limits) -> Result<Trace
     Ok(query)
 }
 
-/// `GET /api/traces?service=&operation=&tags=&minDuration=&maxDuration=&start=&end=&limit=`.
+/// A trace id as a query names it: up to 32 hex digits, zero-padded to 32 (as 64-bit ids are
+/// stored), lower case.
+fn trace_id_param(text: &str) -> Option<String> {
+    let id = text.trim().to_ascii_lowercase();
+    (!id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_hexdigit())).then(|| format!("{id:0>32}"))
+}
+
+/// `GET /api/traces?traceID=A&traceID=B`, as Jaeger answers it: exactly those traces (no other
+/// parameter applies), in the order asked, and an `errors` entry `{"msg": "trace not found",
+/// "traceID"}` for each that is not stored; at most [`Limits::max_traces_per_search`] ids.
+async fn traces_by_id(api: &QueryApi, asked: Vec<&str>) -> Response {
+    let max = usize::try_from(api.limits.max_traces_per_search).unwrap_or(0);
+    if asked.len() > max {
+        return failure(StatusCode::BAD_REQUEST, &format!("at most {max} `traceID`s in one query"));
+    }
+    let mut ids: Vec<String> = Vec::with_capacity(asked.len());
+    for text in asked {
+        let Some(id) = trace_id_param(text) else {
+            return failure(StatusCode::BAD_REQUEST, "a `traceID` is up to 32 hex digits");
+        };
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let spans = match api.store.spans_of(&ids, api.limits.max_answer_bytes).await {
+        Ok(spans) => spans,
+        Err(QueryError::TooLarge { max_bytes }) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                &format!("those traces would make an answer of more than {max_bytes} bytes; ask for fewer"),
+            );
+        }
+        Err(e) => return internal(e),
+    };
+    let traces = traces_json(&spans, &ids);
+    let found: Vec<&str> = traces.iter().filter_map(|t| t["traceID"].as_str()).collect();
+    let missing: Vec<Value> = ids
+        .iter()
+        .filter(|id| !found.contains(&id.as_str()))
+        .map(|id| json!({ "msg": "trace not found", "traceID": id }))
+        .collect();
+    let total = traces.len();
+    let errors = if missing.is_empty() { Value::Null } else { Value::Array(missing) };
+    Json(json!({ "data": traces, "total": total, "limit": 0, "offset": 0, "errors": errors })).into_response()
+}
+
+/// `GET /api/traces?service=&operation=&tags=&minDuration=&maxDuration=&start=&end=&limit=`, or
+/// `?traceID=` ([`traces_by_id`]).
 pub async fn find_traces(State(api): Api, Query(params): Query<Vec<(String, String)>>) -> Response {
+    let asked: Vec<&str> = params.iter().filter(|(key, _)| key == "traceID").map(|(_, v)| v.as_str()).collect();
+    if !asked.is_empty() {
+        return traces_by_id(&api, asked).await;
+    }
     let query = match trace_query(&params, &api.limits) {
         Ok(query) => query,
         Err(e) => return failure(StatusCode::BAD_REQUEST, &e.0),
@@ -313,11 +364,9 @@ pub async fn find_traces(State(api): Api, Query(params): Query<Vec<(String, Stri
 
 /// `GET /api/traces/{traceID}`.
 pub async fn get_trace(State(api): Api, Path(trace_id): Path<String>) -> Response {
-    let id = trace_id.to_ascii_lowercase();
-    if id.is_empty() || id.len() > 32 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+    let Some(id) = trace_id_param(&trace_id) else {
         return failure(StatusCode::BAD_REQUEST, "a trace id is up to 32 hex digits");
-    }
-    let id = format!("{id:0>32}");
+    };
     match api.store.spans_of(std::slice::from_ref(&id), api.limits.max_answer_bytes).await {
         Ok(spans) if spans.is_empty() => failure(StatusCode::NOT_FOUND, "trace not found"),
         Ok(spans) => envelope(Value::Array(traces_json(&spans, &[id])), 1),
