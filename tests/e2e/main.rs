@@ -20,6 +20,7 @@ mod hardening;
 mod hostile_headers;
 mod hot_swap;
 mod in_process;
+mod jaeger_v3;
 mod portability;
 mod protocols;
 mod reactor_build;

@@ -109,12 +109,16 @@ impl RootHost for WorldHost {
     fn set_tick_period(&self, period: Duration) {
         host::set_tick_period(u32::try_from(period.as_millis()).unwrap_or(u32::MAX));
     }
+
+    fn property(&self, property: Property) -> Option<Vec<u8>> {
+        host::get_property(property_path(property))
+    }
 }
 
 /// The path of `property` as the world's `list<string>`, built once: the import takes owned
 /// strings, which would otherwise be allocated on every read.
 fn property_path(property: Property) -> &'static [String] {
-    const ALL: [Property; 9] = [
+    const ALL: [Property; 11] = [
         Property::SourceAddress,
         Property::ListenerDirection,
         Property::ResponseCode,
@@ -124,6 +128,8 @@ fn property_path(property: Property) -> &'static [String] {
         Property::SpanAttributes,
         Property::UpstreamAddress,
         Property::RequestProtocol,
+        Property::PluginGeneration,
+        Property::PluginSha256,
     ];
     static PATHS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
     let paths = PATHS

@@ -113,6 +113,8 @@ struct RawConfig {
     record_query: bool,
     #[serde(default)]
     strip_uninjected: bool,
+    #[serde(default = "yes")]
+    record_filter_provenance: bool,
     exporter: RawExporter,
 }
 
@@ -168,6 +170,10 @@ fn grpc_service(cluster: &str, authority: &str) -> Vec<u8> {
     service
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct TraceConfig {
@@ -194,6 +200,10 @@ pub struct TraceConfig {
     /// Remove the headers of extracted formats that are not injected (so no stale context of
     /// another format reaches the next hop).
     pub strip_uninjected: bool,
+    /// Record which generation of this filter, and which module, made each span
+    /// (`wasmtrace.filter.generation`, `wasmtrace.filter.sha256`), where the host says (the
+    /// wasmtrace host does; Envoy has no such properties, so there the span has neither).
+    pub record_filter_provenance: bool,
     /// Export settings.
     pub exporter: Exporter,
 }
@@ -283,6 +293,7 @@ impl TraceConfig {
             static_attributes: raw.static_attributes.into_iter().collect(),
             record_query: raw.record_query,
             strip_uninjected: raw.strip_uninjected,
+            record_filter_provenance: raw.record_filter_provenance,
             exporter: Exporter {
                 grpc_service,
                 authority: e.authority.unwrap_or_else(|| e.cluster.clone()),

@@ -162,6 +162,10 @@ impl RootHost for ProxyWasmHost {
     fn set_tick_period(&self, period: Duration) {
         let _ = hostcalls::set_tick_period(period);
     }
+
+    fn property(&self, property: Property) -> Option<Vec<u8>> {
+        raw::property(property.serialized())
+    }
 }
 
 impl StreamHost for ProxyWasmHost {
@@ -182,7 +186,7 @@ impl StreamHost for ProxyWasmHost {
     }
 
     fn property(&self, property: Property) -> Option<Vec<u8>> {
-        raw::property(property.serialized())
+        RootHost::property(self, property)
     }
 
     fn increment(&self, counter: u32, delta: i64) {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use wasmtrace_config::{Bootstrap, FailurePolicy as ConfigFailurePolicy, SERVICE_SCOPE, WasmFilter};
-use wasmtrace_runtime::{FailurePolicy, PluginConfig, PluginModule, Runtime, VmLimits};
+use wasmtrace_runtime::{FailurePolicy, PluginConfig, PluginModule, Provenance, Runtime, VmLimits};
 
 use crate::ProxyError;
 use crate::error::ModuleError;
@@ -42,9 +42,10 @@ impl LoadedPlugin {
         limits: &VmLimits,
         generation: u64,
     ) -> Self {
+        let provenance = Provenance { generation, module_sha256: module.sha256().to_owned() };
         Self {
             listener: listener.to_owned(),
-            config: Arc::new(plugin_config(&filter, limits)),
+            config: Arc::new(PluginConfig { provenance: Some(provenance), ..plugin_config(&filter, limits) }),
             filter,
             module,
             generation,
@@ -237,6 +238,7 @@ pub fn plugin_config(filter: &WasmFilter, limits: &VmLimits) -> PluginConfig {
             ConfigFailurePolicy::FailClosed => FailurePolicy::FailClosed,
         },
         limits: limits.clone(),
+        provenance: None,
     }
 }
 

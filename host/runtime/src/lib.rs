@@ -59,7 +59,7 @@ pub use header_map::HeaderMap;
 pub use instance::PluginInstance;
 pub use module::{AbiVersion, FilterForm, ModuleSource, PluginModule};
 pub use module_cache::{CacheLimits, default_cache_dir as default_module_cache_dir};
-pub use plugin::{FailurePolicy, PluginConfig, VmLimits};
+pub use plugin::{FailurePolicy, PluginConfig, Provenance, VmLimits};
 pub use runtime::{EPOCH_TICK, ModuleLoadStats, Profiler, Runtime, RuntimeOptions, UnknownProfiler, hex_sha256};
 pub use services::{HostServices, NodeInfo, PluginFailureStats};
 pub use state::VmState;

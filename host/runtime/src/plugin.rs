@@ -60,6 +60,19 @@ pub struct PluginConfig {
     pub failure_policy: FailurePolicy,
     /// Safety limits.
     pub limits: VmLimits,
+    /// Which code this is, when the host publishes generations of it: served as the
+    /// `plugin_generation` and `plugin_sha256` properties (wasmtrace additions, absent in Envoy).
+    pub provenance: Option<Provenance>,
+}
+
+/// Which generation of a configured filter a VM runs, and which module: what lets a span say
+/// which version of the tracing logic made it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// 1 at start; every published hot swap (module or configuration) takes the next number.
+    pub generation: u64,
+    /// The module's sha256, lowercase hex.
+    pub module_sha256: String,
 }
 
 impl PluginConfig {

@@ -158,22 +158,33 @@ fn traces_json(spans: &[StoredSpan], order: &[String]) -> Vec<Value> {
     order.iter().filter_map(|id| by_trace.get(id.as_str()).map(|spans| trace_json(id, spans))).collect()
 }
 
-/// Go-style durations as Jaeger takes them (`1.5ms`, `200us`, `2s`, `1m`, `1h`), in µs.
+/// A Go duration as Jaeger takes them (`1.5ms`, `200us`, `2s`, `1m30s`, `1h`), in µs; `None`
+/// for anything else (a negative or absurdly long one included).
 pub fn parse_duration(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let split = text.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let micros = match unit {
-        "ns" => number / 1000.0,
-        "us" | "µs" => number,
-        "ms" => number * 1e3,
-        "s" => number * 1e6,
-        "m" => number * 60e6,
-        "h" => number * 3600e6,
-        _ => return None,
-    };
-    (micros >= 0.0).then_some(micros as i64)
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut micros = 0f64;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).filter(|at| *at > 0)?;
+        let (number, tail) = rest.split_at(split);
+        let number: f64 = number.parse().ok()?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1e-3,
+            "us" | "µs" | "μs" => 1.0,
+            "ms" => 1e3,
+            "s" => 1e6,
+            "m" => 60e6,
+            "h" => 3600e6,
+            _ => return None,
+        };
+        micros += number * scale;
+        rest = tail;
+    }
+    (micros.is_finite() && micros < i64::MAX as f64).then_some(micros as i64)
 }
 
 fn now_us() -> i64 {
@@ -286,7 +297,7 @@ pub fn trace_query(params: &[(String, String)], limits: &Limits) -> Result<Trace
 
 /// A trace id as a query names it: up to 32 hex digits, zero-padded to 32 (as 64-bit ids are
 /// stored), lower case.
-fn trace_id_param(text: &str) -> Option<String> {
+pub(crate) fn trace_id_param(text: &str) -> Option<String> {
     let id = text.trim().to_ascii_lowercase();
     (!id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_hexdigit())).then(|| format!("{id:0>32}"))
 }

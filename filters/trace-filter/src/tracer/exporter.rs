@@ -45,12 +45,14 @@ impl Exporter {
             resource.attributes.push((k.clone(), Value::from(v.as_str())));
         }
         resource.attributes.push(("telemetry.sdk.name".into(), "wasmtrace".into()));
+        let provenance = if config.record_filter_provenance { Provenance::read(host) } else { Provenance::default() };
         self.shared = Some(Rc::new(RefCell::new(Shared {
             config: Rc::new(config),
             resource,
             spool,
             counters: Counters::define(host),
             scratch: Vec::new(),
+            provenance,
         })));
         host.set_tick_period(TICK);
         Ok(())

@@ -94,6 +94,8 @@ pub trait RootHost: SpoolHost {
     }
     /// Arms the tick.
     fn set_tick_period(&self, period: Duration);
+    /// A property, in proxy-wasm's encoding (the root reads only the plugin's own).
+    fn property(&self, property: Property) -> Option<Vec<u8>>;
 }
 
 /// The properties a stream reads, each at most once per request.
@@ -117,6 +119,10 @@ pub enum Property {
     UpstreamAddress,
     /// `request.protocol`: `HTTP/1.1`, `HTTP/2`...
     RequestProtocol,
+    /// `plugin_generation`: the hot-swap generation this VM runs (a wasmtrace property).
+    PluginGeneration,
+    /// `plugin_sha256`: the sha256 of this VM's module (a wasmtrace property).
+    PluginSha256,
 }
 
 impl Property {
@@ -132,6 +138,8 @@ impl Property {
             Self::SpanAttributes => &[SPAN_ATTRIBUTES_PROPERTY],
             Self::UpstreamAddress => &["upstream", "address"],
             Self::RequestProtocol => &["request", "protocol"],
+            Self::PluginGeneration => &["plugin_generation"],
+            Self::PluginSha256 => &["plugin_sha256"],
         }
     }
 
@@ -148,6 +156,8 @@ impl Property {
             Self::SpanAttributes => b"wasmtrace_span_attributes",
             Self::UpstreamAddress => b"upstream\0address",
             Self::RequestProtocol => b"request\0protocol",
+            Self::PluginGeneration => b"plugin_generation",
+            Self::PluginSha256 => b"plugin_sha256",
         }
     }
 }
@@ -259,6 +269,45 @@ struct Shared {
     /// The encoding of the span being queued: the host copies it, so one buffer serves every
     /// span of the VM.
     scratch: Vec<u8>,
+    /// Which generation of the filter, and which module, this VM runs: read once, at
+    /// configuration (a swap starts new VMs), and recorded on every span.
+    provenance: Provenance,
+}
+
+/// The filter's own provenance, as the host tells it (nothing in Envoy).
+#[derive(Default)]
+struct Provenance {
+    generation: Option<i64>,
+    sha256: Option<String>,
+}
+
+impl Provenance {
+    /// The attribute recording the generation.
+    const GENERATION: &'static str = "wasmtrace.filter.generation";
+    /// The attribute recording the module's sha256.
+    const SHA256: &'static str = "wasmtrace.filter.sha256";
+
+    fn read(host: &dyn RootHost) -> Self {
+        let generation = host
+            .property(Property::PluginGeneration)
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .and_then(|word| i64::try_from(u64::from_le_bytes(word)).ok());
+        // A sha256 is 64 hex digits; anything else is not recorded.
+        let sha256 = host
+            .property(Property::PluginSha256)
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        Self { generation, sha256 }
+    }
+
+    fn record(&self, span: &mut Span) {
+        if let Some(generation) = self.generation {
+            span.set(Self::GENERATION, generation);
+        }
+        if let Some(sha256) = &self.sha256 {
+            span.set(Self::SHA256, sha256.as_str());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -268,9 +317,19 @@ mod tests {
     #[test]
     fn serialized_property_paths_are_the_segments_joined_by_nul() {
         use Property::*;
-        for property in
-            [SourceAddress, ListenerDirection, ResponseCode, RouteName, RequestSize, ResponseSize, SpanAttributes]
-        {
+        for property in [
+            SourceAddress,
+            ListenerDirection,
+            ResponseCode,
+            RouteName,
+            RequestSize,
+            ResponseSize,
+            SpanAttributes,
+            UpstreamAddress,
+            RequestProtocol,
+            PluginGeneration,
+            PluginSha256,
+        ] {
             assert_eq!(property.serialized(), property.path().join("\0").as_bytes(), "{property:?}");
         }
     }

@@ -318,6 +318,8 @@ impl StreamTracer {
             handoff::apply(&tags, &mut span);
         }
         span.name = Self::name(&span);
+        // After the hand-off: another filter cannot say which code made this span.
+        self.shared.borrow().provenance.record(&mut span);
         if let Some(route) = route {
             span.set("wasmtrace.route_name", &route);
         }
@@ -337,7 +339,7 @@ impl StreamTracer {
             }
         }
         let mut shared = self.shared.borrow_mut();
-        let Shared { config, resource, spool, counters, scratch } = &mut *shared;
+        let Shared { config, resource, spool, counters, scratch, .. } = &mut *shared;
         spool::encode_into(config.exporter.format, resource, &span, scratch);
         // Full (the collector is slow or down) or gone (the host lost the queue): either way
         // the span is dropped and counted, never held in this VM.

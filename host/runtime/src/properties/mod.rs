@@ -6,7 +6,9 @@
 //! `xds.*` (`node`, `cluster_name`, `cluster_metadata`, `route_name`, `route_metadata`,
 //! `virtual_host_name`, `virtual_host_metadata`, `upstream_host_metadata`, `listener_direction`,
 //! `listener_metadata`, `filter_chain_name`), `plugin_name`, `plugin_root_id`, `plugin_vm_id` and
-//! `connection_id`. Any other first segment names filter state a filter set with
+//! `connection_id`. Two wasmtrace additions sit beside `plugin_name` (Envoy has neither):
+//! `plugin_generation` (an integer: which hot-swap generation of the filter this VM runs) and
+//! `plugin_sha256` (its module's sha256, hex), so a filter can say which code made its output. Any other first segment names filter state a filter set with
 //! `proxy_set_property`.
 //!
 //! One deliberate extension: the Wasm-only top-level spellings of `xds.*` that Envoy served up to
@@ -268,6 +270,8 @@ pub(crate) fn resolve(path: &[&[u8]], scope: &PropertyScope<'_>) -> Option<Prope
         (b"plugin_name", []) => Some(PropertyValue::text(plugin.name.clone())),
         (b"plugin_root_id", []) => Some(PropertyValue::text(plugin.root_id.clone())),
         (b"plugin_vm_id", []) => Some(PropertyValue::text(plugin.vm_id.clone())),
+        (b"plugin_generation", []) => plugin.provenance.as_ref().map(|p| PropertyValue::UInt(p.generation)),
+        (b"plugin_sha256", []) => plugin.provenance.as_ref().map(|p| PropertyValue::text(p.module_sha256.clone())),
         (b"xds", [attr, tail @ ..]) => xds_property(scope, attr, tail),
         (b"request", [attr, tail @ ..]) => request_property(exchange?, attr, tail),
         (b"response", [attr, tail @ ..]) => response_property(exchange?, attr, tail),
@@ -563,5 +567,22 @@ mod tests {
         assert_eq!(resolve(&[b"metadata"], &root), None);
         assert_eq!(resolve(&[b"xds", b"listener_metadata"], &root), None);
         assert_eq!(resolve(&[b"xds", b"node", b"id"], &root), Some(PropertyValue::text("n")));
+    }
+
+    #[test]
+    fn the_generation_and_sha256_answer_only_where_the_host_publishes_generations() {
+        let node = NodeInfo::default();
+        let empty = HashMap::new();
+        let bare = PluginConfig::named("trace");
+        let root = PropertyScope { plugin: &bare, node: &node, exchange: None, root_filter_state: &empty };
+        assert_eq!(resolve(&[b"plugin_generation"], &root), None, "absent, as in Envoy");
+        assert_eq!(resolve(&[b"plugin_sha256"], &root), None);
+        let provenance = crate::plugin::Provenance { generation: 7, module_sha256: "ab12".into() };
+        let swapped = PluginConfig { provenance: Some(provenance), ..PluginConfig::named("trace") };
+        // Filter state of the same name never answers for it.
+        let spoof = HashMap::from([("wasm.plugin_generation".to_owned(), b"99".to_vec())]);
+        let root = PropertyScope { plugin: &swapped, node: &node, exchange: None, root_filter_state: &spoof };
+        assert_eq!(resolve(&[b"plugin_generation"], &root).map(|v| v.encode()), Some(7u64.to_le_bytes().to_vec()));
+        assert_eq!(resolve(&[b"plugin_sha256"], &root), Some(PropertyValue::text("ab12")));
     }
 }

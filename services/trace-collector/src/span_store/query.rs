@@ -44,6 +44,38 @@ pub struct Dependency {
     pub calls: i64,
 }
 
+/// What a trace is at a glance (Jaeger's `TraceSummary`), computed in the database.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceSummary {
+    /// Hex, 32 digits.
+    pub trace_id: String,
+    /// The service and name of the root span (no parent; the earliest if several), if any.
+    pub root: Option<(String, String)>,
+    /// The earliest span start (µs since the epoch).
+    pub min_start_us: i64,
+    /// The latest span end (µs since the epoch).
+    pub max_end_us: i64,
+    /// Spans stored.
+    pub span_count: i64,
+    /// Spans with error status.
+    pub error_span_count: i64,
+    /// Spans whose parent is not stored.
+    pub orphan_span_count: i64,
+    /// Per service, by name: spans and error spans.
+    pub services: Vec<ServiceSummary>,
+}
+
+/// One service's part of a trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSummary {
+    /// `service.name`.
+    pub name: String,
+    /// Spans of the service in the trace.
+    pub span_count: i64,
+    /// Of those, with error status.
+    pub error_span_count: i64,
+}
+
 /// Why a read returned nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -261,6 +293,74 @@ impl SpanStore {
         }
         spans.sort_by_key(|s| (s.start_us, s.span_id));
         Ok(spans)
+    }
+
+    /// The summaries of the traces `ids` (hex), in that order; ids not stored are skipped. Each
+    /// is a few aggregates, so the answer is small whatever the traces' size.
+    pub async fn summaries(&self, ids: &[String]) -> Result<Vec<TraceSummary>, sqlx::Error> {
+        let binary: Vec<Vec<u8>> = ids.iter().filter_map(|id| unhex(id)).filter(|id| id.len() == 16).collect();
+        let mut by_id: HashMap<String, TraceSummary> = HashMap::new();
+        for chunk in binary.chunks(IN_CHUNK) {
+            let in_list = |sql: &mut QueryBuilder<'_, Sqlite>| {
+                let mut list = sql.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.clone());
+                }
+                sql.push(")");
+            };
+            let mut sql = QueryBuilder::<Sqlite>::new(
+                "SELECT s.trace_id AS trace_id, r.service AS service, COUNT(*) AS spans, \
+                 SUM(s.status_code = 2) AS errors, MIN(s.start_us) AS first, MAX(s.start_us + s.duration_us) AS last \
+                 FROM spans s JOIN resources r ON r.id = s.resource_id WHERE s.trace_id IN (",
+            );
+            in_list(&mut sql);
+            sql.push(" GROUP BY s.trace_id, r.service ORDER BY r.service");
+            for row in sql.build().fetch_all(&self.pool).await? {
+                let id = hex(&row.try_get::<Vec<u8>, _>("trace_id")?);
+                let service = ServiceSummary {
+                    name: row.try_get("service")?,
+                    span_count: row.try_get("spans")?,
+                    error_span_count: row.try_get("errors")?,
+                };
+                let (first, last): (i64, i64) = (row.try_get("first")?, row.try_get("last")?);
+                let summary = by_id.entry(id.clone()).or_insert_with(|| TraceSummary {
+                    trace_id: id,
+                    min_start_us: first,
+                    max_end_us: last,
+                    ..TraceSummary::default()
+                });
+                summary.min_start_us = summary.min_start_us.min(first);
+                summary.max_end_us = summary.max_end_us.max(last);
+                summary.span_count += service.span_count;
+                summary.error_span_count += service.error_span_count;
+                summary.services.push(service);
+            }
+            let mut sql = QueryBuilder::<Sqlite>::new(
+                "SELECT s.trace_id AS trace_id, r.service AS service, s.name AS name FROM spans s \
+                 JOIN resources r ON r.id = s.resource_id WHERE s.parent_span_id IS NULL AND s.trace_id IN (",
+            );
+            in_list(&mut sql);
+            sql.push(" ORDER BY s.start_us DESC");
+            // Latest first, so the earliest root is the one left.
+            for row in sql.build().fetch_all(&self.pool).await? {
+                if let Some(summary) = by_id.get_mut(&hex(&row.try_get::<Vec<u8>, _>("trace_id")?)) {
+                    summary.root = Some((row.try_get("service")?, row.try_get("name")?));
+                }
+            }
+            let mut sql = QueryBuilder::<Sqlite>::new(
+                "SELECT s.trace_id AS trace_id, COUNT(*) AS orphans FROM spans s WHERE s.parent_span_id IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM spans p WHERE p.trace_id = s.trace_id AND p.span_id = s.parent_span_id) \
+                 AND s.trace_id IN (",
+            );
+            in_list(&mut sql);
+            sql.push(" GROUP BY s.trace_id");
+            for row in sql.build().fetch_all(&self.pool).await? {
+                if let Some(summary) = by_id.get_mut(&hex(&row.try_get::<Vec<u8>, _>("trace_id")?)) {
+                    summary.orphan_span_count = row.try_get("orphans")?;
+                }
+            }
+        }
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
     }
 
     /// Service-to-service calls among spans that started at or after `since_us` (at most
