@@ -171,6 +171,11 @@ async fn traces_an_upload(tracing: Tracing) -> Vec<SpanShape> {
     Tree::parent_of(put, store_server);
     assert_eq!(trace["spans"].as_array().map(Vec::len), Some(8));
     let upload = shape(&trace);
+    // Which code made the span: generation 1 of the API's inbound trace filter, from the module
+    // the deploy file names.
+    let deployed_sha256 = wasmtrace_runtime::hex_sha256(&std::fs::read(&modules.trace).expect("trace filter module"));
+    assert_eq!(Tree::tag(api_server, "wasmtrace.filter.generation"), 1);
+    assert_eq!(Tree::tag(api_server, "wasmtrace.filter.sha256"), deployed_sha256.as_str());
 
     // Hot swap on the running demo: the API sidecar's trace filter gets a new configuration (a
     // rollout tag) and then a new module; the next traces show the tag.
@@ -189,6 +194,16 @@ async fn traces_an_upload(tracing: Tracing) -> Vec<SpanShape> {
     };
     let reply = swap(serde_json::json!({ "configuration": configuration })).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // The spans after a swap say so: the next generation, the same module.
+    let reply = upload_png(demo.gallery).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let reconfigured_id = trace_id_of(&reply);
+    demo.flush();
+    let reconfigured = wait_for_trace(demo.viewer, &reconfigured_id, 8).await;
+    let api_server = Tree { trace: &reconfigured }.find("gallery-api", "server", None).clone();
+    assert_eq!(Tree::tag(&api_server, "wasmtrace.filter.generation"), 2);
+    assert_eq!(Tree::tag(&api_server, "wasmtrace.filter.sha256"), deployed_sha256.as_str());
+    assert_eq!(Tree::tag(&api_server, "rollout"), "v2");
     let mut module = std::fs::read(&modules.trace).expect("trace filter module");
     module.extend_from_slice(&[0, 9, 8]);
     module.extend_from_slice(b"rollout2");
@@ -203,6 +218,9 @@ async fn traces_an_upload(tracing: Tracing) -> Vec<SpanShape> {
     let swapped = wait_for_trace(demo.viewer, &swapped_id, 8).await;
     let tree = Tree { trace: &swapped };
     assert_eq!(Tree::tag(tree.find("gallery-api", "server", None), "rollout"), "v2", "the new configuration traced it");
+    let api_server = tree.find("gallery-api", "server", None);
+    assert_eq!(Tree::tag(api_server, "wasmtrace.filter.generation"), 3);
+    assert_eq!(Tree::tag(api_server, "wasmtrace.filter.sha256"), wasmtrace_runtime::hex_sha256(&module).as_str());
 
     // The store goes down: the upload fails, and the trace says where.
     demo.stop_store();

@@ -296,6 +296,7 @@ pub fn query_router(spans: Arc<SpanStore>, limits: Limits) -> Router {
         .route("/", get(viewer_page))
         .route("/trace/{trace_id}", get(viewer_page))
         .route("/dependencies", get(viewer_page))
+        .route("/compare/{a}/{b}", get(viewer_page))
         .route("/assets/viewer.js", get(viewer_script))
         .route("/assets/viewer.css", get(viewer_style))
         .route("/api/services", get(jaeger_api::services))
