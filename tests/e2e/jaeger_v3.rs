@@ -2,6 +2,7 @@
 //! shape of its Jaeger message (`data/jaeger-v3-*.json`, written from Jaeger's `api_v3` protos
 //! and OTLP's JSON encoding, not from our output), plus the values a user would check: which
 //! traces, which counts, which kinds; and bad parameters answered 400 in Jaeger's error shape.
+//! Also the UI's upload (`POST /api/transform`): OTLP/JSON in, the v1 trace out.
 
 use http::StatusCode;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -107,6 +108,19 @@ async fn the_v3_api_answers_in_jaegers_shapes() {
     let select = named("SELECT images");
     assert_eq!((&select["parentSpanId"], &select["status"]["code"]), (&json!("02".repeat(8)), &json!(2)));
     assert!(named("render").get("kind").is_none(), "an unspecified kind is left out, as protobuf's JSON does");
+
+    // Jaeger UI's upload: the same trace as OTLP/JSON, posted to `/api/transform`, comes back as
+    // the v1 trace the UI shows, span for span, without being stored.
+    let upload = serde_json::to_vec(&trace["result"]).expect("JSON");
+    let reply = post(query, "/api/transform", &[("content-type", "application/json")], upload).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let shown = reply.json();
+    same_shape(&fixture(include_str!("data/jaeger-trace-response.json")), &shown, "$");
+    assert_eq!(shown["data"][0]["traceID"], trace_1.as_str());
+    assert_eq!(shown["data"][0]["spans"].as_array().map(Vec::len), Some(5));
+    let refused = post(query, "/api/transform", &[("content-type", "application/json")], b"{not json".to_vec()).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    same_shape(&fixture(include_str!("data/jaeger-v1-answers.json"))["error"], &refused.json(), "$");
 
     // A search: every span of the matching traces; nothing found is 404.
     let found = get(query, &format!("/api/v3/traces?query.serviceName=catalog&{WINDOW}"), &[]).await.json();

@@ -29,6 +29,16 @@ pub struct QueryApi {
     pub store: Arc<SpanStore>,
     /// The bounds on what is asked and answered.
     pub limits: Limits,
+    /// Uploads being transformed (`POST /api/transform`) at once: as many as ingests may run.
+    pub transforms: tokio::sync::Semaphore,
+}
+
+impl QueryApi {
+    /// The query side of a store, within `limits`.
+    pub fn new(store: Arc<SpanStore>, limits: Limits) -> Self {
+        let permits = limits.max_concurrent_ingests.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Self { store, limits, transforms: tokio::sync::Semaphore::new(permits) }
+    }
 }
 
 type Api = State<Arc<QueryApi>>;
@@ -403,4 +413,39 @@ pub async fn dependencies(State(api): Api, Query(params): Query<HashMap<String, 
         }
         Err(e) => internal(e),
     }
+}
+
+/// `POST /api/transform`: an OTLP/JSON document (`{"resourceSpans": [...]}`, as an SDK or
+/// Jaeger's v3 API writes it) turned into the v1 answer Jaeger UI shows, without storing it: what
+/// the UI's "upload a file" does. The body is bounded like an ingest's (size, spans, decoded
+/// memory, uploads at once) and so is the answer; spans without valid ids are left out.
+pub async fn transform(State(api): Api, body: axum::body::Bytes) -> Response {
+    let Ok(_permit) = api.transforms.try_acquire() else {
+        return failure(StatusCode::SERVICE_UNAVAILABLE, "too many uploads at once; try again");
+    };
+    let limits = api.limits;
+    let decoded = tokio::task::spawn_blocking(move || crate::ingest::otlp_within(&body, true, &limits)).await;
+    let spans = match decoded {
+        Ok(Ok(decoded)) => decoded.spans,
+        Ok(Err(e)) => return failure(StatusCode::BAD_REQUEST, &format!("cannot read the upload as OTLP/JSON: {e}")),
+        Err(e) => return internal(e),
+    };
+    let cost = spans.iter().map(crate::span_store::answer_cost).fold(0usize, usize::saturating_add);
+    if cost > limits.max_answer_bytes {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            &format!("the upload would make an answer of more than {} bytes", limits.max_answer_bytes),
+        );
+    }
+    let mut order: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for span in &spans {
+        let id = hex(&span.trace_id);
+        if seen.insert(id.clone()) {
+            order.push(id);
+        }
+    }
+    let traces = traces_json(&spans, &order);
+    let total = traces.len();
+    envelope(Value::Array(traces), total)
 }

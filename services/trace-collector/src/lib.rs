@@ -305,12 +305,13 @@ pub fn query_router(spans: Arc<SpanStore>, limits: Limits) -> Router {
         .route("/api/traces", get(jaeger_api::find_traces))
         .route("/api/traces/{trace_id}", get(jaeger_api::get_trace))
         .route("/api/dependencies", get(jaeger_api::dependencies))
+        .route("/api/transform", post(jaeger_api::transform).layer(DefaultBodyLimit::max(limits.max_request_bytes)))
         .route("/api/v3/services", get(jaeger_v3::services))
         .route("/api/v3/operations", get(jaeger_v3::operations))
         .route("/api/v3/traces", get(jaeger_v3::find_traces))
         .route("/api/v3/traces/{trace_id}", get(jaeger_v3::get_trace))
         .route("/api/v3/trace-summaries", get(jaeger_v3::trace_summaries))
-        .with_state(Arc::new(QueryApi { store: spans, limits }))
+        .with_state(Arc::new(QueryApi::new(spans, limits)))
 }
 
 /// Drops spans beyond the retention limits, every ten seconds.

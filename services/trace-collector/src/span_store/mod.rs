@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-pub use query::{Dependency, QueryError, ServiceSummary, TraceQuery, TraceSummary};
+pub use query::{Dependency, QueryError, ServiceSummary, TraceQuery, TraceSummary, answer_cost};
 
 /// A resource as stored: the service it names and all its attributes.
 #[derive(Clone, Debug, PartialEq, Eq)]

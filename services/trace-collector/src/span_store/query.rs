@@ -96,9 +96,9 @@ const SPAN_JSON_OVERHEAD: usize = 384;
 /// Parameters per `IN (...)` list: well below SQLite's 32,766.
 const IN_CHUNK: usize = 500;
 
-/// The JSON a stored span becomes, priced before it is built: text fields once, and the JSON
+/// The Jaeger JSON a stored span becomes, priced before it is built: text fields once, and the JSON
 /// ones twice (each attribute becomes a `{"key", "type", "value"}` object).
-fn answer_cost(span: &StoredSpan) -> usize {
+pub fn answer_cost(span: &StoredSpan) -> usize {
     SPAN_JSON_OVERHEAD
         + span.name.len()
         + span.status_message.len()
