@@ -492,3 +492,28 @@ async fn the_component_build_of_the_trace_filter_gives_the_same_spans_as_the_pro
     assert_eq!(runs[0].len(), 3);
     assert_eq!(runs[1], runs[0], "component spans (left) vs proxy-wasm spans (right)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_span_says_which_generation_and_module_made_it_unless_configured_not_to() {
+    let sha256 = wasmtrace_runtime::hex_sha256(&std::fs::read(filter_module("trace-filter")).expect("the module"));
+    for (record, expected) in [("", Some(1)), (r#""record_filter_provenance": false, "#, None)] {
+        let collector = Collector::start();
+        let upstream = Upstream::start();
+        let config = format!(
+            r#"{{"service_name": "api", "span_kind": "server", {record}"exporter": {{"cluster": "otel", "flush_interval_ms": 50}}}}"#
+        );
+        let proxy = sidecar(
+            &[listener("inbound", "INBOUND", &trace_filter_json("server", &config), "app")],
+            &[cluster("app", upstream.addr, ""), cluster("otel", collector.addr, "")],
+        );
+        let reply = get(proxy.listener_address("inbound").expect("inbound"), "/v0/images", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let spans = collector.wait_for(1).await;
+        let span = &spans[0].span;
+        let generation = attribute(span, "wasmtrace.filter.generation").cloned();
+        assert_eq!(generation, expected.map(AnyValue::IntValue), "{config}");
+        let module = attribute(span, "wasmtrace.filter.sha256").cloned();
+        assert_eq!(module, expected.map(|_| AnyValue::StringValue(sha256.clone())), "{config}");
+        proxy.shutdown();
+    }
+}
