@@ -121,6 +121,10 @@ async fn the_v3_api_answers_in_jaegers_shapes() {
     let refused = post(query, "/api/transform", &[("content-type", "application/json")], b"{not json".to_vec()).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     same_shape(&fixture(include_str!("data/jaeger-v1-answers.json"))["error"], &refused.json(), "$");
+    assert!(!refused.text().contains("not json"), "the upload is not repeated: {}", refused.text());
+    // A form a web page of another origin could post without asking is refused.
+    let plain = post(query, "/api/transform", &[("content-type", "text/plain")], b"{}".to_vec()).await;
+    assert_eq!(plain.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     // A search: every span of the matching traces; nothing found is 404.
     let found = get(query, &format!("/api/v3/traces?query.serviceName=catalog&{WINDOW}"), &[]).await.json();
@@ -193,6 +197,14 @@ async fn the_v3_api_answers_in_jaegers_shapes() {
             "malformed parameter query.startTimeMin",
         ),
         ("/api/v3/traces/%3Cb%3E".to_owned(), "malformed parameter trace_id"),
+        (
+            format!("/api/v3/traces?{WINDOW}&query.attributes=%7B%22a%5C%22%3Cb%3E%22%3A%221%22%7D"),
+            "malformed parameter query.attributes",
+        ),
+        (
+            format!("/api/v3/traces?{WINDOW}&query.attributes=%7B%22a%5Cu0000%3Cb%3E%22%3A%221%22%7D"),
+            "malformed parameter query.attributes",
+        ),
     ] {
         let reply = get(query, &path, &[]).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");

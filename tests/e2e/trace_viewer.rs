@@ -14,7 +14,7 @@ use http::StatusCode;
 use serde_json::Value;
 use wasmtrace_demo::topology::{DemoConfig, Ports, Tracing, start};
 
-use crate::fixture::browser::{chromedriver, connect, wait_for_count};
+use crate::fixture::browser::{chromedriver, click, connect, wait_for_count};
 use crate::fixture::client::{client, send_bytes};
 use crate::fixture::gallery::{Database, Gallery, GalleryOptions};
 use crate::fixture::proxy::workspace_root;
@@ -44,12 +44,12 @@ async fn the_viewer_finds_a_trace_shows_its_waterfall_span_details_and_the_depen
             .expect("services listed");
         service.click().await.expect("choose gallery-api");
         browser.find(Locator::Css("#find")).await.expect("find").click().await.expect("search");
-        let result = browser
+        browser
             .wait()
             .for_element(Locator::Css(&format!("#results tr[data-trace-id='{trace_id}']")))
             .await
             .expect("the search finds the trace");
-        result.click().await.expect("open the trace");
+        click(&browser, &format!("#results tr[data-trace-id='{trace_id}']")).await;
         wait_for_count(&browser, "#trace .row", span_count).await;
         let critical = browser.find_all(Locator::Css("#trace .row.critical")).await.expect("rows").len();
         assert!(critical >= 2, "the critical path runs through the trace ({critical} spans marked)");
@@ -250,13 +250,7 @@ async fn across_a_hot_swap_the_viewer_marks_it_searches_by_generation_sorts_comp
         wait_for_listed(&browser, &all).await;
         let (a, b) = (before.iter().next().expect("one before"), after.iter().next().expect("one after"));
         for id in [a, b] {
-            browser
-                .find(Locator::Css(&format!("#results input.pick[data-trace-id='{id}']")))
-                .await
-                .expect("checkbox")
-                .click()
-                .await
-                .expect("pick");
+            click(&browser, &format!("#results input.pick[data-trace-id='{id}']")).await;
         }
         browser.find(Locator::Css("#compare")).await.expect("compare").click().await.expect("compare");
         wait_for_count(&browser, ".compare tbody tr[data-delta-us]", 8).await;

@@ -13,7 +13,12 @@
 
 use wasmtrace_trace_core::span::{Span, ValueRef};
 
-/// Adds the attributes the hand-off `bytes` carry to `span` (set, or replacing what is there).
+/// Attributes only the trace filter itself sets (which code made the span): a hand-off's are
+/// ignored, so no other filter can pose as another generation.
+pub const RESERVED_PREFIX: &str = "wasmtrace.filter.";
+
+/// Adds the attributes the hand-off `bytes` carry to `span` (set, or replacing what is there),
+/// but none under [`RESERVED_PREFIX`].
 pub fn apply(bytes: &[u8], span: &mut Span) {
     let Ok(text) = std::str::from_utf8(bytes) else { return };
     match scan(text) {
@@ -21,7 +26,7 @@ pub fn apply(bytes: &[u8], span: &mut Span) {
             // A map's order: sorted by key, the last of equal keys kept (the sort is stable).
             entries.sort_by(|a, b| a.0.cmp(b.0));
             for (i, (key, value)) in entries.iter().enumerate() {
-                if entries.get(i + 1).is_none_or(|next| next.0 != *key) {
+                if entries.get(i + 1).is_none_or(|next| next.0 != *key) && !key.starts_with(RESERVED_PREFIX) {
                     span.set(key, *value);
                 }
             }
@@ -33,7 +38,7 @@ pub fn apply(bytes: &[u8], span: &mut Span) {
 /// The general case, through `serde_json`.
 fn apply_json(text: &str, span: &mut Span) {
     let Ok(serde_json::Value::Object(tags)) = serde_json::from_str(text) else { return };
-    for (key, value) in tags {
+    for (key, value) in tags.into_iter().filter(|(key, _)| !key.starts_with(RESERVED_PREFIX)) {
         match value {
             serde_json::Value::String(s) => span.set(&key, &s),
             serde_json::Value::Bool(b) => span.set(&key, b),
@@ -196,6 +201,20 @@ mod tests {
             ],
             "replaced in place, then the new keys in sorted order"
         );
+    }
+
+    #[test]
+    fn no_hand_off_can_say_which_code_made_the_span() {
+        for text in [
+            r#"{"wasmtrace.filter.generation":99,"wasmtrace.filter.sha256":"00","ok":"yes"}"#,
+            r#"{"wasmtrace.filter.generation":{"nested":1},"ok":"yes"}"#,
+        ] {
+            let (fast, general) = both(text);
+            assert_eq!(fast, general, "{text}");
+            assert_eq!(fast.get("wasmtrace.filter.generation"), None, "{text}");
+            assert_eq!(fast.get("wasmtrace.filter.sha256"), None, "{text}");
+            assert_eq!(fast.get("ok"), Some(ValueRef::String("yes")), "{text}");
+        }
     }
 
     #[test]

@@ -87,15 +87,24 @@ fn object(text: &str) -> Map<String, Value> {
 
 /// Jaeger's JSON for one trace's spans.
 pub fn trace_json(trace_id: &str, spans: &[&StoredSpan]) -> Value {
-    let mut processes: Vec<&Arc<StoredResource>> = Vec::new();
+    // A process per distinct resource (equal content, one process): spans sharing a resource are
+    // matched by pointer, and a resource's content is hashed once, when first met, so a trace of
+    // many (or large) resources costs no more than the answer it makes.
+    let mut by_pointer: HashMap<*const StoredResource, usize> = HashMap::new();
+    let mut processes: HashMap<&StoredResource, usize> = HashMap::new();
     let mut process_json = Map::new();
     let mut out = Vec::new();
     for span in spans {
-        let same = |p: &&Arc<StoredResource>| Arc::ptr_eq(p, &span.resource) || ***p == *span.resource;
-        let index = match processes.iter().position(same) {
-            Some(i) => i,
+        let pointer = Arc::as_ptr(&span.resource);
+        let known = by_pointer.get(&pointer).copied().or_else(|| processes.get(&*span.resource).copied());
+        let index = match known {
+            Some(i) => {
+                by_pointer.insert(pointer, i);
+                i
+            }
             None => {
-                processes.push(&span.resource);
+                by_pointer.insert(pointer, processes.len());
+                processes.insert(&span.resource, processes.len());
                 let tags: Vec<Value> = object(&span.resource.attributes)
                     .iter()
                     .filter(|(k, _)| k.as_str() != "service.name")
@@ -171,7 +180,12 @@ fn traces_json(spans: &[StoredSpan], order: &[String]) -> Vec<Value> {
 /// A Go duration as Jaeger takes them (`1.5ms`, `200us`, `2s`, `1m30s`, `1h`), in µs; `None`
 /// for anything else (a negative or absurdly long one included).
 pub fn parse_duration(text: &str) -> Option<i64> {
-    let mut rest = text.trim();
+    let text = text.trim();
+    // Go takes a sign and a bare 0; a negative duration bounds nothing here, so it is refused.
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    if rest == "0" {
+        return Some(0);
+    }
     if rest.is_empty() {
         return None;
     }
@@ -245,6 +259,12 @@ pub async fn operations(State(api): Api, Query(params): Query<HashMap<String, St
     }
 }
 
+/// Whether an attribute name can be searched: it becomes a JSON path in SQL, where a quote, a
+/// backslash or a control character (a NUL ends the path) would change what it means.
+pub fn searchable_key(key: &str) -> bool {
+    !key.is_empty() && !key.chars().any(|c| c == '"' || c == '\\' || c.is_control())
+}
+
 /// A search the query string describes wrongly: the text says which parameter and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -286,11 +306,17 @@ pub fn trace_query(params: &[(String, String)], limits: &Limits) -> Result<Trace
                 let tags: Map<String, Value> =
                     serde_json::from_str(value).map_err(|e| BadQuery(format!("`tags` must be a JSON object: {e}")))?;
                 for (k, v) in tags {
+                    if !searchable_key(&k) {
+                        return Err(BadQuery("a tag name has a quote, a backslash or a control character".to_owned()));
+                    }
                     query.tags.push((k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)));
                 }
             }
             "tag" => {
                 let (k, v) = value.split_once(':').ok_or_else(|| BadQuery("`tag` must be key:value".to_owned()))?;
+                if !searchable_key(k) {
+                    return Err(BadQuery("a tag name has a quote, a backslash or a control character".to_owned()));
+                }
                 query.tags.push((k.to_owned(), v.to_owned()));
             }
             _ => {}
@@ -415,37 +441,88 @@ pub async fn dependencies(State(api): Api, Query(params): Query<HashMap<String, 
     }
 }
 
-/// `POST /api/transform`: an OTLP/JSON document (`{"resourceSpans": [...]}`, as an SDK or
-/// Jaeger's v3 API writes it) turned into the v1 answer Jaeger UI shows, without storing it: what
-/// the UI's "upload a file" does. The body is bounded like an ingest's (size, spans, decoded
-/// memory, uploads at once) and so is the answer; spans without valid ids are left out.
-pub async fn transform(State(api): Api, body: axum::body::Bytes) -> Response {
-    let Ok(_permit) = api.transforms.try_acquire() else {
-        return failure(StatusCode::SERVICE_UNAVAILABLE, "too many uploads at once; try again");
-    };
-    let limits = api.limits;
-    let decoded = tokio::task::spawn_blocking(move || crate::ingest::otlp_within(&body, true, &limits)).await;
-    let spans = match decoded {
-        Ok(Ok(decoded)) => decoded.spans,
-        Ok(Err(e)) => return failure(StatusCode::BAD_REQUEST, &format!("cannot read the upload as OTLP/JSON: {e}")),
-        Err(e) => return internal(e),
-    };
-    let cost = spans.iter().map(crate::span_store::answer_cost).fold(0usize, usize::saturating_add);
-    if cost > limits.max_answer_bytes {
-        return failure(
-            StatusCode::BAD_REQUEST,
-            &format!("the upload would make an answer of more than {} bytes", limits.max_answer_bytes),
-        );
-    }
+/// Jaeger UI's upload (`POST /api/transform`) once decoded: the spans as the v1 traces the UI
+/// shows, grouped by trace in the order first seen, or why not. The answer is priced before it is
+/// built, each trace's resources included (a resource is repeated in every trace that has it), so
+/// an upload cannot make an answer larger than [`Limits::max_answer_bytes`].
+pub fn transformed(spans: &[StoredSpan], limits: &Limits) -> Result<Value, String> {
+    let mut cost = 0usize;
+    let mut pairs = std::collections::HashSet::new();
     let mut order: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for span in &spans {
-        let id = hex(&span.trace_id);
-        if seen.insert(id.clone()) {
-            order.push(id);
+    for span in spans {
+        cost = cost.saturating_add(crate::span_store::answer_cost(span));
+        if pairs.insert((span.trace_id, Arc::as_ptr(&span.resource))) {
+            cost = cost.saturating_add(64).saturating_add(span.resource.heap_bytes().saturating_mul(2));
+        }
+        if seen.insert(span.trace_id) {
+            order.push(hex(&span.trace_id));
         }
     }
-    let traces = traces_json(&spans, &order);
+    if cost > limits.max_answer_bytes {
+        return Err(format!("the upload would make an answer of more than {} bytes", limits.max_answer_bytes));
+    }
+    let traces = traces_json(spans, &order);
     let total = traces.len();
-    envelope(Value::Array(traces), total)
+    Ok(json!({ "data": traces, "total": total, "limit": 0, "offset": 0, "errors": null }))
+}
+
+/// Jaeger's v1 error answer, for handlers outside this module.
+pub fn error_answer(status: StatusCode, message: &str) -> Response {
+    failure(status, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(trace: u8, resource: &Arc<StoredResource>) -> StoredSpan {
+        StoredSpan {
+            trace_id: [trace; 16],
+            span_id: [trace; 8],
+            parent_span_id: None,
+            resource: resource.clone(),
+            name: "op".into(),
+            kind: 2,
+            start_us: 1,
+            duration_us: 1,
+            status_code: 0,
+            status_message: String::new(),
+            attributes: "{}".into(),
+            events: "[]".into(),
+            links: "[]".into(),
+        }
+    }
+
+    #[test]
+    fn an_upload_is_priced_with_the_resource_every_trace_repeats() {
+        // One 100 KB resource shared by 200 traces: 200 copies of it in the answer.
+        let resource = Arc::new(StoredResource {
+            service: "s".into(),
+            attributes: format!("{{\"k\":\"{}\"}}", "x".repeat(100_000)),
+        });
+        let spans: Vec<StoredSpan> = (1..=200).map(|t| span(t, &resource)).collect();
+        let limits = Limits { max_answer_bytes: 10 << 20, ..Limits::default() };
+        assert!(transformed(&spans, &limits).is_err(), "200 × 2 × 100 KB is over 10 MiB");
+        let few = &spans[..20];
+        let answer = transformed(few, &limits).expect("20 copies fit");
+        assert_eq!(answer["data"].as_array().map(Vec::len), Some(20));
+        assert_eq!(answer["data"][0]["processes"]["p1"]["serviceName"], "s");
+    }
+
+    #[test]
+    fn durations_read_as_go_reads_them() {
+        for (text, micros) in [
+            ("0", Some(0)),
+            ("+2s", Some(2_000_000)),
+            ("1m30s", Some(90_000_000)),
+            ("1.5ms", Some(1500)),
+            ("200µs", Some(200)),
+        ] {
+            assert_eq!(parse_duration(text), micros, "{text}");
+        }
+        for text in ["", "-1s", "1", "1x", "ms", "1e3s", "1.2.3s", "99999999999999999999h"] {
+            assert_eq!(parse_duration(text), None, "{text}");
+        }
+    }
 }

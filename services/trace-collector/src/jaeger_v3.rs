@@ -32,6 +32,10 @@ use crate::span_store::{QueryError, StoredResource, StoredSpan, TraceQuery, Trac
 
 /// `query.searchDepth` when the caller does not say (Jaeger's default).
 const DEFAULT_SEARCH_DEPTH: i64 = 100;
+/// How much larger OTLP/JSON is than the v1 answer the store prices a span at: each attribute is
+/// wrapped twice (`{"key": ..., "value": {"stringValue": ...}}`), so the read's budget is this
+/// much smaller for the same bound on the answer.
+const OTLP_JSON_FACTOR: usize = 3;
 
 type Api = State<Arc<QueryApi>>;
 type Params = Query<Vec<(String, String)>>;
@@ -123,8 +127,10 @@ pub fn v3_query(params: &[(String, String)], limits: &Limits) -> Result<TraceQue
     }
     // A depth is how far to look, not a promise: beyond the cap the search looks as far as it may.
     query.limit = query.limit.min(limits.max_traces_per_search);
+    // Go's `strconv.ParseBool` forms.
+    const BOOLS: [&str; 12] = ["1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"];
     if let Some((name, value)) = param(params, &["query.rawTraces", "query.raw_traces"])
-        && value.parse::<bool>().is_err()
+        && !BOOLS.contains(&value)
     {
         return Err(malformed(name, "not true or false"));
     }
@@ -135,6 +141,9 @@ pub fn v3_query(params: &[(String, String)], limits: &Limits) -> Result<TraceQue
             return Err(format!("a search may filter on at most {MAX_SEARCH_TAGS} attributes"));
         }
         for (key, value) in attributes {
+            if !crate::jaeger_api::searchable_key(&key) {
+                return Err(malformed(name, "an attribute name has a quote, a backslash or a control character"));
+            }
             query.tags.push((key, value.as_str().map_or_else(|| value.to_string(), str::to_owned)));
         }
     }
@@ -161,7 +170,8 @@ pub async fn operations(State(api): Api, Query(params): Query<HashMap<String, St
     let mut list: Vec<(String, &'static str)> = Vec::with_capacity(operations.len());
     for (name, kind) in operations {
         let kind = if kind <= 1 { "internal" } else { kind_name(kind) };
-        if wanted.is_none_or(|w| w == kind) && !list.iter().any(|(n, k)| *n == name && *k == kind) {
+        // Sorted by name and kind, so a repeat (kinds 0 and 1 are both `internal`) is the last one.
+        if wanted.is_none_or(|w| w == kind) && list.last().is_none_or(|(n, k)| *n != name || *k != kind) {
             list.push((name, kind));
         }
     }
@@ -174,10 +184,11 @@ pub async fn get_trace(State(api): Api, Path(trace_id): Path<String>) -> Respons
     let Some(id) = trace_id_param(&trace_id) else {
         return bad("malformed parameter trace_id: up to 32 hex digits".into());
     };
-    match api.store.spans_of(std::slice::from_ref(&id), api.limits.max_answer_bytes).await {
+    let max_bytes = api.limits.max_answer_bytes;
+    match api.store.spans_of(std::slice::from_ref(&id), max_bytes / OTLP_JSON_FACTOR).await {
         Ok(spans) if spans.is_empty() => not_found(),
         Ok(spans) => Json(traces_document(&spans)).into_response(),
-        Err(QueryError::TooLarge { max_bytes }) => {
+        Err(QueryError::TooLarge { .. }) => {
             bad(format!("trace {id} is too large to answer: its spans would make more than {max_bytes} bytes"))
         }
         Err(e) => internal(e),
@@ -195,10 +206,10 @@ pub async fn find_traces(State(api): Api, Query(params): Params) -> Response {
         Ok(ids) => ids,
         Err(e) => return internal(e),
     };
-    match api.store.spans_of(&ids, api.limits.max_answer_bytes).await {
+    match api.store.spans_of(&ids, api.limits.max_answer_bytes / OTLP_JSON_FACTOR).await {
         Ok(spans) if spans.is_empty() => not_found(),
         Ok(spans) => Json(traces_document(&spans)).into_response(),
-        Err(QueryError::TooLarge { max_bytes }) => too_large(max_bytes),
+        Err(QueryError::TooLarge { .. }) => too_large(api.limits.max_answer_bytes),
         Err(e) => internal(e),
     }
 }
@@ -214,11 +225,12 @@ pub async fn trace_summaries(State(api): Api, Query(params): Params) -> Response
         Ok(ids) => ids,
         Err(e) => return internal(e),
     };
-    match api.store.summaries(&ids).await {
+    match api.store.summaries(&ids, api.limits.max_answer_bytes).await {
         Ok(summaries) => {
             let list: Vec<Value> = summaries.iter().map(summary_json).collect();
             Json(json!({ "summaries": list })).into_response()
         }
+        Err(QueryError::TooLarge { max_bytes }) => too_large(max_bytes),
         Err(e) => internal(e),
     }
 }
@@ -304,8 +316,13 @@ fn span_json(span: &StoredSpan) -> Value {
     }
     object.insert("startTimeUnixNano".into(), Value::from(nanos_text(span.start_us)));
     object.insert("endTimeUnixNano".into(), Value::from(nanos_text(span.start_us.saturating_add(span.duration_us))));
-    object.insert("attributes".into(), Value::Array(key_values(&stored_object(&span.attributes))));
-    if let Ok(Value::Array(events)) = serde_json::from_str::<Value>(&span.events) {
+    let attributes = key_values(&stored_object(&span.attributes));
+    if !attributes.is_empty() {
+        object.insert("attributes".into(), Value::Array(attributes));
+    }
+    if let Ok(Value::Array(events)) = serde_json::from_str::<Value>(&span.events)
+        && !events.is_empty()
+    {
         let events: Vec<Value> = events
             .iter()
             .map(|event| {
@@ -316,7 +333,9 @@ fn span_json(span: &StoredSpan) -> Value {
             .collect();
         object.insert("events".into(), Value::Array(events));
     }
-    if let Ok(Value::Array(links)) = serde_json::from_str::<Value>(&span.links) {
+    if let Ok(Value::Array(links)) = serde_json::from_str::<Value>(&span.links)
+        && !links.is_empty()
+    {
         let links: Vec<Value> =
             links.iter().map(|link| json!({ "traceId": link["trace_id"], "spanId": link["span_id"] })).collect();
         object.insert("links".into(), Value::Array(links));

@@ -102,16 +102,22 @@ enum Refusal {
     NotStored(sqlx::Error),
 }
 
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let status = match &self {
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
             Refusal::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::Busy { .. } | Refusal::NotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Refusal::BodyRead(_) | Refusal::Ingest(IngestError::Malformed(_)) => StatusCode::BAD_REQUEST,
             Refusal::Ingest(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::DecodeTask => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status = self.status();
         let mut response =
             (status, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.to_string()).into_response();
         if matches!(self, Refusal::Busy { .. }) {
@@ -175,24 +181,31 @@ impl IngestState {
 
     /// The body, read with the size cap and the time limit.
     async fn body(&self, request: Request) -> Result<bytes::Bytes, Refusal> {
-        let max = self.limits.max_request_bytes;
-        let declared = request
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > max.saturating_add(MAX_DRAIN_BYTES) as u64) {
-            // Too large to even read away: refuse now (the sender may see a reset connection).
-            return Err(IngestError::TooLarge { max }.into());
-        }
-        let secs = self.limits.ingest_body_timeout_secs;
-        let capacity = declared.map_or(0, |length| usize::try_from(length).unwrap_or(max).min(max));
-        match tokio::time::timeout(Duration::from_secs(secs), read_capped(request.into_body(), max, capacity)).await {
-            Ok(result) => result,
-            Err(_) => Err(Refusal::BodyTimeout { secs }),
-        }
+        read_body(request, &self.limits).await
     }
+}
 
+/// A request's body, read with the size cap and the time limit of `limits`.
+async fn read_body(request: Request, limits: &Limits) -> Result<bytes::Bytes, Refusal> {
+    let max = limits.max_request_bytes;
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max.saturating_add(MAX_DRAIN_BYTES) as u64) {
+        // Too large to even read away: refuse now (the sender may see a reset connection).
+        return Err(IngestError::TooLarge { max }.into());
+    }
+    let secs = limits.ingest_body_timeout_secs;
+    let capacity = declared.map_or(0, |length| usize::try_from(length).unwrap_or(max).min(max));
+    match tokio::time::timeout(Duration::from_secs(secs), read_capped(request.into_body(), max, capacity)).await {
+        Ok(result) => result,
+        Err(_) => Err(Refusal::BodyTimeout { secs }),
+    }
+}
+
+impl IngestState {
     /// Decompresses and decodes off the async workers (decoding a large request is CPU work).
     async fn decode<F>(&self, encoding: Option<String>, body: bytes::Bytes, decode: F) -> Result<Decoded, Refusal>
     where
@@ -277,6 +290,45 @@ pub fn ingest_router(spans: Arc<SpanStore>, limits: Limits) -> Router {
         .with_state(Arc::new(state))
 }
 
+/// `POST /api/transform`: Jaeger UI's upload, an OTLP/JSON document shown as v1 traces and not
+/// stored. Bounded as an ingest is: a slot taken before the body is read (as many as ingests may
+/// run), the size cap and time limit on the body, decoding within the ingest limits off the async
+/// workers, and the answer priced before it is built. Only `application/json` is taken, which a
+/// web page of another origin cannot send without the browser asking first (and being refused).
+async fn transform(State(api): State<Arc<QueryApi>>, request: Request) -> Response {
+    let Ok(_permit) = api.transforms.try_acquire() else {
+        return jaeger_api::error_answer(StatusCode::SERVICE_UNAVAILABLE, "too many uploads at once; try again");
+    };
+    if content_type(request.headers()) != "application/json" {
+        return jaeger_api::error_answer(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the upload as application/json");
+    }
+    let body = match read_body(request, &api.limits).await {
+        Ok(body) => body,
+        Err(refusal) => return jaeger_api::error_answer(refusal.status(), &refusal.to_string()),
+    };
+    let limits = api.limits;
+    let work = move || match ingest::otlp_within(&body, true, &limits) {
+        Ok(decoded) => jaeger_api::transformed(&decoded.spans, &limits).map_err(|e| (StatusCode::BAD_REQUEST, e)),
+        Err(IngestError::Malformed(detail)) => {
+            // The parser's message may quote the upload: logged, not sent.
+            tracing::debug!("an upload to transform is not OTLP/JSON: {detail}");
+            Err((
+                StatusCode::BAD_REQUEST,
+                "the upload is not an OTLP/JSON document ({\"resourceSpans\": [...]})".to_owned(),
+            ))
+        }
+        Err(e) => Err((StatusCode::PAYLOAD_TOO_LARGE, e.to_string())),
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(answer)) => axum::Json(answer).into_response(),
+        Ok(Err((status, message))) => jaeger_api::error_answer(status, &message),
+        Err(e) => {
+            tracing::error!("transforming an upload: {e}");
+            jaeger_api::error_answer(StatusCode::INTERNAL_SERVER_ERROR, "the upload could not be transformed")
+        }
+    }
+}
+
 async fn viewer_page() -> impl IntoResponse {
     axum::response::Html(include_str!("viewer/index.html"))
 }
@@ -305,7 +357,7 @@ pub fn query_router(spans: Arc<SpanStore>, limits: Limits) -> Router {
         .route("/api/traces", get(jaeger_api::find_traces))
         .route("/api/traces/{trace_id}", get(jaeger_api::get_trace))
         .route("/api/dependencies", get(jaeger_api::dependencies))
-        .route("/api/transform", post(jaeger_api::transform).layer(DefaultBodyLimit::max(limits.max_request_bytes)))
+        .route("/api/transform", post(transform))
         .route("/api/v3/services", get(jaeger_v3::services))
         .route("/api/v3/operations", get(jaeger_v3::operations))
         .route("/api/v3/traces", get(jaeger_v3::find_traces))

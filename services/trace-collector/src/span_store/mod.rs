@@ -18,7 +18,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 pub use query::{Dependency, QueryError, ServiceSummary, TraceQuery, TraceSummary, answer_cost};
 
 /// A resource as stored: the service it names and all its attributes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StoredResource {
     /// The resource's `service.name` (`unknown_service` without one).
     pub service: String,

@@ -93,6 +93,9 @@ pub enum QueryError {
 /// What a span adds to a Jaeger answer besides its text: ids, references, the kind and status
 /// tags, keys and punctuation.
 const SPAN_JSON_OVERHEAD: usize = 384;
+/// What one service entry of a trace summary adds to the answer besides its name (and, at most
+/// once per trace, the trace's own fields).
+const SUMMARY_ENTRY_JSON: usize = 320;
 /// Parameters per `IN (...)` list: well below SQLite's 32,766.
 const IN_CHUNK: usize = 500;
 
@@ -296,8 +299,10 @@ impl SpanStore {
     }
 
     /// The summaries of the traces `ids` (hex), in that order; ids not stored are skipped. Each
-    /// is a few aggregates, so the answer is small whatever the traces' size.
-    pub async fn summaries(&self, ids: &[String]) -> Result<Vec<TraceSummary>, sqlx::Error> {
+    /// is a few aggregates and one entry per service, priced as it is read: a trace of very many
+    /// services cannot make the answer exceed `max_bytes`.
+    pub async fn summaries(&self, ids: &[String], max_bytes: usize) -> Result<Vec<TraceSummary>, QueryError> {
+        let mut bytes = 0usize;
         let binary: Vec<Vec<u8>> = ids.iter().filter_map(|id| unhex(id)).filter(|id| id.len() == 16).collect();
         let mut by_id: HashMap<String, TraceSummary> = HashMap::new();
         for chunk in binary.chunks(IN_CHUNK) {
@@ -315,13 +320,18 @@ impl SpanStore {
             );
             in_list(&mut sql);
             sql.push(" GROUP BY s.trace_id, r.service ORDER BY r.service");
-            for row in sql.build().fetch_all(&self.pool).await? {
+            let mut rows = sql.build().fetch(&self.pool);
+            while let Some(row) = rows.try_next().await? {
                 let id = hex(&row.try_get::<Vec<u8>, _>("trace_id")?);
                 let service = ServiceSummary {
                     name: row.try_get("service")?,
                     span_count: row.try_get("spans")?,
                     error_span_count: row.try_get("errors")?,
                 };
+                bytes = bytes.saturating_add(service.name.len() + SUMMARY_ENTRY_JSON);
+                if bytes > max_bytes {
+                    return Err(QueryError::TooLarge { max_bytes });
+                }
                 let (first, last): (i64, i64) = (row.try_get("first")?, row.try_get("last")?);
                 let summary = by_id.entry(id.clone()).or_insert_with(|| TraceSummary {
                     trace_id: id,

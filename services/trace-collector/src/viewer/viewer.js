@@ -96,8 +96,12 @@ function serviceOf(trace, span) {
 
 function summary(trace) {
   const spans = trace.spans;
-  const start = Math.min(...spans.map((s) => s.startTime));
-  const end = Math.max(...spans.map((s) => s.startTime + s.duration));
+  // A loop, not Math.min(...spans): a spread of a huge trace exceeds the engine's argument limit.
+  let start = Infinity, end = -Infinity;
+  for (const span of spans) {
+    start = Math.min(start, span.startTime);
+    end = Math.max(end, span.startTime + span.duration);
+  }
   const ids = new Set(spans.map((s) => s.spanID));
   const root = spans.find((s) => !s.references.some((r) => r.refType === "CHILD_OF" && ids.has(r.spanID))) || spans[0];
   const services = [...new Set(spans.map((s) => serviceOf(trace, s)))].sort();
@@ -106,8 +110,10 @@ function summary(trace) {
   // (a sidecar's inbound and outbound filters are two plugins, each with its generations).
   const generations = new Map();
   for (const span of spans) {
-    const generation = tagValue(span, GENERATION);
-    if (generation !== undefined) generations.set(serviceOf(trace, span) + " " + (tagValue(span, "span.kind") || ""), generation);
+    const generation = Number(tagValue(span, GENERATION));
+    if (!Number.isInteger(generation)) continue;
+    const service = serviceOf(trace, span), kind = tagValue(span, "span.kind") || "";
+    generations.set(service + "\u0000" + kind, { service, kind, generation });
   }
   const rootService = serviceOf(trace, root);
   return {
@@ -215,24 +221,28 @@ function renderTimeline() {
     dot.addEventListener("click", () => openTrace(trace.traceID));
     timeline.append(dot);
   }
-  const seen = new Map();
+  // Generations only grow (a rollback is a new generation too), so a trace that started before a
+  // swap and ended after it, listed after one of the new generation, marks nothing.
+  const newest = new Map();
   let previous = null;
   for (const { s } of found) {
-    for (const [key, generation] of s.generations) {
-      const before = seen.get(key);
-      if (before !== undefined && before !== generation && previous) {
-        timeline.append(swapMarker(key, before, generation, x((previous.start + s.start) / 2), (previous.start + s.start) / 2));
+    for (const [key, { service, kind, generation }] of s.generations) {
+      const before = newest.get(key);
+      if (before !== undefined && generation > before && previous) {
+        const at = (previous.start + s.start) / 2;
+        timeline.append(swapMarker(service, kind, before, generation, x(at), at));
       }
-      seen.set(key, generation);
+      if (before === undefined || generation > before) newest.set(key, generation);
     }
     previous = s;
   }
 }
 
-function swapMarker(key, from, to, left, at) {
-  const [service] = key.split(" ");
+function swapMarker(service, kind, from, to, left, at) {
+  const key = service + (kind ? " " + kind : "");
   const marker = el("div", { class: "swap-marker", title: "hot swap of " + key + "'s trace filter" });
   marker.dataset.service = service;
+  marker.dataset.kind = kind;
   marker.dataset.from = String(from);
   marker.dataset.to = String(to);
   marker.dataset.at = String(at);
@@ -261,6 +271,7 @@ function chip(service) {
 // Marks the spans that determine when `span` ends: its last-finishing child, then the child that
 // finished before that one started, and so on, recursively.
 function markCritical(span, children, marked, until) {
+  if (marked.has(span.spanID)) return;
   marked.add(span.spanID);
   let cursor = Math.min(until, span.startTime + span.duration);
   const sorted = (children.get(span.spanID) || []).slice().sort((a, b) => b.startTime + b.duration - (a.startTime + a.duration));
@@ -284,11 +295,21 @@ function tree(trace) {
   }
   for (const list of children.values()) list.sort((a, b) => a.startTime - b.startTime);
   const rows = [];
+  // Each span once, even where ids repeat or parents loop.
+  const visited = new Set();
   const walk = (span, depth, path) => {
+    if (visited.has(span)) return;
+    visited.add(span);
     rows.push({ span, depth, path });
     for (const child of children.get(span.spanID) || []) walk(child, depth + 1, path + " > " + serviceOf(trace, child) + ": " + child.operationName);
   };
   (children.get(null) || []).forEach((root) => walk(root, 0, serviceOf(trace, root) + ": " + root.operationName));
+  // Spans whose parents form a loop are reached from no root: shown as roots, each once.
+  for (const span of trace.spans) {
+    if (visited.has(span)) continue;
+    visited.add(span);
+    rows.push({ span, depth: 0, path: serviceOf(trace, span) + ": " + span.operationName + " (loop)" });
+  }
   return { children, rows };
 }
 
