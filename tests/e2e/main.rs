@@ -16,6 +16,7 @@ mod gallery_content_types;
 mod gallery_page;
 mod gallery_spans;
 mod grpc_callouts;
+mod guest_api;
 mod hardening;
 mod hostile_headers;
 mod hot_swap;

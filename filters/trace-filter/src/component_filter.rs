@@ -118,7 +118,7 @@ impl RootHost for WorldHost {
 /// The path of `property` as the world's `list<string>`, built once: the import takes owned
 /// strings, which would otherwise be allocated on every read.
 fn property_path(property: Property) -> &'static [String] {
-    const ALL: [Property; 11] = [
+    const ALL: [Property; 12] = [
         Property::SourceAddress,
         Property::ListenerDirection,
         Property::ResponseCode,
@@ -130,6 +130,7 @@ fn property_path(property: Property) -> &'static [String] {
         Property::RequestProtocol,
         Property::PluginGeneration,
         Property::PluginSha256,
+        Property::SamplingHint,
     ];
     static PATHS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
     let paths = PATHS
@@ -185,6 +186,10 @@ impl StreamHost for WorldStream<'_> {
 
     fn property(&self, property: Property) -> Option<Vec<u8>> {
         host::get_property(property_path(property))
+    }
+
+    fn set_filter_state(&self, key: &str, value: &[u8]) {
+        host::set_property(&[key.to_owned()], value);
     }
 
     fn increment(&self, counter: u32, delta: i64) {

@@ -189,6 +189,10 @@ impl StreamHost for ProxyWasmHost {
         RootHost::property(self, property)
     }
 
+    fn set_filter_state(&self, key: &str, value: &[u8]) {
+        let _ = hostcalls::set_property(vec![key], Some(value));
+    }
+
     fn increment(&self, counter: u32, delta: i64) {
         RootHost::increment(self, counter, delta);
     }

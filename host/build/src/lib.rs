@@ -18,6 +18,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod scaffold;
+
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

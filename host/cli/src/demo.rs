@@ -70,7 +70,13 @@ pub fn run(viewer: SocketAddr, any_ports: bool, state_dir: Option<PathBuf>, in_p
 }
 
 /// Lists recent traces, or draws one.
-pub fn traces(collector: &str, service: Option<String>, trace: Option<String>, limit: usize) -> anyhow::Result<()> {
+pub fn traces(
+    collector: &str,
+    service: Option<String>,
+    trace: Option<String>,
+    limit: usize,
+    tags: &[String],
+) -> anyhow::Result<()> {
     let collector = collector.trim_end_matches('/');
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let colour = std::io::stdout().is_terminal();
@@ -88,10 +94,33 @@ pub fn traces(collector: &str, service: Option<String>, trace: Option<String>, l
                     services[0].as_str().map(str::to_owned).ok_or_else(|| anyhow!("the collector has no traces yet"))?
                 }
             };
-            let url = format!("{collector}/api/traces?service={service}&limit={limit}&lookback=24h");
+            let mut filter = serde_json::Map::new();
+            for tag in tags {
+                let (key, value) = tag.split_once('=').ok_or_else(|| anyhow!("--tag {tag}: write it as key=value"))?;
+                filter.insert(key.to_owned(), serde_json::Value::from(value));
+            }
+            let mut url =
+                format!("{collector}/api/traces?service={}&limit={limit}&lookback=24h", percent_encode(&service));
+            if !filter.is_empty() {
+                url.push_str("&tags=");
+                url.push_str(&percent_encode(&serde_json::Value::Object(filter).to_string()));
+            }
             let data = runtime.block_on(query(&url)).map_err(anyhow::Error::from)?;
             print!("{}", render_list(&data, colour));
         }
     }
     Ok(())
+}
+
+/// `text` as a URL query value: every byte but the unreserved ones percent-encoded.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

@@ -42,10 +42,11 @@ use crate::handoff;
 use crate::headers::{Headers, text};
 use crate::naming;
 use crate::spool::{self, Spool, SpoolHost};
+use wasmtrace_span::handoff as contract;
 
 /// The property a tagging filter sets (a JSON object of attribute names to values) for the trace
-/// filter to add to the span.
-pub const SPAN_ATTRIBUTES_PROPERTY: &str = "wasmtrace_span_attributes";
+/// filter to add to the span (the hand-off contract is `wasmtrace_span::handoff`).
+pub const SPAN_ATTRIBUTES_PROPERTY: &str = wasmtrace_span::handoff::ATTRIBUTES;
 /// The OTLP/gRPC trace service.
 const OTLP_TRACE_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
 
@@ -123,6 +124,8 @@ pub enum Property {
     PluginGeneration,
     /// `plugin_sha256`: the sha256 of this VM's module (a wasmtrace property).
     PluginSha256,
+    /// A filter's sampling hint (`wasmtrace_span::handoff::SAMPLING`).
+    SamplingHint,
 }
 
 impl Property {
@@ -140,6 +143,7 @@ impl Property {
             Self::RequestProtocol => &["request", "protocol"],
             Self::PluginGeneration => &["plugin_generation"],
             Self::PluginSha256 => &["plugin_sha256"],
+            Self::SamplingHint => &[wasmtrace_span::handoff::SAMPLING],
         }
     }
 
@@ -158,6 +162,7 @@ impl Property {
             Self::RequestProtocol => b"request\0protocol",
             Self::PluginGeneration => b"plugin_generation",
             Self::PluginSha256 => b"plugin_sha256",
+            Self::SamplingHint => b"wasmtrace_sampling",
         }
     }
 }
@@ -174,6 +179,8 @@ pub trait StreamHost: SpoolHost {
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
     /// A property, in proxy-wasm's encoding.
     fn property(&self, property: Property) -> Option<Vec<u8>>;
+    /// Sets the stream's filter state `key` (what other filters read with `proxy_get_property`).
+    fn set_filter_state(&self, key: &str, value: &[u8]);
     /// Adds to a counter.
     fn increment(&self, counter: u32, delta: i64);
 }
@@ -329,6 +336,7 @@ mod tests {
             RequestProtocol,
             PluginGeneration,
             PluginSha256,
+            SamplingHint,
         ] {
             assert_eq!(property.serialized(), property.path().join("\0").as_bytes(), "{property:?}");
         }

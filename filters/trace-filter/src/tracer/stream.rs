@@ -151,12 +151,20 @@ impl StreamTracer {
             Some(p) => (p.context.trace_id, p.context.random),
             None => (TraceId::random(), true),
         };
-        let sampled = config.sampler.should_sample(parent.as_ref().map(|p| &p.context), &trace_id);
+        // A filter before this one may have decided (`wasmtrace_span::set_sampling`).
+        let sampled = match host.property(Property::SamplingHint).as_deref() {
+            Some(contract::SAMPLE) => true,
+            Some(contract::DROP) => false,
+            _ => config.sampler.should_sample(parent.as_ref().map(|p| &p.context), &trace_id),
+        };
         let span_id = SpanId::random();
         let parent_span = parent.as_ref().map(|p| p.context.span_id);
         let tracestate = parent.map(|p| p.tracestate).unwrap_or_default();
         let outgoing = Outgoing { trace_id, span_id, sampled, random, tracestate: &tracestate, parent: parent_span };
         Self::inject(host, config, &outgoing);
+        // The request's context, for the filters after this one (`wasmtrace_span::trace_context`),
+        // whichever formats are injected.
+        host.set_filter_state(contract::TRACE_CONTEXT, &w3c::traceparent(&trace_id, &span_id, sampled, random));
         if !sampled {
             return;
         }

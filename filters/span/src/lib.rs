@@ -1,0 +1,267 @@
+//! A filter's part in the request's span, for any filter that runs beside the wasmtrace trace
+//! filter — in the wasmtrace sidecar, in-process, or in Envoy:
+//!
+//! - [`add_attributes`]: attributes on the request's span;
+//! - [`set_sampling`]: trace this request or not, whatever the sampler would decide (a hint the
+//!   trace filter honours when it starts the span, so set it in a filter before the trace filter);
+//! - [`trace_context`]: the trace id, span id and sampling decision the trace filter chose for
+//!   this request (from the trace filter's request headers on: a filter after it reads it in
+//!   `on_request_headers`, one before it from `on_response_headers` on).
+//!
+//! Everything goes through the stream's filter state (`proxy_set_property` /
+//! `proxy_get_property`), which Envoy has too, under the keys and formats of [`handoff`] (version
+//! [`handoff::VERSION`]). Each function takes the stream as a [`Stream`]; [`current`] is the
+//! stream of the callback running, in whichever form the crate is built (`wasm32-wasip1`: a
+//! proxy-wasm module; `wasm32-wasip2`: a `wasmtrace:filter` component):
+//!
+//! ```ignore
+//! use wasmtrace_span::{Value, add_attributes, current};
+//! add_attributes(&current(), &[("tenant.id", Value::from("acme"))]);
+//! ```
+
+pub mod handoff;
+
+use serde_json::{Map, Number};
+use wasmtrace_trace_core::w3c;
+
+/// An attribute's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// Text.
+    String(String),
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number (a non-finite one is recorded as its text).
+    Double(f64),
+}
+
+impl From<&str> for Value {
+    fn from(text: &str) -> Self {
+        Self::String(text.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    fn from(text: String) -> Self {
+        Self::String(text)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(value: bool) -> Self {
+        Self::Bool(value)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(value: f64) -> Self {
+        Self::Double(value)
+    }
+}
+
+impl Value {
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::String(s) => serde_json::Value::from(s.as_str()),
+            Self::Bool(b) => serde_json::Value::from(*b),
+            Self::Int(i) => serde_json::Value::from(*i),
+            Self::Double(d) => {
+                Number::from_f64(*d).map_or_else(|| serde_json::Value::from(d.to_string()), serde_json::Value::Number)
+            }
+        }
+    }
+}
+
+/// A sampling hint for this request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampling {
+    /// Trace it (and tell the next hops it is sampled).
+    Sample,
+    /// Do not trace it.
+    Drop,
+}
+
+/// The trace context the trace filter chose for this request: its span is the request's span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The trace id.
+    pub trace_id: [u8; 16],
+    /// The request's span id (the parent of whatever this request calls).
+    pub span_id: [u8; 8],
+    /// Whether the request is traced.
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// The trace id in hex (32 digits), as viewers and `wasmtrace traces` show it.
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// The span id in hex (16 digits).
+    pub fn span_id_hex(&self) -> String {
+        hex(&self.span_id)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|b| [DIGITS[usize::from(b >> 4)] as char, DIGITS[usize::from(b & 15)] as char]).collect()
+}
+
+/// The filter state of the stream a callback runs for.
+pub trait Stream {
+    /// The filter state `key` (a property path of one segment), if set.
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Sets the filter state `key`.
+    fn set(&self, key: &str, value: &[u8]);
+}
+
+/// Adds `attributes` to the request's span (replacing those of the same name), keeping what other
+/// filters added. Names under `wasmtrace.filter.` are the trace filter's own and are not taken.
+pub fn add_attributes(stream: &impl Stream, attributes: &[(&str, Value)]) {
+    let mut merged: Map<String, serde_json::Value> =
+        stream.get(handoff::ATTRIBUTES).and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+    for (name, value) in attributes {
+        merged.insert((*name).to_owned(), value.to_json());
+    }
+    let text = serde_json::Value::Object(merged).to_string();
+    stream.set(handoff::ATTRIBUTES, text.as_bytes());
+}
+
+/// Asks the trace filter to trace this request, or not, whatever its sampler would decide; the
+/// last hint before the trace filter's request headers wins.
+pub fn set_sampling(stream: &impl Stream, sampling: Sampling) {
+    let value: &[u8] = match sampling {
+        Sampling::Sample => handoff::SAMPLE,
+        Sampling::Drop => handoff::DROP,
+    };
+    stream.set(handoff::SAMPLING, value);
+}
+
+/// The trace context the trace filter chose for this request, once it has (see the crate docs
+/// for when); `None` before, or without a trace filter.
+pub fn trace_context(stream: &impl Stream) -> Option<TraceContext> {
+    let bytes = stream.get(handoff::TRACE_CONTEXT)?;
+    let text = std::str::from_utf8(&bytes).ok()?;
+    let (trace_id, span_id, flags) = w3c::parse_traceparent(&[text])?;
+    Some(TraceContext { trace_id: trace_id.0, span_id: span_id.0, sampled: flags & w3c::FLAG_SAMPLED != 0 })
+}
+
+/// The stream of the callback running, in a proxy-wasm module.
+#[cfg(not(target_env = "p2"))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProxyWasmStream;
+
+#[cfg(not(target_env = "p2"))]
+impl Stream for ProxyWasmStream {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        proxy_wasm::hostcalls::get_property(vec![key]).ok().flatten()
+    }
+
+    fn set(&self, key: &str, value: &[u8]) {
+        let _ = proxy_wasm::hostcalls::set_property(vec![key], Some(value));
+    }
+}
+
+/// The stream of the callback running.
+#[cfg(not(target_env = "p2"))]
+pub fn current() -> ProxyWasmStream {
+    ProxyWasmStream
+}
+
+/// The stream of the callback running, in a `wasmtrace:filter` component.
+#[cfg(target_env = "p2")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ComponentStream;
+
+#[cfg(target_env = "p2")]
+impl Stream for ComponentStream {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        wasmtrace_filter_guest::host::get_property(&[key.to_owned()])
+    }
+
+    fn set(&self, key: &str, value: &[u8]) {
+        wasmtrace_filter_guest::host::set_property(&[key.to_owned()], value);
+    }
+}
+
+/// The stream of the callback running.
+#[cfg(target_env = "p2")]
+pub fn current() -> ComponentStream {
+    ComponentStream
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Filter state as the host keeps it.
+    #[derive(Default)]
+    struct FilterState(RefCell<HashMap<String, Vec<u8>>>);
+
+    impl Stream for FilterState {
+        fn get(&self, key: &str) -> Option<Vec<u8>> {
+            self.0.borrow().get(key).cloned()
+        }
+
+        fn set(&self, key: &str, value: &[u8]) {
+            self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
+        }
+    }
+
+    #[test]
+    fn attributes_from_several_filters_add_up_and_a_later_value_replaces_an_earlier() {
+        let state = FilterState::default();
+        state.set(handoff::ATTRIBUTES, br#"{"gallery.api_version":"v0","tenant.id":"old"}"#);
+        add_attributes(&state, &[("tenant.id", "acme".into()), ("tenant.tier", 2i64.into()), ("beta", true.into())]);
+        add_attributes(&state, &[("ratio", 0.25.into()), ("nan", f64::NAN.into())]);
+        let written: serde_json::Value =
+            serde_json::from_slice(&state.get(handoff::ATTRIBUTES).expect("set")).expect("JSON");
+        assert_eq!(
+            written,
+            serde_json::json!({"gallery.api_version": "v0", "tenant.id": "acme", "tenant.tier": 2, "beta": true, "ratio": 0.25, "nan": "NaN"})
+        );
+    }
+
+    #[test]
+    fn attributes_over_a_hand_off_that_is_not_an_object_start_afresh() {
+        let state = FilterState::default();
+        state.set(handoff::ATTRIBUTES, b"[1, 2]");
+        add_attributes(&state, &[("a", "b".into())]);
+        assert_eq!(state.get(handoff::ATTRIBUTES).as_deref(), Some(&br#"{"a":"b"}"#[..]));
+    }
+
+    #[test]
+    fn sampling_hints_are_the_words_the_trace_filter_reads() {
+        let state = FilterState::default();
+        set_sampling(&state, Sampling::Drop);
+        assert_eq!(state.get(handoff::SAMPLING).as_deref(), Some(handoff::DROP));
+        set_sampling(&state, Sampling::Sample);
+        assert_eq!(state.get(handoff::SAMPLING).as_deref(), Some(handoff::SAMPLE));
+    }
+
+    #[test]
+    fn the_trace_context_is_read_from_the_published_traceparent() {
+        let state = FilterState::default();
+        assert_eq!(trace_context(&state), None, "nothing before the trace filter ran");
+        state.set(handoff::TRACE_CONTEXT, b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let context = trace_context(&state).expect("a context");
+        assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(context.span_id_hex(), "00f067aa0ba902b7");
+        assert!(context.sampled);
+        state.set(handoff::TRACE_CONTEXT, b"not a traceparent");
+        assert_eq!(trace_context(&state), None);
+    }
+}

@@ -1,0 +1,180 @@
+//! Filters of one's own beside the trace filter, through `wasmtrace-span`: the tutorial's
+//! commands as written (`wasmtrace new` → `wasmtrace build` → `wasmtrace swap` into the running
+//! demo, the new attribute found on the spans at the demo's collector), and each guest API call —
+//! attributes, sampling up and down, the trace context — in both module forms.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use http::StatusCode;
+use serde_json::Value;
+use wasmtrace_demo::topology::{DemoConfig, Ports, Tracing, start};
+
+use crate::fixture::client::get;
+use crate::fixture::collector::{Collector, attribute};
+use crate::fixture::proxy::{cluster, filter_module, listener_yaml, sidecar, wasm_filter_yaml, workspace_root};
+use crate::fixture::traces::{trace_id_of, wait_for_trace};
+use crate::fixture::upstream::Upstream;
+
+/// Runs one `wasmtrace` command line, as typed (off the async workers: some commands run their
+/// own runtime).
+async fn wasmtrace(args: &[&str]) {
+    let line: Vec<String> = std::iter::once("wasmtrace").chain(args.iter().copied()).map(str::to_owned).collect();
+    let shown = line.join(" ");
+    tokio::task::spawn_blocking(move || wasmtrace::run_command_line(line))
+        .await
+        .expect("the command ran")
+        .unwrap_or_else(|e| panic!("`{shown}` failed: {e:#}"));
+}
+
+/// A fresh directory for this test's crates.
+fn work_dir(name: &str) -> PathBuf {
+    let dir = workspace_root().join("target/e2e-guest").join(format!("{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("work directory");
+    dir
+}
+
+fn text(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tutorial_tags_the_running_demos_spans_with_a_filter_made_by_wasmtrace_new() {
+    let state_dir = workspace_root().join("target/e2e-demo").join(format!("{}-tutorial", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let config = DemoConfig {
+        tracing: Tracing::Sidecars,
+        viewer: any,
+        ports: Ports::Ephemeral,
+        state_dir,
+        workspace: workspace_root(),
+    };
+    let demo = start(&config, &|_| {}).expect("the demo starts");
+    let admin = demo.sidecar_admins()[0].1.expect("the gallery-api sidecar's admin API").to_string();
+    let work = work_dir("tutorial");
+    let (crate_dir, module) = (work.join("tenant-tag"), work.join("tenant-tag.wasm"));
+
+    // docs/tutorial.md, step by step.
+    wasmtrace(&["new", text(&crate_dir), "--template", "tag"]).await;
+    wasmtrace(&["build", text(&crate_dir), "-o", text(&module)]).await;
+    wasmtrace(&[
+        "swap",
+        "--admin",
+        &admin,
+        "--plugin",
+        "tagging",
+        "--module",
+        text(&module),
+        "--config",
+        r#"{"header": "x-tenant", "attribute": "tenant.id"}"#,
+    ])
+    .await;
+    let reply = get(demo.gallery, "/v0/images", &[("x-tenant", "acme")]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let trace_id = trace_id_of(&reply);
+    demo.flush();
+    let trace = wait_for_trace(demo.viewer, &trace_id, 2).await;
+    let tagged: Vec<&Value> = trace["spans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|span| {
+            span["tags"]
+                .as_array()
+                .is_some_and(|tags| tags.iter().any(|t| t["key"] == "tenant.id" && t["value"] == "acme"))
+        })
+        .collect();
+    assert_eq!(tagged.len(), 1, "the API sidecar's SERVER span carries the tenant: {trace}");
+    assert_eq!(tagged[0]["operationName"], "GET /v0/images");
+    // The tutorial's last step: the traces with that tenant, listed from the terminal.
+    let viewer = format!("http://{}", demo.viewer);
+    wasmtrace(&["traces", "--collector", &viewer, "--service", "gallery-api", "--tag", "tenant.id=acme"]).await;
+    demo.stop();
+}
+
+/// The next span the collector gets after the `before` it had, if one comes within a second.
+async fn span_of(collector: &Collector, before: usize) -> Option<opentelemetry_proto::tonic::trace::v1::Span> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let received = collector.received();
+        if received.len() > before {
+            return received.last().map(|r| r.span.clone());
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_guest_api_call_works_in_both_module_forms() {
+    let work = work_dir("forms");
+    let target = workspace_root().join("target/e2e-guest-build");
+    let trace = filter_module("trace-filter");
+    for component in [false, true] {
+        let form: &[&str] = if component { &["--component"] } else { &[] };
+        let mut modules = Vec::new();
+        for template in ["tag", "sample"] {
+            let name = format!("{template}-{}", if component { "component" } else { "module" });
+            let (crate_dir, module) = (work.join(&name), work.join(format!("{name}.wasm")));
+            wasmtrace(&[&["new", text(&crate_dir), "--template", template][..], form].concat()).await;
+            wasmtrace(
+                &[&["build", text(&crate_dir), "-o", text(&module), "--target-dir", text(&target)][..], form].concat(),
+            )
+            .await;
+            modules.push(module);
+        }
+        let (tag, sample) = (&modules[0], &modules[1]);
+        // The sampler never samples, and a filter before the trace filter raises one customer's
+        // requests; or it always samples, and the filter lowers them.
+        for (sampler, decision, decided, others) in
+            [("always_off", "sample", true, false), ("always_on", "drop", false, true)]
+        {
+            let collector = Collector::start();
+            let upstream = Upstream::start();
+            let trace_config = format!(
+                r#"{{"service_name": "api", "span_kind": "server", "sampler": {{"type": "{sampler}"}}, "exporter": {{"cluster": "otel", "flush_interval_ms": 50}}}}"#
+            );
+            let sample_config = format!(r#"{{"header": "x-customer", "value": "acme", "decision": "{decision}"}}"#);
+            let filters = [
+                wasm_filter_yaml("sample", sample, &sample_config, false, "sample"),
+                wasm_filter_yaml("tag", tag, r#"{"header": "x-tenant", "attribute": "tenant.id"}"#, false, "tag"),
+                wasm_filter_yaml("trace", &trace, &trace_config, true, "trace"),
+            ]
+            .concat();
+            let proxy = sidecar(
+                &[listener_yaml("inbound", "INBOUND", &filters, "app")],
+                &[cluster("app", upstream.addr, ""), cluster("otel", collector.addr, "")],
+            );
+            let address = proxy.listener_address("inbound").expect("inbound");
+            for (customer, traced) in [("acme", decided), ("globex", others)] {
+                let before = collector.received().len();
+                let reply = get(address, "/v0/items", &[("x-customer", customer), ("x-tenant", "t-1")]).await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                let case = format!("component {component}, sampler {sampler}, {decision} acme, customer {customer}");
+                let span = span_of(&collector, before).await;
+                assert_eq!(span.is_some(), traced, "{case}: traced?");
+                // The trace context the trace filter chose, read back by the sample filter.
+                let sent_back = reply.header("x-trace-id").map(str::to_owned);
+                match &span {
+                    Some(span) => {
+                        assert_eq!(sent_back, Some(hex(&span.trace_id)), "{case}: the trace id sent back");
+                        let tenant = attribute(span, "tenant.id").cloned();
+                        let expected =
+                            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("t-1".into());
+                        assert_eq!(tenant, Some(expected), "{case}: the tag filter's attribute");
+                    }
+                    None => assert_eq!(sent_back, None, "{case}: nothing traced, no trace id"),
+                }
+            }
+            proxy.shutdown();
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
