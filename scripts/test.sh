@@ -73,10 +73,10 @@ for manifest in filters/*/Cargo.toml filters/*/*/Cargo.toml; do
   filters+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)")
 done
 # The reactor `bin` test filter is no cdylib but is a wasm32-wasip1 module all the same.
-cargo clippy --target wasm32-wasip1 "${filters[@]}" -p reactor-bin-filter -- -D warnings
+cargo clippy --target wasm32-wasip1 "${filters[@]}" -p reactor-bin-filter -p wasmtrace-span -- -D warnings
 
 step "lint (component filters for wasm32-wasip2)"
-cargo clippy --target wasm32-wasip2 -p trace-filter -p hello-component-filter -p hostile-component-filter -p wasmtrace-filter-guest -- -D warnings
+cargo clippy --target wasm32-wasip2 -p trace-filter -p hello-component-filter -p hostile-component-filter -p wasmtrace-filter-guest -p wasmtrace-span -- -D warnings
 
 step "tests"
 log=$(mktemp)

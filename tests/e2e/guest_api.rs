@@ -128,6 +128,13 @@ async fn each_guest_api_call_works_in_both_module_forms() {
             modules.push(module);
         }
         let (tag, sample) = (&modules[0], &modules[1]);
+        if !component {
+            // The same modules, unchanged, are what Envoy loads.
+            for module in [tag, sample] {
+                crate::portability::imports_only_what_envoy_provides(text(module), module);
+                crate::portability::starts_calling_nothing_but_logging(text(module), module);
+            }
+        }
         // The sampler never samples, and a filter before the trace filter raises one customer's
         // requests; or it always samples, and the filter lowers them.
         for (sampler, decision, decided, others) in

@@ -86,54 +86,65 @@ const ENVOY_WASI: &[&str] = &[
 
 #[test]
 fn shipped_filters_import_only_what_envoy_provides() {
-    let engine = Engine::default();
     for name in &shipped_filter_crates() {
-        let module = Module::from_file(&engine, filter_module(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        for import in module.imports() {
-            let known = match import.module() {
-                "env" => ENVOY_ENV.contains(&import.name()),
-                "wasi_snapshot_preview1" | "wasi_unstable" => ENVOY_WASI.contains(&import.name()),
-                _ => false,
-            };
-            assert!(known, "{name} imports {}.{}, which Envoy does not provide", import.module(), import.name());
-            assert!(matches!(import.ty(), ExternType::Func(_)), "{name} imports a non-function {}", import.name());
-        }
-        for export in ["memory", "_initialize", "proxy_abi_version_0_2_1", "proxy_on_memory_allocate"] {
-            assert!(module.get_export(export).is_some(), "{name} lacks the export {export}");
-        }
+        imports_only_what_envoy_provides(name, &filter_module(name));
+    }
+}
+
+/// The module at `path` imports nothing Envoy lacks and exports what Envoy needs.
+pub(crate) fn imports_only_what_envoy_provides(name: &str, path: &std::path::Path) {
+    let engine = Engine::default();
+    let module = Module::from_file(&engine, path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for import in module.imports() {
+        let known = match import.module() {
+            "env" => ENVOY_ENV.contains(&import.name()),
+            "wasi_snapshot_preview1" | "wasi_unstable" => ENVOY_WASI.contains(&import.name()),
+            _ => false,
+        };
+        assert!(known, "{name} imports {}.{}, which Envoy does not provide", import.module(), import.name());
+        assert!(matches!(import.ty(), ExternType::Func(_)), "{name} imports a non-function {}", import.name());
+    }
+    for export in ["memory", "_initialize", "proxy_abi_version_0_2_1", "proxy_on_memory_allocate"] {
+        assert!(module.get_export(export).is_some(), "{name} lacks the export {export}");
     }
 }
 
 #[test]
 fn shipped_filters_call_no_proxy_function_but_logging_while_starting() {
-    let engine = Engine::default();
     for name in &shipped_filter_crates() {
-        let module = Module::from_file(&engine, filter_module(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let mut store = Store::new(&engine, ());
-        let mut linker = Linker::new(&engine);
-        let forbidden: Arc<Mutex<Vec<String>>> = Arc::default();
-        for import in module.imports() {
-            let ExternType::Func(ty) = import.ty() else { continue };
-            let (module_name, field) = (import.module().to_owned(), import.name().to_owned());
-            let calls = forbidden.clone();
-            let func = Func::new(&mut store, ty.clone(), move |_caller, _params, results| {
-                if module_name == "env" && field != "proxy_log" {
-                    calls.lock().unwrap_or_else(|p| p.into_inner()).push(field.clone());
-                }
-                for result in results.iter_mut() {
-                    *result = Val::I32(0);
-                }
-                Ok(())
-            });
-            linker.define(&store, import.module(), import.name(), func).expect("define");
-        }
-        let instance = linker.instantiate(&mut store, &module).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let init = instance.get_typed_func::<(), ()>(&mut store, "_initialize").expect("_initialize");
-        init.call(&mut store, ()).unwrap_or_else(|e| panic!("{name}: _initialize trapped: {e}"));
-        if let Ok(main) = instance.get_typed_func::<(i32, i32), i32>(&mut store, "main") {
-            main.call(&mut store, (0, 0)).unwrap_or_else(|e| panic!("{name}: main trapped: {e}"));
-        }
-        let calls = forbidden.lock().unwrap_or_else(|p| p.into_inner());
-        assert!(calls.is_empty(), "{name} calls {calls:?} during start-up; Envoy's V8 traps those");
+        starts_calling_nothing_but_logging(name, &filter_module(name));
     }
+}
+
+/// The module at `path` makes no `proxy_*` call but logging while it starts (Envoy's V8 traps
+/// the others).
+pub(crate) fn starts_calling_nothing_but_logging(name: &str, path: &std::path::Path) {
+    let engine = Engine::default();
+    let module = Module::from_file(&engine, path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut store = Store::new(&engine, ());
+    let mut linker = Linker::new(&engine);
+    let forbidden: Arc<Mutex<Vec<String>>> = Arc::default();
+    for import in module.imports() {
+        let ExternType::Func(ty) = import.ty() else { continue };
+        let (module_name, field) = (import.module().to_owned(), import.name().to_owned());
+        let calls = forbidden.clone();
+        let func = Func::new(&mut store, ty.clone(), move |_caller, _params, results| {
+            if module_name == "env" && field != "proxy_log" {
+                calls.lock().unwrap_or_else(|p| p.into_inner()).push(field.clone());
+            }
+            for result in results.iter_mut() {
+                *result = Val::I32(0);
+            }
+            Ok(())
+        });
+        linker.define(&store, import.module(), import.name(), func).expect("define");
+    }
+    let instance = linker.instantiate(&mut store, &module).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let init = instance.get_typed_func::<(), ()>(&mut store, "_initialize").expect("_initialize");
+    init.call(&mut store, ()).unwrap_or_else(|e| panic!("{name}: _initialize trapped: {e}"));
+    if let Ok(main) = instance.get_typed_func::<(i32, i32), i32>(&mut store, "main") {
+        main.call(&mut store, (0, 0)).unwrap_or_else(|e| panic!("{name}: main trapped: {e}"));
+    }
+    let calls = forbidden.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(calls.is_empty(), "{name} calls {calls:?} during start-up; Envoy's V8 traps those");
 }
