@@ -185,3 +185,70 @@ async fn each_guest_api_call_works_in_both_module_forms() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callout_through_the_guest_crate_is_a_client_child_span_with_the_callees_spans_beneath() {
+    let work = work_dir("callout");
+    let target = workspace_root().join("target/e2e-guest-build");
+    let (crate_dir, module) = (work.join("auth-check"), work.join("auth-check.wasm"));
+    wasmtrace(&["new", text(&crate_dir), "--template", "callout"]).await;
+    wasmtrace(&["build", text(&crate_dir), "-o", text(&module), "--target-dir", text(&target)]).await;
+    crate::portability::imports_only_what_envoy_provides("auth-check", &module);
+
+    let collector = Collector::start();
+    let trace = filter_module("trace-filter");
+    let trace_config = |service: &str| {
+        format!(
+            r#"{{"service_name": "{service}", "span_kind": "server", "exporter": {{"cluster": "otel", "flush_interval_ms": 50}}}}"#
+        )
+    };
+    // The callee: the auth service behind its own traced sidecar.
+    let auth = Upstream::start();
+    let auth_sidecar = sidecar(
+        &[listener_yaml(
+            "inbound",
+            "INBOUND",
+            &wasm_filter_yaml("trace", &trace, &trace_config("auth"), true, "trace"),
+            "auth_app",
+        )],
+        &[cluster("auth_app", auth.addr, ""), cluster("otel", collector.addr, "")],
+    );
+    // The API's sidecar: the trace filter, then the filter that asks auth first.
+    let app = Upstream::start();
+    let filters = [
+        wasm_filter_yaml("trace", &trace, &trace_config("api"), true, "trace"),
+        wasm_filter_yaml("auth_check", &module, r#"{"cluster": "auth", "path": "/check"}"#, false, "auth_check"),
+    ]
+    .concat();
+    let api_sidecar = sidecar(
+        &[listener_yaml("inbound", "INBOUND", &filters, "app")],
+        &[
+            cluster("app", app.addr, ""),
+            cluster("auth", auth_sidecar.listener_address("inbound").expect("auth inbound"), ""),
+            cluster("otel", collector.addr, ""),
+        ],
+    );
+    let reply = get(api_sidecar.listener_address("inbound").expect("api inbound"), "/v0/items", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let spans = collector.wait_for(3).await;
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let find = |service: &str, kind: i32| {
+        spans
+            .iter()
+            .find(|r| r.service == service && r.span.kind == kind)
+            .map(|r| &r.span)
+            .unwrap_or_else(|| panic!("no {service} span of kind {kind}: {spans:#?}"))
+    };
+    let (server, callout, callee) = (find("api", 2), find("api", 3), find("auth", 2));
+    assert!(server.parent_span_id.is_empty(), "the request starts the trace");
+    assert_eq!(callout.parent_span_id, server.span_id, "the callout is a child of the request's span");
+    assert_eq!(callout.name, "GET auth");
+    assert_eq!(callee.parent_span_id, callout.span_id, "the callee's span is beneath the callout");
+    assert!(server.trace_id == callout.trace_id && callout.trace_id == callee.trace_id, "one trace");
+    let status = attribute(callout, "http.response.status_code").cloned();
+    assert_eq!(status, Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(200)));
+    let answered = attribute(server, "auth.status").cloned();
+    assert_eq!(answered, Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("200".into())));
+    api_sidecar.shutdown();
+    auth_sidecar.shutdown();
+}

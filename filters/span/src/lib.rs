@@ -6,7 +6,10 @@
 //!   trace filter honours when it starts the span, so set it in a filter before the trace filter);
 //! - [`trace_context`]: the trace id, span id and sampling decision the trace filter chose for
 //!   this request (from the trace filter's request headers on: a filter after it reads it in
-//!   `on_request_headers`, one before it from `on_response_headers` on).
+//!   `on_request_headers`, one before it from `on_response_headers` on);
+//! - [`start_callout`] and [`TracedCallout::finish`]: a callout that carries the request's context
+//!   (its `traceparent` header) and is recorded as a CLIENT span under the request's span, so a
+//!   traced callee's spans nest beneath it.
 //!
 //! Everything goes through the stream's filter state (`proxy_set_property` /
 //! `proxy_get_property`), which Envoy has too, under the keys and formats of [`handoff`] (version
@@ -117,12 +120,93 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().flat_map(|b| [DIGITS[usize::from(b >> 4)] as char, DIGITS[usize::from(b & 15)] as char]).collect()
 }
 
-/// The filter state of the stream a callback runs for.
+/// The filter state of the stream a callback runs for, and the host's clock.
 pub trait Stream {
     /// The filter state `key` (a property path of one segment), if set.
     fn get(&self, key: &str) -> Option<Vec<u8>>;
     /// Sets the filter state `key`.
     fn set(&self, key: &str, value: &[u8]);
+    /// The host's wall clock, ns since the Unix epoch.
+    fn now_unix_nanos(&self) -> u64;
+}
+
+/// A callout in flight that carries the request's trace context: send [`traceparent`] with it,
+/// and [`finish`] it when it is answered (or failed) to record it as a CLIENT span, child of the
+/// request's span.
+///
+/// [`traceparent`]: TracedCallout::traceparent
+/// [`finish`]: TracedCallout::finish
+#[derive(Clone, Debug)]
+pub struct TracedCallout {
+    context: TraceContext,
+    span_id: [u8; 8],
+    name: String,
+    attributes: Map<String, serde_json::Value>,
+    start_unix_nanos: u64,
+}
+
+/// Starts a callout named `name` (`GET auth`, say) to `cluster`: `None` before the trace filter
+/// chose the request's context. Unsampled requests get a context too (the callee must not sample
+/// them either), but no span.
+pub fn start_callout(stream: &impl Stream, name: &str, method: &str, cluster: &str) -> Option<TracedCallout> {
+    let context = trace_context(stream)?;
+    let mut attributes = Map::new();
+    attributes.insert("http.request.method".into(), method.into());
+    attributes.insert("server.address".into(), cluster.into());
+    Some(TracedCallout {
+        context,
+        span_id: wasmtrace_trace_core::SpanId::random().0,
+        name: name.to_owned(),
+        attributes,
+        start_unix_nanos: stream.now_unix_nanos(),
+    })
+}
+
+impl TracedCallout {
+    /// The `traceparent` header to send with the callout: the callout's span is the callee's
+    /// parent.
+    pub fn traceparent(&self) -> String {
+        let trace_id = wasmtrace_trace_core::TraceId(self.context.trace_id);
+        let span_id = wasmtrace_trace_core::SpanId(self.span_id);
+        w3c::format_traceparent(&trace_id, &span_id, self.context.sampled, false)
+    }
+
+    /// The callout's span id (hex).
+    pub fn span_id_hex(&self) -> String {
+        hex(&self.span_id)
+    }
+
+    /// Adds an attribute to the callout's span.
+    pub fn set_attribute(&mut self, name: &str, value: Value) {
+        self.attributes.insert(name.to_owned(), value.to_json());
+    }
+
+    /// The callout was answered with `status` (`None`: no answer): its span is handed to the
+    /// trace filter, which exports it with the request's. Nothing is recorded for an unsampled
+    /// request, or beyond [`handoff::MAX_CALLOUT_SPANS`] callouts.
+    pub fn finish(self, stream: &impl Stream, status: Option<u16>) {
+        if !self.context.sampled {
+            return;
+        }
+        let mut spans: Vec<serde_json::Value> = stream
+            .get(handoff::CALLOUT_SPANS)
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        if spans.len() >= handoff::MAX_CALLOUT_SPANS {
+            return;
+        }
+        let mut span = Map::new();
+        span.insert("span_id".into(), hex(&self.span_id).into());
+        span.insert("name".into(), self.name.into());
+        span.insert("start_unix_nano".into(), self.start_unix_nanos.into());
+        span.insert("end_unix_nano".into(), stream.now_unix_nanos().max(self.start_unix_nanos).into());
+        if let Some(status) = status {
+            span.insert("status_code".into(), status.into());
+        }
+        span.insert("attributes".into(), serde_json::Value::Object(self.attributes));
+        spans.push(serde_json::Value::Object(span));
+        stream.set(handoff::CALLOUT_SPANS, serde_json::Value::Array(spans).to_string().as_bytes());
+    }
 }
 
 /// Adds `attributes` to the request's span (replacing those of the same name), keeping what other
@@ -170,6 +254,13 @@ impl Stream for ProxyWasmStream {
     fn set(&self, key: &str, value: &[u8]) {
         let _ = proxy_wasm::hostcalls::set_property(vec![key], Some(value));
     }
+
+    fn now_unix_nanos(&self) -> u64 {
+        proxy_wasm::hostcalls::get_current_time()
+            .ok()
+            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    }
 }
 
 /// The stream of the callback running.
@@ -191,6 +282,10 @@ impl Stream for ComponentStream {
 
     fn set(&self, key: &str, value: &[u8]) {
         wasmtrace_filter_guest::host::set_property(&[key.to_owned()], value);
+    }
+
+    fn now_unix_nanos(&self) -> u64 {
+        wasmtrace_filter_guest::host::now_unix_nanos()
     }
 }
 
@@ -219,6 +314,38 @@ mod tests {
         fn set(&self, key: &str, value: &[u8]) {
             self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
         }
+
+        fn now_unix_nanos(&self) -> u64 {
+            1_700_000_000_000_000_000
+        }
+    }
+
+    #[test]
+    fn a_callout_carries_the_context_and_is_recorded_as_a_child_span_when_sampled() {
+        let state = FilterState::default();
+        assert!(start_callout(&state, "GET auth", "GET", "auth").is_none(), "no context yet");
+        state.set(handoff::TRACE_CONTEXT, b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let mut callout = start_callout(&state, "GET auth", "GET", "auth").expect("a callout");
+        let traceparent = callout.traceparent();
+        assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{traceparent}");
+        assert!(traceparent.ends_with("-01") && traceparent.contains(&callout.span_id_hex()), "{traceparent}");
+        callout.set_attribute("auth.user", "ada".into());
+        let span_id = callout.span_id_hex();
+        callout.finish(&state, Some(200));
+        let spans: serde_json::Value =
+            serde_json::from_slice(&state.get(handoff::CALLOUT_SPANS).expect("set")).expect("JSON");
+        assert_eq!(spans[0]["span_id"], span_id.as_str());
+        assert_eq!(spans[0]["status_code"], 200);
+        assert_eq!(spans[0]["attributes"]["auth.user"], "ada");
+        assert_eq!(spans[0]["attributes"]["server.address"], "auth");
+        // Unsampled: the context goes on, no span is recorded.
+        state.set(handoff::TRACE_CONTEXT, b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let unsampled = start_callout(&state, "GET auth", "GET", "auth").expect("a callout");
+        assert!(unsampled.traceparent().ends_with("-00"));
+        unsampled.finish(&state, None);
+        let spans: serde_json::Value =
+            serde_json::from_slice(&state.get(handoff::CALLOUT_SPANS).expect("set")).expect("JSON");
+        assert_eq!(spans.as_array().map(Vec::len), Some(1));
     }
 
     #[test]

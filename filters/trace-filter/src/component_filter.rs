@@ -118,7 +118,7 @@ impl RootHost for WorldHost {
 /// The path of `property` as the world's `list<string>`, built once: the import takes owned
 /// strings, which would otherwise be allocated on every read.
 fn property_path(property: Property) -> &'static [String] {
-    const ALL: [Property; 12] = [
+    const ALL: [Property; 13] = [
         Property::SourceAddress,
         Property::ListenerDirection,
         Property::ResponseCode,
@@ -131,6 +131,7 @@ fn property_path(property: Property) -> &'static [String] {
         Property::PluginGeneration,
         Property::PluginSha256,
         Property::SamplingHint,
+        Property::CalloutSpans,
     ];
     static PATHS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
     let paths = PATHS

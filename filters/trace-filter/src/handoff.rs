@@ -11,7 +11,8 @@
 //! building a JSON tree. Anything it does not expect goes to `serde_json`, so the result is the
 //! same for every input.
 
-use wasmtrace_trace_core::span::{Span, ValueRef};
+use wasmtrace_trace_core::SpanId;
+use wasmtrace_trace_core::span::{Attributes, Span, SpanKind, StatusCode, ValueRef};
 
 /// Attributes only the trace filter itself sets (which code made the span): a hand-off's are
 /// ignored, so no other filter can pose as another generation.
@@ -35,9 +36,69 @@ pub fn apply(bytes: &[u8], span: &mut Span) {
     }
 }
 
+/// The callouts a filter recorded (`wasmtrace_span::handoff::CALLOUT_SPANS`) as CLIENT spans,
+/// children of `request`: at most `MAX_CALLOUT_SPANS`; an entry without a valid span id is left
+/// out. No status means the callout was not answered: an error.
+pub fn callout_spans(bytes: &[u8], request: &Span) -> Vec<Span> {
+    let Ok(serde_json::Value::Array(entries)) = serde_json::from_slice(bytes) else { return Vec::new() };
+    entries
+        .iter()
+        .take(wasmtrace_span::handoff::MAX_CALLOUT_SPANS)
+        .filter_map(|entry| {
+            let span_id = entry["span_id"].as_str().and_then(span_id)?;
+            let mut span = Span {
+                trace_id: request.trace_id,
+                span_id,
+                parent_span_id: Some(request.span_id),
+                parent_is_remote: false,
+                trace_state: request.trace_state.clone(),
+                name: entry["name"].as_str().unwrap_or("callout").to_owned(),
+                kind: SpanKind::Client,
+                start_unix_nanos: entry["start_unix_nano"].as_u64().unwrap_or(request.start_unix_nanos),
+                end_unix_nanos: entry["end_unix_nano"].as_u64().unwrap_or(request.start_unix_nanos),
+                attributes: Attributes::default(),
+                status: StatusCode::Unset,
+                status_message: String::new(),
+            };
+            if let Some(serde_json::Value::Object(attributes)) = entry.get("attributes") {
+                set_all(attributes.clone(), &mut span);
+            }
+            match entry["status_code"].as_i64() {
+                Some(code) => {
+                    span.set("http.response.status_code", code);
+                    if code >= 400 {
+                        span.status = StatusCode::Error;
+                        span.set("error.type", code.to_string().as_str());
+                    }
+                }
+                None => {
+                    span.status = StatusCode::Error;
+                    span.status_message = "no answer".into();
+                    span.set("error.type", "no_response");
+                }
+            }
+            Some(span)
+        })
+        .collect()
+}
+
+/// 16 hex digits, not all zero.
+fn span_id(hex: &str) -> Option<SpanId> {
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let value = u64::from_str_radix(hex, 16).ok().filter(|v| *v != 0)?;
+    Some(SpanId(value.to_be_bytes()))
+}
+
 /// The general case, through `serde_json`.
 fn apply_json(text: &str, span: &mut Span) {
     let Ok(serde_json::Value::Object(tags)) = serde_json::from_str(text) else { return };
+    set_all(tags, span);
+}
+
+/// Sets each of `tags` on `span`, but none under [`RESERVED_PREFIX`].
+fn set_all(tags: serde_json::Map<String, serde_json::Value>, span: &mut Span) {
     for (key, value) in tags.into_iter().filter(|(key, _)| !key.starts_with(RESERVED_PREFIX)) {
         match value {
             serde_json::Value::String(s) => span.set(&key, &s),

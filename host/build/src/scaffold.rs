@@ -17,6 +17,9 @@ pub enum Template {
     Tag,
     /// Samples one customer's requests at 100 % and answers with the trace id.
     Sample,
+    /// Asks another service before each request goes on, the call traced as a child span
+    /// (proxy-wasm only, for now).
+    Callout,
 }
 
 impl Template {
@@ -25,6 +28,7 @@ impl Template {
         match self {
             Self::Tag => "tag",
             Self::Sample => "sample",
+            Self::Callout => "callout",
         }
     }
 
@@ -33,17 +37,20 @@ impl Template {
         match name {
             "tag" => Some(Self::Tag),
             "sample" => Some(Self::Sample),
+            "callout" => Some(Self::Callout),
             _ => None,
         }
     }
 
-    fn source(self, form: FilterForm) -> &'static str {
-        match (self, form) {
+    fn source(self, form: FilterForm) -> Option<&'static str> {
+        Some(match (self, form) {
             (Self::Tag, FilterForm::ProxyWasm) => include_str!("../templates/tag_proxy_wasm.rs"),
             (Self::Tag, FilterForm::Component) => include_str!("../templates/tag_component.rs"),
             (Self::Sample, FilterForm::ProxyWasm) => include_str!("../templates/sample_proxy_wasm.rs"),
             (Self::Sample, FilterForm::Component) => include_str!("../templates/sample_component.rs"),
-        }
+            (Self::Callout, FilterForm::ProxyWasm) => include_str!("../templates/callout_proxy_wasm.rs"),
+            (Self::Callout, FilterForm::Component) => return None,
+        })
     }
 
     /// The plugin configuration the snippet and README show.
@@ -53,6 +60,7 @@ impl Template {
             Self::Sample => {
                 r#"{"header": "x-customer", "value": "acme", "decision": "sample", "trace_id_header": "x-trace-id"}"#
             }
+            Self::Callout => r#"{"cluster": "auth", "path": "/check", "timeout_ms": 1000, "attribute": "auth.status"}"#,
         }
     }
 }
@@ -76,6 +84,9 @@ pub enum ScaffoldError {
     /// The directory is there already.
     #[error("{} exists already; choose a new directory", .0.display())]
     Exists(PathBuf),
+    /// The template has no component form yet.
+    #[error("the `{0}` template is proxy-wasm only, for now: leave out --component")]
+    NoComponentForm(&'static str),
     /// The name is not a crate name.
     #[error("`{0}` is not a crate name: use lowercase letters, digits, `-` and `_`, starting with a letter")]
     BadName(String),
@@ -185,6 +196,7 @@ fn readme(name: &str, form: FilterForm, template: Template) -> String {
     let what = match template {
         Template::Tag => "tags each request's span with an attribute from a request header",
         Template::Sample => "traces one customer's requests at 100 % and answers with the trace id",
+        Template::Callout => "asks another service before each request goes on, the call traced as a child span",
     };
     let configuration = template.configuration();
     let test = match form {
@@ -224,6 +236,7 @@ fn write(path: &Path, text: &str) -> Result<(), ScaffoldError> {
 /// Makes the filter crate; returns the files written.
 pub fn new_filter(options: &NewFilter) -> Result<Vec<PathBuf>, ScaffoldError> {
     let NewFilter { dir, form, template, source_tree } = options;
+    let source = template.source(*form).ok_or(ScaffoldError::NoComponentForm(template.name()))?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
     if !valid_name(&name) {
         return Err(ScaffoldError::BadName(name));
@@ -239,7 +252,7 @@ pub fn new_filter(options: &NewFilter) -> Result<Vec<PathBuf>, ScaffoldError> {
     std::fs::create_dir_all(&src).map_err(|source| ScaffoldError::Write { path: src.clone(), source })?;
     let files = [
         (dir.join("Cargo.toml"), cargo_toml(&name, *form, &tree)),
-        (src.join("lib.rs"), template.source(*form).replace("{{name}}", &name)),
+        (src.join("lib.rs"), source.replace("{{name}}", &name)),
         (dir.join("README.md"), readme(&name, *form, *template)),
         (dir.join("envoy-snippet.yaml"), envoy_snippet(&name, *form, *template)),
     ];

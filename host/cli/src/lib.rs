@@ -49,8 +49,9 @@ enum Command {
     New {
         /// The crate's directory (its last component is the crate's name).
         dir: PathBuf,
-        /// What the filter does: `tag` (an attribute from a request header) or `sample` (one
-        /// customer traced at 100 %, the trace id sent back).
+        /// What the filter does: `tag` (an attribute from a request header), `sample` (one
+        /// customer traced at 100 %, the trace id sent back) or `callout` (another service asked
+        /// first, the call a child span).
         #[arg(long, default_value = "tag")]
         template: String,
         /// A `wasmtrace:filter` component instead of a proxy-wasm module.
@@ -197,7 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::New { dir, template, component, source_tree } => {
             use wasmtrace_build::scaffold::{NewFilter, Template, default_source_tree, new_filter};
             let template = Template::from_name(&template)
-                .with_context(|| format!("no template `{template}`: choose tag or sample"))?;
+                .with_context(|| format!("no template `{template}`: choose tag, sample or callout"))?;
             let form = if component { FilterForm::Component } else { FilterForm::ProxyWasm };
             let source_tree = source_tree.unwrap_or_else(default_source_tree);
             let files = new_filter(&NewFilter { dir: dir.clone(), form, template, source_tree })?;

@@ -126,6 +126,8 @@ pub enum Property {
     PluginSha256,
     /// A filter's sampling hint (`wasmtrace_span::handoff::SAMPLING`).
     SamplingHint,
+    /// The callouts filters made for the request (`wasmtrace_span::handoff::CALLOUT_SPANS`).
+    CalloutSpans,
 }
 
 impl Property {
@@ -144,6 +146,7 @@ impl Property {
             Self::PluginGeneration => &["plugin_generation"],
             Self::PluginSha256 => &["plugin_sha256"],
             Self::SamplingHint => &[wasmtrace_span::handoff::SAMPLING],
+            Self::CalloutSpans => &[wasmtrace_span::handoff::CALLOUT_SPANS],
         }
     }
 
@@ -163,6 +166,7 @@ impl Property {
             Self::PluginGeneration => b"plugin_generation",
             Self::PluginSha256 => b"plugin_sha256",
             Self::SamplingHint => b"wasmtrace_sampling",
+            Self::CalloutSpans => b"wasmtrace_callout_spans",
         }
     }
 }
@@ -337,6 +341,7 @@ mod tests {
             PluginGeneration,
             PluginSha256,
             SamplingHint,
+            CalloutSpans,
         ] {
             assert_eq!(property.serialized(), property.path().join("\0").as_bytes(), "{property:?}");
         }

@@ -346,15 +346,22 @@ impl StreamTracer {
                 span.set("error.type", "no_response");
             }
         }
+        // The callouts filters made for the request, as its children (`wasmtrace_span`).
+        let callouts = host.property(Property::CalloutSpans).map(|bytes| handoff::callout_spans(&bytes, &span));
         let mut shared = self.shared.borrow_mut();
-        let Shared { config, resource, spool, counters, scratch, .. } = &mut *shared;
-        spool::encode_into(config.exporter.format, resource, &span, scratch);
-        // Full (the collector is slow or down) or gone (the host lost the queue): either way
-        // the span is dropped and counted, never held in this VM.
-        if spool.push(host, scratch).is_err()
-            && let Some(dropped) = counters.dropped
-        {
-            host.increment(dropped, 1);
+        let Shared { config, resource, spool, counters, scratch, provenance } = &mut *shared;
+        for span in std::iter::once(span).chain(callouts.into_iter().flatten().map(|mut callout| {
+            provenance.record(&mut callout);
+            callout
+        })) {
+            spool::encode_into(config.exporter.format, resource, &span, scratch);
+            // Full (the collector is slow or down) or gone (the host lost the queue): either way
+            // the span is dropped and counted, never held in this VM.
+            if spool.push(host, scratch).is_err()
+                && let Some(dropped) = counters.dropped
+            {
+                host.increment(dropped, 1);
+            }
         }
     }
 }
