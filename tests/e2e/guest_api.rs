@@ -1,7 +1,8 @@
 //! Filters of one's own beside the trace filter, through `wasmtrace-span`: the tutorial's
 //! commands as written (`wasmtrace new` → `wasmtrace build` → `wasmtrace swap` into the running
-//! demo, the new attribute found on the spans at the demo's collector), and each guest API call —
-//! attributes, sampling up and down, the trace context — in both module forms.
+//! demo, the new attribute found on the spans at the demo's collector), each guest API call —
+//! attributes, events, sampling up and down, the trace context — in both module forms, and a
+//! traced callout.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -173,6 +174,29 @@ async fn each_guest_api_call_works_in_both_module_forms() {
                         let expected =
                             opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("t-1".into());
                         assert_eq!(tenant, Some(expected), "{case}: the tag filter's attribute");
+                        // The sample filter's event, on the span it decided.
+                        let events: Vec<&str> = span.events.iter().map(|e| e.name.as_str()).collect();
+                        let decided_here = customer == "acme";
+                        assert_eq!(events.contains(&"sampling.decided"), decided_here, "{case}: events {events:?}");
+                        if decided_here {
+                            let event = &span.events[0];
+                            assert!(
+                                event.time_unix_nano >= span.start_time_unix_nano.saturating_sub(1_000_000_000),
+                                "{case}"
+                            );
+                            let customer = event
+                                .attributes
+                                .iter()
+                                .find(|a| a.key == "customer")
+                                .and_then(|a| a.value.clone())
+                                .and_then(|v| v.value);
+                            assert_eq!(
+                                customer,
+                                Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                                    "acme".into()
+                                ))
+                            );
+                        }
                     }
                     None => assert_eq!(sent_back, None, "{case}: nothing traced, no trace id"),
                 }

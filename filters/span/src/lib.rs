@@ -2,6 +2,7 @@
 //! filter — in the wasmtrace sidecar, in-process, or in Envoy:
 //!
 //! - [`add_attributes`]: attributes on the request's span;
+//! - [`add_event`]: an event on it (something that happened, when, with attributes);
 //! - [`set_sampling`]: trace this request or not, whatever the sampler would decide (a hint the
 //!   trace filter honours when it starts the span, so set it in a filter before the trace filter);
 //! - [`trace_context`]: the trace id, span id and sampling decision the trace filter chose for
@@ -101,6 +102,8 @@ pub struct TraceContext {
     pub span_id: [u8; 8],
     /// Whether the request is traced.
     pub sampled: bool,
+    /// W3C Level 2's `random` flag: the trace id's right-most 7 bytes are random.
+    pub random: bool,
 }
 
 impl TraceContext {
@@ -168,7 +171,7 @@ impl TracedCallout {
     pub fn traceparent(&self) -> String {
         let trace_id = wasmtrace_trace_core::TraceId(self.context.trace_id);
         let span_id = wasmtrace_trace_core::SpanId(self.span_id);
-        w3c::format_traceparent(&trace_id, &span_id, self.context.sampled, false)
+        w3c::format_traceparent(&trace_id, &span_id, self.context.sampled, self.context.random)
     }
 
     /// The callout's span id (hex).
@@ -221,6 +224,24 @@ pub fn add_attributes(stream: &impl Stream, attributes: &[(&str, Value)]) {
     stream.set(handoff::ATTRIBUTES, text.as_bytes());
 }
 
+/// Adds an event named `name`, happening now, to the request's span (at most
+/// [`handoff::MAX_EVENTS`] a request; more are not recorded).
+pub fn add_event(stream: &impl Stream, name: &str, attributes: &[(&str, Value)]) {
+    let mut events: Vec<serde_json::Value> =
+        stream.get(handoff::EVENTS).and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+    if events.len() >= handoff::MAX_EVENTS {
+        return;
+    }
+    let attributes: Map<String, serde_json::Value> =
+        attributes.iter().map(|(name, value)| ((*name).to_owned(), value.to_json())).collect();
+    let mut event = Map::new();
+    event.insert("name".into(), name.into());
+    event.insert("time_unix_nano".into(), stream.now_unix_nanos().into());
+    event.insert("attributes".into(), serde_json::Value::Object(attributes));
+    events.push(serde_json::Value::Object(event));
+    stream.set(handoff::EVENTS, serde_json::Value::Array(events).to_string().as_bytes());
+}
+
 /// Asks the trace filter to trace this request, or not, whatever its sampler would decide; the
 /// last hint before the trace filter's request headers wins.
 pub fn set_sampling(stream: &impl Stream, sampling: Sampling) {
@@ -237,7 +258,12 @@ pub fn trace_context(stream: &impl Stream) -> Option<TraceContext> {
     let bytes = stream.get(handoff::TRACE_CONTEXT)?;
     let text = std::str::from_utf8(&bytes).ok()?;
     let (trace_id, span_id, flags) = w3c::parse_traceparent(&[text])?;
-    Some(TraceContext { trace_id: trace_id.0, span_id: span_id.0, sampled: flags & w3c::FLAG_SAMPLED != 0 })
+    Some(TraceContext {
+        trace_id: trace_id.0,
+        span_id: span_id.0,
+        sampled: flags & w3c::FLAG_SAMPLED != 0,
+        random: flags & w3c::FLAG_RANDOM != 0,
+    })
 }
 
 /// The stream of the callback running, in a proxy-wasm module.
@@ -368,6 +394,24 @@ mod tests {
         state.set(handoff::ATTRIBUTES, b"[1, 2]");
         add_attributes(&state, &[("a", "b".into())]);
         assert_eq!(state.get(handoff::ATTRIBUTES).as_deref(), Some(&br#"{"a":"b"}"#[..]));
+    }
+
+    #[test]
+    fn events_are_appended_with_the_hosts_time_up_to_the_bound() {
+        let state = FilterState::default();
+        add_event(&state, "tenant.resolved", &[("tenant.id", "acme".into())]);
+        let events: serde_json::Value =
+            serde_json::from_slice(&state.get(handoff::EVENTS).expect("set")).expect("JSON");
+        assert_eq!(
+            events,
+            serde_json::json!([{"name": "tenant.resolved", "time_unix_nano": 1_700_000_000_000_000_000u64, "attributes": {"tenant.id": "acme"}}])
+        );
+        for _ in 0..handoff::MAX_EVENTS + 3 {
+            add_event(&state, "again", &[]);
+        }
+        let events: serde_json::Value =
+            serde_json::from_slice(&state.get(handoff::EVENTS).expect("set")).expect("JSON");
+        assert_eq!(events.as_array().map(Vec::len), Some(handoff::MAX_EVENTS));
     }
 
     #[test]

@@ -29,8 +29,18 @@ fn span(field: u32) -> Option<Kind> {
         6 => Kind::Varint,
         7 | 8 => Kind::Fixed64,
         9 => Kind::Message(key_value),
+        11 => Kind::Message(event),
         15 => Kind::Message(status),
         16 => Kind::Fixed32,
+        _ => return None,
+    })
+}
+
+fn event(field: u32) -> Option<Kind> {
+    Some(match field {
+        1 => Kind::Fixed64,
+        2 => Kind::Utf8,
+        3 => Kind::Message(key_value),
         _ => return None,
     })
 }

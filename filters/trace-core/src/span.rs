@@ -56,8 +56,32 @@ impl From<i64> for Value {
     }
 }
 
-/// A key/value attribute (of a [`Resource`]).
+impl From<bool> for Value {
+    fn from(value: bool) -> Self {
+        Self::Bool(value)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(value: f64) -> Self {
+        Self::Double(value)
+    }
+}
+
+/// A key/value attribute (of a [`Resource`] or an [`Event`]).
 pub type Attribute = (String, Value);
+
+/// Something that happened during a span, when it happened (OTLP's span event, Zipkin's
+/// annotation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// When, ns since the Unix epoch.
+    pub time_unix_nanos: u64,
+    /// What happened, e.g. `tenant.resolved`.
+    pub name: String,
+    /// Its attributes.
+    pub attributes: Vec<Attribute>,
+}
 
 /// An attribute value as it is set and read, text borrowed: recording a header as an attribute
 /// copies it once, into the span's [`Attributes`].
@@ -270,6 +294,8 @@ pub struct Span {
     pub end_unix_nanos: u64,
     /// Attributes, in the order they were set.
     pub attributes: Attributes,
+    /// Events, in the order they happened.
+    pub events: Vec<Event>,
     /// Status.
     pub status: StatusCode,
     /// Status message (set with errors).

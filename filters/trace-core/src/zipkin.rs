@@ -66,6 +66,12 @@ fn zipkin_span(service: &str, span: &Span) -> Json {
     if let Some(parent) = span.parent_span_id {
         object["parentId"] = Json::String(parent.to_hex());
     }
+    if !span.events.is_empty() {
+        // Zipkin's annotations carry a name and a time, not attributes.
+        let annotations =
+            span.events.iter().map(|event| json!({ "timestamp": event.time_unix_nanos / 1000, "value": event.name }));
+        object["annotations"] = Json::Array(annotations.collect());
+    }
     match span.kind {
         SpanKind::Server => object["kind"] = Json::String("SERVER".into()),
         SpanKind::Client => object["kind"] = Json::String("CLIENT".into()),
@@ -110,6 +116,7 @@ mod tests {
             end_unix_nanos: 1_700_000_000_002_500_000,
             attributes: Default::default(),
             status: StatusCode::Error,
+            events: Vec::new(),
             status_message: String::new(),
         };
         span.set("http.response.status_code", 503i64);
@@ -143,6 +150,7 @@ mod tests {
             end_unix_nanos: 2_000,
             attributes: Default::default(),
             status: StatusCode::Unset,
+            events: Vec::new(),
             status_message: String::new(),
         };
         let item = encode_span(&resource, &span);

@@ -75,6 +75,7 @@ proptest! {
             end_unix_nanos: end,
             attributes: Default::default(),
             status: [StatusCode::Unset, StatusCode::Ok, StatusCode::Error][usize::from(status)],
+            events: Vec::new(),
             status_message: message,
         };
         for (key, (which, text, int, double)) in &attributes {
@@ -116,6 +117,7 @@ proptest! {
             end_unix_nanos: 2,
             attributes: Default::default(),
             status: StatusCode::Error,
+            events: Vec::new(),
             status_message: "boom".into(),
         };
         span.set("http.request.method", ValueRef::String("GET"));

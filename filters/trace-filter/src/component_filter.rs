@@ -118,7 +118,7 @@ impl RootHost for WorldHost {
 /// The path of `property` as the world's `list<string>`, built once: the import takes owned
 /// strings, which would otherwise be allocated on every read.
 fn property_path(property: Property) -> &'static [String] {
-    const ALL: [Property; 13] = [
+    const ALL: [Property; 14] = [
         Property::SourceAddress,
         Property::ListenerDirection,
         Property::ResponseCode,
@@ -132,6 +132,7 @@ fn property_path(property: Property) -> &'static [String] {
         Property::PluginSha256,
         Property::SamplingHint,
         Property::CalloutSpans,
+        Property::SpanEvents,
     ];
     static PATHS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
     let paths = PATHS
@@ -190,7 +191,14 @@ impl StreamHost for WorldStream<'_> {
     }
 
     fn set_filter_state(&self, key: &str, value: &[u8]) {
-        host::set_property(&[key.to_owned()], value);
+        // The one key the tracer writes on every request, as the import takes it, made once.
+        static TRACE_CONTEXT: OnceLock<[String; 1]> = OnceLock::new();
+        let context = TRACE_CONTEXT.get_or_init(|| [wasmtrace_span::handoff::TRACE_CONTEXT.to_owned()]);
+        if key == wasmtrace_span::handoff::TRACE_CONTEXT {
+            host::set_property(context, value);
+        } else {
+            host::set_property(&[key.to_owned()], value);
+        }
     }
 
     fn increment(&self, counter: u32, delta: i64) {

@@ -12,7 +12,7 @@
 //! same for every input.
 
 use wasmtrace_trace_core::SpanId;
-use wasmtrace_trace_core::span::{Attributes, Span, SpanKind, StatusCode, ValueRef};
+use wasmtrace_trace_core::span::{Attributes, Event, Span, SpanKind, StatusCode, Value, ValueRef};
 
 /// Attributes only the trace filter itself sets (which code made the span): a hand-off's are
 /// ignored, so no other filter can pose as another generation.
@@ -36,34 +36,84 @@ pub fn apply(bytes: &[u8], span: &mut Span) {
     }
 }
 
+/// Largest hand-off (callout spans, events) the trace filter reads: another filter writes it, and
+/// parsing a larger one on every request could cost the request its deadline.
+pub const MAX_HANDOFF_BYTES: usize = 64 << 10;
+/// Most attributes one callout span or event takes from a hand-off.
+const MAX_HANDOFF_ATTRIBUTES: usize = 32;
+/// Longest name a callout span or event takes from a hand-off.
+const MAX_HANDOFF_NAME: usize = 256;
+
+/// A hand-off's JSON array, if it is one and small enough to read.
+fn handoff_array(bytes: &[u8]) -> Vec<serde_json::Value> {
+    if bytes.len() > MAX_HANDOFF_BYTES {
+        return Vec::new();
+    }
+    match serde_json::from_slice(bytes) {
+        Ok(serde_json::Value::Array(entries)) => entries,
+        _ => Vec::new(),
+    }
+}
+
+/// A hand-off entry's name, cut to [`MAX_HANDOFF_NAME`] bytes (at a character boundary).
+fn handoff_name(entry: &serde_json::Value) -> Option<String> {
+    let name = entry["name"].as_str().filter(|n| !n.is_empty())?;
+    let mut end = name.len().min(MAX_HANDOFF_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(name[..end].to_owned())
+}
+
+/// A hand-off entry's attributes: at most [`MAX_HANDOFF_ATTRIBUTES`], none under
+/// [`RESERVED_PREFIX`].
+fn handoff_attributes(entry: &mut serde_json::Value) -> Vec<(String, Value)> {
+    let Some(serde_json::Value::Object(attributes)) = entry.get_mut("attributes").map(std::mem::take) else {
+        return Vec::new();
+    };
+    attributes
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with(RESERVED_PREFIX))
+        .take(MAX_HANDOFF_ATTRIBUTES)
+        .map(|(key, value)| (key, owned_value(&value)))
+        .collect()
+}
+
 /// The callouts a filter recorded (`wasmtrace_span::handoff::CALLOUT_SPANS`) as CLIENT spans,
-/// children of `request`: at most `MAX_CALLOUT_SPANS`; an entry without a valid span id is left
-/// out. No status means the callout was not answered: an error.
+/// children of `request`, within the request's time: at most `MAX_CALLOUT_SPANS`, read only from
+/// a hand-off of at most [`MAX_HANDOFF_BYTES`]; an entry without a valid span id of its own (not
+/// the request's, not another entry's) is left out. No status means the callout was not
+/// answered: an error; a status outside 100–599 is no status.
 pub fn callout_spans(bytes: &[u8], request: &Span) -> Vec<Span> {
-    let Ok(serde_json::Value::Array(entries)) = serde_json::from_slice(bytes) else { return Vec::new() };
-    entries
-        .iter()
+    let mut seen = vec![request.span_id];
+    let (first, last) = (request.start_unix_nanos, request.end_unix_nanos.max(request.start_unix_nanos));
+    handoff_array(bytes)
+        .into_iter()
         .take(wasmtrace_span::handoff::MAX_CALLOUT_SPANS)
-        .filter_map(|entry| {
-            let span_id = entry["span_id"].as_str().and_then(span_id)?;
+        .filter_map(|mut entry| {
+            let span_id = entry["span_id"].as_str().and_then(span_id).filter(|id| !seen.contains(id))?;
+            seen.push(span_id);
+            let start = entry["start_unix_nano"].as_u64().unwrap_or(first).clamp(first, last);
+            let end = entry["end_unix_nano"].as_u64().unwrap_or(last).clamp(start, last);
             let mut span = Span {
                 trace_id: request.trace_id,
                 span_id,
                 parent_span_id: Some(request.span_id),
                 parent_is_remote: false,
                 trace_state: request.trace_state.clone(),
-                name: entry["name"].as_str().unwrap_or("callout").to_owned(),
+                name: handoff_name(&entry).unwrap_or_else(|| "callout".to_owned()),
                 kind: SpanKind::Client,
-                start_unix_nanos: entry["start_unix_nano"].as_u64().unwrap_or(request.start_unix_nanos),
-                end_unix_nanos: entry["end_unix_nano"].as_u64().unwrap_or(request.start_unix_nanos),
+                start_unix_nanos: start,
+                end_unix_nanos: end,
                 attributes: Attributes::default(),
+                events: Vec::new(),
                 status: StatusCode::Unset,
                 status_message: String::new(),
             };
-            if let Some(serde_json::Value::Object(attributes)) = entry.get("attributes") {
-                set_all(attributes.clone(), &mut span);
+            for (key, value) in handoff_attributes(&mut entry) {
+                span.set(&key, &value);
             }
-            match entry["status_code"].as_i64() {
+            match entry["status_code"].as_i64().filter(|code| (100..=599).contains(code)) {
                 Some(code) => {
                     span.set("http.response.status_code", code);
                     if code >= 400 {
@@ -80,6 +130,34 @@ pub fn callout_spans(bytes: &[u8], request: &Span) -> Vec<Span> {
             Some(span)
         })
         .collect()
+}
+
+/// The events filters handed over (`wasmtrace_span::handoff::EVENTS`): at most `MAX_EVENTS`, read
+/// only from a hand-off of at most [`MAX_HANDOFF_BYTES`], names cut to 256 bytes, attributes as
+/// given (at most 32, none under [`RESERVED_PREFIX`]); an entry without a name is left out.
+pub fn events(bytes: &[u8]) -> Vec<Event> {
+    handoff_array(bytes)
+        .into_iter()
+        .take(wasmtrace_span::handoff::MAX_EVENTS)
+        .filter_map(|mut entry| {
+            let name = handoff_name(&entry)?;
+            let time_unix_nanos = entry["time_unix_nano"].as_u64().unwrap_or(0);
+            Some(Event { time_unix_nanos, name, attributes: handoff_attributes(&mut entry) })
+        })
+        .collect()
+}
+
+/// A JSON value as an attribute value, as [`apply_json`] reads it.
+fn owned_value(value: &serde_json::Value) -> Value {
+    match value {
+        serde_json::Value::String(s) => Value::String(s.clone()),
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Double(n.as_f64().unwrap_or(0.0)),
+        },
+        other => Value::String(other.to_string()),
+    }
 }
 
 /// 16 hex digits, not all zero.
@@ -231,6 +309,7 @@ mod tests {
             end_unix_nanos: 2,
             attributes: Attributes::default(),
             status: StatusCode::Unset,
+            events: Vec::new(),
             status_message: String::new(),
         };
         span.set("http.request.method", "GET");
@@ -262,6 +341,39 @@ mod tests {
             ],
             "replaced in place, then the new keys in sorted order"
         );
+    }
+
+    #[test]
+    fn callout_spans_are_children_within_the_request_and_bounded() {
+        let mut request = span();
+        request.start_unix_nanos = 1_000;
+        request.end_unix_nanos = 9_000;
+        let own = hex16(request.span_id);
+        let text = format!(
+            r#"[{{"span_id":"00000000000000aa","name":"GET auth","start_unix_nano":5,"end_unix_nano":99999,"status_code":200,"attributes":{{"wasmtrace.filter.generation":7,"auth.user":"ada"}}}},
+               {{"span_id":"00000000000000aa","name":"again"}},
+               {{"span_id":"{own}","name":"posing as the request"}},
+               {{"span_id":"00000000000000bb","status_code":99999}},
+               {{"span_id":"zz"}}]"#
+        );
+        let spans = callout_spans(text.as_bytes(), &request);
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        let (auth, unanswered) = (&spans[0], &spans[1]);
+        assert_eq!((auth.parent_span_id, auth.kind), (Some(request.span_id), SpanKind::Client));
+        assert_eq!((auth.start_unix_nanos, auth.end_unix_nanos), (1_000, 9_000), "clamped to the request");
+        assert_eq!(auth.get("auth.user"), Some(ValueRef::String("ada")));
+        assert_eq!(auth.get("wasmtrace.filter.generation"), None);
+        assert_eq!(auth.get("http.response.status_code"), Some(ValueRef::Int(200)));
+        assert_eq!((unanswered.name.as_str(), unanswered.status), ("callout", StatusCode::Error));
+        let huge = format!(r#"[{{"span_id":"00000000000000cc","name":"{}"}}]"#, "x".repeat(MAX_HANDOFF_BYTES));
+        assert!(callout_spans(huge.as_bytes(), &request).is_empty(), "too large to read");
+        let long = format!(r#"[{{"name":"{}","time_unix_nano":3}}]"#, "é".repeat(300));
+        let events = events(long.as_bytes());
+        assert_eq!(events[0].name.len(), 256, "cut at a character boundary");
+    }
+
+    fn hex16(id: SpanId) -> String {
+        id.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     #[test]

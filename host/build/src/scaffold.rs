@@ -53,6 +53,18 @@ impl Template {
         })
     }
 
+    /// Where the filter goes in a chain, relative to the trace filter.
+    fn placement(self) -> &'static str {
+        match self {
+            // The hand-off is read when the trace filter ends the span.
+            Self::Tag => "before or after the trace filter",
+            // The hint is read when the trace filter starts the span.
+            Self::Sample => "before the trace filter",
+            // The context exists once the trace filter has run.
+            Self::Callout => "after the trace filter",
+        }
+    }
+
     /// The plugin configuration the snippet and README show.
     fn configuration(self) -> &'static str {
         match self {
@@ -109,8 +121,29 @@ pub fn default_source_tree() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Names Cargo or rustc refuse for a crate, or that clash with the crate's own dependencies.
+const TAKEN_NAMES: &[&str] = &[
+    "self",
+    "super",
+    "crate",
+    "test",
+    "std",
+    "core",
+    "alloc",
+    "proc_macro",
+    "serde",
+    "serde_json",
+    "proxy-wasm",
+    "proxy_wasm",
+    "wasmtrace-span",
+    "wasmtrace_span",
+    "wasmtrace-filter-guest",
+    "wasmtrace_filter_guest",
+];
+
 fn valid_name(name: &str) -> bool {
-    name.len() <= 64
+    !TAKEN_NAMES.contains(&name)
+        && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
@@ -170,9 +203,19 @@ fn envoy_snippet(name: &str, form: FilterForm, template: Template) -> String {
         FilterForm::Component => format!("{name}.component.wasm"),
     };
     let configuration = template.configuration().replace('"', "\\\"");
+    let placement = template.placement();
+    let loads = match form {
+        FilterForm::ProxyWasm => "the wasmtrace sidecar reads the same, and Envoy loads the module",
+        // Envoy loads proxy-wasm modules only.
+        FilterForm::Component => "for the wasmtrace sidecar only: Envoy does not load components",
+    };
+    let build_flag = match form {
+        FilterForm::ProxyWasm => "",
+        FilterForm::Component => " --component",
+    };
     format!(
-        r#"# The filter in a listener's http_filters, before the trace filter (Envoy v3 bootstrap; the
-# wasmtrace sidecar reads the same). `wasmtrace build . -o {module}` makes the module.
+        r#"# The filter in a listener's http_filters, {placement} (Envoy v3 bootstrap;
+# {loads}). `wasmtrace build{build_flag} . -o {module}` makes the module.
 - name: {name}
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -213,19 +256,27 @@ beside the trace filter). Made by `wasmtrace new --template {template}`.
 wasmtrace build{flag} . -o {module}
 {test}```
 
-Swap it into a running sidecar in place of one of its plugins (the demo's gallery-api sidecar
-prints its admin address), with its configuration:
+In a chain, it goes {placement}. Swap it into a running sidecar in place of a plugin in that
+place (the demo's gallery-api sidecar prints its admin address; its `tagging` plugin runs before
+the trace filter), with its configuration:
 
 ```sh
-wasmtrace swap --admin 127.0.0.1:9901 --plugin tagging --module {module} \
+wasmtrace swap --admin 127.0.0.1:9901 --plugin {plugin} --module {module} \
   --config '{configuration}'
 ```
 
-or run it from a configuration: `envoy-snippet.yaml` is its `http_filters` entry (put it before
-the trace filter), and `wasmtrace check -c <your bootstrap>.yaml` loads, starts and configures it
-without serving.
+or run it from a configuration: `envoy-snippet.yaml` is its `http_filters` entry, and
+`wasmtrace check -c <your bootstrap>.yaml` loads, starts and configures it without serving.{note}
 "#,
-        template = template.name()
+        template = template.name(),
+        placement = template.placement(),
+        plugin = if template == Template::Callout { "<a plugin after the trace filter>" } else { "tagging" },
+        note = match template {
+            Template::Tag => "",
+            Template::Sample =>
+                "\n\nThe customer is named by a request header a client sets: any client can ask to be traced\n(key it on a header your edge sets, or on an authenticated identity, in production).",
+            Template::Callout => "\n\nThe cluster it calls (`auth` by default) must be one of the proxy's clusters.",
+        }
     )
 }
 
@@ -236,6 +287,7 @@ fn write(path: &Path, text: &str) -> Result<(), ScaffoldError> {
 /// Makes the filter crate; returns the files written.
 pub fn new_filter(options: &NewFilter) -> Result<Vec<PathBuf>, ScaffoldError> {
     let NewFilter { dir, form, template, source_tree } = options;
+    let template = *template;
     let source = template.source(*form).ok_or(ScaffoldError::NoComponentForm(template.name()))?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
     if !valid_name(&name) {
@@ -253,8 +305,8 @@ pub fn new_filter(options: &NewFilter) -> Result<Vec<PathBuf>, ScaffoldError> {
     let files = [
         (dir.join("Cargo.toml"), cargo_toml(&name, *form, &tree)),
         (src.join("lib.rs"), source.replace("{{name}}", &name)),
-        (dir.join("README.md"), readme(&name, *form, *template)),
-        (dir.join("envoy-snippet.yaml"), envoy_snippet(&name, *form, *template)),
+        (dir.join("README.md"), readme(&name, *form, template)),
+        (dir.join("envoy-snippet.yaml"), envoy_snippet(&name, *form, template)),
     ];
     for (path, text) in &files {
         write(path, text)?;

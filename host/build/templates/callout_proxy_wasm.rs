@@ -113,6 +113,7 @@ impl HttpContext for Ask {
                 if let Some(callout) = callout {
                     callout.finish(&current(), None);
                 }
+                add_attributes(&current(), &[(config.attribute.as_str(), Value::from("not sent"))]);
                 Action::Continue
             }
         }

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 
 use serde::Deserialize;
 use wasmtrace_filter_guest::{Action, Filter, HeaderPart, HttpStream};
-use wasmtrace_span::{Sampling, current, set_sampling, trace_context};
+use wasmtrace_span::{Sampling, Value, add_event, current, set_sampling, trace_context};
 
 /// The plugin configuration:
 /// `{"header": "x-customer", "value": "acme", "decision": "sample", "trace_id_header": "x-trace-id"}`.
@@ -82,6 +82,8 @@ impl Filter for Sample {
             let config = config.borrow();
             if stream.header_text(HeaderPart::RequestHeaders, &config.header).as_deref() == Some(config.value.as_str()) {
                 set_sampling(&current(), config.decision.sampling());
+                // Says on the span (when there is one) why it was traced.
+                add_event(&current(), "sampling.decided", &[("customer", Value::from(config.value.as_str()))]);
             }
         });
         Action::Continue

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use serde::Deserialize;
-use wasmtrace_span::{Sampling, current, set_sampling, trace_context};
+use wasmtrace_span::{Sampling, Value, add_event, current, set_sampling, trace_context};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -111,6 +111,8 @@ impl HttpContext for Sample {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         if self.get_http_request_header(&self.config.header).as_deref() == Some(self.config.value.as_str()) {
             set_sampling(&current(), self.config.decision.sampling());
+            // Says on the span (when there is one) why it was traced.
+            add_event(&current(), "sampling.decided", &[("customer", Value::from(self.config.value.as_str()))]);
         }
         Action::Continue
     }

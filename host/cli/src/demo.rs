@@ -80,6 +80,9 @@ pub fn traces(
     let collector = collector.trim_end_matches('/');
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let colour = std::io::stdout().is_terminal();
+    if trace.is_some() && !tags.is_empty() {
+        return Err(anyhow!("--tag searches traces; with --trace there is nothing to search"));
+    }
     match trace {
         Some(id) => {
             let data = runtime.block_on(query(&format!("{collector}/api/traces/{id}"))).map_err(anyhow::Error::from)?;

@@ -206,8 +206,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for file in files {
                 println!("  {}", file.display());
             }
-            let flag = if component { " --component" } else { "" };
-            println!("next: wasmtrace build{flag} {} -o {}.wasm (see its README.md)", dir.display(), dir.display());
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let (flag, module) = if component {
+                (" --component", format!("{name}.component.wasm"))
+            } else {
+                ("", format!("{name}.wasm"))
+            };
+            println!("next: wasmtrace build{flag} {} -o {module} (see its README.md)", dir.display());
             Ok(())
         }
         Command::Run {

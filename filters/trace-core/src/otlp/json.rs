@@ -35,6 +35,16 @@ fn json_span(span: &Span) -> Json {
     if let Some(parent) = span.parent_span_id {
         object["parentSpanId"] = Json::String(parent.to_hex());
     }
+    if !span.events.is_empty() {
+        let events = span.events.iter().map(|event| {
+            json!({
+                "timeUnixNano": event.time_unix_nanos.to_string(),
+                "name": event.name,
+                "attributes": json_attributes(event.attributes.iter().map(|(k, v)| (k.as_str(), v.into()))),
+            })
+        });
+        object["events"] = Json::Array(events.collect());
+    }
     if !span.trace_state.is_empty() {
         object["traceState"] = Json::String(span.trace_state.clone());
     }

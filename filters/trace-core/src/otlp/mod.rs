@@ -64,6 +64,15 @@ fn proto_span(span: &Span) -> proto::Span {
         start_time_unix_nano: span.start_unix_nanos,
         end_time_unix_nano: span.end_unix_nanos,
         attributes: span.attributes.iter().map(|(k, v)| key_value_ref(k, v)).collect(),
+        events: span
+            .events
+            .iter()
+            .map(|event| proto::SpanEvent {
+                time_unix_nano: event.time_unix_nanos,
+                name: event.name.clone(),
+                attributes: event.attributes.iter().map(key_value).collect(),
+            })
+            .collect(),
         status: Some(proto::Status { message: span.status_message.clone(), code: span.status as i32 }),
     }
 }
@@ -127,7 +136,7 @@ pub fn encode_span_protobuf_into(span: &Span, out: &mut Vec<u8>) {
 /// oneof, `status` always present (prost's `Some`).
 mod wire {
     use super::flags;
-    use crate::span::{Span, ValueRef};
+    use crate::span::{Event, Span, ValueRef};
 
     const LEN: u32 = 2;
     const VARINT: u32 = 0;
@@ -194,6 +203,40 @@ mod wire {
         key + delimited_len(2, any_value_len(value))
     }
 
+    fn event_len(event: &Event) -> usize {
+        let time = if event.time_unix_nanos == 0 { 0 } else { 9 };
+        let name = if event.name.is_empty() { 0 } else { delimited_len(2, event.name.len()) };
+        let attributes: usize =
+            event.attributes.iter().map(|(k, v)| delimited_len(3, key_value_len(k, v.into()))).sum();
+        time + name + attributes
+    }
+
+    /// Appends one attribute (`KeyValue`) as field `tag`.
+    fn key_value(tag: u32, k: &str, value: ValueRef<'_>, out: &mut Vec<u8>) {
+        key(tag, LEN, out);
+        varint(key_value_len(k, value) as u64, out);
+        if !k.is_empty() {
+            delimited(1, k.as_bytes(), out);
+        }
+        key(2, LEN, out);
+        varint(any_value_len(value) as u64, out);
+        match value {
+            ValueRef::String(s) => delimited(1, s.as_bytes(), out),
+            ValueRef::Bool(b) => {
+                key(2, VARINT, out);
+                out.push(u8::from(b));
+            }
+            ValueRef::Int(i) => {
+                key(3, VARINT, out);
+                varint(i as u64, out);
+            }
+            ValueRef::Double(d) => {
+                key(4, FIXED64, out);
+                out.extend_from_slice(&d.to_bits().to_le_bytes());
+            }
+        }
+    }
+
     fn status_len(span: &Span) -> usize {
         let message = if span.status_message.is_empty() { 0 } else { delimited_len(2, span.status_message.len()) };
         let code = span.status as i32;
@@ -218,6 +261,7 @@ mod wire {
         }
         len += [span.start_unix_nanos, span.end_unix_nanos].iter().filter(|t| **t != 0).count() * 9;
         len += span.attributes.iter().map(|(k, v)| delimited_len(9, key_value_len(k, v))).sum::<usize>();
+        len += span.events.iter().map(|e| delimited_len(11, event_len(e))).sum::<usize>();
         len += delimited_len(15, status_len(span));
         if flags(span) != 0 {
             len += key_len(16) + 4;
@@ -250,27 +294,20 @@ mod wire {
             }
         }
         for (k, value) in span.attributes.iter() {
-            key(9, LEN, out);
-            varint(key_value_len(k, value) as u64, out);
-            if !k.is_empty() {
-                delimited(1, k.as_bytes(), out);
+            key_value(9, k, value, out);
+        }
+        for event in &span.events {
+            key(11, LEN, out);
+            varint(event_len(event) as u64, out);
+            if event.time_unix_nanos != 0 {
+                key(1, FIXED64, out);
+                out.extend_from_slice(&event.time_unix_nanos.to_le_bytes());
             }
-            key(2, LEN, out);
-            varint(any_value_len(value) as u64, out);
-            match value {
-                ValueRef::String(s) => delimited(1, s.as_bytes(), out),
-                ValueRef::Bool(b) => {
-                    key(2, VARINT, out);
-                    out.push(u8::from(b));
-                }
-                ValueRef::Int(i) => {
-                    key(3, VARINT, out);
-                    varint(i as u64, out);
-                }
-                ValueRef::Double(d) => {
-                    key(4, FIXED64, out);
-                    out.extend_from_slice(&d.to_bits().to_le_bytes());
-                }
+            if !event.name.is_empty() {
+                delimited(2, event.name.as_bytes(), out);
+            }
+            for (k, value) in &event.attributes {
+                key_value(3, k, value.into(), out);
             }
         }
         key(15, LEN, out);
@@ -337,7 +374,7 @@ mod tests {
     use serde_json::Value as Json;
 
     use super::*;
-    use crate::span::{SpanKind, StatusCode};
+    use crate::span::{Event, SpanKind, StatusCode};
     use crate::{SpanId, TraceId};
 
     fn sample() -> (Resource, Vec<Span>) {
@@ -354,12 +391,18 @@ mod tests {
             end_unix_nanos: 1_700_000_000_250_000_000,
             attributes: Default::default(),
             status: StatusCode::Error,
+            events: Vec::new(),
             status_message: "HTTP 503".into(),
         };
         span.set("http.request.method", "GET");
         span.set("http.response.status_code", 503i64);
         span.set("sample.ratio", ValueRef::Double(0.5));
         span.set("retried", false);
+        span.events.push(Event {
+            time_unix_nanos: 1_700_000_000_100_000_000,
+            name: "tenant.resolved".into(),
+            attributes: vec![("tenant.id".into(), "acme".into()), ("tier".into(), 2i64.into())],
+        });
         (resource, vec![span])
     }
 
@@ -383,6 +426,9 @@ mod tests {
             span.attributes.iter().find(|a| a.key == "http.response.status_code").and_then(|a| a.value.clone());
         assert_eq!(status_code.and_then(|v| v.value), Some(OfficialValue::IntValue(503)));
         assert_eq!(rs.scope_spans[0].scope.as_ref().map(|s| s.name.as_str()), Some("wasmtrace"));
+        let event = &span.events[0];
+        assert_eq!((event.name.as_str(), event.time_unix_nano), ("tenant.resolved", 1_700_000_000_100_000_000));
+        assert_eq!(event.attributes[1].value.as_ref().and_then(|v| v.value.clone()), Some(OfficialValue::IntValue(2)));
     }
 
     /// What prost derives for the message: the reference [`encode_span_protobuf`] must match.
@@ -408,7 +454,14 @@ mod tests {
         span.set("nan", ValueRef::Double(f64::NAN));
         span.set("yes", true);
         span.name = "n".repeat(200);
+        span.events.push(Event { time_unix_nanos: 0, name: String::new(), attributes: Vec::new() });
+        span.events.push(Event {
+            time_unix_nanos: u64::MAX,
+            name: "e".repeat(150),
+            attributes: vec![("".into(), "".into()), ("f".into(), 0.25.into()), ("b".into(), true.into())],
+        });
         assert_eq!(encode_span_protobuf(&span), prost_bytes(&span));
+        assert!(is_protobuf_span(&encode_span_protobuf(&span)), "events pass the queue's check");
         span.kind = SpanKind::Internal;
         span.attributes = Default::default();
         span.name.clear();

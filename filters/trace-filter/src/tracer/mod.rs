@@ -128,6 +128,8 @@ pub enum Property {
     SamplingHint,
     /// The callouts filters made for the request (`wasmtrace_span::handoff::CALLOUT_SPANS`).
     CalloutSpans,
+    /// Events filters added to the request's span (`wasmtrace_span::handoff::EVENTS`).
+    SpanEvents,
 }
 
 impl Property {
@@ -147,6 +149,7 @@ impl Property {
             Self::PluginSha256 => &["plugin_sha256"],
             Self::SamplingHint => &[wasmtrace_span::handoff::SAMPLING],
             Self::CalloutSpans => &[wasmtrace_span::handoff::CALLOUT_SPANS],
+            Self::SpanEvents => &[wasmtrace_span::handoff::EVENTS],
         }
     }
 
@@ -167,6 +170,7 @@ impl Property {
             Self::PluginSha256 => b"plugin_sha256",
             Self::SamplingHint => b"wasmtrace_sampling",
             Self::CalloutSpans => b"wasmtrace_callout_spans",
+            Self::SpanEvents => b"wasmtrace_span_events",
         }
     }
 }
@@ -342,6 +346,7 @@ mod tests {
             PluginSha256,
             SamplingHint,
             CalloutSpans,
+            SpanEvents,
         ] {
             assert_eq!(property.serialized(), property.path().join("\0").as_bytes(), "{property:?}");
         }

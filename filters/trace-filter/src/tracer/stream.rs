@@ -187,6 +187,7 @@ impl StreamTracer {
             end_unix_nanos: 0,
             attributes: Attributes::with_capacity(ATTRIBUTES + config.attribute_count(), ATTRIBUTE_TEXT),
             status: StatusCode::Unset,
+            events: Vec::new(),
             status_message: String::new(),
         };
         // The span's own attributes first, each once: added without looking for them.
@@ -324,6 +325,9 @@ impl StreamTracer {
         }
         if let Some(tags) = host.property(Property::SpanAttributes) {
             handoff::apply(&tags, &mut span);
+        }
+        if let Some(events) = host.property(Property::SpanEvents) {
+            span.events = handoff::events(&events);
         }
         span.name = Self::name(&span);
         // After the hand-off: another filter cannot say which code made this span.

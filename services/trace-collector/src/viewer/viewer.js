@@ -123,7 +123,8 @@ function summary(trace) {
 }
 
 // The search's results, as last found, and how the table is sorted.
-const results = { traces: [], sort: "start", descending: true, asked: 0 };
+// `picks`: the traces ticked for comparison, in the order ticked (the first is A).
+const results = { traces: [], sort: "start", descending: true, asked: 0, picks: [] };
 
 async function search(event) {
   if (event) event.preventDefault();
@@ -139,6 +140,7 @@ async function search(event) {
   }
   if (asked !== results.asked) return;
   results.traces = traces.filter((t) => t.spans.length).map((trace) => ({ trace, s: summary(trace) }));
+  results.picks = [];
   document.getElementById("results-panel").hidden = false;
   document.getElementById("trace").replaceChildren();
   renderResults();
@@ -163,10 +165,14 @@ function renderResults() {
   body.replaceChildren();
   if (!count) body.append(el("tr", { class: "empty" }, el("td", { colSpan: 7, textContent: "No traces match." })));
   for (const { trace, s } of sorted) {
-    const select = el("input", { type: "checkbox", class: "pick", title: "compare" });
+    const select = el("input", { type: "checkbox", class: "pick", title: "compare", checked: results.picks.includes(trace.traceID) });
     select.dataset.traceId = trace.traceID;
     select.addEventListener("click", (event) => event.stopPropagation());
-    select.addEventListener("change", updateCompare);
+    select.addEventListener("change", () => {
+      results.picks = results.picks.filter((id) => id !== trace.traceID);
+      if (select.checked) results.picks.push(trace.traceID);
+      updateCompare();
+    });
     const row = el(
       "tr",
       { "data-trace-id": trace.traceID },
@@ -191,7 +197,7 @@ function sortBy(key) {
 }
 
 function picked() {
-  return [...document.querySelectorAll("#results input.pick:checked")].map((input) => input.dataset.traceId);
+  return results.picks;
 }
 
 function updateCompare() {
