@@ -100,7 +100,9 @@ pub enum ScaffoldError {
     #[error("the `{0}` template is proxy-wasm only, for now: leave out --component")]
     NoComponentForm(&'static str),
     /// The name is not a crate name.
-    #[error("`{0}` is not a crate name: use lowercase letters, digits, `-` and `_`, starting with a letter")]
+    #[error(
+        "`{0}` cannot name the crate: use lowercase letters, digits, `-` and `_`, starting with a letter, and no Rust keyword, standard crate or dependency of the filter"
+    )]
     BadName(String),
     /// The source tree has no `filters/span` crate.
     #[error("{} is not the wasmtrace source tree (no filters/span); pass --source-tree", .0.display())]
