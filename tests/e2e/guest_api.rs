@@ -36,6 +36,28 @@ fn work_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Runs a crate's own tests as its README says (`cargo test` in its directory): its unit tests
+/// and `tests/runtime.rs`, which builds the module and runs it in the runtime. Every crate the
+/// tests make shares one target directory, so the runtime is compiled once.
+async fn cargo_test(crate_dir: &Path) {
+    let (dir, target) = (crate_dir.to_owned(), workspace_root().join("target/e2e-scaffold-test"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(cargo).arg("test").current_dir(dir).env("CARGO_TARGET_DIR", target).output()
+    })
+    .await
+    .expect("cargo test ran")
+    .expect("cargo starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "`cargo test` in {} failed:\n{stdout}\n{}",
+        crate_dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("running 2 tests"), "tests/runtime.rs ran its two tests:\n{stdout}");
+}
+
 fn text(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
@@ -60,6 +82,8 @@ async fn the_tutorial_tags_the_running_demos_spans_with_a_filter_made_by_wasmtra
     // docs/tutorial.md, step by step.
     wasmtrace(&["new", text(&crate_dir), "--template", "tag"]).await;
     wasmtrace(&["build", text(&crate_dir), "-o", text(&module)]).await;
+    wasmtrace(&["inspect", text(&module)]).await;
+    cargo_test(&crate_dir).await;
     wasmtrace(&[
         "swap",
         "--admin",
@@ -126,6 +150,7 @@ async fn each_guest_api_call_works_in_both_module_forms() {
                 &[&["build", text(&crate_dir), "-o", text(&module), "--target-dir", text(&target)][..], form].concat(),
             )
             .await;
+            cargo_test(&crate_dir).await;
             modules.push(module);
         }
         let (tag, sample) = (&modules[0], &modules[1]);
@@ -214,11 +239,27 @@ fn hex(bytes: &[u8]) -> String {
 async fn a_callout_through_the_guest_crate_is_a_client_child_span_with_the_callees_spans_beneath() {
     let work = work_dir("callout");
     let target = workspace_root().join("target/e2e-guest-build");
-    let (crate_dir, module) = (work.join("auth-check"), work.join("auth-check.wasm"));
-    wasmtrace(&["new", text(&crate_dir), "--template", "callout"]).await;
-    wasmtrace(&["build", text(&crate_dir), "-o", text(&module), "--target-dir", text(&target)]).await;
-    crate::portability::imports_only_what_envoy_provides("auth-check", &module);
+    for component in [false, true] {
+        let form: &[&str] = if component { &["--component"] } else { &[] };
+        let name = if component { "auth-check-component" } else { "auth-check" };
+        let (crate_dir, module) = (work.join(name), work.join(format!("{name}.wasm")));
+        wasmtrace(&[&["new", text(&crate_dir), "--template", "callout"][..], form].concat()).await;
+        wasmtrace(
+            &[&["build", text(&crate_dir), "-o", text(&module), "--target-dir", text(&target)][..], form].concat(),
+        )
+        .await;
+        cargo_test(&crate_dir).await;
+        if !component {
+            crate::portability::imports_only_what_envoy_provides(name, &module);
+        }
+        a_traced_callout_nests_the_callees_span(&module, &format!("component {component}")).await;
+    }
+}
 
+/// A request through the trace filter and the callout filter `module` in one sidecar, calling a
+/// traced callee: the callout is a CLIENT child of the request's SERVER span, the callee's span
+/// beneath it.
+async fn a_traced_callout_nests_the_callees_span(module: &Path, case: &str) {
     let collector = Collector::start();
     let trace = filter_module("trace-filter");
     let trace_config = |service: &str| {
@@ -241,7 +282,7 @@ async fn a_callout_through_the_guest_crate_is_a_client_child_span_with_the_calle
     let app = Upstream::start();
     let filters = [
         wasm_filter_yaml("trace", &trace, &trace_config("api"), true, "trace"),
-        wasm_filter_yaml("auth_check", &module, r#"{"cluster": "auth", "path": "/check"}"#, false, "auth_check"),
+        wasm_filter_yaml("auth_check", module, r#"{"cluster": "auth", "path": "/check"}"#, false, "auth_check"),
     ]
     .concat();
     let api_sidecar = sidecar(
@@ -253,15 +294,15 @@ async fn a_callout_through_the_guest_crate_is_a_client_child_span_with_the_calle
         ],
     );
     let reply = get(api_sidecar.listener_address("inbound").expect("api inbound"), "/v0/items", &[]).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.status, StatusCode::OK, "{case}: {}", reply.text());
     let spans = collector.wait_for(3).await;
-    assert_eq!(spans.len(), 3, "{spans:#?}");
+    assert_eq!(spans.len(), 3, "{case}: {spans:#?}");
     let find = |service: &str, kind: i32| {
         spans
             .iter()
             .find(|r| r.service == service && r.span.kind == kind)
             .map(|r| &r.span)
-            .unwrap_or_else(|| panic!("no {service} span of kind {kind}: {spans:#?}"))
+            .unwrap_or_else(|| panic!("{case}: no {service} span of kind {kind}: {spans:#?}"))
     };
     let (server, callout, callee) = (find("api", 2), find("api", 3), find("auth", 2));
     assert!(server.parent_span_id.is_empty(), "the request starts the trace");

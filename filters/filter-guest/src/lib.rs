@@ -82,8 +82,14 @@ pub trait Filter {
     fn on_stream_done(_stream: &HttpStream) {}
     /// The filter's timer fired.
     fn on_tick() {}
-    /// A callout the filter made was answered (or failed).
-    fn on_callout_response(_callout: u32, _outcome: Result<CalloutResponse, CalloutError>) {}
+    /// A callout the filter made was answered (or failed). `stream` is the stream whose callback
+    /// made the call, while it is live: resume it here if the filter paused it for the answer.
+    fn on_callout_response(
+        _stream: Option<&HttpStream>,
+        _callout: u32,
+        _outcome: Result<CalloutResponse, CalloutError>,
+    ) {
+    }
     /// A shared queue the filter registered has items.
     fn on_queue_ready(_queue: u32) {}
     /// The VM is shutting down: `true` when done now, `false` to finish later with
@@ -150,10 +156,11 @@ macro_rules! export_filter {
                 <$filter as $crate::Filter>::on_tick()
             }
             fn on_callout_response(
+                stream: Option<&$crate::HttpStream>,
                 callout: u32,
                 outcome: Result<$crate::CalloutResponse, $crate::CalloutError>,
             ) {
-                <$filter as $crate::Filter>::on_callout_response(callout, outcome)
+                <$filter as $crate::Filter>::on_callout_response(stream, callout, outcome)
             }
             fn on_queue_ready(queue: u32) {
                 <$filter as $crate::Filter>::on_queue_ready(queue)

@@ -246,7 +246,7 @@ impl ComponentFilter for TraceFilter {
         FILTER.with(|f| f.borrow_mut().exporter.on_tick(&WorldHost));
     }
 
-    fn on_callout_response(callout: u32, outcome: Result<CalloutResponse, CalloutError>) {
+    fn on_callout_response(_stream: Option<&HttpStream>, callout: u32, outcome: Result<CalloutResponse, CalloutError>) {
         CALLOUTS.with(|c| c.borrow_mut().remove(&callout));
         let (status, retry_after) = match &outcome {
             Ok(response) => {

@@ -18,7 +18,7 @@ pub enum Template {
     /// Samples one customer's requests at 100 % and answers with the trace id.
     Sample,
     /// Asks another service before each request goes on, the call traced as a child span
-    /// (proxy-wasm only, for now).
+    /// (the request held until the answer).
     Callout,
 }
 
@@ -42,15 +42,24 @@ impl Template {
         }
     }
 
-    fn source(self, form: FilterForm) -> Option<&'static str> {
-        Some(match (self, form) {
+    fn source(self, form: FilterForm) -> &'static str {
+        match (self, form) {
             (Self::Tag, FilterForm::ProxyWasm) => include_str!("../templates/tag_proxy_wasm.rs"),
             (Self::Tag, FilterForm::Component) => include_str!("../templates/tag_component.rs"),
             (Self::Sample, FilterForm::ProxyWasm) => include_str!("../templates/sample_proxy_wasm.rs"),
             (Self::Sample, FilterForm::Component) => include_str!("../templates/sample_component.rs"),
             (Self::Callout, FilterForm::ProxyWasm) => include_str!("../templates/callout_proxy_wasm.rs"),
-            (Self::Callout, FilterForm::Component) => return None,
-        })
+            (Self::Callout, FilterForm::Component) => include_str!("../templates/callout_component.rs"),
+        }
+    }
+
+    /// The crate's runtime tests (`tests/runtime.rs`), for either form.
+    fn runtime_tests(self) -> &'static str {
+        match self {
+            Self::Tag => include_str!("../templates/tests/tag.rs"),
+            Self::Sample => include_str!("../templates/tests/sample.rs"),
+            Self::Callout => include_str!("../templates/tests/callout.rs"),
+        }
     }
 
     /// Where the filter goes in a chain, relative to the trace filter.
@@ -96,9 +105,6 @@ pub enum ScaffoldError {
     /// The directory is there already.
     #[error("{} exists already; choose a new directory", .0.display())]
     Exists(PathBuf),
-    /// The template has no component form yet.
-    #[error("the `{0}` template is proxy-wasm only, for now: leave out --component")]
-    NoComponentForm(&'static str),
     /// The name is not a crate name.
     #[error(
         "`{0}` cannot name the crate: use lowercase letters, digits, `-` and `_`, starting with a letter, and no Rust keyword, standard crate or dependency of the filter"
@@ -192,10 +198,16 @@ serde = {{ version = "1", features = ["derive"] }}
 serde_json = "1"
 wasmtrace-span = {{ path = {span} }}
 
+# `cargo test`: tests/runtime.rs builds the module and runs it in the wasmtrace runtime.
+[dev-dependencies]
+serde_json = "1"
+wasmtrace-testing = {{ path = {testing} }}
+
 # Its own workspace: it builds wherever it was created, inside another workspace or not.
 [workspace]
 "#,
         span = path("filters/span"),
+        testing = path("host/testing"),
     )
 }
 
@@ -244,10 +256,7 @@ fn readme(name: &str, form: FilterForm, template: Template) -> String {
         Template::Callout => "asks another service before each request goes on, the call traced as a child span",
     };
     let configuration = template.configuration();
-    let test = match form {
-        FilterForm::ProxyWasm => "cargo test    # the configuration's unit tests, natively\n",
-        FilterForm::Component => "",
-    };
+    let test = "cargo test    # the configuration's unit tests, and tests/runtime.rs: the module in the runtime\n";
     format!(
         r#"# {name}
 
@@ -268,7 +277,7 @@ wasmtrace swap --admin 127.0.0.1:9901 --plugin {plugin} --module {module} \
 ```
 
 or run it from a configuration: `envoy-snippet.yaml` is its `http_filters` entry, and
-`wasmtrace check -c <your bootstrap>.yaml` loads, starts and configures it without serving.{note}
+`wasmtrace check <your bootstrap>.yaml` loads, starts and configures it without serving.{note}
 "#,
         template = template.name(),
         placement = template.placement(),
@@ -290,7 +299,7 @@ fn write(path: &Path, text: &str) -> Result<(), ScaffoldError> {
 pub fn new_filter(options: &NewFilter) -> Result<Vec<PathBuf>, ScaffoldError> {
     let NewFilter { dir, form, template, source_tree } = options;
     let template = *template;
-    let source = template.source(*form).ok_or(ScaffoldError::NoComponentForm(template.name()))?;
+    let source = template.source(*form);
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
     if !valid_name(&name) {
         return Err(ScaffoldError::BadName(name));
@@ -302,11 +311,18 @@ pub fn new_filter(options: &NewFilter) -> Result<Vec<PathBuf>, ScaffoldError> {
     if !tree.join("filters/span/Cargo.toml").is_file() {
         return Err(ScaffoldError::NoSourceTree(tree));
     }
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).map_err(|source| ScaffoldError::Write { path: src.clone(), source })?;
+    let (src, tests) = (dir.join("src"), dir.join("tests"));
+    for made in [&src, &tests] {
+        std::fs::create_dir_all(made).map_err(|source| ScaffoldError::Write { path: made.clone(), source })?;
+    }
+    let form_path = match form {
+        FilterForm::ProxyWasm => "FilterForm::ProxyWasm",
+        FilterForm::Component => "FilterForm::Component",
+    };
     let files = [
         (dir.join("Cargo.toml"), cargo_toml(&name, *form, &tree)),
         (src.join("lib.rs"), source.replace("{{name}}", &name)),
+        (tests.join("runtime.rs"), template.runtime_tests().replace("{{name}}", &name).replace("{{form}}", form_path)),
         (dir.join("README.md"), readme(&name, *form, template)),
         (dir.join("envoy-snippet.yaml"), envoy_snippet(&name, *form, template)),
     ];
@@ -340,7 +356,7 @@ mod tests {
             source_tree: default_source_tree(),
         };
         let files = new_filter(&options).expect("made");
-        assert_eq!(files.len(), 4);
+        assert_eq!(files.len(), 5);
         let lib = std::fs::read_to_string(base.join("tenant-tag/src/lib.rs")).expect("lib.rs");
         assert!(lib.starts_with("//! tenant-tag: tags"), "{lib}");
         assert!(!lib.contains("{{name}}"), "every placeholder filled");

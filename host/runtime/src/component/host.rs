@@ -26,7 +26,7 @@ use crate::header_map::HeaderMap;
 use crate::properties::filter_state_key;
 use crate::shared_data::SharedDataError as HostSharedDataError;
 use crate::shared_queue::QueueError as HostQueueError;
-use crate::state::VmState;
+use crate::state::{ComponentCallout, VmState};
 use crate::stream::LocalResponse;
 
 /// The property the trace filter reads span attributes from (a JSON object), shared with
@@ -163,7 +163,9 @@ impl host::Host for VmState {
         let timeout = (request.timeout_ms > 0).then(|| Duration::from_millis(u64::from(request.timeout_ms)));
         match start_callout(self, request.cluster, headers, request.body, HeaderMap::new(), timeout) {
             Ok(token) => {
-                self.callouts.component.insert(token, true);
+                let acting = self.acting_context();
+                let stream = self.stream(acting).is_some().then_some(acting);
+                self.callouts.component.insert(token, ComponentCallout { wanted: true, stream });
                 Ok(Ok(Resource::new_own(token)))
             }
             Err(refusal) => {
@@ -264,8 +266,8 @@ impl host::HostPendingCallout for VmState {
     }
 
     fn drop(&mut self, callout: Resource<PendingCallout>) -> wasmtime::Result<()> {
-        if let Some(wanted) = self.callouts.component.get_mut(&callout.rep()) {
-            *wanted = false;
+        if let Some(callout) = self.callouts.component.get_mut(&callout.rep()) {
+            callout.wanted = false;
         }
         Ok(())
     }

@@ -37,7 +37,7 @@ use bindings::wasmtrace::filter::types::{CalloutError, CalloutResponse as WitCal
 use bindings::{HttpFilter, HttpFilterPre};
 
 /// The world this host implements, as components name it.
-pub const WORLD: &str = "wasmtrace:filter/http-filter@0.1.0";
+pub const WORLD: &str = "wasmtrace:filter/http-filter@0.2.0";
 
 /// The first 8 bytes of a component binary: `\0asm`, then layer 1 version 0x0d. A core module
 /// has version 1, layer 0.
@@ -185,16 +185,16 @@ impl ComponentExports {
         self.handler().call_on_shutdown(store).map(u32::from)
     }
 
-    /// `on-callout-response`, unless the guest dropped the callout's handle.
+    /// `on-callout-response`, unless the guest dropped the callout's handle; `stream` is the
+    /// live stream that made the call (the context the VM acts for, see
+    /// [`PluginVm::deliver_callout`](crate::PluginVm)).
     pub(crate) fn callout_response(
         &self,
         store: &mut Store<VmState>,
         token: u32,
+        stream_id: Option<u32>,
         outcome: &Result<CalloutResponse, CalloutFailure>,
     ) -> wasmtime::Result<()> {
-        if store.data_mut().callouts.component.remove(&token) == Some(false) {
-            return Ok(());
-        }
         let outcome = match outcome {
             Ok(response) => Ok(WitCalloutResponse {
                 status: response.headers.get_str(":status").and_then(|s| s.parse().ok()).unwrap_or(0),
@@ -205,6 +205,6 @@ impl ComponentExports {
             Err(failure) if failure.reason.contains("timeout") => Err(CalloutError::Timeout),
             Err(_) => Err(CalloutError::Unreachable),
         };
-        self.handler().call_on_callout_response(store, token, outcome.as_ref().map_err(|e| *e))
+        self.handler().call_on_callout_response(store, stream_id.map(stream), token, outcome.as_ref().map_err(|e| *e))
     }
 }

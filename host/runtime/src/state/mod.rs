@@ -129,9 +129,19 @@ pub(crate) struct Callouts {
     last_token: u32,
     /// The callout response being delivered, during `proxy_on_http_call_response`.
     pub response: Option<Result<CalloutResponse, CalloutFailure>>,
-    /// A component filter's callouts in flight, and whether it still holds their handle (a
-    /// dropped handle means the answer is not delivered).
-    pub component: HashMap<u32, bool>,
+    /// A component filter's callouts in flight, by token.
+    pub component: HashMap<u32, ComponentCallout>,
+}
+
+/// A component filter's callout in flight.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ComponentCallout {
+    /// Whether the filter still holds the callout's handle (a dropped handle means the answer is
+    /// not delivered).
+    pub wanted: bool,
+    /// The stream whose callback made the call, if one did: the answer is delivered acting for
+    /// it while it lives, so the filter can resume it.
+    pub stream: Option<u32>,
 }
 
 impl Callouts {

@@ -67,8 +67,13 @@ impl PluginVm {
         };
         let [headers, body, trailers] = [counts.0, counts.1, counts.2].map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         if self.is_component() {
-            let _ = self.call(Callback::HttpCallResponse, ROOT_CONTEXT_ID, |store, cb| match cb {
-                Guest::Component(c) => c.callout_response(store, token, &outcome),
+            // Delivered acting for the stream that made the call while it lives (its handle
+            // passed along, its filter state reachable), else for the root; not at all if the
+            // filter dropped the call's handle.
+            let Some(stream) = self.component_callout_target(token) else { return };
+            let context = stream.unwrap_or(ROOT_CONTEXT_ID);
+            let _ = self.call(Callback::HttpCallResponse, context, |store, cb| match cb {
+                Guest::Component(c) => c.callout_response(store, token, stream, &outcome),
                 Guest::Core(_) => Ok(()),
             });
             return;
@@ -84,6 +89,22 @@ impl PluginVm {
         });
         if let Ok(mut inner) = self.inner.try_borrow_mut() {
             inner.store.data_mut().callouts.response = None;
+        }
+    }
+
+    /// Takes a component's callout `token` off its list: `None` if the filter dropped its handle
+    /// (the answer is not delivered), else the stream to deliver it for, if that stream made the
+    /// call and is still live.
+    fn component_callout_target(&self, token: u32) -> Option<Option<u32>> {
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            // Re-entrant: `call` reports it; deliver as to the root.
+            return Some(None);
+        };
+        let state = inner.store.data_mut();
+        match state.callouts.component.remove(&token) {
+            Some(callout) if !callout.wanted => None,
+            Some(callout) => Some(callout.stream.filter(|id| state.stream(*id).is_some())),
+            None => Some(None),
         }
     }
 

@@ -71,7 +71,7 @@ fn a_handler_missing_a_callback_is_refused_naming_it() {
              (core instance $i (instantiate $m))
              (func $configure (canon lift (core func $i "configure")))
              (instance $handler (export "configure" (func $configure)))
-             (export "wasmtrace:filter/handler@0.1.0" (instance $handler)))"#,
+             (export "wasmtrace:filter/handler@0.2.0" (instance $handler)))"#,
     )
     .expect_err("refused");
     let message = err.to_string();
