@@ -172,7 +172,7 @@ impl StreamHost for WorldStream<'_> {
     }
 
     fn request_headers(&self) -> Headers {
-        Headers::Fields(self.0.headers(HeaderPart::RequestHeaders))
+        Headers::serialized(self.0.headers_serialized(HeaderPart::RequestHeaders))
     }
 
     fn set_request_header(&self, name: &str, value: Option<&[u8]>) {

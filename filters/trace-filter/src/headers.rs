@@ -26,19 +26,15 @@ pub fn text(value: &[u8]) -> Cow<'_, str> {
     }
 }
 
-/// The request headers of one stream.
-pub enum Headers {
-    /// proxy-wasm's serialised map, straight from `proxy_get_header_map_pairs`: u32 count,
-    /// count × (u32 name length, u32 value length), then each `name \0 value \0`, little-endian;
-    /// with where each pair is in it, found once (the tracer looks up a dozen names).
-    Serialized {
-        /// The host's buffer.
-        bytes: Vec<u8>,
-        /// `(name start, name length, value length)` of each whole pair.
-        pairs: Vec<(usize, usize, usize)>,
-    },
-    /// The `wasmtrace:filter` world's `header-fields`.
-    Fields(Vec<(String, Vec<u8>)>),
+/// The request headers of one stream: proxy-wasm's serialised map, as both front doors hand it
+/// over (`proxy_get_header_map_pairs`, `http-stream.headers-serialized`): u32 count, count × (u32
+/// name length, u32 value length), then each `name \0 value \0`, little-endian; with where each
+/// pair is in it, found once (the tracer looks up a dozen names).
+pub struct Headers {
+    /// The host's buffer.
+    bytes: Vec<u8>,
+    /// `(name start, name length, value length)` of each whole pair.
+    pairs: Vec<(usize, usize, usize)>,
 }
 
 /// The pairs of a serialised map, bounds-checked: a map that does not add up yields the pairs
@@ -99,42 +95,21 @@ impl Iterator for SerializedPairs<'_> {
     }
 }
 
-/// Either form's pairs.
-#[derive(Clone)]
-enum Pairs<'a> {
-    Serialized(&'a [u8], std::slice::Iter<'a, (usize, usize, usize)>),
-    Fields(std::slice::Iter<'a, (String, Vec<u8>)>),
-}
-
-impl<'a> Iterator for Pairs<'a> {
-    type Item = (&'a [u8], &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Self::Serialized(bytes, pairs) => {
-                let &(at, name_len, value_len) = pairs.next()?;
-                let name = bytes.get(at..at + name_len)?;
-                let value = bytes.get(at + name_len + 1..at + name_len + 1 + value_len)?;
-                Some((name, value))
-            }
-            Self::Fields(fields) => fields.next().map(|(name, value)| (name.as_bytes(), value.as_slice())),
-        }
-    }
-}
-
 impl Headers {
-    /// The headers of a serialised map (see [`Headers::Serialized`]).
+    /// The headers of a serialised map.
     pub fn serialized(bytes: Vec<u8>) -> Self {
         let pairs = SerializedPairs::new(&bytes).collect();
-        Self::Serialized { bytes, pairs }
+        Self { bytes, pairs }
     }
 
     /// Every `(name, value)` in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
-        match self {
-            Self::Serialized { bytes, pairs } => Pairs::Serialized(bytes, pairs.iter()),
-            Self::Fields(fields) => Pairs::Fields(fields.iter()),
-        }
+        let bytes = self.bytes.as_slice();
+        self.pairs.iter().filter_map(move |&(at, name_len, value_len)| {
+            let name = bytes.get(at..at + name_len)?;
+            let value = bytes.get(at + name_len + 1..at + name_len + 1 + value_len)?;
+            Some((name, value))
+        })
     }
 
     /// Every value of `name`, in order.
@@ -188,16 +163,12 @@ mod tests {
     }
 
     #[test]
-    fn repeated_headers_come_in_order_in_both_forms() {
+    fn repeated_headers_come_in_order() {
         let pairs: [(&[u8], &[u8]); 3] = [(b"tracestate", b"a=1"), (b"x", b"y"), (b"tracestate", b"b=2")];
-        let serialized = Headers::serialized(serialize(&pairs));
-        let fields =
-            Headers::Fields(pairs.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec())).collect());
-        for headers in [serialized, fields] {
-            assert_eq!(headers.all("tracestate").collect::<Vec<_>>(), [&b"a=1"[..], b"b=2"]);
-            assert_eq!(headers.first_text("x").as_deref(), Some("y"));
-            assert_eq!(headers.first("missing"), None);
-        }
+        let headers = Headers::serialized(serialize(&pairs));
+        assert_eq!(headers.all("tracestate").collect::<Vec<_>>(), [&b"a=1"[..], b"b=2"]);
+        assert_eq!(headers.first_text("x").as_deref(), Some("y"));
+        assert_eq!(headers.first("missing"), None);
     }
 
     #[test]

@@ -21,9 +21,10 @@ pub struct RuntimeFlags {
     /// `perf record -g -p PID` then `perf report` name the Wasm functions.
     #[arg(long, value_name = "PROFILER", env = "WASMTRACE_PROFILE", default_value = "none")]
     profile: Profiler,
-    /// A swap to a module never compiled before publishes quickly compiled (unoptimised) code
-    /// first, then the optimised code as the next generation once it is compiled in the
-    /// background (the root context starts twice).
+    /// A swap to a module never compiled before publishes code compiled by Winch, wasmtime's
+    /// baseline compiler (about a fifth of the full compile, slower code), first, then the
+    /// optimised code as the next generation once it is compiled in the background (the root
+    /// context starts twice).
     #[arg(long, env = "WASMTRACE_TIERED_SWAPS")]
     tiered_swaps: bool,
 }

@@ -49,7 +49,7 @@ pub enum ModuleSource {
     Compiled,
     /// Read back from the on-disk module cache: not compiled.
     DiskCache,
-    /// Compiled by the quick tier (no optimisation, single-pass register allocation) so a swap
+    /// Compiled by the quick tier (Winch, the baseline compiler) so a swap
     /// to a module never seen publishes in a fraction of the time; replaced by the optimised
     /// code once that is compiled (see [`crate::RuntimeOptions::tiered_swaps`]).
     QuickCompiled,

@@ -296,6 +296,11 @@ impl exchange::HostHttpStream for VmState {
         Ok(read_map(self, map_type(part), fields).unwrap_or_default())
     }
 
+    fn headers_serialized(&mut self, handle: Resource<HttpStream>, part: HeaderPart) -> wasmtime::Result<Vec<u8>> {
+        self.checked_stream("http-stream.headers-serialized", &handle)?;
+        Ok(read_map(self, map_type(part), HeaderMap::encode).unwrap_or_default())
+    }
+
     fn set_header(
         &mut self,
         handle: Resource<HttpStream>,

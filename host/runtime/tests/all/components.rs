@@ -44,6 +44,29 @@ fn the_trace_filter_built_as_a_component_loads_as_one() {
 }
 
 #[test]
+fn the_trace_filter_component_reads_the_request_headers_whole_and_continues_their_trace() {
+    // The component reads the map through `http-stream.headers-serialized` (proxy-wasm's
+    // encoding, one list): the trace it continues and the headers it records come from there.
+    let runtime = runtime();
+    let module = runtime.compile(&component(Path::new("filters/trace-filter"))).expect("loads");
+    let trace = PluginInstance::start(
+        &runtime,
+        module,
+        Arc::new(plugin("trace", "", r#"{"service_name": "catalog", "exporter": {"cluster": "otel"}}"#)),
+        Rc::new(NoClusters),
+    )
+    .expect("configures");
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let exchange = request("/v0/images", &[("traceparent", parent), ("tracestate", "vendor=opaque")]);
+    let mut stream = trace.new_stream(exchange.clone());
+    assert_eq!(stream.on_request_headers(true), Action::Continue);
+    let sent = request_header(&exchange, "traceparent").expect("traceparent injected");
+    assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "the incoming trace goes on: {sent}");
+    assert!(!sent.contains("00f067aa0ba902b7"), "with the new span as the parent: {sent}");
+    assert_eq!(request_header(&exchange, "tracestate").as_deref(), Some("vendor=opaque"));
+}
+
+#[test]
 fn a_component_without_the_handler_export_is_refused_naming_it() {
     let err = compile_wat("(component)").expect_err("refused");
     let message = err.to_string();
@@ -64,7 +87,9 @@ fn a_component_of_another_world_is_refused_naming_the_import() {
 
 #[test]
 fn a_handler_missing_a_callback_is_refused_naming_it() {
-    // Only a `configure` (of the wrong type, too): the world's handler has every callback.
+    // Only a `configure` (of the wrong type, too): the world's handler has every callback. The
+    // export is named for 0.2.0: the host (0.2.1) finds it by semver, as it finds any 0.2.x
+    // component's, and refuses it for what it lacks, not for its version.
     let err = compile_wat(
         r#"(component
              (core module $m (func (export "configure")))
