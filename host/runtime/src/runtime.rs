@@ -281,7 +281,8 @@ impl Runtime {
     }
 
     /// With [`RuntimeOptions::tiered_swaps`], a module that is neither compiled in memory nor in
-    /// the disk cache, compiled by the quick tier (`Ok(None)` otherwise: [`Self::compile`] it).
+    /// the disk cache, compiled by the quick tier (`Ok(None)` otherwise, or when the quick tier
+    /// cannot compile it: [`Self::compile`] it).
     /// The quick code is never cached, in memory or on disk: the optimised code is what
     /// [`Self::compile`] then makes and keeps.
     pub fn compile_quick(&self, bytes: &[u8]) -> Result<Option<Arc<PluginModule>>, LoadError> {
@@ -290,9 +291,20 @@ impl Runtime {
         if self.cached(&sha256).is_some() || self.disk_cache.as_ref().is_some_and(|disk| disk.contains(&sha256)) {
             return Ok(None);
         }
-        let module = PluginModule::load(&quick.toolchain(true), bytes, sha256, None)?;
-        self.loads.compiled.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(Arc::new(module)))
+        match PluginModule::load(&quick.toolchain(true), bytes, sha256, None) {
+            Ok(module) => {
+                self.loads.compiled.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Arc::new(module)))
+            }
+            // Winch lacks proposals Cranelift compiles (tail calls, exceptions, relaxed SIMD):
+            // such a module is not refused for that, it just has no quick tier. The full
+            // compile then loads it, or gives the refusal that counts.
+            Err(LoadError::Compile(reason)) => {
+                tracing::debug!(%reason, "the quick tier cannot compile this module; compiling it fully");
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// The compiled module with this sha256, if one is in use or among the recently compiled (a

@@ -107,3 +107,26 @@ fn bytes_that_are_not_wasm_are_refused() {
     let err = runtime().compile(b"\0asm garbage").map(drop).expect_err("the module must be refused");
     assert!(matches!(err, LoadError::Compile(_)), "{err}");
 }
+
+#[test]
+fn a_module_the_quick_tier_cannot_compile_is_compiled_fully_instead_of_refused() {
+    // `return_call` (tail calls): Cranelift compiles it, Winch (the quick tier) does not.
+    let tail_call = VALID.replace(
+        r#"(func (export "proxy_on_context_create") (param i32 i32)))"#,
+        r#"(func $leaf (param i32 i32))
+  (func (export "proxy_on_context_create") (param i32 i32) local.get 0 local.get 1 return_call $leaf))"#,
+    );
+    let bytes = wat::parse_str(&tail_call).expect("test module is valid WAT");
+    let options = wasmtrace_runtime::RuntimeOptions { tiered_swaps: true, ..Default::default() };
+    let runtime = wasmtrace_runtime::Runtime::with_options(
+        wasmtrace_runtime::HostServices::new(wasmtrace_runtime::NodeInfo::default(), wasmtrace_runtime::LogLevel::Info),
+        &options,
+    )
+    .expect("runtime");
+    assert!(runtime.compile_quick(&bytes).expect("not refused").is_none(), "no quick code for it");
+    let module = runtime.compile(&bytes).expect("the full tier loads it");
+    assert!(!module.is_quick());
+    // A module the quick tier can compile still gets quick code.
+    let plain = wat::parse_str(VALID).expect("valid WAT");
+    assert!(runtime.compile_quick(&plain).expect("compiles").is_some_and(|m| m.is_quick()));
+}
