@@ -140,6 +140,26 @@ fn property_path(property: Property) -> &'static [String] {
     ALL.iter().position(|p| *p == property).and_then(|i| paths.get(i)).map_or(&[], Vec::as_slice)
 }
 
+/// The serialised paths of a batch of properties as the world's `list<list<u8>>`, built once
+/// per batch: the import takes owned lists, which would otherwise be allocated on every read.
+fn serialized_paths(which: &'static [Property]) -> &'static [Vec<u8>] {
+    /// A batch and its paths, lowered once.
+    type Lowered = (&'static [Property], &'static [Vec<u8>]);
+    thread_local! {
+        static BATCHES: RefCell<Vec<Lowered>> = const { RefCell::new(Vec::new()) };
+    }
+    BATCHES.with_borrow_mut(|batches| {
+        if let Some((_, paths)) = batches.iter().find(|(batch, _)| *batch == which) {
+            return *paths;
+        }
+        // Leaked once per batch: the tracer reads a few fixed ones, which live as long as the VM.
+        let paths: &'static [Vec<u8>] =
+            Vec::leak(which.iter().map(|property| property.serialized().to_vec()).collect());
+        batches.push((which, paths));
+        paths
+    })
+}
+
 /// One stream, during its callback.
 struct WorldStream<'a>(&'a HttpStream);
 
@@ -188,6 +208,13 @@ impl StreamHost for WorldStream<'_> {
 
     fn property(&self, property: Property) -> Option<Vec<u8>> {
         host::get_property(property_path(property))
+    }
+
+    fn properties(&self, which: &'static [Property]) -> Vec<Option<Vec<u8>>> {
+        let mut values = host::get_properties(serialized_paths(which));
+        // A host answers every path; should one not, the missing answers are absent properties.
+        values.resize(which.len(), None);
+        values
     }
 
     fn set_filter_state(&self, key: &str, value: &[u8]) {

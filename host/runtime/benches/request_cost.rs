@@ -16,6 +16,11 @@
 //! of one filter, long enough that compiling it is not most of the profile. With
 //! `WASMTRACE_PROFILE=perfmap` wasmtime names the guests' compiled functions for `perf report`.
 
+/// The allocator of the `wasmtrace` binary: the host side's allocations (header maps, property
+/// values, queue items) cost what they cost in the proxy.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;

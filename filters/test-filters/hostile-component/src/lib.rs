@@ -1,9 +1,15 @@
 //! A `wasmtrace:filter` component that misbehaves on demand (request header `x-hostile: trap |
-//! loop | grow`), so the tests can show components get the same limits as proxy-wasm modules:
-//! a trap, an endless loop or a memory hoard fails only its own stream. Well-behaved requests
-//! get `x-hostile-ok: <stream id>`.
+//! loop | grow | many-properties | huge-properties | hoard-filter-state`), so the tests can show components get the
+//! same limits as proxy-wasm modules: a trap, an endless loop, a memory hoard, an abusive
+//! `get-properties` or filter state piled up in the host fails only its own stream. `x-hostile: properties` asks `get-properties` for
+//! `:path`, a property nobody set and `:method`, and writes the answers to
+//! `x-hostile-properties` (`-` for an absent one, `|` between). Well-behaved requests get
+//! `x-hostile-ok: <stream id>`.
 
-use wasmtrace_filter_guest::{Action, Filter, HeaderPart, HttpStream};
+use wasmtrace_filter_guest::{Action, Filter, HeaderPart, HttpStream, host};
+
+/// One megabyte of filter state, asked for again and again by `huge-properties`.
+const HUGE: &str = "wasmtrace_hostile_huge";
 
 struct Hostile;
 
@@ -23,6 +29,34 @@ impl Filter for Hostile {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            Some(b"properties") => {
+                let paths = [b"request\0path".to_vec(), b"nobody_set_this".to_vec(), b"request\0method".to_vec()];
+                let answers: Vec<String> = host::get_properties(&paths)
+                    .into_iter()
+                    .map(|answer| answer.map_or_else(|| "-".to_owned(), |v| String::from_utf8_lossy(&v).into_owned()))
+                    .collect();
+                stream.set_header(HeaderPart::RequestHeaders, "x-hostile-properties", answers.join("|").as_bytes());
+                Action::Continue
+            }
+            Some(b"many-properties") => {
+                let paths = vec![b"request\0path".to_vec(); 65];
+                std::hint::black_box(host::get_properties(&paths));
+                Action::Continue
+            }
+            Some(b"huge-properties") => {
+                host::set_property(&[HUGE.to_owned()], &vec![7u8; 1 << 20]);
+                let paths = vec![HUGE.as_bytes().to_vec(); 64];
+                std::hint::black_box(host::get_properties(&paths));
+                Action::Continue
+            }
+            Some(b"hoard-filter-state") => {
+                // A fresh key each time: the host's copy grows, the guest's memory does not.
+                let piece = vec![7u8; 64 << 10];
+                for n in 0u32.. {
+                    host::set_property(&[format!("hoard_{n}")], &piece);
+                }
+                Action::Continue
             }
             _ => {
                 stream.set_header(HeaderPart::RequestHeaders, "x-hostile-ok", stream.id().to_string().as_bytes());

@@ -187,6 +187,11 @@ pub trait StreamHost: SpoolHost {
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
     /// A property, in proxy-wasm's encoding.
     fn property(&self, property: Property) -> Option<Vec<u8>>;
+    /// Several properties, answered in the order asked: one host call where the host has one
+    /// (the component world's `get-properties`), else one call each.
+    fn properties(&self, which: &'static [Property]) -> Vec<Option<Vec<u8>>> {
+        which.iter().map(|property| self.property(*property)).collect()
+    }
     /// Sets the stream's filter state `key` (what other filters read with `proxy_get_property`).
     fn set_filter_state(&self, key: &str, value: &[u8]);
     /// Adds to a counter.

@@ -59,14 +59,68 @@ fn extract(formats: &[Format], headers: &Headers) -> Option<Parent> {
     })
 }
 
-fn property_text(host: &dyn StreamHost, property: Property) -> Option<String> {
-    host.property(property).and_then(|b| String::from_utf8(b).ok())
+/// Properties read together at one point of the stream ([`StreamHost::properties`]), taken out
+/// by name.
+struct Fetched {
+    which: &'static [Property],
+    values: Vec<Option<Vec<u8>>>,
 }
 
-fn property_int(host: &dyn StreamHost, property: Property) -> Option<i64> {
-    let bytes = host.property(property)?;
-    let word: [u8; 8] = bytes.as_slice().try_into().ok()?;
-    Some(i64::from_le_bytes(word))
+impl Fetched {
+    fn read(host: &dyn StreamHost, which: &'static [Property]) -> Self {
+        Self { which, values: host.properties(which) }
+    }
+
+    /// `property`'s value, if it was asked for and the host has it.
+    fn take(&mut self, property: Property) -> Option<Vec<u8>> {
+        let index = self.which.iter().position(|p| *p == property)?;
+        self.values.get_mut(index)?.take()
+    }
+
+    fn text(&mut self, property: Property) -> Option<String> {
+        self.take(property).and_then(|b| String::from_utf8(b).ok())
+    }
+
+    fn int(&mut self, property: Property) -> Option<i64> {
+        let word: [u8; 8] = self.take(property)?.as_slice().try_into().ok()?;
+        Some(i64::from_le_bytes(word))
+    }
+}
+
+/// What a span's start reads, by what the configuration already says of its kind: the
+/// listener's direction only when it decides the kind, the client's address only for a SERVER
+/// span.
+fn at_span_start(configured: Option<SpanKind>) -> &'static [Property] {
+    match configured {
+        Some(SpanKind::Client) => &[Property::RequestProtocol],
+        Some(_) => &[Property::RequestProtocol, Property::SourceAddress],
+        None => &[Property::ListenerDirection, Property::RequestProtocol, Property::SourceAddress],
+    }
+}
+
+/// What a span's end reads: the upstream's address only for a CLIENT span (a SERVER span's
+/// peer is the client).
+fn at_span_end(kind: SpanKind) -> &'static [Property] {
+    const SERVER: [Property; 7] = [
+        Property::ResponseCode,
+        Property::RouteName,
+        Property::RequestSize,
+        Property::ResponseSize,
+        Property::SpanAttributes,
+        Property::SpanEvents,
+        Property::CalloutSpans,
+    ];
+    const CLIENT: [Property; 8] = [
+        Property::ResponseCode,
+        Property::RouteName,
+        Property::RequestSize,
+        Property::ResponseSize,
+        Property::SpanAttributes,
+        Property::SpanEvents,
+        Property::CalloutSpans,
+        Property::UpstreamAddress,
+    ];
+    if kind == SpanKind::Client { &CLIENT } else { &SERVER }
 }
 
 /// The outgoing context, as [`StreamTracer::inject`] writes it.
@@ -134,8 +188,8 @@ impl StreamTracer {
 
     /// CLIENT on an outbound listener, SERVER otherwise (`xds.listener_direction`: 1 inbound,
     /// 2 outbound, as Envoy and Istio set it), for configurations that leave `span_kind` out.
-    fn listener_span_kind(host: &dyn StreamHost) -> SpanKind {
-        match property_int(host, Property::ListenerDirection) {
+    fn listener_span_kind(fetched: &mut Fetched) -> SpanKind {
+        match fetched.int(Property::ListenerDirection) {
             Some(2) => SpanKind::Client,
             _ => SpanKind::Server,
         }
@@ -174,6 +228,7 @@ impl StreamTracer {
         let full_path = header(":path");
         let full_path = full_path.as_deref().unwrap_or("/");
         let (path, query) = full_path.split_once('?').map_or((full_path, None), |(p, q)| (p, Some(q)));
+        let mut fetched = Fetched::read(host, at_span_start(config.span_kind));
         let mut span = Span {
             trace_id,
             span_id,
@@ -182,7 +237,7 @@ impl StreamTracer {
             trace_state: tracestate,
             // Named at the stream's end, when the attributes are complete.
             name: String::new(),
-            kind: config.span_kind.unwrap_or_else(|| Self::listener_span_kind(host)),
+            kind: config.span_kind.unwrap_or_else(|| Self::listener_span_kind(&mut fetched)),
             start_unix_nanos: now_nanos(host.now()),
             end_unix_nanos: 0,
             attributes: Attributes::with_capacity(ATTRIBUTES + config.attribute_count(), ATTRIBUTE_TEXT),
@@ -227,7 +282,7 @@ impl StreamTracer {
         if let Some(agent) = header("user-agent") {
             span.attributes.push_new("user_agent.original", &agent);
         }
-        if let Some(protocol) = property_text(host, Property::RequestProtocol)
+        if let Some(protocol) = fetched.text(Property::RequestProtocol)
             && let Some(version) = protocol.strip_prefix("HTTP/").filter(|v| !v.is_empty())
         {
             span.attributes.push_new("network.protocol.version", version);
@@ -237,7 +292,7 @@ impl StreamTracer {
         }
         // A SERVER span's peer is the client; a CLIENT span's is the upstream, known once the
         // request went out (see `on_stream_done`): the local application is not its peer.
-        if !client && let Some(source) = property_text(host, Property::SourceAddress) {
+        if !client && let Some(source) = fetched.text(Property::SourceAddress) {
             let (ip, port) = naming::split_authority(&source);
             span.attributes.push_new("client.address", ip);
             span.attributes.push_new("network.peer.address", ip);
@@ -306,27 +361,26 @@ impl StreamTracer {
     pub fn on_stream_done(&mut self, host: &dyn StreamHost) {
         let Some(mut span) = self.span.take() else { return };
         span.end_unix_nanos = now_nanos(host.now());
-        let code = property_int(host, Property::ResponseCode).filter(|c| *c > 0);
-        let route = property_text(host, Property::RouteName).filter(|r| !r.is_empty());
-        if let Some(size) = property_int(host, Property::RequestSize).filter(|s| *s > 0) {
+        let mut fetched = Fetched::read(host, at_span_end(span.kind));
+        let code = fetched.int(Property::ResponseCode).filter(|c| *c > 0);
+        let route = fetched.text(Property::RouteName).filter(|r| !r.is_empty());
+        if let Some(size) = fetched.int(Property::RequestSize).filter(|s| *s > 0) {
             span.set("http.request.body.size", size);
         }
-        if let Some(size) = property_int(host, Property::ResponseSize).filter(|s| *s > 0) {
+        if let Some(size) = fetched.int(Property::ResponseSize).filter(|s| *s > 0) {
             span.set("http.response.body.size", size);
         }
-        if span.kind == SpanKind::Client
-            && let Some(upstream) = property_text(host, Property::UpstreamAddress)
-        {
+        if let Some(upstream) = fetched.text(Property::UpstreamAddress) {
             let (ip, port) = naming::split_authority(&upstream);
             span.set("network.peer.address", ip);
             if let Some(port) = port {
                 span.set("network.peer.port", i64::from(port));
             }
         }
-        if let Some(tags) = host.property(Property::SpanAttributes) {
+        if let Some(tags) = fetched.take(Property::SpanAttributes) {
             handoff::apply(&tags, &mut span);
         }
-        if let Some(events) = host.property(Property::SpanEvents) {
+        if let Some(events) = fetched.take(Property::SpanEvents) {
             span.events = handoff::events(&events);
         }
         span.name = Self::name(&span);
@@ -351,7 +405,7 @@ impl StreamTracer {
             }
         }
         // The callouts filters made for the request, as its children (`wasmtrace_span`).
-        let callouts = host.property(Property::CalloutSpans).map(|bytes| handoff::callout_spans(&bytes, &span));
+        let callouts = fetched.take(Property::CalloutSpans).map(|bytes| handoff::callout_spans(&bytes, &span));
         let mut shared = self.shared.borrow_mut();
         let Shared { config, resource, spool, counters, scratch, provenance } = &mut *shared;
         for span in std::iter::once(span).chain(callouts.into_iter().flatten().map(|mut callout| {

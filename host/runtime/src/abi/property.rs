@@ -6,6 +6,7 @@ use wasmtime::Caller;
 use super::Registrar;
 use super::memory;
 use super::types::Status;
+use crate::error::GuestFault;
 use crate::properties::{PropertyScope, PropertyValue, filter_state_key, resolve};
 use crate::state::VmState;
 
@@ -89,8 +90,13 @@ pub(crate) fn read_property(state: &VmState, path: &[&[u8]]) -> Option<Vec<u8>> 
 }
 
 /// Sets filter state under `path`: on the acting stream, else on the root context.
-pub(crate) fn write_property(state: &mut VmState, path: &[&[u8]], value: Vec<u8>) {
-    write_filter_state(state, filter_state_key(path), value);
+pub(crate) fn write_property(
+    state: &mut VmState,
+    call: &'static str,
+    path: &[&[u8]],
+    value: Vec<u8>,
+) -> wasmtime::Result<()> {
+    write_filter_state(state, call, filter_state_key(path), value)
 }
 
 fn set_property(
@@ -105,20 +111,72 @@ fn set_property(
     let path = memory::slice(data, CALL, path_ptr, path_len)?;
     let key = with_segments(path, filter_state_key);
     let value = memory::slice(data, CALL, value_ptr, value_len)?.to_vec();
-    write_filter_state(caller.data_mut(), key, value);
+    write_filter_state(caller.data_mut(), CALL, key, value)?;
     Ok(Status::Ok.code())
 }
 
-/// Stores filter state under `key`: on the acting stream, else on the root context.
-pub(crate) fn write_filter_state(state: &mut VmState, key: String, value: Vec<u8>) {
+/// Most filter state entries one stream (or the root context) holds.
+pub const MAX_FILTER_STATE_ENTRIES: usize = 1024;
+
+/// Most bytes (keys and values) of filter state one stream (or the root context) holds. Filter
+/// state lives in the host, outside the VM's memory cap: without a bound, a guest could copy
+/// its memory out a piece at a time until the host runs out.
+pub const MAX_FILTER_STATE_BYTES: usize = 16 << 20;
+
+/// Stores filter state under `key`: on the acting stream, else on the root context. A write
+/// that would take the map past [`MAX_FILTER_STATE_ENTRIES`] or [`MAX_FILTER_STATE_BYTES`]
+/// traps (the guest's fault, `call` named).
+pub(crate) fn write_filter_state(
+    state: &mut VmState,
+    call: &'static str,
+    key: String,
+    value: Vec<u8>,
+) -> wasmtime::Result<()> {
+    fn checked<'a>(
+        call: &'static str,
+        entries: impl ExactSizeIterator<Item = (&'a String, &'a Vec<u8>)>,
+        key: &str,
+        value: &[u8],
+    ) -> wasmtime::Result<()> {
+        let count = entries.len();
+        // The map is bounded, so summing it on every write is bounded too (a few entries as a
+        // rule, at most the entry cap).
+        let (held, replaced) =
+            entries.fold(
+                (0usize, false),
+                |(sum, replaced), (k, v)| {
+                    if k == key { (sum, true) } else { (sum + k.len() + v.len(), replaced) }
+                },
+            );
+        if !replaced && count >= MAX_FILTER_STATE_ENTRIES {
+            return Err(GuestFault::trap(
+                call,
+                format!("filter state holds {MAX_FILTER_STATE_ENTRIES} entries, the most it may"),
+            ));
+        }
+        if held + key.len() + value.len() > MAX_FILTER_STATE_BYTES {
+            return Err(GuestFault::trap(
+                call,
+                format!(
+                    "filter state would exceed {MAX_FILTER_STATE_BYTES} bytes with this {}-byte value",
+                    value.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
     match state.acting_stream() {
         Some(stream) => {
-            stream.exchange.borrow_mut().info.filter_state.insert(key, value);
+            let mut exchange = stream.exchange.borrow_mut();
+            checked(call, exchange.info.filter_state.iter(), &key, &value)?;
+            exchange.info.filter_state.insert(key, value);
         }
         None => {
+            checked(call, state.root_filter_state.iter(), &key, &value)?;
             state.root_filter_state.insert(key, value);
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ use crate::abi::header_map::{Edit, read_map, write_map};
 use crate::abi::http_call::{CalloutRefusal, start_callout};
 use crate::abi::log::emit;
 use crate::abi::metric::metric;
-use crate::abi::property::{read_property, write_filter_state, write_property};
+use crate::abi::property::{
+    read_property, with_segments as with_serialized_segments, write_filter_state, write_property,
+};
 use crate::abi::stream_control::signal;
 use crate::abi::timer::{set_tick_period, unix_nanos};
 use crate::abi::types::{BufferType, LogLevel, MapType, MetricType};
@@ -32,6 +34,10 @@ use crate::stream::LocalResponse;
 /// The property the trace filter reads span attributes from (a JSON object), shared with
 /// proxy-wasm filters that set it with `proxy_set_property`.
 const SPAN_ATTRIBUTES_PROPERTY: &str = "wasmtrace_span_attributes";
+
+/// Most paths one `get-properties` call may ask for: more than any filter reads at one point
+/// of a stream, few enough that one call cannot make the host resolve without end.
+const MAX_PROPERTIES_PER_CALL: usize = 64;
 
 /// Most path segments passed on the stack; longer paths (which resolve to nothing) use the heap.
 const SEGMENTS_ON_STACK: usize = 8;
@@ -144,10 +150,36 @@ impl host::Host for VmState {
         Ok(with_segments(&path, |segments| read_property(self, segments)))
     }
 
+    fn get_properties(&mut self, paths: Vec<Vec<u8>>) -> wasmtime::Result<Vec<Option<Vec<u8>>>> {
+        const CALL: &str = "host.get-properties";
+        if paths.len() > MAX_PROPERTIES_PER_CALL {
+            return Err(GuestFault::trap(
+                CALL,
+                format!("{} paths asked for, at most {MAX_PROPERTIES_PER_CALL} per call", paths.len()),
+            ));
+        }
+        // The same value may be asked for many times over: the answers are bounded together, by
+        // what the guest's memory could hold of them at most.
+        let budget = self.plugin.limits.max_memory_bytes;
+        let mut answered = 0usize;
+        let mut values = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let value = with_serialized_segments(path, |segments| read_property(self, segments));
+            answered = answered.saturating_add(value.as_ref().map_or(0, Vec::len));
+            if answered > budget {
+                return Err(GuestFault::trap(
+                    CALL,
+                    format!("the answers exceed the VM's memory limit of {budget} bytes"),
+                ));
+            }
+            values.push(value);
+        }
+        Ok(values)
+    }
+
     fn set_property(&mut self, path: Vec<String>, value: Vec<u8>) -> wasmtime::Result<()> {
         let key = with_segments(&path, filter_state_key);
-        write_filter_state(self, key, value);
-        Ok(())
+        write_filter_state(self, "host.set-property", key, value)
     }
 
     fn set_tick_period(&mut self, period_ms: u32) -> wasmtime::Result<()> {
@@ -413,7 +445,8 @@ impl exchange::HostHttpStream for VmState {
         handle: Resource<HttpStream>,
         attributes: Vec<(String, AttributeValue)>,
     ) -> wasmtime::Result<()> {
-        self.checked_stream("http-stream.add-span-attributes", &handle)?;
+        const CALL: &str = "http-stream.add-span-attributes";
+        self.checked_stream(CALL, &handle)?;
         let path: [&[u8]; 1] = [SPAN_ATTRIBUTES_PROPERTY.as_bytes()];
         let mut merged = match read_property(self, &path).and_then(|bytes| serde_json::from_slice(&bytes).ok()) {
             Some(serde_json::Value::Object(map)) => map,
@@ -428,8 +461,7 @@ impl exchange::HostHttpStream for VmState {
             };
             merged.insert(key, value);
         }
-        write_property(self, &path, serde_json::Value::Object(merged).to_string().into_bytes());
-        Ok(())
+        write_property(self, CALL, &path, serde_json::Value::Object(merged).to_string().into_bytes())
     }
 
     fn drop(&mut self, _handle: Resource<HttpStream>) -> wasmtime::Result<()> {

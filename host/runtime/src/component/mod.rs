@@ -37,7 +37,7 @@ use bindings::wasmtrace::filter::types::{CalloutError, CalloutResponse as WitCal
 use bindings::{HttpFilter, HttpFilterPre};
 
 /// The world this host implements, as components name it.
-pub const WORLD: &str = "wasmtrace:filter/http-filter@0.2.1";
+pub const WORLD: &str = "wasmtrace:filter/http-filter@0.2.2";
 
 /// The first 8 bytes of a component binary: `\0asm`, then layer 1 version 0x0d. A core module
 /// has version 1, layer 0.

@@ -67,6 +67,18 @@ fn the_trace_filter_component_reads_the_request_headers_whole_and_continues_thei
 }
 
 #[test]
+fn get_properties_answers_every_path_in_the_order_asked() {
+    let runtime = runtime();
+    let module = runtime.compile(&component(Path::new("filters/test-filters/hostile-component"))).expect("loads");
+    let hostile = PluginInstance::start(&runtime, module, Arc::new(plugin("hostile", "", "")), Rc::new(NoClusters))
+        .expect("starts");
+    let exchange = request("/v0/images?limit=2", &[("x-hostile", "properties")]);
+    let mut stream = hostile.new_stream(exchange.clone());
+    assert_eq!(stream.on_request_headers(true), Action::Continue);
+    assert_eq!(request_header(&exchange, "x-hostile-properties").as_deref(), Some("/v0/images?limit=2|-|GET"));
+}
+
+#[test]
 fn a_component_without_the_handler_export_is_refused_naming_it() {
     let err = compile_wat("(component)").expect_err("refused");
     let message = err.to_string();
@@ -162,9 +174,17 @@ fn a_component_refusing_its_configuration_fails_to_start_with_its_reason() {
 #[test]
 fn a_component_that_traps_loops_or_hoards_memory_fails_only_its_own_stream() {
     let bytes = component(Path::new("filters/test-filters/hostile-component"));
-    for (kind, expected) in
-        [("trap", FailureKind::Trap), ("loop", FailureKind::DeadlineExceeded), ("grow", FailureKind::MemoryLimit)]
-    {
+    for (kind, expected) in [
+        ("trap", FailureKind::Trap),
+        ("loop", FailureKind::DeadlineExceeded),
+        ("grow", FailureKind::MemoryLimit),
+        // 65 paths in one `get-properties`, one more than a call may ask for.
+        ("many-properties", FailureKind::BadGuestInput),
+        // 64 times a megabyte of filter state: answers larger than the VM's 32 MiB could hold.
+        ("huge-properties", FailureKind::BadGuestInput),
+        // Filter state written under ever new keys: the host's copy is capped, not the guest's.
+        ("hoard-filter-state", FailureKind::BadGuestInput),
+    ] {
         let runtime = runtime();
         let deadline = if kind == "loop" { Duration::from_millis(50) } else { Duration::from_secs(10) };
         let config = PluginConfig {
