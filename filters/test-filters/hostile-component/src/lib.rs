@@ -1,10 +1,10 @@
 //! A `wasmtrace:filter` component that misbehaves on demand (request header `x-hostile: trap |
-//! loop | grow | many-properties | huge-properties | hoard-filter-state`), so the tests can show components get the
-//! same limits as proxy-wasm modules: a trap, an endless loop, a memory hoard, an abusive
-//! `get-properties` or filter state piled up in the host fails only its own stream. `x-hostile: properties` asks `get-properties` for
-//! `:path`, a property nobody set and `:method`, and writes the answers to
-//! `x-hostile-properties` (`-` for an absent one, `|` between). Well-behaved requests get
-//! `x-hostile-ok: <stream id>`.
+//! loop | grow | many-properties | huge-properties | hoard-filter-state | hoard-shared-data`), so
+//! the tests can show components get the same limits as proxy-wasm modules: a trap, an endless
+//! loop, a memory hoard, an abusive `get-properties`, or filter state or shared data piled up in
+//! the host fails only its own stream. `x-hostile: properties` asks `get-properties` for `:path`,
+//! a property nobody set and `:method`, and writes the answers to `x-hostile-properties` (`-` for
+//! an absent one, `|` between). Well-behaved requests get `x-hostile-ok: <stream id>`.
 
 use wasmtrace_filter_guest::{Action, Filter, HeaderPart, HttpStream, host};
 
@@ -55,6 +55,13 @@ impl Filter for Hostile {
                 let piece = vec![7u8; 64 << 10];
                 for n in 0u32.. {
                     host::set_property(&[format!("hoard_{n}")], &piece);
+                }
+                Action::Continue
+            }
+            Some(b"hoard-shared-data") => {
+                let piece = vec![7u8; 1 << 20];
+                for n in 0u32.. {
+                    let _ = host::set_shared_data(&format!("hoard_{n}"), &piece, None);
                 }
                 Action::Continue
             }

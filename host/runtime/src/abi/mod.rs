@@ -13,7 +13,7 @@ pub(crate) mod log;
 pub(crate) mod memory;
 pub(crate) mod metric;
 pub(crate) mod property;
-mod shared;
+pub(crate) mod shared;
 pub(crate) mod stream_control;
 pub(crate) mod timer;
 pub mod types;

@@ -5,7 +5,8 @@ use wasmtime::Caller;
 use super::Registrar;
 use super::memory;
 use super::types::Status;
-use crate::shared_data::SharedDataError;
+use crate::error::GuestFault;
+use crate::shared_data::{MAX_SHARED_DATA_BYTES, SharedDataError};
 use crate::shared_queue::QueueError;
 use crate::state::VmState;
 
@@ -53,8 +54,14 @@ fn set_shared_data(
     Ok(match state.services.shared_data.set(&state.plugin.vm_id, key, value, cas) {
         Ok(_) => Status::Ok,
         Err(SharedDataError::CasMismatch) => Status::CasMismatch,
+        Err(SharedDataError::Full) => return Err(shared_data_full(CALL, &state.plugin.vm_id)),
     }
     .code())
+}
+
+/// The trap of a write past a namespace's budget: the guest's fault, as its memory cap is.
+pub(crate) fn shared_data_full(call: &'static str, vm_id: &str) -> wasmtime::Error {
+    GuestFault::trap(call, format!("the shared data of vm_id `{vm_id}` would exceed {MAX_SHARED_DATA_BYTES} bytes"))
 }
 
 fn register_shared_queue(

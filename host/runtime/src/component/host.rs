@@ -20,6 +20,7 @@ use crate::abi::metric::metric;
 use crate::abi::property::{
     read_property, with_segments as with_serialized_segments, write_filter_state, write_property,
 };
+use crate::abi::shared::shared_data_full;
 use crate::abi::stream_control::signal;
 use crate::abi::timer::{set_tick_period, unix_nanos};
 use crate::abi::types::{BufferType, LogLevel, MapType, MetricType};
@@ -229,6 +230,11 @@ impl host::Host for VmState {
         Ok(match self.services.shared_data.set(&self.plugin.vm_id, key.as_bytes(), &value, cas.unwrap_or(0)) {
             Ok(_) => Ok(()),
             Err(HostSharedDataError::CasMismatch) => Err(SharedDataError::CasMismatch),
+            // The world's error has no such case (adding one would change the type): a trap, as
+            // for proxy-wasm modules.
+            Err(HostSharedDataError::Full) => {
+                return Err(shared_data_full("host.set-shared-data", &self.plugin.vm_id));
+            }
         })
     }
 

@@ -184,6 +184,8 @@ fn a_component_that_traps_loops_or_hoards_memory_fails_only_its_own_stream() {
         ("huge-properties", FailureKind::BadGuestInput),
         // Filter state written under ever new keys: the host's copy is capped, not the guest's.
         ("hoard-filter-state", FailureKind::BadGuestInput),
+        // Shared data under ever new keys: each vm_id's share of the host is capped.
+        ("hoard-shared-data", FailureKind::BadGuestInput),
     ] {
         let runtime = runtime();
         let deadline = if kind == "loop" { Duration::from_millis(50) } else { Duration::from_secs(10) };
