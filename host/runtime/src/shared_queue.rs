@@ -46,6 +46,8 @@ impl QueueInbox {
 
 struct Queue {
     items: VecDeque<Vec<u8>>,
+    /// What `items` hold, in bytes.
+    bytes: usize,
     owner: Arc<QueueInbox>,
 }
 
@@ -63,11 +65,22 @@ pub enum QueueError {
     NotFound,
     /// The queue has no items.
     Empty,
+    /// The item alone is larger than a queue may hold ([`MAX_QUEUE_BYTES`]).
+    TooLarge,
+    /// The `vm_id` has [`MAX_QUEUES_PER_VM_ID`] queues already.
+    TooMany,
 }
 
 /// Most items a queue holds; enqueueing beyond it drops the oldest item (a slow consumer must not
 /// grow the host without bound).
 pub const MAX_QUEUE_ITEMS: usize = 10_000;
+
+/// Most bytes a queue's items hold together; beyond it the oldest items are dropped, as beyond
+/// [`MAX_QUEUE_ITEMS`]. Queues live in the host, outside every VM's memory cap.
+pub const MAX_QUEUE_BYTES: usize = 64 << 20;
+
+/// Most queues one `vm_id` may register.
+pub const MAX_QUEUES_PER_VM_ID: usize = 1024;
 
 /// The process-wide registry of shared queues.
 #[derive(Default)]
@@ -80,21 +93,26 @@ impl SharedQueueRegistry {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers (or re-registers) `name` in `vm_id`, owned by `owner`. Returns the queue id.
-    pub fn register(&self, vm_id: &str, name: &[u8], owner: Arc<QueueInbox>) -> u32 {
+    /// Registers (or re-registers) `name` in `vm_id`, owned by `owner`. Returns the queue id;
+    /// a new name past [`MAX_QUEUES_PER_VM_ID`] is refused.
+    pub fn register(&self, vm_id: &str, name: &[u8], owner: Arc<QueueInbox>) -> Result<u32, QueueError> {
         let mut queues = self.lock();
         let key = (vm_id.to_owned(), name.to_vec());
         if let Some(&id) = queues.by_name.get(&key) {
             if let Some(queue) = queues.by_id.get_mut(&id) {
                 queue.owner = owner;
             }
-            return id;
+            return Ok(id);
+        }
+        // Registration is rare (at start-up): counting by walking the names is cheap enough.
+        if queues.by_name.keys().filter(|(vm, _)| vm == vm_id).count() >= MAX_QUEUES_PER_VM_ID {
+            return Err(QueueError::TooMany);
         }
         queues.next_id += 1;
         let id = queues.next_id;
         queues.by_name.insert(key, id);
-        queues.by_id.insert(id, Queue { items: VecDeque::new(), owner });
-        id
+        queues.by_id.insert(id, Queue { items: VecDeque::new(), bytes: 0, owner });
+        Ok(id)
     }
 
     /// Finds the id of `name` in `vm_id`.
@@ -107,9 +125,14 @@ impl SharedQueueRegistry {
         let owner = {
             let mut queues = self.lock();
             let queue = queues.by_id.get_mut(&queue_id).ok_or(QueueError::NotFound)?;
-            if queue.items.len() >= MAX_QUEUE_ITEMS {
-                queue.items.pop_front();
+            if item.len() > MAX_QUEUE_BYTES {
+                return Err(QueueError::TooLarge);
             }
+            while queue.items.len() >= MAX_QUEUE_ITEMS || queue.bytes + item.len() > MAX_QUEUE_BYTES {
+                let Some(oldest) = queue.items.pop_front() else { break };
+                queue.bytes -= oldest.len();
+            }
+            queue.bytes += item.len();
             queue.items.push_back(item.to_vec());
             queue.owner.clone()
         };
@@ -121,7 +144,9 @@ impl SharedQueueRegistry {
     pub fn dequeue(&self, queue_id: u32) -> Result<Vec<u8>, QueueError> {
         let mut queues = self.lock();
         let queue = queues.by_id.get_mut(&queue_id).ok_or(QueueError::NotFound)?;
-        queue.items.pop_front().ok_or(QueueError::Empty)
+        let item = queue.items.pop_front().ok_or(QueueError::Empty)?;
+        queue.bytes -= item.len();
+        Ok(item)
     }
 }
 
@@ -134,8 +159,8 @@ mod tests {
         let registry = SharedQueueRegistry::default();
         let first = Arc::new(QueueInbox::default());
         let second = Arc::new(QueueInbox::default());
-        let id = registry.register("vm", b"q", first.clone());
-        assert_eq!(registry.register("vm", b"q", second.clone()), id);
+        let id = registry.register("vm", b"q", first.clone()).expect("registers");
+        assert_eq!(registry.register("vm", b"q", second.clone()), Ok(id));
         assert_eq!(registry.resolve("vm", b"q"), Some(id));
         assert_eq!(registry.resolve("other", b"q"), None);
         registry.enqueue(id, b"1").expect("queue exists");
@@ -146,5 +171,35 @@ mod tests {
         assert_eq!(registry.dequeue(id), Ok(b"2".to_vec()));
         assert_eq!(registry.dequeue(id), Err(QueueError::Empty));
         assert_eq!(registry.enqueue(id + 1, b"x"), Err(QueueError::NotFound));
+    }
+
+    #[test]
+    fn a_queue_keeps_its_newest_items_within_its_byte_budget() {
+        let registry = SharedQueueRegistry::default();
+        let id = registry.register("vm", b"q", Arc::new(QueueInbox::default())).expect("registers");
+        let piece = vec![0u8; 1 << 20];
+        for n in 0..100u8 {
+            let mut item = piece.clone();
+            item[0] = n;
+            registry.enqueue(id, &item).expect("fits once the oldest go");
+        }
+        assert_eq!(registry.enqueue(id, &vec![0u8; MAX_QUEUE_BYTES + 1]), Err(QueueError::TooLarge));
+        let mut kept = Vec::new();
+        while let Ok(item) = registry.dequeue(id) {
+            kept.push(item[0]);
+        }
+        assert_eq!(kept, (36..100).collect::<Vec<u8>>(), "the newest 64 MiB");
+    }
+
+    #[test]
+    fn a_vm_id_registers_at_most_its_share_of_queues() {
+        let registry = SharedQueueRegistry::default();
+        let inbox = Arc::new(QueueInbox::default());
+        for n in 0..MAX_QUEUES_PER_VM_ID {
+            registry.register("vm", n.to_string().as_bytes(), inbox.clone()).expect("within the cap");
+        }
+        assert_eq!(registry.register("vm", b"one-more", inbox.clone()), Err(QueueError::TooMany));
+        assert!(registry.register("vm", b"0", inbox.clone()).is_ok(), "re-registering is no new queue");
+        assert!(registry.register("other", b"one-more", inbox).is_ok());
     }
 }

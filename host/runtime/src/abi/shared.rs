@@ -7,7 +7,7 @@ use super::memory;
 use super::types::Status;
 use crate::error::GuestFault;
 use crate::shared_data::{MAX_SHARED_DATA_BYTES, SharedDataError};
-use crate::shared_queue::QueueError;
+use crate::shared_queue::{MAX_QUEUE_BYTES, MAX_QUEUES_PER_VM_ID, QueueError};
 use crate::state::VmState;
 
 pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
@@ -64,6 +64,17 @@ pub(crate) fn shared_data_full(call: &'static str, vm_id: &str) -> wasmtime::Err
     GuestFault::trap(call, format!("the shared data of vm_id `{vm_id}` would exceed {MAX_SHARED_DATA_BYTES} bytes"))
 }
 
+/// The trap of a queue call past the queues' limits (an item larger than a queue may hold, one
+/// queue too many); `None` for the errors the ABI answers with a status.
+pub(crate) fn queue_fault(call: &'static str, vm_id: &str, error: &QueueError) -> Option<wasmtime::Error> {
+    let reason = match error {
+        QueueError::TooLarge => format!("an item larger than a queue may hold ({MAX_QUEUE_BYTES} bytes)"),
+        QueueError::TooMany => format!("vm_id `{vm_id}` has {MAX_QUEUES_PER_VM_ID} queues, the most it may"),
+        QueueError::NotFound | QueueError::Empty => return None,
+    };
+    Some(GuestFault::trap(call, reason))
+}
+
 fn register_shared_queue(
     mut caller: Caller<'_, VmState>,
     name_ptr: u32,
@@ -73,7 +84,13 @@ fn register_shared_queue(
     const CALL: &str = "proxy_register_shared_queue";
     let name = memory::read(&caller, CALL, name_ptr, name_len)?;
     let state = caller.data();
-    let id = state.services.queues.register(&state.plugin.vm_id, &name, state.inbox.clone());
+    let id = match state.services.queues.register(&state.plugin.vm_id, &name, state.inbox.clone()) {
+        Ok(id) => id,
+        Err(error) => {
+            let fault = queue_fault(CALL, &state.plugin.vm_id, &error);
+            return Err(fault.unwrap_or_else(|| GuestFault::trap(CALL, "the queue could not be registered")));
+        }
+    };
     memory::write_u32(&mut caller, CALL, ret_id, id)?;
     Ok(Status::Ok.code())
 }
@@ -109,11 +126,13 @@ fn enqueue_shared_queue(
     // Read in place: the queue keeps its own copy.
     let (data, state) = memory::view(&caller, CALL)?;
     let value = memory::slice(data, CALL, value_ptr, value_len)?;
-    Ok(match state.services.queues.enqueue(queue_id, value) {
-        Ok(()) => Status::Ok,
-        Err(_) => Status::NotFound,
+    match state.services.queues.enqueue(queue_id, value) {
+        Ok(()) => Ok(Status::Ok.code()),
+        Err(error) => match queue_fault(CALL, &state.plugin.vm_id, &error) {
+            Some(fault) => Err(fault),
+            None => Ok(Status::NotFound.code()),
+        },
     }
-    .code())
 }
 
 fn dequeue_shared_queue(
@@ -129,6 +148,6 @@ fn dequeue_shared_queue(
             Ok(Status::Ok.code())
         }
         Err(QueueError::Empty) => Ok(Status::Empty.code()),
-        Err(QueueError::NotFound) => Ok(Status::NotFound.code()),
+        Err(_) => Ok(Status::NotFound.code()),
     }
 }

@@ -20,7 +20,7 @@ use crate::abi::metric::metric;
 use crate::abi::property::{
     read_property, with_segments as with_serialized_segments, write_filter_state, write_property,
 };
-use crate::abi::shared::shared_data_full;
+use crate::abi::shared::{queue_fault, shared_data_full};
 use crate::abi::stream_control::signal;
 use crate::abi::timer::{set_tick_period, unix_nanos};
 use crate::abi::types::{BufferType, LogLevel, MapType, MetricType};
@@ -239,7 +239,11 @@ impl host::Host for VmState {
     }
 
     fn register_queue(&mut self, name: String) -> wasmtime::Result<u32> {
-        Ok(self.services.queues.register(&self.plugin.vm_id, name.as_bytes(), self.inbox.clone()))
+        const CALL: &str = "host.register-queue";
+        self.services.queues.register(&self.plugin.vm_id, name.as_bytes(), self.inbox.clone()).map_err(|error| {
+            let fault = queue_fault(CALL, &self.plugin.vm_id, &error);
+            fault.unwrap_or_else(|| GuestFault::trap(CALL, "the queue could not be registered"))
+        })
     }
 
     fn resolve_queue(&mut self, vm_id: String, name: String) -> wasmtime::Result<Option<u32>> {
@@ -248,14 +252,20 @@ impl host::Host for VmState {
     }
 
     fn enqueue(&mut self, queue: u32, item: Vec<u8>) -> wasmtime::Result<Result<(), QueueError>> {
-        Ok(self.services.queues.enqueue(queue, &item).map_err(|_| QueueError::NotFound))
+        match self.services.queues.enqueue(queue, &item) {
+            Ok(()) => Ok(Ok(())),
+            Err(error) => match queue_fault("host.enqueue", &self.plugin.vm_id, &error) {
+                Some(fault) => Err(fault),
+                None => Ok(Err(QueueError::NotFound)),
+            },
+        }
     }
 
     fn dequeue(&mut self, queue: u32) -> wasmtime::Result<Result<Option<Vec<u8>>, QueueError>> {
         Ok(match self.services.queues.dequeue(queue) {
             Ok(item) => Ok(Some(item)),
             Err(HostQueueError::Empty) => Ok(None),
-            Err(HostQueueError::NotFound) => Err(QueueError::NotFound),
+            Err(_) => Err(QueueError::NotFound),
         })
     }
 
