@@ -240,13 +240,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 options.workers = workers;
             }
             let proxy = wasmtrace_proxy::start(bootstrap, options)?;
-            for (name, address) in proxy.listeners() {
-                println!("listener {name} on http://{address}");
-            }
-            if let Some(admin) = proxy.admin_address() {
-                println!("admin on http://{admin}");
-            }
-            proxy.run_until_signal()?;
+            proxy.run_until_signal(|proxy| {
+                for (name, address) in proxy.listeners() {
+                    println!("listener {name} on http://{address}");
+                }
+                if let Some(admin) = proxy.admin_address() {
+                    println!("admin on http://{admin}");
+                }
+            })?;
             Ok(())
         }
         Command::Demo { viewer, any_ports, state_dir, in_process } => {

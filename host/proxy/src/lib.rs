@@ -213,13 +213,21 @@ impl RunningProxy {
         }
     }
 
-    /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
-    pub fn run_until_signal(self) -> std::io::Result<()> {
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully. `ready` runs once both
+    /// signals are caught: announce the listeners there, so whoever waits for the announcement
+    /// may stop the proxy at once.
+    pub fn run_until_signal(self, ready: impl FnOnce(&Self)) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async {
-            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            // Both handlers are in place before `ready` announces the listeners: a SIGTERM that
+            // follows the announcement at once (a supervisor's quick stop) drains, instead of
+            // killing the process by the signal's default action.
+            let mut terminate = signal(SignalKind::terminate())?;
+            let mut interrupt = signal(SignalKind::interrupt())?;
+            ready(&self);
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+                _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
                 _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
             }
             Ok::<_, std::io::Error>(())
