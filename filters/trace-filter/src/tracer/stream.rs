@@ -101,16 +101,8 @@ fn at_span_start(configured: Option<SpanKind>) -> &'static [Property] {
 /// What a span's end reads: the upstream's address only for a CLIENT span (a SERVER span's
 /// peer is the client).
 fn at_span_end(kind: SpanKind) -> &'static [Property] {
-    const SERVER: [Property; 7] = [
-        Property::ResponseCode,
-        Property::RouteName,
-        Property::RequestSize,
-        Property::ResponseSize,
-        Property::SpanAttributes,
-        Property::SpanEvents,
-        Property::CalloutSpans,
-    ];
-    const CLIENT: [Property; 8] = [
+    // A SERVER span reads all but the last.
+    const AT_END: [Property; 8] = [
         Property::ResponseCode,
         Property::RouteName,
         Property::RequestSize,
@@ -120,7 +112,7 @@ fn at_span_end(kind: SpanKind) -> &'static [Property] {
         Property::CalloutSpans,
         Property::UpstreamAddress,
     ];
-    if kind == SpanKind::Client { &CLIENT } else { &SERVER }
+    if kind == SpanKind::Client { &AT_END } else { &AT_END[..AT_END.len() - 1] }
 }
 
 /// The outgoing context, as [`StreamTracer::inject`] writes it.
