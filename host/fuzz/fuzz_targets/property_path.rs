@@ -6,11 +6,11 @@
 
 #![no_main]
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
+use wasmtrace_runtime::filter_state::FilterState;
 use wasmtrace_runtime::fuzzing::{get_property, property_segments};
 use wasmtrace_runtime::header_map::decode_pairs;
 use wasmtrace_runtime::properties::{PropertyValue, filter_state_key};
@@ -116,9 +116,9 @@ fuzz_target!(|input: Input<'_>| {
     let plugin = PluginConfig { name: "p".into(), root_id: "root".into(), vm_id: "vm".into(), ..Default::default() };
     let node = node();
     let mut exchange = exchange(&input);
-    let mut root_state = HashMap::new();
+    let mut root_state = FilterState::default();
 
-    let read = |exchange: &HttpExchange, root_state: &HashMap<String, Vec<u8>>, path: &[u8]| {
+    let read = |exchange: &HttpExchange, root_state: &FilterState, path: &[u8]| {
         get_property(path, &plugin, &node, input.on_stream.then_some(exchange), root_state)
     };
     if let Some(value) = read(&exchange, &root_state, input.path) {

@@ -5,10 +5,10 @@
 //! the same exchange to each plugin's [`crate::HttpStream`], so a header one filter adds is what the
 //! next filter reads, and filter state one filter sets (`proxy_set_property`) the next can read.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
+use crate::filter_state::FilterState;
 use crate::header_map::HeaderMap;
 use crate::properties::Metadata;
 
@@ -81,7 +81,7 @@ pub struct StreamInfo {
     pub response_headers_sent: bool,
     /// Filter state: `proxy_set_property` writes `wasm.<path>` here; readable by every filter
     /// of the stream and by the data plane.
-    pub filter_state: BTreeMap<String, Vec<u8>>,
+    pub filter_state: FilterState,
 }
 
 impl Default for StreamInfo {
@@ -113,7 +113,7 @@ impl Default for StreamInfo {
             response_code_details: None,
             request_headers_sent: false,
             response_headers_sent: false,
-            filter_state: BTreeMap::new(),
+            filter_state: FilterState::default(),
         }
     }
 }

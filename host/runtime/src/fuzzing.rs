@@ -1,8 +1,7 @@
 //! Entry points for the fuzz targets in `host/fuzz`: the guest-facing decoders that are not
 //! otherwise public. Hidden from the docs; not a stable API.
 
-use std::collections::HashMap;
-
+use crate::filter_state::FilterState;
 use crate::properties::{PropertyScope, PropertyValue, resolve};
 use crate::{HttpExchange, NodeInfo, PluginConfig};
 
@@ -14,7 +13,7 @@ pub fn get_property(
     plugin: &PluginConfig,
     node: &NodeInfo,
     exchange: Option<&HttpExchange>,
-    root_filter_state: &HashMap<String, Vec<u8>>,
+    root_filter_state: &FilterState,
 ) -> Option<PropertyValue> {
     let scope = PropertyScope { plugin, node, exchange, root_filter_state };
     resolve(&crate::abi::property::segments(path), &scope)

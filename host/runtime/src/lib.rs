@@ -26,6 +26,7 @@ mod callout;
 pub mod component;
 mod error;
 mod exchange;
+pub mod filter_state;
 #[doc(hidden)]
 pub mod fuzzing;
 mod grpc_callout;

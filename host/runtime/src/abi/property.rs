@@ -115,68 +115,21 @@ fn set_property(
     Ok(Status::Ok.code())
 }
 
-/// Most filter state entries one stream (or the root context) holds.
-pub const MAX_FILTER_STATE_ENTRIES: usize = 1024;
-
-/// Most bytes (keys and values) of filter state one stream (or the root context) holds. Filter
-/// state lives in the host, outside the VM's memory cap: without a bound, a guest could copy
-/// its memory out a piece at a time until the host runs out.
-pub const MAX_FILTER_STATE_BYTES: usize = 16 << 20;
-
-/// Stores filter state under `key`: on the acting stream, else on the root context. A write
-/// that would take the map past [`MAX_FILTER_STATE_ENTRIES`] or [`MAX_FILTER_STATE_BYTES`]
-/// traps (the guest's fault, `call` named).
+/// Stores filter state under `key`: on the acting stream, else on the root context, charged
+/// to this VM. A write past the VM's own limits ([`crate::filter_state`]) traps (the guest's
+/// fault, `call` named) and changes nothing.
 pub(crate) fn write_filter_state(
     state: &mut VmState,
     call: &'static str,
     key: String,
     value: Vec<u8>,
 ) -> wasmtime::Result<()> {
-    fn checked<'a>(
-        call: &'static str,
-        entries: impl ExactSizeIterator<Item = (&'a String, &'a Vec<u8>)>,
-        key: &str,
-        value: &[u8],
-    ) -> wasmtime::Result<()> {
-        let count = entries.len();
-        // The map is bounded, so summing it on every write is bounded too (a few entries as a
-        // rule, at most the entry cap).
-        let (held, replaced) =
-            entries.fold(
-                (0usize, false),
-                |(sum, replaced), (k, v)| {
-                    if k == key { (sum, true) } else { (sum + k.len() + v.len(), replaced) }
-                },
-            );
-        if !replaced && count >= MAX_FILTER_STATE_ENTRIES {
-            return Err(GuestFault::trap(
-                call,
-                format!("filter state holds {MAX_FILTER_STATE_ENTRIES} entries, the most it may"),
-            ));
-        }
-        if held + key.len() + value.len() > MAX_FILTER_STATE_BYTES {
-            return Err(GuestFault::trap(
-                call,
-                format!(
-                    "filter state would exceed {MAX_FILTER_STATE_BYTES} bytes with this {}-byte value",
-                    value.len()
-                ),
-            ));
-        }
-        Ok(())
-    }
-    match state.acting_stream() {
-        Some(stream) => {
-            let mut exchange = stream.exchange.borrow_mut();
-            checked(call, exchange.info.filter_state.iter(), &key, &value)?;
-            exchange.info.filter_state.insert(key, value);
-        }
-        None => {
-            checked(call, state.root_filter_state.iter(), &key, &value)?;
-            state.root_filter_state.insert(key, value);
-        }
-    }
-    Ok(())
+    let writer = state.filter_state_budget.clone();
+    let written = match state.acting_stream() {
+        Some(stream) => stream.exchange.borrow_mut().info.filter_state.write(&writer, key, value),
+        None => state.root_filter_state.write(&writer, key, value),
+    };
+    written.map_err(|full| GuestFault::trap(call, format!("filter state refused: {full}")))
 }
 
 #[cfg(test)]

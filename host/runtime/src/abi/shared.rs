@@ -7,7 +7,9 @@ use super::memory;
 use super::types::Status;
 use crate::error::GuestFault;
 use crate::shared_data::{MAX_SHARED_DATA_BYTES, SharedDataError};
-use crate::shared_queue::{MAX_QUEUE_BYTES, MAX_QUEUES_PER_VM_ID, QueueError};
+use crate::shared_queue::{
+    MAX_QUEUE_BYTES, MAX_QUEUE_NAME_BYTES, MAX_QUEUED_BYTES_PER_PLUGIN, MAX_QUEUES_PER_PLUGIN, QueueError,
+};
 use crate::state::VmState;
 
 pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
@@ -51,7 +53,7 @@ fn set_shared_data(
     let (data, state) = memory::view(&caller, CALL)?;
     let key = memory::slice(data, CALL, key_ptr, key_len)?;
     let value = memory::slice(data, CALL, value_ptr, value_len)?;
-    Ok(match state.services.shared_data.set(&state.plugin.vm_id, key, value, cas) {
+    Ok(match state.services.shared_data.set(&state.plugin.vm_id, &state.plugin.name, key, value, cas) {
         Ok(_) => Status::Ok,
         Err(SharedDataError::CasMismatch) => Status::CasMismatch,
         Err(SharedDataError::Full) => return Err(shared_data_full(CALL, &state.plugin.vm_id)),
@@ -59,17 +61,26 @@ fn set_shared_data(
     .code())
 }
 
-/// The trap of a write past a namespace's budget: the guest's fault, as its memory cap is.
+/// The trap of a write past the plugin's share of a namespace: the guest's fault, as its memory
+/// cap is.
 pub(crate) fn shared_data_full(call: &'static str, vm_id: &str) -> wasmtime::Error {
-    GuestFault::trap(call, format!("the shared data of vm_id `{vm_id}` would exceed {MAX_SHARED_DATA_BYTES} bytes"))
+    GuestFault::trap(
+        call,
+        format!("this plugin's shared data in vm_id `{vm_id}` would exceed {MAX_SHARED_DATA_BYTES} bytes"),
+    )
 }
 
-/// The trap of a queue call past the queues' limits (an item larger than a queue may hold, one
-/// queue too many); `None` for the errors the ABI answers with a status.
-pub(crate) fn queue_fault(call: &'static str, vm_id: &str, error: &QueueError) -> Option<wasmtime::Error> {
+/// The trap of a queue call past the plugin's own limits (an item larger than a queue may hold,
+/// one queue or one queued byte too many, a name too long); `None` for the errors the ABI
+/// answers with a status.
+pub(crate) fn queue_fault(call: &'static str, error: &QueueError) -> Option<wasmtime::Error> {
     let reason = match error {
         QueueError::TooLarge => format!("an item larger than a queue may hold ({MAX_QUEUE_BYTES} bytes)"),
-        QueueError::TooMany => format!("vm_id `{vm_id}` has {MAX_QUEUES_PER_VM_ID} queues, the most it may"),
+        QueueError::TooMany => format!("this plugin has {MAX_QUEUES_PER_PLUGIN} queues, the most it may"),
+        QueueError::NameTooLong => format!("a queue name longer than {MAX_QUEUE_NAME_BYTES} bytes"),
+        QueueError::EnqueuerFull => {
+            format!("this plugin's queued items would exceed {MAX_QUEUED_BYTES_PER_PLUGIN} bytes")
+        }
         QueueError::NotFound | QueueError::Empty => return None,
     };
     Some(GuestFault::trap(call, reason))
@@ -84,10 +95,10 @@ fn register_shared_queue(
     const CALL: &str = "proxy_register_shared_queue";
     let name = memory::read(&caller, CALL, name_ptr, name_len)?;
     let state = caller.data();
-    let id = match state.services.queues.register(&state.plugin.vm_id, &name, state.inbox.clone()) {
+    let id = match state.services.queues.register(&state.plugin.vm_id, &state.plugin.name, &name, &state.inbox) {
         Ok(id) => id,
         Err(error) => {
-            let fault = queue_fault(CALL, &state.plugin.vm_id, &error);
+            let fault = queue_fault(CALL, &error);
             return Err(fault.unwrap_or_else(|| GuestFault::trap(CALL, "the queue could not be registered")));
         }
     };
@@ -126,9 +137,9 @@ fn enqueue_shared_queue(
     // Read in place: the queue keeps its own copy.
     let (data, state) = memory::view(&caller, CALL)?;
     let value = memory::slice(data, CALL, value_ptr, value_len)?;
-    match state.services.queues.enqueue(queue_id, value) {
+    match state.services.queues.enqueue(queue_id, &state.plugin.name, value) {
         Ok(()) => Ok(Status::Ok.code()),
-        Err(error) => match queue_fault(CALL, &state.plugin.vm_id, &error) {
+        Err(error) => match queue_fault(CALL, &error) {
             Some(fault) => Err(fault),
             None => Ok(Status::NotFound.code()),
         },

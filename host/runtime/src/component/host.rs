@@ -35,6 +35,9 @@ use crate::stream::LocalResponse;
 /// The property the trace filter reads span attributes from (a JSON object), shared with
 /// proxy-wasm filters that set it with `proxy_set_property`.
 const SPAN_ATTRIBUTES_PROPERTY: &str = "wasmtrace_span_attributes";
+/// Most bytes the span-attribute hand-off holds (encoded); a span's attributes are a few hundred
+/// as a rule.
+const MAX_SPAN_ATTRIBUTES_BYTES: usize = 64 << 10;
 
 /// Most paths one `get-properties` call may ask for: more than any filter reads at one point
 /// of a stream, few enough that one call cannot make the host resolve without end.
@@ -227,23 +230,33 @@ impl host::Host for VmState {
         cas: Option<u32>,
     ) -> wasmtime::Result<Result<(), SharedDataError>> {
         // proxy-wasm's "no CAS" is 0.
-        Ok(match self.services.shared_data.set(&self.plugin.vm_id, key.as_bytes(), &value, cas.unwrap_or(0)) {
-            Ok(_) => Ok(()),
-            Err(HostSharedDataError::CasMismatch) => Err(SharedDataError::CasMismatch),
-            // The world's error has no such case (adding one would change the type): a trap, as
-            // for proxy-wasm modules.
-            Err(HostSharedDataError::Full) => {
-                return Err(shared_data_full("host.set-shared-data", &self.plugin.vm_id));
-            }
-        })
+        Ok(
+            match self.services.shared_data.set(
+                &self.plugin.vm_id,
+                &self.plugin.name,
+                key.as_bytes(),
+                &value,
+                cas.unwrap_or(0),
+            ) {
+                Ok(_) => Ok(()),
+                Err(HostSharedDataError::CasMismatch) => Err(SharedDataError::CasMismatch),
+                // The world's error has no such case (adding one would change the type): a trap, as
+                // for proxy-wasm modules.
+                Err(HostSharedDataError::Full) => {
+                    return Err(shared_data_full("host.set-shared-data", &self.plugin.vm_id));
+                }
+            },
+        )
     }
 
     fn register_queue(&mut self, name: String) -> wasmtime::Result<u32> {
         const CALL: &str = "host.register-queue";
-        self.services.queues.register(&self.plugin.vm_id, name.as_bytes(), self.inbox.clone()).map_err(|error| {
-            let fault = queue_fault(CALL, &self.plugin.vm_id, &error);
-            fault.unwrap_or_else(|| GuestFault::trap(CALL, "the queue could not be registered"))
-        })
+        self.services.queues.register(&self.plugin.vm_id, &self.plugin.name, name.as_bytes(), &self.inbox).map_err(
+            |error| {
+                let fault = queue_fault(CALL, &error);
+                fault.unwrap_or_else(|| GuestFault::trap(CALL, "the queue could not be registered"))
+            },
+        )
     }
 
     fn resolve_queue(&mut self, vm_id: String, name: String) -> wasmtime::Result<Option<u32>> {
@@ -252,9 +265,9 @@ impl host::Host for VmState {
     }
 
     fn enqueue(&mut self, queue: u32, item: Vec<u8>) -> wasmtime::Result<Result<(), QueueError>> {
-        match self.services.queues.enqueue(queue, &item) {
+        match self.services.queues.enqueue(queue, &self.plugin.name, &item) {
             Ok(()) => Ok(Ok(())),
-            Err(error) => match queue_fault("host.enqueue", &self.plugin.vm_id, &error) {
+            Err(error) => match queue_fault("host.enqueue", &error) {
                 Some(fault) => Err(fault),
                 None => Ok(Err(QueueError::NotFound)),
             },
@@ -464,7 +477,13 @@ impl exchange::HostHttpStream for VmState {
         const CALL: &str = "http-stream.add-span-attributes";
         self.checked_stream(CALL, &handle)?;
         let path: [&[u8]; 1] = [SPAN_ATTRIBUTES_PROPERTY.as_bytes()];
-        let mut merged = match read_property(self, &path).and_then(|bytes| serde_json::from_slice(&bytes).ok()) {
+        // Whatever the stream's filters handed over so far, if it is a JSON object of a sane
+        // size (a larger or malformed one is replaced, as a malformed one always was): parsing
+        // it is work on every call, and anyone in the chain may have written it.
+        let handed_over = read_property(self, &path)
+            .filter(|bytes| bytes.len() <= MAX_SPAN_ATTRIBUTES_BYTES)
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+        let mut merged = match handed_over {
             Some(serde_json::Value::Object(map)) => map,
             _ => serde_json::Map::new(),
         };
@@ -477,7 +496,14 @@ impl exchange::HostHttpStream for VmState {
             };
             merged.insert(key, value);
         }
-        write_property(self, CALL, &path, serde_json::Value::Object(merged).to_string().into_bytes())
+        let encoded = serde_json::Value::Object(merged).to_string().into_bytes();
+        if encoded.len() > MAX_SPAN_ATTRIBUTES_BYTES {
+            return Err(GuestFault::trap(
+                CALL,
+                format!("span attributes would exceed {MAX_SPAN_ATTRIBUTES_BYTES} bytes"),
+            ));
+        }
+        write_property(self, CALL, &path, encoded)
     }
 
     fn drop(&mut self, _handle: Resource<HttpStream>) -> wasmtime::Result<()> {

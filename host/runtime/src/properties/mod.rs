@@ -29,11 +29,11 @@
 mod message;
 mod value;
 
-use std::collections::HashMap;
 use std::time::SystemTime;
 
 use crate::abi::unix_nanos;
 use crate::exchange::HttpExchange;
+use crate::filter_state::FilterState;
 use crate::header_map::HeaderMap;
 use crate::plugin::PluginConfig;
 use crate::services::NodeInfo;
@@ -46,7 +46,7 @@ pub(crate) struct PropertyScope<'a> {
     pub plugin: &'a PluginConfig,
     pub node: &'a NodeInfo,
     pub exchange: Option<&'a HttpExchange>,
-    pub root_filter_state: &'a HashMap<String, Vec<u8>>,
+    pub root_filter_state: &'a FilterState,
 }
 
 /// Key under which `proxy_set_property(path)` stores filter state (Envoy's `wasm.` prefix).
@@ -65,7 +65,7 @@ const KEY_ON_STACK: usize = 128;
 
 /// The filter state under `path`'s key ([`filter_state_key`]), looked up with the key built on
 /// the stack when it is short and UTF-8 (a lookup on every request).
-fn filter_state<'a>(state: &'a std::collections::BTreeMap<String, Vec<u8>>, path: &[&[u8]]) -> Option<&'a Vec<u8>> {
+fn filter_state<'a>(state: &'a FilterState, path: &[&[u8]]) -> Option<&'a Vec<u8>> {
     let mut stack = [0u8; KEY_ON_STACK];
     let mut len = 4;
     stack[..4].copy_from_slice(b"wasm");
@@ -304,7 +304,7 @@ fn filter_state_value(
 ) -> Option<PropertyValue> {
     let value = match exchange {
         Some(e) => filter_state(&e.info.filter_state, path),
-        None => scope.root_filter_state.get(&filter_state_key(path)),
+        None => filter_state(scope.root_filter_state, path),
     };
     value.cloned().map(PropertyValue::Bytes)
 }
@@ -326,7 +326,7 @@ mod tests {
         plugin: &'a PluginConfig,
         node: &'a NodeInfo,
         exchange: &'a HttpExchange,
-        empty: &'a HashMap<String, Vec<u8>>,
+        empty: &'a FilterState,
     ) -> PropertyScope<'a> {
         PropertyScope { plugin, node, exchange: Some(exchange), root_filter_state: empty }
     }
@@ -335,7 +335,7 @@ mod tests {
     fn request_attributes_come_from_the_headers() {
         let plugin = PluginConfig::named("p");
         let node = NodeInfo::default();
-        let empty = HashMap::new();
+        let empty = FilterState::default();
         let mut exchange = HttpExchange::with_request_headers(HeaderMap::from_pairs([
             (":path", "/a/b?x=1"),
             (":method", "GET"),
@@ -360,7 +360,7 @@ mod tests {
         let mut node = NodeInfo { id: "sidecar~1".into(), cluster: "gallery".into(), ..NodeInfo::default() };
         node.metadata.insert("region".into(), Json::String("eu".into()));
         node.metadata.insert("weight".into(), serde_json::json!(2));
-        let empty = HashMap::new();
+        let empty = FilterState::default();
         let exchange = HttpExchange::default();
         let scope = scope_with(&plugin, &node, &exchange, &empty);
         assert_eq!(resolve(&[b"xds", b"node", b"metadata", b"region"], &scope), Some(PropertyValue::text("eu")));
@@ -451,7 +451,7 @@ mod tests {
     fn configuration_metadata_is_there_from_the_route_on_and_the_hosts_from_the_upstream_on() {
         let plugin = PluginConfig::named("p");
         let node = NodeInfo::default();
-        let empty = HashMap::new();
+        let empty = FilterState::default();
         let mut exchange = HttpExchange::default();
         exchange.info.listener_metadata = sample_metadata();
         exchange.info.upstream_host_metadata = sample_metadata();
@@ -489,7 +489,7 @@ mod tests {
     fn a_plaintext_connection_and_its_upstream_answer_as_envoy_without_tls() {
         let plugin = PluginConfig::named("p");
         let node = NodeInfo::default();
-        let empty = HashMap::new();
+        let empty = FilterState::default();
         let mut exchange = HttpExchange::default();
         exchange.info.connection_id = 7;
         {
@@ -538,7 +538,7 @@ mod tests {
     fn dynamic_metadata_is_an_empty_metadata_and_the_old_spellings_are_aliases() {
         let plugin = PluginConfig::named("p");
         let node = NodeInfo { id: "n".into(), ..NodeInfo::default() };
-        let empty = HashMap::new();
+        let empty = FilterState::default();
         let mut exchange = HttpExchange::default();
         exchange.info.route_name = Some("r".into());
         exchange.info.cluster_name = Some("c".into());
@@ -572,7 +572,7 @@ mod tests {
     #[test]
     fn the_generation_and_sha256_answer_only_where_the_host_publishes_generations() {
         let node = NodeInfo::default();
-        let empty = HashMap::new();
+        let empty = FilterState::default();
         let bare = PluginConfig::named("trace");
         let root = PropertyScope { plugin: &bare, node: &node, exchange: None, root_filter_state: &empty };
         assert_eq!(resolve(&[b"plugin_generation"], &root), None, "absent, as in Envoy");
@@ -580,7 +580,7 @@ mod tests {
         let provenance = crate::plugin::Provenance { generation: 7, module_sha256: "ab12".into() };
         let swapped = PluginConfig { provenance: Some(provenance), ..PluginConfig::named("trace") };
         // Filter state of the same name never answers for it.
-        let spoof = HashMap::from([("wasm.plugin_generation".to_owned(), b"99".to_vec())]);
+        let spoof: FilterState = [("wasm.plugin_generation", b"99".to_vec())].into_iter().collect();
         let root = PropertyScope { plugin: &swapped, node: &node, exchange: None, root_filter_state: &spoof };
         assert_eq!(resolve(&[b"plugin_generation"], &root).map(|v| v.encode()), Some(7u64.to_le_bytes().to_vec()));
         assert_eq!(resolve(&[b"plugin_sha256"], &root), Some(PropertyValue::text("ab12")));

@@ -25,6 +25,7 @@ pub(crate) const GUEST_OUTPUT_LIMIT: usize = 64 << 10;
 
 use crate::callout::{CalloutDispatcher, CalloutFailure, CalloutResponse};
 use crate::exchange::HttpExchange;
+use crate::filter_state::{FilterState, FilterStateBudget};
 use crate::metrics::Metric;
 use crate::plugin::PluginConfig;
 use crate::services::HostServices;
@@ -203,7 +204,9 @@ pub struct VmState {
     pub(crate) inbox: Arc<QueueInbox>,
     pub(crate) metric_cache: HashMap<u32, Arc<Metric>>,
     /// Properties set on the root context (no stream to hold them).
-    pub(crate) root_filter_state: HashMap<String, Vec<u8>>,
+    pub(crate) root_filter_state: FilterState,
+    /// What this VM holds in filter state, over the root context and every stream it serves.
+    pub(crate) filter_state_budget: Arc<FilterStateBudget>,
     /// The root context's `proxy_on_done` returned false and `proxy_done` has not come yet.
     pub(crate) done_pending: bool,
     /// While the VM starts: what the guest logs, so a refused start can say why (see
@@ -245,7 +248,8 @@ impl VmState {
             tick: TickTimer::default(),
             inbox: Arc::new(QueueInbox::default()),
             metric_cache: HashMap::new(),
-            root_filter_state: HashMap::new(),
+            root_filter_state: FilterState::default(),
+            filter_state_budget: Arc::default(),
             done_pending: false,
             startup_log: std::sync::Mutex::new(None),
             wasi: WasiCtx::builder().stdout(output.pipe.clone()).stderr(output.pipe.clone()).build(),

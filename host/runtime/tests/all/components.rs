@@ -180,7 +180,7 @@ fn a_component_that_traps_loops_or_hoards_memory_fails_only_its_own_stream() {
         ("grow", FailureKind::MemoryLimit),
         // 65 paths in one `get-properties`, one more than a call may ask for.
         ("many-properties", FailureKind::BadGuestInput),
-        // 64 times a megabyte of filter state: answers larger than the VM's 32 MiB could hold.
+        // 64 times 960 KiB of filter state: answers larger than the VM's 32 MiB could hold.
         ("huge-properties", FailureKind::BadGuestInput),
         // Filter state written under ever new keys: the host's copy is capped, not the guest's.
         ("hoard-filter-state", FailureKind::BadGuestInput),
@@ -222,6 +222,31 @@ fn a_component_that_traps_loops_or_hoards_memory_fails_only_its_own_stream() {
         assert!(request_header(&good, "x-hostile-ok").is_some(), "{kind}");
         assert_eq!(hostile.restarts(), 1, "{kind}");
     }
+}
+
+#[test]
+fn a_hoarder_in_the_chain_leaves_the_next_filter_all_of_its_room() {
+    // The hostile component fills its share of the stream's filter state (and traps); the next
+    // filter on the same stream writes its own as if nothing happened: the bounds are per writer.
+    let runtime = runtime();
+    let module = runtime.compile(&component(Path::new("filters/test-filters/hostile-component"))).expect("loads");
+    let config = PluginConfig { failure_policy: FailurePolicy::FailOpen, ..plugin("hostile", "", "") };
+    let hostile = PluginInstance::start(&runtime, module, Arc::new(config), Rc::new(NoClusters)).expect("starts");
+    let probe = instance(&runtime, "abi-probe", plugin("probe", "", ""), Rc::default());
+
+    let exchange = request("/props", &[("x-hostile", "hoard-filter-state")]);
+    let mut hoarding = hostile.new_stream(exchange.clone());
+    assert_eq!(hoarding.on_request_headers(true), Action::Continue, "fail-open");
+    let failure = hostile.current_vm().and_then(|vm| vm.failure()).expect("the hoarder failed");
+    assert_eq!(failure.kind, FailureKind::BadGuestInput, "{failure}");
+    let hoarded = exchange.borrow().info.filter_state.len();
+    assert!(hoarded >= 15, "the hoarder's megabyte is still on the stream ({hoarded} entries)");
+
+    let mut next = probe.new_stream(exchange.clone());
+    assert_eq!(next.on_request_headers(true), Action::Continue);
+    assert!(probe.current_vm().and_then(|vm| vm.failure()).is_none(), "the next writer did not fail");
+    let state = exchange.borrow().info.filter_state.get("wasm.probe_state").cloned();
+    assert_eq!(state.as_deref(), Some(&b"set-by-probe"[..]));
 }
 
 #[test]
