@@ -19,8 +19,12 @@ use wasmtrace_trace_core::span::{Attributes, Event, Span, SpanKind, StatusCode, 
 pub const RESERVED_PREFIX: &str = "wasmtrace.filter.";
 
 /// Adds the attributes the hand-off `bytes` carry to `span` (set, or replacing what is there),
-/// but none under [`RESERVED_PREFIX`].
+/// but none under [`RESERVED_PREFIX`]; nothing from one larger than [`MAX_HANDOFF_BYTES`] (the
+/// bound the host's `add-span-attributes` keeps too).
 pub fn apply(bytes: &[u8], span: &mut Span) {
+    if bytes.len() > MAX_HANDOFF_BYTES {
+        return;
+    }
     let Ok(text) = std::str::from_utf8(bytes) else { return };
     match scan(text) {
         Some(mut entries) => {
@@ -374,6 +378,16 @@ mod tests {
 
     fn hex16(id: SpanId) -> String {
         id.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn a_hand_off_too_large_to_read_adds_nothing() {
+        let mut read = span();
+        apply(format!(r#"{{"tag.a":"{}"}}"#, "x".repeat(MAX_HANDOFF_BYTES - 20)).as_bytes(), &mut read);
+        assert!(read.get("tag.a").is_some(), "at the bound: read");
+        let mut skipped = span();
+        apply(format!(r#"{{"tag.a":"{}"}}"#, "x".repeat(MAX_HANDOFF_BYTES)).as_bytes(), &mut skipped);
+        assert_eq!(skipped.get("tag.a"), None, "past it: not even scanned");
     }
 
     #[test]

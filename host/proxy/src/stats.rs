@@ -192,6 +192,15 @@ impl ProxyStats {
             let _ =
                 writeln!(out, "wasmtrace_wasm_vm_restarts_total{{plugin=\"{}\"}} {}", label(plugin), stats.vm_restarts);
         }
+        out.push_str("# TYPE wasmtrace_wasm_filter_state_dropped_total counter\n");
+        for (plugin, stats) in &failures {
+            let _ = writeln!(
+                out,
+                "wasmtrace_wasm_filter_state_dropped_total{{plugin=\"{}\"}} {}",
+                label(plugin),
+                stats.filter_state_dropped
+            );
+        }
         render_plugin_generations(&mut out, slots);
         // How modules were loaded: a restart with a warm disk cache shows no compilation.
         let loads = runtime.module_load_stats();

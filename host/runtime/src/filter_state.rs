@@ -2,12 +2,12 @@
 //! for the stream's other filters and the data plane to read, kept in the host.
 //!
 //! Filter state lives outside every VM's memory cap, so what a guest may leave there is bounded,
-//! and bounded **per writer**: each entry is charged to the VM that wrote it last, and a VM may
-//! hold at most [`MAX_ENTRIES_PER_WRITER`] entries and [`MAX_BYTES_PER_WRITER`] bytes on one
-//! stream, and [`MAX_BYTES_PER_VM`] bytes over all the streams it serves. A write past its own
-//! limits is refused (the host traps the writer); no filter can use up another filter's room, so
-//! a hoarder in the chain never makes the trace filter's next write fail. Charges are returned
-//! when an entry is replaced or its stream ends.
+//! and bounded **per writer**: each entry is charged to the plugin that wrote it last, and a
+//! plugin may hold at most [`MAX_ENTRIES_PER_WRITER`] entries and [`MAX_BYTES_PER_WRITER`] bytes
+//! on one stream, and [`MAX_BYTES_PER_PLUGIN`] bytes over all the streams it serves (every VM of
+//! it, re-created ones included). No filter can use up another filter's room, so a hoarder in the
+//! chain never makes the trace filter's next write fail. Charges are returned when an entry is
+//! replaced or its stream ends; an entry is charged its key, its value and [`ENTRY_OVERHEAD`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,12 +20,16 @@ pub const MAX_ENTRIES_PER_WRITER: usize = 1024;
 /// Most bytes (keys and values) one writer holds on one stream (or in its root context).
 pub const MAX_BYTES_PER_WRITER: usize = 1 << 20;
 
-/// Most bytes one VM holds in filter state over all the streams it serves at once. Without it,
-/// [`MAX_BYTES_PER_WRITER`] times the live streams (an HTTP/2 connection alone may carry 100)
+/// Most bytes one plugin holds in filter state over all the streams it serves at once. Without
+/// it, [`MAX_BYTES_PER_WRITER`] times the live streams (an HTTP/2 connection alone may carry 100)
 /// would be unbounded.
-pub const MAX_BYTES_PER_VM: usize = 64 << 20;
+pub const MAX_BYTES_PER_PLUGIN: usize = 64 << 20;
 
-/// The filter state one VM holds across the streams it serves: the bytes its entries take,
+/// What an entry is charged beside its key and value (the map's node, the two allocations), so
+/// that many tiny entries cannot hold far more host memory than the bounds say.
+pub const ENTRY_OVERHEAD: usize = 128;
+
+/// The filter state one plugin holds across the streams it serves: the bytes its entries take,
 /// shared by those entries' charges.
 #[derive(Debug, Default)]
 pub struct FilterStateBudget {
@@ -51,6 +55,10 @@ impl Drop for Charge {
     }
 }
 
+fn charged(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
+}
+
 struct Entry {
     value: Vec<u8>,
     /// `None` for what the host itself set.
@@ -70,8 +78,10 @@ pub enum FilterStateFull {
     Entries,
     /// The writer's entries here would pass [`MAX_BYTES_PER_WRITER`].
     Bytes,
-    /// The writer's entries over all its streams would pass [`MAX_BYTES_PER_VM`].
-    VmBytes,
+    /// The writer's entries over all its streams would pass [`MAX_BYTES_PER_PLUGIN`]: unlike
+    /// the other two, a bound that the load (how many streams are live) decides as much as the
+    /// writer does.
+    PluginBytes,
 }
 
 impl fmt::Display for FilterStateFull {
@@ -79,7 +89,9 @@ impl fmt::Display for FilterStateFull {
         match self {
             Self::Entries => write!(f, "it holds {MAX_ENTRIES_PER_WRITER} filter state entries here, the most it may"),
             Self::Bytes => write!(f, "its filter state here would pass {MAX_BYTES_PER_WRITER} bytes"),
-            Self::VmBytes => write!(f, "its filter state over all its streams would pass {MAX_BYTES_PER_VM} bytes"),
+            Self::PluginBytes => {
+                write!(f, "its filter state over all its streams would pass {MAX_BYTES_PER_PLUGIN} bytes")
+            }
         }
     }
 }
@@ -126,7 +138,7 @@ impl FilterState {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), FilterStateFull> {
-        let bytes = key.len() + value.len();
+        let bytes = charged(&key, &value);
         // The writer's own entries here, leaving out the one this write replaces. A writer
         // holds at most MAX_ENTRIES_PER_WRITER entries, so the walk is bounded (and a stream
         // holds a few entries as a rule).
@@ -134,7 +146,7 @@ impl FilterState {
         let mut replaces_own = 0usize;
         for (existing_key, entry) in &self.entries {
             if entry.written_by(writer) {
-                let size = existing_key.len() + entry.value.len();
+                let size = charged(existing_key, &entry.value);
                 if *existing_key == key {
                     replaces_own = size;
                 } else {
@@ -149,8 +161,8 @@ impl FilterState {
         if held + bytes > MAX_BYTES_PER_WRITER {
             return Err(FilterStateFull::Bytes);
         }
-        if writer.held() - replaces_own + bytes > MAX_BYTES_PER_VM {
-            return Err(FilterStateFull::VmBytes);
+        if writer.held() - replaces_own + bytes > MAX_BYTES_PER_PLUGIN {
+            return Err(FilterStateFull::PluginBytes);
         }
         writer.held.fetch_add(bytes, Ordering::Relaxed);
         let charge = Charge { budget: writer.clone(), bytes };
@@ -205,15 +217,15 @@ mod tests {
             }
         };
         assert_eq!(refused, FilterStateFull::Bytes);
-        assert_eq!(written, MAX_BYTES_PER_WRITER / (piece.len() + "wasm.hoard_00".len()));
+        assert_eq!(written, MAX_BYTES_PER_WRITER / charged("wasm.hoard_00", &piece));
         // Another writer still has all of its room, on the same stream.
         assert_eq!(stream.write(&tracer, "wasm.trace_context".into(), piece.clone()), Ok(()));
-        assert_eq!(tracer.held(), "wasm.trace_context".len() + piece.len());
+        assert_eq!(tracer.held(), charged("wasm.trace_context", &piece));
         // Replacing its own entry is no new entry; replacing the hoarder's moves the charge.
         assert_eq!(stream.write(&tracer, "wasm.trace_context".into(), b"small".to_vec()), Ok(()));
         let before = hoarder.held();
         assert_eq!(stream.write(&tracer, "wasm.hoard_0".into(), b"x".to_vec()), Ok(()));
-        assert_eq!(hoarder.held(), before - "wasm.hoard_0".len() - piece.len());
+        assert_eq!(hoarder.held(), before - charged("wasm.hoard_0", &piece));
         // A stream's end returns every charge.
         drop(stream);
         assert_eq!((hoarder.held(), tracer.held()), (0, 0));
@@ -222,7 +234,7 @@ mod tests {
     #[test]
     fn a_writer_is_bounded_over_all_its_streams_and_in_entries() {
         let writer = Arc::new(FilterStateBudget::default());
-        let piece = vec![1u8; (1 << 20) - 64];
+        let piece = vec![1u8; (1 << 20) - 256];
         let mut streams = Vec::new();
         let refused = loop {
             let mut stream = FilterState::default();
@@ -231,8 +243,8 @@ mod tests {
                 Err(refused) => break refused,
             }
         };
-        assert_eq!(refused, FilterStateFull::VmBytes);
-        assert_eq!(streams.len(), MAX_BYTES_PER_VM / (piece.len() + "wasm.k".len()));
+        assert_eq!(refused, FilterStateFull::PluginBytes);
+        assert_eq!(streams.len(), MAX_BYTES_PER_PLUGIN / charged("wasm.k", &piece));
         streams.pop();
         assert_eq!(FilterState::default().write(&writer, "wasm.k".into(), piece.clone()), Ok(()), "room again");
 

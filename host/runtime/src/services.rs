@@ -2,10 +2,11 @@
 //! node metadata, the wasm log level and the runtime's own failure counters.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::abi::types::LogLevel;
+use crate::filter_state::FilterStateBudget;
 use crate::metrics::MetricRegistry;
 use crate::shared_data::SharedDataStore;
 use crate::shared_queue::SharedQueueRegistry;
@@ -31,6 +32,9 @@ pub struct PluginFailureStats {
     pub vm_restarts: u64,
     /// VM (re)starts that failed.
     pub start_failures: u64,
+    /// Filter state writes dropped because the plugin held its whole share over the streams it
+    /// serves ([`crate::filter_state::MAX_BYTES_PER_PLUGIN`]).
+    pub filter_state_dropped: u64,
 }
 
 /// Everything process-wide the host functions need.
@@ -45,6 +49,9 @@ pub struct HostServices {
     pub node: NodeInfo,
     log_level: AtomicU32,
     failures: Mutex<BTreeMap<String, PluginFailureStats>>,
+    /// Per plugin, so that a VM re-created after a failure (while streams its predecessor wrote
+    /// to still live) or a second worker's VM shares the one budget.
+    filter_state_budgets: Mutex<BTreeMap<String, Arc<FilterStateBudget>>>,
 }
 
 impl HostServices {
@@ -57,6 +64,7 @@ impl HostServices {
             node,
             log_level: AtomicU32::new(log_level as u32),
             failures: Mutex::new(BTreeMap::new()),
+            filter_state_budgets: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -68,6 +76,12 @@ impl HostServices {
     /// Changes the guest log level at run time.
     pub fn set_log_level(&self, level: LogLevel) {
         self.log_level.store(level as u32, Ordering::Relaxed);
+    }
+
+    /// What `plugin` holds in filter state over every stream of every VM of it.
+    pub(crate) fn filter_state_budget(&self, plugin: &str) -> Arc<FilterStateBudget> {
+        let mut budgets = self.filter_state_budgets.lock().unwrap_or_else(|p| p.into_inner());
+        budgets.entry(plugin.to_owned()).or_default().clone()
     }
 
     pub(crate) fn update_failures(&self, plugin: &str, update: impl FnOnce(&mut PluginFailureStats)) {

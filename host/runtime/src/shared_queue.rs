@@ -51,21 +51,44 @@ struct Item {
     enqueuer: Arc<str>,
 }
 
+impl Item {
+    fn charged(&self) -> usize {
+        charged(self.bytes.len())
+    }
+}
+
+/// What an item of `len` bytes is counted at: its bytes and [`ITEM_OVERHEAD`].
+fn charged(len: usize) -> usize {
+    len.saturating_add(ITEM_OVERHEAD)
+}
+
 struct Queue {
     items: VecDeque<Item>,
-    /// What `items` hold, in bytes.
+    /// What `items` are counted at ([`charged`]).
     bytes: usize,
-    /// The root context notified of new items: the last to register the queue. Weak, so that a
-    /// VM that is gone leaves a queue nobody owns, which registration reclaims once it is empty.
-    owner: Weak<QueueInbox>,
+    /// The root contexts that registered the queue, the latest last; dead ones are pruned at
+    /// each registration. Weak: a VM that is gone must not be kept alive by its queues.
+    registrants: Vec<Weak<QueueInbox>>,
     /// The plugin that registered the queue last, whose [`MAX_QUEUES_PER_PLUGIN`] it counts in.
-    registrant: Arc<str>,
+    plugin: Arc<str>,
 }
 
 impl Queue {
-    /// Neither owned by a live VM nor holding anything: nothing would be lost by forgetting it.
-    fn abandoned(&self) -> bool {
-        self.items.is_empty() && self.owner.strong_count() == 0
+    /// The root context to notify: the latest registrant that is still alive (Envoy's "the
+    /// last to register owns the queue", with the owner's death handled).
+    fn owner(&self) -> Option<Arc<QueueInbox>> {
+        self.registrants.iter().rev().find_map(Weak::upgrade)
+    }
+
+    /// No live VM registered it: what it holds waits for a VM that registers its name again.
+    fn stranded(&self) -> bool {
+        self.registrants.iter().all(|registrant| registrant.strong_count() == 0)
+    }
+
+    fn registered_by(&mut self, owner: &Arc<QueueInbox>) {
+        let owner = Arc::downgrade(owner);
+        self.registrants.retain(|registrant| registrant.strong_count() > 0 && !registrant.ptr_eq(&owner));
+        self.registrants.push(owner);
     }
 }
 
@@ -73,7 +96,7 @@ impl Queue {
 struct Queues {
     by_name: HashMap<(String, Vec<u8>), u32>,
     by_id: HashMap<u32, Queue>,
-    /// Bytes of queued items per enqueuing plugin, over every queue.
+    /// What queued items are counted at, per enqueuing plugin, over every queue.
     held_by: HashMap<Arc<str>, usize>,
     next_id: u32,
 }
@@ -91,28 +114,29 @@ impl Queues {
         }
     }
 
+    fn held(&self, plugin: &str) -> usize {
+        self.held_by.get(plugin).copied().unwrap_or(0)
+    }
+
     fn refund(&mut self, item: &Item) {
         if let Some(held) = self.held_by.get_mut(&item.enqueuer) {
-            *held -= item.bytes.len();
+            *held -= item.charged();
             if *held == 0 {
                 self.held_by.remove(&item.enqueuer);
             }
         }
     }
 
-    /// Forgets every abandoned queue ([`Queue::abandoned`]).
-    fn reclaim(&mut self) {
-        self.by_id.retain(|_, queue| !queue.abandoned());
-        self.forget_names_of_gone_queues();
-    }
-
-    /// Forgets the queues `plugin` registered that no live VM owns, with their items: what it
-    /// left behind when it is at its [`MAX_QUEUES_PER_PLUGIN`] (nobody else's items go).
-    fn forget_ownerless(&mut self, plugin: &str) {
+    /// Forgets the stranded queues `plugin` registered, with their items: what its VMs that are
+    /// gone left behind, for a VM that would register the same name again. Called when the
+    /// plugin registers a name it has no queue for (a configuration that changes on every hot
+    /// swap names a new queue each time) or has no room left for its items. Nobody else's queues
+    /// go.
+    fn forget_stranded(&mut self, plugin: &str) {
         let gone: Vec<u32> = self
             .by_id
             .iter()
-            .filter(|(_, queue)| *queue.registrant == *plugin && queue.owner.strong_count() == 0)
+            .filter(|(_, queue)| *queue.plugin == *plugin && queue.stranded())
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
@@ -122,16 +146,41 @@ impl Queues {
                 }
             }
         }
-        self.forget_names_of_gone_queues();
-    }
-
-    fn forget_names_of_gone_queues(&mut self) {
         let by_id = &self.by_id;
         self.by_name.retain(|_, id| by_id.contains_key(id));
     }
 
+    /// How many of the oldest items of queue `id` an item counted at `cost` pushes out, and what
+    /// of them was `plugin`'s own (room it gets back).
+    fn push_out_plan(&self, id: u32, plugin: &str, cost: usize) -> Result<(usize, usize), QueueError> {
+        let queue = self.by_id.get(&id).ok_or(QueueError::NotFound)?;
+        let (mut pushing_out, mut items, mut bytes, mut own) = (0, queue.items.len(), queue.bytes, 0);
+        for oldest in &queue.items {
+            if items < MAX_QUEUE_ITEMS && bytes + cost <= MAX_QUEUE_BYTES {
+                break;
+            }
+            pushing_out += 1;
+            items -= 1;
+            bytes -= oldest.charged();
+            if *oldest.enqueuer == *plugin {
+                own += oldest.charged();
+            }
+        }
+        Ok((pushing_out, own))
+    }
+
     fn registered_by(&self, plugin: &str) -> usize {
-        self.by_id.values().filter(|queue| *queue.registrant == *plugin).count()
+        self.by_id.values().filter(|queue| *queue.plugin == *plugin).count()
+    }
+
+    /// An id no queue has (ids wrap after 2³² registrations; 0 is never one).
+    fn unused_id(&mut self) -> u32 {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1);
+            if self.next_id != 0 && !self.by_id.contains_key(&self.next_id) {
+                return self.next_id;
+            }
+        }
     }
 }
 
@@ -148,7 +197,9 @@ pub enum QueueError {
     TooMany,
     /// The name is longer than [`MAX_QUEUE_NAME_BYTES`].
     NameTooLong,
-    /// The enqueuing plugin's items, over every queue, would pass [`MAX_QUEUED_BYTES_PER_PLUGIN`].
+    /// The enqueuing plugin's items, over every queue, would pass [`MAX_QUEUED_BYTES_PER_PLUGIN`]
+    /// (after what it left in stranded queues was forgotten). Answered with a status, not a
+    /// trap: how much waits is the consumers' doing as much as the enqueuer's.
     EnqueuerFull,
 }
 
@@ -156,19 +207,23 @@ pub enum QueueError {
 /// grow the host without bound).
 pub const MAX_QUEUE_ITEMS: usize = 10_000;
 
-/// Most bytes a queue's items hold together; beyond it the oldest items are dropped, as beyond
-/// [`MAX_QUEUE_ITEMS`]. Queues live in the host, outside every VM's memory cap.
+/// Most bytes a queue's items are counted at together; beyond it the oldest items are dropped, as
+/// beyond [`MAX_QUEUE_ITEMS`]. Queues live in the host, outside every VM's memory cap.
 pub const MAX_QUEUE_BYTES: usize = 64 << 20;
+
+/// What an item is counted at beside its bytes (its slot, its allocation, its enqueuer), so that
+/// many empty items cannot hold far more host memory than the bounds say.
+pub const ITEM_OVERHEAD: usize = 64;
 
 /// Most bytes of items one plugin may have waiting in queues (its own and others'), all VMs of
 /// it together: the per-queue bound times many queues would be no bound.
 pub const MAX_QUEUED_BYTES_PER_PLUGIN: usize = 64 << 20;
 
-/// Most queues one plugin keeps registered (queues nobody owns any more and that are empty do
-/// not count: they are forgotten).
+/// Most queues one plugin keeps registered (stranded ones, which no live VM registered, are
+/// forgotten whenever it registers a new name).
 pub const MAX_QUEUES_PER_PLUGIN: usize = 1024;
 
-/// Longest queue name.
+/// Longest queue name (and longest `vm_id` a lookup takes).
 pub const MAX_QUEUE_NAME_BYTES: usize = 1024;
 
 /// The process-wide registry of shared queues.
@@ -193,89 +248,80 @@ impl SharedQueueRegistry {
         if name.len() > MAX_QUEUE_NAME_BYTES {
             return Err(QueueError::NameTooLong);
         }
-        let mut queues = self.lock();
         let key = (vm_id.to_owned(), name.to_vec());
+        let mut queues = self.lock();
         if let Some(id) = queues.by_name.get(&key).copied()
             && let Some(queue) = queues.by_id.get_mut(&id)
-            && *queue.registrant == *plugin
+            && *queue.plugin == *plugin
         {
-            queue.owner = Arc::downgrade(owner);
+            queue.registered_by(owner);
             return Ok(id);
         }
-        // A new queue for this plugin (or one it takes over): registration is rare (at
-        // start-up), so a sweep of the registry is cheap enough.
-        queues.reclaim();
+        // A new queue for this plugin, or one it takes over from another: rare (at start-up),
+        // so walks of the registry are cheap enough.
+        queues.forget_stranded(plugin);
         if queues.registered_by(plugin) >= MAX_QUEUES_PER_PLUGIN {
-            queues.forget_ownerless(plugin);
-            if queues.registered_by(plugin) >= MAX_QUEUES_PER_PLUGIN {
-                return Err(QueueError::TooMany);
-            }
+            return Err(QueueError::TooMany);
         }
-        let registrant: Arc<str> = Arc::from(plugin);
+        let plugin: Arc<str> = Arc::from(plugin);
         if let Some(id) = queues.by_name.get(&key).copied()
             && let Some(queue) = queues.by_id.get_mut(&id)
         {
-            queue.owner = Arc::downgrade(owner);
-            queue.registrant = registrant;
+            queue.registered_by(owner);
+            queue.plugin = plugin;
             return Ok(id);
         }
-        queues.next_id += 1;
-        let id = queues.next_id;
+        let id = queues.unused_id();
         queues.by_name.insert(key, id);
-        let queue = Queue { items: VecDeque::new(), bytes: 0, owner: Arc::downgrade(owner), registrant };
+        let queue = Queue { items: VecDeque::new(), bytes: 0, registrants: vec![Arc::downgrade(owner)], plugin };
         queues.by_id.insert(id, queue);
         Ok(id)
     }
 
-    /// Finds the id of `name` in `vm_id`.
+    /// Finds the id of `name` in `vm_id` (names and vm_ids longer than any registered one are
+    /// not looked up).
     pub fn resolve(&self, vm_id: &str, name: &[u8]) -> Option<u32> {
-        self.lock().by_name.get(&(vm_id.to_owned(), name.to_vec())).copied()
+        if name.len() > MAX_QUEUE_NAME_BYTES || vm_id.len() > MAX_QUEUE_NAME_BYTES {
+            return None;
+        }
+        let key = (vm_id.to_owned(), name.to_vec());
+        self.lock().by_name.get(&key).copied()
     }
 
     /// Appends an item on behalf of `plugin` and notifies the queue's owner.
-    pub fn enqueue(&self, queue_id: u32, plugin: &str, item: &[u8]) -> Result<(), QueueError> {
-        if item.len() > MAX_QUEUE_BYTES {
+    pub fn enqueue(&self, queue_id: u32, plugin: &str, item: Vec<u8>) -> Result<(), QueueError> {
+        let cost = charged(item.len());
+        if cost > MAX_QUEUE_BYTES {
             return Err(QueueError::TooLarge);
         }
-        // Copied before the lock, and what the queue pushes out freed after it: the lock is
-        // every worker's.
-        let copy = item.to_vec();
+        // What the queue pushes out is freed after the lock: the lock is every worker's.
         let mut pushed_out = Vec::new();
         let owner = {
             let mut queues = self.lock();
-            let queue = queues.by_id.get(&queue_id).ok_or(QueueError::NotFound)?;
-            // The oldest items this one pushes out of the queue, and what of them was the
-            // enqueuer's own: room it gets back.
-            let (mut pushing_out, mut items, mut bytes, mut own) = (0, queue.items.len(), queue.bytes, 0);
-            for oldest in &queue.items {
-                if items < MAX_QUEUE_ITEMS && bytes + copy.len() <= MAX_QUEUE_BYTES {
-                    break;
+            let (mut pushing_out, mut own) = queues.push_out_plan(queue_id, plugin, cost)?;
+            if queues.held(plugin) - own + cost > MAX_QUEUED_BYTES_PER_PLUGIN {
+                // What its VMs that are gone left behind goes first (a hot swap that renamed the
+                // queue while the collector was down leaves spans behind), then it is refused.
+                queues.forget_stranded(plugin);
+                (pushing_out, own) = queues.push_out_plan(queue_id, plugin, cost)?;
+                if queues.held(plugin) - own + cost > MAX_QUEUED_BYTES_PER_PLUGIN {
+                    return Err(QueueError::EnqueuerFull);
                 }
-                pushing_out += 1;
-                items -= 1;
-                bytes -= oldest.bytes.len();
-                if *oldest.enqueuer == *plugin {
-                    own += oldest.bytes.len();
-                }
-            }
-            let held = queues.held_by.get(plugin).copied().unwrap_or(0);
-            if held - own + copy.len() > MAX_QUEUED_BYTES_PER_PLUGIN {
-                return Err(QueueError::EnqueuerFull);
             }
             let enqueuer = queues.enqueuer(plugin);
             let queue = queues.by_id.get_mut(&queue_id).ok_or(QueueError::NotFound)?;
             pushed_out.extend(queue.items.drain(..pushing_out));
-            queue.bytes = bytes + copy.len();
-            queue.items.push_back(Item { bytes: copy, enqueuer: enqueuer.clone() });
-            let owner = queue.owner.upgrade();
+            queue.bytes = queue.bytes - pushed_out.iter().map(Item::charged).sum::<usize>() + cost;
+            queue.items.push_back(Item { bytes: item, enqueuer: enqueuer.clone() });
+            let owner = queue.owner();
             for oldest in &pushed_out {
                 queues.refund(oldest);
             }
-            *queues.held_by.entry(enqueuer).or_default() += item.len();
+            *queues.held_by.entry(enqueuer).or_default() += cost;
             owner
         };
         drop(pushed_out);
-        // A queue whose owner is gone keeps its items for the next VM to register it.
+        // A queue nobody alive registered keeps its items for the next VM to register it.
         if let Some(owner) = owner {
             owner.notify(queue_id);
         }
@@ -287,7 +333,7 @@ impl SharedQueueRegistry {
         let mut queues = self.lock();
         let queue = queues.by_id.get_mut(&queue_id).ok_or(QueueError::NotFound)?;
         let item = queue.items.pop_front().ok_or(QueueError::Empty)?;
-        queue.bytes -= item.bytes.len();
+        queue.bytes -= item.charged();
         queues.refund(&item);
         Ok(item.bytes)
     }
@@ -306,14 +352,14 @@ mod tests {
         assert_eq!(registry.register("vm", "p", b"q", &second), Ok(id));
         assert_eq!(registry.resolve("vm", b"q"), Some(id));
         assert_eq!(registry.resolve("other", b"q"), None);
-        registry.enqueue(id, "p", b"1").expect("queue exists");
-        registry.enqueue(id, "producer", b"2").expect("queue exists");
+        registry.enqueue(id, "p", b"1".to_vec()).expect("queue exists");
+        registry.enqueue(id, "producer", b"2".to_vec()).expect("queue exists");
         assert!(first.drain().is_empty());
         assert_eq!(second.drain(), vec![id]);
         assert_eq!(registry.dequeue(id), Ok(b"1".to_vec()));
         assert_eq!(registry.dequeue(id), Ok(b"2".to_vec()));
         assert_eq!(registry.dequeue(id), Err(QueueError::Empty));
-        assert_eq!(registry.enqueue(id + 1, "p", b"x"), Err(QueueError::NotFound));
+        assert_eq!(registry.enqueue(id + 1, "p", b"x".to_vec()), Err(QueueError::NotFound));
         assert!(registry.lock().held_by.is_empty(), "every charge returned");
     }
 
@@ -326,14 +372,15 @@ mod tests {
         for n in 0..100u8 {
             let mut item = piece.clone();
             item[0] = n;
-            registry.enqueue(id, "p", &item).expect("fits once the oldest go");
+            registry.enqueue(id, "p", item).expect("fits once the oldest go");
         }
-        assert_eq!(registry.enqueue(id, "p", &vec![0u8; MAX_QUEUE_BYTES + 1]), Err(QueueError::TooLarge));
+        assert_eq!(registry.enqueue(id, "p", vec![0u8; MAX_QUEUE_BYTES]), Err(QueueError::TooLarge));
         let mut kept = Vec::new();
         while let Ok(item) = registry.dequeue(id) {
             kept.push(item[0]);
         }
-        assert_eq!(kept, (36..100).collect::<Vec<u8>>(), "the newest 64 MiB");
+        let fit = (MAX_QUEUE_BYTES / charged(piece.len())) as u8;
+        assert_eq!(kept, (100 - fit..100).collect::<Vec<u8>>(), "the newest that fit in 64 MiB");
     }
 
     #[test]
@@ -345,17 +392,23 @@ mod tests {
             (0..4).map(|n| registry.register("vm", "hoarder", &[n], &inbox).expect("registers")).collect();
         let mut queued = 0;
         let refused = loop {
-            match registry.enqueue(queues[queued % queues.len()], "hoarder", &piece) {
+            match registry.enqueue(queues[queued % queues.len()], "hoarder", piece.clone()) {
                 Ok(()) => queued += 1,
                 Err(refused) => break refused,
             }
         };
         assert_eq!(refused, QueueError::EnqueuerFull);
-        assert_eq!(queued, MAX_QUEUED_BYTES_PER_PLUGIN / piece.len(), "64 MiB over four queues, none of them full");
+        assert_eq!(queued, MAX_QUEUED_BYTES_PER_PLUGIN / charged(piece.len()), "64 MiB over four queues, none full");
         let tracer = registry.register("vm", "trace", b"spans", &inbox).expect("registers");
-        assert_eq!(registry.enqueue(tracer, "trace", &piece), Ok(()), "another plugin still has its room");
+        assert_eq!(registry.enqueue(tracer, "trace", piece.clone()), Ok(()), "another plugin still has its room");
         registry.dequeue(queues[0]).expect("an item");
-        assert_eq!(registry.enqueue(queues[0], "hoarder", &piece), Ok(()), "room again once one is taken");
+        assert_eq!(registry.enqueue(queues[0], "hoarder", piece.clone()), Ok(()), "room again once one is taken");
+        // Empty items are counted too: a million of them are no free lunch.
+        let tiny = registry.register("vm", "tiny", b"tiny", &inbox).expect("registers");
+        for _ in 0..MAX_QUEUE_ITEMS + 5 {
+            registry.enqueue(tiny, "tiny", Vec::new()).expect("the oldest go past the item bound");
+        }
+        assert_eq!(registry.lock().held("tiny"), MAX_QUEUE_ITEMS * ITEM_OVERHEAD);
     }
 
     #[test]
@@ -373,35 +426,40 @@ mod tests {
             Err(QueueError::NameTooLong)
         );
 
-        // A plugin whose configuration changes on every hot swap names a new queue each time: the
-        // queues of VMs that are gone do not count against it once they are empty...
+        // A plugin whose configuration changes on every hot swap names a new queue each time; what
+        // the VMs that are gone registered is forgotten, items and all, and never runs it out.
         let registry = SharedQueueRegistry::default();
-        let mut first = None;
         for generation in 0..3 * MAX_QUEUES_PER_PLUGIN {
             let vm = Arc::new(QueueInbox::default());
             let id = registry.register("vm", "trace", generation.to_string().as_bytes(), &vm).expect("registers");
-            if generation == 0 {
-                registry.enqueue(id, "producer", b"span").expect("enqueues");
-                first = Some(id);
-            }
+            registry.enqueue(id, "trace", b"left behind".to_vec()).expect("enqueues");
         }
-        assert_eq!(registry.lock().by_id.len(), 2, "the last one and the one with an item");
-        // ... and items nobody consumed yet stay for a VM that registers the name again.
-        let id = registry.register("vm", "trace", b"0", &inbox).expect("registers");
-        assert_eq!(Some(id), first);
-        assert_eq!(registry.dequeue(id), Ok(b"span".to_vec()));
+        assert_eq!(registry.lock().by_id.len(), 1, "the last generation's");
+        assert_eq!(registry.lock().held("trace"), charged(b"left behind".len()), "the others' charges returned");
+    }
 
-        // At its cap, a plugin's own ownerless queues go, items and all; nobody else's.
+    #[test]
+    fn a_queue_a_live_vm_registered_is_never_forgotten_and_others_queues_never_go() {
         let registry = SharedQueueRegistry::default();
-        let others = registry.register("vm", "other", b"theirs", &inbox).expect("registers");
-        registry.enqueue(others, "other", b"keep").expect("enqueues");
-        for n in 0..MAX_QUEUES_PER_PLUGIN {
-            let vm = Arc::new(QueueInbox::default());
-            let id = registry.register("vm", "trace", n.to_string().as_bytes(), &vm).expect("registers");
-            registry.enqueue(id, "trace", b"left behind").expect("enqueues");
-        }
-        assert!(registry.register("vm", "trace", b"new", &inbox).is_ok());
-        assert_eq!(registry.lock().held_by.get("trace"), None, "their charges returned");
-        assert_eq!(registry.dequeue(others), Ok(b"keep".to_vec()));
+        let (first_worker, second_worker) = (Arc::new(QueueInbox::default()), Arc::new(QueueInbox::default()));
+        let id = registry.register("vm", "trace", b"spans", &first_worker).expect("registers");
+        assert_eq!(registry.register("vm", "trace", b"spans", &second_worker), Ok(id));
+        let theirs = {
+            let gone = Arc::new(QueueInbox::default());
+            let theirs = registry.register("vm", "other", b"theirs", &gone).expect("registers");
+            registry.enqueue(theirs, "other", b"keep".to_vec()).expect("enqueues");
+            theirs
+        };
+        // The last registrant's VM goes (it trapped); the first worker's still holds the id.
+        drop(second_worker);
+        registry.register("vm", "trace", b"a-new-name", &first_worker).expect("registers");
+        registry.enqueue(id, "trace", b"span".to_vec()).expect("the queue is still there");
+        assert_eq!(first_worker.drain(), vec![id], "the live registrant is told");
+        // A re-created VM registering the name again finds what waited.
+        drop(first_worker);
+        let recreated = Arc::new(QueueInbox::default());
+        assert_eq!(registry.register("vm", "trace", b"spans", &recreated), Ok(id));
+        assert_eq!(registry.dequeue(id), Ok(b"span".to_vec()));
+        assert_eq!(registry.dequeue(theirs), Ok(b"keep".to_vec()), "another plugin's stranded queue stays");
     }
 }

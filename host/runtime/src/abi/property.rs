@@ -7,6 +7,7 @@ use super::Registrar;
 use super::memory;
 use super::types::Status;
 use crate::error::GuestFault;
+use crate::filter_state::FilterStateFull;
 use crate::properties::{PropertyScope, PropertyValue, filter_state_key, resolve};
 use crate::state::VmState;
 
@@ -89,16 +90,6 @@ pub(crate) fn read_property(state: &VmState, path: &[&[u8]]) -> Option<Vec<u8>> 
     resolve_property(state, path).map(PropertyValue::into_encoded)
 }
 
-/// Sets filter state under `path`: on the acting stream, else on the root context.
-pub(crate) fn write_property(
-    state: &mut VmState,
-    call: &'static str,
-    path: &[&[u8]],
-    value: Vec<u8>,
-) -> wasmtime::Result<()> {
-    write_filter_state(state, call, filter_state_key(path), value)
-}
-
 fn set_property(
     mut caller: Caller<'_, VmState>,
     path_ptr: u32,
@@ -116,8 +107,11 @@ fn set_property(
 }
 
 /// Stores filter state under `key`: on the acting stream, else on the root context, charged
-/// to this VM. A write past the VM's own limits ([`crate::filter_state`]) traps (the guest's
-/// fault, `call` named) and changes nothing.
+/// to this VM's plugin. A write past the plugin's bounds on one stream ([`crate::filter_state`])
+/// traps (the guest's fault, `call` named) and changes nothing. A write past its share over all
+/// the streams it serves is dropped, counted and logged instead: how many streams are live is
+/// the load's doing, and a trap would fail every stream of the VM, which a client could then
+/// cause at will through any filter that copies what it sends into filter state.
 pub(crate) fn write_filter_state(
     state: &mut VmState,
     call: &'static str,
@@ -129,7 +123,28 @@ pub(crate) fn write_filter_state(
         Some(stream) => stream.exchange.borrow_mut().info.filter_state.write(&writer, key, value),
         None => state.root_filter_state.write(&writer, key, value),
     };
-    written.map_err(|full| GuestFault::trap(call, format!("filter state refused: {full}")))
+    match written {
+        Ok(()) => Ok(()),
+        Err(FilterStateFull::PluginBytes) => {
+            let mut dropped = 0;
+            state.services.update_failures(&state.plugin.name, |stats| {
+                stats.filter_state_dropped += 1;
+                dropped = stats.filter_state_dropped;
+            });
+            // The first and then every 1,024th: a load that keeps the bound hit must not flood
+            // the log.
+            if dropped % 1024 == 1 {
+                tracing::warn!(
+                    plugin = %state.plugin.name,
+                    dropped,
+                    "filter state write dropped: {}",
+                    FilterStateFull::PluginBytes
+                );
+            }
+            Ok(())
+        }
+        Err(full) => Err(GuestFault::trap(call, format!("filter state refused: {full}"))),
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,7 @@ use super::memory;
 use super::types::Status;
 use crate::error::GuestFault;
 use crate::shared_data::{MAX_SHARED_DATA_BYTES, SharedDataError};
-use crate::shared_queue::{
-    MAX_QUEUE_BYTES, MAX_QUEUE_NAME_BYTES, MAX_QUEUED_BYTES_PER_PLUGIN, MAX_QUEUES_PER_PLUGIN, QueueError,
-};
+use crate::shared_queue::{MAX_QUEUE_BYTES, MAX_QUEUE_NAME_BYTES, MAX_QUEUES_PER_PLUGIN, QueueError};
 use crate::state::VmState;
 
 pub(super) fn add_to_linker(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
@@ -71,17 +69,15 @@ pub(crate) fn shared_data_full(call: &'static str, vm_id: &str) -> wasmtime::Err
 }
 
 /// The trap of a queue call past the plugin's own limits (an item larger than a queue may hold,
-/// one queue or one queued byte too many, a name too long); `None` for the errors the ABI
-/// answers with a status.
+/// one queue too many, a name too long); `None` for the errors the ABI answers with a status.
 pub(crate) fn queue_fault(call: &'static str, error: &QueueError) -> Option<wasmtime::Error> {
     let reason = match error {
         QueueError::TooLarge => format!("an item larger than a queue may hold ({MAX_QUEUE_BYTES} bytes)"),
         QueueError::TooMany => format!("this plugin has {MAX_QUEUES_PER_PLUGIN} queues, the most it may"),
         QueueError::NameTooLong => format!("a queue name longer than {MAX_QUEUE_NAME_BYTES} bytes"),
-        QueueError::EnqueuerFull => {
-            format!("this plugin's queued items would exceed {MAX_QUEUED_BYTES_PER_PLUGIN} bytes")
-        }
-        QueueError::NotFound | QueueError::Empty => return None,
+        // Answered like a queue that is gone (the one status SDKs expect from an enqueue): the
+        // item is dropped, as a full queue drops its oldest.
+        QueueError::NotFound | QueueError::Empty | QueueError::EnqueuerFull => return None,
     };
     Some(GuestFault::trap(call, reason))
 }
@@ -93,6 +89,10 @@ fn register_shared_queue(
     ret_id: u32,
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_register_shared_queue";
+    // Measured before it is copied out of the guest.
+    if name_len as usize > MAX_QUEUE_NAME_BYTES {
+        return Err(GuestFault::trap(CALL, format!("a queue name longer than {MAX_QUEUE_NAME_BYTES} bytes")));
+    }
     let name = memory::read(&caller, CALL, name_ptr, name_len)?;
     let state = caller.data();
     let id = match state.services.queues.register(&state.plugin.vm_id, &state.plugin.name, &name, &state.inbox) {
@@ -115,6 +115,10 @@ fn resolve_shared_queue(
     ret_id: u32,
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_resolve_shared_queue";
+    // No queue has a longer name (or vm_id): nothing to copy out of the guest and look up.
+    if name_len as usize > MAX_QUEUE_NAME_BYTES || vm_len as usize > MAX_QUEUE_NAME_BYTES {
+        return Ok(Status::NotFound.code());
+    }
     let vm_id = memory::read_string(&caller, CALL, vm_ptr, vm_len)?;
     let name = memory::read(&caller, CALL, name_ptr, name_len)?;
     let state = caller.data();
@@ -134,9 +138,9 @@ fn enqueue_shared_queue(
     value_len: u32,
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_enqueue_shared_queue";
-    // Read in place: the queue keeps its own copy.
+    // Copied once, before the registry's lock: the queue keeps this copy.
     let (data, state) = memory::view(&caller, CALL)?;
-    let value = memory::slice(data, CALL, value_ptr, value_len)?;
+    let value = memory::slice(data, CALL, value_ptr, value_len)?.to_vec();
     match state.services.queues.enqueue(queue_id, &state.plugin.name, value) {
         Ok(()) => Ok(Status::Ok.code()),
         Err(error) => match queue_fault(CALL, &error) {

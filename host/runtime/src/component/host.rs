@@ -17,9 +17,7 @@ use crate::abi::header_map::{Edit, read_map, write_map};
 use crate::abi::http_call::{CalloutRefusal, start_callout};
 use crate::abi::log::emit;
 use crate::abi::metric::metric;
-use crate::abi::property::{
-    read_property, with_segments as with_serialized_segments, write_filter_state, write_property,
-};
+use crate::abi::property::{read_property, with_segments as with_serialized_segments, write_filter_state};
 use crate::abi::shared::{queue_fault, shared_data_full};
 use crate::abi::stream_control::signal;
 use crate::abi::timer::{set_tick_period, unix_nanos};
@@ -265,7 +263,7 @@ impl host::Host for VmState {
     }
 
     fn enqueue(&mut self, queue: u32, item: Vec<u8>) -> wasmtime::Result<Result<(), QueueError>> {
-        match self.services.queues.enqueue(queue, &self.plugin.name, &item) {
+        match self.services.queues.enqueue(queue, &self.plugin.name, item) {
             Ok(()) => Ok(Ok(())),
             Err(error) => match queue_fault("host.enqueue", &error) {
                 Some(fault) => Err(fault),
@@ -476,34 +474,47 @@ impl exchange::HostHttpStream for VmState {
     ) -> wasmtime::Result<()> {
         const CALL: &str = "http-stream.add-span-attributes";
         self.checked_stream(CALL, &handle)?;
-        let path: [&[u8]; 1] = [SPAN_ATTRIBUTES_PROPERTY.as_bytes()];
-        // Whatever the stream's filters handed over so far, if it is a JSON object of a sane
-        // size (a larger or malformed one is replaced, as a malformed one always was): parsing
-        // it is work on every call, and anyone in the chain may have written it.
-        let handed_over = read_property(self, &path)
-            .filter(|bytes| bytes.len() <= MAX_SPAN_ATTRIBUTES_BYTES)
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-        let mut merged = match handed_over {
-            Some(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        for (key, value) in attributes {
+        let key = filter_state_key(&[SPAN_ATTRIBUTES_PROPERTY.as_bytes()]);
+        let mut ours = serde_json::Map::new();
+        for (name, value) in attributes {
             let value = match value {
                 AttributeValue::Text(s) => serde_json::Value::from(s),
                 AttributeValue::Flag(b) => serde_json::Value::from(b),
                 AttributeValue::Integer(i) => serde_json::Value::from(i),
                 AttributeValue::Double(d) => serde_json::Value::from(d),
             };
-            merged.insert(key, value);
+            ours.insert(name, value);
         }
-        let encoded = serde_json::Value::Object(merged).to_string().into_bytes();
+        // What the stream's filters handed over so far, if it is a JSON object of a sane size
+        // (a larger or malformed one is replaced, as a malformed one always was): anyone in the
+        // chain may have written it, so it is measured before it is parsed, in place.
+        let handed_over = {
+            let exchange = self.acting_stream().map(|stream| stream.exchange.borrow());
+            let bytes = match &exchange {
+                Some(exchange) => exchange.info.filter_state.get(&key),
+                None => self.root_filter_state.get(&key),
+            };
+            match bytes.filter(|bytes| bytes.len() <= MAX_SPAN_ATTRIBUTES_BYTES).map(|b| serde_json::from_slice(b)) {
+                Some(Ok(serde_json::Value::Object(map))) => map,
+                _ => serde_json::Map::new(),
+            }
+        };
+        let own_only = handed_over.is_empty();
+        let mut merged = handed_over;
+        merged.extend(ours.clone());
+        let mut encoded = serde_json::Value::Object(merged).to_string().into_bytes();
+        if encoded.len() > MAX_SPAN_ATTRIBUTES_BYTES && !own_only {
+            // Others' attributes and ours do not fit together: ours win, so that what another
+            // filter (or a client through it) put there cannot make this call fail.
+            encoded = serde_json::Value::Object(ours).to_string().into_bytes();
+        }
         if encoded.len() > MAX_SPAN_ATTRIBUTES_BYTES {
             return Err(GuestFault::trap(
                 CALL,
                 format!("span attributes would exceed {MAX_SPAN_ATTRIBUTES_BYTES} bytes"),
             ));
         }
-        write_property(self, CALL, &path, encoded)
+        write_filter_state(self, CALL, key, encoded)
     }
 
     fn drop(&mut self, _handle: Resource<HttpStream>) -> wasmtime::Result<()> {

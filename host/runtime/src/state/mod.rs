@@ -205,7 +205,8 @@ pub struct VmState {
     pub(crate) metric_cache: HashMap<u32, Arc<Metric>>,
     /// Properties set on the root context (no stream to hold them).
     pub(crate) root_filter_state: FilterState,
-    /// What this VM holds in filter state, over the root context and every stream it serves.
+    /// What this VM's plugin holds in filter state, over the root contexts and every stream its
+    /// VMs serve.
     pub(crate) filter_state_budget: Arc<FilterStateBudget>,
     /// The root context's `proxy_on_done` returned false and `proxy_done` has not come yet.
     pub(crate) done_pending: bool,
@@ -229,6 +230,7 @@ impl VmState {
     ) -> Self {
         let max_bytes = plugin.limits.max_memory_bytes;
         let output = GuestOutput::new();
+        let filter_state_budget = services.filter_state_budget(&plugin.name);
         Self {
             plugin,
             services,
@@ -249,7 +251,7 @@ impl VmState {
             inbox: Arc::new(QueueInbox::default()),
             metric_cache: HashMap::new(),
             root_filter_state: FilterState::default(),
-            filter_state_budget: Arc::default(),
+            filter_state_budget,
             done_pending: false,
             startup_log: std::sync::Mutex::new(None),
             wasi: WasiCtx::builder().stdout(output.pipe.clone()).stderr(output.pipe.clone()).build(),

@@ -147,6 +147,21 @@ fn the_readme_example_component_edits_headers_answers_locally_and_hands_off_span
     stream.on_log();
     drop(stream);
 
+    // Another filter (a tagging filter copying a client's header, say) left a hand-off as large
+    // as one may be: the component's own attributes replace it rather than fail the call.
+    let crowded = request("/v0/images", &[]);
+    let filler = format!(r#"{{"tag.filler":"{}"}}"#, "x".repeat((64 << 10) - 20));
+    crowded.borrow_mut().info.filter_state.insert("wasm.wasmtrace_span_attributes".into(), filler.into_bytes());
+    let mut stream = hello.new_stream(crowded.clone());
+    assert_eq!(stream.on_request_headers(true), Action::Continue);
+    respond(&crowded, 200);
+    assert_eq!(stream.on_response_headers(false), Action::Continue);
+    assert!(hello.current_vm().and_then(|vm| vm.failure()).is_none(), "the component did not fail");
+    let attributes = crowded.borrow().info.filter_state.get("wasm.wasmtrace_span_attributes").cloned();
+    assert_eq!(attributes.as_deref(), Some(&br#"{"hello.greeted":true}"#[..]));
+    stream.on_log();
+    drop(stream);
+
     let denied = request("/v0/images", &[("x-deny", "1")]);
     let mut stream = hello.new_stream(denied);
     match stream.on_request_headers(true) {
