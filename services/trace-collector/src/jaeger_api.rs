@@ -31,13 +31,20 @@ pub struct QueryApi {
     pub limits: Limits,
     /// Uploads being transformed (`POST /api/transform`) at once: as many as ingests may run.
     pub transforms: tokio::sync::Semaphore,
+    /// Query answers being built at once ([`Limits::max_concurrent_queries`]).
+    pub queries: tokio::sync::Semaphore,
 }
 
 impl QueryApi {
     /// The query side of a store, within `limits`.
     pub fn new(store: Arc<SpanStore>, limits: Limits) -> Self {
-        let permits = limits.max_concurrent_ingests.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
-        Self { store, limits, transforms: tokio::sync::Semaphore::new(permits) }
+        let permits = |n: usize| tokio::sync::Semaphore::new(n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS));
+        Self {
+            store,
+            limits,
+            transforms: permits(limits.max_concurrent_ingests),
+            queries: permits(limits.max_concurrent_queries),
+        }
     }
 }
 

@@ -45,6 +45,11 @@ fn failure(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": { "httpCode": status.as_u16(), "message": message } }))).into_response()
 }
 
+/// An error answer for a v3 route: what the routes in front of the handlers (admission) answer.
+pub fn error_answer(status: StatusCode, message: &str) -> Response {
+    failure(status, message)
+}
+
 fn bad(message: String) -> Response {
     failure(StatusCode::BAD_REQUEST, &message)
 }

@@ -344,6 +344,26 @@ async fn viewer_style() -> impl IntoResponse {
 /// The query routes: the viewer page (`/`, `/trace/{id}` — Jaeger's deep-link form) and Jaeger's
 /// HTTP API, answering within `limits`.
 pub fn query_router(spans: Arc<SpanStore>, limits: Limits) -> Router {
+    query_router_for(Arc::new(QueryApi::new(spans, limits)))
+}
+
+/// [`query_router`] over a query side the caller keeps (to look at its admission, say).
+pub fn query_router_for(api: Arc<QueryApi>) -> Router {
+    // Every answer built from the store waits for a slot; the page, its assets and uploads (which
+    // have their own slots) do not.
+    let answers = Router::new()
+        .route("/api/services", get(jaeger_api::services))
+        .route("/api/services/{service}/operations", get(jaeger_api::service_operations))
+        .route("/api/operations", get(jaeger_api::operations))
+        .route("/api/traces", get(jaeger_api::find_traces))
+        .route("/api/traces/{trace_id}", get(jaeger_api::get_trace))
+        .route("/api/dependencies", get(jaeger_api::dependencies))
+        .route("/api/v3/services", get(jaeger_v3::services))
+        .route("/api/v3/operations", get(jaeger_v3::operations))
+        .route("/api/v3/traces", get(jaeger_v3::find_traces))
+        .route("/api/v3/traces/{trace_id}", get(jaeger_v3::get_trace))
+        .route("/api/v3/trace-summaries", get(jaeger_v3::trace_summaries))
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), admit_query));
     Router::new()
         .route("/", get(viewer_page))
         .route("/trace/{trace_id}", get(viewer_page))
@@ -351,19 +371,30 @@ pub fn query_router(spans: Arc<SpanStore>, limits: Limits) -> Router {
         .route("/compare/{a}/{b}", get(viewer_page))
         .route("/assets/viewer.js", get(viewer_script))
         .route("/assets/viewer.css", get(viewer_style))
-        .route("/api/services", get(jaeger_api::services))
-        .route("/api/services/{service}/operations", get(jaeger_api::service_operations))
-        .route("/api/operations", get(jaeger_api::operations))
-        .route("/api/traces", get(jaeger_api::find_traces))
-        .route("/api/traces/{trace_id}", get(jaeger_api::get_trace))
-        .route("/api/dependencies", get(jaeger_api::dependencies))
         .route("/api/transform", post(transform))
-        .route("/api/v3/services", get(jaeger_v3::services))
-        .route("/api/v3/operations", get(jaeger_v3::operations))
-        .route("/api/v3/traces", get(jaeger_v3::find_traces))
-        .route("/api/v3/traces/{trace_id}", get(jaeger_v3::get_trace))
-        .route("/api/v3/trace-summaries", get(jaeger_v3::trace_summaries))
-        .with_state(Arc::new(QueryApi::new(spans, limits)))
+        .merge(answers)
+        .with_state(api)
+}
+
+/// Lets a query through while fewer than [`Limits::max_concurrent_queries`] answers are being
+/// built (the slot is held until the answer's JSON is written); else 503 with `Retry-After`.
+async fn admit_query(State(api): State<Arc<QueryApi>>, request: Request, next: axum::middleware::Next) -> Response {
+    let Ok(_slot) = api.queries.try_acquire() else {
+        let message = format!(
+            "the collector is answering {} queries, the most it answers at once; retry after {RETRY_AFTER_SECS} s",
+            api.limits.max_concurrent_queries
+        );
+        // In the error shape of the API asked.
+        let answer = if request.uri().path().starts_with("/api/v3/") {
+            jaeger_v3::error_answer
+        } else {
+            jaeger_api::error_answer
+        };
+        let mut answer = answer(StatusCode::SERVICE_UNAVAILABLE, &message);
+        answer.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        return answer;
+    };
+    next.run(request).await
 }
 
 /// Drops spans beyond the retention limits, every ten seconds.

@@ -25,6 +25,9 @@ pub const DEFAULT_INGEST_BODY_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_MAX_TRACES_PER_SEARCH: i64 = 1_000;
 /// Default [`Limits::max_answer_bytes`]: 32 MiB of JSON.
 pub const DEFAULT_MAX_ANSWER_BYTES: usize = 32 << 20;
+/// Default [`Limits::max_concurrent_queries`]: a viewer page asks a few things at once; four
+/// answers of the largest size and their JSON trees fit in a few hundred MiB.
+pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 4;
 
 /// Most tags (`tags={...}` entries plus `tag=` parameters) one search may filter on; each becomes
 /// a condition of the SQL query.
@@ -63,6 +66,11 @@ pub struct Limits {
     /// trace that would exceed it is answered 400 with what to ask for instead.
     #[arg(long, env = "TRACE_COLLECTOR_MAX_ANSWER_BYTES", default_value_t = DEFAULT_MAX_ANSWER_BYTES)]
     pub max_answer_bytes: usize,
+    /// Most query answers (`/api/*` but uploads, which count as ingests) built at once; one more
+    /// is answered 503 with `Retry-After`. Each answer may hold up to `max_answer_bytes` of JSON
+    /// and its tree while it is built: without this, many callers at once would multiply it.
+    #[arg(long, env = "TRACE_COLLECTOR_MAX_CONCURRENT_QUERIES", default_value_t = DEFAULT_MAX_CONCURRENT_QUERIES)]
+    pub max_concurrent_queries: usize,
 }
 
 impl Default for Limits {
@@ -75,6 +83,7 @@ impl Default for Limits {
             ingest_body_timeout_secs: DEFAULT_INGEST_BODY_TIMEOUT_SECS,
             max_traces_per_search: DEFAULT_MAX_TRACES_PER_SEARCH,
             max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
+            max_concurrent_queries: DEFAULT_MAX_CONCURRENT_QUERIES,
         }
     }
 }

@@ -29,8 +29,15 @@ function ms(us) {
   return (us / 1e6).toFixed(2) + " s";
 }
 
+// A collector answering as many queries as it answers at once says 503 and when to come back
+// (Retry-After): the viewer waits and asks again, a few times, before it shows the error.
 async function api(path) {
-  const response = await fetch(path);
+  let response = await fetch(path);
+  for (let attempt = 0; response.status === 503 && attempt < 3; attempt++) {
+    const seconds = Math.min(Number(response.headers.get("Retry-After")) || 1, 5);
+    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+    response = await fetch(path);
+  }
   const body = await response.json();
   if (!response.ok) throw new Error((body.errors && body.errors[0] && body.errors[0].msg) || response.statusText);
   return body.data;
