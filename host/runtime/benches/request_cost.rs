@@ -11,10 +11,17 @@
 //! thread got for it (`/proc/thread-self/schedstat`): on a machine that is busy with other work
 //! the wall clock also counts the time the thread waited for a core, the CPU time does not.
 //!
-//! `WASMTRACE_BENCH_ONLY=<text>` runs only the rows whose name contains the text, and
-//! `WASMTRACE_BENCH_ITERATIONS=<n>` measures `n` requests instead of 50,000: for a profiler run
-//! of one filter, long enough that compiling it is not most of the profile. With
-//! `WASMTRACE_PROFILE=perfmap` wasmtime names the guests' compiled functions for `perf report`.
+//! Every filter is compiled and started first; then the rows are measured in interleaved rounds
+//! (round 1 runs every row, then round 2 ...), so that a slow phase of a shared machine hits all
+//! rows alike. A row's figure is its best round (the least disturbed one); the ratios at the end
+//! are taken within each round and the median printed, so neighbours slowing a whole round do not
+//! move them.
+//!
+//! `WASMTRACE_BENCH_ONLY=<text>` runs only the rows whose name contains the text,
+//! `WASMTRACE_BENCH_ITERATIONS=<n>` measures `n` requests a round instead of 50,000 (for a
+//! profiler run of one filter, long enough that compiling it is not most of the profile), and
+//! `WASMTRACE_BENCH_ROUNDS=<n>` runs `n` rounds instead of 5. With `WASMTRACE_PROFILE=perfmap`
+//! wasmtime names the guests' compiled functions for `perf report`.
 
 /// The allocator of the `wasmtrace` binary: the host side's allocations (header maps, property
 /// values, queue items) cost what they cost in the proxy.
@@ -39,6 +46,11 @@ const DEFAULT_ITERATIONS: usize = 50_000;
 /// Requests measured per row.
 fn iterations() -> usize {
     std::env::var("WASMTRACE_BENCH_ITERATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_ITERATIONS)
+}
+
+/// Interleaved rounds.
+fn rounds() -> usize {
+    std::env::var("WASMTRACE_BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()).filter(|n| *n > 0).unwrap_or(5)
 }
 
 fn request_headers() -> HeaderMap {
@@ -109,25 +121,50 @@ fn time_per_request(mut one_request: impl FnMut()) -> Cost {
     Cost { wall, cpu }
 }
 
-fn filter_sequence(runtime: &Runtime, name: &str, form: FilterForm, configuration: &str) -> (Cost, usize) {
+/// One row: what it is, how large its module is, and one request through it.
+struct Row<'a> {
+    name: &'static str,
+    module_bytes: usize,
+    one_request: Box<dyn FnMut() + 'a>,
+}
+
+/// Compiles and starts `name` in `form`: a row whose request runs the callback sequence.
+fn filter_row(runtime: &Runtime, row: &'static str, name: &str, form: FilterForm, configuration: &str) -> Row<'static> {
     let bytes = module(name, form);
-    let size = bytes.len();
     let compiled = runtime.compile(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
     let plugin =
         Arc::new(PluginConfig { plugin_configuration: configuration.as_bytes().to_vec(), ..PluginConfig::named(name) });
     let instance =
         PluginInstance::start(runtime, compiled, plugin, Rc::new(NoClusters)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let cost = time_per_request(|| {
-        let exchange = exchange();
-        let mut stream = instance.new_stream(exchange.clone());
-        stream.on_request_headers(true);
-        exchange.borrow_mut().response_headers = Some(response_headers());
-        stream.on_response_headers(false);
-        stream.on_log();
-        drop(stream);
-    });
-    (cost, size)
+    Row {
+        name: row,
+        module_bytes: bytes.len(),
+        one_request: Box::new(move || {
+            let exchange = exchange();
+            let mut stream = instance.new_stream(exchange.clone());
+            stream.on_request_headers(true);
+            exchange.borrow_mut().response_headers = Some(response_headers());
+            stream.on_response_headers(false);
+            stream.on_log();
+            drop(stream);
+        }),
+    }
 }
+
+/// The CPU time per request if the kernel says, else the wall clock's, in µs.
+fn micros(cost: &Cost) -> f64 {
+    cost.cpu.unwrap_or(cost.wall).as_secs_f64() * 1e6
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+const HOST_ONLY: &str = "host only: exchange + header maps, no VM";
+const HEADER_READER: &str = "header-reader: all request headers + :status";
+const TRACE_MODULE: &str = "trace-filter, proxy-wasm module";
+const TRACE_COMPONENT: &str = "trace-filter, wasmtrace:filter component";
 
 fn main() {
     // `WASMTRACE_PROFILE=perfmap` names the guests' compiled functions for `perf report`.
@@ -140,45 +177,77 @@ fn main() {
         Ok(runtime) => runtime,
         Err(e) => panic!("runtime: {e}"),
     };
-    let baseline = time_per_request(|| {
-        let exchange = exchange();
-        exchange.borrow_mut().response_headers = Some(response_headers());
-        std::hint::black_box(&exchange);
-    });
     // The trace filter exports from its tick, which this loop never runs: this is the cost a
     // request pays (extract, sample, inject, tag, queue), not the export's.
     let trace_config = r#"{"service_name": "bench", "exporter": {"cluster": "otel", "max_queued_spans": 100000000, "batch_size": 128}}"#;
-    type Row<'a> = (&'a str, &'a dyn Fn() -> (Cost, usize));
-    let rows: [Row<'_>; 5] = [
-        ("host only: exchange + header maps, no VM", &|| (baseline, 0)),
-        ("hostile (benign path): reads 1 header, adds 1", &|| {
-            filter_sequence(&runtime, "hostile", FilterForm::ProxyWasm, "")
-        }),
-        ("header-reader: all request headers + :status", &|| {
-            filter_sequence(&runtime, "header-reader", FilterForm::ProxyWasm, "")
-        }),
-        ("trace-filter, proxy-wasm module", &|| {
-            filter_sequence(&runtime, "trace-filter", FilterForm::ProxyWasm, trace_config)
-        }),
-        ("trace-filter, wasmtrace:filter component", &|| {
-            filter_sequence(&runtime, "trace-filter", FilterForm::Component, trace_config)
-        }),
-    ];
     let only = std::env::var("WASMTRACE_BENCH_ONLY").unwrap_or_default();
-    let measured: Vec<(&str, (Cost, usize))> =
-        rows.iter().filter(|(name, _)| name.contains(only.as_str())).map(|(name, run)| (*name, run())).collect();
+    let wanted = |name: &str| name.contains(only.as_str());
+    let mut rows: Vec<Row<'_>> = Vec::new();
+    if wanted(HOST_ONLY) {
+        let one_request = Box::new(|| {
+            let exchange = exchange();
+            exchange.borrow_mut().response_headers = Some(response_headers());
+            std::hint::black_box(&exchange);
+        });
+        rows.push(Row { name: HOST_ONLY, module_bytes: 0, one_request });
+    }
+    let filters: [(&'static str, &str, FilterForm, &str); 4] = [
+        ("hostile (benign path): reads 1 header, adds 1", "hostile", FilterForm::ProxyWasm, ""),
+        (HEADER_READER, "header-reader", FilterForm::ProxyWasm, ""),
+        (TRACE_MODULE, "trace-filter", FilterForm::ProxyWasm, trace_config),
+        (TRACE_COMPONENT, "trace-filter", FilterForm::Component, trace_config),
+    ];
+    for (row, name, form, configuration) in filters {
+        if wanted(row) {
+            rows.push(filter_row(&runtime, row, name, form, configuration));
+        }
+    }
+    let rounds = rounds();
+    // costs[round][row]
+    let mut costs: Vec<Vec<Cost>> = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        costs.push(rows.iter_mut().map(|row| time_per_request(&mut row.one_request)).collect());
+    }
     println!();
     println!("per-request callback sequence (create, request headers, response headers, log, done, delete)");
-    println!("{} requests each, 10 request headers, after {WARMUP} warm-up requests", iterations());
+    println!(
+        "{} requests a row a round, {rounds} interleaved rounds, 10 request headers, after {WARMUP} warm-up requests",
+        iterations()
+    );
+    println!("a row's figures are its best round's (the least disturbed); CPU time is the thread's own");
     println!();
     println!(
-        "| {:<48} | {:>12} | {:>12} | {:>14} | {:>12} |",
-        "case", "µs/request", "CPU µs/req", "requests/s", "module bytes"
+        "| {:<48} | {:>12} | {:>12} | {:>14} | {:>12} | {:>12} |",
+        "case", "µs/request", "CPU µs/req", "requests/s", "CPU range", "module bytes"
     );
-    println!("|{:-<50}|{:->14}|{:->14}|{:->16}|{:->14}|", "", "", "", "", "");
-    for (name, (cost, size)) in measured {
-        let micros = cost.wall.as_secs_f64() * 1e6;
-        let cpu = cost.cpu.map_or_else(|| "-".to_owned(), |cpu| format!("{:.2}", cpu.as_secs_f64() * 1e6));
-        println!("| {name:<48} | {micros:>12.2} | {cpu:>12} | {:>14.0} | {size:>12} |", 1.0 / cost.wall.as_secs_f64());
+    println!("|{:-<50}|{:->14}|{:->14}|{:->16}|{:->14}|{:->14}|", "", "", "", "", "", "");
+    for (index, row) in rows.iter().enumerate() {
+        let of_row: Vec<Cost> = costs.iter().map(|round| round[index]).collect();
+        let best = of_row.iter().min_by(|a, b| micros(a).total_cmp(&micros(b))).copied().unwrap_or(of_row[0]);
+        let worst = of_row.iter().map(micros).fold(0.0, f64::max);
+        let cpu = best.cpu.map_or_else(|| "-".to_owned(), |cpu| format!("{:.2}", cpu.as_secs_f64() * 1e6));
+        println!(
+            "| {:<48} | {:>12.2} | {cpu:>12} | {:>14.0} | {:>12} | {:>12} |",
+            row.name,
+            best.wall.as_secs_f64() * 1e6,
+            1.0 / best.wall.as_secs_f64(),
+            format!("{:.2}–{worst:.2}", micros(&best)),
+            row.module_bytes
+        );
+    }
+    // Ratios within each round (the same minutes of the machine), the median over rounds.
+    let position = |name: &str| rows.iter().position(|row| row.name == name);
+    let ratio = |top: &str, bottom: &str| -> Option<f64> {
+        let (top, bottom) = (position(top)?, position(bottom)?);
+        Some(median(costs.iter().map(|round| micros(&round[top]) / micros(&round[bottom])).collect()))
+    };
+    println!();
+    if let Some(r) = ratio(TRACE_COMPONENT, TRACE_MODULE) {
+        println!("component ÷ proxy-wasm module (trace filter), median of the rounds: {r:.2}");
+    }
+    for name in [HEADER_READER, TRACE_MODULE, TRACE_COMPONENT] {
+        if let Some(r) = ratio(name, HOST_ONLY) {
+            println!("{name} ÷ host only, median of the rounds: {r:.2}");
+        }
     }
 }
