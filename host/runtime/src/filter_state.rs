@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Most entries one writer holds on one stream (or in its root context).
 pub const MAX_ENTRIES_PER_WRITER: usize = 1024;
@@ -25,6 +25,10 @@ pub const MAX_BYTES_PER_WRITER: usize = 1 << 20;
 /// would be unbounded.
 pub const MAX_BYTES_PER_PLUGIN: usize = 64 << 20;
 
+/// What a writer may always hold on one stream, whatever its plugin holds elsewhere
+/// ([`MAX_BYTES_PER_PLUGIN`] does not refuse writes that stay within it).
+pub const WRITER_FLOOR_PER_STREAM: usize = 4 << 10;
+
 /// What an entry is charged beside its key and value (the map's node, the two allocations), so
 /// that many tiny entries cannot hold far more host memory than the bounds say.
 pub const ENTRY_OVERHEAD: usize = 128;
@@ -34,12 +38,28 @@ pub const ENTRY_OVERHEAD: usize = 128;
 #[derive(Debug, Default)]
 pub struct FilterStateBudget {
     held: AtomicUsize,
+    /// When a dropped write was last logged, in seconds on [`Self::may_log_drop`]'s clock.
+    last_logged: AtomicU64,
 }
+
+/// Seconds between two log lines about dropped writes of one plugin.
+const DROP_LOG_INTERVAL_SECS: u64 = 10;
 
 impl FilterStateBudget {
     /// Bytes this writer's entries hold now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
+    }
+
+    /// Whether a dropped write may be logged now: at most once every ten seconds per plugin, so
+    /// a load that keeps the bound hit cannot flood the log.
+    pub(crate) fn may_log_drop(&self) -> bool {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        // +1: the first drop is logged (0 means never).
+        let now = START.get_or_init(std::time::Instant::now).elapsed().as_secs() + 1 + DROP_LOG_INTERVAL_SECS;
+        let last = self.last_logged.load(Ordering::Relaxed);
+        now - last >= DROP_LOG_INTERVAL_SECS
+            && self.last_logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 }
 
@@ -161,10 +181,18 @@ impl FilterState {
         if held + bytes > MAX_BYTES_PER_WRITER {
             return Err(FilterStateFull::Bytes);
         }
-        if writer.held() - replaces_own + bytes > MAX_BYTES_PER_PLUGIN {
+        // Within its floor on this stream a writer is always admitted: live streams are bounded
+        // by the connection limits, and a client holding many streams open must not silence a
+        // filter's small writes everywhere by filling the plugin's budget through its large ones.
+        let within_floor = held + bytes <= WRITER_FLOOR_PER_STREAM;
+        // A compare-and-swap: every worker's VMs of the plugin share the budget.
+        let admitted = writer.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+            let after = total - replaces_own + bytes;
+            (within_floor || after <= MAX_BYTES_PER_PLUGIN).then_some(total + bytes)
+        });
+        if admitted.is_err() {
             return Err(FilterStateFull::PluginBytes);
         }
-        writer.held.fetch_add(bytes, Ordering::Relaxed);
         let charge = Charge { budget: writer.clone(), bytes };
         // The replaced entry (if any) drops here and returns its own writer's charge.
         self.entries.insert(key, Entry { value, charge: Some(charge) });
@@ -245,6 +273,12 @@ mod tests {
         };
         assert_eq!(refused, FilterStateFull::PluginBytes);
         assert_eq!(streams.len(), MAX_BYTES_PER_PLUGIN / charged("wasm.k", &piece));
+        // Small writes (within the floor per stream) still get through.
+        let mut small = FilterState::default();
+        assert_eq!(small.write(&writer, "wasm.decision".into(), b"allow".to_vec()), Ok(()));
+        let beyond = MAX_BYTES_PER_PLUGIN - writer.held() + WRITER_FLOOR_PER_STREAM;
+        assert_eq!(small.write(&writer, "wasm.big".into(), vec![0; beyond]), Err(FilterStateFull::PluginBytes));
+        drop(small);
         streams.pop();
         assert_eq!(FilterState::default().write(&writer, "wasm.k".into(), piece.clone()), Ok(()), "room again");
 

@@ -99,7 +99,14 @@ struct Queues {
     /// What queued items are counted at, per enqueuing plugin, over every queue.
     held_by: HashMap<Arc<str>, usize>,
     next_id: u32,
+    /// When an enqueue past its plugin's budget last swept for stranded queues: a sweep walks
+    /// the registry under the lock every worker needs, and a refused enqueue is cheap for the
+    /// guest to repeat, so it sweeps at most once a [`SWEEP_INTERVAL`].
+    last_enqueue_sweep: Option<std::time::Instant>,
 }
+
+/// How often an enqueue past its plugin's budget may sweep for stranded queues.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Queues {
     /// The enqueuer's own name (shared by its items), counted from now on.
@@ -302,7 +309,11 @@ impl SharedQueueRegistry {
             if queues.held(plugin) - own + cost > MAX_QUEUED_BYTES_PER_PLUGIN {
                 // What its VMs that are gone left behind goes first (a hot swap that renamed the
                 // queue while the collector was down leaves spans behind), then it is refused.
-                queues.forget_stranded(plugin);
+                let now = std::time::Instant::now();
+                if queues.last_enqueue_sweep.is_none_or(|at| now.duration_since(at) >= SWEEP_INTERVAL) {
+                    queues.last_enqueue_sweep = Some(now);
+                    queues.forget_stranded(plugin);
+                }
                 (pushing_out, own) = queues.push_out_plan(queue_id, plugin, cost)?;
                 if queues.held(plugin) - own + cost > MAX_QUEUED_BYTES_PER_PLUGIN {
                     return Err(QueueError::EnqueuerFull);

@@ -131,9 +131,7 @@ pub(crate) fn write_filter_state(
                 stats.filter_state_dropped += 1;
                 dropped = stats.filter_state_dropped;
             });
-            // The first and then every 1,024th: a load that keeps the bound hit must not flood
-            // the log.
-            if dropped % 1024 == 1 {
+            if writer.may_log_drop() {
                 tracing::warn!(
                     plugin = %state.plugin.name,
                     dropped,

@@ -138,7 +138,11 @@ fn enqueue_shared_queue(
     value_len: u32,
 ) -> wasmtime::Result<i32> {
     const CALL: &str = "proxy_enqueue_shared_queue";
-    // Copied once, before the registry's lock: the queue keeps this copy.
+    // Measured before it is copied out of the guest, then copied once, before the registry's
+    // lock: the queue keeps this copy.
+    if value_len as usize > MAX_QUEUE_BYTES {
+        return Err(GuestFault::trap(CALL, format!("an item larger than a queue may hold ({MAX_QUEUE_BYTES} bytes)")));
+    }
     let (data, state) = memory::view(&caller, CALL)?;
     let value = memory::slice(data, CALL, value_ptr, value_len)?.to_vec();
     match state.services.queues.enqueue(queue_id, &state.plugin.name, value) {
