@@ -32,6 +32,7 @@ pub mod fuzzing;
 mod grpc_callout;
 pub mod header_map;
 mod instance;
+mod ledger;
 pub mod metrics;
 mod module;
 mod module_cache;

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::ledger::Ledger;
+
 /// One stored value and its version (`cas`). Versions start at 1 and grow on every write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedValue {
@@ -49,33 +51,7 @@ struct Stored {
 #[derive(Default)]
 struct Namespace {
     entries: HashMap<Vec<u8>, Stored>,
-    held_by: HashMap<Arc<str>, usize>,
-}
-
-impl Namespace {
-    fn held(&self, writer: &str) -> usize {
-        self.held_by.get(writer).copied().unwrap_or(0)
-    }
-
-    fn writer(&mut self, name: &str) -> Arc<str> {
-        match self.held_by.get_key_value(name) {
-            Some((writer, _)) => writer.clone(),
-            None => {
-                let writer: Arc<str> = Arc::from(name);
-                self.held_by.insert(writer.clone(), 0);
-                writer
-            }
-        }
-    }
-
-    fn refund(&mut self, writer: &Arc<str>, bytes: usize) {
-        if let Some(held) = self.held_by.get_mut(writer) {
-            *held -= bytes;
-            if *held == 0 {
-                self.held_by.remove(writer);
-            }
-        }
-    }
+    held_by: Ledger,
 }
 
 fn counted(key: &[u8], value: &[u8]) -> usize {
@@ -111,18 +87,17 @@ impl SharedDataStore {
             }
             None => (1, 0),
         };
-        let held = map.get(vm_id).map_or(0, |namespace| namespace.held(writer));
+        let held = map.get(vm_id).map_or(0, |namespace| namespace.held_by.held(writer));
         if held - replaced_own + counted(key, value) > MAX_SHARED_DATA_BYTES {
             return Err(SharedDataError::Full);
         }
         // Checked before the namespace exists: a refused write leaves nothing behind.
         let namespace = map.entry(vm_id.to_owned()).or_default();
-        let writer = namespace.writer(writer);
-        let stored = Stored { value: SharedValue { value: value.to_vec(), cas: next }, writer: writer.clone() };
+        let writer = namespace.held_by.charge(writer, counted(key, value));
+        let stored = Stored { value: SharedValue { value: value.to_vec(), cas: next }, writer };
         if let Some(old) = namespace.entries.insert(key.to_vec(), stored) {
-            namespace.refund(&old.writer, counted(key, &old.value.value));
+            namespace.held_by.refund(&old.writer, counted(key, &old.value.value));
         }
-        *namespace.held_by.entry(writer).or_default() += counted(key, value);
         Ok(next)
     }
 }

@@ -10,6 +10,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
 
+use crate::ledger::Ledger;
+
 /// Where a queue's "ready" notifications go: one inbox per VM, drained on the VM's worker.
 #[derive(Default)]
 pub struct QueueInbox {
@@ -97,7 +99,7 @@ struct Queues {
     by_name: HashMap<(String, Vec<u8>), u32>,
     by_id: HashMap<u32, Queue>,
     /// What queued items are counted at, per enqueuing plugin, over every queue.
-    held_by: HashMap<Arc<str>, usize>,
+    held_by: Ledger,
     next_id: u32,
     /// When an enqueue past its plugin's budget last swept for stranded queues: a sweep walks
     /// the registry under the lock every worker needs, and a refused enqueue is cheap for the
@@ -109,29 +111,12 @@ struct Queues {
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Queues {
-    /// The enqueuer's own name (shared by its items), counted from now on.
-    fn enqueuer(&mut self, plugin: &str) -> Arc<str> {
-        match self.held_by.get_key_value(plugin) {
-            Some((name, _)) => name.clone(),
-            None => {
-                let name: Arc<str> = Arc::from(plugin);
-                self.held_by.insert(name.clone(), 0);
-                name
-            }
-        }
-    }
-
     fn held(&self, plugin: &str) -> usize {
-        self.held_by.get(plugin).copied().unwrap_or(0)
+        self.held_by.held(plugin)
     }
 
     fn refund(&mut self, item: &Item) {
-        if let Some(held) = self.held_by.get_mut(&item.enqueuer) {
-            *held -= item.charged();
-            if *held == 0 {
-                self.held_by.remove(&item.enqueuer);
-            }
-        }
+        self.held_by.refund(&item.enqueuer, item.charged());
     }
 
     /// Forgets the stranded queues `plugin` registered, with their items: what its VMs that are
@@ -319,16 +304,19 @@ impl SharedQueueRegistry {
                     return Err(QueueError::EnqueuerFull);
                 }
             }
-            let enqueuer = queues.enqueuer(plugin);
-            let queue = queues.by_id.get_mut(&queue_id).ok_or(QueueError::NotFound)?;
+            let enqueuer = queues.held_by.charge(plugin, cost);
+            let Some(queue) = queues.by_id.get_mut(&queue_id) else {
+                // Not reached: the plan above found it under the same lock.
+                queues.held_by.refund(&enqueuer, cost);
+                return Err(QueueError::NotFound);
+            };
             pushed_out.extend(queue.items.drain(..pushing_out));
             queue.bytes = queue.bytes - pushed_out.iter().map(Item::charged).sum::<usize>() + cost;
-            queue.items.push_back(Item { bytes: item, enqueuer: enqueuer.clone() });
+            queue.items.push_back(Item { bytes: item, enqueuer });
             let owner = queue.owner();
             for oldest in &pushed_out {
                 queues.refund(oldest);
             }
-            *queues.held_by.entry(enqueuer).or_default() += cost;
             owner
         };
         drop(pushed_out);

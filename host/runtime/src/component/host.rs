@@ -499,15 +499,20 @@ impl exchange::HostHttpStream for VmState {
                 _ => serde_json::Map::new(),
             }
         };
-        let own_only = handed_over.is_empty();
-        let mut merged = handed_over;
-        merged.extend(ours.clone());
-        let mut encoded = serde_json::Value::Object(merged).to_string().into_bytes();
-        if encoded.len() > MAX_SPAN_ATTRIBUTES_BYTES && !own_only {
-            // Others' attributes and ours do not fit together: ours win, so that what another
-            // filter (or a client through it) put there cannot make this call fail.
-            encoded = serde_json::Value::Object(ours).to_string().into_bytes();
-        }
+        let encoded = if handed_over.is_empty() {
+            serde_json::Value::Object(ours).to_string().into_bytes()
+        } else {
+            let mut merged = handed_over;
+            merged.extend(ours.iter().map(|(name, value)| (name.clone(), value.clone())));
+            let encoded = serde_json::Value::Object(merged).to_string().into_bytes();
+            if encoded.len() <= MAX_SPAN_ATTRIBUTES_BYTES {
+                encoded
+            } else {
+                // Others' attributes and ours do not fit together: ours win, so that what another
+                // filter (or a client through it) put there cannot make this call fail.
+                serde_json::Value::Object(ours).to_string().into_bytes()
+            }
+        };
         if encoded.len() > MAX_SPAN_ATTRIBUTES_BYTES {
             return Err(GuestFault::trap(
                 CALL,
