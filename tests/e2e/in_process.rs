@@ -2,7 +2,8 @@
 //! semantics (local replies, a pause for a callout, body rewrites, attributes) around a server and
 //! around a client; a hostile module fails only its stream, never the application's threads; a
 //! hot swap of the in-process trace filter under load fails no request and loses no span at a real
-//! OTLP receiver.
+//! OTLP receiver. Each server-side test runs twice: the filters as the router's layer under
+//! `axum::serve`, and the filter workers serving the application's socket in place.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,20 +13,29 @@ use http::StatusCode;
 
 use crate::fixture::client::{client, get, send};
 use crate::fixture::collector::{Collector, string};
-use crate::fixture::in_process::filtered_app;
+use crate::fixture::in_process::{Serving, filtered_app};
 use crate::fixture::proxy::{bootstrap_yaml, cluster, filter_module, route, wasm_filter, wasm_filter_yaml};
 use crate::fixture::upstream::{Upstream, closed_port};
 use crate::hot_swap::{Sent, exactly_one_span_each, load, module_variant, post, stop_load, trace_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_module_in_process_fails_only_its_stream_and_never_the_applications_thread() {
+    hostile_module_fails_only_its_stream(Serving::Layer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_module_in_process_fails_only_its_stream_and_never_the_applications_thread_served_in_place() {
+    hostile_module_fails_only_its_stream(Serving::InPlace).await;
+}
+
+async fn hostile_module_fails_only_its_stream(serving: Serving) {
     // The route's cluster is a closed port: in-process, the application answers in its place.
     let yaml = bootstrap_yaml(
         &[wasm_filter("hostile", "hostile", "", false)],
         &route("/", "app", "5s"),
         &[cluster("app", closed_port(), "")],
     );
-    let app = filtered_app(&yaml, 2).await;
+    let app = filtered_app(&yaml, 2, serving).await;
     let served = get(app.addr, "/echo", &[]).await;
     assert_eq!(served.status, StatusCode::OK, "{}", served.text());
     assert!(served.upstream_saw("x-hostile-ok").is_some(), "the filter ran before the application: {}", served.text());
@@ -68,6 +78,15 @@ async fn a_hostile_module_in_process_fails_only_its_stream_and_never_the_applica
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_swap_of_the_in_process_trace_filter_under_load_fails_no_request_and_loses_no_span() {
+    hot_swap_under_load(Serving::Layer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_swap_of_the_in_process_trace_filter_under_load_fails_no_request_and_loses_no_span_served_in_place() {
+    hot_swap_under_load(Serving::InPlace).await;
+}
+
+async fn hot_swap_under_load(serving: Serving) {
     let collector = Collector::start();
     let module_a = filter_module("trace-filter");
     let module_b = module_variant(&module_a, "in-process-b");
@@ -76,7 +95,7 @@ async fn a_hot_swap_of_the_in_process_trace_filter_under_load_fails_no_request_a
         &route("/", "app", "5s"),
         &[cluster("app", closed_port(), ""), cluster("otel", collector.addr, "")],
     );
-    let app = filtered_app(&yaml, 2).await;
+    let app = filtered_app(&yaml, 2, serving).await;
     let admin = app.filters.admin_address().expect("the bootstrap's admin API");
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = load(app.addr, 4, stop.clone());
@@ -126,13 +145,22 @@ async fn a_hot_swap_of_the_in_process_trace_filter_under_load_fails_no_request_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn around_a_server_the_filters_reply_pause_rewrite_and_read_attributes_as_in_the_sidecar() {
+    stream_semantics_around_a_server(Serving::Layer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn around_a_server_the_filters_reply_pause_rewrite_and_read_attributes_as_in_the_sidecar_served_in_place() {
+    stream_semantics_around_a_server(Serving::InPlace).await;
+}
+
+async fn stream_semantics_around_a_server(serving: Serving) {
     let auth = Upstream::start();
     let yaml = bootstrap_yaml(
         &[wasm_filter("probe", "abi-probe", "", false)],
         &route("/", "app", "5s"),
         &[cluster("app", closed_port(), ""), cluster("auth", auth.addr, "")],
     );
-    let app = filtered_app(&yaml, 2).await;
+    let app = filtered_app(&yaml, 2, serving).await;
 
     let local = get(app.addr, "/local", &[]).await;
     assert_eq!((local.status, local.text().as_str()), (StatusCode::FORBIDDEN, "denied by probe\n"));

@@ -5,7 +5,9 @@
 //! 1. no tracing;
 //! 2. OpenTelemetry SDK middleware: the gallery's SERVER-span middleware (`trace_requests`), an
 //!    SDK span per request, batched and exported over OTLP/HTTP;
-//! 3. the trace filter in-process (`wasmtrace-tower`'s server layer, 2 filter workers);
+//! 3. the trace filter in-process: `wasmtrace-tower`'s server layer under `axum::serve` (2
+//!    filter workers), and the filter workers serving the socket themselves
+//!    (`InProcessFilters::serve`);
 //! 4. the trace filter in a wasmtrace sidecar (2 workers) in front of the bare service.
 //!
 //! Spans go to a sink (OTLP/HTTP, answers 200). CPU per request is the service side's: the CPU
@@ -15,8 +17,11 @@
 //!
 //! `cargo bench -p wasmtrace-demo --bench in_process` (`BENCH_CONNECTIONS`, default 32;
 //! `BENCH_SECONDS`, default 5; `BENCH_ROUNDS`, default 2; `BENCH_ONLY=in-process` runs the rows
-//! whose title contains it, e.g. under `perf record`). Informational: nothing here passes or
-//! fails on time.
+//! whose title contains it, e.g. under `perf record`; `BENCH_RATE=8000` offers every row the
+//! same load, that many requests a second, instead of as many as it answers — CPU per request
+//! then compares the rows at the same load, while a closed loop charges the slower rows for
+//! the wake-ups their lower rate leaves unbatched; `WASMTRACE_PROFILE=perfmap` names the guests'
+//! functions for `perf`). Informational: nothing here passes or fails on time.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,23 +41,30 @@ use wasmtrace_build::{BuildOptions, build_filter};
 use wasmtrace_config::Bootstrap;
 use wasmtrace_proxy::{ProxyOptions, RunningProxy};
 
+/// The `wasmtrace` binary's allocator, for every row alike (the sidecar's is that binary's; an
+/// application embedding the filters picks its own, and glibc's costs every row more).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The ways the service is traced.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Row {
     NoTracing,
     SdkMiddleware,
     InProcess,
+    InPlace,
     Sidecar,
 }
 
 impl Row {
-    const ALL: [Row; 4] = [Row::NoTracing, Row::SdkMiddleware, Row::InProcess, Row::Sidecar];
+    const ALL: [Row; 5] = [Row::NoTracing, Row::SdkMiddleware, Row::InProcess, Row::InPlace, Row::Sidecar];
 
     fn title(self) -> &'static str {
         match self {
             Row::NoTracing => "no tracing",
             Row::SdkMiddleware => "OpenTelemetry SDK middleware",
-            Row::InProcess => "trace filter in-process",
+            Row::InProcess => "trace filter in-process, layer under axum::serve",
+            Row::InPlace => "trace filter in-process, served by the filter workers",
             Row::Sidecar => "trace filter in a wasmtrace sidecar",
         }
     }
@@ -61,6 +73,16 @@ impl Row {
 /// Workers of the in-process filters and of the sidecar (`BENCH_FILTER_WORKERS`, default 2).
 fn filter_workers() -> usize {
     env_number("BENCH_FILTER_WORKERS", 2) as usize
+}
+
+/// The in-process filters' and the sidecar's options: [`filter_workers`], and with
+/// `WASMTRACE_PROFILE=perfmap` the guests' functions named for `perf`.
+fn filter_options() -> ProxyOptions {
+    let mut options = ProxyOptions { workers: filter_workers(), ..ProxyOptions::default() };
+    if let Ok(profiler) = std::env::var("WASMTRACE_PROFILE") {
+        options.runtime.profiler = profiler.parse().unwrap_or_else(|e| panic!("WASMTRACE_PROFILE: {e}"));
+    }
+    options
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -184,12 +206,13 @@ fn start_service(row: Row, module: &std::path::Path, sink: SocketAddr) -> Servic
             in_process: None,
         }))
     });
-    let in_process = (row == Row::InProcess).then(|| {
-        InProcessTracing::start(bootstrap(module, any, addr, sink), filter_workers()).unwrap_or_else(|e| panic!("{e}"))
+    let in_process = matches!(row, Row::InProcess | Row::InPlace).then(|| {
+        InProcessTracing::start_with(bootstrap(module, any, addr, sink), filter_options())
+            .unwrap_or_else(|e| panic!("{e}"))
     });
     let sidecar = (row == Row::Sidecar).then(|| {
-        let options = ProxyOptions { workers: filter_workers(), ..ProxyOptions::default() };
-        wasmtrace_proxy::start(bootstrap(module, any, addr, sink), options).unwrap_or_else(|e| panic!("sidecar: {e}"))
+        wasmtrace_proxy::start(bootstrap(module, any, addr, sink), filter_options())
+            .unwrap_or_else(|e| panic!("sidecar: {e}"))
     });
     let target = match &sidecar {
         Some(sidecar) => sidecar.listener_address("inbound").unwrap_or_else(|| panic!("sidecar listener")),
@@ -211,6 +234,16 @@ fn start_service(row: Row, module: &std::path::Path, sink: SocketAddr) -> Servic
                 if let Some(telemetry) = &telemetry {
                     router =
                         router.route_layer(axum::middleware::from_fn_with_state(telemetry.clone(), trace_requests));
+                }
+                if row == Row::InPlace
+                    && let Some(in_process) = &in_process
+                {
+                    let shutdown = async {
+                        let _ = stopped.await;
+                    };
+                    let served = in_process.filters().serve("inbound", listener, router, shutdown).await;
+                    served.unwrap_or_else(|e| panic!("serving in place: {e}"));
+                    return;
                 }
                 if let Some(in_process) = &in_process {
                     router = router.layer(in_process.server_layer(addr));
@@ -282,8 +315,9 @@ struct Window {
 }
 
 /// `connections` keep-alive HTTP/1.1 connections sending `GET /hello` for `warm_up`, then for
-/// `seconds` measured, on a thread named `load`.
-fn drive(target: SocketAddr, connections: usize, seconds: u64) -> Window {
+/// `seconds` measured, on a thread named `load`: each as fast as answers come (`rate` `None`),
+/// or all together `rate` requests a second, each connection its share at even intervals.
+fn drive(target: SocketAddr, connections: usize, seconds: u64, rate: Option<u64>) -> Window {
     let spawned = std::thread::Builder::new().name("load".into()).spawn(move || {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
@@ -291,7 +325,15 @@ fn drive(target: SocketAddr, connections: usize, seconds: u64) -> Window {
             let warm_until = Instant::now() + Duration::from_secs(1);
             let until = warm_until + Duration::from_secs(seconds);
             let mut tasks = Vec::new();
-            for _ in 0..connections {
+            // Each connection's requests `period` apart, the connections' offset across one period.
+            let period = rate.map(|rate| Duration::from_secs_f64(connections as f64 / rate.max(1) as f64));
+            for connection in 0..connections {
+                let mut pace = period.map(|period| {
+                    let first = Instant::now() + period.mul_f64(connection as f64 / connections as f64);
+                    let mut pace = tokio::time::interval_at(first.into(), period);
+                    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    pace
+                });
                 tasks.push(tokio::spawn(async move {
                     let mut counts = (0u64, 0u64, Vec::new());
                     let Ok(stream) = tokio::net::TcpStream::connect(target).await else { return counts };
@@ -303,6 +345,9 @@ fn drive(target: SocketAddr, connections: usize, seconds: u64) -> Window {
                     };
                     tokio::spawn(connection);
                     loop {
+                        if let Some(pace) = pace.as_mut() {
+                            pace.tick().await;
+                        }
                         let now = Instant::now();
                         if now >= until {
                             return counts;
@@ -368,6 +413,8 @@ fn main() {
     let connections = env_number("BENCH_CONNECTIONS", 32) as usize;
     let seconds = env_number("BENCH_SECONDS", 5);
     let rounds = env_number("BENCH_ROUNDS", 2);
+    // `BENCH_RATE=8000`: every row at the same offered load instead of as fast as it answers.
+    let rate = std::env::var("BENCH_RATE").ok().and_then(|v| v.parse().ok()).filter(|rate| *rate > 0);
     let module = trace_module();
     let sink = start_sink();
     let mut windows: BTreeMap<Row, Vec<Window>> = BTreeMap::new();
@@ -377,7 +424,7 @@ fn main() {
         for row in Row::ALL.into_iter().filter(|row| row.title().to_lowercase().contains(&only)) {
             eprintln!("[bench] round {round}: {}", row.title());
             let service = start_service(row, &module, sink);
-            let window = drive(service.target, connections, seconds);
+            let window = drive(service.target, connections, seconds, rate);
             service.stop();
             windows.entry(row).or_default().push(window);
         }
@@ -453,17 +500,16 @@ fn main() {
     println!();
     let cpu = |row: Row| of(row).map(|s| s.cpu_us);
     let added = |row: Row| Some(cpu(row)? - cpu(Row::NoTracing)?);
-    println!(
-        "in-process CPU/request ÷ SDK middleware CPU/request: {} (goal ≤ 1.5)",
-        ratio(cpu(Row::InProcess), cpu(Row::SdkMiddleware))
-    );
-    println!(
-        "sidecar CPU/request ÷ in-process CPU/request: {} (goal ≥ 3)",
-        ratio(cpu(Row::Sidecar), cpu(Row::InProcess))
-    );
-    println!(
-        "what tracing adds to a request, in-process ÷ SDK middleware: {}; sidecar ÷ in-process: {}",
-        ratio(added(Row::InProcess), added(Row::SdkMiddleware)),
-        ratio(added(Row::Sidecar), added(Row::InProcess))
-    );
+    for (in_process, how) in
+        [(Row::InPlace, "served by the filter workers"), (Row::InProcess, "layer under axum::serve")]
+    {
+        println!(
+            "in-process ({how}): CPU/request ÷ SDK middleware {} (goal ≤ 1.5); sidecar ÷ in-process {} (goal ≥ 3); \
+             what tracing adds, in-process ÷ SDK middleware {}, sidecar ÷ in-process {}",
+            ratio(cpu(in_process), cpu(Row::SdkMiddleware)),
+            ratio(cpu(Row::Sidecar), cpu(in_process)),
+            ratio(added(in_process), added(Row::SdkMiddleware)),
+            ratio(added(Row::Sidecar), added(in_process)),
+        );
+    }
 }

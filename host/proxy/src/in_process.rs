@@ -12,8 +12,18 @@
 //! call on the worker's thread), while the application's server runs on a multi-threaded runtime
 //! whose tasks move between threads: a stream's contexts live in one VM, so the stream stays on
 //! the worker that owns that VM, and only the request and the answer cross threads.
+//!
+//! Crossing threads costs a wake-up of the other thread each way, which in the benchmarks cost
+//! more than the trace filter itself. So the workers can also serve the application's socket in
+//! place ([`InProcessInbox::serve_in_place`]): each worker accepts connections from it as a
+//! sidecar listener's, and a route to a cluster calls the application on the worker's thread —
+//! nothing crosses a thread. And a request handed over from a worker's own thread (a client layer
+//! called by an application served in place) goes to that worker's inbox, so its wake-ups stay on
+//! the thread.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,7 +37,7 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::BoxError;
 use crate::body::{CHANNEL_FRAMES, FrameResult, ProxyBody, ResponseBody};
@@ -110,9 +120,9 @@ impl Application {
         Self { call, target, extensions: http::Extensions::new() }
     }
 
-    /// The same, carrying `extensions` to the application's request.
-    pub(crate) fn keeping(mut self, extensions: http::Extensions) -> Self {
-        self.extensions = extensions;
+    /// The same, carrying `extensions` to the application's request (besides any it carries).
+    pub fn keeping(mut self, extensions: http::Extensions) -> Self {
+        self.extensions.extend(extensions);
         self
     }
 
@@ -211,10 +221,63 @@ impl Body for ReplyBody {
 /// Requests one worker may have waiting before a layer's call waits for room.
 pub const INBOX_REQUESTS: usize = 1024;
 
-/// Where layers hand requests to the workers: one bounded inbox per worker, taken in turn.
+/// Makes the application's side of each request on a socket the workers serve in place: called
+/// on the worker, with the client's address.
+pub type ApplicationFactory = Arc<dyn Fn(Option<SocketAddr>) -> Application + Send + Sync>;
+
+/// A socket every worker accepts from itself, its requests answered by the application in place
+/// of the listener's clusters ([`InProcessInbox::serve_in_place`]).
+pub struct InPlaceListener {
+    /// Which listener's chain (index in the bootstrap's listeners).
+    pub(crate) listener: usize,
+    /// This worker's handle on the socket.
+    pub(crate) socket: std::net::TcpListener,
+    /// The application's side of each request.
+    pub(crate) application: ApplicationFactory,
+    /// Set when the application stops serving: accepting stops, connections drain.
+    pub(crate) stop: watch::Receiver<bool>,
+    /// Held while this worker accepts from the socket or has a connection from it open.
+    pub(crate) serving: mpsc::Sender<Infallible>,
+}
+
+/// A worker's side of the in-process hand-over: the layers' requests, the sockets it serves in
+/// place, and who it is (so a request handed over from its own thread stays on it).
+pub struct InProcessIntake {
+    pub(crate) requests: mpsc::Receiver<InProcessRequest>,
+    pub(crate) in_place: mpsc::UnboundedReceiver<InPlaceListener>,
+    pub(crate) worker: WorkerIdentity,
+}
+
+/// One worker of one set of in-process filters (a process may run several, say one per service
+/// in a test).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct WorkerIdentity {
+    filters: u64,
+    index: usize,
+}
+
+thread_local! {
+    /// The worker this thread is, if it is one.
+    static CURRENT_WORKER: Cell<Option<WorkerIdentity>> = const { Cell::new(None) };
+}
+
+impl WorkerIdentity {
+    /// Marks the calling thread as this worker, for the rest of its life.
+    pub(crate) fn enter(self) {
+        CURRENT_WORKER.with(|current| current.set(Some(self)));
+    }
+}
+
+/// Numbers each set of in-process filters in this process.
+static NEXT_FILTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Where layers hand requests to the workers: one bounded inbox per worker, taken in turn (or
+/// the calling worker's own); and where sockets to serve in place go to every worker.
 #[derive(Clone)]
 pub struct InProcessInbox {
     workers: Arc<[mpsc::Sender<InProcessRequest>]>,
+    in_place: Arc<[mpsc::UnboundedSender<InPlaceListener>]>,
+    filters: u64,
     next: Arc<AtomicUsize>,
     listeners: Arc<[String]>,
 }
@@ -224,6 +287,30 @@ pub struct InProcessInbox {
 #[error("the in-process filters have stopped")]
 pub struct Stopped(pub Box<InProcessRequest>);
 
+/// Why a socket cannot be served in place.
+#[derive(Debug, thiserror::Error)]
+pub enum InPlaceError {
+    /// The socket could not be shared with the workers.
+    #[error("sharing the socket with the filter workers: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The workers have stopped.
+    #[error("the in-process filters have stopped")]
+    Stopped,
+}
+
+/// The workers serving a socket in place: [`Self::finished`] resolves once every worker stopped
+/// accepting from it and its last connection closed.
+pub struct InPlaceServing {
+    serving: mpsc::Receiver<Infallible>,
+}
+
+impl InPlaceServing {
+    /// Waits until no worker accepts from the socket or holds a connection from it.
+    pub async fn finished(mut self) {
+        while self.serving.recv().await.is_some() {}
+    }
+}
+
 impl std::fmt::Debug for InProcessRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InProcessRequest").field("listener", &self.listener).finish_non_exhaustive()
@@ -231,8 +318,31 @@ impl std::fmt::Debug for InProcessRequest {
 }
 
 impl InProcessInbox {
-    pub(crate) fn new(workers: Vec<mpsc::Sender<InProcessRequest>>, listeners: Vec<String>) -> Self {
-        Self { workers: workers.into(), next: Arc::default(), listeners: listeners.into() }
+    /// The inboxes for `workers` workers: what the layers use, and what each worker takes.
+    pub(crate) fn new(workers: usize, listeners: Vec<String>) -> (Self, Vec<InProcessIntake>) {
+        let filters = NEXT_FILTERS.fetch_add(1, Ordering::Relaxed);
+        let mut senders = Vec::with_capacity(workers);
+        let mut in_place = Vec::with_capacity(workers);
+        let mut intakes = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let (tx, requests) = mpsc::channel(INBOX_REQUESTS);
+            let (in_place_tx, in_place_rx) = mpsc::unbounded_channel();
+            senders.push(tx);
+            in_place.push(in_place_tx);
+            intakes.push(InProcessIntake {
+                requests,
+                in_place: in_place_rx,
+                worker: WorkerIdentity { filters, index },
+            });
+        }
+        let inbox = Self {
+            workers: senders.into(),
+            in_place: in_place.into(),
+            filters,
+            next: Arc::default(),
+            listeners: listeners.into(),
+        };
+        (inbox, intakes)
     }
 
     /// The index of listener `name` (what [`InProcessRequest::listener`] takes).
@@ -240,11 +350,48 @@ impl InProcessInbox {
         self.listeners.iter().position(|listener| listener == name)
     }
 
-    /// Hands `request` to the next worker, waiting while its inbox is full.
+    /// Hands `request` to a worker, waiting while its inbox is full: the calling thread's own
+    /// when it is one of these workers (no wake-up crosses a thread), the next in turn otherwise.
     pub async fn send(&self, request: InProcessRequest) -> Result<(), Stopped> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
+        let own = CURRENT_WORKER.with(Cell::get).filter(|worker| worker.filters == self.filters);
+        let index = match own {
+            Some(worker) => worker.index,
+            None => self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1),
+        };
         let Some(worker) = self.workers.get(index) else { return Err(Stopped(Box::new(request))) };
         worker.send(request).await.map_err(|refused| Stopped(Box::new(refused.0)))
+    }
+
+    /// Has every worker accept connections from `socket` itself and serve them through
+    /// `listener`'s chain as a sidecar listener's, a route to a cluster calling `application`
+    /// on the worker's thread, until `stop` is set (then the connections drain, as at shutdown)
+    /// or the filters shut down.
+    pub fn serve_in_place(
+        &self,
+        listener: usize,
+        socket: &std::net::TcpListener,
+        application: ApplicationFactory,
+        stop: watch::Receiver<bool>,
+    ) -> Result<InPlaceServing, InPlaceError> {
+        socket.set_nonblocking(true).map_err(InPlaceError::Socket)?;
+        let (serving, finished) = mpsc::channel(1);
+        let handles = self
+            .in_place
+            .iter()
+            .map(|_| socket.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(InPlaceError::Socket)?;
+        for (worker, socket) in self.in_place.iter().zip(handles) {
+            let listener = InPlaceListener {
+                listener,
+                socket,
+                application: application.clone(),
+                stop: stop.clone(),
+                serving: serving.clone(),
+            };
+            worker.send(listener).map_err(|_| InPlaceError::Stopped)?;
+        }
+        Ok(InPlaceServing { serving: finished })
     }
 }
 

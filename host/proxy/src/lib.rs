@@ -349,15 +349,19 @@ fn launch(bootstrap: Bootstrap, options: ProxyOptions, serving: Serving) -> Resu
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut workers = Vec::new();
     let mut worker_commands = Vec::new();
-    let mut inboxes = Vec::new();
-    for index in 0..options.workers.max(1) {
+    let worker_count = options.workers.max(1);
+    let (inbox, mut intakes) = match serving {
+        Serving::InProcess => {
+            let listeners = bootstrap.listeners.iter().map(|l| l.name.clone()).collect();
+            let (inbox, intakes) = in_process::InProcessInbox::new(worker_count, listeners);
+            (Some(inbox), intakes.into_iter().map(Some).collect())
+        }
+        Serving::Listeners => (None, Vec::new()),
+    };
+    intakes.resize_with(worker_count, || None);
+    for (index, intake) in intakes.into_iter().enumerate() {
         let (commands_tx, commands) = mpsc::unbounded_channel();
         worker_commands.push(commands_tx);
-        let inbox = (serving == Serving::InProcess).then(|| {
-            let (tx, rx) = mpsc::channel(in_process::INBOX_REQUESTS);
-            inboxes.push(tx);
-            rx
-        });
         let mut worker_sockets = Vec::new();
         for (listener_index, socket) in sockets.iter().enumerate() {
             worker_sockets
@@ -366,7 +370,7 @@ fn launch(bootstrap: Bootstrap, options: ProxyOptions, serving: Serving) -> Resu
         let (shared, stop_rx, ready_tx) = (shared.clone(), stop_rx.clone(), ready_tx.clone());
         let handle = std::thread::Builder::new()
             .name(format!("wasmtrace-worker-{index}"))
-            .spawn(move || worker::run(index, shared, worker_sockets, commands, inbox, stop_rx, ready_tx))
+            .spawn(move || worker::run(index, shared, worker_sockets, commands, intake, stop_rx, ready_tx))
             .map_err(WorkerError::Spawn)?;
         workers.push(handle);
     }
@@ -420,8 +424,6 @@ fn launch(bootstrap: Bootstrap, options: ProxyOptions, serving: Serving) -> Resu
         workers,
         control_thread: Some(control.thread),
         admin_state,
-        inbox: (serving == Serving::InProcess).then(|| {
-            in_process::InProcessInbox::new(inboxes, bootstrap.listeners.iter().map(|l| l.name.clone()).collect())
-        }),
+        inbox,
     })
 }

@@ -19,6 +19,8 @@ use wasmtrace_proxy::BoxError;
 use wasmtrace_proxy::in_process::{Application, InProcessInbox, InProcessReply, InProcessRequest, ReplyBody};
 use wasmtrace_proxy::rescue::Rescue;
 
+use crate::application_call::application_call;
+
 /// The body the wrapped service gets: the request as the filters left it (streamed through the
 /// body callbacks of filters that have them).
 pub type FilteredBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
@@ -138,11 +140,7 @@ impl FilterLayer {
             },
         };
         let request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-        let runtime = tokio::runtime::Handle::try_current().ok();
-        let call: wasmtrace_proxy::in_process::ApplicationCall = Box::new(move |request| {
-            let answered = oneshot_call(inner, request);
-            Box::pin(InRuntime { runtime, future: Box::pin(answered) })
-        });
+        let call = application_call(inner, tokio::runtime::Handle::try_current().ok());
         let (reply, answer) = oneshot::channel();
         let request = InProcessRequest {
             listener: self.listener,
@@ -165,59 +163,6 @@ impl FilterLayer {
             }
             // The worker dropped the request: it is shutting down.
             Err(_) => rescued(&Rescue::FiltersStopped),
-        }
-    }
-}
-
-/// Readies `inner` and calls it (on the worker), its answer's body boxed for the filters. A
-/// future of its own rather than an `async fn`: the compiler can then see that it is `Send`
-/// whenever the wrapped service's future is.
-enum Answer<S: Service<Request<FilteredBody>>> {
-    Readying(Box<(S, Option<Request<FilteredBody>>)>),
-    Calling(Pin<Box<S::Future>>),
-    Done,
-}
-
-fn oneshot_call<S>(inner: S, request: Request<FilteredBody>) -> Answer<S>
-where
-    S: Service<Request<FilteredBody>>,
-{
-    Answer::Readying(Box::new((inner, Some(request))))
-}
-
-impl<S, ResBody> Future for Answer<S>
-where
-    S: Service<Request<FilteredBody>, Response = Response<ResBody>>,
-    S::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    type Output = Result<Response<FilteredBody>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        loop {
-            match this {
-                Answer::Readying(readying) => {
-                    let (inner, request) = &mut **readying;
-                    if let Err(e) = std::task::ready!(inner.poll_ready(cx)) {
-                        *this = Answer::Done;
-                        return Poll::Ready(Err(e.into()));
-                    }
-                    let Some(request) = request.take() else { return Poll::Ready(Err("polled after its end".into())) };
-                    *this = Answer::Calling(Box::pin(inner.call(request)));
-                }
-                Answer::Calling(future) => {
-                    let answered = std::task::ready!(future.as_mut().poll(cx));
-                    *this = Answer::Done;
-                    return Poll::Ready(
-                        answered
-                            .map(|response| response.map(|body| body.map_err(Into::into).boxed_unsync()))
-                            .map_err(Into::into),
-                    );
-                }
-                Answer::Done => return Poll::Ready(Err("polled after its end".into())),
-            }
         }
     }
 }
@@ -249,21 +194,4 @@ fn rescued(rescue: &Rescue) -> Response<ReplyBody> {
     *response.status_mut() = reply.status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
-}
-
-/// A future polled inside the application's runtime context although a worker polls it: what
-/// the wrapped service spawns, and the sockets and timers it makes, are the application's.
-struct InRuntime<F> {
-    runtime: Option<tokio::runtime::Handle>,
-    future: Pin<Box<F>>,
-}
-
-impl<F: Future> Future for InRuntime<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        let _entered = this.runtime.as_ref().map(tokio::runtime::Handle::enter);
-        this.future.as_mut().poll(cx)
-    }
 }

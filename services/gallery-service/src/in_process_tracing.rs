@@ -3,7 +3,9 @@
 //! around the calls it makes to other services — the same modules and configuration the sidecar
 //! runs, with no hop through one. The service's own database and storage spans are children of
 //! the in-process SERVER span through the `traceparent` the trace filter puts on the request
-//! the router receives, as behind a sidecar.
+//! the router receives, as behind a sidecar. The filter workers serve the service's socket
+//! themselves ([`InProcessTracing::serve`]): the router runs on the worker that owns the stream,
+//! and the calls it makes through the client layer stay on that worker.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,7 +39,15 @@ impl std::fmt::Debug for InProcessTracing {
 impl InProcessTracing {
     /// Starts `bootstrap`'s filters in this process (`workers` threads of VMs).
     pub fn start(bootstrap: Bootstrap, workers: usize) -> Result<Self, ServiceError> {
-        let options = ProxyOptions { workers, drain_timeout: Duration::from_secs(5), ..ProxyOptions::default() };
+        Self::start_with(
+            bootstrap,
+            ProxyOptions { workers, drain_timeout: Duration::from_secs(5), ..ProxyOptions::default() },
+        )
+    }
+
+    /// Starts `bootstrap`'s filters in this process with the sidecar's `options` (workers, limits,
+    /// the runtime's profiler...).
+    pub fn start_with(bootstrap: Bootstrap, options: ProxyOptions) -> Result<Self, ServiceError> {
         let filters = InProcessFilters::start(bootstrap, options).map_err(|e| ServiceError::Filters(e.into()))?;
         let inbound = filters.server_layer(INBOUND_LISTENER).map_err(|e| ServiceError::Filters(e.into()))?;
         let outbound = filters.client_layer(OUTBOUND_LISTENER).ok();
@@ -53,7 +63,23 @@ impl InProcessTracing {
         Self::start(bootstrap, workers)
     }
 
-    /// The layer for the service's router, telling the filters where it listens.
+    /// Serves `router` on `socket` behind the inbound listener's filters, from the filter workers,
+    /// until `shutdown` resolves (then open requests finish).
+    pub async fn serve(
+        &self,
+        socket: std::net::TcpListener,
+        router: axum::Router,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServiceError> {
+        self.filters
+            .serve(INBOUND_LISTENER, socket, router, shutdown)
+            .await
+            .map_err(|e| ServiceError::Filters(e.into()))
+    }
+
+    /// The layer for a router the service serves itself (under `axum::serve`), telling the
+    /// filters where it listens: what an application that must own its server uses instead of
+    /// [`Self::serve`] (each request then crosses to a filter worker and back).
     pub fn server_layer(&self, listen: SocketAddr) -> FilterLayer {
         self.inbound.clone().with_local_address(listen)
     }

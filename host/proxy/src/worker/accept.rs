@@ -16,6 +16,7 @@ use wasmtrace_config::{CodecType, ConnectionLimits};
 
 use crate::connection::{Activity, ActivityIo, CLOSE_GRACE, DRAIN_GRACE, Expiry, GuardedBody};
 use crate::handler::{self, ConnectionInfo, ListenerContext};
+use crate::in_process::ApplicationFactory;
 use crate::stats::ListenerStats;
 
 use super::ConnectionTracker;
@@ -120,6 +121,16 @@ impl Drop for OpenConnection {
     }
 }
 
+/// A socket served in place: the application answering its routes to clusters, and the token
+/// that tells the application this worker still serves it (held until the accept loop and
+/// every connection from the socket ended).
+pub(super) struct InPlace {
+    pub(super) application: ApplicationFactory,
+    pub(super) _serving: tokio::sync::mpsc::Sender<std::convert::Infallible>,
+}
+
+/// Accepts `listener`'s connections until `stop` and serves each on this worker (`in_place`: a
+/// socket of the application's, whose routes to clusters the application answers).
 pub(super) async fn accept(
     ctx: Rc<ListenerContext>,
     listener: TcpListener,
@@ -127,9 +138,11 @@ pub(super) async fn accept(
     ids: Arc<AtomicU64>,
     max_connections: usize,
     mut stop: watch::Receiver<bool>,
+    in_place: Option<Rc<InPlace>>,
 ) {
-    let limits = Rc::new(ctx.listener.http.limits.clone());
-    let builder = Rc::new(connection_builder(ctx.listener.http.codec, &limits));
+    let limits = ctx.listener.http.limits.clone();
+    let builder = connection_builder(ctx.listener.http.codec, &limits);
+    let serving = Rc::new(ConnectionSetup { ctx: ctx.clone(), builder, limits, in_place });
     let local = listener.local_addr().ok();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut accept_warning = RateLimitedWarning::new();
@@ -179,40 +192,48 @@ pub(super) async fn accept(
             id: ids.fetch_add(1, Ordering::Relaxed),
             tunnel: Default::default(),
         });
-        let (ctx, builder, limits, stop) = (ctx.clone(), builder.clone(), limits.clone(), stop.clone());
-        tokio::task::spawn_local(serve_connection(ctx, conn, stream, builder, limits, open, stop));
+        tokio::task::spawn_local(serve_connection(serving.clone(), conn, stream, open, stop.clone()));
     }
+}
+
+/// What every connection of one accept loop is served with.
+struct ConnectionSetup {
+    ctx: Rc<ListenerContext>,
+    builder: auto::Builder<LocalExec>,
+    limits: ConnectionLimits,
+    in_place: Option<Rc<InPlace>>,
 }
 
 /// Serves one downstream connection until it ends, shutdown drains it, or a limit closes it;
 /// then carries its tunnel, if a stream switched protocols. The connection counts as open
 /// (`open`) until both are done.
 async fn serve_connection(
-    ctx: Rc<ListenerContext>,
+    serving: Rc<ConnectionSetup>,
     conn: Rc<ConnectionInfo>,
     stream: tokio::net::TcpStream,
-    builder: Rc<auto::Builder<LocalExec>>,
-    limits: Rc<ConnectionLimits>,
     open: OpenConnection,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (ctx, limits) = (&serving.ctx, &serving.limits);
     let activity = Activity::new();
     let stream_activity = activity.clone();
-    let listener_ctx = ctx.clone();
+    let for_streams = serving.clone();
     let info = conn.clone();
     let service = hyper::service::service_fn(move |request| {
         let guard = stream_activity.stream();
+        let application = for_streams.in_place.as_ref().map(|in_place| (in_place.application)(conn.peer));
         // Boxed where it is made: the stream's future is several KB, and hyper moves the
         // service future more than once (memcpy was 5 % of a request's CPU in the profile).
-        let served = Box::pin(handler::serve(listener_ctx.clone(), conn.clone(), request, None));
+        let served = Box::pin(handler::serve(for_streams.ctx.clone(), conn.clone(), request, application));
         async move { served.await.map(|response| response.map(|body| GuardedBody::new(body, guard))) }
     });
     let mut draining = false;
     let mut close_at: Option<tokio::time::Instant> = None;
     let ended = {
         // With upgrades: a `101` hands the connection to the stream's tunnel (`crate::upgrade`).
-        let connection =
-            builder.serve_connection_with_upgrades(TokioIo::new(ActivityIo::new(stream, activity.clone())), service);
+        let connection = serving
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(ActivityIo::new(stream, activity.clone())), service);
         tokio::pin!(connection);
         loop {
             tokio::select! {
@@ -226,7 +247,7 @@ async fn serve_connection(
                     draining = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                expiry = activity.expired(&limits), if close_at.is_none() => {
+                expiry = activity.expired(limits), if close_at.is_none() => {
                     ctx.stats.connection_timeout(expiry);
                     tracing::debug!(listener = %ctx.listener.name, limit = expiry.label(), "closing a connection past its limit");
                     if !draining {
@@ -245,7 +266,7 @@ async fn serve_connection(
     };
     // Closed by a limit or at the drain timeout: a tunnel left there is dropped unstarted.
     if let Some(tunnel) = info.tunnel.take().filter(|_| ended) {
-        carry_tunnel(&ctx, tunnel, &activity, &limits, &open.tracker, close_at).await;
+        carry_tunnel(ctx, tunnel, &activity, limits, &open.tracker, close_at).await;
     }
     drop(open);
 }

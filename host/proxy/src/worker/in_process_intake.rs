@@ -1,5 +1,6 @@
 //! The in-process layers' requests on a worker: each a stream of its listener's chain, counted
-//! in the drain as a connection is.
+//! in the drain as a connection is; and the sockets the application has the workers serve in
+//! place, each accepted from as a sidecar listener's.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -8,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, watch};
 
 use crate::handler::ListenerContext;
-use crate::in_process::{self, InProcessRequest};
+use crate::in_process::{self, InPlaceListener, InProcessRequest};
 
 use super::ConnectionTracker;
+use super::accept::{self, InPlace};
 
 /// Counts an in-process stream as open until dropped.
 struct OpenStream {
@@ -65,5 +67,58 @@ pub(super) async fn take_in_process(
             }
             drop((open, permit));
         });
+    }
+}
+
+/// Takes the sockets the application has the workers serve in place until `stop`: each is
+/// accepted from as a sidecar listener's socket (its listener's connection cap, limits and
+/// watchdog; its connections counted in the drain), until the application or the filters stop.
+pub(super) async fn take_in_place(
+    contexts: Vec<Rc<ListenerContext>>,
+    mut sockets: mpsc::UnboundedReceiver<InPlaceListener>,
+    tracker: Rc<ConnectionTracker>,
+    ids: Arc<AtomicU64>,
+    max_connections: usize,
+    stop: watch::Receiver<bool>,
+) {
+    loop {
+        let mut stopped = stop.clone();
+        let served = tokio::select! {
+            served = sockets.recv() => served,
+            _ = stopped.wait_for(|stopped| *stopped) => return,
+        };
+        let Some(InPlaceListener { listener, socket, application, stop: app_stop, serving }) = served else { return };
+        let Some(ctx) = contexts.get(listener).cloned() else {
+            tracing::error!(listener, "a socket to serve for a listener this worker does not have");
+            continue;
+        };
+        let socket = match tokio::net::TcpListener::from_std(socket) {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::error!(listener = %ctx.listener.name, "serving the application's socket: {e}");
+                continue;
+            }
+        };
+        // One stop for both ends: the application stopping serving, or the filters shutting down.
+        let (either_tx, either) = watch::channel(false);
+        let (mut filters_stop, mut app_stop) = (stop.clone(), app_stop);
+        tokio::task::spawn_local(async move {
+            tokio::select! {
+                _ = filters_stop.wait_for(|stopped| *stopped) => {}
+                _ = app_stop.wait_for(|stopped| *stopped) => {}
+                () = either_tx.closed() => return,
+            }
+            let _ = either_tx.send(true);
+        });
+        let in_place = Rc::new(InPlace { application, _serving: serving });
+        tokio::task::spawn_local(accept::accept(
+            ctx,
+            socket,
+            tracker.clone(),
+            ids.clone(),
+            max_connections,
+            either,
+            Some(in_place),
+        ));
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! This module starts a worker and stops it (drain, then flush); [`accept`] takes its
 //! connections and serves them with hyper, [`in_process_intake`] takes the in-process layers'
-//! requests.
+//! requests and the sockets the application has the workers serve in place.
 
 mod accept;
 mod in_process_intake;
@@ -24,7 +24,7 @@ use crate::cluster::ClusterClient;
 use crate::connection::CLOSE_GRACE;
 use crate::error::WorkerError;
 use crate::handler::ListenerContext;
-use crate::in_process::InProcessRequest;
+use crate::in_process::InProcessIntake;
 use crate::plugins::SlotRole;
 use crate::swap::{WorkerCommand, WorkerEnv, WorkerPlugin};
 
@@ -72,7 +72,7 @@ pub fn run(
     shared: Arc<Shared>,
     sockets: WorkerSockets,
     commands: mpsc::UnboundedReceiver<WorkerCommand>,
-    inbox: Option<mpsc::Receiver<InProcessRequest>>,
+    intake: Option<InProcessIntake>,
     stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), WorkerError>>,
 ) {
@@ -84,7 +84,7 @@ pub fn run(
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(index, shared, sockets, commands, inbox, stop, ready));
+    local.block_on(&runtime, serve(index, shared, sockets, commands, intake, stop, ready));
 }
 
 async fn serve(
@@ -92,7 +92,7 @@ async fn serve(
     shared: Arc<Shared>,
     sockets: WorkerSockets,
     commands: mpsc::UnboundedReceiver<WorkerCommand>,
-    inbox: Option<mpsc::Receiver<InProcessRequest>>,
+    intake: Option<InProcessIntake>,
     stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), WorkerError>>,
 ) {
@@ -150,12 +150,22 @@ async fn serve(
             shared.connection_ids.clone(),
             shared.max_connections,
             stop.clone(),
+            None,
         )));
     }
-    if let Some(inbox) = inbox {
+    if let Some(InProcessIntake { requests, in_place, worker }) = intake {
+        worker.enter();
         accept_loops.push(tokio::task::spawn_local(in_process_intake::take_in_process(
             contexts.clone(),
-            inbox,
+            requests,
+            tracker.clone(),
+            shared.connection_ids.clone(),
+            shared.max_connections,
+            stop.clone(),
+        )));
+        accept_loops.push(tokio::task::spawn_local(in_process_intake::take_in_place(
+            contexts.clone(),
+            in_place,
             tracker.clone(),
             shared.connection_ids.clone(),
             shared.max_connections,
