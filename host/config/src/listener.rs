@@ -53,7 +53,7 @@ pub(crate) fn host_and_port(address: &Node<'_>, errors: &mut Errors) -> Option<(
 pub(crate) fn parse_listener(listener: &Node<'_>, errors: &mut Errors) -> Option<Listener> {
     listener.expect_fields(
         errors,
-        &["name", "address", "filter_chains", "traffic_direction", "metadata"],
+        &["name", "address", "filter_chains", "traffic_direction", "metadata", "enable_reuse_port"],
         "a listener is an address and one filter chain with the HTTP connection manager",
     );
     let name = listener.get("name").and_then(|n| n.string(errors)).unwrap_or_default();
@@ -104,7 +104,8 @@ pub(crate) fn parse_listener(listener: &Node<'_>, errors: &mut Errors) -> Option
             }
         }
     }
-    Some(Listener { name, address: address?, direction, metadata, filter_chain_name, http: http? })
+    let reuse_port = bool_value(listener.get("enable_reuse_port"), errors, true);
+    Some(Listener { name, address: address?, direction, metadata, filter_chain_name, reuse_port, http: http? })
 }
 
 fn parse_hcm(config: &Node<'_>, errors: &mut Errors) -> Option<HttpConnectionManager> {

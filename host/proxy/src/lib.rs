@@ -4,7 +4,8 @@
 //!
 //! - [`start`] loads the configuration's modules once ([`plugins`]), binds every listener, and
 //!   starts N [`worker`]s (default: one per core). Each worker is a thread with a single-threaded
-//!   tokio runtime that owns its VMs and upstream pools; all workers accept from the same sockets.
+//!   tokio runtime that owns its VMs and upstream pools; each worker accepts from a socket of its
+//!   own on every listener's address ([`listen_sockets`]).
 //! - A connection is served by hyper (HTTP/1.1 or h2c). Each request goes through
 //!   [`handler::serve`]: Envoy's request defaults, the Wasm [`chain`], routing ([`route`]), the
 //!   upstream call through the cluster's pooled client ([`cluster`]), and the response filters;
@@ -35,6 +36,7 @@ pub mod error;
 pub mod grpc_callouts;
 pub mod handler;
 pub mod in_process;
+mod listen_sockets;
 pub mod message;
 pub mod module_file;
 pub mod plugins;
@@ -325,14 +327,15 @@ fn launch(bootstrap: Bootstrap, options: ProxyOptions, serving: Serving) -> Resu
         clusters: bootstrap.clusters.iter().map(|c| (c.name.clone(), Arc::default())).collect(),
     });
     let cluster_stats = Arc::new(stats.clusters.clone());
+    let worker_count = options.workers.max(1);
+    // By listener, one socket per worker.
     let mut sockets = Vec::new();
     let mut listeners = Vec::new();
     for listener in bootstrap.listeners.iter().filter(|_| serving == Serving::Listeners) {
         let bind_error = |source| ProxyError::Bind { name: listener.name.clone(), address: listener.address, source };
-        let socket = std::net::TcpListener::bind(listener.address).map_err(bind_error)?;
-        socket.set_nonblocking(true).map_err(bind_error)?;
-        listeners.push((listener.name.clone(), socket.local_addr().map_err(bind_error)?));
-        sockets.push(socket);
+        let bound = listen_sockets::bind(listener.address, worker_count, listener.reuse_port).map_err(bind_error)?;
+        listeners.push((listener.name.clone(), bound[0].local_addr().map_err(bind_error)?));
+        sockets.push(bound.into_iter());
     }
     let bootstrap = Arc::new(bootstrap);
     let shared = Arc::new(Shared {
@@ -349,7 +352,6 @@ fn launch(bootstrap: Bootstrap, options: ProxyOptions, serving: Serving) -> Resu
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut workers = Vec::new();
     let mut worker_commands = Vec::new();
-    let worker_count = options.workers.max(1);
     let (inbox, mut intakes) = match serving {
         Serving::InProcess => {
             let listeners = bootstrap.listeners.iter().map(|l| l.name.clone()).collect();
@@ -363,9 +365,9 @@ fn launch(bootstrap: Bootstrap, options: ProxyOptions, serving: Serving) -> Resu
         let (commands_tx, commands) = mpsc::unbounded_channel();
         worker_commands.push(commands_tx);
         let mut worker_sockets = Vec::new();
-        for (listener_index, socket) in sockets.iter().enumerate() {
-            worker_sockets
-                .push((listener_index, socket.try_clone().map_err(|source| WorkerError::Socket { index, source })?));
+        for (listener_index, bound) in sockets.iter_mut().enumerate() {
+            let Some(socket) = bound.next() else { unreachable!("one socket bound per worker") };
+            worker_sockets.push((listener_index, socket));
         }
         let (shared, stop_rx, ready_tx) = (shared.clone(), stop_rx.clone(), ready_tx.clone());
         let handle = std::thread::Builder::new()
