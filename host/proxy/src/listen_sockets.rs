@@ -1,12 +1,12 @@
-//! The listeners' sockets. As Envoy does on Linux (`enable_reuse_port`, true by default), every
-//! worker binds a socket of its own to a listener's address with `SO_REUSEPORT`, and the kernel
-//! spreads new connections evenly across them by their addresses. From one shared socket,
-//! whichever worker wakes first takes the connection: under a burst of new connections one
-//! worker took over two thirds of them and became the bottleneck while the other idled.
+//! The listeners' sockets. With `enable_reuse_port: true` (Envoy's default on Linux; off here,
+//! see `docs/sidecar.md`), every worker binds a socket of its own to a listener's address with
+//! `SO_REUSEPORT`, and the kernel spreads new connections evenly across them by their addresses.
+//! From one shared socket, whichever worker wakes first takes the connection: a burst of 32 new
+//! connections all went to one worker while the other idled.
 //!
 //! Only processes of the same user can join a `SO_REUSEPORT` group (Linux refuses the others),
-//! so a second proxy of the same user on the same address shares its connections instead of
-//! failing to start, as a second Envoy does; `enable_reuse_port: false` makes that an error.
+//! so with it a second proxy of the same user on the same address shares its connections
+//! instead of failing to start, as a second Envoy does.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
