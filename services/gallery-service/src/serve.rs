@@ -39,10 +39,11 @@ where
     let telemetry = Arc::new(Telemetry::start(&config));
     let served = async {
         let router = build(telemetry.clone()).await?;
-        let socket =
-            std::net::TcpListener::bind(listen).map_err(|source| ServiceError::Bind { address: listen, source })?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ServiceError::Bind { address: listen, source })?;
         tracing::info!("{name} serving on http://{listen}");
-        serve(socket, router, &telemetry, shutdown_signal()).await
+        serve_until_signal(listener, with_filters(router, &telemetry, listen)).await.map_err(ServiceError::Serve)
     }
     .await;
     if let Some(in_process) = in_process {
@@ -69,23 +70,12 @@ fn in_process_from_env() -> Result<Option<InProcessTracing>, ServiceError> {
     InProcessTracing::from_file(std::path::Path::new(&config)).map(Some)
 }
 
-/// Serves `router` on `socket` until `shutdown`, then finishes open requests: behind the
-/// in-process filters, served by their workers, when the service runs them; by axum otherwise.
-async fn serve(
-    socket: std::net::TcpListener,
-    router: Router,
-    telemetry: &Telemetry,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServiceError> {
-    if let Some(in_process) = telemetry.in_process() {
-        return in_process.serve(socket, router, shutdown).await;
+/// `router` behind the in-process filters' inbound layer, when the service runs them.
+fn with_filters(router: Router, telemetry: &Telemetry, listen: SocketAddr) -> Router {
+    match telemetry.in_process() {
+        Some(in_process) => router.layer(in_process.server_layer(listen)),
+        None => router,
     }
-    socket.set_nonblocking(true).map_err(ServiceError::Socket)?;
-    let listener = tokio::net::TcpListener::from_std(socket).map_err(ServiceError::Socket)?;
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServiceError::Serve)
 }
 
 /// Serves `router` on `listener` until SIGINT or SIGTERM, then finishes open requests. The
@@ -155,6 +145,7 @@ impl RunningService {
         let for_serve = telemetry.clone();
         let listener =
             std::net::TcpListener::bind(listen).map_err(|source| ServiceError::Bind { address: listen, source })?;
+        listener.set_nonblocking(true).map_err(ServiceError::Socket)?;
         let addr = listener.local_addr().map_err(ServiceError::Socket)?;
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -177,13 +168,20 @@ impl RunningService {
                             return;
                         }
                     };
-                    let _ = ready_tx.send(Ok(()));
-                    let shutdown = async {
-                        let _ = stopped.await;
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(ServiceError::Socket(e)));
+                            return;
+                        }
                     };
-                    if let Err(e) = serve(listener, router, &for_serve, shutdown).await {
-                        tracing::error!("serving: {}", crate::service_error::chain(&e));
-                    }
+                    let _ = ready_tx.send(Ok(()));
+                    let router = with_filters(router, &for_serve, addr);
+                    let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                        .with_graceful_shutdown(async {
+                            let _ = stopped.await;
+                        })
+                        .await;
                 });
                 // The filters flush their last spans once the server has stopped sending them
                 // requests (outside the runtime: shutting them down blocks).
