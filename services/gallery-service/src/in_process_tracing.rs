@@ -4,8 +4,9 @@
 //! runs, with no hop through one. The service's own database and storage spans are children of
 //! the in-process SERVER span through the `traceparent` the trace filter puts on the request
 //! the router receives, as behind a sidecar. The service serves its router with axum, the
-//! filters as its layer; [`InProcessTracing::serve`] (the filter workers serving the socket
-//! themselves) measured no cheaper per request and took a burst of connections on one worker.
+//! filters as its layer: the filter workers serving the socket themselves
+//! (`InProcessFilters::serve`) measured no cheaper per request and took a burst of connections
+//! on one worker.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -61,20 +62,6 @@ impl InProcessTracing {
             .map_err(|source| ConfigError::FiltersConfig { path: path.display().to_string(), source })?;
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self::start(bootstrap, workers)
-    }
-
-    /// Serves `router` on `socket` behind the inbound listener's filters, from the filter workers,
-    /// until `shutdown` resolves (then open requests finish).
-    pub async fn serve(
-        &self,
-        socket: std::net::TcpListener,
-        router: axum::Router,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), ServiceError> {
-        self.filters
-            .serve(INBOUND_LISTENER, socket, router, shutdown)
-            .await
-            .map_err(|e| ServiceError::Filters(e.into()))
     }
 
     /// The layer for the service's router (served by `axum::serve`), telling the filters where it

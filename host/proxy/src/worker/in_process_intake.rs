@@ -26,18 +26,22 @@ impl Drop for OpenStream {
     }
 }
 
+/// What both intakes serve with: the worker's listener chains, its drain tracker, the connection
+/// ids, the listeners' connection cap, and the filters' stop.
+pub(super) struct Intake {
+    pub(super) contexts: Vec<Rc<ListenerContext>>,
+    pub(super) tracker: Rc<ConnectionTracker>,
+    pub(super) ids: Arc<AtomicU64>,
+    pub(super) max_connections: usize,
+    pub(super) stop: watch::Receiver<bool>,
+}
+
 /// Takes the in-process layers' requests until `stop`; each is a stream of its listener's chain,
 /// counted in the drain as a connection is (`connection.id` numbers streams here: there is no
 /// connection of the filters' own). At most `max_streams` are open at once on this worker (the
 /// listeners' connection cap): past it the inbox fills and the layers' calls wait.
-pub(super) async fn take_in_process(
-    contexts: Vec<Rc<ListenerContext>>,
-    mut inbox: mpsc::Receiver<InProcessRequest>,
-    tracker: Rc<ConnectionTracker>,
-    ids: Arc<AtomicU64>,
-    max_streams: usize,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn take_in_process(intake: Intake, mut inbox: mpsc::Receiver<InProcessRequest>) {
+    let Intake { contexts, tracker, ids, max_connections: max_streams, mut stop } = intake;
     let streams = Arc::new(tokio::sync::Semaphore::new(max_streams.max(1)));
     loop {
         let permit = tokio::select! {
@@ -73,14 +77,8 @@ pub(super) async fn take_in_process(
 /// Takes the sockets the application has the workers serve in place until `stop`: each is
 /// accepted from as a sidecar listener's socket (its listener's connection cap, limits and
 /// watchdog; its connections counted in the drain), until the application or the filters stop.
-pub(super) async fn take_in_place(
-    contexts: Vec<Rc<ListenerContext>>,
-    mut sockets: mpsc::UnboundedReceiver<InPlaceListener>,
-    tracker: Rc<ConnectionTracker>,
-    ids: Arc<AtomicU64>,
-    max_connections: usize,
-    stop: watch::Receiver<bool>,
-) {
+pub(super) async fn take_in_place(intake: Intake, mut sockets: mpsc::UnboundedReceiver<InPlaceListener>) {
+    let Intake { contexts, tracker, ids, max_connections, stop } = intake;
     loop {
         let mut stopped = stop.clone();
         let served = tokio::select! {

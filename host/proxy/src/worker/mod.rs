@@ -155,22 +155,15 @@ async fn serve(
     }
     if let Some(InProcessIntake { requests, in_place, worker }) = intake {
         worker.enter();
-        accept_loops.push(tokio::task::spawn_local(in_process_intake::take_in_process(
-            contexts.clone(),
-            requests,
-            tracker.clone(),
-            shared.connection_ids.clone(),
-            shared.max_connections,
-            stop.clone(),
-        )));
-        accept_loops.push(tokio::task::spawn_local(in_process_intake::take_in_place(
-            contexts.clone(),
-            in_place,
-            tracker.clone(),
-            shared.connection_ids.clone(),
-            shared.max_connections,
-            stop.clone(),
-        )));
+        let intake = || in_process_intake::Intake {
+            contexts: contexts.clone(),
+            tracker: tracker.clone(),
+            ids: shared.connection_ids.clone(),
+            max_connections: shared.max_connections,
+            stop: stop.clone(),
+        };
+        accept_loops.push(tokio::task::spawn_local(in_process_intake::take_in_process(intake(), requests)));
+        accept_loops.push(tokio::task::spawn_local(in_process_intake::take_in_place(intake(), in_place)));
     }
     let _ = ready.send(Ok(()));
 
