@@ -273,6 +273,10 @@ impl ComponentFilter for TraceFilter {
         FILTER.with(|f| f.borrow_mut().exporter.on_tick(&WorldHost));
     }
 
+    fn on_queue_ready(queue: u32) {
+        FILTER.with(|f| f.borrow_mut().exporter.on_queue_ready(&WorldHost, queue));
+    }
+
     fn on_callout_response(_stream: Option<&HttpStream>, callout: u32, outcome: Result<CalloutResponse, CalloutError>) {
         CALLOUTS.with(|c| c.borrow_mut().remove(&callout));
         let (status, retry_after) = match &outcome {

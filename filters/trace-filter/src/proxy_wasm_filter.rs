@@ -250,6 +250,10 @@ impl RootContext for TraceRoot {
         self.exporter.on_tick(&ProxyWasmHost);
     }
 
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        self.exporter.on_queue_ready(&ProxyWasmHost, queue_id);
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(TraceStream { tracer: self.exporter.stream()? }))
     }

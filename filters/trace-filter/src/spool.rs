@@ -10,12 +10,14 @@
 //! the same way (same resource, format and collector) share a queue, so two trace filters with
 //! different services under one `vm_id`, or two generations of a hot swap, never mix spans.
 //!
-//! The bound (`max_queued_spans`) is a count in shared data, kept without a host call on the
-//! request path: each VM counts what it enqueued and dequeued since its last tick, and the tick
-//! folds that into the shared count with a compare-and-swap. The bound is therefore approximate:
-//! it can be passed by the spans other workers finished since their last tick (one tick is
-//! 50 ms), and a VM that dies takes its unfolded count with it. A drain that finds the queue
-//! empty resets the count to zero, so such errors never add up.
+//! The bound (`max_queued_spans`) is a count in shared data, kept with few host calls on the
+//! request path: each VM counts what it enqueued and dequeued since it last folded that into
+//! the shared count with a compare-and-swap, which it does at every tick, after every drain, and
+//! every [`Spool::fold_step`] spans it adds. The bound is therefore approximate: it can be passed
+//! by up to a fold step of spans per worker, and a VM that dies takes its unfolded count with
+//! it. A drain that finds the queue empty resets the count to zero, so such errors never add up.
+//! Folding within a tick matters as much for the export as for the bound: the VM the host tells
+//! that spans arrived decides from the count whether a batch is waiting.
 
 use wasmtrace_trace_core::span::{Resource, Span};
 use wasmtrace_trace_core::{otlp, zipkin};
@@ -71,6 +73,8 @@ pub struct Spool {
     count_key: String,
     retry_key: String,
     max: usize,
+    /// Spans this VM adds between two folds at most.
+    fold_step: i64,
     /// The shared count as this VM last read or wrote it.
     synced: i64,
     /// This VM's enqueues (+) and dequeues (−) since then.
@@ -91,8 +95,8 @@ fn read_i64(bytes: &[u8]) -> i64 {
 
 impl Spool {
     /// Opens (registering) the queue for spans of plugin configuration `configuration`, holding
-    /// at most `max` spans. `None` if the host has no queue for it.
-    pub fn open(host: &dyn SpoolHost, configuration: &[u8], max: usize) -> Option<Self> {
+    /// at most `max` spans exported in batches of `batch`. `None` if the host has no queue for it.
+    pub fn open(host: &dyn SpoolHost, configuration: &[u8], max: usize, batch: usize) -> Option<Self> {
         let base = format!("wasmtrace.trace.spans.v{ITEM_VERSION}.{:016x}", fnv1a(configuration));
         let queue = host.register_queue(&base)?;
         let mut spool = Self {
@@ -100,12 +104,25 @@ impl Spool {
             count_key: format!("{base}.queued"),
             retry_key: format!("{base}.retry_at"),
             max,
+            fold_step: Self::fold_step(max, batch),
             synced: 0,
             delta: 0,
             saw_empty: false,
         };
         spool.fold(host);
         Some(spool)
+    }
+
+    /// How many spans a VM adds before it folds its count: an eighth of the bound, so that a few
+    /// workers together pass it by little, and at most a batch, so that the VM that hears of
+    /// new spans sees a batch in the count soon after it is in the queue.
+    pub fn fold_step(max: usize, batch: usize) -> i64 {
+        i64::try_from((max / 8).clamp(1, batch.max(1))).unwrap_or(i64::MAX)
+    }
+
+    /// The host's id of the queue.
+    pub fn queue(&self) -> u32 {
+        self.queue
     }
 
     /// Spans in the spool, as far as this VM knows.
@@ -127,6 +144,9 @@ impl Spool {
             return Err(Refused::Gone);
         }
         self.delta += 1;
+        if self.delta >= self.fold_step {
+            self.fold(host);
+        }
         Ok(())
     }
 

@@ -92,11 +92,11 @@ pub struct Listener {
     pub metadata: Metadata,
     /// The filter chain's `name` (`xds.filter_chain_name`; empty when it has none).
     pub filter_chain_name: String,
-    /// `enable_reuse_port` (false unless set true; Envoy's default on Linux is true): every
-    /// worker binds a socket of its own to the address with `SO_REUSEPORT`, and the kernel
-    /// spreads new connections evenly across them; false: every worker accepts from one shared
-    /// socket, where whichever worker wakes first takes the connection (one busy worker can end
-    /// up with most of them).
+    /// `enable_reuse_port` (true unless set false, as in Envoy on Linux): every worker binds a
+    /// socket of its own to the address with `SO_REUSEPORT`, and the kernel spreads new
+    /// connections evenly across them; false: every worker accepts from one shared socket, where
+    /// whichever worker wakes first takes the connection (one busy worker can end up with most of
+    /// them), and a second process on the address fails to start.
     pub reuse_port: bool,
     /// The `envoy.filters.network.http_connection_manager`.
     pub http: HttpConnectionManager,

@@ -272,12 +272,13 @@ fn a_clusters_metadata_and_its_endpoints_load_from_a_file() {
 }
 
 #[test]
-fn a_listeners_reuse_port_is_off_unless_turned_on_in_either_form() {
+fn a_listeners_reuse_port_is_on_unless_turned_off_in_either_form() {
     let reuse_port =
         |yaml: &str| Bootstrap::from_yaml(yaml).map(|config| config.listeners[0].reuse_port).map_err(|e| e.to_string());
     let original = "    - name: main\n";
-    assert_eq!(reuse_port(&with(original, original)), Ok(false), "off unless said otherwise (Envoy's is on)");
-    assert_eq!(reuse_port(&with(original, "    - name: main\n      enable_reuse_port: true\n")), Ok(true));
+    assert_eq!(reuse_port(&with(original, original)), Ok(true), "on unless said otherwise, as in Envoy");
+    assert_eq!(reuse_port(&with(original, "    - name: main\n      enable_reuse_port: false\n")), Ok(false));
+    assert_eq!(reuse_port(&with(original, "    - name: main\n      enable_reuse_port: { value: false }\n")), Ok(false));
     assert_eq!(reuse_port(&with(original, "    - name: main\n      enable_reuse_port: { value: true }\n")), Ok(true));
     let refused = reuse_port(&with(original, "    - name: main\n      enable_reuse_port: sometimes\n"));
     assert!(refused.is_err_and(|e| e.contains("enable_reuse_port")), "a value that is not a boolean is refused");

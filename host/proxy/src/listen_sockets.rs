@@ -1,5 +1,5 @@
-//! The listeners' sockets. With `enable_reuse_port: true` (Envoy's default on Linux; off here,
-//! see `docs/sidecar.md`), every worker binds a socket of its own to a listener's address with
+//! The listeners' sockets. With `enable_reuse_port: true` (the default, as in Envoy on Linux),
+//! every worker binds a socket of its own to a listener's address with
 //! `SO_REUSEPORT`, and the kernel spreads new connections evenly across them by their addresses.
 //! From one shared socket, whichever worker wakes first takes the connection: a burst of 32 new
 //! connections all went to one worker while the other idled.

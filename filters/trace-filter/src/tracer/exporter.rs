@@ -16,6 +16,8 @@ pub struct Exporter {
     /// When this VM last looked into a spool its count said was empty (the count lags behind
     /// the other workers by a tick, and can be off after a VM died).
     last_probe: Option<SystemTime>,
+    /// When a "queue ready" from the host last made this VM look at the spool.
+    last_ready: Option<SystemTime>,
     /// The last drain found the queue empty.
     drained: bool,
     /// Shutting down: how many more spans this VM drains before it reports done. Bounded, so an
@@ -37,7 +39,7 @@ impl Exporter {
         if config.exporter.format == ExportFormat::OtlpGrpc && !host.has_grpc() {
             return Err(refuse("`otlp_grpc` needs gRPC callouts, which this build of the filter has not: use the proxy-wasm module, or `otlp_proto`".into()));
         }
-        let spool = Spool::open(host, bytes, config.exporter.max_queued_spans)
+        let spool = Spool::open(host, bytes, config.exporter.max_queued_spans, config.exporter.batch_size)
             .ok_or_else(|| refuse("the proxy has no shared queue for the spans".into()))?;
         let mut resource =
             Resource { attributes: vec![("service.name".into(), Value::from(config.service_name.as_str()))] };
@@ -66,10 +68,40 @@ impl Exporter {
     /// The tick: folds this VM's count into the spool's, and sends a batch when one is due.
     pub fn on_tick(&mut self, host: &dyn RootHost) {
         let Some(shared) = self.shared.clone() else { return };
+        shared.borrow_mut().spool.fold(host);
+        self.export_if_due(host, host.now(), &shared);
+    }
+
+    /// The host's word that spans went into the spool `queue` (it tells the VM that registered
+    /// the queue last, as Envoy does, coalescing what arrived since it last told). An idle
+    /// exporter looks at once instead of at the next tick: a load that finishes more spans in
+    /// one tick than the spool holds would otherwise fill it before the first batch went.
+    pub fn on_queue_ready(&mut self, host: &dyn RootHost, queue: u32) {
+        // Busy exporting (the answer chains the next batch) or shutting down: nothing to do,
+        // and nothing spent: this runs as often as spans arrive.
+        if self.in_flight.is_some() || self.finishing.is_some() {
+            return;
+        }
+        let Some(shared) = self.shared.clone() else { return };
+        if shared.borrow().spool.queue() != queue {
+            return;
+        }
         let now = host.now();
+        // The fold is two host calls and a compare-and-swap on a count every worker writes:
+        // at most one per interval, however fast spans arrive.
+        if self.last_ready.is_some_and(|at| now.duration_since(at).unwrap_or_default() < READY_INTERVAL) {
+            return;
+        }
+        self.last_ready = Some(now);
+        shared.borrow_mut().spool.fold(host);
+        self.export_if_due(host, now, &shared);
+    }
+
+    /// Sends a batch if the spool holds one, or holds spans that waited a flush interval, unless
+    /// an export is in flight or a collector asked every VM of the spool to wait.
+    fn export_if_due(&mut self, host: &dyn RootHost, now: SystemTime, shared: &Rc<RefCell<Shared>>) {
         let batch = {
-            let mut shared = shared.borrow_mut();
-            shared.spool.fold(host);
+            let shared = shared.borrow();
             // While shutting down, the drain runs from the export answers alone (a tick's
             // export would report `done` a second time).
             if self.in_flight.is_some() || self.finishing.is_some() {

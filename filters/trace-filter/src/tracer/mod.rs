@@ -52,6 +52,8 @@ const OTLP_TRACE_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceSe
 
 /// How often the root looks at the queue.
 pub const TICK: Duration = Duration::from_millis(50);
+/// Least time between two looks at the spool prompted by the host's "queue ready".
+const READY_INTERVAL: Duration = Duration::from_millis(1);
 /// Wait before retrying a batch the collector could not take, unless it said `Retry-After`.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
