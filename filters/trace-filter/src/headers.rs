@@ -35,6 +35,62 @@ pub struct Headers {
     bytes: Vec<u8>,
     /// `(name start, name length, value length)` of each whole pair.
     pairs: Vec<(usize, usize, usize)>,
+    /// Per [`Known`] name: the index in `pairs` of its first value, and how many it has.
+    known: [(usize, usize); Known::COUNT],
+}
+
+/// The names the tracer reads on every request, located while the map is first walked: a
+/// lookup of one is an index, where a lookup by name compares it with every pair before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    /// `:method`.
+    Method,
+    /// `:path`.
+    Path,
+    /// `:scheme`.
+    Scheme,
+    /// `:authority`.
+    Authority,
+    /// `user-agent`.
+    UserAgent,
+    /// `x-request-id`.
+    RequestId,
+    /// `traceparent`.
+    Traceparent,
+    /// `tracestate`.
+    Tracestate,
+}
+
+impl Known {
+    const COUNT: usize = 8;
+
+    /// The name, as hosts hand it over (lower case).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Method => ":method",
+            Self::Path => ":path",
+            Self::Scheme => ":scheme",
+            Self::Authority => ":authority",
+            Self::UserAgent => "user-agent",
+            Self::RequestId => "x-request-id",
+            Self::Traceparent => "traceparent",
+            Self::Tracestate => "tracestate",
+        }
+    }
+
+    /// Which known name `name` is: by length first, so most names are told apart without
+    /// comparing their bytes.
+    fn of(name: &[u8]) -> Option<Self> {
+        let is = |known: Self| (name == known.name().as_bytes()).then_some(known);
+        match name.len() {
+            5 => is(Self::Path),
+            7 => is(Self::Method).or_else(|| is(Self::Scheme)),
+            10 => is(Self::Authority).or_else(|| is(Self::UserAgent)).or_else(|| is(Self::Tracestate)),
+            11 => is(Self::Traceparent),
+            12 => is(Self::RequestId),
+            _ => None,
+        }
+    }
 }
 
 /// The pairs of a serialised map, bounds-checked: a map that does not add up yields the pairs
@@ -98,8 +154,47 @@ impl Iterator for SerializedPairs<'_> {
 impl Headers {
     /// The headers of a serialised map.
     pub fn serialized(bytes: Vec<u8>) -> Self {
-        let pairs = SerializedPairs::new(&bytes).collect();
-        Self { bytes, pairs }
+        let walk = SerializedPairs::new(&bytes);
+        // The count is checked against the bytes: each pair takes 8 of them in the table.
+        let mut pairs = Vec::with_capacity(walk.count);
+        let mut known = [(0, 0); Known::COUNT];
+        for (index, (at, name_len, value_len)) in walk.enumerate() {
+            if let Some(name) = bytes.get(at..at + name_len).and_then(Known::of) {
+                let (first, count) = &mut known[name as usize];
+                if *count == 0 {
+                    *first = index;
+                }
+                *count += 1;
+            }
+            pairs.push((at, name_len, value_len));
+        }
+        Self { bytes, pairs, known }
+    }
+
+    /// The value of pair `index`.
+    fn value(&self, index: usize) -> Option<&[u8]> {
+        let &(at, name_len, value_len) = self.pairs.get(index)?;
+        self.bytes.get(at + name_len + 1..at + name_len + 1 + value_len)
+    }
+
+    /// The first value of a known name.
+    pub fn known(&self, name: Known) -> Option<&[u8]> {
+        let (first, count) = self.known[name as usize];
+        if count == 0 { None } else { self.value(first) }
+    }
+
+    /// The first value of a known name as text (see [`text`]).
+    pub fn known_text(&self, name: Known) -> Option<Cow<'_, str>> {
+        self.known(name).map(text)
+    }
+
+    /// Every value of a known name, in order: the first alone without a walk when it is the
+    /// only one, as it nearly always is.
+    pub fn known_all(&self, name: Known) -> impl Iterator<Item = &[u8]> + Clone {
+        let count = self.known[name as usize].1;
+        let only = if count == 1 { self.known(name) } else { None };
+        let walk = (count > 1).then(|| self.all(name.name())).into_iter().flatten();
+        only.into_iter().chain(walk)
     }
 
     /// Every `(name, value)` in order.
@@ -169,6 +264,42 @@ mod tests {
         assert_eq!(headers.all("tracestate").collect::<Vec<_>>(), [&b"a=1"[..], b"b=2"]);
         assert_eq!(headers.first_text("x").as_deref(), Some("y"));
         assert_eq!(headers.first("missing"), None);
+    }
+
+    #[test]
+    fn known_names_are_found_as_a_lookup_by_name_finds_them() {
+        let pairs: [(&[u8], &[u8]); 9] = [
+            (b":method", b"GET"),
+            (b":path", b"/a?b"),
+            (b":authority", b"example.com"),
+            (b"user-agent", b"curl"),
+            (b"tracestate", b"a=1"),
+            (b"traceparent", b"00-x"),
+            (b"x-request-id", b"r1"),
+            (b"tracestate", b"b=2"),
+            (b"user-agents", b"not user-agent"),
+        ];
+        let headers = Headers::serialized(serialize(&pairs));
+        for known in [
+            Known::Method,
+            Known::Path,
+            Known::Scheme,
+            Known::Authority,
+            Known::UserAgent,
+            Known::RequestId,
+            Known::Traceparent,
+            Known::Tracestate,
+        ] {
+            assert_eq!(headers.known(known), headers.first(known.name()), "{known:?}");
+            assert_eq!(
+                headers.known_all(known).collect::<Vec<_>>(),
+                headers.all(known.name()).collect::<Vec<_>>(),
+                "{known:?}"
+            );
+        }
+        assert_eq!(headers.known(Known::Scheme), None);
+        assert_eq!(headers.known_all(Known::Tracestate).collect::<Vec<_>>(), [&b"a=1"[..], b"b=2"]);
+        assert_eq!(headers.known_text(Known::UserAgent).as_deref(), Some("curl"));
     }
 
     #[test]

@@ -22,6 +22,11 @@
 //! profiler run of one filter, long enough that compiling it is not most of the profile), and
 //! `WASMTRACE_BENCH_ROUNDS=<n>` runs `n` rounds instead of 5. With `WASMTRACE_PROFILE=perfmap`
 //! wasmtime names the guests' compiled functions for `perf report`.
+//!
+//! `WASMTRACE_BENCH_BASELINE=<file.wasm>` adds a row for a trace filter module built earlier (a
+//! copy of `target/wasm-filters/wasm32-wasip1/release/trace_filter.wasm` from before a change) and
+//! prints the current module ÷ that one: on a shared machine two runs minutes apart can differ by
+//! more than a change does, rounds of one run do not.
 
 /// The allocator of the `wasmtrace` binary: the host side's allocations (header maps, property
 /// values, queue items) cost what they cost in the proxy.
@@ -130,7 +135,11 @@ struct Row<'a> {
 
 /// Compiles and starts `name` in `form`: a row whose request runs the callback sequence.
 fn filter_row(runtime: &Runtime, row: &'static str, name: &str, form: FilterForm, configuration: &str) -> Row<'static> {
-    let bytes = module(name, form);
+    module_row(runtime, row, name, module(name, form), configuration)
+}
+
+/// A row for the module `bytes` (the filter `name`), started with `configuration`.
+fn module_row(runtime: &Runtime, row: &'static str, name: &str, bytes: Vec<u8>, configuration: &str) -> Row<'static> {
     let compiled = runtime.compile(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
     let plugin =
         Arc::new(PluginConfig { plugin_configuration: configuration.as_bytes().to_vec(), ..PluginConfig::named(name) });
@@ -165,6 +174,7 @@ const HOST_ONLY: &str = "host only: exchange + header maps, no VM";
 const HEADER_READER: &str = "header-reader: all request headers + :status";
 const TRACE_MODULE: &str = "trace-filter, proxy-wasm module";
 const TRACE_COMPONENT: &str = "trace-filter, wasmtrace:filter component";
+const TRACE_BASELINE: &str = "trace-filter, baseline module (BENCH_BASELINE)";
 
 fn main() {
     // `WASMTRACE_PROFILE=perfmap` names the guests' compiled functions for `perf report`.
@@ -201,6 +211,10 @@ fn main() {
         if wanted(row) {
             rows.push(filter_row(&runtime, row, name, form, configuration));
         }
+    }
+    if let Ok(path) = std::env::var("WASMTRACE_BENCH_BASELINE") {
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("WASMTRACE_BENCH_BASELINE {path}: {e}"));
+        rows.push(module_row(&runtime, TRACE_BASELINE, "trace-filter", bytes, trace_config));
     }
     let rounds = rounds();
     // costs[round][row]
@@ -244,6 +258,9 @@ fn main() {
     println!();
     if let Some(r) = ratio(TRACE_COMPONENT, TRACE_MODULE) {
         println!("component ÷ proxy-wasm module (trace filter), median of the rounds: {r:.2}");
+    }
+    if let Some(r) = ratio(TRACE_MODULE, TRACE_BASELINE) {
+        println!("proxy-wasm module ÷ baseline module (trace filter), median of the rounds: {r:.2}");
     }
     for name in [HEADER_READER, TRACE_MODULE, TRACE_COMPONENT] {
         if let Some(r) = ratio(name, HOST_ONLY) {

@@ -39,7 +39,7 @@ use wasmtrace_trace_core::{SpanContext, SpanId, TraceId, b3, jaeger, otlp, w3c, 
 
 use crate::config::{ExportFormat, Format, TraceConfig};
 use crate::handoff;
-use crate::headers::{Headers, text};
+use crate::headers::{Headers, Known, text};
 use crate::naming;
 use crate::spool::{self, Spool, SpoolHost};
 use wasmtrace_span::handoff as contract;

@@ -19,7 +19,7 @@ struct Parent {
 /// The W3C context: exactly [`w3c::extract`], with the `tracestate` normalised straight into
 /// the string that is sent on and recorded.
 fn extract_w3c(headers: &Headers) -> Option<Parent> {
-    let mut parents = headers.all("traceparent");
+    let mut parents = headers.known_all(Known::Traceparent);
     let (trace_id, span_id, flags) = match (parents.next(), parents.next()) {
         (Some(only), None) => w3c::parse_traceparent(&[&text(only)])?,
         // None, or more than one: invalid.
@@ -27,7 +27,7 @@ fn extract_w3c(headers: &Headers) -> Option<Parent> {
     };
     let mut tracestate = String::new();
     // An invalid tracestate is dropped whole (left empty).
-    w3c::normalize_tracestate(headers.all("tracestate").map(text), &mut tracestate);
+    w3c::normalize_tracestate(headers.known_all(Known::Tracestate).map(text), &mut tracestate);
     let context = SpanContext {
         trace_id,
         span_id,
@@ -214,10 +214,10 @@ impl StreamTracer {
         if !sampled {
             return;
         }
-        let header = |name: &str| headers.first_text(name);
-        let method = header(":method");
+        let header = |name: Known| headers.known_text(name);
+        let method = header(Known::Method);
         let method = method.as_deref().unwrap_or("GET");
-        let full_path = header(":path");
+        let full_path = header(Known::Path);
         let full_path = full_path.as_deref().unwrap_or("/");
         let (path, query) = full_path.split_once('?').map_or((full_path, None), |(p, q)| (p, Some(q)));
         let mut fetched = Fetched::read(host, at_span_start(config.span_kind));
@@ -240,16 +240,16 @@ impl StreamTracer {
         // The span's own attributes first, each once: added without looking for them.
         span.attributes.push_new("http.request.method", method);
         span.attributes.push_new("url.path", path);
-        span.attributes.push_new("url.scheme", header(":scheme").as_deref().unwrap_or("http"));
+        let scheme = header(Known::Scheme);
+        let scheme = scheme.as_deref().unwrap_or("http");
+        span.attributes.push_new("url.scheme", scheme);
         if config.record_query
             && let Some(query) = query
         {
             span.attributes.push_new("url.query", query);
         }
         let client = span.kind == SpanKind::Client;
-        let scheme = header(":scheme");
-        let scheme = scheme.as_deref().unwrap_or("http");
-        if let Some(authority) = header(":authority") {
+        if let Some(authority) = header(Known::Authority) {
             let (host, port) = naming::split_authority(&authority);
             span.attributes.push_new("server.address", host);
             // A CLIENT span must name the port it calls (the scheme's when the authority has
@@ -271,7 +271,7 @@ impl StreamTracer {
                 span.attributes.push_new("url.full", &full);
             }
         }
-        if let Some(agent) = header("user-agent") {
+        if let Some(agent) = header(Known::UserAgent) {
             span.attributes.push_new("user_agent.original", &agent);
         }
         if let Some(protocol) = fetched.text(Property::RequestProtocol)
@@ -279,7 +279,7 @@ impl StreamTracer {
         {
             span.attributes.push_new("network.protocol.version", version);
         }
-        if let Some(id) = header("x-request-id") {
+        if let Some(id) = header(Known::RequestId) {
             span.attributes.push_new("http.request.header.x-request-id", &id);
         }
         // A SERVER span's peer is the client; a CLIENT span's is the upstream, known once the
@@ -293,7 +293,7 @@ impl StreamTracer {
             }
         }
         for (name, attribute) in &config.request_header_attributes {
-            if let Some(value) = header(name) {
+            if let Some(value) = headers.first_text(name) {
                 span.set(attribute, &value);
             }
         }

@@ -3,8 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use send_wrapper::SendWrapper;
-
+use super::WorkerBound;
 use crate::grpc_callout::{GrpcBudget, GrpcCallControl, GrpcEvent};
 
 /// Most streams the server closed that a VM keeps for the guest to close too; past it the
@@ -49,7 +48,7 @@ pub(crate) enum Settled {
 /// The gRPC calls and streams of one VM.
 pub(crate) struct GrpcCalls {
     /// By token.
-    pub calls: SendWrapper<HashMap<u32, GrpcCall>>,
+    pub calls: WorkerBound<HashMap<u32, GrpcCall>>,
     /// Streams the server closed and the guest has not, oldest first: kept for the guest's
     /// close, up to [`MAX_CLOSED_STREAMS`].
     closed: VecDeque<u32>,
@@ -62,7 +61,7 @@ pub(crate) struct GrpcCalls {
 impl GrpcCalls {
     pub(crate) fn new() -> Self {
         Self {
-            calls: SendWrapper::new(HashMap::new()),
+            calls: WorkerBound::new(HashMap::new()),
             closed: VecDeque::new(),
             budget: GrpcBudget::new(GrpcBudget::PER_VM),
             event: None,

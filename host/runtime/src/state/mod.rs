@@ -4,7 +4,7 @@
 //! One `VmState` lives in each wasmtime `Store`; a store belongs to one worker thread, so nothing
 //! here is locked. WASI (for component filters) requires the store data to be `Send`; the
 //! worker-bound parts (`Rc`s of the worker's streams and callout dispatcher) are kept in
-//! [`SendWrapper`]s, which panic on use from any other thread rather than race.
+//! [`WorkerBound`]s, which panic on use from any other thread rather than race.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,7 +13,6 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use send_wrapper::SendWrapper;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -34,8 +33,10 @@ use crate::stream::StreamSignals;
 use crate::vm::PluginVm;
 
 mod grpc_calls;
+mod worker_bound;
 
 pub(crate) use grpc_calls::{GrpcCall, GrpcCalls, Settled};
+pub(crate) use worker_bound::WorkerBound;
 
 /// The per-stream part of a VM's context table.
 pub(crate) struct StreamContext {
@@ -104,7 +105,7 @@ pub(crate) struct Contexts {
     /// The root context's id.
     pub root_id: u32,
     /// The stream contexts, by id.
-    pub streams: SendWrapper<HashMap<u32, StreamContext, BuildHasherDefault<ContextIdHasher>>>,
+    pub streams: WorkerBound<HashMap<u32, StreamContext, BuildHasherDefault<ContextIdHasher>>>,
     /// The context of the callback in progress.
     pub active: u32,
     /// Set by `proxy_set_effective_context` for the rest of the callback.
@@ -198,8 +199,8 @@ pub struct VmState {
     pub(crate) callouts: Callouts,
     /// gRPC calls and streams the guest holds.
     pub(crate) grpc: GrpcCalls,
-    pub(crate) dispatcher: SendWrapper<Rc<dyn CalloutDispatcher>>,
-    pub(crate) self_ref: SendWrapper<Weak<PluginVm>>,
+    pub(crate) dispatcher: WorkerBound<Rc<dyn CalloutDispatcher>>,
+    pub(crate) self_ref: WorkerBound<Weak<PluginVm>>,
     pub(crate) tick: TickTimer,
     pub(crate) inbox: Arc<QueueInbox>,
     pub(crate) metric_cache: HashMap<u32, Arc<Metric>>,
@@ -239,14 +240,14 @@ impl VmState {
             allocator: None,
             contexts: Contexts {
                 root_id: 0,
-                streams: SendWrapper::new(HashMap::default()),
+                streams: WorkerBound::new(HashMap::default()),
                 active: 0,
                 effective: None,
             },
             callouts: Callouts::default(),
             grpc: GrpcCalls::new(),
-            dispatcher: SendWrapper::new(dispatcher),
-            self_ref: SendWrapper::new(Weak::new()),
+            dispatcher: WorkerBound::new(dispatcher),
+            self_ref: WorkerBound::new(Weak::new()),
             tick: TickTimer::default(),
             inbox: Arc::new(QueueInbox::default()),
             metric_cache: HashMap::new(),

@@ -105,7 +105,7 @@ impl PluginVm {
             started_at: Instant::now(),
             failed_context: Cell::new(None),
         });
-        vm.inner.borrow_mut().store.data_mut().self_ref = send_wrapper::SendWrapper::new(Rc::downgrade(&vm));
+        vm.inner.borrow_mut().store.data_mut().self_ref = crate::state::WorkerBound::new(Rc::downgrade(&vm));
         vm.set_startup_log(Some(StartupLog::default()));
         let started = vm.run_start_sequence();
         let log = vm.set_startup_log(None);
