@@ -14,7 +14,7 @@ use wasmtrace_demo::topology::{DemoConfig, Ports, Tracing, start};
 use crate::fixture::client::get;
 use crate::fixture::collector::{Collector, attribute};
 use crate::fixture::proxy::{cluster, filter_module, listener_yaml, sidecar, wasm_filter_yaml, workspace_root};
-use crate::fixture::traces::{trace_id_of, wait_for_trace};
+use crate::fixture::traces::{trace_id_of, wait_for_span};
 use crate::fixture::upstream::Upstream;
 
 /// Runs one `wasmtrace` command line, as typed (off the async workers: some commands run their
@@ -100,17 +100,11 @@ async fn the_tutorial_tags_the_running_demos_spans_with_a_filter_made_by_wasmtra
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let trace_id = trace_id_of(&reply);
     demo.flush();
-    let trace = wait_for_trace(demo.viewer, &trace_id, 2).await;
-    let tagged: Vec<&Value> = trace["spans"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|span| {
-            span["tags"]
-                .as_array()
-                .is_some_and(|tags| tags.iter().any(|t| t["key"] == "tenant.id" && t["value"] == "acme"))
-        })
-        .collect();
+    let has_tenant = |span: &Value| {
+        span["tags"].as_array().is_some_and(|tags| tags.iter().any(|t| t["key"] == "tenant.id" && t["value"] == "acme"))
+    };
+    let trace = wait_for_span(demo.viewer, &trace_id, "a span with the tenant", has_tenant).await;
+    let tagged: Vec<&Value> = trace["spans"].as_array().into_iter().flatten().filter(|span| has_tenant(span)).collect();
     assert_eq!(tagged.len(), 1, "the API sidecar's SERVER span carries the tenant: {trace}");
     assert_eq!(tagged[0]["operationName"], "GET /v0/images");
     // The tutorial's last step: the traces with that tenant, listed from the terminal.

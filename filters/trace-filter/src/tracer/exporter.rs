@@ -74,8 +74,9 @@ impl Exporter {
 
     /// The host's word that spans went into the spool `queue` (it tells the VM that registered
     /// the queue last, as Envoy does, coalescing what arrived since it last told). An idle
-    /// exporter looks at once instead of at the next tick: a load that finishes more spans in
-    /// one tick than the spool holds would otherwise fill it before the first batch went.
+    /// exporter sends a full batch at once instead of at the next tick: a load that finishes
+    /// more spans in one tick than the spool holds would otherwise fill it before the first
+    /// batch went.
     pub fn on_queue_ready(&mut self, host: &dyn RootHost, queue: u32) {
         // Busy exporting (the answer chains the next batch) or shutting down: nothing to do,
         // and nothing spent: this runs as often as spans arrive.
@@ -94,7 +95,11 @@ impl Exporter {
         }
         self.last_ready = Some(now);
         shared.borrow_mut().spool.fold(host);
-        self.export_if_due(host, now, &shared);
+        // Only a full batch goes now: spans that wait for the flush interval go at a tick, as
+        // they would without this call, so a light load is exported as before.
+        if shared.borrow().spool.queued() >= shared.borrow().config.exporter.batch_size {
+            self.export_if_due(host, now, &shared);
+        }
     }
 
     /// Sends a batch if the spool holds one, or holds spans that waited a flush interval, unless
