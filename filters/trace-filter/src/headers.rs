@@ -62,7 +62,8 @@ pub enum Known {
 }
 
 impl Known {
-    const COUNT: usize = 8;
+    /// How many there are: the last one's index and one.
+    const COUNT: usize = Self::Tracestate as usize + 1;
 
     /// The name, as hosts hand it over (lower case).
     pub fn name(self) -> &'static str {

@@ -75,6 +75,8 @@ pub struct Spool {
     max: usize,
     /// Spans this VM adds between two folds at most.
     fold_step: i64,
+    /// Spans added since the push that last folded.
+    unfolded_pushes: i64,
     /// The shared count as this VM last read or wrote it.
     synced: i64,
     /// This VM's enqueues (+) and dequeues (−) since then.
@@ -105,6 +107,7 @@ impl Spool {
             retry_key: format!("{base}.retry_at"),
             max,
             fold_step: Self::fold_step(max, batch),
+            unfolded_pushes: 0,
             synced: 0,
             delta: 0,
             saw_empty: false,
@@ -144,7 +147,12 @@ impl Spool {
             return Err(Refused::Gone);
         }
         self.delta += 1;
-        if self.delta >= self.fold_step {
+        self.unfolded_pushes += 1;
+        if self.unfolded_pushes >= self.fold_step {
+            // Counted by pushes, not by `delta`: a fold that lost every compare-and-swap to
+            // other workers leaves `delta` as it was, and is tried again a fold step later, not
+            // on every push while the contention lasts.
+            self.unfolded_pushes = 0;
             self.fold(host);
         }
         Ok(())
@@ -237,5 +245,88 @@ pub fn body(format: ExportFormat, resource: &Resource, items: &[Vec<u8>]) -> Vec
         ExportFormat::OtlpProto | ExportFormat::OtlpGrpc => otlp::encode_protobuf_items(resource, items),
         ExportFormat::OtlpJson => otlp::encode_json_items(resource, items),
         ExportFormat::ZipkinJson => zipkin::encode_items(items),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::collections::{HashMap, VecDeque};
+
+    use super::*;
+
+    /// The host's shared queue and shared data as the spool sees them, in memory, with a switch
+    /// that makes every compare-and-swap lose (other workers writing the count all the time).
+    #[derive(Default)]
+    struct Host {
+        items: RefCell<VecDeque<Vec<u8>>>,
+        data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+        writes: Cell<usize>,
+        contended: Cell<bool>,
+    }
+
+    impl SpoolHost for Host {
+        fn register_queue(&self, _name: &str) -> Option<u32> {
+            Some(1)
+        }
+        fn enqueue(&self, _queue: u32, item: &[u8]) -> bool {
+            self.items.borrow_mut().push_back(item.to_vec());
+            true
+        }
+        fn dequeue(&self, _queue: u32) -> Option<Vec<u8>> {
+            self.items.borrow_mut().pop_front()
+        }
+        fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.data.borrow().get(key).cloned()
+        }
+        fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            self.writes.set(self.writes.get() + 1);
+            let mut data = self.data.borrow_mut();
+            let current = data.get(key).map(|(_, cas)| *cas);
+            if self.contended.get() || (cas.is_some() && cas != current) {
+                return false;
+            }
+            data.insert(key.to_owned(), (value.to_vec(), current.unwrap_or(0) + 1));
+            true
+        }
+    }
+
+    fn shared_count(host: &Host, spool: &Spool) -> i64 {
+        host.shared_data(&spool.count_key).map_or(0, |(bytes, _)| read_i64(&bytes))
+    }
+
+    #[test]
+    fn pushes_are_folded_into_the_shared_count_every_fold_step() {
+        let host = Host::default();
+        let mut spool = Spool::open(&host, b"{}", 512, 128).expect("a queue");
+        assert_eq!(Spool::fold_step(512, 128), 64, "an eighth of the bound");
+        assert_eq!(Spool::fold_step(4096, 128), 128, "at most a batch");
+        assert_eq!(Spool::fold_step(4, 128), 1, "at least one");
+        for _ in 0..63 {
+            spool.push(&host, b"span").expect("room");
+        }
+        assert_eq!(shared_count(&host, &spool), 0, "not yet folded");
+        spool.push(&host, b"span").expect("room");
+        assert_eq!(shared_count(&host, &spool), 64, "folded at the step: other VMs see a batch coming");
+    }
+
+    #[test]
+    fn a_fold_that_loses_every_swap_is_retried_a_step_later_not_on_every_push() {
+        let host = Host::default();
+        let mut spool = Spool::open(&host, b"{}", 512, 128).expect("a queue");
+        host.contended.set(true);
+        for _ in 0..64 {
+            spool.push(&host, b"span").expect("room");
+        }
+        let after_step = host.writes.get();
+        assert!(after_step > 0, "the step tried to fold");
+        for _ in 0..63 {
+            spool.push(&host, b"span").expect("room");
+        }
+        assert_eq!(host.writes.get(), after_step, "no fold between two steps");
+        host.contended.set(false);
+        spool.push(&host, b"span").expect("room");
+        assert_eq!(shared_count(&host, &spool), 128, "the next step folds all it held");
+        assert_eq!(spool.queued(), 128);
     }
 }

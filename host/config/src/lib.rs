@@ -106,7 +106,8 @@ fn parse_node(node: &Node<'_>, errors: &mut Errors) -> NodeIdentity {
     }
 }
 
-/// Cross-references: every route's cluster exists, names are unique.
+/// Cross-references: every route's cluster exists, names are unique, listeners' addresses do
+/// not overlap.
 fn check_references(bootstrap: &Bootstrap, root: &Node<'_>, errors: &mut Errors) {
     let path = |suffix: &str| format!("{}{suffix}", root.path());
     for (i, listener) in bootstrap.listeners.iter().enumerate() {
@@ -151,6 +152,30 @@ fn check_references(bootstrap: &Bootstrap, root: &Node<'_>, errors: &mut Errors)
                 path(&format!("static_resources.listeners[{i}].name")),
                 format!("`{SERVICE_SCOPE}` names where Wasm services are reported"),
                 Some("give the listener another name".into()),
+            );
+        }
+    }
+    // Two listeners on one address would both bind it (SO_REUSEPORT is on by default) and the
+    // kernel would split connections between their filter chains; Envoy refuses them too. A
+    // wildcard address overlaps every address of its family on the same port.
+    for (i, listener) in bootstrap.listeners.iter().enumerate() {
+        let address = listener.address;
+        let overlaps = |other: &std::net::SocketAddr| {
+            other.port() == address.port()
+                && other.is_ipv4() == address.is_ipv4()
+                && (other.ip() == address.ip() || other.ip().is_unspecified() || address.ip().is_unspecified())
+        };
+        if address.port() == 0 {
+            continue;
+        }
+        if let Some(earlier) = bootstrap.listeners[..i].iter().find(|earlier| overlaps(&earlier.address)) {
+            errors.push(
+                path(&format!("static_resources.listeners[{i}].address")),
+                format!(
+                    "`{}` listens on {address}, which listener `{}` ({}) takes",
+                    listener.name, earlier.name, earlier.address
+                ),
+                Some("give each listener an address of its own".into()),
             );
         }
     }

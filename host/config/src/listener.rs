@@ -104,8 +104,7 @@ pub(crate) fn parse_listener(listener: &Node<'_>, errors: &mut Errors) -> Option
             }
         }
     }
-    // Off by default, unlike Envoy: see `docs/sidecar.md` (spans dropped under load spread
-    // over the workers).
+    // On by default, as in Envoy: see `docs/sidecar.md`.
     let reuse_port = bool_value(listener.get("enable_reuse_port"), errors, true);
     Some(Listener { name, address: address?, direction, metadata, filter_chain_name, reuse_port, http: http? })
 }

@@ -271,6 +271,42 @@ fn a_clusters_metadata_and_its_endpoints_load_from_a_file() {
     assert_eq!(cluster.endpoint_metadata(1), None, "no second endpoint");
 }
 
+/// The fixture with a second listener `second` on `address` (`ip:port`).
+fn with_second_listener(address: &str) -> String {
+    let text = std::fs::read_to_string(fixture("sdk-http-config-with-cluster.yaml")).expect("fixture");
+    let (start, end) = (text.find("    - name: main").expect("listener"), text.find("  clusters:").expect("clusters"));
+    let (ip, port) = address.rsplit_once(':').expect("ip:port");
+    let second = text[start..end]
+        .replacen("name: main", "name: second", 1)
+        .replacen("address: 127.0.0.1", &format!("address: \"{ip}\""), 1)
+        .replacen("port_value: 10000", &format!("port_value: {port}"), 1);
+    format!("{}{second}{}", &text[..end], &text[end..])
+}
+
+#[test]
+fn two_listeners_on_one_address_are_refused_as_envoy_refuses_them() {
+    for (address, overlaps) in [
+        ("127.0.0.1:10000", true),
+        ("0.0.0.0:10000", true),
+        ("127.0.0.1:10001", false),
+        ("127.0.0.2:10000", false),
+        ("::1:10000", false),
+    ] {
+        let yaml = with_second_listener(address);
+        match Bootstrap::from_yaml(&yaml) {
+            Ok(config) => {
+                assert!(!overlaps, "{address} overlaps 127.0.0.1:10000 and was taken");
+                assert_eq!(config.listeners.len(), 2);
+            }
+            Err(e) => {
+                let text = e.to_string();
+                assert!(overlaps, "{address} refused: {text}");
+                assert!(text.contains("listeners[1].address") && text.contains("`main`"), "{text}");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_listeners_reuse_port_is_on_unless_turned_off_in_either_form() {
     let reuse_port =
