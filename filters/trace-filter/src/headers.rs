@@ -172,16 +172,17 @@ impl Headers {
         Self { bytes, pairs, known }
     }
 
-    /// The value of pair `index`.
-    fn value(&self, index: usize) -> Option<&[u8]> {
+    /// Pair `index`'s name and value.
+    fn pair(&self, index: usize) -> Option<(&[u8], &[u8])> {
         let &(at, name_len, value_len) = self.pairs.get(index)?;
-        self.bytes.get(at + name_len + 1..at + name_len + 1 + value_len)
+        let name = self.bytes.get(at..at + name_len)?;
+        let value = self.bytes.get(at + name_len + 1..at + name_len + 1 + value_len)?;
+        Some((name, value))
     }
 
     /// The first value of a known name.
     pub fn known(&self, name: Known) -> Option<&[u8]> {
-        let (first, count) = self.known[name as usize];
-        if count == 0 { None } else { self.value(first) }
+        self.known_all(name).next()
     }
 
     /// The first value of a known name as text (see [`text`]).
@@ -189,23 +190,20 @@ impl Headers {
         self.known(name).map(text)
     }
 
-    /// Every value of a known name, in order: the first alone without a walk when it is the
-    /// only one, as it nearly always is.
+    /// Every value of a known name, in order: from its first pair on, and no further than its
+    /// last (the only one, nearly always).
     pub fn known_all(&self, name: Known) -> impl Iterator<Item = &[u8]> + Clone {
-        let count = self.known[name as usize].1;
-        let only = if count == 1 { self.known(name) } else { None };
-        let walk = (count > 1).then(|| self.all(name.name())).into_iter().flatten();
-        only.into_iter().chain(walk)
+        let (first, count) = self.known[name as usize];
+        (first..self.pairs.len())
+            .filter_map(move |index| self.pair(index))
+            .filter(move |(k, _)| *k == name.name().as_bytes())
+            .map(|(_, v)| v)
+            .take(count)
     }
 
     /// Every `(name, value)` in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
-        let bytes = self.bytes.as_slice();
-        self.pairs.iter().filter_map(move |&(at, name_len, value_len)| {
-            let name = bytes.get(at..at + name_len)?;
-            let value = bytes.get(at + name_len + 1..at + name_len + 1 + value_len)?;
-            Some((name, value))
-        })
+        (0..self.pairs.len()).filter_map(|index| self.pair(index))
     }
 
     /// Every value of `name`, in order.

@@ -88,9 +88,9 @@ impl Exporter {
             return;
         }
         let now = host.now();
-        // The fold is two host calls and a compare-and-swap on a count every worker writes:
-        // at most one per interval, however fast spans arrive.
-        // A clock stepped back (`Err`) counts as the interval passed, so a look is never put off.
+        // The fold is two host calls and a compare-and-swap on a count every worker writes: at
+        // most one per interval, however fast spans arrive (a clock stepped back counts as the
+        // interval passed, so a look is never put off).
         if self.last_ready.is_some_and(|at| now.duration_since(at).is_ok_and(|waited| waited < READY_INTERVAL)) {
             return;
         }
